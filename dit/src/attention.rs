@@ -1,0 +1,138 @@
+//! Self-attention (through the sparse seam) and cross-attention to text.
+
+use crate::config::WanConfig;
+use crate::norm::RmsNorm;
+use crate::rope::Rope3d;
+use candle_core::{Result, Tensor};
+use candle_nn::{linear, Linear, Module, VarBuilder};
+use sparse::{AttentionCall, CallSite, SelfAttention, TokenGrid};
+
+/// Query/key/value/output projections with RMSNorm on q and k, shared by both attentions.
+#[derive(Clone, Debug)]
+struct Projections {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    heads: usize,
+}
+
+impl Projections {
+    fn new(cfg: &WanConfig, vb: &VarBuilder) -> Result<Self> {
+        let dim = cfg.dim();
+        Ok(Self {
+            to_q: linear(dim, dim, vb.pp("to_q"))?,
+            to_k: linear(dim, dim, vb.pp("to_k"))?,
+            to_v: linear(dim, dim, vb.pp("to_v"))?,
+            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            norm_q: RmsNorm::new(dim, cfg.eps, vb.pp("norm_q"))?,
+            norm_k: RmsNorm::new(dim, cfg.eps, vb.pp("norm_k"))?,
+            heads: cfg.num_heads,
+        })
+    }
+
+    /// `[B, S, dim]` to `[B, H, S, D]` (a strided view).
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, dim) = x.dims3()?;
+        x.reshape((b, s, self.heads, dim / self.heads))?
+            .transpose(1, 2)
+    }
+
+    /// `[B, H, S, D]` back to `[B, S, dim]`, then the output projection.
+    fn merge_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, s, d) = x.dims4()?;
+        self.to_out
+            .forward(&x.transpose(1, 2)?.reshape((b, s, h * d))?)
+    }
+
+    fn query(&self, x: &Tensor) -> Result<Tensor> {
+        self.split_heads(&self.norm_q.forward(&self.to_q.forward(x)?)?)
+    }
+
+    fn key_value(&self, context: &Tensor) -> Result<(Tensor, Tensor)> {
+        let k = self.split_heads(&self.norm_k.forward(&self.to_k.forward(context)?)?)?;
+        let v = self.split_heads(&self.to_v.forward(context)?)?;
+        Ok((k, v))
+    }
+}
+
+/// Self-attention over the video tokens with 3D RoPE; the attention itself is delegated to a
+/// [`SelfAttention`] implementation. Carries the optional VSA `to_gate_compress` projection.
+#[derive(Clone, Debug)]
+pub struct VideoSelfAttention {
+    proj: Projections,
+    gate_compress: Option<Linear>,
+}
+
+impl VideoSelfAttention {
+    /// Reads `to_q/k/v`, `to_out.0`, `norm_q/k` and, when present, `to_gate_compress`.
+    pub fn new(cfg: &WanConfig, vb: VarBuilder) -> Result<Self> {
+        let proj = Projections::new(cfg, &vb)?;
+        let gate_compress = if vb.contains_tensor("to_gate_compress.weight") {
+            Some(linear(cfg.dim(), cfg.dim(), vb.pp("to_gate_compress"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            proj,
+            gate_compress,
+        })
+    }
+
+    /// True when the block carries a VSA gate projection.
+    pub fn has_gate(&self) -> bool {
+        self.gate_compress.is_some()
+    }
+
+    /// Attends `x: [B, S, dim]` (already normalised and modulated) over itself.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope3d,
+        grid: TokenGrid,
+        site: CallSite,
+        attention: &dyn SelfAttention,
+    ) -> Result<Tensor> {
+        let q = rope.apply(&self.proj.query(x)?)?;
+        let (k, v) = self.proj.key_value(x)?;
+        let k = rope.apply(&k)?;
+        let gate = match &self.gate_compress {
+            Some(g) => Some(self.proj.split_heads(&g.forward(x)?)?),
+            None => None,
+        };
+        let call = AttentionCall {
+            q: &q,
+            k: &k,
+            v: &v,
+            gate: gate.as_ref(),
+            grid,
+            site,
+        };
+        self.proj.merge_heads(&attention.attend(&call)?)
+    }
+}
+
+/// Cross-attention from video tokens to the projected text, always exact.
+#[derive(Clone, Debug)]
+pub struct TextCrossAttention {
+    proj: Projections,
+}
+
+impl TextCrossAttention {
+    /// Reads `to_q/k/v`, `to_out.0` and `norm_q/k`.
+    pub fn new(cfg: &WanConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            proj: Projections::new(cfg, &vb)?,
+        })
+    }
+
+    /// Attends `x: [B, S, dim]` to `context: [B, L, dim]`.
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let q = self.proj.query(x)?;
+        let (k, v) = self.proj.key_value(context)?;
+        self.proj
+            .merge_heads(&sparse::dense::attention(&q, &k, &v)?)
+    }
+}

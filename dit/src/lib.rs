@@ -1,0 +1,22 @@
+//! The Wan 2.1 text-to-video diffusion transformer in candle.
+//!
+//! [`WanTransformer`] is built from a [`WanConfig`] and a `VarBuilder` in diffusers names;
+//! [`load_transformer`] opens diffusers or original-release checkpoints. Self-attention goes
+//! through [`sparse::SelfAttention`], so every attention method plugs in per layer and step.
+
+pub mod attention;
+pub mod block;
+pub mod config;
+pub mod embed;
+pub mod layout;
+pub mod load;
+pub mod model;
+pub mod norm;
+pub mod rope;
+pub mod weights;
+
+pub use config::{ConfigError, WanConfig};
+pub use layout::KeyLayout;
+pub use load::{load_transformer, LoadError, LoadedTransformer};
+pub use model::{Step, WanTransformer};
+pub use weights::{Checkpoint, WeightError};

@@ -1,0 +1,122 @@
+//! Loading a transformer from a folder or file in either key layout.
+
+use crate::config::{ConfigError, WanConfig};
+use crate::layout::KeyLayout;
+use crate::model::WanTransformer;
+use crate::weights::{Checkpoint, WeightError};
+use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why a transformer could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Weights missing or unreadable.
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    /// Config unreadable or unsupported.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Keys of an unknown layout, or a config that cannot be inferred.
+    #[error("{0}")]
+    Layout(String),
+    /// A tensor is missing or mis-shaped (the message names key, shape and file).
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// A loaded transformer and what was learned about its files.
+pub struct LoadedTransformer {
+    /// The model.
+    pub model: WanTransformer,
+    /// Its configuration.
+    pub config: WanConfig,
+    /// Key layout of the files.
+    pub layout: KeyLayout,
+    /// Where the configuration came from (`None`: inferred from the weights).
+    pub config_file: Option<PathBuf>,
+}
+
+/// Loads a Wan transformer from a folder (diffusers `transformer/` or an original release
+/// folder) or a single safetensors file. The config comes from `config.json` beside the
+/// weights when there is one, else it is inferred from the weight shapes (head dim 128).
+pub fn load_transformer(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedTransformer, LoadError> {
+    let checkpoint = Arc::new(Checkpoint::open(path)?);
+    let layout = KeyLayout::detect(&checkpoint).map_err(LoadError::Layout)?;
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
+    let config_path = dir.join("config.json");
+    let (config, config_file) = if config_path.is_file() {
+        (WanConfig::from_file(&config_path)?, Some(config_path))
+    } else {
+        (
+            infer_config(&checkpoint, &layout).map_err(LoadError::Layout)?,
+            None,
+        )
+    };
+    let vb = checkpoint.var_builder(layout.rename(), dtype, device);
+    let model = WanTransformer::new(&config, vb)?;
+    Ok(LoadedTransformer {
+        model,
+        config,
+        layout,
+        config_file,
+    })
+}
+
+/// Reads the hyper-parameters off the weight shapes; assumes head dim 128 (all Wan 2.1 sizes).
+pub fn infer_config(checkpoint: &Checkpoint, layout: &KeyLayout) -> Result<WanConfig, String> {
+    let rename = layout.rename();
+    let shape = |name: &str| -> Result<Vec<usize>, String> {
+        let key = rename(name);
+        checkpoint.shape(&key).ok_or_else(|| {
+            format!(
+                "no config.json beside {} and weight `{key}` is missing, so the model size cannot be inferred",
+                checkpoint.origin().display()
+            )
+        })
+    };
+    let patch = shape("patch_embedding.weight")?;
+    let [dim, in_channels, pt, ph, pw] = patch[..] else {
+        return Err(format!(
+            "patch_embedding.weight has shape {patch:?}, expected 5 dims"
+        ));
+    };
+    let freq_dim = shape("condition_embedder.time_embedder.linear_1.weight")?[1];
+    let text_dim = shape("condition_embedder.text_embedder.linear_1.weight")?[1];
+    let ffn_dim = shape("blocks.0.ffn.net.0.proj.weight")?[0];
+    let out_channels = shape("proj_out.weight")?[0] / (pt * ph * pw);
+    let num_layers = (0..)
+        .take_while(|i| checkpoint.contains(&rename(&format!("blocks.{i}.attn1.to_q.weight"))))
+        .count();
+    const HEAD_DIM: usize = 128;
+    if dim % HEAD_DIM != 0 {
+        return Err(format!(
+            "no config.json beside {}: hidden size {dim} is not a multiple of 128, so the head \
+             count cannot be inferred; add a config.json",
+            checkpoint.origin().display()
+        ));
+    }
+    let config = WanConfig {
+        patch_size: [pt, ph, pw],
+        num_heads: dim / HEAD_DIM,
+        head_dim: HEAD_DIM,
+        in_channels,
+        out_channels,
+        text_dim,
+        freq_dim,
+        ffn_dim,
+        num_layers,
+        cross_attn_norm: checkpoint.contains(&rename("blocks.0.norm2.weight")),
+        eps: 1e-6,
+    };
+    config.validate()?;
+    Ok(config)
+}

@@ -1,0 +1,150 @@
+//! The Wan 2.1 text-to-video transformer.
+
+use crate::block::{BlockInputs, WanBlock};
+use crate::config::WanConfig;
+use crate::embed::{ConditionEmbedder, PatchEmbed};
+use crate::norm::{modulate, Fp32LayerNorm};
+use crate::rope::Rope3d;
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{linear, Linear, Module, VarBuilder};
+use sparse::{SelfAttention, TokenGrid};
+
+/// Wan 2.1 DiT: predicts the flow-matching velocity for latents `[B, C, T, H, W]`.
+#[derive(Clone, Debug)]
+pub struct WanTransformer {
+    cfg: WanConfig,
+    patch_embedding: PatchEmbed,
+    condition_embedder: ConditionEmbedder,
+    blocks: Vec<WanBlock>,
+    norm_out: Fp32LayerNorm,
+    proj_out: Linear,
+    scale_shift_table: Tensor,
+}
+
+/// Where a forward pass sits in the sampling loop, passed through to attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Step index, from 0.
+    pub index: usize,
+    /// Total steps.
+    pub count: usize,
+}
+
+impl Step {
+    /// A lone forward pass.
+    pub const SINGLE: Step = Step { index: 0, count: 1 };
+}
+
+impl WanTransformer {
+    /// Builds the model from weights in diffusers names (see [`crate::load`] for renaming).
+    pub fn new(cfg: &WanConfig, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.dim();
+        let [pt, ph, pw] = cfg.patch_size;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| WanBlock::new(cfg, vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_embedding: PatchEmbed::new(cfg, vb.pp("patch_embedding"))?,
+            condition_embedder: ConditionEmbedder::new(cfg, vb.pp("condition_embedder"))?,
+            blocks,
+            norm_out: Fp32LayerNorm::new(dim, cfg.eps, false, vb.pp("norm_out"))?,
+            proj_out: linear(dim, cfg.out_channels * pt * ph * pw, vb.pp("proj_out"))?,
+            scale_shift_table: vb
+                .to_dtype(DType::F32)
+                .get((1, 2, dim), "scale_shift_table")?,
+        })
+    }
+
+    /// The configuration the model was built with.
+    pub fn config(&self) -> &WanConfig {
+        &self.cfg
+    }
+
+    /// The blocks, in order.
+    pub fn blocks(&self) -> &[WanBlock] {
+        &self.blocks
+    }
+
+    /// Token grid of latents of shape `[B, C, T, H, W]`, checking divisibility by the patch.
+    pub fn token_grid(&self, latent_dims: &[usize]) -> Result<TokenGrid> {
+        let [pt, ph, pw] = self.cfg.patch_size;
+        let [_, c, t, h, w] = latent_dims else {
+            candle_core::bail!(
+                "latents must be [batch, channels, frames, height, width], got {latent_dims:?}"
+            )
+        };
+        if *c != self.cfg.in_channels {
+            candle_core::bail!(
+                "latents have {c} channels, the model expects {}",
+                self.cfg.in_channels
+            )
+        }
+        if t % pt != 0 || h % ph != 0 || w % pw != 0 {
+            candle_core::bail!(
+                "latent size {t}x{h}x{w} is not divisible by the patch size {pt}x{ph}x{pw}"
+            )
+        }
+        Ok(TokenGrid::new(t / pt, h / ph, w / pw))
+    }
+
+    /// Predicts the velocity for `latents: [B, C, T, H, W]` at `timesteps: [B]` given text
+    /// embeddings `[B, L, text_dim]`. Output has the latents' shape and the model's dtype.
+    pub fn forward(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        text: &Tensor,
+        attention: &dyn SelfAttention,
+        step: Step,
+    ) -> Result<Tensor> {
+        let grid = self.token_grid(latents.dims())?;
+        let rope = Rope3d::new(self.cfg.head_dim, grid, latents.device())?;
+        let x = self.patch_embedding.forward(latents)?;
+        let cond = self.condition_embedder.forward(timesteps, text)?;
+        let inputs = BlockInputs {
+            modulation: &cond.modulation,
+            context: &cond.context,
+            rope: &rope,
+            grid,
+            step: (step.index, step.count),
+            attention,
+        };
+        let mut x = x;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, layer, &inputs)?;
+        }
+        let out = self.head(&x, &cond.temb)?;
+        self.unpatchify(&out, grid)
+    }
+
+    /// Output norm modulated by the time embedding, then the projection to patch channels.
+    fn head(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let table = self
+            .scale_shift_table
+            .broadcast_add(&temb.to_dtype(DType::F32)?.unsqueeze(1)?)?;
+        let m = table.chunk(2, 1)?; // shift, scale
+        let h = modulate(&self.norm_out.forward(x)?, &m[0], &m[1])?.to_dtype(x.dtype())?;
+        self.proj_out.forward(&h)
+    }
+
+    /// `[B, S, C * pt * ph * pw]` (channel order pt, ph, pw, c) back to `[B, C, T, H, W]`.
+    fn unpatchify(&self, x: &Tensor, grid: TokenGrid) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let [pt, ph, pw] = self.cfg.patch_size;
+        let c = self.cfg.out_channels;
+        x.reshape(vec![b, grid.t, grid.h, grid.w, pt, ph, pw, c])?
+            .permute(vec![0, 7, 1, 4, 2, 5, 3, 6])?
+            .reshape((b, c, grid.t * pt, grid.h * ph, grid.w * pw))
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.proj_out.weight().device()
+    }
+
+    /// The dtype of the weights (activations run in it).
+    pub fn dtype(&self) -> DType {
+        self.proj_out.weight().dtype()
+    }
+}

@@ -1,0 +1,4 @@
+//! The text-to-video pipeline and the `vdit` command line.
+
+pub mod cli;
+pub mod device;

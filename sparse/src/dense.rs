@@ -1,0 +1,57 @@
+//! Exact softmax attention: the reference every method reduces to when it keeps everything.
+
+use crate::seam::{AttentionCall, SelfAttention};
+use candle_core::{DType, Result, Tensor, D};
+
+/// Upper bound on the bytes of one chunk of attention scores (f32), so that long sequences
+/// never materialise the full `S x S` matrix.
+const SCORE_CHUNK_BYTES: usize = 256 << 20;
+
+/// Exact attention `softmax(q kᵀ / sqrt(D)) v` for `q: [B, H, Sq, D]`, `k, v: [B, H, Sk, D]`.
+///
+/// Scores and softmax are computed in f32; the result has `q`'s dtype.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    Ok(attention_with_lse(q, k, v)?.0)
+}
+
+/// Exact attention that also returns the log-sum-exp of the scaled scores, `[B, H, Sq]` f32,
+/// which lets partial attentions over disjoint key sets be merged exactly.
+pub fn attention_with_lse(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (b, h, sq, d) = q.dims4()?;
+    let sk = k.dim(2)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let out_dtype = q.dtype();
+    let kt = k.to_dtype(DType::F32)?.transpose(2, 3)?.contiguous()?;
+    let v = v.to_dtype(DType::F32)?.contiguous()?;
+    let rows_per_chunk = (SCORE_CHUNK_BYTES / (4 * b * h * sk.max(1))).clamp(1, sq.max(1));
+    let mut outs = Vec::with_capacity(sq.div_ceil(rows_per_chunk));
+    let mut lses = Vec::with_capacity(outs.capacity());
+    let mut start = 0;
+    while start < sq {
+        let len = rows_per_chunk.min(sq - start);
+        let qc = q
+            .narrow(2, start, len)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        let scores = (qc.matmul(&kt)? * scale)?;
+        let max = scores.max_keepdim(D::Minus1)?;
+        let exp = scores.broadcast_sub(&max)?.exp()?;
+        let sum = exp.sum_keepdim(D::Minus1)?;
+        outs.push(exp.matmul(&v)?.broadcast_div(&sum)?);
+        lses.push((sum.log()? + max)?.squeeze(D::Minus1)?);
+        start += len;
+    }
+    let out = Tensor::cat(&outs, 2)?.to_dtype(out_dtype)?;
+    let lse = Tensor::cat(&lses, 2)?;
+    Ok((out, lse))
+}
+
+/// The dense method: every query attends to every key.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Dense;
+
+impl SelfAttention for Dense {
+    fn attend(&self, call: &AttentionCall<'_>) -> Result<Tensor> {
+        attention(call.q, call.k, call.v)
+    }
+}
