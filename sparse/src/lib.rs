@@ -1,13 +1,32 @@
 //! Attention for the video DiT.
 //!
 //! [`SelfAttention`] is the seam the transformer calls; [`Dense`] is exact attention and the
-//! reference for every sparse method.
+//! reference for every sparse method. Sparse methods describe their work as a [`SparsePlan`]
+//! (token layouts cut into blocks, and which key blocks each query block attends to), which
+//! [`block_sparse_attention`] runs exactly, computing only the listed blocks. An
+//! [`AttentionRouter`] picks the method per layer and per denoising step.
 
+pub mod cpu;
 pub mod dense;
 mod grid;
+pub mod layout;
 pub mod metrics;
+mod op;
+pub mod paro;
+pub mod plan;
+pub mod pool;
+pub mod schedule;
 mod seam;
+pub mod sparsed;
+pub mod vmoba;
+pub mod vsa;
 
 pub use dense::Dense;
 pub use grid::TokenGrid;
+pub use layout::{AxisOrder, BlockLayout, Permutation};
+pub use op::block_sparse_attention;
+pub use plan::{BlockMask, SparsePlan};
+pub use schedule::{
+    AttentionRouter, AttentionSchedule, DensityReport, LayerSet, Method, Rule, StepCount,
+};
 pub use seam::{AttentionCall, CallSite, SelfAttention};

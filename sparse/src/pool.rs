@@ -1,0 +1,162 @@
+//! Per-block statistics shared by the methods: mean vectors of blocks (VSA pooling, VMoBA chunk
+//! keys) and the softmax attention mass between blocks (PARO calibration, SparseD masks).
+
+use crate::layout::BlockLayout;
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// The block of every natural token, as a `u32` tensor (layout shared by all heads).
+pub fn block_index(layout: &BlockLayout, device: &Device) -> Result<Tensor> {
+    let owner = layout.block_of_token(0);
+    Tensor::from_vec(owner, layout.tokens(), device)
+}
+
+/// Mean over each block's tokens of `x: [B, H, S, D]`, in f32: `[B, H, blocks, D]`.
+/// Differentiable. The layout must be shared by all heads.
+pub fn block_means(x: &Tensor, layout: &BlockLayout) -> Result<Tensor> {
+    let (b, h, _, d) = x.dims4()?;
+    let n = layout.num_blocks();
+    let index = block_index(layout, x.device())?;
+    let sums = Tensor::zeros((b, h, n, d), DType::F32, x.device())?.index_add(
+        &index,
+        &x.to_dtype(DType::F32)?,
+        2,
+    )?;
+    let counts: Vec<f32> = (0..n).map(|i| layout.block_len(i) as f32).collect();
+    let counts = Tensor::from_vec(counts, (n, 1), x.device())?;
+    sums.broadcast_div(&counts)
+}
+
+/// One assignment of tokens to blocks for [`block_attention_mass`].
+pub struct Blocking<'a> {
+    /// Block of every natural query token.
+    pub q_block_of_token: &'a [u32],
+    /// Number of query blocks.
+    pub q_blocks: usize,
+    /// Block of every natural key token.
+    pub k_block_of_token: &'a [u32],
+    /// Number of key blocks.
+    pub k_blocks: usize,
+}
+
+fn one_hot(block_of_token: &[u32], blocks: usize, device: &Device) -> Result<Tensor> {
+    let mut data = vec![0f32; block_of_token.len() * blocks];
+    for (t, &b) in block_of_token.iter().enumerate() {
+        data[t * blocks + b as usize] = 1.0;
+    }
+    Tensor::from_vec(data, (block_of_token.len(), blocks), device)
+}
+
+/// Softmax attention mass of `q, k: [B, H, S, D]` summed over (query block, key block) pairs,
+/// for each of several blockings at once (the softmax is computed once): one `[B, H, qb, kb]`
+/// f32 tensor per blocking. Each query row's mass sums to 1, so a query block's row sums to
+/// its token count.
+pub fn block_attention_mass(
+    q: &Tensor,
+    k: &Tensor,
+    blockings: &[Blocking<'_>],
+) -> Result<Vec<Tensor>> {
+    let (b, h, s, d) = q.dims4()?;
+    let device = q.device();
+    let scale = 1.0 / (d as f64).sqrt();
+    let kt = k.to_dtype(DType::F32)?.transpose(2, 3)?.contiguous()?;
+    let hots: Vec<(Tensor, Tensor)> = blockings
+        .iter()
+        .map(|bl| {
+            Ok((
+                one_hot(bl.q_block_of_token, bl.q_blocks, device)?
+                    .t()?
+                    .contiguous()?,
+                one_hot(bl.k_block_of_token, bl.k_blocks, device)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut totals: Vec<Tensor> = blockings
+        .iter()
+        .map(|bl| Tensor::zeros((b, h, bl.q_blocks, bl.k_blocks), DType::F32, device))
+        .collect::<Result<_>>()?;
+    let rows = ((64 << 20) / (4 * b * h * s.max(1))).clamp(1, s.max(1));
+    let mut start = 0;
+    while start < s {
+        let len = rows.min(s - start);
+        let qc = q
+            .narrow(2, start, len)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        let probs = candle_nn::ops::softmax_last_dim(&(qc.matmul(&kt)? * scale)?)?;
+        for ((q_hot, k_hot), total) in hots.iter().zip(totals.iter_mut()) {
+            let per_key_block = probs.broadcast_matmul(k_hot)?; // [B, H, len, kb]
+            let q_hot = q_hot.narrow(D::Minus1, start, len)?; // [qb, len]
+            *total = (&*total + q_hot.broadcast_matmul(&per_key_block)?)?;
+        }
+        start += len;
+    }
+    Ok(totals)
+}
+
+/// Softmax over the last dim: the fused kernel when no gradient is tracked, the composed
+/// (differentiable) form otherwise.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// The `keep` largest entries of each row of a `[rows, cols]` score list, best first (ties
+/// go to the lower index).
+pub fn top_k_rows(scores: &[f32], cols: usize, keep: usize) -> Vec<Vec<u32>> {
+    scores
+        .chunks_exact(cols)
+        .map(|row| {
+            let mut idx: Vec<u32> = (0..cols as u32).collect();
+            idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+            idx.truncate(keep.min(cols));
+            idx
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TokenGrid;
+
+    #[test]
+    fn block_means_average_only_real_tokens() -> Result<()> {
+        let layout = BlockLayout::natural(5, 2); // blocks {0,1}, {2,3}, {4}
+        let x = Tensor::new(&[1f32, 3.0, 5.0, 9.0, 7.0], &Device::Cpu)?.reshape((1, 1, 5, 1))?;
+        let m: Vec<f32> = block_means(&x, &layout)?.flatten_all()?.to_vec1()?;
+        assert_eq!(m, vec![2.0, 7.0, 7.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn block_mass_rows_sum_to_query_counts() -> Result<()> {
+        let grid = TokenGrid::new(3, 2, 5);
+        let layout = BlockLayout::tiled(grid, [2, 2, 2]);
+        let owner = layout.block_of_token(0);
+        let q = Tensor::randn(0f32, 1.0, (2, 2, grid.len(), 4), &Device::Cpu)?;
+        let k = Tensor::randn(0f32, 1.0, (2, 2, grid.len(), 4), &Device::Cpu)?;
+        let n = layout.num_blocks();
+        let blocking = Blocking {
+            q_block_of_token: &owner,
+            q_blocks: n,
+            k_block_of_token: &owner,
+            k_blocks: n,
+        };
+        let mass = &block_attention_mass(&q, &k, &[blocking])?[0];
+        let rows: Vec<f32> = mass.sum(3)?.flatten_all()?.to_vec1()?;
+        for (i, r) in rows.iter().enumerate() {
+            let expected = layout.block_len(i % n) as f32;
+            assert!((r - expected).abs() < 1e-4, "row {i}: {r} vs {expected}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn top_k_rows_orders_by_score_then_index() {
+        let rows = top_k_rows(&[0.1, 0.5, 0.5, 0.2], 4, 3);
+        assert_eq!(rows, vec![vec![1, 2, 3]]);
+    }
+}

@@ -1,0 +1,351 @@
+//! VMoBA — mixture of block attention for video: the grid is cut into chunks (temporal,
+//! spatial or spatio-temporal, cycling by layer), every query scores every chunk against the
+//! chunk's mean key, keeps its own chunk plus the chunks its selection rule picks, and attends
+//! exactly over their tokens.
+
+use crate::layout::BlockLayout;
+use crate::plan::{BlockMask, SparsePlan};
+use crate::pool::block_means;
+use crate::{block_sparse_attention, TokenGrid};
+use candle_core::{DType, Result, Tensor};
+use std::fmt;
+use std::sync::Arc;
+
+/// How the grid is cut into chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkKind {
+    /// Runs of whole frames.
+    Temporal,
+    /// `h x w` windows through all frames.
+    Spatial,
+    /// `t x h x w` boxes.
+    Spatiotemporal,
+}
+
+impl ChunkKind {
+    /// The kind used by the `n`-th sparse layer (temporal, spatial, spatio-temporal, repeat).
+    pub fn cyclic(n: usize) -> Self {
+        [Self::Temporal, Self::Spatial, Self::Spatiotemporal][n % 3]
+    }
+}
+
+impl fmt::Display for ChunkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Temporal => "temporal",
+            Self::Spatial => "spatial",
+            Self::Spatiotemporal => "spatiotemporal",
+        })
+    }
+}
+
+/// How many chunks a query keeps besides its own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Selection {
+    /// The `k` best-scoring chunks, the own chunk counted among them (`None`: the chunk
+    /// kind's default from [`VmobaOptions::topk`]).
+    TopK(Option<usize>),
+    /// After min-max normalising the scores, the fewest chunks (own first, then best first)
+    /// whose normalised scores reach this share of the total.
+    Threshold(f64),
+}
+
+/// Over what the selection ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Each (query, head) separately.
+    QueryHead,
+    /// All (query, chunk) pairs of a head together.
+    HeadGlobal,
+}
+
+/// Settings of VMoBA.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmobaOptions {
+    /// Fixed chunk kind, or `None` to cycle temporal, spatial, spatio-temporal by layer.
+    pub kind: Option<ChunkKind>,
+    /// Frames per temporal chunk.
+    pub temporal_chunk: usize,
+    /// Window (h, w) of a spatial chunk, in tokens.
+    pub spatial_chunk: [usize; 2],
+    /// Box (t, h, w) of a spatio-temporal chunk, in tokens.
+    pub st_chunk: [usize; 3],
+    /// Top-k per kind (temporal, spatial, spatio-temporal), used by `Selection::TopK(None)`.
+    pub topk: [usize; 3],
+    /// Selection rule.
+    pub selection: Selection,
+    /// Selection scope.
+    pub scope: Scope,
+}
+
+impl Default for VmobaOptions {
+    /// The published defaults for Wan 2.1: chunks of 2 frames, 3x4 windows and 4x6x4 boxes,
+    /// threshold 0.25 per (query, head).
+    fn default() -> Self {
+        Self {
+            kind: None,
+            temporal_chunk: 2,
+            spatial_chunk: [3, 4],
+            st_chunk: [4, 6, 4],
+            topk: [3, 20, 15],
+            selection: Selection::Threshold(0.25),
+            scope: Scope::QueryHead,
+        }
+    }
+}
+
+impl VmobaOptions {
+    /// The chunk tile `[t, h, w]` for `kind` on `grid`.
+    pub fn tile(&self, kind: ChunkKind, grid: TokenGrid) -> [usize; 3] {
+        match kind {
+            ChunkKind::Temporal => [self.temporal_chunk, grid.h, grid.w],
+            ChunkKind::Spatial => [grid.t, self.spatial_chunk[0], self.spatial_chunk[1]],
+            ChunkKind::Spatiotemporal => self.st_chunk,
+        }
+    }
+
+    /// Checks the settings against a grid; the error says what to use instead.
+    pub fn validate(&self, grid: Option<TokenGrid>) -> std::result::Result<(), String> {
+        match self.selection {
+            Selection::Threshold(t) if !(t > 0.0 && t <= 1.0) => {
+                return Err(format!(
+                    "VMoBA threshold {t} must be in (0, 1]: use e.g. 0.25"
+                ));
+            }
+            Selection::TopK(Some(0)) => return Err("VMoBA top-k must be at least 1".to_string()),
+            _ => {}
+        }
+        let kinds = match self.kind {
+            Some(kind) => vec![kind],
+            None => vec![
+                ChunkKind::Temporal,
+                ChunkKind::Spatial,
+                ChunkKind::Spatiotemporal,
+            ],
+        };
+        for kind in kinds {
+            let tile = match grid {
+                Some(g) => self.tile(kind, g),
+                None => self.tile(kind, TokenGrid::new(1, 1, 1)),
+            };
+            if tile.contains(&0) {
+                return Err(format!("VMoBA {kind} chunk {tile:?} has a zero side"));
+            }
+            if let Some(g) = grid {
+                if (0..3).any(|a| tile[a] > g.dims()[a]) {
+                    return Err(format!(
+                        "VMoBA {kind} chunk {}x{}x{} is larger than the token grid {g}: use a smaller --chunk",
+                        tile[0], tile[1], tile[2]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn topk_for(&self, kind: ChunkKind) -> usize {
+        match kind {
+            ChunkKind::Temporal => self.topk[0],
+            ChunkKind::Spatial => self.topk[1],
+            ChunkKind::Spatiotemporal => self.topk[2],
+        }
+    }
+}
+
+/// Result of one VMoBA call.
+pub struct VmobaOutput {
+    /// Attention output `[B, H, S, D]`, natural order.
+    pub out: Tensor,
+    /// The plan run: single-token query blocks against chunks.
+    pub plan: Arc<SparsePlan>,
+}
+
+/// Per-query chunk selection for every (batch, head): `lists[g * S + query]` are the chunk
+/// indices that query attends to (its own chunk first).
+pub struct ChunkSelection {
+    /// Chunk lists, one per (group, query).
+    pub lists: Vec<Vec<u32>>,
+}
+
+/// Runs VMoBA with chunks of `kind` over `grid` on `q, k, v: [B, H, S, D]`.
+pub fn vmoba_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    grid: TokenGrid,
+    kind: ChunkKind,
+    opts: &VmobaOptions,
+) -> Result<VmobaOutput> {
+    let (b, h, s, _) = q.dims4()?;
+    if s != grid.len() {
+        candle_core::bail!(
+            "VMoBA: {s} tokens do not fill the grid {grid} ({} tokens)",
+            grid.len()
+        )
+    }
+    opts.validate(Some(grid)).map_err(candle_core::Error::Msg)?;
+    let chunks = Arc::new(BlockLayout::tiled(grid, opts.tile(kind, grid)));
+    let selection = select_chunks(q, k, &chunks, kind, opts)?;
+    let n = chunks.num_blocks();
+    let mask = BlockMask::from_lists(b * h, s, n, &selection.lists)?;
+    let plan = Arc::new(SparsePlan::new(
+        b,
+        h,
+        Arc::new(BlockLayout::singletons(s)),
+        chunks,
+        mask,
+    )?);
+    let out = block_sparse_attention(q, k, v, &plan)?;
+    Ok(VmobaOutput { out, plan })
+}
+
+/// Scores every chunk for every query (`q · mean(k over chunk)`, f32) and applies the
+/// selection rule; the query's own chunk is always kept.
+pub fn select_chunks(
+    q: &Tensor,
+    k: &Tensor,
+    chunks: &BlockLayout,
+    kind: ChunkKind,
+    opts: &VmobaOptions,
+) -> Result<ChunkSelection> {
+    let (b, h, s, _) = q.dims4()?;
+    let n = chunks.num_blocks();
+    let own = chunks.block_of_token(0);
+    let keys = block_means(&k.detach(), chunks)?; // [B, H, n, D]
+    let q = q.detach().to_dtype(DType::F32)?;
+    let budget = match opts.selection {
+        Selection::TopK(k) => Budget::Count(k.unwrap_or_else(|| opts.topk_for(kind))),
+        Selection::Threshold(t) => Budget::Share(t),
+    };
+    let mut lists = Vec::with_capacity(b * h * s);
+    for bi in 0..b {
+        for hi in 0..h {
+            let qg = q.get(bi)?.get(hi)?; // [S, D]
+            let kg = keys.get(bi)?.get(hi)?; // [n, D]
+            let gate: Vec<f32> = qg.matmul(&kg.t()?)?.flatten_all()?.to_vec1()?; // [S, n]
+            match opts.scope {
+                Scope::QueryHead => {
+                    for (query, row) in gate.chunks_exact(n).enumerate() {
+                        lists.push(select_row(row, own[query], budget));
+                    }
+                }
+                Scope::HeadGlobal => lists.extend(select_head(&gate, n, &own, budget)),
+            }
+        }
+    }
+    Ok(ChunkSelection { lists })
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Budget {
+    /// Keep this many chunks per query (own included).
+    Count(usize),
+    /// Keep chunks until this share of the normalised score mass is reached.
+    Share(f64),
+}
+
+/// Min-max normalised scores (all 1 when they are all equal).
+fn normalised(scores: &[f32]) -> Vec<f64> {
+    let (lo, hi) = scores
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    let range = (hi - lo) as f64;
+    scores
+        .iter()
+        .map(|&x| {
+            if range > 0.0 {
+                (x - lo) as f64 / range
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// Best-first order of candidates by score, lower index first on ties.
+fn best_first(candidates: &mut [u32], score: impl Fn(u32) -> f64) {
+    candidates.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
+}
+
+fn select_row(row: &[f32], own: u32, budget: Budget) -> Vec<u32> {
+    let norm = normalised(row);
+    let mut others: Vec<u32> = (0..row.len() as u32).filter(|&c| c != own).collect();
+    best_first(&mut others, |c| norm[c as usize]);
+    let mut kept = vec![own];
+    match budget {
+        Budget::Count(k) => kept.extend(others.iter().take(k.saturating_sub(1))),
+        Budget::Share(tau) => {
+            let total: f64 = norm.iter().sum();
+            let mut mass = norm[own as usize];
+            for c in others {
+                if mass >= tau * total {
+                    break;
+                }
+                mass += norm[c as usize];
+                kept.push(c);
+            }
+        }
+    }
+    kept
+}
+
+/// Selection over all (query, chunk) pairs of one head: own chunks always, then the best
+/// pairs of the whole head until the budget (count per query times queries, or mass share).
+fn select_head(gate: &[f32], n: usize, own: &[u32], budget: Budget) -> Vec<Vec<u32>> {
+    let s = own.len();
+    let norm = normalised(gate);
+    let mut kept: Vec<Vec<u32>> = own.iter().map(|&c| vec![c]).collect();
+    let mut others: Vec<u32> = (0..(s * n) as u32)
+        .filter(|&p| own[p as usize / n] as usize != p as usize % n)
+        .collect();
+    best_first(&mut others, |p| norm[p as usize]);
+    let mut take = |p: u32| kept[p as usize / n].push((p as usize % n) as u32);
+    match budget {
+        Budget::Count(k) => others
+            .iter()
+            .take(s * k.saturating_sub(1))
+            .for_each(|&p| take(p)),
+        Budget::Share(tau) => {
+            let total: f64 = norm.iter().sum();
+            let mut mass: f64 = (0..s).map(|q| norm[q * n + own[q] as usize]).sum();
+            for p in others {
+                if mass >= tau * total {
+                    break;
+                }
+                mass += norm[p as usize];
+                take(p);
+            }
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_keeps_own_then_best_until_the_share_is_reached() {
+        // normalised: [0, 1, 0.5, 0.25], total 1.75; tau 0.5 -> need 0.875
+        let row = [0.0f32, 4.0, 2.0, 1.0];
+        assert_eq!(select_row(&row, 3, Budget::Share(0.5)), vec![3, 1]); // 0.25 + 1 >= 0.875
+        assert_eq!(select_row(&row, 0, Budget::Share(0.5)), vec![0, 1]);
+        assert_eq!(select_row(&row, 0, Budget::Share(1.0)), vec![0, 1, 2, 3]);
+        assert_eq!(select_row(&row, 2, Budget::Count(2)), vec![2, 1]);
+        // all equal: each normalises to 1; a quarter of 4 chunks is the own chunk alone
+        assert_eq!(select_row(&[1.0; 4], 2, Budget::Share(0.25)), vec![2]);
+    }
+
+    #[test]
+    fn head_global_ranks_pairs_across_queries() {
+        // 2 queries x 2 chunks; own chunks 0 and 1; the other pairs score 5 (q0,c1) and 1 (q1,c0)
+        let gate = [0.0f32, 5.0, 1.0, 3.0];
+        let lists = select_head(&gate, 2, &[0, 1], Budget::Count(1));
+        assert_eq!(lists, vec![vec![0], vec![1]]);
+        let lists = select_head(&gate, 2, &[0, 1], Budget::Share(0.8));
+        // normalised [0, 1, 0.2, 0.6], total 1.8, own mass 0.6 -> add (q0,c1) -> 1.6 >= 1.44
+        assert_eq!(lists, vec![vec![0, 1], vec![1]]);
+    }
+}

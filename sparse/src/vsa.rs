@@ -1,0 +1,112 @@
+//! VSA — Video Sparse Attention: cube tiling, a coarse attention over mean-pooled cubes that
+//! picks the top-k key cubes of every query cube, exact fine attention over the picked cubes,
+//! and `out = coarse * gate + fine`.
+
+use crate::layout::BlockLayout;
+use crate::plan::{BlockMask, SparsePlan};
+use crate::pool::{block_index, block_means, softmax_last, top_k_rows};
+use crate::{block_sparse_attention, TokenGrid};
+use candle_core::{DType, Result, Tensor};
+use std::sync::Arc;
+
+/// Settings of VSA.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VsaOptions {
+    /// Share of key cubes each query cube skips, in `[0, 1)`: keeps
+    /// `k = ceil((1 - sparsity) * cubes)` key cubes.
+    pub sparsity: f64,
+    /// Cube size in tokens (t, h, w).
+    pub tile: [usize; 3],
+}
+
+impl Default for VsaOptions {
+    fn default() -> Self {
+        Self {
+            sparsity: 0.875,
+            tile: [4, 4, 4],
+        }
+    }
+}
+
+impl VsaOptions {
+    /// Checks the settings; the error says what to use instead.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(0.0..1.0).contains(&self.sparsity) {
+            return Err(format!(
+                "VSA sparsity {} is outside [0, 1): use e.g. 0.875 (keeps 1/8 of the cubes) or 0 (dense)",
+                self.sparsity
+            ));
+        }
+        if self.tile.contains(&0) {
+            return Err(format!(
+                "VSA tile {:?} has a zero side: use e.g. 4x4x4",
+                self.tile
+            ));
+        }
+        Ok(())
+    }
+
+    /// Key cubes kept per query cube out of `cubes`.
+    pub fn kept(&self, cubes: usize) -> usize {
+        (((1.0 - self.sparsity) * cubes as f64) - 1e-9)
+            .ceil()
+            .clamp(1.0, cubes.max(1) as f64) as usize
+    }
+}
+
+/// Result of one VSA call.
+pub struct VsaOutput {
+    /// Attention output `[B, H, S, D]` in natural order, `q`'s dtype.
+    pub out: Tensor,
+    /// The fine stage's plan (its density is the fraction of pairs computed exactly).
+    pub plan: Arc<SparsePlan>,
+}
+
+/// Runs VSA on `q, k, v: [B, H, S, D]` over `grid`; `gate` (same shape) weights the coarse
+/// branch, which is left out when `gate` is `None`.
+pub fn vsa_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    gate: Option<&Tensor>,
+    grid: TokenGrid,
+    opts: &VsaOptions,
+) -> Result<VsaOutput> {
+    let (b, h, s, d) = q.dims4()?;
+    if s != grid.len() {
+        candle_core::bail!(
+            "VSA: {s} tokens do not fill the grid {grid} ({} tokens)",
+            grid.len()
+        )
+    }
+    let layout = Arc::new(BlockLayout::tiled(grid, opts.tile));
+    let cubes = layout.num_blocks();
+    let scale = 1.0 / (d as f64).sqrt();
+
+    // Coarse stage: attention between mean-pooled cubes (f32).
+    let (qc, kc, vc) = (
+        block_means(q, &layout)?,
+        block_means(k, &layout)?,
+        block_means(v, &layout)?,
+    );
+    let coarse_scores = (qc.matmul(&kc.t()?)? * scale)?; // [B, H, cubes, cubes]
+
+    // Selection: the top-k key cubes of every query cube.
+    let scores: Vec<f32> = coarse_scores.detach().flatten_all()?.to_vec1()?;
+    let lists = top_k_rows(&scores, cubes, opts.kept(cubes));
+    let mask = BlockMask::from_lists(b * h, cubes, cubes, &lists)?;
+    let plan = Arc::new(SparsePlan::new(b, h, layout.clone(), layout.clone(), mask)?);
+
+    // Fine stage: exact attention over the selected cubes.
+    let fine = block_sparse_attention(q, k, v, &plan)?;
+    let out = match gate {
+        Some(gate) => {
+            let coarse = softmax_last(&coarse_scores)?.matmul(&vc)?;
+            let per_token = coarse.index_select(&block_index(&layout, q.device())?, 2)?;
+            let gated = (per_token * gate.to_dtype(DType::F32)?)?;
+            (fine.to_dtype(DType::F32)? + gated)?.to_dtype(q.dtype())?
+        }
+        None => fine,
+    };
+    Ok(VsaOutput { out, plan })
+}
