@@ -16,11 +16,8 @@ pub fn block_means(x: &Tensor, layout: &BlockLayout) -> Result<Tensor> {
     let (b, h, _, d) = x.dims4()?;
     let n = layout.num_blocks();
     let index = block_index(layout, x.device())?;
-    let sums = Tensor::zeros((b, h, n, d), DType::F32, x.device())?.index_add(
-        &index,
-        &x.to_dtype(DType::F32)?,
-        2,
-    )?;
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let sums = Tensor::zeros((b, h, n, d), DType::F32, x.device())?.index_add(&index, &x, 2)?;
     let counts: Vec<f32> = (0..n).map(|i| layout.block_len(i) as f32).collect();
     let counts = Tensor::from_vec(counts, (n, 1), x.device())?;
     sums.broadcast_div(&counts)

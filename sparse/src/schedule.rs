@@ -291,15 +291,19 @@ impl AttentionRouter {
         &self.schedule
     }
 
-    /// Density computed since the last reset.
+    /// Density computed since the last [`AttentionRouter::take_report`].
     pub fn report(&self) -> DensityReport {
         self.report.lock().expect("report lock").clone()
     }
 
-    /// Forgets frozen masks and statistics (call between generations).
+    /// Returns the density computed so far and starts counting afresh.
+    pub fn take_report(&self) -> DensityReport {
+        std::mem::take(&mut *self.report.lock().expect("report lock"))
+    }
+
+    /// Forgets masks frozen during a generation (call before the next one).
     pub fn reset(&self) {
         self.frozen.lock().expect("frozen lock").clear();
-        *self.report.lock().expect("report lock") = DensityReport::default();
     }
 
     /// The VMoBA chunk kind of a layer: cycling from the first layer that runs VMoBA at this step.

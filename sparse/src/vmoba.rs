@@ -212,7 +212,7 @@ pub fn select_chunks(
     let n = chunks.num_blocks();
     let own = chunks.block_of_token(0);
     let keys = block_means(&k.detach(), chunks)?; // [B, H, n, D]
-    let q = q.detach().to_dtype(DType::F32)?;
+    let q = q.detach().to_dtype(DType::F32)?.contiguous()?;
     let budget = match opts.selection {
         Selection::TopK(k) => Budget::Count(k.unwrap_or_else(|| opts.topk_for(kind))),
         Selection::Threshold(t) => Budget::Share(t),

@@ -242,6 +242,44 @@ fn vmoba_matches_brute_force_for_every_chunk_kind_and_rule() -> Result<()> {
     Ok(())
 }
 
+/// The DiT passes q, k, v as strided views of [B, S, H, D]; every method accepts them.
+#[test]
+fn methods_accept_strided_views() -> Result<()> {
+    let g = grid_of([5, 6, 10]);
+    let r = || {
+        Tensor::randn(0f32, 1.0, (2, g.len(), 3, 8), &Device::Cpu)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+    };
+    let (q, k, v, gate) = (r(), r(), r(), r());
+    assert!(!q.is_contiguous());
+    let (qc, kc, vc, gc) = [&q, &k, &v, &gate].map(|t| t.contiguous().unwrap()).into();
+    let vsa = VsaOptions {
+        sparsity: 0.5,
+        ..Default::default()
+    };
+    let a = vsa_attention(&q, &k, &v, Some(&gate), g, &vsa)?.out;
+    assert!(rel(&a, &vsa_attention(&qc, &kc, &vc, Some(&gc), g, &vsa)?.out) < 1e-6);
+    let opts = VmobaOptions {
+        st_chunk: [2, 3, 4],
+        ..Default::default()
+    };
+    let a = vmoba_attention(&q, &k, &v, g, ChunkKind::Spatiotemporal, &opts)?.out;
+    assert!(
+        rel(
+            &a,
+            &vmoba_attention(&qc, &kc, &vc, g, ChunkKind::Spatiotemporal, &opts)?.out
+        ) < 1e-6
+    );
+    let plan = sparse::sparsed::sparsed_plan(&q, &k, &SparsedOptions::default())?;
+    assert_eq!(
+        plan.mask,
+        sparse::sparsed::sparsed_plan(&qc, &kc, &SparsedOptions::default())?.mask
+    );
+    Ok(())
+}
+
 #[test]
 fn keep_everything_equals_dense() -> Result<()> {
     let grid = [5, 6, 10];

@@ -1,6 +1,8 @@
 //! The `vdit` command line: argument parsing, dispatch and one-line error reporting.
 
+mod attention;
 mod inspect;
+pub mod method_args;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -17,6 +19,8 @@ struct Cli {
 enum Command {
     /// Describe a transformer checkpoint: layout, configuration, parameter count.
     Inspect(inspect::InspectArgs),
+    /// Run one attention method on q, k, v from a file and report the density it computed.
+    Attention(attention::AttentionArgs),
 }
 
 /// Parses the command line, runs the subcommand and turns any failure into one line on stderr
@@ -28,6 +32,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Attention(args) => attention::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
