@@ -71,7 +71,7 @@ fn keep_everything_methods_equal_dense_through_the_model() -> Result<()> {
         err > 1e-4,
         "VSA at sparsity 0.5 left the output unchanged ({err:e})"
     );
-    let report = sparse.report();
+    let report = sparse.report()?;
     assert_eq!(report.per_layer.len(), model.config().num_layers);
     assert!(
         report.layer_densities().iter().all(|&d| d > 0.4 && d < 0.6),

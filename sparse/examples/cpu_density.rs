@@ -59,9 +59,9 @@ fn main() -> Result<()> {
         };
         println!(
             "| {:.3} | {ms:.1} | {:.3} | {:.3} |",
-            plan.density(),
+            plan.density()?,
             ms / engine_dense,
-            plan.density()
+            plan.density()?
         );
     }
     Ok(())

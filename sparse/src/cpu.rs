@@ -4,7 +4,7 @@
 //! values are first gathered into the key layout's order so every key block is a contiguous run;
 //! queries are read through the query layout and outputs written back in natural order.
 
-use crate::plan::SparsePlan;
+use crate::plan::{BlockMask, SparsePlan};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Shape of contiguous `[batch, heads, tokens, head_dim]` buffers.
@@ -25,15 +25,23 @@ impl Dims {
         self.batch * self.heads
     }
 
+    /// Row of (group, token) in a `[B, H, S, D]` buffer.
     fn row(&self, group: usize, token: usize) -> std::ops::Range<usize> {
         let start = (group * self.tokens + token) * self.head_dim;
+        start..start + self.head_dim
+    }
+
+    /// Row of (group, token) in a `[B, S, H, D]` buffer (the output layout).
+    fn bshd_row(&self, group: usize, token: usize) -> std::ops::Range<usize> {
+        let (b, h) = (group / self.heads, group % self.heads);
+        let start = ((b * self.tokens + token) * self.heads + h) * self.head_dim;
         start..start + self.head_dim
     }
 }
 
 /// Output and log-sum-exp of a forward pass.
 pub struct Forward {
-    /// `[B, H, S, D]` attention output, natural order.
+    /// `[B, S, H, D]` attention output, natural token order.
     pub out: Vec<f32>,
     /// `[B, H, S]` log-sum-exp of the scaled scores over each query's keys.
     pub lse: Vec<f32>,
@@ -134,9 +142,11 @@ fn scatter_keys(plan: &SparsePlan, dims: Dims, src: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Exact softmax attention of every query over the key blocks its plan lists.
+/// Exact softmax attention of every query over the key blocks `mask` lists for it; `q`, `k`,
+/// `v` are `[B, H, S, D]`.
 pub fn forward(
     plan: &SparsePlan,
+    mask: &BlockMask,
     dims: Dims,
     q: &[f32],
     k: &[f32],
@@ -154,21 +164,16 @@ pub fn forward(
     parallel_for(dims.groups() * q_blocks, |item| {
         let (g, qb) = (item / q_blocks, item % q_blocks);
         let q_order = plan.q_layout.order(g % dims.heads).order();
-        let tokens: Vec<usize> = plan
-            .q_layout
-            .block(qb)
-            .map(|s| q_order[s] as usize)
-            .collect();
+        let tokens: Vec<usize> = plan.q_layout.block(qb).map(|s| q_order[s] as usize).collect();
         let n = tokens.len();
         let mut m = vec![f32::NEG_INFINITY; n];
         let mut l = vec![0f32; n];
         let mut acc = vec![0f32; n * d];
         let mut scores = Vec::new();
-        for &kb in plan.mask.keys(g, qb) {
+        for &kb in mask.keys(g, qb) {
             let slots = plan.k_layout.block(kb as usize);
-            let nk = slots.len();
             scores.clear();
-            scores.resize(nk, 0.0);
+            scores.resize(slots.len(), 0.0);
             for (r, &tok) in tokens.iter().enumerate() {
                 let qrow = &q[dims.row(g, tok)];
                 let mut block_max = f32::NEG_INFINITY;
@@ -196,46 +201,37 @@ pub fn forward(
         for (r, &tok) in tokens.iter().enumerate() {
             // SAFETY: the query blocks of one group partition its tokens, and groups are
             // disjoint, so each (group, token) row is written by exactly one item.
-            let row = unsafe { out_w.slice(dims.row(g, tok)) };
+            let row = unsafe { out_w.slice(dims.bshd_row(g, tok)) };
             let (lr, mr) = (l[r], m[r]);
             if lr > 0.0 {
-                row.iter_mut()
-                    .zip(&acc[r * d..(r + 1) * d])
-                    .for_each(|(o, a)| *o = a / lr);
+                row.iter_mut().zip(&acc[r * d..(r + 1) * d]).for_each(|(o, a)| *o = a / lr);
             }
-            let lse_row = unsafe { lse_w.slice(g * dims.tokens + tok..g * dims.tokens + tok + 1) };
-            lse_row[0] = if lr > 0.0 {
-                mr + lr.ln()
-            } else {
-                f32::NEG_INFINITY
-            };
+            let at = g * dims.tokens + tok;
+            // SAFETY: as above, one writer per (group, token).
+            let lse_row = unsafe { lse_w.slice(at..at + 1) };
+            lse_row[0] = if lr > 0.0 { mr + lr.ln() } else { f32::NEG_INFINITY };
         }
     });
     Forward { out, lse }
 }
 
-/// Gradients of [`forward`] given its output, log-sum-exp and the output gradient.
+/// Gradients of [`forward`] given its log-sum-exp `lse` and `delta = rowsum(dout * out)` (both
+/// `[B, H, S]`) and the output gradient `dout` (`[B, S, H, D]`); the gradients are `[B, H, S, D]`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     plan: &SparsePlan,
+    mask: &BlockMask,
     dims: Dims,
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    fwd: &Forward,
+    lse: &[f32],
+    delta: &[f32],
     dout: &[f32],
     scale: f32,
 ) -> Gradients {
-    let d = dims.head_dim;
     let kp = gather_keys(plan, dims, k);
     let vp = gather_keys(plan, dims, v);
-    // delta_i = sum_d dO_i * O_i
-    let delta: Vec<f32> = dout
-        .chunks_exact(d)
-        .zip(fwd.out.chunks_exact(d))
-        .map(|(a, b)| dot(a, b))
-        .collect();
-    let lse = &fwd.lse;
     let q_blocks = plan.q_layout.num_blocks();
     let k_blocks = plan.k_layout.num_blocks();
 
@@ -248,10 +244,10 @@ pub fn backward(
         for slot_q in plan.q_layout.block(qb) {
             let tok = q_order[slot_q] as usize;
             let i = g * dims.tokens + tok;
-            let (qrow, dorow) = (&q[dims.row(g, tok)], &dout[dims.row(g, tok)]);
+            let (qrow, dorow) = (&q[dims.row(g, tok)], &dout[dims.bshd_row(g, tok)]);
             // SAFETY: as in `forward`, each (group, token) row belongs to one item.
             let dqrow = unsafe { dq_w.slice(dims.row(g, tok)) };
-            for &kb in plan.mask.keys(g, qb) {
+            for &kb in mask.keys(g, qb) {
                 for slot in plan.k_layout.block(kb as usize) {
                     let krow = &kp[dims.row(g, slot)];
                     let p = (dot(qrow, krow) * scale - lse[i]).exp();
@@ -263,7 +259,7 @@ pub fn backward(
     });
 
     // dK, dV in key-layout order: one item per (group, key block) over the transposed mask.
-    let transposed = plan.mask.transpose();
+    let transposed = mask.transpose();
     let mut dkp = vec![0f32; k.len()];
     let mut dvp = vec![0f32; v.len()];
     let dk_w = SharedOut::new(&mut dkp);
@@ -280,7 +276,7 @@ pub fn backward(
                 for slot_q in plan.q_layout.block(qb as usize) {
                     let tok = q_order[slot_q] as usize;
                     let i = g * dims.tokens + tok;
-                    let (qrow, dorow) = (&q[dims.row(g, tok)], &dout[dims.row(g, tok)]);
+                    let (qrow, dorow) = (&q[dims.row(g, tok)], &dout[dims.bshd_row(g, tok)]);
                     let p = (dot(qrow, krow) * scale - lse[i]).exp();
                     axpy(p, dorow, dvrow);
                     let ds = p * (dot(dorow, vrow) - delta[i]);
@@ -289,9 +285,5 @@ pub fn backward(
             }
         }
     });
-    Gradients {
-        dq,
-        dk: scatter_keys(plan, dims, &dkp),
-        dv: scatter_keys(plan, dims, &dvp),
-    }
+    Gradients { dq, dk: scatter_keys(plan, dims, &dkp), dv: scatter_keys(plan, dims, &dvp) }
 }

@@ -7,7 +7,9 @@
 
 use crate::TokenGrid;
 use candle_core::{Result, Tensor};
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 /// Order of the three grid axes, outermost first: `Thw` is the natural order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -209,6 +211,23 @@ impl BlockLayout {
             starts,
             tile: tile.iter().product(),
         }
+    }
+
+    /// [`BlockLayout::tiled`], built once per (grid, tile) and shared, so that device copies
+    /// are made once too.
+    pub fn tiled_shared(grid: TokenGrid, tile: [usize; 3]) -> Arc<Self> {
+        static CACHE: Mutex<Option<HashMap<(TokenGrid, [usize; 3]), Arc<BlockLayout>>>> = Mutex::new(None);
+        let mut cache = CACHE.lock().expect("layout cache lock");
+        let map = cache.get_or_insert_with(HashMap::new);
+        Arc::clone(map.entry((grid, tile)).or_insert_with(|| Arc::new(Self::tiled(grid, tile))))
+    }
+
+    /// [`BlockLayout::natural`], built once per (tokens, block) and shared.
+    pub fn natural_shared(tokens: usize, block: usize) -> Arc<Self> {
+        static CACHE: Mutex<Option<HashMap<(usize, usize), Arc<BlockLayout>>>> = Mutex::new(None);
+        let mut cache = CACHE.lock().expect("layout cache lock");
+        let map = cache.get_or_insert_with(HashMap::new);
+        Arc::clone(map.entry((tokens, block)).or_insert_with(|| Arc::new(Self::natural(tokens, block))))
     }
 
     /// Each token its own block, natural order (per-query selections).

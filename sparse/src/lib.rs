@@ -7,6 +7,8 @@
 //! [`AttentionRouter`] picks the method per layer and per denoising step.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod dense;
 mod grid;
 pub mod layout;
@@ -24,8 +26,8 @@ pub mod vsa;
 pub use dense::Dense;
 pub use grid::TokenGrid;
 pub use layout::{AxisOrder, BlockLayout, Permutation};
-pub use op::block_sparse_attention;
-pub use plan::{BlockMask, SparsePlan};
+pub use op::{block_sparse_attention, top_k};
+pub use plan::{BlockMask, KeyBlocks, SparsePlan};
 pub use schedule::{
     AttentionRouter, AttentionSchedule, DensityReport, LayerSet, Method, Rule, StepCount,
 };

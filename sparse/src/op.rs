@@ -1,18 +1,15 @@
-//! Block-sparse attention as a candle operation with a backward pass.
+//! Block-sparse attention as candle operations: a forward with a backward, on the CPU engine
+//! or the CUDA kernels, and row-wise top-k for block selection.
 
 use crate::cpu::{self, Dims};
 use crate::plan::SparsePlan;
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
-use std::sync::{Arc, Mutex};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
+use std::sync::Arc;
 
 /// Exact attention of `q, k, v: [B, H, S, D]` restricted to the key blocks `plan` lists, in
-/// natural token order. Differentiable with respect to `q`, `k` and `v`.
-pub fn block_sparse_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    plan: &Arc<SparsePlan>,
-) -> Result<Tensor> {
+/// natural token order. Differentiable with respect to `q`, `k` and `v`. The result is a
+/// `[B, H, S, D]` view of a `[B, S, H, D]` buffer (so merging heads afterwards is free).
+pub fn block_sparse_attention(q: &Tensor, k: &Tensor, v: &Tensor, plan: &Arc<SparsePlan>) -> Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
     if k.dims4()? != (b, h, s, d) || v.dims4()? != (b, h, s, d) {
         candle_core::bail!(
@@ -22,8 +19,7 @@ pub fn block_sparse_attention(
             v.dims()
         )
     }
-    if (b, h, s) != (plan.batch, plan.heads, plan.q_layout.tokens()) || plan.k_layout.tokens() != s
-    {
+    if (b, h, s) != (plan.batch, plan.heads, plan.q_layout.tokens()) || plan.k_layout.tokens() != s {
         candle_core::bail!(
             "block-sparse attention: tensors are B={b} H={h} S={s} but the plan is for B={} H={} S={}",
             plan.batch,
@@ -31,52 +27,81 @@ pub fn block_sparse_attention(
             plan.q_layout.tokens()
         )
     }
-    let dtype = q.dtype();
-    let device = q.device().clone();
-    // The CPU engine works on contiguous f32; other devices go through it until they have kernels.
-    let prep = |t: &Tensor| {
-        t.to_device(&Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .contiguous()
-    };
-    let op = BlockSparseOp {
-        plan: Arc::clone(plan),
-        scale: (1.0 / (d as f64).sqrt()) as f32,
-        lse: Mutex::new(None),
-    };
+    let op = BlockSparseOp { plan: Arc::clone(plan), scale: (1.0 / (d as f64).sqrt()) as f32 };
+    if on_kernels(q, plan)? {
+        return q.apply_op3(k, v, op)?.transpose(1, 2);
+    }
+    // The CPU engine works on contiguous f32 host buffers.
+    let (dtype, device) = (q.dtype(), q.device().clone());
+    let prep = |t: &Tensor| t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous();
     let out = prep(q)?.apply_op3(&prep(k)?, &prep(v)?, op)?;
-    out.to_dtype(dtype)?.to_device(&device)
+    out.to_dtype(dtype)?.to_device(&device)?.transpose(1, 2)
 }
 
-struct BlockSparseOp {
-    plan: Arc<SparsePlan>,
-    scale: f32,
-    /// Log-sum-exp saved by the forward pass for the backward pass.
-    lse: Mutex<Option<Vec<f32>>>,
+/// True when the CUDA kernels can run this call as is.
+fn on_kernels(q: &Tensor, plan: &SparsePlan) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return Ok(crate::cuda::supports(q.dtype(), q.dim(3)?, plan));
+    }
+    let _ = (q, plan);
+    Ok(false)
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("block-sparse attention expects contiguous f32 inputs"),
+/// The indices of the `k` largest entries of each row of `scores: [rows, n]` (f32), best
+/// first, ties to the lower index: `[rows, k]` u32 on the same device.
+pub fn top_k(scores: &Tensor, k: usize) -> Result<Tensor> {
+    scores.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&TopK { k })
+}
+
+struct TopK {
+    k: usize,
+}
+
+impl CustomOp1 for TopK {
+    fn name(&self) -> &'static str {
+        "top-k-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, n) = l.shape().dims2()?;
+        let scores = f32_slice(s, l)?;
+        let k = self.k.min(n);
+        let mut out = Vec::with_capacity(rows * k);
+        for row in scores.chunks_exact(n) {
+            let mut idx: Vec<u32> = (0..n as u32).collect();
+            idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+            out.extend_from_slice(&idx[..k]);
+        }
+        Ok((CpuStorage::U32(out), Shape::from((rows, k))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::top_k(s, l, self.k)
     }
 }
 
-fn dims_of(l: &Layout) -> Result<Dims> {
-    let (batch, heads, tokens, head_dim) = l.shape().dims4()?;
-    Ok(Dims {
-        batch,
-        heads,
-        tokens,
-        head_dim,
-    })
+/// The forward operation; its output is `[B, S, H, D]`.
+struct BlockSparseOp {
+    plan: Arc<SparsePlan>,
+    scale: f32,
 }
 
-fn vec_of(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("expected contiguous f32 data"),
+    }
+}
+
+fn dims_of(shape: &Shape) -> Result<Dims> {
+    let (batch, heads, tokens, head_dim) = shape.dims4()?;
+    Ok(Dims { batch, heads, tokens, head_dim })
+}
+
+fn bshd(dims: Dims) -> Shape {
+    Shape::from((dims.batch, dims.tokens, dims.heads, dims.head_dim))
 }
 
 impl CustomOp3 for BlockSparseOp {
@@ -93,17 +118,26 @@ impl CustomOp3 for BlockSparseOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = dims_of(l1)?;
-        let fwd = cpu::forward(
-            &self.plan,
-            dims,
-            f32_slice(s1, l1)?,
-            f32_slice(s2, l2)?,
-            f32_slice(s3, l3)?,
-            self.scale,
-        );
-        *self.lse.lock().expect("lse lock") = Some(fwd.lse);
-        Ok((CpuStorage::F32(fwd.out), l1.shape().clone()))
+        let dims = dims_of(l1.shape())?;
+        let mask = self.plan.host_mask()?;
+        let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let fwd = cpu::forward(&self.plan, &mask, dims, q, k, v, self.scale);
+        Ok((CpuStorage::F32(fwd.out), bshd(dims)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = dims_of(l1.shape())?;
+        let (out, _) = crate::cuda::attention_forward(&self.plan, [(s1, l1), (s2, l2), (s3, l3)], self.scale, false)?;
+        Ok((out, bshd(dims)))
     }
 
     fn bwd(
@@ -114,34 +148,78 @@ impl CustomOp3 for BlockSparseOp {
         out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (batch, heads, tokens, head_dim) = q.dims4()?;
-        let dims = Dims {
-            batch,
-            heads,
-            tokens,
-            head_dim,
-        };
-        let (qv, kv, vv) = (vec_of(q)?, vec_of(k)?, vec_of(v)?);
-        let lse = match self.lse.lock().expect("lse lock").clone() {
-            Some(lse) => lse,
-            None => cpu::forward(&self.plan, dims, &qv, &kv, &vv, self.scale).lse,
-        };
-        let fwd = cpu::Forward {
-            out: vec_of(out)?,
-            lse,
-        };
-        let g = cpu::backward(
+        // delta = rowsum(dout * out), [B, H, S] f32, as the kernels index the log-sum-exp.
+        let delta = (grad.to_dtype(DType::F32)? * out.to_dtype(DType::F32)?)?
+            .sum(D::Minus1)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let op = BackwardOp { plan: Arc::clone(&self.plan), scale: self.scale, dout: grad.contiguous()?, delta };
+        let packed = q.apply_op3_no_bwd(k, v, &op)?; // [3, B, H, S, D] f32
+        let grads: Vec<Tensor> = (0..3).map(|i| packed.get(i)?.to_dtype(q.dtype())).collect::<Result<_>>()?;
+        let [dq, dk, dv]: [Tensor; 3] = grads.try_into().expect("three gradients");
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// The backward pass as an operation on (q, k, v) producing `[3, B, H, S, D]` f32 = dq, dk, dv.
+/// The log-sum-exp is recomputed (as flash attention does).
+struct BackwardOp {
+    plan: Arc<SparsePlan>,
+    scale: f32,
+    /// Output gradient, `[B, S, H, D]`.
+    dout: Tensor,
+    /// `rowsum(dout * out)`, `[B, H, S]` f32.
+    delta: Tensor,
+}
+
+fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+}
+
+impl CustomOp3 for BackwardOp {
+    fn name(&self) -> &'static str {
+        "block-sparse-attention-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = dims_of(l1.shape())?;
+        let mask = self.plan.host_mask()?;
+        let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let lse = cpu::forward(&self.plan, &mask, dims, q, k, v, self.scale).lse;
+        let (delta, dout) = (host_vec(&self.delta)?, host_vec(&self.dout)?);
+        let g = cpu::backward(&self.plan, &mask, dims, q, k, v, &lse, &delta, &dout, self.scale);
+        let mut packed = g.dq;
+        packed.extend_from_slice(&g.dk);
+        packed.extend_from_slice(&g.dv);
+        Ok((CpuStorage::F32(packed), Shape::from((3, dims.batch, dims.heads, dims.tokens, dims.head_dim))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = dims_of(l1.shape())?;
+        let packed = crate::cuda::attention_backward(
             &self.plan,
-            dims,
-            &qv,
-            &kv,
-            &vv,
-            &fwd,
-            &vec_of(grad)?,
+            [(s1, l1), (s2, l2), (s3, l3)],
+            &self.dout,
+            &self.delta,
             self.scale,
-        );
-        let shape = q.shape();
-        let make = |data: Vec<f32>| Tensor::from_vec(data, shape, q.device());
-        Ok((Some(make(g.dq)?), Some(make(g.dk)?), Some(make(g.dv)?)))
+        )?;
+        Ok((packed, Shape::from((3, dims.batch, dims.heads, dims.tokens, dims.head_dim))))
     }
 }

@@ -5,7 +5,8 @@
 //! CPU engine and the GPU kernels consume it. Dense attention is the plan with every block.
 
 use crate::layout::BlockLayout;
-use candle_core::Result;
+use candle_core::{DType, Device, Result, Tensor};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Compressed lists of key blocks, one list per (group, query block), where a group is one
@@ -51,6 +52,27 @@ impl BlockMask {
             offsets,
             indices,
         })
+    }
+
+    /// Lists of exactly `k` blocks each, from a row-major `[lists, k]` array.
+    pub fn from_uniform(
+        groups: usize,
+        q_blocks: usize,
+        k_blocks: usize,
+        k: usize,
+        indices: Vec<u32>,
+    ) -> Result<Self> {
+        if indices.len() != groups * q_blocks * k {
+            candle_core::bail!(
+                "block mask: {} indices for {groups} x {q_blocks} lists of {k}",
+                indices.len()
+            )
+        }
+        if let Some(&bad) = indices.iter().find(|&&i| i as usize >= k_blocks) {
+            candle_core::bail!("block mask: key block {bad} out of range ({k_blocks} blocks)")
+        }
+        let offsets = (0..=groups * q_blocks).map(|i| (i * k) as u32).collect();
+        Ok(Self { groups, q_blocks, k_blocks, offsets, indices })
     }
 
     /// Every query block attends to every key block.
@@ -139,6 +161,16 @@ impl BlockMask {
     }
 }
 
+/// The key blocks of every (group, query block), wherever they were computed.
+#[derive(Clone, Debug)]
+pub enum KeyBlocks {
+    /// Lists of any length, on the host.
+    Lists(BlockMask),
+    /// Exactly `k` key blocks per query block: a u32 tensor `[groups * q_blocks, k]` on the
+    /// device that selected them (VSA and SparseD top-k), so selection never leaves the GPU.
+    Uniform(Tensor),
+}
+
 /// A complete block-sparse attention plan for `batch x heads` groups.
 #[derive(Clone, Debug)]
 pub struct SparsePlan {
@@ -151,11 +183,11 @@ pub struct SparsePlan {
     /// How keys (and values) are grouped into blocks.
     pub k_layout: Arc<BlockLayout>,
     /// Key blocks per (group, query block).
-    pub mask: BlockMask,
+    pub keys: KeyBlocks,
 }
 
 impl SparsePlan {
-    /// Checks that the parts fit together.
+    /// A plan with host lists, checking that the parts fit together.
     pub fn new(
         batch: usize,
         heads: usize,
@@ -177,63 +209,110 @@ impl SparsePlan {
                 k_layout.num_blocks()
             )
         }
-        for layout in [&q_layout, &k_layout] {
-            if layout.num_orders() != 1 && layout.num_orders() != heads {
-                candle_core::bail!(
-                    "sparse plan: {} orders for {heads} heads",
-                    layout.num_orders()
-                )
-            }
+        check_orders(heads, &q_layout, &k_layout)?;
+        Ok(Self { batch, heads, q_layout, k_layout, keys: KeyBlocks::Lists(mask) })
+    }
+
+    /// A plan keeping the same number of key blocks for every query block: `indices` is a
+    /// u32 tensor `[batch * heads * q_blocks, k]` on any device.
+    pub fn uniform(
+        batch: usize,
+        heads: usize,
+        q_layout: Arc<BlockLayout>,
+        k_layout: Arc<BlockLayout>,
+        indices: Tensor,
+    ) -> Result<Self> {
+        let (rows, k) = indices.dims2()?;
+        if rows != batch * heads * q_layout.num_blocks()
+            || k == 0
+            || k > k_layout.num_blocks()
+            || indices.dtype() != DType::U32
+        {
+            candle_core::bail!(
+                "sparse plan: key-block indices {:?} {:?} do not fit {batch} x {heads} x {} query blocks of {} key blocks",
+                indices.dims(),
+                indices.dtype(),
+                q_layout.num_blocks(),
+                k_layout.num_blocks()
+            )
         }
-        Ok(Self {
-            batch,
-            heads,
-            q_layout,
-            k_layout,
-            mask,
-        })
+        check_orders(heads, &q_layout, &k_layout)?;
+        Ok(Self { batch, heads, q_layout, k_layout, keys: KeyBlocks::Uniform(indices) })
     }
 
     /// The dense plan: one layout for queries and keys, every block pair kept.
     pub fn dense(batch: usize, heads: usize, layout: Arc<BlockLayout>) -> Self {
         let n = layout.num_blocks();
-        Self {
-            batch,
-            heads,
-            q_layout: layout.clone(),
-            k_layout: layout,
-            mask: BlockMask::full(batch * heads, n, n),
+        let mask = BlockMask::full(batch * heads, n, n);
+        Self { batch, heads, q_layout: layout.clone(), k_layout: layout, keys: KeyBlocks::Lists(mask) }
+    }
+
+    /// The key-block lists on the host (a uniform tensor is read back).
+    pub fn host_mask(&self) -> Result<Cow<'_, BlockMask>> {
+        match &self.keys {
+            KeyBlocks::Lists(mask) => Ok(Cow::Borrowed(mask)),
+            KeyBlocks::Uniform(t) => {
+                let k = t.dim(1)?;
+                let indices = t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<u32>()?;
+                let (nq, nk) = (self.q_layout.num_blocks(), self.k_layout.num_blocks());
+                Ok(Cow::Owned(BlockMask::from_uniform(self.batch * self.heads, nq, nk, k, indices)?))
+            }
         }
     }
 
-    /// Query-key pairs computed.
-    pub fn pairs(&self) -> u64 {
+    /// All query-key pairs, `batch * heads * Sq * Sk`.
+    pub fn possible_pairs(&self) -> f64 {
+        (self.batch * self.heads) as f64 * self.q_layout.tokens() as f64 * self.k_layout.tokens() as f64
+    }
+
+    /// Query-key pairs computed (reads a uniform plan's indices back to the host).
+    pub fn pairs(&self) -> Result<u64> {
+        let mask = self.host_mask()?;
         let mut total = 0u64;
-        for g in 0..self.mask.groups() {
-            for qb in 0..self.mask.q_blocks() {
-                let keys: usize = self
-                    .mask
-                    .keys(g, qb)
-                    .iter()
-                    .map(|&kb| self.k_layout.block_len(kb as usize))
-                    .sum();
+        for g in 0..mask.groups() {
+            for qb in 0..mask.q_blocks() {
+                let keys: usize =
+                    mask.keys(g, qb).iter().map(|&kb| self.k_layout.block_len(kb as usize)).sum();
                 total += (self.q_layout.block_len(qb) * keys) as u64;
             }
         }
-        total
+        Ok(total)
+    }
+
+    /// Query-key pairs computed, as an f32 scalar tensor: on the host for lists, and for a
+    /// uniform plan on the device holding its indices (no host round trip).
+    pub fn pairs_tensor(&self) -> Result<Tensor> {
+        match &self.keys {
+            KeyBlocks::Lists(_) => Tensor::new(self.pairs()? as f32, &Device::Cpu),
+            KeyBlocks::Uniform(t) => {
+                let lens = |l: &BlockLayout| -> Vec<f32> {
+                    (0..l.num_blocks()).map(|b| l.block_len(b) as f32).collect()
+                };
+                let nq = self.q_layout.num_blocks();
+                let k_lens = Tensor::from_vec(lens(&self.k_layout), self.k_layout.num_blocks(), t.device())?;
+                let q_lens = Tensor::from_vec(lens(&self.q_layout), (1, nq, 1), t.device())?;
+                let per_row = k_lens
+                    .index_select(&t.flatten_all()?, 0)?
+                    .reshape((self.batch * self.heads, nq, t.dim(1)?))?;
+                per_row.broadcast_mul(&q_lens)?.sum_all()
+            }
+        }
     }
 
     /// Fraction of all query-key pairs the plan computes.
-    pub fn density(&self) -> f64 {
-        let all = (self.batch * self.heads) as f64
-            * self.q_layout.tokens() as f64
-            * self.k_layout.tokens() as f64;
-        if all == 0.0 {
-            0.0
-        } else {
-            self.pairs() as f64 / all
+    pub fn density(&self) -> Result<f64> {
+        let all = self.possible_pairs();
+        Ok(if all == 0.0 { 0.0 } else { self.pairs()? as f64 / all })
+    }
+}
+
+fn check_orders(heads: usize, q: &BlockLayout, k: &BlockLayout) -> Result<()> {
+    for layout in [q, k] {
+        if layout.num_orders() != 1 && layout.num_orders() != heads {
+            candle_core::bail!("sparse plan: {} orders for {heads} heads", layout.num_orders())
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -255,11 +334,17 @@ mod tests {
     fn density_counts_valid_tokens_of_partial_blocks() -> Result<()> {
         let layout = Arc::new(BlockLayout::natural(10, 4)); // blocks of 4, 4, 2
         let full = SparsePlan::dense(1, 1, layout.clone());
-        assert_eq!(full.density(), 1.0);
+        assert_eq!(full.density()?, 1.0);
         let mask = BlockMask::from_lists(1, 3, 3, &[vec![0], vec![1], vec![2]])?;
-        let diag = SparsePlan::new(1, 1, layout.clone(), layout, mask)?;
-        assert_eq!(diag.pairs(), 16 + 16 + 4);
-        assert!((diag.density() - 36.0 / 100.0).abs() < 1e-12);
+        let diag = SparsePlan::new(1, 1, layout.clone(), layout.clone(), mask)?;
+        assert_eq!(diag.pairs()?, 16 + 16 + 4);
+        assert!((diag.density()? - 36.0 / 100.0).abs() < 1e-12);
+        // The same selection as a uniform tensor: same count on the host and as a tensor.
+        let indices = Tensor::new(&[[0u32], [1], [2]], &Device::Cpu)?;
+        let uniform = SparsePlan::uniform(1, 1, layout.clone(), layout, indices)?;
+        assert_eq!(uniform.pairs()?, 36);
+        assert_eq!(uniform.pairs_tensor()?.to_scalar::<f32>()?, 36.0);
+        assert_eq!(*uniform.host_mask()?, *diag.host_mask()?);
         Ok(())
     }
 }

@@ -100,20 +100,6 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The `keep` largest entries of each row of a `[rows, cols]` score list, best first (ties
-/// go to the lower index).
-pub fn top_k_rows(scores: &[f32], cols: usize, keep: usize) -> Vec<Vec<u32>> {
-    scores
-        .chunks_exact(cols)
-        .map(|row| {
-            let mut idx: Vec<u32> = (0..cols as u32).collect();
-            idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
-            idx.truncate(keep.min(cols));
-            idx
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,11 +135,5 @@ mod tests {
             assert!((r - expected).abs() < 1e-4, "row {i}: {r} vs {expected}");
         }
         Ok(())
-    }
-
-    #[test]
-    fn top_k_rows_orders_by_score_then_index() {
-        let rows = top_k_rows(&[0.1, 0.5, 0.5, 0.2], 4, 3);
-        assert_eq!(rows, vec![vec![1, 2, 3]]);
     }
 }

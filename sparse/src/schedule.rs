@@ -246,10 +246,7 @@ impl DensityReport {
 
     /// Fraction of pairs computed over all calls.
     pub fn overall(&self) -> f64 {
-        let (c, p) = self
-            .per_layer
-            .iter()
-            .fold((0.0, 0.0), |(c, p), &(a, b)| (c + a, p + b));
+        let (c, p) = self.per_layer.iter().fold((0.0, 0.0), |(c, p), &(a, b)| (c + a, p + b));
         if p > 0.0 {
             c / p
         } else {
@@ -259,11 +256,32 @@ impl DensityReport {
 
     /// Fraction of pairs computed in each layer.
     pub fn layer_densities(&self) -> Vec<f64> {
-        self.per_layer
-            .iter()
-            .map(|&(c, p)| if p > 0.0 { c / p } else { 1.0 })
-            .collect()
+        self.per_layer.iter().map(|&(c, p)| if p > 0.0 { c / p } else { 1.0 }).collect()
     }
+}
+
+/// Counts not yet read back: a plan's computed pairs may be a scalar on the GPU, read only
+/// when a report is asked for, so that attention never waits on the host.
+#[derive(Default)]
+struct Tally {
+    report: DensityReport,
+    pending: Vec<(usize, Tensor, f64)>,
+}
+
+impl Tally {
+    fn resolve(&mut self) -> Result<()> {
+        for (layer, computed, possible) in self.pending.drain(..) {
+            let computed = computed.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            self.report.add(layer, computed, possible);
+        }
+        Ok(())
+    }
+}
+
+/// What a call computed: everything, or a plan's pairs.
+enum Computed {
+    All,
+    Plan(Arc<SparsePlan>),
 }
 
 /// Runs each self-attention call with the method its schedule gives, keeping state across calls.
@@ -271,7 +289,7 @@ pub struct AttentionRouter {
     schedule: AttentionSchedule,
     frozen: Mutex<HashMap<usize, Arc<SparsePlan>>>,
     paro_plans: Mutex<HashMap<(usize, usize, usize), Arc<SparsePlan>>>,
-    report: Mutex<DensityReport>,
+    tally: Mutex<Tally>,
 }
 
 impl AttentionRouter {
@@ -282,7 +300,7 @@ impl AttentionRouter {
             schedule,
             frozen: Mutex::new(HashMap::new()),
             paro_plans: Mutex::new(HashMap::new()),
-            report: Mutex::new(DensityReport::default()),
+            tally: Mutex::new(Tally::default()),
         })
     }
 
@@ -291,14 +309,19 @@ impl AttentionRouter {
         &self.schedule
     }
 
-    /// Density computed since the last [`AttentionRouter::take_report`].
-    pub fn report(&self) -> DensityReport {
-        self.report.lock().expect("report lock").clone()
+    /// Density computed since the last [`AttentionRouter::take_report`] (reads pending GPU
+    /// counts back).
+    pub fn report(&self) -> Result<DensityReport> {
+        let mut tally = self.tally.lock().expect("tally lock");
+        tally.resolve()?;
+        Ok(tally.report.clone())
     }
 
     /// Returns the density computed so far and starts counting afresh.
-    pub fn take_report(&self) -> DensityReport {
-        std::mem::take(&mut *self.report.lock().expect("report lock"))
+    pub fn take_report(&self) -> Result<DensityReport> {
+        let mut tally = self.tally.lock().expect("tally lock");
+        tally.resolve()?;
+        Ok(std::mem::take(&mut tally.report))
     }
 
     /// Forgets masks frozen during a generation (call before the next one).
@@ -340,28 +363,22 @@ impl AttentionRouter {
         Ok(())
     }
 
-    fn run(&self, call: &AttentionCall<'_>) -> Result<(Tensor, f64)> {
+    fn run(&self, call: &AttentionCall<'_>) -> Result<(Tensor, Computed)> {
         let site = call.site;
         let method = self.schedule.method_at(site);
         if !matches!(method, Method::Sparsed(_)) {
             self.freeze_ahead(call)?;
         }
         match method {
-            Method::Dense => Ok((attention(call.q, call.k, call.v)?, 1.0)),
+            Method::Dense => Ok((attention(call.q, call.k, call.v)?, Computed::All)),
             Method::Vsa(o) => {
                 let r = vsa_attention(call.q, call.k, call.v, call.gate, call.grid, o)?;
-                Ok((r.out, r.plan.density()))
+                Ok((r.out, Computed::Plan(r.plan)))
             }
             Method::Vmoba(o) => {
-                let r = vmoba_attention(
-                    call.q,
-                    call.k,
-                    call.v,
-                    call.grid,
-                    self.chunk_kind(site, o),
-                    o,
-                )?;
-                Ok((r.out, r.plan.density()))
+                let kind = self.chunk_kind(site, o);
+                let r = vmoba_attention(call.q, call.k, call.v, call.grid, kind, o)?;
+                Ok((r.out, Computed::Plan(r.plan)))
             }
             Method::Paro(c) => {
                 if call.grid != c.grid {
@@ -372,37 +389,24 @@ impl AttentionRouter {
                     )
                 }
                 let batch = call.q.dim(0)?;
-                let key = (
-                    site.layer,
-                    step_group(site.step, site.num_steps, c.groups),
-                    batch,
-                );
-                let mut plans = self.paro_plans.lock().expect("paro lock");
-                let plan = match plans.get(&key) {
-                    Some(p) => p.clone(),
-                    None => plans
-                        .entry(key)
-                        .or_insert(c.plan(key.0, key.1, batch)?)
-                        .clone(),
+                let key = (site.layer, step_group(site.step, site.num_steps, c.groups), batch);
+                let plan = {
+                    let mut plans = self.paro_plans.lock().expect("paro lock");
+                    match plans.get(&key) {
+                        Some(p) => p.clone(),
+                        None => plans.entry(key).or_insert(c.plan(key.0, key.1, batch)?).clone(),
+                    }
                 };
-                drop(plans);
-                Ok((
-                    block_sparse_attention(call.q, call.k, call.v, &plan)?,
-                    plan.density(),
-                ))
+                let out = block_sparse_attention(call.q, call.k, call.v, &plan)?;
+                Ok((out, Computed::Plan(plan)))
             }
             Method::Sparsed(opts) => {
-                let frozen = self
-                    .frozen
-                    .lock()
-                    .expect("frozen lock")
-                    .get(&site.layer)
-                    .cloned();
+                let frozen = self.frozen.lock().expect("frozen lock").get(&site.layer).cloned();
                 match frozen {
-                    Some(plan) if plan.batch == call.q.dim(0)? => Ok((
-                        block_sparse_attention(call.q, call.k, call.v, &plan)?,
-                        plan.density(),
-                    )),
+                    Some(plan) if plan.batch == call.q.dim(0)? => {
+                        let out = block_sparse_attention(call.q, call.k, call.v, &plan)?;
+                        Ok((out, Computed::Plan(plan)))
+                    }
                     Some(plan) => candle_core::bail!(
                         "SparseD masks were frozen for batch {}, this call has batch {}",
                         plan.batch,
@@ -411,11 +415,8 @@ impl AttentionRouter {
                     None => {
                         // No dense step came first: this step is exact and freezes the masks.
                         let plan = sparsed_plan(call.q, call.k, opts)?;
-                        self.frozen
-                            .lock()
-                            .expect("frozen lock")
-                            .insert(site.layer, plan);
-                        Ok((attention(call.q, call.k, call.v)?, 1.0))
+                        self.frozen.lock().expect("frozen lock").insert(site.layer, plan);
+                        Ok((attention(call.q, call.k, call.v)?, Computed::All))
                     }
                 }
             }
@@ -425,13 +426,14 @@ impl AttentionRouter {
 
 impl SelfAttention for AttentionRouter {
     fn attend(&self, call: &AttentionCall<'_>) -> Result<Tensor> {
-        let (out, density) = self.run(call)?;
+        let (out, computed) = self.run(call)?;
         let (b, h, s, _) = call.q.dims4()?;
         let possible = (b * h) as f64 * (s as f64) * (s as f64);
-        self.report
-            .lock()
-            .expect("report lock")
-            .add(call.site.layer, density * possible, possible);
+        let computed = match computed {
+            Computed::All => Tensor::new(possible, &candle_core::Device::Cpu)?,
+            Computed::Plan(plan) => plan.pairs_tensor()?,
+        };
+        self.tally.lock().expect("tally lock").pending.push((call.site.layer, computed, possible));
         Ok(out)
     }
 }

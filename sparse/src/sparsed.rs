@@ -2,8 +2,9 @@
 //! blocks holding the most attention mass, then reuse those masks for the rest of the run.
 
 use crate::layout::BlockLayout;
-use crate::plan::{BlockMask, SparsePlan};
-use crate::pool::{block_attention_mass, top_k_rows, Blocking};
+use crate::plan::SparsePlan;
+use crate::pool::{block_attention_mass, Blocking};
+use crate::top_k;
 use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
@@ -45,7 +46,7 @@ impl SparsedOptions {
 /// query block) the `ceil(select * blocks)` key blocks with the most softmax mass.
 pub fn sparsed_plan(q: &Tensor, k: &Tensor, opts: &SparsedOptions) -> Result<Arc<SparsePlan>> {
     let (b, h, s, _) = q.dims4()?;
-    let layout = Arc::new(BlockLayout::natural(s, opts.block));
+    let layout = BlockLayout::natural_shared(s, opts.block);
     let n = layout.num_blocks();
     let owner = layout.block_of_token(0);
     let blocking = Blocking {
@@ -58,13 +59,6 @@ pub fn sparsed_plan(q: &Tensor, k: &Tensor, opts: &SparsedOptions) -> Result<Arc
     let keep = ((opts.select * n as f64) - 1e-9)
         .ceil()
         .clamp(1.0, n as f64) as usize;
-    let lists = top_k_rows(&mass.flatten_all()?.to_vec1::<f32>()?, n, keep);
-    let mask = BlockMask::from_lists(b * h, n, n, &lists)?;
-    Ok(Arc::new(SparsePlan::new(
-        b,
-        h,
-        layout.clone(),
-        layout,
-        mask,
-    )?))
+    let indices = top_k(&mass.reshape((b * h * n, n))?, keep)?;
+    Ok(Arc::new(SparsePlan::uniform(b, h, layout.clone(), layout, indices)?))
 }

@@ -3,9 +3,9 @@
 //! and `out = coarse * gate + fine`.
 
 use crate::layout::BlockLayout;
-use crate::plan::{BlockMask, SparsePlan};
-use crate::pool::{block_index, block_means, softmax_last, top_k_rows};
-use crate::{block_sparse_attention, TokenGrid};
+use crate::plan::SparsePlan;
+use crate::pool::{block_index, block_means, softmax_last};
+use crate::{block_sparse_attention, top_k, TokenGrid};
 use candle_core::{DType, Result, Tensor};
 use std::sync::Arc;
 
@@ -79,7 +79,7 @@ pub fn vsa_attention(
             grid.len()
         )
     }
-    let layout = Arc::new(BlockLayout::tiled(grid, opts.tile));
+    let layout = BlockLayout::tiled_shared(grid, opts.tile);
     let cubes = layout.num_blocks();
     let scale = 1.0 / (d as f64).sqrt();
 
@@ -92,10 +92,9 @@ pub fn vsa_attention(
     let coarse_scores = (qc.matmul(&kc.t()?)? * scale)?; // [B, H, cubes, cubes]
 
     // Selection: the top-k key cubes of every query cube.
-    let scores: Vec<f32> = coarse_scores.detach().flatten_all()?.to_vec1()?;
-    let lists = top_k_rows(&scores, cubes, opts.kept(cubes));
-    let mask = BlockMask::from_lists(b * h, cubes, cubes, &lists)?;
-    let plan = Arc::new(SparsePlan::new(b, h, layout.clone(), layout.clone(), mask)?);
+    let rows = coarse_scores.detach().reshape((b * h * cubes, cubes))?;
+    let indices = top_k(&rows, opts.kept(cubes))?;
+    let plan = Arc::new(SparsePlan::uniform(b, h, layout.clone(), layout.clone(), indices)?);
 
     // Fine stage: exact attention over the selected cubes.
     let fine = block_sparse_attention(q, k, v, &plan)?;

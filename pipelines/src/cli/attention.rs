@@ -72,11 +72,11 @@ pub fn run(args: AttentionArgs) -> Result<()> {
     let mut out = router.attend(&call)?;
     if args.method == MethodName::Sparsed {
         // The first SparseD call is exact and freezes masks; the probe reports the sparse pass.
-        router.take_report();
+        router.take_report()?;
         out = router.attend(&call)?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let report = router.report();
+    let report = router.report()?;
     let map = HashMap::from([("out".to_string(), out.contiguous()?)]);
     safetensors::save(&map, &args.output)
         .with_context(|| format!("cannot write {}", args.output.display()))?;

@@ -17,6 +17,7 @@ pub fn masked_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Re
 /// The token-level mask a plan describes, expanded naively: `[B, H, S, S]` of 0/1.
 pub fn plan_token_mask(plan: &SparsePlan) -> Result<Tensor> {
     let s = plan.q_layout.tokens();
+    let host = plan.host_mask()?;
     let mut mask = vec![0f32; plan.batch * plan.heads * s * s];
     for b in 0..plan.batch {
         for h in 0..plan.heads {
@@ -24,7 +25,7 @@ pub fn plan_token_mask(plan: &SparsePlan) -> Result<Tensor> {
             let qo = plan.q_layout.order(h).order();
             let ko = plan.k_layout.order(h).order();
             for qb in 0..plan.q_layout.num_blocks() {
-                for &kb in plan.mask.keys(g, qb) {
+                for &kb in host.keys(g, qb) {
                     for qs in plan.q_layout.block(qb) {
                         for ks in plan.k_layout.block(kb as usize) {
                             mask[(g * s + qo[qs] as usize) * s + ko[ks] as usize] = 1.0;

@@ -1,0 +1,225 @@
+// Block-sparse flash attention, forward: one CTA per (batch*head, query block). Query rows and
+// key rows are read through the plan's token orders straight from (possibly strided) q, k, v;
+// the CTA walks its query block's list of key blocks in 64-key tiles with an online softmax,
+// and writes out[b, token, h, :] ([B, S, H, D]) and the log-sum-exp.
+#include "common.cuh"
+
+struct AttnParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;           // [B, S, H, D], contiguous
+  float* lse;          // [B * H, S] (natural log), or null
+  long long q_sb, q_sh, q_ss;  // element strides of q over batch, head, token
+  long long k_sb, k_sh, k_ss;
+  long long v_sb, v_sh, v_ss;
+  const uint32_t* q_order;   // slot -> token, [q_orders * S]
+  const uint32_t* q_starts;  // query block boundaries in slots, [nqb + 1]
+  const uint32_t* k_order;
+  const uint32_t* k_starts;
+  const uint32_t* offsets;   // CSR over (b * H + h) * nqb + qb
+  const uint32_t* indices;   // key blocks
+  int B, H, S;
+  int q_per_head, k_per_head;  // 1 when orders differ per head
+  int nqb;
+  int uniform_k;     // > 0: every list has this length and `offsets` is unused
+  float scale_log2;  // softmax scale * log2(e)
+};
+
+// Position in the sequence of 64-key tiles of a query block's key-block list.
+struct TileCursor {
+  uint32_t item, end;  // index into `indices`
+  uint32_t offset;     // slot offset inside the current key block
+};
+
+template <typename T, int D, int WARPS>
+__device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
+  constexpr int BM = 16 * WARPS, BN = 64, CH = D / 8, THREADS = WARPS * 32;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + BM * D;       // two buffers of BN x D
+  T* sV = sK + 2 * BN * D;   // two buffers of BN x D
+  __shared__ int tile_rows[2];
+
+  const int qb = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.S : 0);
+  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.S : 0);
+  const int qs = p.q_starts[qb];
+  const int nq = p.q_starts[qb + 1] - qs;
+  const T* qbase = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
+  const T* kbase = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
+  const T* vbase = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+
+  for (int i = tid; i < BM * CH; i += THREADS) {
+    const int r = i / CH, c = i % CH;
+    const bool valid = r < nq;
+    const T* src = qbase + (valid ? (long long)q_ord[qs + r] * p.q_ss : 0) + c * 8;
+    cp_async16(sQ + swz<CH>(r, c), src, valid);
+  }
+  cp_async_commit();
+
+  const size_t list = (size_t)bh * p.nqb + qb;
+  const uint32_t first = p.uniform_k > 0 ? (uint32_t)(list * p.uniform_k) : p.offsets[list];
+  const uint32_t last = p.uniform_k > 0 ? first + p.uniform_k : p.offsets[list + 1];
+  TileCursor cur{first, last, 0};
+
+  auto load_tile = [&](int buf, const TileCursor& c) {
+    const uint32_t kb = p.indices[c.item];
+    const int start = p.k_starts[kb] + c.offset;
+    const int rows = min(BN, (int)(p.k_starts[kb + 1] - start));
+    if (tid == 0) tile_rows[buf] = rows;
+    T* dk = sK + buf * BN * D;
+    T* dv = sV + buf * BN * D;
+    for (int i = tid; i < BN * CH; i += THREADS) {
+      const int r = i / CH, ch = i % CH;
+      const bool valid = r < rows;
+      const long long tok = valid ? (long long)k_ord[start + r] : 0;
+      cp_async16(dk + swz<CH>(r, ch), kbase + tok * p.k_ss + ch * 8, valid);
+      cp_async16(dv + swz<CH>(r, ch), vbase + tok * p.v_ss + ch * 8, valid);
+    }
+  };
+  auto advance = [&](TileCursor c) {
+    const uint32_t kb = p.indices[c.item];
+    c.offset += BN;
+    if (c.offset >= p.k_starts[kb + 1] - p.k_starts[kb]) {
+      c.item += 1;
+      c.offset = 0;
+    }
+    return c;
+  };
+
+  if (cur.item < cur.end) load_tile(0, cur);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // This warp's 16 query rows as A fragments, for every 16-wide slice of the head dim.
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+    ldmatrix_x4(qf[kk], sQ + swz<CH>(row, kk * 2 + (lane >> 4)));
+  }
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  int buf = 0;
+
+  while (cur.item < cur.end) {
+    const TileCursor nxt = advance(cur);
+    if (nxt.item < nxt.end) load_tile(buf ^ 1, nxt);
+    cp_async_commit();
+    const T* tk = sK + buf * BN * D;
+    const T* tv = sV + buf * BN * D;
+    const int rows = tile_rows[buf];
+
+    float s[BN / 8][4];
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int j = 0; j < BN / 16; ++j) {
+        uint32_t kf[4];
+        ldmatrix_x4(kf, tk + swz<CH>(j * 16 + (lane & 7) + (lane >> 4) * 8, kk * 2 + ((lane >> 3) & 1)));
+        mma16816<T>(s[2 * j], qf[kk], kf);
+        mma16816<T>(s[2 * j + 1], qf[kk], kf + 2);
+      }
+    }
+
+    // Online softmax in the log2 domain; keys past the tile's valid rows are masked.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = nt * 8 + (lane & 3) * 2 + e;
+          float x = s[nt][half * 2 + e] * p.scale_log2;
+          x = key < rows ? x : -INFINITY;
+          s[nt][half * 2 + e] = x;
+          mx = fmaxf(mx, x);
+        }
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+      const float m_new = fmaxf(m[half], mx);
+      const float base = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = exp2f(m[half] - base);
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pr = exp2f(s[nt][half * 2 + e] - base);
+          s[nt][half * 2 + e] = pr;
+          sum += pr;
+        }
+      }
+      l[half] = l[half] * alpha + sum;
+      m[half] = m_new;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o[dt][half * 2] *= alpha;
+        o[dt][half * 2 + 1] *= alpha;
+      }
+    }
+
+    // O += P V with P taken straight from the score registers.
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                       pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int j = 0; j < D / 16; ++j) {
+        uint32_t vf[4];
+        ldmatrix_x4_trans(vf, tv + swz<CH>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, j * 2 + (lane >> 4)));
+        mma16816<T>(o[2 * j], a, vf);
+        mma16816<T>(o[2 * j + 1], a, vf + 2);
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    buf ^= 1;
+    cur = nxt;
+  }
+
+  // Normalise and write rows (and the log-sum-exp) in natural token order.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = l[half];
+    sum += __shfl_xor_sync(0xffffffff, sum, 1);
+    sum += __shfl_xor_sync(0xffffffff, sum, 2);
+    const int r = warp * 16 + (lane >> 2) + half * 8;
+    if (r >= nq) continue;
+    const long long tok = q_ord[qs + r];
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    T* dst = reinterpret_cast<T*>(p.out) + (((long long)b * p.S + tok) * p.H + h) * D + (lane & 3) * 2;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      *reinterpret_cast<uint32_t*>(dst + dt * 8) = pack2<T>(o[dt][half * 2] * inv, o[dt][half * 2 + 1] * inv);
+    }
+    if (p.lse != nullptr && (lane & 3) == 0) {
+      p.lse[(size_t)bh * p.S + tok] = sum > 0.f ? (m[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+    }
+  }
+}
+
+#define INSTANTIATE(T, NAME, D, W)                                                        \
+  extern "C" __global__ void __launch_bounds__(W * 32)                                    \
+      bsattn_fwd_##NAME##_d##D##_w##W(const AttnParams p) {                               \
+    bsattn_fwd<T, D, W>(p);                                                               \
+  }
+INSTANTIATE(__nv_bfloat16, bf16, 64, 4)
+INSTANTIATE(__nv_bfloat16, bf16, 128, 4)
+INSTANTIATE(__nv_bfloat16, bf16, 64, 8)
+INSTANTIATE(__nv_bfloat16, bf16, 128, 8)
+INSTANTIATE(__half, f16, 64, 4)
+INSTANTIATE(__half, f16, 128, 4)
+INSTANTIATE(__half, f16, 64, 8)
+INSTANTIATE(__half, f16, 128, 8)
+

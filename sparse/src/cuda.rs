@@ -1,0 +1,376 @@
+//! The CUDA side of block-sparse attention and block selection: uploads of plans (cached per
+//! layout and per plan), and kernel launches on candle's stream. Kernels live in `kernels/`
+//! and are compiled to PTX by `build.rs`.
+
+use crate::layout::BlockLayout;
+use crate::plan::{KeyBlocks, SparsePlan};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
+use std::sync::{Arc, Mutex, Weak};
+
+const FWD_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_fwd.ptx"));
+const BWD_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_bwd.ptx"));
+const TOPK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/topk.ptx"));
+
+/// Largest query block the forward kernels take (8 warps of 16 rows).
+const MAX_Q_BLOCK: usize = 128;
+/// Longest row the top-k kernel sorts.
+const MAX_TOPK_COLUMNS: usize = 4096;
+
+/// True when the kernels handle this dtype, head dim and plan (others use the CPU engine).
+pub fn supports(dtype: DType, head_dim: usize, plan: &SparsePlan) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16) && matches!(head_dim, 64 | 128) && plan.q_layout.tile() <= MAX_Q_BLOCK
+}
+
+/// Launch parameters of `bsattn_fwd_*` (mirrors `AttnParams` in attention_fwd.cu).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AttnParams {
+    q: u64,
+    k: u64,
+    v: u64,
+    out: u64,
+    lse: u64,
+    q_strides: [i64; 3],
+    k_strides: [i64; 3],
+    v_strides: [i64; 3],
+    q_order: u64,
+    q_starts: u64,
+    k_order: u64,
+    k_starts: u64,
+    offsets: u64,
+    indices: u64,
+    b: i32,
+    h: i32,
+    s: i32,
+    q_per_head: i32,
+    k_per_head: i32,
+    nqb: i32,
+    uniform_k: i32,
+    scale_log2: f32,
+}
+// SAFETY: plain old data with the C layout of the kernel's parameter struct.
+unsafe impl DeviceRepr for AttnParams {}
+
+/// Launch parameters of `bsattn_bwd_*` (mirrors `BwdParams` in attention_bwd.cu).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BwdParams {
+    q: u64,
+    k: u64,
+    v: u64,
+    dout: u64,
+    q_strides: [i64; 3],
+    k_strides: [i64; 3],
+    v_strides: [i64; 3],
+    o_strides: [i64; 3],
+    lse: u64,
+    delta: u64,
+    dq: u64,
+    dk: u64,
+    dv: u64,
+    q_order: u64,
+    q_starts: u64,
+    k_order: u64,
+    k_starts: u64,
+    offsets: u64,
+    indices: u64,
+    b: i32,
+    h: i32,
+    s: i32,
+    q_per_head: i32,
+    k_per_head: i32,
+    rows_blocks: i32,
+    scale: f32,
+}
+// SAFETY: as for AttnParams.
+unsafe impl DeviceRepr for BwdParams {}
+
+/// A block layout's token orders and block starts on one device.
+struct DeviceLayout {
+    order: CudaSlice<u32>,
+    starts: CudaSlice<u32>,
+    per_head: bool,
+}
+
+/// Host CSR lists on one device.
+struct DeviceLists {
+    offsets: CudaSlice<u32>,
+    indices: CudaSlice<u32>,
+}
+
+/// Device copies of host objects, kept while the host object lives.
+struct Cache<K, V> {
+    entries: Mutex<Vec<(Weak<K>, candle_core::cuda_backend::DeviceId, Arc<V>)>>,
+}
+
+impl<K, V> Cache<K, V> {
+    const fn new() -> Self {
+        Self { entries: Mutex::new(Vec::new()) }
+    }
+
+    fn get_or(&self, key: &Arc<K>, dev: &CudaDevice, make: impl FnOnce() -> Result<V>) -> Result<Arc<V>> {
+        let mut entries = self.entries.lock().expect("device cache lock");
+        entries.retain(|(w, _, _)| w.strong_count() > 0);
+        if let Some((_, _, v)) = entries.iter().find(|(w, id, _)| *id == dev.id() && w.as_ptr() == Arc::as_ptr(key)) {
+            return Ok(Arc::clone(v));
+        }
+        let value = Arc::new(make()?);
+        entries.push((Arc::downgrade(key), dev.id(), Arc::clone(&value)));
+        Ok(value)
+    }
+}
+
+static LAYOUTS: Cache<BlockLayout, DeviceLayout> = Cache::new();
+static LISTS: Cache<SparsePlan, DeviceLists> = Cache::new();
+
+fn layout_on(dev: &CudaDevice, layout: &Arc<BlockLayout>) -> Result<Arc<DeviceLayout>> {
+    LAYOUTS.get_or(layout, dev, || {
+        let mut order = Vec::with_capacity(layout.num_orders() * layout.tokens());
+        for h in 0..layout.num_orders() {
+            order.extend_from_slice(layout.order(h).order());
+        }
+        Ok(DeviceLayout { order: dev.clone_htod(&order)?, starts: dev.clone_htod(layout.starts())?, per_head: !layout.is_shared() })
+    })
+}
+
+fn ptr<T>(dev: &CudaDevice, s: &CudaSlice<T>) -> u64 {
+    let stream = dev.cuda_stream();
+    let (p, _sync) = s.device_ptr(&stream);
+    p
+}
+
+/// Device address of a tensor view's first element and its (batch, head, token) strides.
+fn view(s: &CudaStorage, l: &Layout) -> Result<(u64, [i64; 3])> {
+    let stride = l.stride();
+    if stride.len() != 4 || stride[3] != 1 {
+        candle_core::bail!("attention kernels need a unit stride over the head dim, got strides {stride:?}")
+    }
+    let dev = s.device();
+    let (base, size) = match s.dtype() {
+        DType::BF16 => (ptr(dev, s.as_cuda_slice::<half::bf16>()?), 2),
+        DType::F16 => (ptr(dev, s.as_cuda_slice::<half::f16>()?), 2),
+        DType::F32 => (ptr(dev, s.as_cuda_slice::<f32>()?), 4),
+        dt => candle_core::bail!("attention kernels do not take {dt:?}"),
+    };
+    Ok((base + (l.start_offset() * size) as u64, [stride[0] as i64, stride[1] as i64, stride[2] as i64]))
+}
+
+fn tensor_ptr(t: &Tensor) -> Result<u64> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cuda(s) = &*storage else { candle_core::bail!("expected a CUDA tensor") };
+    if !layout.is_contiguous() {
+        candle_core::bail!("expected a contiguous tensor")
+    }
+    let (base, size) = match s.dtype() {
+        DType::U32 => (ptr(s.device(), s.as_cuda_slice::<u32>()?), 4),
+        DType::F32 => (ptr(s.device(), s.as_cuda_slice::<f32>()?), 4),
+        DType::BF16 => (ptr(s.device(), s.as_cuda_slice::<half::bf16>()?), 2),
+        DType::F16 => (ptr(s.device(), s.as_cuda_slice::<half::f16>()?), 2),
+        dt => candle_core::bail!("unexpected dtype {dt:?}"),
+    };
+    Ok(base + (layout.start_offset() * size) as u64)
+}
+
+fn type_name(dtype: DType) -> Result<&'static str> {
+    Ok(match dtype {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::F32 => "f32",
+        dt => candle_core::bail!("attention kernels do not take {dt:?}"),
+    })
+}
+
+fn launch<P: DeviceRepr>(
+    dev: &CudaDevice,
+    module: &str,
+    ptx: &str,
+    name: &str,
+    cfg: LaunchConfig,
+    params: &P,
+) -> Result<()> {
+    let func = dev.get_or_load_custom_func(name, module, ptx)?;
+    if cfg.shared_mem_bytes > 48 * 1024 {
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            cfg.shared_mem_bytes as i32,
+        )
+        .w()?;
+    }
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    builder.arg(params);
+    // SAFETY: the parameter struct matches the kernel's, and every pointer in it refers to a
+    // live allocation of the sizes the kernel indexes (checked by the plan's constructors).
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(())
+}
+
+/// Key lists of a plan as (offsets pointer or 0, indices pointer, uniform k or 0), plus
+/// whatever keeps the device buffers alive.
+fn key_lists(dev: &CudaDevice, plan: &Arc<SparsePlan>) -> Result<(u64, u64, i32, Option<Arc<DeviceLists>>)> {
+    match &plan.keys {
+        KeyBlocks::Uniform(t) => {
+            let t = t.contiguous()?;
+            Ok((0, tensor_ptr(&t)?, t.dim(1)? as i32, None))
+        }
+        KeyBlocks::Lists(mask) => {
+            let lists = LISTS.get_or(plan, dev, || {
+                Ok(DeviceLists { offsets: dev.clone_htod(mask.offsets())?, indices: dev.clone_htod(mask.indices())? })
+            })?;
+            Ok((ptr(dev, &lists.offsets), ptr(dev, &lists.indices), 0, Some(lists)))
+        }
+    }
+}
+
+/// Runs the forward kernel; returns the `[B, S, H, D]` output and, when asked, the
+/// log-sum-exp `[B * H, S]`.
+pub(crate) fn attention_forward(
+    plan: &Arc<SparsePlan>,
+    inputs: [(&CudaStorage, &Layout); 3],
+    scale: f32,
+    with_lse: bool,
+) -> Result<(CudaStorage, Option<CudaSlice<f32>>)> {
+    let dev = inputs[0].0.device().clone();
+    let dtype = inputs[0].0.dtype();
+    let (b, h, s, d) = inputs[0].1.shape().dims4()?;
+    let (q, k, v) = (view(inputs[0].0, inputs[0].1)?, view(inputs[1].0, inputs[1].1)?, view(inputs[2].0, inputs[2].1)?);
+    let (ql, kl) = (layout_on(&dev, &plan.q_layout)?, layout_on(&dev, &plan.k_layout)?);
+    let (offsets, indices, uniform_k, _keep) = key_lists(&dev, plan)?;
+    let n = b * s * h * d;
+    let (out, out_ptr) = match dtype {
+        DType::BF16 => {
+            let o = unsafe { dev.alloc::<half::bf16>(n)? };
+            let p = ptr(&dev, &o);
+            (CudaStorage::wrap_cuda_slice(o, dev.clone()), p)
+        }
+        DType::F16 => {
+            let o = unsafe { dev.alloc::<half::f16>(n)? };
+            let p = ptr(&dev, &o);
+            (CudaStorage::wrap_cuda_slice(o, dev.clone()), p)
+        }
+        dt => candle_core::bail!("attention kernels do not take {dt:?}"),
+    };
+    let lse = if with_lse { Some(dev.alloc_zeros::<f32>(b * h * s)?) } else { None };
+    let warps = if plan.q_layout.tile() <= 64 { 4 } else { 8 };
+    let nqb = plan.q_layout.num_blocks();
+    let params = AttnParams {
+        q: q.0,
+        k: k.0,
+        v: v.0,
+        out: out_ptr,
+        lse: lse.as_ref().map_or(0, |l| ptr(&dev, l)),
+        q_strides: q.1,
+        k_strides: k.1,
+        v_strides: v.1,
+        q_order: ptr(&dev, &ql.order),
+        q_starts: ptr(&dev, &ql.starts),
+        k_order: ptr(&dev, &kl.order),
+        k_starts: ptr(&dev, &kl.starts),
+        offsets,
+        indices,
+        b: b as i32,
+        h: h as i32,
+        s: s as i32,
+        q_per_head: ql.per_head as i32,
+        k_per_head: kl.per_head as i32,
+        nqb: nqb as i32,
+        uniform_k,
+        scale_log2: scale * std::f32::consts::LOG2_E,
+    };
+    let smem = ((16 * warps + 4 * 64) * d * 2) as u32;
+    let cfg = LaunchConfig { grid_dim: (nqb as u32, (b * h) as u32, 1), block_dim: (32 * warps as u32, 1, 1), shared_mem_bytes: smem };
+    let name = format!("bsattn_fwd_{}_d{d}_w{warps}", type_name(dtype)?);
+    launch(&dev, "vdit_attention_fwd", FWD_PTX, &name, cfg, &params)?;
+    Ok((out, lse))
+}
+
+/// Runs the backward kernels; returns `[3, B, H, S, D]` f32 (dq, dk, dv).
+pub(crate) fn attention_backward(
+    plan: &Arc<SparsePlan>,
+    inputs: [(&CudaStorage, &Layout); 3],
+    dout: &Tensor,
+    delta: &Tensor,
+    scale: f32,
+) -> Result<CudaStorage> {
+    let dev = inputs[0].0.device().clone();
+    let dtype = inputs[0].0.dtype();
+    let (b, h, s, d) = inputs[0].1.shape().dims4()?;
+    let (_, lse) = attention_forward(plan, inputs, scale, true)?;
+    let lse = lse.expect("log-sum-exp requested");
+    let (q, k, v) = (view(inputs[0].0, inputs[0].1)?, view(inputs[1].0, inputs[1].1)?, view(inputs[2].0, inputs[2].1)?);
+    let (ql, kl) = (layout_on(&dev, &plan.q_layout)?, layout_on(&dev, &plan.k_layout)?);
+    let mask = plan.host_mask()?;
+    let transposed = mask.transpose();
+    let forward_lists = (dev.clone_htod(mask.offsets())?, dev.clone_htod(mask.indices())?);
+    let backward_lists = (dev.clone_htod(transposed.offsets())?, dev.clone_htod(transposed.indices())?);
+    let n = b * h * s * d;
+    let packed = dev.alloc_zeros::<f32>(3 * n)?;
+    let base = ptr(&dev, &packed);
+    let dout = dout.to_dtype(dtype)?.contiguous()?;
+    let mut params = BwdParams {
+        q: q.0,
+        k: k.0,
+        v: v.0,
+        dout: tensor_ptr(&dout)?,
+        q_strides: q.1,
+        k_strides: k.1,
+        v_strides: v.1,
+        o_strides: [(s * h * d) as i64, d as i64, (h * d) as i64],
+        lse: ptr(&dev, &lse),
+        delta: tensor_ptr(&delta.contiguous()?)?,
+        dq: base,
+        dk: base + 4 * n as u64,
+        dv: base + 8 * n as u64,
+        q_order: ptr(&dev, &ql.order),
+        q_starts: ptr(&dev, &ql.starts),
+        k_order: ptr(&dev, &kl.order),
+        k_starts: ptr(&dev, &kl.starts),
+        offsets: ptr(&dev, &forward_lists.0),
+        indices: ptr(&dev, &forward_lists.1),
+        b: b as i32,
+        h: h as i32,
+        s: s as i32,
+        q_per_head: ql.per_head as i32,
+        k_per_head: kl.per_head as i32,
+        rows_blocks: plan.q_layout.num_blocks() as i32,
+        scale,
+    };
+    let t = type_name(dtype)?;
+    let block = (128, 1, 1);
+    let cfg = LaunchConfig { grid_dim: (plan.q_layout.num_blocks() as u32, (b * h) as u32, 1), block_dim: block, shared_mem_bytes: 0 };
+    launch(&dev, "vdit_attention_bwd", BWD_PTX, &format!("bsattn_bwd_dq_{t}_d{d}"), cfg, &params)?;
+    params.offsets = ptr(&dev, &backward_lists.0);
+    params.indices = ptr(&dev, &backward_lists.1);
+    params.rows_blocks = plan.k_layout.num_blocks() as i32;
+    let cfg = LaunchConfig { grid_dim: (plan.k_layout.num_blocks() as u32, (b * h) as u32, 1), block_dim: block, shared_mem_bytes: 0 };
+    launch(&dev, "vdit_attention_bwd", BWD_PTX, &format!("bsattn_bwd_dkdv_{t}_d{d}"), cfg, &params)?;
+    // Keep the temporaries alive until the kernels are queued (the stream orders their use).
+    drop((forward_lists, backward_lists, dout));
+    Ok(CudaStorage::wrap_cuda_slice(packed, dev))
+}
+
+/// Row-wise top-k on the GPU; see [`crate::op::top_k`].
+pub(crate) fn top_k(s: &CudaStorage, l: &Layout, k: usize) -> Result<(CudaStorage, Shape)> {
+    let (rows, n) = l.shape().dims2()?;
+    if n > MAX_TOPK_COLUMNS {
+        candle_core::bail!("top-k on the GPU takes rows of at most {MAX_TOPK_COLUMNS} entries, got {n}")
+    }
+    let dev = s.device().clone();
+    let k = k.min(n);
+    let scores = ptr(&dev, s.as_cuda_slice::<f32>()?) + (l.start_offset() * 4) as u64;
+    let out = unsafe { dev.alloc::<u32>(rows * k)? };
+    let padded = n.next_power_of_two();
+    let func = dev.get_or_load_custom_func("topk_rows_f32", "vdit_topk", TOPK_PTX)?;
+    let stream = dev.cuda_stream();
+    let (out_ptr, n32, k32, p32) = (ptr(&dev, &out), n as i32, k as i32, padded as i32);
+    let mut builder = stream.launch_builder(&func);
+    builder.arg(&scores).arg(&out_ptr).arg(&n32).arg(&k32).arg(&p32);
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: (padded * 8) as u32 };
+    // SAFETY: arguments match `topk_rows_f32(const float*, uint32_t*, int, int, int)`.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((rows, k))))
+}
