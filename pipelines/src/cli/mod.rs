@@ -1,5 +1,6 @@
 //! The `vdit` command line: argument parsing, dispatch and one-line error reporting.
 
+mod encode;
 mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Describe a transformer checkpoint: layout, configuration, parameter count.
     Inspect(inspect::InspectArgs),
+    /// Encode a PNG frame folder or a .y4m file as a video (normally .mp4).
+    Encode(encode::EncodeArgs),
 }
 
 /// Parses the command line, runs the subcommand and turns any failure into one line on stderr
@@ -28,6 +31,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Encode(args) => encode::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
