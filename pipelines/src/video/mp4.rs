@@ -118,6 +118,13 @@ impl Mp4Sink {
                 ),
             ));
         }
+        let (Ok(rate_num), Ok(rate_den)) = (i32::try_from(fps.num()), i32::try_from(fps.den()))
+        else {
+            return Err(VideoError::write(
+                path,
+                format!("frame rate {fps} is too large for MP4"),
+            ));
+        };
         let ffmpeg_error = |step: &str| {
             let step = step.to_string();
             move |e: ffmpeg::Error| VideoError::write(path, format!("FFmpeg could not {step}: {e}"))
@@ -127,9 +134,10 @@ impl Mp4Sink {
             .iter()
             .find_map(|&c| encoder::find_by_name(c.encoder_name()).map(|codec| (c, codec)))
             .ok_or_else(|| {
+                let names: Vec<&str> = candidates.iter().map(|c| c.encoder_name()).collect();
                 VideoError::write(
                     path,
-                    "the linked FFmpeg has neither libx264 nor mpeg4 encoders",
+                    format!("the linked FFmpeg has no {} encoder", names.join(" or ")),
                 )
             })?;
         let mut encoding = choice.description().to_string();
@@ -152,7 +160,7 @@ impl Mp4Sink {
         } else {
             codec::Flags::empty()
         };
-        let encoder_time_base = Rational::new(fps.den() as i32, fps.num() as i32);
+        let encoder_time_base = Rational::new(rate_den, rate_num);
         let mut setup = codec::context::Context::new_with_codec(codec)
             .encoder()
             .video()
@@ -161,7 +169,7 @@ impl Mp4Sink {
         setup.set_height(height);
         setup.set_format(Pixel::YUV420P);
         setup.set_time_base(encoder_time_base);
-        setup.set_frame_rate(Some(Rational::new(fps.num() as i32, fps.den() as i32)));
+        setup.set_frame_rate(Some(Rational::new(rate_num, rate_den)));
         setup.set_colorspace(color::Space::SMPTE170M);
         setup.set_color_range(color::Range::MPEG);
         let options = choice.configure(&mut setup, flags);
@@ -175,7 +183,7 @@ impl Mp4Sink {
                 .map_err(ffmpeg_error("add a stream"))?;
             stream.set_parameters(&encoder);
             stream.set_time_base(encoder_time_base);
-            stream.set_avg_frame_rate(Rational::new(fps.num() as i32, fps.den() as i32));
+            stream.set_avg_frame_rate(Rational::new(rate_num, rate_den));
         }
         // `faststart` moves the index to the front when the file is complete, so that players
         // can start before the whole file has arrived.
