@@ -15,7 +15,7 @@ struct BwdParams {
   const float* lse;    // [B * H, S]
   const float* delta;  // [B * H, S]: sum over channels of dout * out
   float* dq;           // [B, H, S, D]
-  float* dk;
+  float* dk;           // [B, H, SK, D]
   float* dv;
   const uint32_t* q_order;
   const uint32_t* q_starts;
@@ -23,7 +23,7 @@ struct BwdParams {
   const uint32_t* k_starts;
   const uint32_t* offsets;  // CSR: (b*H+h)*nqb + qb -> key blocks (dq pass) or
   const uint32_t* indices;  //      (b*H+h)*nkb + kb -> query blocks (dk/dv pass)
-  int B, H, S;
+  int B, H, S, SK;  // S query tokens, SK key tokens
   int q_per_head, k_per_head;
   int rows_blocks;  // nqb for the dq pass, nkb for the dk/dv pass
   float scale;
@@ -50,7 +50,7 @@ template <typename T, int D> __device__ __forceinline__ void bwd_dq(const BwdPar
   const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
   const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5, lane = threadIdx.x & 31;
   const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.S : 0);
-  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.S : 0);
+  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.SK : 0);
   const T* qb = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
   const T* kb = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
   const T* vb = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
@@ -85,7 +85,7 @@ template <typename T, int D> __device__ __forceinline__ void bwd_dkdv(const BwdP
   const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
   const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5, lane = threadIdx.x & 31;
   const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.S : 0);
-  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.S : 0);
+  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.SK : 0);
   const T* qb = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
   const T* kb = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
   const T* vb = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
@@ -113,8 +113,8 @@ template <typename T, int D> __device__ __forceinline__ void bwd_dkdv(const BwdP
         }
       }
     }
-    float* dkd = p.dk + ((size_t)bh * p.S + kt) * D;
-    float* dvd = p.dv + ((size_t)bh * p.S + kt) * D;
+    float* dkd = p.dk + ((size_t)bh * p.SK + kt) * D;
+    float* dvd = p.dv + ((size_t)bh * p.SK + kt) * D;
 #pragma unroll
     for (int i = 0; i < D / 32; ++i) {
       dkd[lane + 32 * i] = dk[i];

@@ -15,14 +15,15 @@ struct AttnParams {
   long long v_sb, v_sh, v_ss;
   const uint32_t* q_order;   // slot -> token, [q_orders * S]
   const uint32_t* q_starts;  // query block boundaries in slots, [nqb + 1]
-  const uint32_t* k_order;
+  const uint32_t* k_order;   // slot -> key token, [k_orders * SK]
   const uint32_t* k_starts;
   const uint32_t* offsets;   // CSR over (b * H + h) * nqb + qb
   const uint32_t* indices;   // key blocks
-  int B, H, S;
+  int B, H, S, SK;           // S query tokens, SK key tokens
   int q_per_head, k_per_head;  // 1 when orders differ per head
   int nqb;
   int uniform_k;     // > 0: every list has this length and `offsets` is unused
+  int all_keys;      // > 0: every query block attends to all `all_keys` key blocks
   float scale_log2;  // softmax scale * log2(e)
 };
 
@@ -44,7 +45,7 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
   const int qb = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.S : 0);
-  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.S : 0);
+  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.SK : 0);
   const int qs = p.q_starts[qb];
   const int nq = p.q_starts[qb + 1] - qs;
   const T* qbase = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
@@ -60,12 +61,22 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
   cp_async_commit();
 
   const size_t list = (size_t)bh * p.nqb + qb;
-  const uint32_t first = p.uniform_k > 0 ? (uint32_t)(list * p.uniform_k) : p.offsets[list];
-  const uint32_t last = p.uniform_k > 0 ? first + p.uniform_k : p.offsets[list + 1];
+  uint32_t first, last;
+  if (p.all_keys > 0) {
+    first = 0;
+    last = p.all_keys;
+  } else if (p.uniform_k > 0) {
+    first = (uint32_t)(list * p.uniform_k);
+    last = first + p.uniform_k;
+  } else {
+    first = p.offsets[list];
+    last = p.offsets[list + 1];
+  }
   TileCursor cur{first, last, 0};
+  auto block_at = [&](uint32_t item) { return p.all_keys > 0 ? item : p.indices[item]; };
 
   auto load_tile = [&](int buf, const TileCursor& c) {
-    const uint32_t kb = p.indices[c.item];
+    const uint32_t kb = block_at(c.item);
     const int start = p.k_starts[kb] + c.offset;
     const int rows = min(BN, (int)(p.k_starts[kb + 1] - start));
     if (tid == 0) tile_rows[buf] = rows;
@@ -80,7 +91,7 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
     }
   };
   auto advance = [&](TileCursor c) {
-    const uint32_t kb = p.indices[c.item];
+    const uint32_t kb = block_at(c.item);
     c.offset += BN;
     if (c.offset >= p.k_starts[kb + 1] - p.k_starts[kb]) {
       c.item += 1;

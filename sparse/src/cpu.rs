@@ -14,8 +14,10 @@ pub struct Dims {
     pub batch: usize,
     /// Heads.
     pub heads: usize,
-    /// Tokens.
+    /// Query tokens.
     pub tokens: usize,
+    /// Key (and value) tokens.
+    pub k_tokens: usize,
     /// Channels per head.
     pub head_dim: usize,
 }
@@ -28,6 +30,12 @@ impl Dims {
     /// Row of (group, token) in a `[B, H, S, D]` buffer.
     fn row(&self, group: usize, token: usize) -> std::ops::Range<usize> {
         let start = (group * self.tokens + token) * self.head_dim;
+        start..start + self.head_dim
+    }
+
+    /// Row of key (group, token) in a `[B, H, Sk, D]` buffer.
+    fn k_row(&self, group: usize, token: usize) -> std::ops::Range<usize> {
+        let start = (group * self.k_tokens + token) * self.head_dim;
         start..start + self.head_dim
     }
 
@@ -124,7 +132,7 @@ fn gather_keys(plan: &SparsePlan, dims: Dims, src: &[f32]) -> Vec<f32> {
     for g in 0..dims.groups() {
         let order = plan.k_layout.order(g % dims.heads).order();
         for (slot, &tok) in order.iter().enumerate() {
-            out[dims.row(g, slot)].copy_from_slice(&src[dims.row(g, tok as usize)]);
+            out[dims.k_row(g, slot)].copy_from_slice(&src[dims.k_row(g, tok as usize)]);
         }
     }
     out
@@ -136,7 +144,7 @@ fn scatter_keys(plan: &SparsePlan, dims: Dims, src: &[f32]) -> Vec<f32> {
     for g in 0..dims.groups() {
         let order = plan.k_layout.order(g % dims.heads).order();
         for (slot, &tok) in order.iter().enumerate() {
-            out[dims.row(g, tok as usize)].copy_from_slice(&src[dims.row(g, slot)]);
+            out[dims.k_row(g, tok as usize)].copy_from_slice(&src[dims.k_row(g, slot)]);
         }
     }
     out
@@ -178,7 +186,7 @@ pub fn forward(
                 let qrow = &q[dims.row(g, tok)];
                 let mut block_max = f32::NEG_INFINITY;
                 for (j, slot) in slots.clone().enumerate() {
-                    let s = dot(qrow, &kp[dims.row(g, slot)]) * scale;
+                    let s = dot(qrow, &kp[dims.k_row(g, slot)]) * scale;
                     scores[j] = s;
                     block_max = block_max.max(s);
                 }
@@ -192,7 +200,7 @@ pub fn forward(
                 for (j, slot) in slots.clone().enumerate() {
                     let p = (scores[j] - m_new).exp();
                     sum += p;
-                    axpy(p, &vp[dims.row(g, slot)], row_acc);
+                    axpy(p, &vp[dims.k_row(g, slot)], row_acc);
                 }
                 l[r] = l[r] * alpha + sum;
                 m[r] = m_new;
@@ -249,9 +257,9 @@ pub fn backward(
             let dqrow = unsafe { dq_w.slice(dims.row(g, tok)) };
             for &kb in mask.keys(g, qb) {
                 for slot in plan.k_layout.block(kb as usize) {
-                    let krow = &kp[dims.row(g, slot)];
+                    let krow = &kp[dims.k_row(g, slot)];
                     let p = (dot(qrow, krow) * scale - lse[i]).exp();
-                    let ds = p * (dot(dorow, &vp[dims.row(g, slot)]) - delta[i]);
+                    let ds = p * (dot(dorow, &vp[dims.k_row(g, slot)]) - delta[i]);
                     axpy(ds * scale, krow, dqrow);
                 }
             }
@@ -268,10 +276,10 @@ pub fn backward(
         let (g, kb) = (item / k_blocks, item % k_blocks);
         let q_order = plan.q_layout.order(g % dims.heads).order();
         for slot in plan.k_layout.block(kb) {
-            let (krow, vrow) = (&kp[dims.row(g, slot)], &vp[dims.row(g, slot)]);
+            let (krow, vrow) = (&kp[dims.k_row(g, slot)], &vp[dims.k_row(g, slot)]);
             // SAFETY: key blocks of one group partition its slots; one item per (group, block).
             let (dkrow, dvrow) =
-                unsafe { (dk_w.slice(dims.row(g, slot)), dv_w.slice(dims.row(g, slot))) };
+                unsafe { (dk_w.slice(dims.k_row(g, slot)), dv_w.slice(dims.k_row(g, slot))) };
             for &qb in transposed.keys(g, kb) {
                 for slot_q in plan.q_layout.block(qb as usize) {
                     let tok = q_order[slot_q] as usize;

@@ -46,10 +46,12 @@ struct AttnParams {
     b: i32,
     h: i32,
     s: i32,
+    sk: i32,
     q_per_head: i32,
     k_per_head: i32,
     nqb: i32,
     uniform_k: i32,
+    all_keys: i32,
     scale_log2: f32,
 }
 // SAFETY: plain old data with the C layout of the kernel's parameter struct.
@@ -81,6 +83,7 @@ struct BwdParams {
     b: i32,
     h: i32,
     s: i32,
+    sk: i32,
     q_per_head: i32,
     k_per_head: i32,
     rows_blocks: i32,
@@ -209,19 +212,49 @@ fn launch<P: DeviceRepr>(
     Ok(())
 }
 
-/// Key lists of a plan as (offsets pointer or 0, indices pointer, uniform k or 0), plus
-/// whatever keeps the device buffers alive.
-fn key_lists(dev: &CudaDevice, plan: &Arc<SparsePlan>) -> Result<(u64, u64, i32, Option<Arc<DeviceLists>>)> {
+/// Key lists of a plan for the kernel, and whatever keeps their device buffers alive.
+struct KernelLists {
+    offsets: u64,
+    indices: u64,
+    uniform_k: i32,
+    all_keys: i32,
+    _keep: Option<Arc<DeviceLists>>,
+    _uniform: Option<Tensor>,
+}
+
+fn key_lists(dev: &CudaDevice, plan: &Arc<SparsePlan>) -> Result<KernelLists> {
     match &plan.keys {
+        KeyBlocks::All => Ok(KernelLists {
+            offsets: 0,
+            indices: 0,
+            uniform_k: 0,
+            all_keys: plan.k_layout.num_blocks() as i32,
+            _keep: None,
+            _uniform: None,
+        }),
         KeyBlocks::Uniform(t) => {
             let t = t.contiguous()?;
-            Ok((0, tensor_ptr(&t)?, t.dim(1)? as i32, None))
+            Ok(KernelLists {
+                offsets: 0,
+                indices: tensor_ptr(&t)?,
+                uniform_k: t.dim(1)? as i32,
+                all_keys: 0,
+                _keep: None,
+                _uniform: Some(t),
+            })
         }
         KeyBlocks::Lists(mask) => {
             let lists = LISTS.get_or(plan, dev, || {
                 Ok(DeviceLists { offsets: dev.clone_htod(mask.offsets())?, indices: dev.clone_htod(mask.indices())? })
             })?;
-            Ok((ptr(dev, &lists.offsets), ptr(dev, &lists.indices), 0, Some(lists)))
+            Ok(KernelLists {
+                offsets: ptr(dev, &lists.offsets),
+                indices: ptr(dev, &lists.indices),
+                uniform_k: 0,
+                all_keys: 0,
+                _keep: Some(lists),
+                _uniform: None,
+            })
         }
     }
 }
@@ -237,9 +270,10 @@ pub(crate) fn attention_forward(
     let dev = inputs[0].0.device().clone();
     let dtype = inputs[0].0.dtype();
     let (b, h, s, d) = inputs[0].1.shape().dims4()?;
+    let sk = inputs[1].1.shape().dims4()?.2;
     let (q, k, v) = (view(inputs[0].0, inputs[0].1)?, view(inputs[1].0, inputs[1].1)?, view(inputs[2].0, inputs[2].1)?);
     let (ql, kl) = (layout_on(&dev, &plan.q_layout)?, layout_on(&dev, &plan.k_layout)?);
-    let (offsets, indices, uniform_k, _keep) = key_lists(&dev, plan)?;
+    let lists = key_lists(&dev, plan)?;
     let n = b * s * h * d;
     let (out, out_ptr) = match dtype {
         DType::BF16 => {
@@ -270,15 +304,17 @@ pub(crate) fn attention_forward(
         q_starts: ptr(&dev, &ql.starts),
         k_order: ptr(&dev, &kl.order),
         k_starts: ptr(&dev, &kl.starts),
-        offsets,
-        indices,
+        offsets: lists.offsets,
+        indices: lists.indices,
         b: b as i32,
         h: h as i32,
         s: s as i32,
+        sk: sk as i32,
         q_per_head: ql.per_head as i32,
         k_per_head: kl.per_head as i32,
         nqb: nqb as i32,
-        uniform_k,
+        uniform_k: lists.uniform_k,
+        all_keys: lists.all_keys,
         scale_log2: scale * std::f32::consts::LOG2_E,
     };
     let smem = ((16 * warps + 4 * 64) * d * 2) as u32;
@@ -288,7 +324,7 @@ pub(crate) fn attention_forward(
     Ok((out, lse))
 }
 
-/// Runs the backward kernels; returns `[3, B, H, S, D]` f32 (dq, dk, dv).
+/// Runs the backward kernels; returns dq, dk, dv flattened one after the other (f32).
 pub(crate) fn attention_backward(
     plan: &Arc<SparsePlan>,
     inputs: [(&CudaStorage, &Layout); 3],
@@ -299,6 +335,7 @@ pub(crate) fn attention_backward(
     let dev = inputs[0].0.device().clone();
     let dtype = inputs[0].0.dtype();
     let (b, h, s, d) = inputs[0].1.shape().dims4()?;
+    let sk = inputs[1].1.shape().dims4()?.2;
     let (_, lse) = attention_forward(plan, inputs, scale, true)?;
     let lse = lse.expect("log-sum-exp requested");
     let (q, k, v) = (view(inputs[0].0, inputs[0].1)?, view(inputs[1].0, inputs[1].1)?, view(inputs[2].0, inputs[2].1)?);
@@ -307,8 +344,8 @@ pub(crate) fn attention_backward(
     let transposed = mask.transpose();
     let forward_lists = (dev.clone_htod(mask.offsets())?, dev.clone_htod(mask.indices())?);
     let backward_lists = (dev.clone_htod(transposed.offsets())?, dev.clone_htod(transposed.indices())?);
-    let n = b * h * s * d;
-    let packed = dev.alloc_zeros::<f32>(3 * n)?;
+    let (nq, nk) = (b * h * s * d, b * h * sk * d);
+    let packed = dev.alloc_zeros::<f32>(nq + 2 * nk)?;
     let base = ptr(&dev, &packed);
     let dout = dout.to_dtype(dtype)?.contiguous()?;
     let mut params = BwdParams {
@@ -323,8 +360,8 @@ pub(crate) fn attention_backward(
         lse: ptr(&dev, &lse),
         delta: tensor_ptr(&delta.contiguous()?)?,
         dq: base,
-        dk: base + 4 * n as u64,
-        dv: base + 8 * n as u64,
+        dk: base + 4 * nq as u64,
+        dv: base + 4 * (nq + nk) as u64,
         q_order: ptr(&dev, &ql.order),
         q_starts: ptr(&dev, &ql.starts),
         k_order: ptr(&dev, &kl.order),
@@ -334,6 +371,7 @@ pub(crate) fn attention_backward(
         b: b as i32,
         h: h as i32,
         s: s as i32,
+        sk: sk as i32,
         q_per_head: ql.per_head as i32,
         k_per_head: kl.per_head as i32,
         rows_blocks: plan.q_layout.num_blocks() as i32,

@@ -9,10 +9,27 @@ const SCORE_CHUNK_BYTES: usize = 256 << 20;
 
 /// Exact attention `softmax(q kᵀ / sqrt(D)) v` for `q: [B, H, Sq, D]`, `k, v: [B, H, Sk, D]`.
 ///
-/// Scores and softmax are computed in f32; the result has `q`'s dtype.
+/// On CUDA (bf16/f16, head dim 64 or 128) this is the flash kernel with every block kept;
+/// elsewhere scores and softmax are computed in f32 in chunks. The result has `q`'s dtype.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        use crate::layout::BlockLayout;
+        use crate::plan::SparsePlan;
+        let (b, h, s, d) = q.dims4()?;
+        let q_layout = BlockLayout::natural_shared(s, DENSE_BLOCK);
+        let k_layout = BlockLayout::natural_shared(k.dim(2)?, DENSE_BLOCK);
+        let plan = std::sync::Arc::new(SparsePlan::all(b, h, q_layout, k_layout));
+        if crate::cuda::supports(q.dtype(), d, &plan) {
+            return crate::block_sparse_attention(q, k, v, &plan);
+        }
+    }
     Ok(attention_with_lse(q, k, v)?.0)
 }
+
+/// Query block size of dense attention on the GPU (8 warps of 16 rows).
+#[cfg(feature = "cuda")]
+const DENSE_BLOCK: usize = 128;
 
 /// Exact attention that also returns the log-sum-exp of the scaled scores, `[B, H, Sq]` f32,
 /// which lets partial attentions over disjoint key sets be merged exactly.

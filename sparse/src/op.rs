@@ -6,20 +6,22 @@ use crate::plan::SparsePlan;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use std::sync::Arc;
 
-/// Exact attention of `q, k, v: [B, H, S, D]` restricted to the key blocks `plan` lists, in
-/// natural token order. Differentiable with respect to `q`, `k` and `v`. The result is a
-/// `[B, H, S, D]` view of a `[B, S, H, D]` buffer (so merging heads afterwards is free).
+/// Exact attention of `q: [B, H, S, D]` over `k, v: [B, H, Sk, D]` restricted to the key
+/// blocks `plan` lists, in natural token order. Differentiable with respect to `q`, `k` and
+/// `v`. The result is a `[B, H, S, D]` view of a `[B, S, H, D]` buffer (so merging heads
+/// afterwards is free).
 pub fn block_sparse_attention(q: &Tensor, k: &Tensor, v: &Tensor, plan: &Arc<SparsePlan>) -> Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
-    if k.dims4()? != (b, h, s, d) || v.dims4()? != (b, h, s, d) {
+    let sk = k.dim(2)?;
+    if k.dims4()? != (b, h, sk, d) || v.dims4()? != (b, h, sk, d) {
         candle_core::bail!(
-            "block-sparse attention: q {:?}, k {:?}, v {:?} must share one [B, H, S, D] shape",
+            "block-sparse attention: q {:?}, k {:?}, v {:?} must be [B, H, S, D], [B, H, Sk, D], [B, H, Sk, D]",
             q.dims(),
             k.dims(),
             v.dims()
         )
     }
-    if (b, h, s) != (plan.batch, plan.heads, plan.q_layout.tokens()) || plan.k_layout.tokens() != s {
+    if (b, h, s) != (plan.batch, plan.heads, plan.q_layout.tokens()) || plan.k_layout.tokens() != sk {
         candle_core::bail!(
             "block-sparse attention: tensors are B={b} H={h} S={s} but the plan is for B={} H={} S={}",
             plan.batch,
@@ -95,9 +97,9 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> 
     }
 }
 
-fn dims_of(shape: &Shape) -> Result<Dims> {
-    let (batch, heads, tokens, head_dim) = shape.dims4()?;
-    Ok(Dims { batch, heads, tokens, head_dim })
+fn dims_of(q: &Shape, k: &Shape) -> Result<Dims> {
+    let (batch, heads, tokens, head_dim) = q.dims4()?;
+    Ok(Dims { batch, heads, tokens, k_tokens: k.dims4()?.2, head_dim })
 }
 
 fn bshd(dims: Dims) -> Shape {
@@ -118,7 +120,7 @@ impl CustomOp3 for BlockSparseOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = dims_of(l1.shape())?;
+        let dims = dims_of(l1.shape(), l2.shape())?;
         let mask = self.plan.host_mask()?;
         let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let fwd = cpu::forward(&self.plan, &mask, dims, q, k, v, self.scale);
@@ -135,7 +137,7 @@ impl CustomOp3 for BlockSparseOp {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dims = dims_of(l1.shape())?;
+        let dims = dims_of(l1.shape(), l2.shape())?;
         let (out, _) = crate::cuda::attention_forward(&self.plan, [(s1, l1), (s2, l2), (s3, l3)], self.scale, false)?;
         Ok((out, bshd(dims)))
     }
@@ -154,15 +156,18 @@ impl CustomOp3 for BlockSparseOp {
             .transpose(1, 2)?
             .contiguous()?;
         let op = BackwardOp { plan: Arc::clone(&self.plan), scale: self.scale, dout: grad.contiguous()?, delta };
-        let packed = q.apply_op3_no_bwd(k, v, &op)?; // [3, B, H, S, D] f32
-        let grads: Vec<Tensor> = (0..3).map(|i| packed.get(i)?.to_dtype(q.dtype())).collect::<Result<_>>()?;
-        let [dq, dk, dv]: [Tensor; 3] = grads.try_into().expect("three gradients");
+        let packed = q.apply_op3_no_bwd(k, v, &op)?; // dq, dk, dv flattened, f32
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        let dq = packed.narrow(0, 0, nq)?.reshape(q.shape())?.to_dtype(q.dtype())?;
+        let dk = packed.narrow(0, nq, nk)?.reshape(k.shape())?.to_dtype(k.dtype())?;
+        let dv = packed.narrow(0, nq + nk, nk)?.reshape(v.shape())?.to_dtype(v.dtype())?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
 
-/// The backward pass as an operation on (q, k, v) producing `[3, B, H, S, D]` f32 = dq, dk, dv.
-/// The log-sum-exp is recomputed (as flash attention does).
+/// The backward pass as an operation on (q, k, v) producing dq, dk, dv (`[B, H, S, D]`,
+/// `[B, H, Sk, D]`, `[B, H, Sk, D]`) flattened one after the other, f32. The log-sum-exp is
+/// recomputed (as flash attention does).
 struct BackwardOp {
     plan: Arc<SparsePlan>,
     scale: f32,
@@ -190,7 +195,7 @@ impl CustomOp3 for BackwardOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = dims_of(l1.shape())?;
+        let dims = dims_of(l1.shape(), l2.shape())?;
         let mask = self.plan.host_mask()?;
         let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let lse = cpu::forward(&self.plan, &mask, dims, q, k, v, self.scale).lse;
@@ -199,7 +204,8 @@ impl CustomOp3 for BackwardOp {
         let mut packed = g.dq;
         packed.extend_from_slice(&g.dk);
         packed.extend_from_slice(&g.dv);
-        Ok((CpuStorage::F32(packed), Shape::from((3, dims.batch, dims.heads, dims.tokens, dims.head_dim))))
+        let len = packed.len();
+        Ok((CpuStorage::F32(packed), Shape::from(len)))
     }
 
     #[cfg(feature = "cuda")]
@@ -212,7 +218,6 @@ impl CustomOp3 for BackwardOp {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dims = dims_of(l1.shape())?;
         let packed = crate::cuda::attention_backward(
             &self.plan,
             [(s1, l1), (s2, l2), (s3, l3)],
@@ -220,6 +225,7 @@ impl CustomOp3 for BackwardOp {
             &self.delta,
             self.scale,
         )?;
-        Ok((packed, Shape::from((3, dims.batch, dims.heads, dims.tokens, dims.head_dim))))
+        let len = l1.shape().elem_count() + 2 * l2.shape().elem_count();
+        Ok((packed, Shape::from(len)))
     }
 }

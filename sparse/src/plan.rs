@@ -169,6 +169,8 @@ pub enum KeyBlocks {
     /// Exactly `k` key blocks per query block: a u32 tensor `[groups * q_blocks, k]` on the
     /// device that selected them (VSA and SparseD top-k), so selection never leaves the GPU.
     Uniform(Tensor),
+    /// Every key block (dense attention), with nothing to store.
+    All,
 }
 
 /// A complete block-sparse attention plan for `batch x heads` groups.
@@ -242,15 +244,24 @@ impl SparsePlan {
 
     /// The dense plan: one layout for queries and keys, every block pair kept.
     pub fn dense(batch: usize, heads: usize, layout: Arc<BlockLayout>) -> Self {
-        let n = layout.num_blocks();
-        let mask = BlockMask::full(batch * heads, n, n);
-        Self { batch, heads, q_layout: layout.clone(), k_layout: layout, keys: KeyBlocks::Lists(mask) }
+        Self::all(batch, heads, layout.clone(), layout)
+    }
+
+    /// Every query block attends to every key block; queries and keys may differ in number
+    /// (cross-attention).
+    pub fn all(batch: usize, heads: usize, q_layout: Arc<BlockLayout>, k_layout: Arc<BlockLayout>) -> Self {
+        Self { batch, heads, q_layout, k_layout, keys: KeyBlocks::All }
     }
 
     /// The key-block lists on the host (a uniform tensor is read back).
     pub fn host_mask(&self) -> Result<Cow<'_, BlockMask>> {
         match &self.keys {
             KeyBlocks::Lists(mask) => Ok(Cow::Borrowed(mask)),
+            KeyBlocks::All => Ok(Cow::Owned(BlockMask::full(
+                self.batch * self.heads,
+                self.q_layout.num_blocks(),
+                self.k_layout.num_blocks(),
+            ))),
             KeyBlocks::Uniform(t) => {
                 let k = t.dim(1)?;
                 let indices = t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<u32>()?;
@@ -267,6 +278,9 @@ impl SparsePlan {
 
     /// Query-key pairs computed (reads a uniform plan's indices back to the host).
     pub fn pairs(&self) -> Result<u64> {
+        if let KeyBlocks::All = self.keys {
+            return Ok(self.possible_pairs() as u64);
+        }
         let mask = self.host_mask()?;
         let mut total = 0u64;
         for g in 0..mask.groups() {
@@ -283,7 +297,7 @@ impl SparsePlan {
     /// uniform plan on the device holding its indices (no host round trip).
     pub fn pairs_tensor(&self) -> Result<Tensor> {
         match &self.keys {
-            KeyBlocks::Lists(_) => Tensor::new(self.pairs()? as f32, &Device::Cpu),
+            KeyBlocks::Lists(_) | KeyBlocks::All => Tensor::new(self.pairs()? as f32, &Device::Cpu),
             KeyBlocks::Uniform(t) => {
                 let lens = |l: &BlockLayout| -> Vec<f32> {
                     (0..l.num_blocks()).map(|b| l.block_len(b) as f32).collect()

@@ -1,6 +1,7 @@
 //! The `vdit` command line: argument parsing, dispatch and one-line error reporting.
 
 mod attention;
+mod encode;
 mod inspect;
 pub mod method_args;
 
@@ -21,6 +22,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Run one attention method on q, k, v from a file and report the density it computed.
     Attention(attention::AttentionArgs),
+    /// Encode a PNG frame folder or a .y4m file as a video (normally .mp4).
+    Encode(encode::EncodeArgs),
 }
 
 /// Parses the command line, runs the subcommand and turns any failure into one line on stderr
@@ -33,6 +36,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Attention(args) => attention::run(args),
+        Command::Encode(args) => encode::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
