@@ -2,3 +2,5 @@
 
 pub mod cli;
 pub mod device;
+pub mod schedulers;
+pub mod text;

@@ -120,34 +120,22 @@ impl UniPcMultistep {
             solve(c.powers(order), c.b.clone())?
         };
         let m0 = self.newest()?;
-        let mut residual = ((x0 - m0)? * rhos[order - 1])?;
-        for (d, rho) in self.differences(&c.ratios)?.iter().zip(&rhos) {
-            residual = (residual + (d * *rho)?)?;
-        }
-        c.apply(last, m0, Some(&residual))
+        let mut terms = self.differences(&c.ratios)?;
+        terms.push((x0 - m0)?);
+        c.apply(last, m0, weighted_sum(&terms, &rhos)?.as_ref())
     }
 
     /// UniP: predicts the next sample from the latest x0 predictions.
     fn predict(&self, sample: &Tensor, order: usize) -> Result<Tensor> {
         let step = self.next_step;
         let c = self.coefficients(step, step + 1, order);
-        let m0 = self.newest()?;
-        let differences = self.differences(&c.ratios)?;
-        let residual = match order {
-            1 => None,
-            2 => Some((&differences[0] * 0.5)?),
-            _ => {
-                let mut powers = c.powers(order - 1);
-                powers.iter_mut().for_each(|row| row.truncate(order - 1));
-                let rhos = solve(powers, c.b[..order - 1].to_vec())?;
-                let mut sum = (&differences[0] * rhos[0])?;
-                for (d, rho) in differences.iter().zip(&rhos).skip(1) {
-                    sum = (sum + (d * *rho)?)?;
-                }
-                Some(sum)
-            }
+        let rhos = match order {
+            1 => Vec::new(),
+            2 => vec![0.5],
+            _ => solve(c.powers(order - 1), c.b[..order - 1].to_vec())?,
         };
-        c.apply(sample, m0, residual.as_ref())
+        let residual = weighted_sum(&self.differences(&c.ratios)?, &rhos)?;
+        c.apply(sample, self.newest()?, residual.as_ref())
     }
 }
 
@@ -248,11 +236,12 @@ impl Coefficients {
         }
     }
 
-    /// The Vandermonde-like matrix `R[k][j] = r_j^k` (with `r_last = 1`), `rows` rows.
-    fn powers(&self, rows: usize) -> Vec<Vec<f64>> {
-        let points: Vec<f64> = self.ratios.iter().copied().chain([1.0]).collect();
-        (0..rows)
-            .map(|k| points.iter().map(|r| r.powi(k as i32)).collect())
+    /// The `n x n` Vandermonde matrix `R[k][j] = p_j^k` over the first `n` of the points
+    /// `r_1, r_2, ..., 1`.
+    fn powers(&self, n: usize) -> Vec<Vec<f64>> {
+        let points: Vec<f64> = self.ratios.iter().copied().chain([1.0]).take(n).collect();
+        (0..n)
+            .map(|k| points.iter().map(|p| p.powi(k as i32)).collect())
             .collect()
     }
 
@@ -264,6 +253,19 @@ impl Coefficients {
             None => base,
         })
     }
+}
+
+/// `sum_k weights[k] * terms[k]`, in order; `None` when there are no terms.
+fn weighted_sum(terms: &[Tensor], weights: &[f64]) -> Result<Option<Tensor>> {
+    let mut sum: Option<Tensor> = None;
+    for (term, weight) in terms.iter().zip(weights) {
+        let scaled = (term * *weight)?;
+        sum = Some(match sum {
+            Some(s) => (s + scaled)?,
+            None => scaled,
+        });
+    }
+    Ok(sum)
 }
 
 /// Solves the small dense system `a x = b` by Gaussian elimination with partial pivoting.
