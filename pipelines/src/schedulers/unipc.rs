@@ -280,12 +280,15 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
         }
         a.swap(col, pivot);
         b.swap(col, pivot);
-        for row in col + 1..n {
-            let factor = a[row][col] / a[col][col];
-            for k in col..n {
-                a[row][k] -= factor * a[col][k];
+        let (upper, lower) = a.split_at_mut(col + 1);
+        let (b_upper, b_lower) = b.split_at_mut(col + 1);
+        let (pivot_row, pivot_rhs) = (&upper[col], b_upper[col]);
+        for (row, rhs) in lower.iter_mut().zip(b_lower) {
+            let factor = row[col] / pivot_row[col];
+            for (entry, p) in row[col..].iter_mut().zip(&pivot_row[col..]) {
+                *entry -= factor * p;
             }
-            b[row] -= factor * b[col];
+            *rhs -= factor * pivot_rhs;
         }
     }
     let mut x = vec![0.0; n];
