@@ -3,3 +3,5 @@
 pub mod cli;
 pub mod device;
 pub mod video;
+pub mod schedulers;
+pub mod text;
