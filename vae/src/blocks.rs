@@ -2,7 +2,7 @@
 
 use crate::conv::{fold_time, unfold_time, CausalConv3d, Conv2d, TimeCache};
 use crate::norm::ChannelNorm;
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// norm, SiLU, causal 3x3x3 conv, twice, plus a (1x1x1-projected when widths differ) shortcut.
@@ -65,8 +65,8 @@ impl AttentionBlock {
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm: ChannelNorm::image(channels, vb.pp("norm"))?,
-            to_qkv: Conv2d::new(channels, 3 * channels, 1, 0, 1, vb.pp("to_qkv"))?,
-            proj: Conv2d::new(channels, channels, 1, 0, 1, vb.pp("proj"))?,
+            to_qkv: Conv2d::new(channels, 3 * channels, 1, 0, vb.pp("to_qkv"))?,
+            proj: Conv2d::new(channels, channels, 1, 0, vb.pp("proj"))?,
         })
     }
 

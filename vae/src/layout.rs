@@ -94,7 +94,7 @@ fn original_module(parts: &[&str], num_res_blocks: usize) -> Option<String> {
 }
 
 /// Original names of a residual block's layers (its `residual` Sequential and `shortcut`).
-fn residual_leaf<'a>(leaf: &'a str) -> &'a str {
+fn residual_leaf(leaf: &str) -> &str {
     match leaf {
         "norm1" => "residual.0",
         "conv1" => "residual.2",

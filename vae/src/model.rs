@@ -5,7 +5,7 @@ use crate::conv::{CausalConv3d, TimeCache};
 use crate::decoder::Decoder;
 use crate::encoder::Encoder;
 use crate::layout::KeyLayout;
-use crate::tiling::{place, TileGrid, Tiling};
+use crate::tiling::{TiledDecoder, Tiling};
 use candle_core::{DType, Device, Error, Result, Tensor};
 use candle_nn::VarBuilder;
 use dit::weights::{Checkpoint, WeightError};
@@ -136,45 +136,32 @@ impl WanVae {
             .to_dtype(self.dtype)?
             .permute((0, 2, 1, 3, 4))?
             .contiguous()?;
-        let ratio = self.config.spatial_ratio();
-        let grid = match &opts.tiling {
-            Some(tiling) => Some(TileGrid::new(height, width, ratio, tiling, z.device())?),
+        let tiled = match &opts.tiling {
+            Some(tiling) => TiledDecoder::new(
+                height,
+                width,
+                self.config.spatial_ratio(),
+                tiling,
+                z.device(),
+            )?,
             None => None,
         };
-        match grid.filter(TileGrid::is_split) {
+        let mut emit = |frames: Tensor| {
+            let frames = frames.clamp(-1f32, 1f32)?.to_dtype(self.dtype)?;
+            on_frames(to_video_layout(&frames)?)
+        };
+        match tiled {
             None => {
                 let mut cache = TimeCache::new();
                 for t in 0..frames {
-                    let out = self.decode_chunk(&z.narrow(1, t, 1)?, &mut cache)?;
-                    on_frames(to_video_layout(&out.clamp(-1f32, 1f32)?)?)?;
+                    emit(self.decode_chunk(&z.narrow(1, t, 1)?, &mut cache)?)?;
                 }
             }
-            Some(grid) => {
-                let mut caches: Vec<TimeCache> =
-                    grid.tiles.iter().map(|_| TimeCache::new()).collect();
+            Some(mut tiles) => {
                 for t in 0..frames {
-                    let latent = z.narrow(1, t, 1)?;
-                    let mut sum: Option<Tensor> = None;
-                    for ((tile, mask), cache) in grid.tiles.iter().zip(&grid.masks).zip(&mut caches)
-                    {
-                        let (rows, cols) = *tile;
-                        let part = latent
-                            .narrow(3, rows.start, rows.len)?
-                            .narrow(4, cols.start, cols.len)?
-                            .contiguous()?;
-                        let out = self.decode_chunk(&part, cache)?.to_dtype(DType::F32)?;
-                        let weighted =
-                            place(&out.broadcast_mul(mask)?, *tile, height, width, ratio)?;
-                        sum = Some(match sum {
-                            Some(s) => (s + weighted)?,
-                            None => weighted,
-                        });
-                    }
-                    let blended = sum
-                        .expect("a tile grid has tiles")
-                        .broadcast_div(&grid.total_weight)?;
-                    let out = blended.clamp(-1f32, 1f32)?.to_dtype(self.dtype)?;
-                    on_frames(to_video_layout(&out)?)?;
+                    let decode_tile =
+                        |part: &Tensor, cache: &mut TimeCache| self.decode_chunk(part, cache);
+                    emit(tiles.decode_frame(&z.narrow(1, t, 1)?, &decode_tile)?)?;
                 }
             }
         }

@@ -9,6 +9,9 @@ use candle_nn::VarBuilder;
 pub struct ChannelNorm {
     /// `gamma * sqrt(c)`, shaped `[c, 1, 1]` to broadcast over `[.., c, h, w]`.
     gain: Tensor,
+    /// `[1, c]` f32 ones: the sum of squares over channels as a matmul, much faster on the CPU
+    /// than a reduction over a middle dim.
+    ones: Tensor,
 }
 
 impl ChannelNorm {
@@ -27,13 +30,21 @@ impl ChannelNorm {
 
     fn from_gamma(channels: usize, gamma: Tensor) -> Result<Self> {
         let gain = (gamma.reshape((channels, 1, 1))? * (channels as f64).sqrt())?;
-        Ok(Self { gain })
+        let ones = Tensor::ones((1, channels), DType::F32, gamma.device())?;
+        Ok(Self { gain, ones })
     }
 
     /// Normalises `x` `[b, t, c, h, w]`; keeps its dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c, h, w) = x.dims5()?;
         let x32 = x.to_dtype(DType::F32)?;
-        let norm = x32.sqr()?.sum_keepdim(2)?.sqrt()?.maximum(Self::MIN_NORM)?;
+        let squares = x32.sqr()?.reshape((b * t, c, h * w))?;
+        let norm = self
+            .ones
+            .broadcast_matmul(&squares)?
+            .sqrt()?
+            .maximum(Self::MIN_NORM)?
+            .reshape((b, t, 1, h, w))?;
         x32.broadcast_div(&norm)?
             .to_dtype(x.dtype())?
             .broadcast_mul(&self.gain)

@@ -1,7 +1,9 @@
 //! Spatial and temporal 2x resampling between stages.
 
-use crate::conv::{fold_time, last_frame, unfold_time, CausalConv3d, Conv2d, TimeCache};
-use candle_core::{Module, Result, Tensor};
+use crate::conv::{
+    conv2d_strided, fold_time, last_frame, unfold_time, CausalConv3d, Conv2d, TimeCache,
+};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Decoder upsampling: optionally doubles time with a causal time conv to `2c` channels whose
@@ -29,7 +31,7 @@ impl Upsample {
         };
         Ok(Self {
             time_conv,
-            conv: Conv2d::new(channels, c_out, 3, 1, 1, vb.pp("resample.1"))?,
+            conv: Conv2d::new(channels, c_out, 3, 1, vb.pp("resample.1"))?,
         })
     }
 
@@ -62,7 +64,10 @@ impl Upsample {
 /// previous chunk's last frame and this chunk.
 #[derive(Clone, Debug)]
 pub struct Downsample {
-    conv: Conv2d,
+    /// `[c, c, 3, 3]`, applied with stride 2.
+    weight: Tensor,
+    /// `[1, c, 1, 1]`.
+    bias: Tensor,
     time_conv: Option<CausalConv3d>,
 }
 
@@ -80,8 +85,12 @@ impl Downsample {
         } else {
             None
         };
+        let vb_conv = vb.pp("resample.1");
         Ok(Self {
-            conv: Conv2d::new(channels, channels, 3, 0, 2, vb.pp("resample.1"))?,
+            weight: vb_conv.get((channels, channels, 3, 3), "weight")?,
+            bias: vb_conv
+                .get(channels, "bias")?
+                .reshape((1, channels, 1, 1))?,
             time_conv,
         })
     }
@@ -94,7 +103,8 @@ impl Downsample {
         let frames = fold_time(x)?
             .pad_with_zeros(2, 0, 1)?
             .pad_with_zeros(3, 0, 1)?;
-        let x = unfold_time(&self.conv.forward(&frames)?, b)?;
+        let frames = conv2d_strided(&frames, &self.weight, 2)?.broadcast_add(&self.bias)?;
+        let x = unfold_time(&frames, b)?;
         let Some(time_conv) = &self.time_conv else {
             return Ok(x);
         };

@@ -2,6 +2,7 @@
 //! time cache) and blended with linear ramps across the overlaps, so the activations of one
 //! decode step scale with the tile, not the frame.
 
+use crate::conv::TimeCache;
 use candle_core::{DType, Device, Result, Tensor};
 
 /// Tile geometry, in latent pixels (one latent pixel is 8x8 video pixels).
@@ -84,28 +85,37 @@ pub fn axis_weights(spans: &[Span], index: usize, ratio: usize, ramp: usize) -> 
         .collect()
 }
 
-/// The tiles covering a latent frame and their blending masks.
-pub struct TileGrid {
+/// Decodes latent frames tile by tile: the tiles covering the frame, their blending masks, and
+/// one time cache per tile (each tile is its own stream).
+pub struct TiledDecoder {
     /// Every tile as (rows, columns), row-major.
-    pub tiles: Vec<(Span, Span)>,
+    tiles: Vec<(Span, Span)>,
     /// Per tile, its `[1, 1, 1, h, w]` f32 weight mask in video pixels.
-    pub masks: Vec<Tensor>,
+    masks: Vec<Tensor>,
     /// Sum of all masks placed on the frame, `[1, 1, 1, H, W]`.
-    pub total_weight: Tensor,
+    total_weight: Tensor,
+    caches: Vec<TimeCache>,
+    /// Latent height and width, and video pixels per latent pixel.
+    frame: (usize, usize, usize),
 }
 
-impl TileGrid {
-    /// Lays tiles over a `height x width` latent frame; `ratio` video pixels per latent pixel.
+impl TiledDecoder {
+    /// Lays tiles over a `height x width` latent frame (`ratio` video pixels per latent pixel);
+    /// `None` when a single tile covers it.
     pub fn new(
         height: usize,
         width: usize,
         ratio: usize,
         tiling: &Tiling,
         device: &Device,
-    ) -> Result<Self> {
+    ) -> Result<Option<Self>> {
         tiling.validate()?;
         let rows = spans(height, tiling);
         let cols = spans(width, tiling);
+        if rows.len() * cols.len() == 1 {
+            return Ok(None);
+        }
+        let frame = (height, width, ratio);
         let ramp = tiling.overlap * ratio;
         let mut tiles = vec![];
         let mut masks = vec![];
@@ -120,31 +130,53 @@ impl TileGrid {
                 let mask =
                     wy.broadcast_mul(&wx)?
                         .reshape((1, 1, 1, row.len * ratio, col.len * ratio))?;
-                total = (total + place(&mask, (*row, *col), height, width, ratio)?)?;
+                total = (total + place(&mask, (*row, *col), frame)?)?;
                 tiles.push((*row, *col));
                 masks.push(mask);
             }
         }
-        Ok(Self {
+        let caches = tiles.iter().map(|_| TimeCache::new()).collect();
+        Ok(Some(Self {
             tiles,
             masks,
             total_weight: total,
-        })
+            caches,
+            frame,
+        }))
     }
 
-    /// Whether the frame needs more than one tile.
-    pub fn is_split(&self) -> bool {
-        self.tiles.len() > 1
+    /// Decodes the next latent frame `[b, 1, z, h, w]` of the stream: each tile's part through
+    /// `decode_tile` (latent part and that tile's cache to frames `[b, n, c, h', w']`), blended
+    /// into f32 frames `[b, n, c, H, W]`.
+    pub fn decode_frame(
+        &mut self,
+        latent: &Tensor,
+        decode_tile: &dyn Fn(&Tensor, &mut TimeCache) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let mut sum: Option<Tensor> = None;
+        for ((tile, mask), cache) in self.tiles.iter().zip(&self.masks).zip(&mut self.caches) {
+            let (rows, cols) = *tile;
+            let part = latent
+                .narrow(3, rows.start, rows.len)?
+                .narrow(4, cols.start, cols.len)?
+                .contiguous()?;
+            let frames = decode_tile(&part, cache)?.to_dtype(DType::F32)?;
+            let weighted = place(&frames.broadcast_mul(mask)?, *tile, self.frame)?;
+            sum = Some(match sum {
+                Some(s) => (s + weighted)?,
+                None => weighted,
+            });
+        }
+        sum.expect("a split frame has tiles")
+            .broadcast_div(&self.total_weight)
     }
 }
 
 /// Zero-pads a tile's `[.., h, w]` video pixels to the whole `[.., H, W]` frame at its place.
-pub fn place(
+fn place(
     tile: &Tensor,
     (row, col): (Span, Span),
-    height: usize,
-    width: usize,
-    ratio: usize,
+    (height, width, ratio): (usize, usize, usize),
 ) -> Result<Tensor> {
     let rank = tile.rank();
     tile.pad_with_zeros(
@@ -177,7 +209,7 @@ mod tests {
             assert_eq!(s.last().map(|l| l.start + l.len), Some(total));
             for pair in s.windows(2) {
                 let overlap = pair[0].start + pair[0].len - pair[1].start;
-                assert!(overlap >= 3 && overlap < 8, "{total}: {s:?}");
+                assert!((3..8).contains(&overlap), "{total}: {s:?}");
             }
         }
     }
