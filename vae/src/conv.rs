@@ -84,7 +84,12 @@ impl TapConv {
     /// [`MIN_BLOCK`] positions).
     fn forward_in_blocks(&self, window: &Tensor, stride: usize, budget: usize) -> Result<Tensor> {
         let (b, l, c, h, w) = window.dims5()?;
-        let (k, p) = (self.kernel, self.padding);
+        let (kt, k, p) = (self.taps, self.kernel, self.padding);
+        if l < kt || h + 2 * p < k - 1 || w + 2 * p < k - 1 {
+            return Err(candle_core::Error::Msg(format!(
+                "a {kt}x{k}x{k} convolution (padding {p}) cannot take {l} frames of {h}x{w}"
+            )));
+        }
         let (h_out, w_out) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
         let row = w + 2 * p;
         // one spare zero row keeps the last shifted slice inside the frame
@@ -93,12 +98,6 @@ impl TapConv {
             .pad_with_zeros(3, p, p + spare)?
             .pad_with_zeros(4, p, p)?
             .reshape((b, l, c, (h + 2 * p + spare) * row))?;
-        let kt = self.taps;
-        if l < kt {
-            return Err(candle_core::Error::Msg(format!(
-                "a convolution with {kt} temporal taps got {l} frames"
-            )));
-        }
         let frames_out = (l - kt) / stride + 1;
         let n = b * frames_out;
         // each temporal tap's frames, [n, c, padded pixels]

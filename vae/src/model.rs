@@ -91,6 +91,27 @@ impl WanVae {
         Ok(Self::new(&config, vb)?)
     }
 
+    /// A VAE of `cfg`'s shapes with random weights (convolutions ~ N(0, 1 / fan_in), biases
+    /// ~ N(0, 0.01), norm scales 1), for benchmarks and memory measurements.
+    pub fn random(cfg: &VaeConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let shapes = candle_nn::VarMap::new();
+        Self::new(cfg, VarBuilder::from_varmap(&shapes, DType::F32, device))?;
+        let mut weights = std::collections::HashMap::new();
+        for (name, var) in shapes.data().lock().expect("var map lock").iter() {
+            let dims = var.dims();
+            let t = if name.ends_with("gamma") {
+                Tensor::ones(dims, DType::F32, device)?
+            } else if dims.len() == 1 {
+                Tensor::randn(0f32, 0.1, dims, device)?
+            } else {
+                let fan_in: usize = dims[1..].iter().product();
+                Tensor::randn(0f32, (1.0 / fan_in as f64).sqrt() as f32, dims, device)?
+            };
+            weights.insert(name.clone(), t);
+        }
+        Self::new(cfg, VarBuilder::from_tensors(weights, dtype, device))
+    }
+
     /// The configuration.
     pub fn config(&self) -> &VaeConfig {
         &self.config
@@ -183,10 +204,6 @@ impl WanVae {
     /// is encoded alone, then 4 frames at a time, so memory does not grow with the length.
     pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
         let frames = self.check_video(video)?;
-        let video = video
-            .to_dtype(self.dtype)?
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()?;
         let ratio = self.config.temporal_ratio();
         let z = self.config.z_dim;
         let mut cache = TimeCache::new();
@@ -194,10 +211,14 @@ impl WanVae {
         let mut start = 0;
         while start < frames {
             let len = if start == 0 { 1 } else { ratio };
+            // [b, t, c, h, w], one chunk at a time
+            let chunk = video
+                .narrow(2, start, len)?
+                .to_dtype(self.dtype)?
+                .permute((0, 2, 1, 3, 4))?
+                .contiguous()?;
             cache.start_chunk();
-            let h = self
-                .encoder
-                .forward(&video.narrow(1, start, len)?, &mut cache)?;
+            let h = self.encoder.forward(&chunk, &mut cache)?;
             // the first z channels of the Gaussian's parameters are its mean
             means.push(self.quant_conv.convolve(&h, 1)?.narrow(2, 0, z)?);
             start += len;

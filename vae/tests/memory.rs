@@ -7,8 +7,6 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
-use std::collections::HashMap;
 use std::process::Command;
 use vae::{DecodeOptions, VaeConfig, WanVae};
 
@@ -20,36 +18,12 @@ const TEST_NAME: &str = "decode_memory_does_not_grow_with_frames";
 const LATENT_HW: (usize, usize) = (24, 32);
 
 /// Wan 2.1's architecture at a 24th of its width, with random weights.
-fn random_vae() -> Result<WanVae> {
+fn reduced_vae() -> Result<WanVae> {
     let cfg = VaeConfig {
         base_dim: 4,
         ..VaeConfig::wan2_1()
     };
-    let map = VarMap::new();
-    WanVae::new(
-        &cfg,
-        VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
-    )?;
-    let mut weights = HashMap::new();
-    for (name, var) in map.data().lock().expect("var map lock").iter() {
-        let fan_in = var.dims().iter().skip(1).product::<usize>().max(1) as f64;
-        let scale = if name.ends_with("gamma") {
-            0.0
-        } else {
-            1.0 / fan_in.sqrt()
-        };
-        let t = (Tensor::randn(0f32, 1.0, var.shape(), &Device::Cpu)? * scale)?;
-        let t = if name.ends_with("gamma") {
-            (t + 1.0)?
-        } else {
-            t
-        };
-        weights.insert(name.clone(), t);
-    }
-    Ok(WanVae::new(
-        &cfg,
-        VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
-    )?)
+    Ok(WanVae::random(&cfg, DType::F32, &Device::Cpu)?)
 }
 
 /// Peak resident set size of this process, KiB.
@@ -68,7 +42,7 @@ fn peak_rss_kib() -> Result<u64> {
 
 /// The child's job: decode `frames` latent frames, print the peak memory.
 fn decode_and_report(frames: usize) -> Result<()> {
-    let vae = random_vae()?;
+    let vae = reduced_vae()?;
     let (h, w) = LATENT_HW;
     let z = Tensor::randn(0f32, 1.0, (1, 16, frames, h, w), &Device::Cpu)?;
     let mut decoded = 0;

@@ -14,15 +14,23 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The CPU, or the first CUDA GPU when `VAE_TEST_DEVICE=cuda` (build with `--features cuda`).
+fn device() -> Result<Device> {
+    Ok(match std::env::var("VAE_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0)?,
+        _ => Device::Cpu,
+    })
+}
+
 fn io(name: &str) -> Result<HashMap<String, Tensor>> {
     Ok(load(
         fixture(&format!("{name}_io.safetensors")),
-        &Device::Cpu,
+        &device()?,
     )?)
 }
 
 fn vae(folder: &str, dtype: DType) -> Result<WanVae> {
-    Ok(WanVae::load(&fixture(folder), dtype, &Device::Cpu)?)
+    Ok(WanVae::load(&fixture(folder), dtype, &device()?)?)
 }
 
 fn check(what: &str, out: &Tensor, expected: &Tensor, tolerance: f64) -> Result<()> {
