@@ -14,8 +14,9 @@
 //! key layout ([`layout`]). Only the Wan 2.1 VAE (z_dim 16) is supported; Wan 2.2 configs are
 //! rejected when read.
 //!
-//! candle has no conv3d: a 3D convolution is a sum of 2D convolutions over its temporal taps
-//! ([`conv::CausalConv3d`]), built from candle ops only, so it runs on every candle device.
+//! candle has no conv3d: a 3D convolution ([`conv::CausalConv3d`]) is one matmul over im2col
+//! columns gathered as contiguous shifted slices of the padded, flattened frames (see [`conv`]),
+//! built from candle ops only (no CPU-specific kernel), so one code path serves the CPU and CUDA.
 
 pub mod blocks;
 pub mod config;

@@ -91,8 +91,9 @@ impl WanVae {
         Ok(Self::new(&config, vb)?)
     }
 
-    /// A VAE of `cfg`'s shapes with random weights (convolutions ~ N(0, 1 / fan_in), biases
-    /// ~ N(0, 0.01), norm scales 1), for benchmarks and memory measurements.
+    /// A VAE of `cfg`'s shapes with random weights (convolutions normal with variance
+    /// `1 / fan_in`, biases normal with standard deviation 0.1, norm scales 1), for benchmarks and
+    /// memory measurements.
     pub fn random(cfg: &VaeConfig, dtype: DType, device: &Device) -> Result<Self> {
         let shapes = candle_nn::VarMap::new();
         Self::new(cfg, VarBuilder::from_varmap(&shapes, DType::F32, device))?;

@@ -13,8 +13,9 @@ use vae::{DecodeOptions, VaeConfig, WanVae};
 const CHILD_FRAMES: &str = "VAE_MEMORY_TEST_LATENT_FRAMES";
 const TEST_NAME: &str = "decode_memory_does_not_grow_with_frames";
 
-/// Latent height and width: 192x256 video frames, so that keeping the 81 decoded frames of 21
-/// latent frames would add ~48 MiB and break the bound.
+/// Latent height and width: 192x256 video frames, large enough that the decoder's activations
+/// and time caches (~90 MiB), not the process's fixed ~12 MiB, set the peak; time caches that
+/// grew with the frames decoded would break the bound many times over.
 const LATENT_HW: (usize, usize) = (24, 32);
 
 /// Wan 2.1's architecture at a 24th of its width, with random weights.
