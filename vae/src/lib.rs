@@ -1,1 +1,35 @@
-//! The Wan 2.1 VAE (AutoencoderKLWan): causal 3D convolutions, latents to frames and back.
+//! The Wan 2.1 video VAE (diffusers' `AutoencoderKLWan`) in candle.
+//!
+//! [`WanVae`] maps videos `[batch, 3, 1 + 4k, H, W]` in [-1, 1] to raw latents
+//! `[batch, 16, 1 + k, H / 8, W / 8]` and back. Every convolution is causal in time, so both
+//! directions run chunk by chunk (decode: one latent frame at a time; encode: the first frame,
+//! then groups of 4) with each layer keeping the trailing frames it needs in a
+//! [`conv::TimeCache`], and memory does not grow with the video length. Decoding streams its
+//! chunks to a callback and can split frames into overlapping tiles ([`Tiling`]).
+//!
+//! The transformer works on normalised latents: [`WanVae::normalize`] and
+//! [`WanVae::denormalize`] apply the per-channel `latents_mean` / `latents_std` of the config.
+//!
+//! Weights load through [`dit::weights::Checkpoint`] in the diffusers or the original release's
+//! key layout ([`layout`]). Only the Wan 2.1 VAE (z_dim 16) is supported; Wan 2.2 configs are
+//! rejected when read.
+//!
+//! candle has no conv3d: a 3D convolution ([`conv::CausalConv3d`]) is one matmul over im2col
+//! columns gathered as contiguous shifted slices of the padded, flattened frames (see [`conv`]),
+//! built from candle ops only (no CPU-specific kernel), so one code path serves the CPU and CUDA.
+
+pub mod blocks;
+pub mod config;
+pub mod conv;
+pub mod decoder;
+pub mod encoder;
+pub mod layout;
+pub mod model;
+pub mod norm;
+pub mod resample;
+pub mod tiling;
+
+pub use config::{ConfigError, VaeConfig};
+pub use layout::KeyLayout;
+pub use model::{DecodeOptions, VaeError, WanVae};
+pub use tiling::Tiling;

@@ -1,0 +1,402 @@
+//! Convolutions over frame sequences laid out `[batch, time, channels, height, width]`.
+//!
+//! candle has no conv3d, and its CPU conv2d is slow for the narrow layers of this VAE, so both
+//! are one matmul over "flat-shift" columns: a frame, zero-padded and flattened row by row,
+//! shifted by `ky * padded_width + kx` is the input every output pixel sees at kernel offset
+//! `(ky, kx)` (the outputs in the padding columns are computed and dropped). Stacking these
+//! contiguous shifted slices for every temporal and spatial tap gives the im2col matrix without
+//! any strided gather; it is built in blocks of bounded size. Only candle ops are used, so the
+//! same code runs on every device.
+//!
+//! Time is causal: each output frame sees only itself and earlier frames, which lets a video be
+//! processed chunk by chunk with each layer keeping the trailing frames of its input
+//! ([`TimeCache`]).
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Most elements of one block of im2col columns: on the CPU about 1 MiB of f32, which measured
+/// fastest (the blocks stay in cache and their allocations are reused); on accelerators 2^28,
+/// for fewer kernel launches.
+fn column_budget(x: &Tensor) -> usize {
+    if x.device().is_cpu() {
+        1 << 18
+    } else {
+        1 << 28
+    }
+}
+
+/// Fewest output positions per block, so that each block's matmul stays efficient.
+const MIN_BLOCK: usize = 256;
+
+/// 2D convolution of `[n, c, h, w]` by `[c_out, c, kh, kw]` through candle's conv2d, for strided
+/// convolutions. candle's CPU kernels have no bf16 GEMM, so there a bf16 convolution runs in f32
+/// and is rounded back (as candle's own bf16 CPU matmul does).
+pub fn conv2d_strided(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::BF16 {
+        let y = x
+            .to_dtype(DType::F32)?
+            .conv2d(&weight.to_dtype(DType::F32)?, 0, stride, 1, 1)?;
+        return y.to_dtype(DType::BF16);
+    }
+    x.conv2d(weight, 0, stride, 1, 1)
+}
+
+/// A stride-1 convolution over `kt` input frame sets (temporal taps) and a `k x k` spatial
+/// kernel with symmetric zero padding, as one matmul over flat-shift columns.
+#[derive(Clone, Debug)]
+struct TapConv {
+    /// `[c_out, kt * k * k * c_in]`, columns ordered (tap, ky, kx, channel).
+    weight: Tensor,
+    /// `[1, c_out, 1, 1]`.
+    bias: Tensor,
+    /// Temporal taps `kt`.
+    taps: usize,
+    /// Spatial kernel side `k`.
+    kernel: usize,
+    /// Spatial zero padding on each side.
+    padding: usize,
+}
+
+impl TapConv {
+    /// `weight` is `[c_out, c_in, kt, k, k]`.
+    fn new(weight: &Tensor, bias: Tensor, padding: usize) -> Result<Self> {
+        let (c_out, _, kt, k, _) = weight.dims5()?;
+        Ok(Self {
+            taps: kt,
+            weight: weight
+                .permute((0, 2, 3, 4, 1))?
+                .flatten_from(1)?
+                .contiguous()?,
+            bias: bias.reshape((1, c_out, 1, 1))?,
+            kernel: k,
+            padding,
+        })
+    }
+
+    /// Convolves `window` `[b, l, c, h, w]` with temporal stride `stride` and no temporal
+    /// padding into `[b, (l - kt) / stride + 1, c_out, h', w']`.
+    fn forward(&self, window: &Tensor, stride: usize) -> Result<Tensor> {
+        self.forward_in_blocks(window, stride, column_budget(window))
+    }
+
+    /// [`TapConv::forward`] with im2col blocks of at most `budget` elements (but at least
+    /// [`MIN_BLOCK`] positions).
+    fn forward_in_blocks(&self, window: &Tensor, stride: usize, budget: usize) -> Result<Tensor> {
+        let (b, l, c, h, w) = window.dims5()?;
+        let (kt, k, p) = (self.taps, self.kernel, self.padding);
+        if l < kt || h + 2 * p < k - 1 || w + 2 * p < k - 1 {
+            return Err(candle_core::Error::Msg(format!(
+                "a {kt}x{k}x{k} convolution (padding {p}) cannot take {l} frames of {h}x{w}"
+            )));
+        }
+        let (h_out, w_out) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
+        let row = w + 2 * p;
+        // one spare zero row keeps the last shifted slice inside the frame
+        let spare = usize::from(k > 1);
+        let padded = window
+            .pad_with_zeros(3, p, p + spare)?
+            .pad_with_zeros(4, p, p)?
+            .reshape((b, l, c, (h + 2 * p + spare) * row))?;
+        let frames_out = (l - kt) / stride + 1;
+        let n = b * frames_out;
+        // each temporal tap's frames, [n, c, padded pixels]
+        let taps = (0..kt)
+            .map(|i| {
+                let frames = if stride == 1 {
+                    padded.narrow(1, i, frames_out)?
+                } else {
+                    let ids: Vec<u32> = (0..frames_out).map(|j| (i + j * stride) as u32).collect();
+                    padded.index_select(&Tensor::new(ids, window.device())?, 1)?
+                };
+                frames.flatten_to(1)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let total = h_out * row;
+        let columns = self.weight.dim(1)?;
+        let block = (budget / (n * columns)).max(MIN_BLOCK).min(total);
+        let mut outs = vec![];
+        for start in (0..total).step_by(block) {
+            let len = block.min(total - start);
+            let mut slices = vec![];
+            for frames in &taps {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        slices.push(frames.narrow(2, start + ky * row + kx, len)?);
+                    }
+                }
+            }
+            let cols = match slices.as_slice() {
+                [one] => one.contiguous()?,
+                _ => Tensor::cat(&slices, 1)?,
+            };
+            outs.push(self.weight.broadcast_matmul(&cols)?);
+        }
+        let c_out = self.bias.dim(1)?;
+        Tensor::cat(&outs, 2)?
+            .reshape((n, c_out, h_out, row))?
+            .narrow(3, 0, w_out)?
+            .broadcast_add(&self.bias)?
+            .reshape((b, frames_out, c_out, h_out, w_out))
+    }
+}
+
+/// A stride-1 2D convolution with bias applied to images `[n, c, h, w]`.
+#[derive(Clone, Debug)]
+pub struct Conv2d(TapConv);
+
+impl Conv2d {
+    /// Reads `weight` `[c_out, c_in, k, k]` and `bias` `[c_out]`.
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
+        let bias = vb.get(c_out, "bias")?;
+        Ok(Self(TapConv::new(&weight.unsqueeze(2)?, bias, padding)?))
+    }
+
+    /// Convolves `x` `[n, c_in, h, w]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.0.forward(&x.unsqueeze(1)?, 1)?.squeeze(1)
+    }
+}
+
+/// A 3D convolution, causal in time (the `kt - 1` frames of past it needs come from the stream's
+/// history, zeros before the stream starts) and zero-padded symmetrically in space.
+#[derive(Clone, Debug)]
+pub struct CausalConv3d(TapConv);
+
+impl CausalConv3d {
+    /// Reads `weight` `[c_out, c_in, kt, k, k]` and `bias` `[c_out]`; `padding` is the spatial
+    /// padding on each side.
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        (kt, k): (usize, usize),
+        padding: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, kt, k, k), "weight")?;
+        let bias = vb.get(c_out, "bias")?;
+        Ok(Self(TapConv::new(&weight, bias, padding)?))
+    }
+
+    /// Convolves `window` `[b, l, c, h, w]`, whose frames already include the needed past,
+    /// with temporal stride `stride` and no temporal padding: `(l - kt) / stride + 1` frames out.
+    pub fn convolve(&self, window: &Tensor, stride: usize) -> Result<Tensor> {
+        self.0.forward(window, stride)
+    }
+
+    /// Convolves the next chunk `x` `[b, t, c, h, w]` of a stream whose earlier frames are
+    /// summarised in `history` (`None` at the start), and updates `history` for the next chunk.
+    /// Returns `t` frames, exactly as convolving the whole stream at once would.
+    pub fn forward(&self, x: &Tensor, history: &mut Option<Tensor>) -> Result<Tensor> {
+        let keep = self.0.taps - 1;
+        if keep == 0 {
+            return self.convolve(x, 1);
+        }
+        let window = match history.take() {
+            Some(past) => Tensor::cat(&[&past, x], 1)?,
+            None => x.clone(),
+        };
+        let len = window.dim(1)?;
+        // a copy, so the history does not pin the whole window's storage
+        *history = Some(
+            window
+                .narrow(1, len.saturating_sub(keep), len.min(keep))?
+                .copy()?,
+        );
+        let missing = (x.dim(1)? + keep).saturating_sub(len);
+        let window = window.pad_with_zeros(1, missing, 0)?;
+        self.convolve(&window, 1)
+    }
+}
+
+/// Per-layer trailing frames of one stream (one video, or one spatial tile of it), the state that
+/// lets the encoder and decoder run chunk by chunk. Layers take their slot in the same order every
+/// chunk, so the slot index identifies the layer.
+#[derive(Debug, Default)]
+pub struct TimeCache {
+    slots: Vec<Option<Tensor>>,
+    next: usize,
+    chunk: Option<usize>,
+}
+
+impl TimeCache {
+    /// An empty cache for a new stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Marks the start of the next chunk: slots are handed out from the first again.
+    pub fn start_chunk(&mut self) {
+        self.next = 0;
+        self.chunk = Some(self.chunk.map_or(0, |c| c + 1));
+    }
+
+    /// Whether the chunk being processed is the stream's first.
+    pub fn is_first_chunk(&self) -> bool {
+        self.chunk == Some(0)
+    }
+
+    /// The next layer's slot (created empty on the first chunk).
+    pub fn slot(&mut self) -> &mut Option<Tensor> {
+        if self.next == self.slots.len() {
+            self.slots.push(None);
+        }
+        self.next += 1;
+        &mut self.slots[self.next - 1]
+    }
+}
+
+/// Folds time into the batch: `[b, t, c, h, w]` -> `[b * t, c, h, w]`.
+pub fn fold_time(x: &Tensor) -> Result<Tensor> {
+    let (b, t, c, h, w) = x.dims5()?;
+    x.reshape((b * t, c, h, w))
+}
+
+/// Inverse of [`fold_time`] for a batch of `b` streams.
+pub fn unfold_time(x: &Tensor, b: usize) -> Result<Tensor> {
+    let (bt, c, h, w) = x.dims4()?;
+    x.reshape((b, bt / b, c, h, w))
+}
+
+/// Copies the last frame of `x` `[b, t, ...]` into its own storage.
+pub fn last_frame(x: &Tensor) -> Result<Tensor> {
+    let t = x.dim(1)?;
+    x.narrow(1, t - 1, 1)?.copy()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use std::collections::HashMap;
+
+    /// A random conv and its weight and bias.
+    fn random_conv(
+        c_in: usize,
+        c_out: usize,
+        kt: usize,
+        k: usize,
+    ) -> Result<(CausalConv3d, Tensor, Tensor)> {
+        let dev = &Device::Cpu;
+        let weight = Tensor::randn(0f32, 1.0, (c_out, c_in, kt, k, k), dev)?;
+        let bias = Tensor::randn(0f32, 1.0, c_out, dev)?;
+        let tensors = HashMap::from([
+            ("weight".to_string(), weight.clone()),
+            ("bias".to_string(), bias.clone()),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, dev);
+        Ok((
+            CausalConv3d::new(c_in, c_out, (kt, k), k / 2, vb)?,
+            weight,
+            bias,
+        ))
+    }
+
+    /// The tap decomposition equals a direct 3D convolution written out as nested sums.
+    #[test]
+    fn convolve_matches_direct_sum() -> Result<()> {
+        let (c_in, c_out, kt, k) = (2, 3, 3, 3);
+        let (conv, weight, bias) = random_conv(c_in, c_out, kt, k)?;
+        let x = Tensor::randn(0f32, 1.0, (1, 5, c_in, 4, 3), &Device::Cpu)?;
+        let y = conv.convolve(&x, 1)?;
+        assert_eq!(y.dims(), &[1, 3, c_out, 4, 3]);
+        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let yv: Vec<f32> = y.flatten_all()?.to_vec1()?;
+        let wv: Vec<Vec<f32>> = (0..kt)
+            .map(|i| weight.narrow(2, i, 1)?.flatten_all()?.to_vec1())
+            .collect::<Result<_>>()?;
+        let bv: Vec<f32> = bias.to_vec1()?;
+        let (h, w) = (4usize, 3usize);
+        for t in 0..3 {
+            for o in 0..c_out {
+                for yy in 0..h {
+                    for xx in 0..w {
+                        let mut s = bv[o];
+                        for (dt, wt) in wv.iter().enumerate() {
+                            for i in 0..c_in {
+                                for ky in 0..k {
+                                    for kx in 0..k {
+                                        let (sy, sx) = (yy + ky, xx + kx);
+                                        if sy < 1 || sx < 1 || sy > h || sx > w {
+                                            continue;
+                                        }
+                                        let xi = (((t + dt) * c_in + i) * h + sy - 1) * w + sx - 1;
+                                        let wi = ((o * c_in + i) * k + ky) * k + kx;
+                                        s += xv[xi] * wt[wi];
+                                    }
+                                }
+                            }
+                        }
+                        let got = yv[((t * c_out + o) * h + yy) * w + xx];
+                        assert!((got - s).abs() < 1e-4, "{got} vs {s}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunked streaming through the history equals one causal pass over the whole sequence
+    /// (zeros before the start), whatever the chunk sizes.
+    #[test]
+    fn streaming_equals_whole_sequence() -> Result<()> {
+        let (conv, ..) = random_conv(2, 2, 3, 3)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 9, 2, 3, 4), &Device::Cpu)?;
+        let whole = conv.convolve(&x.pad_with_zeros(1, 2, 0)?, 1)?;
+        let mut history = None;
+        let mut outs = vec![];
+        let mut start = 0;
+        for len in [1, 4, 1, 3] {
+            outs.push(conv.forward(&x.narrow(1, start, len)?, &mut history)?);
+            start += len;
+        }
+        let streamed = Tensor::cat(&outs, 1)?;
+        let diff = (streamed - whole)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "max diff {diff}");
+        Ok(())
+    }
+
+    /// The flat-shift columns, whole or in blocks, equal candle's conv2d.
+    #[test]
+    fn flat_shift_conv_matches_candle_conv2d() -> Result<()> {
+        let dev = &Device::Cpu;
+        // sizes above MIN_BLOCK positions, so a budget of 1 splits them into several blocks
+        for (k, p, h, w) in [(3, 1, 20, 30), (1, 0, 17, 19), (3, 0, 21, 16)] {
+            let weight = Tensor::randn(0f32, 1.0, (4, 3, 1, k, k), dev)?;
+            let bias = Tensor::randn(0f32, 1.0, 4, dev)?;
+            let conv = TapConv::new(&weight, bias.clone(), p)?;
+            let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), dev)?;
+            let expected = x
+                .conv2d(&weight.squeeze(2)?, p, 1, 1, 1)?
+                .broadcast_add(&bias.reshape((1, 4, 1, 1))?)?
+                .unsqueeze(1)?;
+            for budget in [usize::MAX, 1] {
+                let y = conv.forward_in_blocks(&x.unsqueeze(1)?, 1, budget)?;
+                assert_eq!(y.dims(), expected.dims());
+                let diff = (y - &expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff < 1e-5, "k {k} p {p} budget {budget}: max diff {diff}");
+            }
+        }
+        Ok(())
+    }
+
+    /// A stride-2 window picks frames 0..3, 2..5, ... as a strided 3D convolution does.
+    #[test]
+    fn strided_window_uses_every_other_start() -> Result<()> {
+        let (conv, ..) = random_conv(2, 2, 3, 1)?;
+        let x = Tensor::randn(0f32, 1.0, (1, 5, 2, 2, 2), &Device::Cpu)?;
+        let strided = conv.convolve(&x, 2)?;
+        let dense = conv.convolve(&x, 1)?;
+        let picked = Tensor::cat(&[dense.narrow(1, 0, 1)?, dense.narrow(1, 2, 1)?], 1)?;
+        let diff = (strided - picked)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        Ok(())
+    }
+}

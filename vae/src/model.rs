@@ -1,0 +1,322 @@
+//! [`WanVae`]: loading, latent normalisation, streaming decode (optionally tiled) and encode.
+
+use crate::config::{ConfigError, VaeConfig};
+use crate::conv::{CausalConv3d, TimeCache};
+use crate::decoder::Decoder;
+use crate::encoder::Encoder;
+use crate::layout::KeyLayout;
+use crate::tiling::{TiledDecoder, Tiling};
+use candle_core::{DType, Device, Error, Result, Tensor};
+use candle_nn::VarBuilder;
+use dit::weights::{Checkpoint, WeightError};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why a VAE could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum VaeError {
+    /// Weights missing or unreadable.
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    /// Config unreadable or unsupported.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Keys of an unknown layout.
+    #[error("{0}")]
+    Layout(String),
+    /// A tensor is missing or mis-shaped (the message names key, shape and file).
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// How to decode.
+#[derive(Clone, Debug, Default)]
+pub struct DecodeOptions {
+    /// Decode in overlapping spatial tiles (`None`: whole frames).
+    pub tiling: Option<Tiling>,
+}
+
+/// The Wan 2.1 causal video VAE: 8x spatial and 4x temporal compression to 16 latent channels.
+pub struct WanVae {
+    config: VaeConfig,
+    encoder: Encoder,
+    quant_conv: CausalConv3d,
+    post_quant_conv: CausalConv3d,
+    decoder: Decoder,
+    /// `[1, z, 1, 1, 1]` f32.
+    latents_mean: Tensor,
+    /// `[1, z, 1, 1, 1]` f32.
+    latents_std: Tensor,
+    dtype: DType,
+}
+
+/// A one-line error about the caller's input.
+fn bad_input(message: String) -> Error {
+    Error::Msg(message)
+}
+
+impl WanVae {
+    /// Builds the VAE from weights in diffusers names.
+    pub fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()
+            .map_err(|e| bad_input(format!("unsupported VAE config: {e}")))?;
+        let z = cfg.z_dim;
+        let per_channel = |values: &[f64]| {
+            let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            Tensor::from_vec(values, (1, z, 1, 1, 1), vb.device())
+        };
+        Ok(Self {
+            config: cfg.clone(),
+            encoder: Encoder::new(cfg, vb.pp("encoder"))?,
+            quant_conv: CausalConv3d::new(2 * z, 2 * z, (1, 1), 0, vb.pp("quant_conv"))?,
+            post_quant_conv: CausalConv3d::new(z, z, (1, 1), 0, vb.pp("post_quant_conv"))?,
+            decoder: Decoder::new(cfg, vb.pp("decoder"))?,
+            latents_mean: per_channel(&cfg.latents_mean)?,
+            latents_std: per_channel(&cfg.latents_std)?,
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// Loads a folder (`config.json` + safetensors) or a single safetensors file, in the
+    /// diffusers or the original release's key layout (detected from the keys). Without a VAE
+    /// `config.json` beside the weights the config is [`VaeConfig::wan2_1`].
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> std::result::Result<Self, VaeError> {
+        let checkpoint = Arc::new(Checkpoint::open(path)?);
+        let config = match config_beside(path) {
+            Some(file) => VaeConfig::from_file(&file)?,
+            None => VaeConfig::wan2_1(),
+        };
+        let layout = KeyLayout::detect(&checkpoint).map_err(VaeError::Layout)?;
+        let vb = checkpoint.var_builder(layout.rename(config.num_res_blocks), dtype, device);
+        Ok(Self::new(&config, vb)?)
+    }
+
+    /// A VAE of `cfg`'s shapes with random weights (convolutions normal with variance
+    /// `1 / fan_in`, biases normal with standard deviation 0.1, norm scales 1), for benchmarks and
+    /// memory measurements.
+    pub fn random(cfg: &VaeConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let shapes = candle_nn::VarMap::new();
+        Self::new(cfg, VarBuilder::from_varmap(&shapes, DType::F32, device))?;
+        let mut weights = std::collections::HashMap::new();
+        for (name, var) in shapes.data().lock().expect("var map lock").iter() {
+            let dims = var.dims();
+            let t = if name.ends_with("gamma") {
+                Tensor::ones(dims, DType::F32, device)?
+            } else if dims.len() == 1 {
+                Tensor::randn(0f32, 0.1, dims, device)?
+            } else {
+                let fan_in: usize = dims[1..].iter().product();
+                Tensor::randn(0f32, (1.0 / fan_in as f64).sqrt() as f32, dims, device)?
+            };
+            weights.insert(name.clone(), t);
+        }
+        Self::new(cfg, VarBuilder::from_tensors(weights, dtype, device))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VaeConfig {
+        &self.config
+    }
+
+    /// Compute dtype (that of the weights).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// DiT-space latents `(z - mean) / std` back to raw `z` (same shape and dtype).
+    pub fn denormalize(&self, latents: &Tensor) -> Result<Tensor> {
+        self.check_latents(latents)?;
+        latents
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&self.latents_std)?
+            .broadcast_add(&self.latents_mean)?
+            .to_dtype(latents.dtype())
+    }
+
+    /// Raw `z` to DiT-space latents `(z - mean) / std` (same shape and dtype).
+    pub fn normalize(&self, z: &Tensor) -> Result<Tensor> {
+        self.check_latents(z)?;
+        z.to_dtype(DType::F32)?
+            .broadcast_sub(&self.latents_mean)?
+            .broadcast_div(&self.latents_std)?
+            .to_dtype(z.dtype())
+    }
+
+    /// Decodes raw `z` `[b, 16, t, h, w]` into frames in [-1, 1] (clamped, in the VAE's dtype),
+    /// one latent frame at a time: `on_frames` receives `[b, 3, n, 8h, 8w]` chunks in order,
+    /// `n = 1` for the first latent frame and 4 after, `1 + 4 (t - 1)` frames in all. Memory
+    /// does not grow with `t`.
+    pub fn decode_streaming(
+        &self,
+        z: &Tensor,
+        opts: &DecodeOptions,
+        on_frames: &mut dyn FnMut(Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let (_, _, frames, height, width) = self.check_latents(z)?;
+        // [b, t, c, h, w]: a latent frame is then a contiguous slice
+        let z = z
+            .to_dtype(self.dtype)?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?;
+        let tiled = match &opts.tiling {
+            Some(tiling) => TiledDecoder::new(
+                height,
+                width,
+                self.config.spatial_ratio(),
+                tiling,
+                z.device(),
+            )?,
+            None => None,
+        };
+        let mut emit = |frames: Tensor| {
+            let frames = frames.clamp(-1f32, 1f32)?.to_dtype(self.dtype)?;
+            on_frames(to_video_layout(&frames)?)
+        };
+        match tiled {
+            None => {
+                let mut cache = TimeCache::new();
+                for t in 0..frames {
+                    emit(self.decode_chunk(&z.narrow(1, t, 1)?, &mut cache)?)?;
+                }
+            }
+            Some(mut tiles) => {
+                for t in 0..frames {
+                    let decode_tile =
+                        |part: &Tensor, cache: &mut TimeCache| self.decode_chunk(part, cache);
+                    emit(tiles.decode_frame(&z.narrow(1, t, 1)?, &decode_tile)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes everything at once: [`WanVae::decode_streaming`]'s chunks joined along time.
+    pub fn decode(&self, z: &Tensor, opts: &DecodeOptions) -> Result<Tensor> {
+        let mut chunks = vec![];
+        self.decode_streaming(z, opts, &mut |frames| {
+            chunks.push(frames);
+            Ok(())
+        })?;
+        Tensor::cat(&chunks, 2)
+    }
+
+    /// Encodes a video `[b, 3, 1 + 4k, H, W]` in [-1, 1] into the posterior mean, raw `z`
+    /// `[b, 16, 1 + k, H / 8, W / 8]` (sizes rounded down), in the VAE's dtype. The first frame
+    /// is encoded alone, then 4 frames at a time, so memory does not grow with the length.
+    pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
+        let frames = self.check_video(video)?;
+        let ratio = self.config.temporal_ratio();
+        let z = self.config.z_dim;
+        let mut cache = TimeCache::new();
+        let mut means = vec![];
+        let mut start = 0;
+        while start < frames {
+            let len = if start == 0 { 1 } else { ratio };
+            // [b, t, c, h, w], one chunk at a time
+            let chunk = video
+                .narrow(2, start, len)?
+                .to_dtype(self.dtype)?
+                .permute((0, 2, 1, 3, 4))?
+                .contiguous()?;
+            cache.start_chunk();
+            let h = self.encoder.forward(&chunk, &mut cache)?;
+            // the first z channels of the Gaussian's parameters are its mean
+            means.push(self.quant_conv.convolve(&h, 1)?.narrow(2, 0, z)?);
+            start += len;
+        }
+        to_video_layout(&Tensor::cat(&means, 1)?)
+    }
+
+    /// One latent frame `[b, 1, z, h, w]` of a stream to unclamped frames `[b, n, c, 8h, 8w]`.
+    fn decode_chunk(&self, latent: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+        cache.start_chunk();
+        let x = self.post_quant_conv.convolve(latent, 1)?;
+        self.decoder.forward(&x, cache)
+    }
+
+    /// Checks `[b, z_dim, t, h, w]` with nothing empty; returns the dims.
+    fn check_latents(&self, z: &Tensor) -> Result<(usize, usize, usize, usize, usize)> {
+        let z_dim = self.config.z_dim;
+        let dims = z.dims5().map_err(|_| {
+            bad_input(format!(
+                "VAE latents must have 5 dims [batch, {z_dim}, frames, height, width], got shape {:?}",
+                z.dims()
+            ))
+        })?;
+        if dims.1 != z_dim {
+            return Err(bad_input(format!(
+                "VAE latents have {} channels (shape {:?}); the VAE expects {z_dim}: [batch, {z_dim}, frames, height, width]",
+                dims.1,
+                z.dims()
+            )));
+        }
+        if z.dims().contains(&0) {
+            return Err(bad_input(format!(
+                "VAE latents have an empty dim: shape {:?}",
+                z.dims()
+            )));
+        }
+        Ok(dims)
+    }
+
+    /// Checks `[b, in_channels, 1 + 4k, H, W]` with `H, W >= 8`; returns the frame count.
+    fn check_video(&self, video: &Tensor) -> Result<usize> {
+        let c = self.config.in_channels;
+        let (b, channels, frames, height, width) = video.dims5().map_err(|_| {
+            bad_input(format!(
+                "video to encode must have 5 dims [batch, {c}, frames, height, width], got shape {:?}",
+                video.dims()
+            ))
+        })?;
+        if channels != c {
+            return Err(bad_input(format!(
+                "video to encode has {channels} channels (shape {:?}); the VAE expects {c}",
+                video.dims()
+            )));
+        }
+        let ratio = self.config.temporal_ratio();
+        if frames == 0 || (frames - 1) % ratio != 0 {
+            let below = frames.saturating_sub(1) / ratio * ratio + 1;
+            return Err(bad_input(format!(
+                "video to encode has {frames} frames; the VAE needs 1 + {ratio}k frames (e.g. {below} or {})",
+                below + ratio
+            )));
+        }
+        let min = self.config.spatial_ratio();
+        if b == 0 || height < min || width < min {
+            return Err(bad_input(format!(
+                "video to encode is {height}x{width} with batch {b}; it needs at least {min}x{min} pixels and one video"
+            )));
+        }
+        Ok(frames)
+    }
+}
+
+/// `[b, t, c, h, w]` -> `[b, c, t, h, w]`, contiguous.
+fn to_video_layout(x: &Tensor) -> Result<Tensor> {
+    x.permute((0, 2, 1, 3, 4))?.contiguous()
+}
+
+/// The VAE `config.json` beside the weights, if any. Beside a single file, a `config.json` of
+/// another model (an original release folder holds the transformer's) is not the VAE's.
+fn config_beside(path: &Path) -> Option<std::path::PathBuf> {
+    let (dir, single_file) = if path.is_dir() {
+        (path, false)
+    } else {
+        (path.parent().unwrap_or(Path::new(".")), true)
+    };
+    let file = dir.join("config.json");
+    if !file.is_file() {
+        return None;
+    }
+    if single_file {
+        let text = std::fs::read_to_string(&file).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let is_vae = json.get("_class_name").and_then(|c| c.as_str()) == Some("AutoencoderKLWan")
+            || json.get("z_dim").is_some();
+        if !is_vae {
+            return None;
+        }
+    }
+    Some(file)
+}

@@ -1,0 +1,119 @@
+//! Spatial and temporal 2x resampling between stages.
+
+use crate::conv::{
+    conv2d_strided, fold_time, last_frame, unfold_time, CausalConv3d, Conv2d, TimeCache,
+};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Decoder upsampling: optionally doubles time with a causal time conv to `2c` channels whose
+/// halves become alternate frames, then doubles height and width (nearest) and convolves
+/// 3x3 to `c_out` channels.
+#[derive(Clone, Debug)]
+pub struct Upsample {
+    time_conv: Option<CausalConv3d>,
+    conv: Conv2d,
+}
+
+impl Upsample {
+    /// Reads `resample.1` (3x3 conv) and, when `temporal`, `time_conv` (3x1x1 conv to `2c`).
+    pub fn new(channels: usize, c_out: usize, temporal: bool, vb: VarBuilder) -> Result<Self> {
+        let time_conv = if temporal {
+            Some(CausalConv3d::new(
+                channels,
+                2 * channels,
+                (3, 1),
+                0,
+                vb.pp("time_conv"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            time_conv,
+            conv: Conv2d::new(channels, c_out, 3, 1, vb.pp("resample.1"))?,
+        })
+    }
+
+    /// Runs one chunk `[b, t, c, h, w]` to `[b, t', c_out, 2h, 2w]`: `t' = 2t`, except on the
+    /// stream's first chunk, which keeps its frames (the first frame is not doubled) and does not
+    /// enter the time conv's history. Uses one cache slot when temporal.
+    pub fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+        let x = match &self.time_conv {
+            Some(time_conv) => {
+                let first = cache.is_first_chunk();
+                let history = cache.slot();
+                if first {
+                    x.clone()
+                } else {
+                    let (b, t, c, h, w) = x.dims5()?;
+                    let pairs = time_conv.forward(x, history)?; // [b, t, 2c, h, w]
+                    pairs.reshape((b, 2 * t, c, h, w))?
+                }
+            }
+            None => x.clone(),
+        };
+        let (b, _, _, h, w) = x.dims5()?;
+        let frames = fold_time(&x)?.upsample_nearest2d(2 * h, 2 * w)?;
+        unfold_time(&self.conv.forward(&frames)?, b)
+    }
+}
+
+/// Encoder downsampling: halves height and width with a stride-2 3x3 conv (zero padding on the
+/// bottom and right only), then optionally halves time with a stride-2 3x1x1 conv over the
+/// previous chunk's last frame and this chunk.
+#[derive(Clone, Debug)]
+pub struct Downsample {
+    /// `[c, c, 3, 3]`, applied with stride 2.
+    weight: Tensor,
+    /// `[1, c, 1, 1]`.
+    bias: Tensor,
+    time_conv: Option<CausalConv3d>,
+}
+
+impl Downsample {
+    /// Reads `resample.1` (3x3 stride-2 conv) and, when `temporal`, `time_conv`.
+    pub fn new(channels: usize, temporal: bool, vb: VarBuilder) -> Result<Self> {
+        let time_conv = if temporal {
+            Some(CausalConv3d::new(
+                channels,
+                channels,
+                (3, 1),
+                0,
+                vb.pp("time_conv"),
+            )?)
+        } else {
+            None
+        };
+        let vb_conv = vb.pp("resample.1");
+        Ok(Self {
+            weight: vb_conv.get((channels, channels, 3, 3), "weight")?,
+            bias: vb_conv
+                .get(channels, "bias")?
+                .reshape((1, channels, 1, 1))?,
+            time_conv,
+        })
+    }
+
+    /// Runs one chunk `[b, t, c, h, w]` to `[b, t', c, h', w']` with `h' = floor(h / 2)`.
+    /// Temporal: the stream's first chunk passes through unchanged in time; later chunks (of
+    /// even length) come out at half length. Uses one cache slot when temporal.
+    pub fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+        let (b, ..) = x.dims5()?;
+        let frames = fold_time(x)?
+            .pad_with_zeros(2, 0, 1)?
+            .pad_with_zeros(3, 0, 1)?;
+        let frames = conv2d_strided(&frames, &self.weight, 2)?.broadcast_add(&self.bias)?;
+        let x = unfold_time(&frames, b)?;
+        let Some(time_conv) = &self.time_conv else {
+            return Ok(x);
+        };
+        let previous = cache.slot();
+        let out = match previous.take() {
+            None => x.clone(),
+            Some(last) => time_conv.convolve(&Tensor::cat(&[&last, &x], 1)?, 2)?,
+        };
+        *previous = Some(last_frame(&x)?);
+        Ok(out)
+    }
+}
