@@ -1,6 +1,7 @@
 //! Self-attention (through the sparse seam) and cross-attention to text.
 
 use crate::config::WanConfig;
+use crate::fused;
 use crate::norm::RmsNorm;
 use crate::rope::Rope3d;
 use candle_core::{Result, Tensor};
@@ -47,12 +48,33 @@ impl Projections {
             .forward(&x.transpose(1, 2)?.reshape((b, s, h * d))?)
     }
 
-    fn query(&self, x: &Tensor) -> Result<Tensor> {
-        self.split_heads(&self.norm_q.forward(&self.to_q.forward(x)?)?)
+    /// `proj(x)`, RMSNorm over the whole width, split into heads and (when given) rotated:
+    /// `[B, H, S, D]`. On the GPU the norm and the rotation are one fused kernel.
+    fn normed_heads(
+        &self,
+        proj: &Linear,
+        norm: &RmsNorm,
+        x: &Tensor,
+        rope: Option<&Rope3d>,
+    ) -> Result<Tensor> {
+        let y = proj.forward(x)?;
+        match rope {
+            Some(rope) if fused::applies(&y) => {
+                let head_dim = y.dim(2)? / self.heads;
+                fused::rms_rope(&y, norm.weight(), rope.cos_sin(), head_dim, norm.eps())?
+                    .transpose(1, 2)
+            }
+            Some(rope) => rope.apply(&self.split_heads(&norm.forward(&y)?)?),
+            None => self.split_heads(&norm.forward(&y)?),
+        }
     }
 
-    fn key_value(&self, context: &Tensor) -> Result<(Tensor, Tensor)> {
-        let k = self.split_heads(&self.norm_k.forward(&self.to_k.forward(context)?)?)?;
+    fn query(&self, x: &Tensor, rope: Option<&Rope3d>) -> Result<Tensor> {
+        self.normed_heads(&self.to_q, &self.norm_q, x, rope)
+    }
+
+    fn key_value(&self, context: &Tensor, rope: Option<&Rope3d>) -> Result<(Tensor, Tensor)> {
+        let k = self.normed_heads(&self.to_k, &self.norm_k, context, rope)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
         Ok((k, v))
     }
@@ -95,9 +117,8 @@ impl VideoSelfAttention {
         site: CallSite,
         attention: &dyn SelfAttention,
     ) -> Result<Tensor> {
-        let q = rope.apply(&self.proj.query(x)?)?;
-        let (k, v) = self.proj.key_value(x)?;
-        let k = rope.apply(&k)?;
+        let q = self.proj.query(x, Some(rope))?;
+        let (k, v) = self.proj.key_value(x, Some(rope))?;
         let gate = match &self.gate_compress {
             Some(g) => Some(self.proj.split_heads(&g.forward(x)?)?),
             None => None,
@@ -130,8 +151,8 @@ impl TextCrossAttention {
 
     /// Attends `x: [B, S, dim]` to `context: [B, L, dim]`.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let q = self.proj.query(x)?;
-        let (k, v) = self.proj.key_value(context)?;
+        let q = self.proj.query(x, None)?;
+        let (k, v) = self.proj.key_value(context, None)?;
         self.proj
             .merge_heads(&sparse::dense::attention(&q, &k, &v)?)
     }

@@ -2,7 +2,7 @@
 
 use crate::attention::{TextCrossAttention, VideoSelfAttention};
 use crate::config::WanConfig;
-use crate::norm::{gated_residual, modulate, Fp32LayerNorm};
+use crate::norm::{gated_residual, Fp32LayerNorm};
 use crate::rope::Rope3d;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{linear, Linear, Module, VarBuilder};
@@ -90,7 +90,6 @@ impl WanBlock {
 
     /// Runs the block on `x: [B, S, dim]` as block number `layer`.
     pub fn forward(&self, x: &Tensor, layer: usize, inputs: &BlockInputs<'_>) -> Result<Tensor> {
-        let dtype = x.dtype();
         let table = self
             .scale_shift_table
             .broadcast_add(&inputs.modulation.to_dtype(DType::F32)?)?;
@@ -101,19 +100,19 @@ impl WanBlock {
             num_steps: inputs.step.1,
         };
 
-        let h = modulate(&self.norm1.forward(x)?, &m[0], &m[1])?.to_dtype(dtype)?;
+        let h = self.norm1.modulated(x, &m[0], &m[1])?;
         let h = self
             .attn1
             .forward(&h, inputs.rope, inputs.grid, site, inputs.attention)?;
         let x = gated_residual(x, &h, &m[2])?;
 
         let h = match &self.norm2 {
-            Some(norm) => norm.forward(&x)?.to_dtype(dtype)?,
+            Some(norm) => norm.normalized(&x)?,
             None => x.clone(),
         };
         let x = (&x + self.attn2.forward(&h, inputs.context)?)?;
 
-        let h = modulate(&self.norm3.forward(&x)?, &m[3], &m[4])?.to_dtype(dtype)?;
+        let h = self.norm3.modulated(&x, &m[3], &m[4])?;
         gated_residual(&x, &self.ffn.forward(&h)?, &m[5])
     }
 }

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod block;
 pub mod config;
 pub mod embed;
+pub mod fused;
 pub mod layout;
 pub mod load;
 pub mod model;

@@ -3,7 +3,7 @@
 use crate::block::{BlockInputs, WanBlock};
 use crate::config::WanConfig;
 use crate::embed::{ConditionEmbedder, PatchEmbed};
-use crate::norm::{modulate, Fp32LayerNorm};
+use crate::norm::Fp32LayerNorm;
 use crate::rope::Rope3d;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{linear, Linear, Module, VarBuilder};
@@ -124,7 +124,7 @@ impl WanTransformer {
             .scale_shift_table
             .broadcast_add(&temb.to_dtype(DType::F32)?.unsqueeze(1)?)?;
         let m = table.chunk(2, 1)?; // shift, scale
-        let h = modulate(&self.norm_out.forward(x)?, &m[0], &m[1])?.to_dtype(x.dtype())?;
+        let h = self.norm_out.modulated(x, &m[0], &m[1])?;
         self.proj_out.forward(&h)
     }
 

@@ -1,5 +1,6 @@
 //! Normalisations and adaLN modulation, computed in f32 as Wan specifies.
 
+use crate::fused;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -8,6 +9,9 @@ use candle_nn::VarBuilder;
 pub struct Fp32LayerNorm {
     weight: Tensor,
     bias: Tensor,
+    /// `weight - 1`: the affine parameters in the fused kernel's modulation form.
+    weight_minus_one: Tensor,
+    affine: bool,
     eps: f32,
 }
 
@@ -23,11 +27,30 @@ impl Fp32LayerNorm {
                 Tensor::zeros(dim, DType::F32, vb.device())?,
             )
         };
+        let weight_minus_one = (&weight - 1.0)?;
         Ok(Self {
             weight,
             bias,
+            weight_minus_one,
+            affine,
             eps: eps as f32,
         })
+    }
+
+    /// `LayerNorm(x) * (1 + scale) + shift` in f32 (adaLN), returned in `x`'s dtype.
+    pub fn modulated(&self, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        if !self.affine && fused::applies(x) {
+            return fused::ln_modulate(x, shift, scale, self.eps as f64);
+        }
+        modulate(&self.forward(x)?, shift, scale)?.to_dtype(x.dtype())
+    }
+
+    /// `LayerNorm(x)` with its affine parameters, computed in f32 and returned in `x`'s dtype.
+    pub fn normalized(&self, x: &Tensor) -> Result<Tensor> {
+        if fused::applies(x) {
+            return fused::ln_modulate(x, &self.bias, &self.weight_minus_one, self.eps as f64);
+        }
+        self.forward(x)?.to_dtype(x.dtype())
     }
 
     /// Normalises `x` (any float dtype) and returns f32.
@@ -58,6 +81,16 @@ impl RmsNorm {
         })
     }
 
+    /// The learned scale.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Epsilon.
+    pub fn eps(&self) -> f64 {
+        self.eps as f64
+    }
+
     /// Normalises the last dim (accumulating in f32) and scales; keeps `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.track_op() || self.weight.track_op() {
@@ -75,6 +108,9 @@ pub fn modulate(normed: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tenso
 
 /// Gated residual in f32: `(residual + update * gate)` cast back to `residual`'s dtype.
 pub fn gated_residual(residual: &Tensor, update: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if fused::applies(residual) && !update.track_op() {
+        return fused::gated_residual(residual, update, gate);
+    }
     let sum = residual
         .to_dtype(DType::F32)?
         .add(&update.to_dtype(DType::F32)?.broadcast_mul(gate)?)?;

@@ -19,6 +19,8 @@ pub fn axis_split(head_dim: usize) -> [usize; 3] {
 pub struct Rope3d {
     cos: Tensor,
     sin: Tensor,
+    /// `[S, D/2, 2]`: (cos, sin) pairs, the layout the fused GPU kernel reads.
+    cos_sin: Tensor,
 }
 
 impl Rope3d {
@@ -43,10 +45,10 @@ impl Rope3d {
             }
         }
         let shape = (grid.len(), half);
-        Ok(Self {
-            cos: Tensor::from_vec(cos, shape, device)?,
-            sin: Tensor::from_vec(sin, shape, device)?,
-        })
+        let cos = Tensor::from_vec(cos, shape, device)?;
+        let sin = Tensor::from_vec(sin, shape, device)?;
+        let cos_sin = Tensor::stack(&[&cos, &sin], 2)?;
+        Ok(Self { cos, sin, cos_sin })
     }
 
     /// Rotates `x: [B, H, S, D]`: for each pair (x₂ᵢ, x₂ᵢ₊₁),
@@ -60,6 +62,11 @@ impl Rope3d {
             candle_nn::rotary_emb::rope_i(&x32, &self.cos, &self.sin)?
         };
         rotated.to_dtype(dtype)
+    }
+
+    /// `(cos, sin)` pairs `[S, D/2, 2]`.
+    pub fn cos_sin(&self) -> &Tensor {
+        &self.cos_sin
     }
 
     /// The cosine table `[S, D/2]`.

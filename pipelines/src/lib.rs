@@ -1,7 +1,8 @@
 //! The text-to-video pipeline and the `vdit` command line.
 
+pub mod bench;
 pub mod cli;
 pub mod device;
-pub mod video;
 pub mod schedulers;
 pub mod text;
+pub mod video;

@@ -172,7 +172,11 @@ pub fn forward(
     parallel_for(dims.groups() * q_blocks, |item| {
         let (g, qb) = (item / q_blocks, item % q_blocks);
         let q_order = plan.q_layout.order(g % dims.heads).order();
-        let tokens: Vec<usize> = plan.q_layout.block(qb).map(|s| q_order[s] as usize).collect();
+        let tokens: Vec<usize> = plan
+            .q_layout
+            .block(qb)
+            .map(|s| q_order[s] as usize)
+            .collect();
         let n = tokens.len();
         let mut m = vec![f32::NEG_INFINITY; n];
         let mut l = vec![0f32; n];
@@ -212,12 +216,18 @@ pub fn forward(
             let row = unsafe { out_w.slice(dims.bshd_row(g, tok)) };
             let (lr, mr) = (l[r], m[r]);
             if lr > 0.0 {
-                row.iter_mut().zip(&acc[r * d..(r + 1) * d]).for_each(|(o, a)| *o = a / lr);
+                row.iter_mut()
+                    .zip(&acc[r * d..(r + 1) * d])
+                    .for_each(|(o, a)| *o = a / lr);
             }
             let at = g * dims.tokens + tok;
             // SAFETY: as above, one writer per (group, token).
             let lse_row = unsafe { lse_w.slice(at..at + 1) };
-            lse_row[0] = if lr > 0.0 { mr + lr.ln() } else { f32::NEG_INFINITY };
+            lse_row[0] = if lr > 0.0 {
+                mr + lr.ln()
+            } else {
+                f32::NEG_INFINITY
+            };
         }
     });
     Forward { out, lse }
@@ -278,8 +288,12 @@ pub fn backward(
         for slot in plan.k_layout.block(kb) {
             let (krow, vrow) = (&kp[dims.k_row(g, slot)], &vp[dims.k_row(g, slot)]);
             // SAFETY: key blocks of one group partition its slots; one item per (group, block).
-            let (dkrow, dvrow) =
-                unsafe { (dk_w.slice(dims.k_row(g, slot)), dv_w.slice(dims.k_row(g, slot))) };
+            let (dkrow, dvrow) = unsafe {
+                (
+                    dk_w.slice(dims.k_row(g, slot)),
+                    dv_w.slice(dims.k_row(g, slot)),
+                )
+            };
             for &qb in transposed.keys(g, kb) {
                 for slot_q in plan.q_layout.block(qb as usize) {
                     let tok = q_order[slot_q] as usize;
@@ -293,5 +307,9 @@ pub fn backward(
             }
         }
     });
-    Gradients { dq, dk: scatter_keys(plan, dims, &dkp), dv: scatter_keys(plan, dims, &dvp) }
+    Gradients {
+        dq,
+        dk: scatter_keys(plan, dims, &dkp),
+        dv: scatter_keys(plan, dims, &dvp),
+    }
 }

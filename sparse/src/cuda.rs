@@ -6,7 +6,9 @@ use crate::layout::BlockLayout;
 use crate::plan::{KeyBlocks, SparsePlan};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use std::sync::{Arc, Mutex, Weak};
@@ -22,7 +24,9 @@ const MAX_TOPK_COLUMNS: usize = 4096;
 
 /// True when the kernels handle this dtype, head dim and plan (others use the CPU engine).
 pub fn supports(dtype: DType, head_dim: usize, plan: &SparsePlan) -> bool {
-    matches!(dtype, DType::BF16 | DType::F16) && matches!(head_dim, 64 | 128) && plan.q_layout.tile() <= MAX_Q_BLOCK
+    matches!(dtype, DType::BF16 | DType::F16)
+        && matches!(head_dim, 64 | 128)
+        && plan.q_layout.tile() <= MAX_Q_BLOCK
 }
 
 /// Launch parameters of `bsattn_fwd_*` (mirrors `AttnParams` in attention_fwd.cu).
@@ -112,13 +116,23 @@ struct Cache<K, V> {
 
 impl<K, V> Cache<K, V> {
     const fn new() -> Self {
-        Self { entries: Mutex::new(Vec::new()) }
+        Self {
+            entries: Mutex::new(Vec::new()),
+        }
     }
 
-    fn get_or(&self, key: &Arc<K>, dev: &CudaDevice, make: impl FnOnce() -> Result<V>) -> Result<Arc<V>> {
+    fn get_or(
+        &self,
+        key: &Arc<K>,
+        dev: &CudaDevice,
+        make: impl FnOnce() -> Result<V>,
+    ) -> Result<Arc<V>> {
         let mut entries = self.entries.lock().expect("device cache lock");
         entries.retain(|(w, _, _)| w.strong_count() > 0);
-        if let Some((_, _, v)) = entries.iter().find(|(w, id, _)| *id == dev.id() && w.as_ptr() == Arc::as_ptr(key)) {
+        if let Some((_, _, v)) = entries
+            .iter()
+            .find(|(w, id, _)| *id == dev.id() && w.as_ptr() == Arc::as_ptr(key))
+        {
             return Ok(Arc::clone(v));
         }
         let value = Arc::new(make()?);
@@ -136,46 +150,62 @@ fn layout_on(dev: &CudaDevice, layout: &Arc<BlockLayout>) -> Result<Arc<DeviceLa
         for h in 0..layout.num_orders() {
             order.extend_from_slice(layout.order(h).order());
         }
-        Ok(DeviceLayout { order: dev.clone_htod(&order)?, starts: dev.clone_htod(layout.starts())?, per_head: !layout.is_shared() })
+        Ok(DeviceLayout {
+            order: dev.clone_htod(&order)?,
+            starts: dev.clone_htod(layout.starts())?,
+            per_head: !layout.is_shared(),
+        })
     })
 }
 
-fn ptr<T>(dev: &CudaDevice, s: &CudaSlice<T>) -> u64 {
+/// Device address of a slice (valid while the slice lives).
+pub fn ptr<T>(dev: &CudaDevice, s: &CudaSlice<T>) -> u64 {
     let stream = dev.cuda_stream();
     let (p, _sync) = s.device_ptr(&stream);
     p
+}
+
+/// Device address of a storage view's first element (bf16, f16 or f32).
+pub fn storage_ptr(s: &CudaStorage, l: &Layout) -> Result<u64> {
+    let dev = s.device();
+    let (base, size) = match s.dtype() {
+        DType::BF16 => (ptr(dev, s.as_cuda_slice::<half::bf16>()?), 2),
+        DType::F16 => (ptr(dev, s.as_cuda_slice::<half::f16>()?), 2),
+        DType::F32 => (ptr(dev, s.as_cuda_slice::<f32>()?), 4),
+        dt => candle_core::bail!("kernels do not take {dt:?}"),
+    };
+    Ok(base + (l.start_offset() * size) as u64)
 }
 
 /// Device address of a tensor view's first element and its (batch, head, token) strides.
 fn view(s: &CudaStorage, l: &Layout) -> Result<(u64, [i64; 3])> {
     let stride = l.stride();
     if stride.len() != 4 || stride[3] != 1 {
-        candle_core::bail!("attention kernels need a unit stride over the head dim, got strides {stride:?}")
+        candle_core::bail!(
+            "attention kernels need a unit stride over the head dim, got strides {stride:?}"
+        )
     }
-    let dev = s.device();
-    let (base, size) = match s.dtype() {
-        DType::BF16 => (ptr(dev, s.as_cuda_slice::<half::bf16>()?), 2),
-        DType::F16 => (ptr(dev, s.as_cuda_slice::<half::f16>()?), 2),
-        DType::F32 => (ptr(dev, s.as_cuda_slice::<f32>()?), 4),
-        dt => candle_core::bail!("attention kernels do not take {dt:?}"),
-    };
-    Ok((base + (l.start_offset() * size) as u64, [stride[0] as i64, stride[1] as i64, stride[2] as i64]))
+    Ok((
+        storage_ptr(s, l)?,
+        [stride[0] as i64, stride[1] as i64, stride[2] as i64],
+    ))
 }
 
-fn tensor_ptr(t: &Tensor) -> Result<u64> {
+/// Device address of the first element of a contiguous CUDA tensor.
+pub fn tensor_ptr(t: &Tensor) -> Result<u64> {
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cuda(s) = &*storage else { candle_core::bail!("expected a CUDA tensor") };
+    let Storage::Cuda(s) = &*storage else {
+        candle_core::bail!("expected a CUDA tensor")
+    };
     if !layout.is_contiguous() {
         candle_core::bail!("expected a contiguous tensor")
     }
-    let (base, size) = match s.dtype() {
-        DType::U32 => (ptr(s.device(), s.as_cuda_slice::<u32>()?), 4),
-        DType::F32 => (ptr(s.device(), s.as_cuda_slice::<f32>()?), 4),
-        DType::BF16 => (ptr(s.device(), s.as_cuda_slice::<half::bf16>()?), 2),
-        DType::F16 => (ptr(s.device(), s.as_cuda_slice::<half::f16>()?), 2),
-        dt => candle_core::bail!("unexpected dtype {dt:?}"),
-    };
-    Ok(base + (layout.start_offset() * size) as u64)
+    match s.dtype() {
+        DType::U32 => {
+            Ok(ptr(s.device(), s.as_cuda_slice::<u32>()?) + (layout.start_offset() * 4) as u64)
+        }
+        _ => storage_ptr(s, layout),
+    }
 }
 
 fn type_name(dtype: DType) -> Result<&'static str> {
@@ -245,7 +275,10 @@ fn key_lists(dev: &CudaDevice, plan: &Arc<SparsePlan>) -> Result<KernelLists> {
         }
         KeyBlocks::Lists(mask) => {
             let lists = LISTS.get_or(plan, dev, || {
-                Ok(DeviceLists { offsets: dev.clone_htod(mask.offsets())?, indices: dev.clone_htod(mask.indices())? })
+                Ok(DeviceLists {
+                    offsets: dev.clone_htod(mask.offsets())?,
+                    indices: dev.clone_htod(mask.indices())?,
+                })
             })?;
             Ok(KernelLists {
                 offsets: ptr(dev, &lists.offsets),
@@ -271,8 +304,15 @@ pub(crate) fn attention_forward(
     let dtype = inputs[0].0.dtype();
     let (b, h, s, d) = inputs[0].1.shape().dims4()?;
     let sk = inputs[1].1.shape().dims4()?.2;
-    let (q, k, v) = (view(inputs[0].0, inputs[0].1)?, view(inputs[1].0, inputs[1].1)?, view(inputs[2].0, inputs[2].1)?);
-    let (ql, kl) = (layout_on(&dev, &plan.q_layout)?, layout_on(&dev, &plan.k_layout)?);
+    let (q, k, v) = (
+        view(inputs[0].0, inputs[0].1)?,
+        view(inputs[1].0, inputs[1].1)?,
+        view(inputs[2].0, inputs[2].1)?,
+    );
+    let (ql, kl) = (
+        layout_on(&dev, &plan.q_layout)?,
+        layout_on(&dev, &plan.k_layout)?,
+    );
     let lists = key_lists(&dev, plan)?;
     let n = b * s * h * d;
     let (out, out_ptr) = match dtype {
@@ -288,7 +328,11 @@ pub(crate) fn attention_forward(
         }
         dt => candle_core::bail!("attention kernels do not take {dt:?}"),
     };
-    let lse = if with_lse { Some(dev.alloc_zeros::<f32>(b * h * s)?) } else { None };
+    let lse = if with_lse {
+        Some(dev.alloc_zeros::<f32>(b * h * s)?)
+    } else {
+        None
+    };
     let warps = if plan.q_layout.tile() <= 64 { 4 } else { 8 };
     let nqb = plan.q_layout.num_blocks();
     let params = AttnParams {
@@ -318,7 +362,11 @@ pub(crate) fn attention_forward(
         scale_log2: scale * std::f32::consts::LOG2_E,
     };
     let smem = ((16 * warps + 4 * 64) * d * 2) as u32;
-    let cfg = LaunchConfig { grid_dim: (nqb as u32, (b * h) as u32, 1), block_dim: (32 * warps as u32, 1, 1), shared_mem_bytes: smem };
+    let cfg = LaunchConfig {
+        grid_dim: (nqb as u32, (b * h) as u32, 1),
+        block_dim: (32 * warps as u32, 1, 1),
+        shared_mem_bytes: smem,
+    };
     let name = format!("bsattn_fwd_{}_d{d}_w{warps}", type_name(dtype)?);
     launch(&dev, "vdit_attention_fwd", FWD_PTX, &name, cfg, &params)?;
     Ok((out, lse))
@@ -338,12 +386,25 @@ pub(crate) fn attention_backward(
     let sk = inputs[1].1.shape().dims4()?.2;
     let (_, lse) = attention_forward(plan, inputs, scale, true)?;
     let lse = lse.expect("log-sum-exp requested");
-    let (q, k, v) = (view(inputs[0].0, inputs[0].1)?, view(inputs[1].0, inputs[1].1)?, view(inputs[2].0, inputs[2].1)?);
-    let (ql, kl) = (layout_on(&dev, &plan.q_layout)?, layout_on(&dev, &plan.k_layout)?);
+    let (q, k, v) = (
+        view(inputs[0].0, inputs[0].1)?,
+        view(inputs[1].0, inputs[1].1)?,
+        view(inputs[2].0, inputs[2].1)?,
+    );
+    let (ql, kl) = (
+        layout_on(&dev, &plan.q_layout)?,
+        layout_on(&dev, &plan.k_layout)?,
+    );
     let mask = plan.host_mask()?;
     let transposed = mask.transpose();
-    let forward_lists = (dev.clone_htod(mask.offsets())?, dev.clone_htod(mask.indices())?);
-    let backward_lists = (dev.clone_htod(transposed.offsets())?, dev.clone_htod(transposed.indices())?);
+    let forward_lists = (
+        dev.clone_htod(mask.offsets())?,
+        dev.clone_htod(mask.indices())?,
+    );
+    let backward_lists = (
+        dev.clone_htod(transposed.offsets())?,
+        dev.clone_htod(transposed.indices())?,
+    );
     let (nq, nk) = (b * h * s * d, b * h * sk * d);
     let packed = dev.alloc_zeros::<f32>(nq + 2 * nk)?;
     let base = ptr(&dev, &packed);
@@ -379,13 +440,35 @@ pub(crate) fn attention_backward(
     };
     let t = type_name(dtype)?;
     let block = (128, 1, 1);
-    let cfg = LaunchConfig { grid_dim: (plan.q_layout.num_blocks() as u32, (b * h) as u32, 1), block_dim: block, shared_mem_bytes: 0 };
-    launch(&dev, "vdit_attention_bwd", BWD_PTX, &format!("bsattn_bwd_dq_{t}_d{d}"), cfg, &params)?;
+    let cfg = LaunchConfig {
+        grid_dim: (plan.q_layout.num_blocks() as u32, (b * h) as u32, 1),
+        block_dim: block,
+        shared_mem_bytes: 0,
+    };
+    launch(
+        &dev,
+        "vdit_attention_bwd",
+        BWD_PTX,
+        &format!("bsattn_bwd_dq_{t}_d{d}"),
+        cfg,
+        &params,
+    )?;
     params.offsets = ptr(&dev, &backward_lists.0);
     params.indices = ptr(&dev, &backward_lists.1);
     params.rows_blocks = plan.k_layout.num_blocks() as i32;
-    let cfg = LaunchConfig { grid_dim: (plan.k_layout.num_blocks() as u32, (b * h) as u32, 1), block_dim: block, shared_mem_bytes: 0 };
-    launch(&dev, "vdit_attention_bwd", BWD_PTX, &format!("bsattn_bwd_dkdv_{t}_d{d}"), cfg, &params)?;
+    let cfg = LaunchConfig {
+        grid_dim: (plan.k_layout.num_blocks() as u32, (b * h) as u32, 1),
+        block_dim: block,
+        shared_mem_bytes: 0,
+    };
+    launch(
+        &dev,
+        "vdit_attention_bwd",
+        BWD_PTX,
+        &format!("bsattn_bwd_dkdv_{t}_d{d}"),
+        cfg,
+        &params,
+    )?;
     // Keep the temporaries alive until the kernels are queued (the stream orders their use).
     drop((forward_lists, backward_lists, dout));
     Ok(CudaStorage::wrap_cuda_slice(packed, dev))
@@ -395,7 +478,9 @@ pub(crate) fn attention_backward(
 pub(crate) fn top_k(s: &CudaStorage, l: &Layout, k: usize) -> Result<(CudaStorage, Shape)> {
     let (rows, n) = l.shape().dims2()?;
     if n > MAX_TOPK_COLUMNS {
-        candle_core::bail!("top-k on the GPU takes rows of at most {MAX_TOPK_COLUMNS} entries, got {n}")
+        candle_core::bail!(
+            "top-k on the GPU takes rows of at most {MAX_TOPK_COLUMNS} entries, got {n}"
+        )
     }
     let dev = s.device().clone();
     let k = k.min(n);
@@ -406,9 +491,21 @@ pub(crate) fn top_k(s: &CudaStorage, l: &Layout, k: usize) -> Result<(CudaStorag
     let stream = dev.cuda_stream();
     let (out_ptr, n32, k32, p32) = (ptr(&dev, &out), n as i32, k as i32, padded as i32);
     let mut builder = stream.launch_builder(&func);
-    builder.arg(&scores).arg(&out_ptr).arg(&n32).arg(&k32).arg(&p32);
-    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: (padded * 8) as u32 };
+    builder
+        .arg(&scores)
+        .arg(&out_ptr)
+        .arg(&n32)
+        .arg(&k32)
+        .arg(&p32);
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: (padded * 8) as u32,
+    };
     // SAFETY: arguments match `topk_rows_f32(const float*, uint32_t*, int, int, int)`.
     unsafe { builder.launch(cfg) }.w()?;
-    Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((rows, k))))
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev),
+        Shape::from((rows, k)),
+    ))
 }

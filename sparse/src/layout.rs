@@ -216,10 +216,14 @@ impl BlockLayout {
     /// [`BlockLayout::tiled`], built once per (grid, tile) and shared, so that device copies
     /// are made once too.
     pub fn tiled_shared(grid: TokenGrid, tile: [usize; 3]) -> Arc<Self> {
-        static CACHE: Mutex<Option<HashMap<(TokenGrid, [usize; 3]), Arc<BlockLayout>>>> = Mutex::new(None);
+        static CACHE: Mutex<Option<HashMap<(TokenGrid, [usize; 3]), Arc<BlockLayout>>>> =
+            Mutex::new(None);
         let mut cache = CACHE.lock().expect("layout cache lock");
         let map = cache.get_or_insert_with(HashMap::new);
-        Arc::clone(map.entry((grid, tile)).or_insert_with(|| Arc::new(Self::tiled(grid, tile))))
+        Arc::clone(
+            map.entry((grid, tile))
+                .or_insert_with(|| Arc::new(Self::tiled(grid, tile))),
+        )
     }
 
     /// [`BlockLayout::natural`], built once per (tokens, block) and shared.
@@ -227,7 +231,10 @@ impl BlockLayout {
         static CACHE: Mutex<Option<HashMap<(usize, usize), Arc<BlockLayout>>>> = Mutex::new(None);
         let mut cache = CACHE.lock().expect("layout cache lock");
         let map = cache.get_or_insert_with(HashMap::new);
-        Arc::clone(map.entry((tokens, block)).or_insert_with(|| Arc::new(Self::natural(tokens, block))))
+        Arc::clone(
+            map.entry((tokens, block))
+                .or_insert_with(|| Arc::new(Self::natural(tokens, block))),
+        )
     }
 
     /// Each token its own block, natural order (per-query selections).

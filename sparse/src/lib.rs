@@ -8,7 +8,7 @@
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub mod cuda;
 pub mod dense;
 mod grid;
 pub mod layout;

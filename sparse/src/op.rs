@@ -3,14 +3,21 @@
 
 use crate::cpu::{self, Dims};
 use crate::plan::SparsePlan;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D,
+};
 use std::sync::Arc;
 
 /// Exact attention of `q: [B, H, S, D]` over `k, v: [B, H, Sk, D]` restricted to the key
 /// blocks `plan` lists, in natural token order. Differentiable with respect to `q`, `k` and
 /// `v`. The result is a `[B, H, S, D]` view of a `[B, S, H, D]` buffer (so merging heads
 /// afterwards is free).
-pub fn block_sparse_attention(q: &Tensor, k: &Tensor, v: &Tensor, plan: &Arc<SparsePlan>) -> Result<Tensor> {
+pub fn block_sparse_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    plan: &Arc<SparsePlan>,
+) -> Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
     let sk = k.dim(2)?;
     if k.dims4()? != (b, h, sk, d) || v.dims4()? != (b, h, sk, d) {
@@ -21,7 +28,8 @@ pub fn block_sparse_attention(q: &Tensor, k: &Tensor, v: &Tensor, plan: &Arc<Spa
             v.dims()
         )
     }
-    if (b, h, s) != (plan.batch, plan.heads, plan.q_layout.tokens()) || plan.k_layout.tokens() != sk {
+    if (b, h, s) != (plan.batch, plan.heads, plan.q_layout.tokens()) || plan.k_layout.tokens() != sk
+    {
         candle_core::bail!(
             "block-sparse attention: tensors are B={b} H={h} S={s} but the plan is for B={} H={} S={}",
             plan.batch,
@@ -29,13 +37,20 @@ pub fn block_sparse_attention(q: &Tensor, k: &Tensor, v: &Tensor, plan: &Arc<Spa
             plan.q_layout.tokens()
         )
     }
-    let op = BlockSparseOp { plan: Arc::clone(plan), scale: (1.0 / (d as f64).sqrt()) as f32 };
+    let op = BlockSparseOp {
+        plan: Arc::clone(plan),
+        scale: (1.0 / (d as f64).sqrt()) as f32,
+    };
     if on_kernels(q, plan)? {
         return q.apply_op3(k, v, op)?.transpose(1, 2);
     }
     // The CPU engine works on contiguous f32 host buffers.
     let (dtype, device) = (q.dtype(), q.device().clone());
-    let prep = |t: &Tensor| t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous();
+    let prep = |t: &Tensor| {
+        t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .contiguous()
+    };
     let out = prep(q)?.apply_op3(&prep(k)?, &prep(v)?, op)?;
     out.to_dtype(dtype)?.to_device(&device)?.transpose(1, 2)
 }
@@ -53,7 +68,10 @@ fn on_kernels(q: &Tensor, plan: &SparsePlan) -> Result<bool> {
 /// The indices of the `k` largest entries of each row of `scores: [rows, n]` (f32), best
 /// first, ties to the lower index: `[rows, k]` u32 on the same device.
 pub fn top_k(scores: &Tensor, k: usize) -> Result<Tensor> {
-    scores.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&TopK { k })
+    scores
+        .to_dtype(DType::F32)?
+        .contiguous()?
+        .apply_op1_no_bwd(&TopK { k })
 }
 
 struct TopK {
@@ -79,7 +97,11 @@ impl CustomOp1 for TopK {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         crate::cuda::top_k(s, l, self.k)
     }
 }
@@ -99,7 +121,13 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> 
 
 fn dims_of(q: &Shape, k: &Shape) -> Result<Dims> {
     let (batch, heads, tokens, head_dim) = q.dims4()?;
-    Ok(Dims { batch, heads, tokens, k_tokens: k.dims4()?.2, head_dim })
+    Ok(Dims {
+        batch,
+        heads,
+        tokens,
+        k_tokens: k.dims4()?.2,
+        head_dim,
+    })
 }
 
 fn bshd(dims: Dims) -> Shape {
@@ -138,7 +166,12 @@ impl CustomOp3 for BlockSparseOp {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let dims = dims_of(l1.shape(), l2.shape())?;
-        let (out, _) = crate::cuda::attention_forward(&self.plan, [(s1, l1), (s2, l2), (s3, l3)], self.scale, false)?;
+        let (out, _) = crate::cuda::attention_forward(
+            &self.plan,
+            [(s1, l1), (s2, l2), (s3, l3)],
+            self.scale,
+            false,
+        )?;
         Ok((out, bshd(dims)))
     }
 
@@ -155,12 +188,26 @@ impl CustomOp3 for BlockSparseOp {
             .sum(D::Minus1)?
             .transpose(1, 2)?
             .contiguous()?;
-        let op = BackwardOp { plan: Arc::clone(&self.plan), scale: self.scale, dout: grad.contiguous()?, delta };
+        let op = BackwardOp {
+            plan: Arc::clone(&self.plan),
+            scale: self.scale,
+            dout: grad.contiguous()?,
+            delta,
+        };
         let packed = q.apply_op3_no_bwd(k, v, &op)?; // dq, dk, dv flattened, f32
         let (nq, nk) = (q.elem_count(), k.elem_count());
-        let dq = packed.narrow(0, 0, nq)?.reshape(q.shape())?.to_dtype(q.dtype())?;
-        let dk = packed.narrow(0, nq, nk)?.reshape(k.shape())?.to_dtype(k.dtype())?;
-        let dv = packed.narrow(0, nq + nk, nk)?.reshape(v.shape())?.to_dtype(v.dtype())?;
+        let dq = packed
+            .narrow(0, 0, nq)?
+            .reshape(q.shape())?
+            .to_dtype(q.dtype())?;
+        let dk = packed
+            .narrow(0, nq, nk)?
+            .reshape(k.shape())?
+            .to_dtype(k.dtype())?;
+        let dv = packed
+            .narrow(0, nq + nk, nk)?
+            .reshape(v.shape())?
+            .to_dtype(v.dtype())?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
@@ -178,7 +225,10 @@ struct BackwardOp {
 }
 
 fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+    t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()
 }
 
 impl CustomOp3 for BackwardOp {
@@ -200,7 +250,9 @@ impl CustomOp3 for BackwardOp {
         let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let lse = cpu::forward(&self.plan, &mask, dims, q, k, v, self.scale).lse;
         let (delta, dout) = (host_vec(&self.delta)?, host_vec(&self.dout)?);
-        let g = cpu::backward(&self.plan, &mask, dims, q, k, v, &lse, &delta, &dout, self.scale);
+        let g = cpu::backward(
+            &self.plan, &mask, dims, q, k, v, &lse, &delta, &dout, self.scale,
+        );
         let mut packed = g.dq;
         packed.extend_from_slice(&g.dk);
         packed.extend_from_slice(&g.dv);

@@ -72,7 +72,13 @@ impl BlockMask {
             candle_core::bail!("block mask: key block {bad} out of range ({k_blocks} blocks)")
         }
         let offsets = (0..=groups * q_blocks).map(|i| (i * k) as u32).collect();
-        Ok(Self { groups, q_blocks, k_blocks, offsets, indices })
+        Ok(Self {
+            groups,
+            q_blocks,
+            k_blocks,
+            offsets,
+            indices,
+        })
     }
 
     /// Every query block attends to every key block.
@@ -212,7 +218,13 @@ impl SparsePlan {
             )
         }
         check_orders(heads, &q_layout, &k_layout)?;
-        Ok(Self { batch, heads, q_layout, k_layout, keys: KeyBlocks::Lists(mask) })
+        Ok(Self {
+            batch,
+            heads,
+            q_layout,
+            k_layout,
+            keys: KeyBlocks::Lists(mask),
+        })
     }
 
     /// A plan keeping the same number of key blocks for every query block: `indices` is a
@@ -239,7 +251,13 @@ impl SparsePlan {
             )
         }
         check_orders(heads, &q_layout, &k_layout)?;
-        Ok(Self { batch, heads, q_layout, k_layout, keys: KeyBlocks::Uniform(indices) })
+        Ok(Self {
+            batch,
+            heads,
+            q_layout,
+            k_layout,
+            keys: KeyBlocks::Uniform(indices),
+        })
     }
 
     /// The dense plan: one layout for queries and keys, every block pair kept.
@@ -249,8 +267,19 @@ impl SparsePlan {
 
     /// Every query block attends to every key block; queries and keys may differ in number
     /// (cross-attention).
-    pub fn all(batch: usize, heads: usize, q_layout: Arc<BlockLayout>, k_layout: Arc<BlockLayout>) -> Self {
-        Self { batch, heads, q_layout, k_layout, keys: KeyBlocks::All }
+    pub fn all(
+        batch: usize,
+        heads: usize,
+        q_layout: Arc<BlockLayout>,
+        k_layout: Arc<BlockLayout>,
+    ) -> Self {
+        Self {
+            batch,
+            heads,
+            q_layout,
+            k_layout,
+            keys: KeyBlocks::All,
+        }
     }
 
     /// The key-block lists on the host (a uniform tensor is read back).
@@ -266,14 +295,22 @@ impl SparsePlan {
                 let k = t.dim(1)?;
                 let indices = t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<u32>()?;
                 let (nq, nk) = (self.q_layout.num_blocks(), self.k_layout.num_blocks());
-                Ok(Cow::Owned(BlockMask::from_uniform(self.batch * self.heads, nq, nk, k, indices)?))
+                Ok(Cow::Owned(BlockMask::from_uniform(
+                    self.batch * self.heads,
+                    nq,
+                    nk,
+                    k,
+                    indices,
+                )?))
             }
         }
     }
 
     /// All query-key pairs, `batch * heads * Sq * Sk`.
     pub fn possible_pairs(&self) -> f64 {
-        (self.batch * self.heads) as f64 * self.q_layout.tokens() as f64 * self.k_layout.tokens() as f64
+        (self.batch * self.heads) as f64
+            * self.q_layout.tokens() as f64
+            * self.k_layout.tokens() as f64
     }
 
     /// Query-key pairs computed (reads a uniform plan's indices back to the host).
@@ -285,8 +322,11 @@ impl SparsePlan {
         let mut total = 0u64;
         for g in 0..mask.groups() {
             for qb in 0..mask.q_blocks() {
-                let keys: usize =
-                    mask.keys(g, qb).iter().map(|&kb| self.k_layout.block_len(kb as usize)).sum();
+                let keys: usize = mask
+                    .keys(g, qb)
+                    .iter()
+                    .map(|&kb| self.k_layout.block_len(kb as usize))
+                    .sum();
                 total += (self.q_layout.block_len(qb) * keys) as u64;
             }
         }
@@ -303,11 +343,14 @@ impl SparsePlan {
                     (0..l.num_blocks()).map(|b| l.block_len(b) as f32).collect()
                 };
                 let nq = self.q_layout.num_blocks();
-                let k_lens = Tensor::from_vec(lens(&self.k_layout), self.k_layout.num_blocks(), t.device())?;
+                let k_lens =
+                    Tensor::from_vec(lens(&self.k_layout), self.k_layout.num_blocks(), t.device())?;
                 let q_lens = Tensor::from_vec(lens(&self.q_layout), (1, nq, 1), t.device())?;
-                let per_row = k_lens
-                    .index_select(&t.flatten_all()?, 0)?
-                    .reshape((self.batch * self.heads, nq, t.dim(1)?))?;
+                let per_row = k_lens.index_select(&t.flatten_all()?, 0)?.reshape((
+                    self.batch * self.heads,
+                    nq,
+                    t.dim(1)?,
+                ))?;
                 per_row.broadcast_mul(&q_lens)?.sum_all()
             }
         }
@@ -316,14 +359,21 @@ impl SparsePlan {
     /// Fraction of all query-key pairs the plan computes.
     pub fn density(&self) -> Result<f64> {
         let all = self.possible_pairs();
-        Ok(if all == 0.0 { 0.0 } else { self.pairs()? as f64 / all })
+        Ok(if all == 0.0 {
+            0.0
+        } else {
+            self.pairs()? as f64 / all
+        })
     }
 }
 
 fn check_orders(heads: usize, q: &BlockLayout, k: &BlockLayout) -> Result<()> {
     for layout in [q, k] {
         if layout.num_orders() != 1 && layout.num_orders() != heads {
-            candle_core::bail!("sparse plan: {} orders for {heads} heads", layout.num_orders())
+            candle_core::bail!(
+                "sparse plan: {} orders for {heads} heads",
+                layout.num_orders()
+            )
         }
     }
     Ok(())

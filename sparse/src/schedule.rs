@@ -246,7 +246,10 @@ impl DensityReport {
 
     /// Fraction of pairs computed over all calls.
     pub fn overall(&self) -> f64 {
-        let (c, p) = self.per_layer.iter().fold((0.0, 0.0), |(c, p), &(a, b)| (c + a, p + b));
+        let (c, p) = self
+            .per_layer
+            .iter()
+            .fold((0.0, 0.0), |(c, p), &(a, b)| (c + a, p + b));
         if p > 0.0 {
             c / p
         } else {
@@ -256,7 +259,10 @@ impl DensityReport {
 
     /// Fraction of pairs computed in each layer.
     pub fn layer_densities(&self) -> Vec<f64> {
-        self.per_layer.iter().map(|&(c, p)| if p > 0.0 { c / p } else { 1.0 }).collect()
+        self.per_layer
+            .iter()
+            .map(|&(c, p)| if p > 0.0 { c / p } else { 1.0 })
+            .collect()
     }
 }
 
@@ -271,7 +277,9 @@ struct Tally {
 impl Tally {
     fn resolve(&mut self) -> Result<()> {
         for (layer, computed, possible) in self.pending.drain(..) {
-            let computed = computed.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let computed = computed
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
             self.report.add(layer, computed, possible);
         }
         Ok(())
@@ -389,19 +397,31 @@ impl AttentionRouter {
                     )
                 }
                 let batch = call.q.dim(0)?;
-                let key = (site.layer, step_group(site.step, site.num_steps, c.groups), batch);
+                let key = (
+                    site.layer,
+                    step_group(site.step, site.num_steps, c.groups),
+                    batch,
+                );
                 let plan = {
                     let mut plans = self.paro_plans.lock().expect("paro lock");
                     match plans.get(&key) {
                         Some(p) => p.clone(),
-                        None => plans.entry(key).or_insert(c.plan(key.0, key.1, batch)?).clone(),
+                        None => plans
+                            .entry(key)
+                            .or_insert(c.plan(key.0, key.1, batch)?)
+                            .clone(),
                     }
                 };
                 let out = block_sparse_attention(call.q, call.k, call.v, &plan)?;
                 Ok((out, Computed::Plan(plan)))
             }
             Method::Sparsed(opts) => {
-                let frozen = self.frozen.lock().expect("frozen lock").get(&site.layer).cloned();
+                let frozen = self
+                    .frozen
+                    .lock()
+                    .expect("frozen lock")
+                    .get(&site.layer)
+                    .cloned();
                 match frozen {
                     Some(plan) if plan.batch == call.q.dim(0)? => {
                         let out = block_sparse_attention(call.q, call.k, call.v, &plan)?;
@@ -415,7 +435,10 @@ impl AttentionRouter {
                     None => {
                         // No dense step came first: this step is exact and freezes the masks.
                         let plan = sparsed_plan(call.q, call.k, opts)?;
-                        self.frozen.lock().expect("frozen lock").insert(site.layer, plan);
+                        self.frozen
+                            .lock()
+                            .expect("frozen lock")
+                            .insert(site.layer, plan);
                         Ok((attention(call.q, call.k, call.v)?, Computed::All))
                     }
                 }
@@ -433,7 +456,11 @@ impl SelfAttention for AttentionRouter {
             Computed::All => Tensor::new(possible, &candle_core::Device::Cpu)?,
             Computed::Plan(plan) => plan.pairs_tensor()?,
         };
-        self.tally.lock().expect("tally lock").pending.push((call.site.layer, computed, possible));
+        self.tally
+            .lock()
+            .expect("tally lock")
+            .pending
+            .push((call.site.layer, computed, possible));
         Ok(out)
     }
 }

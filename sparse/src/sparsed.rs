@@ -60,5 +60,11 @@ pub fn sparsed_plan(q: &Tensor, k: &Tensor, opts: &SparsedOptions) -> Result<Arc
         .ceil()
         .clamp(1.0, n as f64) as usize;
     let indices = top_k(&mass.reshape((b * h * n, n))?, keep)?;
-    Ok(Arc::new(SparsePlan::uniform(b, h, layout.clone(), layout, indices)?))
+    Ok(Arc::new(SparsePlan::uniform(
+        b,
+        h,
+        layout.clone(),
+        layout,
+        indices,
+    )?))
 }

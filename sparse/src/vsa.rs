@@ -94,7 +94,13 @@ pub fn vsa_attention(
     // Selection: the top-k key cubes of every query cube.
     let rows = coarse_scores.detach().reshape((b * h * cubes, cubes))?;
     let indices = top_k(&rows, opts.kept(cubes))?;
-    let plan = Arc::new(SparsePlan::uniform(b, h, layout.clone(), layout.clone(), indices)?);
+    let plan = Arc::new(SparsePlan::uniform(
+        b,
+        h,
+        layout.clone(),
+        layout.clone(),
+        indices,
+    )?);
 
     // Fine stage: exact attention over the selected cubes.
     let fine = block_sparse_attention(q, k, v, &plan)?;

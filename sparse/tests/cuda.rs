@@ -12,8 +12,8 @@ use sparse::sparsed::SparsedOptions;
 use sparse::vmoba::{ChunkKind, VmobaOptions};
 use sparse::vsa::{vsa_attention, VsaOptions};
 use sparse::{
-    block_sparse_attention, AttentionCall, AttentionRouter, AttentionSchedule, BlockLayout, CallSite, Method,
-    SelfAttention, SparsePlan, TokenGrid,
+    block_sparse_attention, AttentionCall, AttentionRouter, AttentionSchedule, BlockLayout,
+    CallSite, Method, SelfAttention, SparsePlan, TokenGrid,
 };
 use std::sync::Arc;
 
@@ -25,15 +25,23 @@ fn gpu() -> Device {
 
 /// The same bf16-representable values on the CPU (f32) and the GPU (bf16).
 fn pair(shape: (usize, usize, usize, usize)) -> Result<(Tensor, Tensor)> {
-    let cpu = Tensor::randn(0f32, 1.0, shape, &Device::Cpu)?.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+    let cpu = Tensor::randn(0f32, 1.0, shape, &Device::Cpu)?
+        .to_dtype(DType::BF16)?
+        .to_dtype(DType::F32)?;
     let gpu = cpu.to_dtype(DType::BF16)?.to_device(&gpu())?;
     Ok((cpu, gpu))
 }
 
 fn check(name: &str, gpu_out: &Tensor, cpu_out: &Tensor) -> Result<()> {
-    let err = rel(&gpu_out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?, cpu_out);
+    let err = rel(
+        &gpu_out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?,
+        cpu_out,
+    );
     println!("{name}: relative L2 {err:.2e}");
-    assert!(err <= TOLERANCE, "{name}: relative L2 {err:.3e} > {TOLERANCE}");
+    assert!(
+        err <= TOLERANCE,
+        "{name}: relative L2 {err:.3e} > {TOLERANCE}"
+    );
     Ok(())
 }
 
@@ -42,13 +50,32 @@ fn dense_kernel_matches_cpu_for_head_dims_partial_blocks_strides_and_cross_lengt
     for d in [64, 128] {
         let shape = (2, 3, 300, d); // 300 = two full blocks of 128 and a partial one
         let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
-        check(&format!("dense d{d}"), &sparse::dense::attention(&qg, &kg, &vg)?, &sparse::dense::attention(&qc, &kc, &vc)?)?;
+        check(
+            &format!("dense d{d}"),
+            &sparse::dense::attention(&qg, &kg, &vg)?,
+            &sparse::dense::attention(&qc, &kc, &vc)?,
+        )?;
         // strided views, as the DiT passes them
-        let t = |x: &Tensor| x.transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap();
-        check(&format!("dense strided d{d}"), &sparse::dense::attention(&t(&qg), &t(&kg), &t(&vg))?, &sparse::dense::attention(&qc, &kc, &vc)?)?;
+        let t = |x: &Tensor| {
+            x.transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+        };
+        check(
+            &format!("dense strided d{d}"),
+            &sparse::dense::attention(&t(&qg), &t(&kg), &t(&vg))?,
+            &sparse::dense::attention(&qc, &kc, &vc)?,
+        )?;
         // cross-attention: 77 keys
         let ((kc2, kg2), (vc2, vg2)) = (pair((2, 3, 77, d))?, pair((2, 3, 77, d))?);
-        check(&format!("cross d{d}"), &sparse::dense::attention(&qg, &kg2, &vg2)?, &sparse::dense::attention(&qc, &kc2, &vc2)?)?;
+        check(
+            &format!("cross d{d}"),
+            &sparse::dense::attention(&qg, &kg2, &vg2)?,
+            &sparse::dense::attention(&qc, &kc2, &vc2)?,
+        )?;
     }
     Ok(())
 }
@@ -57,13 +84,20 @@ fn dense_kernel_matches_cpu_for_head_dims_partial_blocks_strides_and_cross_lengt
 fn vsa_on_gpu_matches_cpu_on_partial_cubes() -> Result<()> {
     for grid in [TokenGrid::new(5, 6, 10), TokenGrid::new(9, 7, 13)] {
         let shape = (2, 3, grid.len(), 64);
-        let ((qc, qg), (kc, kg), (vc, vg), (gc, gg)) = (pair(shape)?, pair(shape)?, pair(shape)?, pair(shape)?);
+        let ((qc, qg), (kc, kg), (vc, vg), (gc, gg)) =
+            (pair(shape)?, pair(shape)?, pair(shape)?, pair(shape)?);
         for sparsity in [0.0, 0.5, 0.875] {
-            let opts = VsaOptions { sparsity, ..Default::default() };
+            let opts = VsaOptions {
+                sparsity,
+                ..Default::default()
+            };
             let g = vsa_attention(&qg, &kg, &vg, Some(&gg), grid, &opts)?;
             let c = vsa_attention(&qc, &kc, &vc, Some(&gc), grid, &opts)?;
             check(&format!("vsa {grid} sparsity {sparsity}"), &g.out, &c.out)?;
-            assert!((g.plan.density()? - c.plan.density()?).abs() < 0.02, "selections differ");
+            assert!(
+                (g.plan.density()? - c.plan.density()?).abs() < 0.02,
+                "selections differ"
+            );
         }
     }
     Ok(())
@@ -75,15 +109,37 @@ fn every_method_through_the_router_matches_cpu() -> Result<()> {
     let shape = (2, 2, grid.len(), 64);
     let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
     let paro = {
-        let recorder = ParoRecorder::new(grid, ParoOptions { density: 0.3, block: 64, step_groups: 1 }).unwrap();
-        let call = AttentionCall { q: &qc, k: &kc, v: &vc, gate: None, grid, site: CallSite::single(0) };
+        let recorder = ParoRecorder::new(
+            grid,
+            ParoOptions {
+                density: 0.3,
+                block: 64,
+                step_groups: 1,
+            },
+        )
+        .unwrap();
+        let call = AttentionCall {
+            q: &qc,
+            k: &kc,
+            v: &vc,
+            gate: None,
+            grid,
+            site: CallSite::single(0),
+        };
         recorder.attend(&call)?;
         Arc::new(recorder.finish().unwrap())
     };
     let methods = [
         Method::Paro(paro),
-        Method::Sparsed(SparsedOptions { select: 0.4, block: 64 }),
-        Method::Vmoba(VmobaOptions { kind: Some(ChunkKind::Spatiotemporal), st_chunk: [2, 3, 4], ..Default::default() }),
+        Method::Sparsed(SparsedOptions {
+            select: 0.4,
+            block: 64,
+        }),
+        Method::Vmoba(VmobaOptions {
+            kind: Some(ChunkKind::Spatiotemporal),
+            st_chunk: [2, 3, 4],
+            ..Default::default()
+        }),
     ];
     for method in methods {
         let name = method.name();
@@ -91,13 +147,29 @@ fn every_method_through_the_router_matches_cpu() -> Result<()> {
             let router = AttentionRouter::new(AttentionSchedule::new(method.clone())).unwrap();
             let mut out = None;
             for step in 0..2 {
-                let call = AttentionCall { q, k, v, gate: None, grid, site: CallSite { layer: 0, step, num_steps: 2 } };
+                let call = AttentionCall {
+                    q,
+                    k,
+                    v,
+                    gate: None,
+                    grid,
+                    site: CallSite {
+                        layer: 0,
+                        step,
+                        num_steps: 2,
+                    },
+                };
                 out = Some(router.attend(&call).unwrap());
             }
             (out.unwrap(), router.report().unwrap().overall())
         });
         check(name, &outs[1].0, &outs[0].0)?;
-        assert!((outs[0].1 - outs[1].1).abs() < 0.02 && outs[1].1 < 1.0, "{name}: densities {} {}", outs[0].1, outs[1].1);
+        assert!(
+            (outs[0].1 - outs[1].1).abs() < 0.02 && outs[1].1 < 1.0,
+            "{name}: densities {} {}",
+            outs[0].1,
+            outs[1].1
+        );
     }
     Ok(())
 }
@@ -106,7 +178,9 @@ fn every_method_through_the_router_matches_cpu() -> Result<()> {
 fn top_k_kernel_equals_the_cpu_rule_with_ties() -> Result<()> {
     let scores = Tensor::randn(0f32, 1.0, (64, 700), &Device::Cpu)?.round()?; // many ties
     let cpu = sparse::top_k(&scores, 37)?.to_vec2::<u32>()?;
-    let gpu_out = sparse::top_k(&scores.to_device(&gpu())?, 37)?.to_device(&Device::Cpu)?.to_vec2::<u32>()?;
+    let gpu_out = sparse::top_k(&scores.to_device(&gpu())?, 37)?
+        .to_device(&Device::Cpu)?
+        .to_vec2::<u32>()?;
     assert_eq!(cpu, gpu_out);
     Ok(())
 }
@@ -116,22 +190,46 @@ fn gradients_on_gpu_match_cpu() -> Result<()> {
     let grid = TokenGrid::new(5, 6, 10);
     let shape = (1, 2, grid.len(), 64);
     let layout = BlockLayout::tiled_shared(grid, [4, 4, 4]);
-    let ((qc, qg), (kc, kg), (vc, vg), (wc, wg)) = (pair(shape)?, pair(shape)?, pair(shape)?, pair(shape)?);
+    let ((qc, qg), (kc, kg), (vc, vg), (wc, wg)) =
+        (pair(shape)?, pair(shape)?, pair(shape)?, pair(shape)?);
     let n = layout.num_blocks();
-    let lists: Vec<Vec<u32>> = (0..2 * n).map(|i| vec![(i % n) as u32, ((i * 7 + 3) % n) as u32]).collect();
+    let lists: Vec<Vec<u32>> = (0..2 * n)
+        .map(|i| vec![(i % n) as u32, ((i * 7 + 3) % n) as u32])
+        .collect();
     let mask = sparse::BlockMask::from_lists(2, n, n, &lists)?;
     let plan = Arc::new(SparsePlan::new(1, 2, layout.clone(), layout, mask)?);
     let grads = |q: &Tensor, k: &Tensor, v: &Tensor, w: &Tensor| -> Result<Vec<Tensor>> {
         let vars = [q, k, v].map(|t| Var::from_tensor(t).unwrap());
-        let out = block_sparse_attention(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), &plan)?;
-        let store = (out.to_dtype(DType::F32)? * w.to_dtype(DType::F32)?)?.sum_all()?.backward()?;
-        Ok(vars.iter().map(|x| store.get(x.as_tensor()).unwrap().to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap()).collect())
+        let out = block_sparse_attention(
+            vars[0].as_tensor(),
+            vars[1].as_tensor(),
+            vars[2].as_tensor(),
+            &plan,
+        )?;
+        let store = (out.to_dtype(DType::F32)? * w.to_dtype(DType::F32)?)?
+            .sum_all()?
+            .backward()?;
+        Ok(vars
+            .iter()
+            .map(|x| {
+                store
+                    .get(x.as_tensor())
+                    .unwrap()
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+            })
+            .collect())
     };
     let (g, c) = (grads(&qg, &kg, &vg, &wg)?, grads(&qc, &kc, &vc, &wc)?);
     for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(g.iter().zip(&c)) {
         let err = rel(a, b);
         println!("gradient {name}: relative L2 {err:.2e}");
-        assert!(err <= 3e-2, "{name}: {err:.3e} (bf16 gradients, tolerance 3e-2)");
+        assert!(
+            err <= 3e-2,
+            "{name}: {err:.3e} (bf16 gradients, tolerance 3e-2)"
+        );
     }
     Ok(())
 }

@@ -67,7 +67,10 @@ fn sparse_engine_equals_dense_under_the_plan_mask() -> Result<()> {
                 "{grid} {name}: rel err {err:e} (density {:.3})",
                 plan.density()?
             );
-            assert!(plan.density()? < 0.8, "{name}: random plan should be sparse");
+            assert!(
+                plan.density()? < 0.8,
+                "{name}: random plan should be sparse"
+            );
         }
     }
     Ok(())

@@ -235,7 +235,10 @@ fn vmoba_matches_brute_force_for_every_chunk_kind_and_rule() -> Result<()> {
                     &vmoba_reference(&q, &k, &v, grid, tile, sel, scope)?,
                 );
                 assert!(err < 1e-5, "{grid:?} {kind} {sel:?} {scope:?}: {err:e}");
-                assert!(ours.plan.density()? < 1.0, "{kind} {sel:?}: nothing skipped");
+                assert!(
+                    ours.plan.density()? < 1.0,
+                    "{kind} {sel:?}: nothing skipped"
+                );
             }
         }
     }

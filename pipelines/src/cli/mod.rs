@@ -1,6 +1,7 @@
 //! The `vdit` command line: argument parsing, dispatch and one-line error reporting.
 
 mod attention;
+mod bench;
 mod encode;
 mod inspect;
 pub mod method_args;
@@ -24,6 +25,8 @@ enum Command {
     Attention(attention::AttentionArgs),
     /// Encode a PNG frame folder or a .y4m file as a video (normally .mp4).
     Encode(encode::EncodeArgs),
+    /// Latency benchmarks (attention kernels, transformer forward).
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line, runs the subcommand and turns any failure into one line on stderr
@@ -37,6 +40,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Attention(args) => attention::run(args),
         Command::Encode(args) => encode::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,65 @@
+"""Times PyTorch SDPA (cuDNN, flash backends) and FlexAttention at the shape and on the exact
+block masks that `vdit bench attention` used, on the same GPU.
+
+    python3 attention_peers.py BENCH_OUT_DIR      # reads masks.safetensors + attention.json, writes peers.json
+"""
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import load_file
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+
+def median_ms(fn, warmup=3, runs=20):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main(out_dir):
+    ours = json.load(open(os.path.join(out_dir, "attention.json")))
+    shape = ours["shape"]
+    b, h, s, d, block = shape["batch"], shape["heads"], shape["tokens"], shape["head_dim"], shape["block"]
+    runs = ours["runs"]
+    q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    flops = 4.0 * b * h * s * s * d
+    rows = []
+    for name, backend in [("SDPA cuDNN", SDPBackend.CUDNN_ATTENTION), ("SDPA flash", SDPBackend.FLASH_ATTENTION)]:
+        with sdpa_kernel([backend]):
+            ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), runs=runs)
+        rows.append({"impl": name, "density": 1.0, "ms": ms, "tflops_effective": flops / ms * 1e-9})
+    masks = load_file(os.path.join(out_dir, "masks.safetensors"))
+    flex = torch.compile(flex_attention)
+    for key in sorted(masks, key=lambda k: -float(k.split("_")[1])):
+        density = float(key.split("_")[1])
+        bits = masks[key].to("cuda").bool()  # [H, nqb, nkb]
+        counts = bits.sum(-1).to(torch.int32)
+        order = torch.argsort((~bits).to(torch.int8), dim=-1, stable=True).to(torch.int32)  # kept blocks first
+        block_mask = BlockMask.from_kv_blocks(
+            counts[None].expand(b, -1, -1).contiguous(), order[None].expand(b, -1, -1, -1).contiguous(),
+            BLOCK_SIZE=block, seq_lengths=(s, s))
+        ms = median_ms(lambda: flex(q, k, v, block_mask=block_mask), runs=runs)
+        actual = bits.float().mean().item()
+        rows.append({"impl": "FlexAttention", "density": actual, "target_density": density, "ms": ms,
+                     "tflops_effective": flops / ms * 1e-9, "tflops_actual": flops * actual / ms * 1e-9})
+    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": rows},
+              open(os.path.join(out_dir, "peers.json"), "w"), indent=2)
+    for row in rows:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,62 @@
+//! Peak GPU memory, read from the high-water mark of the stream-ordered allocator's pool that
+//! candle allocates from.
+
+use anyhow::Result;
+use candle_core::Device;
+
+/// Forgets the high-water mark of `device`'s memory pool (no-op on the CPU).
+pub fn reset_peak(device: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(_) = device {
+        let pool = pool(device)?;
+        let mut zero: u64 = 0;
+        // SAFETY: a valid pool; the attribute takes a u64.
+        unsafe {
+            pools::set_attribute(
+                pool,
+                Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero as *mut u64).cast(),
+            )
+        }?;
+    }
+    let _ = device;
+    Ok(())
+}
+
+/// Bytes at the high-water mark since the last reset (`None` on the CPU).
+pub fn peak_bytes(device: &Device) -> Result<Option<u64>> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(_) = device {
+        device.synchronize()?;
+        let pool = pool(device)?;
+        let mut value: u64 = 0;
+        // SAFETY: a valid pool; the attribute is a u64.
+        unsafe {
+            pools::get_attribute(
+                pool,
+                Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut value as *mut u64).cast(),
+            )
+        }?;
+        return Ok(Some(value));
+    }
+    let _ = device;
+    Ok(None)
+}
+
+#[cfg(feature = "cuda")]
+use candle_core::cuda_backend::cudarc::driver::{
+    result::mem_pool as pools, sys::CUmemPool_attribute as Attr,
+};
+
+#[cfg(feature = "cuda")]
+fn pool(device: &Device) -> Result<candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool> {
+    use candle_core::cuda_backend::cudarc::driver::result::device as devices;
+    let ordinal = match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
+        _ => 0,
+    };
+    let dev = devices::get(ordinal as i32)?;
+    // SAFETY: `dev` comes from `devices::get`.
+    Ok(unsafe { devices::get_default_mem_pool(dev) }?)
+}

@@ -1,0 +1,100 @@
+//! `vdit bench`: latency benchmarks of the attention kernels and of the transformer.
+
+use crate::bench::{self, attention::Shape};
+use crate::device::open_device;
+use anyhow::Result;
+use candle_core::DType;
+use clap::{Args, Subcommand};
+use sparse::vsa::VsaOptions;
+use sparse::Method;
+use std::path::PathBuf;
+
+/// Arguments of `vdit bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Dense and block-sparse attention at densities 1, 1/2, 1/4, 1/8 and VSA, at the Wan 1.3B
+    /// 480p shape (32,760 tokens, 12 heads of 128).
+    Attention {
+        /// Device: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// Timed runs per case (median reported).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Folder for attention.json and the masks used (masks.safetensors).
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+    },
+    /// One forward pass of the Wan 2.1 1.3B transformer (random weights, bf16) per attention
+    /// method: dense, VSA at sparsity 0.875, and none.
+    Dit {
+        /// Device: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// Video size WIDTHxHEIGHT in pixels.
+        #[arg(long, default_value = "832x480")]
+        size: String,
+        /// Frames (4k + 1).
+        #[arg(long, default_value_t = 81)]
+        frames: usize,
+        /// Timed runs per method (median reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where to write dit.json.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+    },
+}
+
+/// Runs the chosen benchmark.
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.what {
+        What::Attention { device, runs, out } => bench::attention::run(
+            &open_device(&device)?,
+            Shape::WAN_1_3B_480P,
+            DType::BF16,
+            runs,
+            &out,
+        ),
+        What::Dit {
+            device,
+            size,
+            frames,
+            runs,
+            out,
+        } => {
+            let sizes = super::method_args::parse_sizes(&size)?;
+            let [width, height] = sizes[..] else {
+                anyhow::bail!("--size `{size}` must be WIDTHxHEIGHT")
+            };
+            let methods = vec![
+                ("dense".to_string(), Method::Dense),
+                (
+                    "vsa 0.875".to_string(),
+                    Method::Vsa(VsaOptions {
+                        sparsity: 0.875,
+                        ..Default::default()
+                    }),
+                ),
+            ];
+            let device = open_device(&device)?;
+            let rows = bench::dit::run(
+                &device,
+                &dit::WanConfig::wan2_1_1_3b(),
+                DType::BF16,
+                (frames, height, width),
+                &methods,
+                runs,
+            )?;
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("dit.json"), serde_json::to_string_pretty(&rows)?)?;
+            Ok(())
+        }
+    }
+}
