@@ -8,12 +8,20 @@ fn main() {
     }
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".to_string());
-    for kernel in ["attention_fwd", "attention_bwd", "topk"] {
+    // PTX for compute_80 runs on sm_80 and (JIT-compiled) on sm_90; the wgmma kernels need
+    // Hopper's architecture-specific target.
+    let kernels = [
+        ("attention_fwd", "compute_80"),
+        ("attention_fwd_sm90", "compute_90a"),
+        ("attention_bwd", "compute_80"),
+        ("topk", "compute_80"),
+        ("pool", "compute_80"),
+    ];
+    for (kernel, arch) in kernels {
         let src = format!("kernels/{kernel}.cu");
         let dst = out.join(format!("{kernel}.ptx"));
-        // PTX for compute_80 runs on sm_80 and (JIT-compiled) on sm_90.
         let status = std::process::Command::new(&nvcc)
-            .args(["-ptx", "-O3", "-std=c++17", "-arch=compute_80", "--use_fast_math", "-o"])
+            .args(["-ptx", "-O3", "-std=c++17", &format!("-arch={arch}"), "--use_fast_math", "-o"])
             .arg(&dst)
             .arg(&src)
             .status()

@@ -1,5 +1,6 @@
 // Fused element-wise kernels for the transformer's hot paths on CUDA (bf16/f16 activations,
-// f32 arithmetic): LayerNorm with adaLN modulation, gated residual, RMSNorm with 3D RoPE.
+// f32 arithmetic): LayerNorm with adaLN modulation, RMSNorm with 3D RoPE, and the epilogue of
+// a linear layer (bias, GELU, gate, residual).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -63,18 +64,6 @@ __device__ __forceinline__ void ln_modulate(const T* x, T* out, const float* shi
   }
 }
 
-// out = x + y * gate[b], element-wise in f32; gate row b covers rows_per_batch rows of dim.
-template <typename T>
-__device__ __forceinline__ void gated_residual(const T* x, const T* y, const float* gate, long long gate_stride, T* out,
-                                               long long n, int rows_per_batch, int dim) {
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-    const long long row = i / dim;
-    const int c = i % dim;
-    const float g = gate[(row / rows_per_batch) * gate_stride + c];
-    st(out + i, ld(x + i) + ld(y + i) * g);
-  }
-}
-
 // RMSNorm over the whole row of heads * head_dim channels (f32 accumulation), times `weight`,
 // then RoPE on interleaved pairs of each head with cos_sin[token][pair] = (cos, sin); one CTA
 // per row (token); rows are (batch, token) with `tokens` tokens per batch element.
@@ -110,19 +99,58 @@ __device__ __forceinline__ void rms_rope(const T* x, const T* weight, const floa
   }
 }
 
+__device__ __forceinline__ float gelu_tanh(float x) {
+  return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+// The epilogue of a linear layer: out = residual + act(y + bias) * gate, element-wise in f32,
+// eight elements per step (cols % 8 == 0, 16-byte aligned rows). y, residual, out: [rows, cols];
+// bias: [cols]; gate: f32, one row of cols per batch element of rows_per_batch rows (stride
+// gate_stride), or null for 1; residual may be null; act 0 = identity, 1 = GELU (tanh).
+template <typename T>
+__device__ __forceinline__ void linear_epilogue(const T* y, const T* bias, const float* gate, long long gate_stride,
+                                                const T* residual, T* out, long long n, int cols, int rows_per_batch,
+                                                int act) {
+  const long long steps = n / 8;
+  for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < steps; k += (long long)gridDim.x * blockDim.x) {
+    const long long i = k * 8;
+    const long long row = i / cols;
+    const int c = (int)(i % cols);
+    uint4 yv = *reinterpret_cast<const uint4*>(y + i);
+    uint4 bv = *reinterpret_cast<const uint4*>(bias + c);
+    uint4 rv = residual != nullptr ? *reinterpret_cast<const uint4*>(residual + i) : make_uint4(0, 0, 0, 0);
+    const T* ye = reinterpret_cast<const T*>(&yv);
+    const T* be = reinterpret_cast<const T*>(&bv);
+    const T* re = reinterpret_cast<const T*>(&rv);
+    const float* g = gate != nullptr ? gate + (row / rows_per_batch) * gate_stride + c : nullptr;
+    uint4 ov;
+    T* oe = reinterpret_cast<T*>(&ov);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      float v = ld(ye + e) + ld(be + e);
+      if (act == 1) v = gelu_tanh(v);
+      if (g != nullptr) v *= g[e];
+      if (residual != nullptr) v += ld(re + e);
+      st(oe + e, v);
+    }
+    *reinterpret_cast<uint4*>(out + i) = ov;
+  }
+}
+
 #define FUSED(T, NAME)                                                                                               \
   extern "C" __global__ void __launch_bounds__(THREADS) ln_modulate_##NAME(                                          \
       const T* x, T* out, const float* shift, const float* scale, long long mod_stride, int rows_per_batch, int dim, \
       float eps) {                                                                                                   \
     ln_modulate<T>(x, out, shift, scale, mod_stride, rows_per_batch, dim, eps);                                      \
   }                                                                                                                  \
-  extern "C" __global__ void gated_residual_##NAME(const T* x, const T* y, const float* gate, long long gate_stride,  \
-                                                   T* out, long long n, int rows_per_batch, int dim) {               \
-    gated_residual<T>(x, y, gate, gate_stride, out, n, rows_per_batch, dim);                                         \
-  }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(THREADS) rms_rope_##NAME(                                             \
       const T* x, const T* weight, const float* cos_sin, T* out, int tokens, int dim, int head_dim, float eps) {     \
     rms_rope<T>(x, weight, cos_sin, out, tokens, dim, head_dim, eps);                                                \
+  }                                                                                                                  \
+  extern "C" __global__ void linear_epilogue_##NAME(const T* y, const T* bias, const float* gate, long long gate_stride, \
+                                                    const T* residual, T* out, long long n, int cols,                \
+                                                    int rows_per_batch, int act) {                                   \
+    linear_epilogue<T>(y, bias, gate, gate_stride, residual, out, n, cols, rows_per_batch, act);                     \
   }
 FUSED(__nv_bfloat16, bf16)
 FUSED(__half, f16)

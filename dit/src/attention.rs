@@ -2,19 +2,20 @@
 
 use crate::config::WanConfig;
 use crate::fused;
+use crate::linear::{Epilogue, Projection};
 use crate::norm::RmsNorm;
 use crate::rope::Rope3d;
 use candle_core::{Result, Tensor};
-use candle_nn::{linear, Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 use sparse::{AttentionCall, CallSite, SelfAttention, TokenGrid};
 
 /// Query/key/value/output projections with RMSNorm on q and k, shared by both attentions.
 #[derive(Clone, Debug)]
 struct Projections {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: Projection,
+    to_k: Projection,
+    to_v: Projection,
+    to_out: Projection,
     norm_q: RmsNorm,
     norm_k: RmsNorm,
     heads: usize,
@@ -24,10 +25,10 @@ impl Projections {
     fn new(cfg: &WanConfig, vb: &VarBuilder) -> Result<Self> {
         let dim = cfg.dim();
         Ok(Self {
-            to_q: linear(dim, dim, vb.pp("to_q"))?,
-            to_k: linear(dim, dim, vb.pp("to_k"))?,
-            to_v: linear(dim, dim, vb.pp("to_v"))?,
-            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            to_q: Projection::new(dim, dim, vb.pp("to_q"))?,
+            to_k: Projection::new(dim, dim, vb.pp("to_k"))?,
+            to_v: Projection::new(dim, dim, vb.pp("to_v"))?,
+            to_out: Projection::new(dim, dim, vb.pp("to_out.0"))?,
             norm_q: RmsNorm::new(dim, cfg.eps, vb.pp("norm_q"))?,
             norm_k: RmsNorm::new(dim, cfg.eps, vb.pp("norm_k"))?,
             heads: cfg.num_heads,
@@ -41,18 +42,18 @@ impl Projections {
             .transpose(1, 2)
     }
 
-    /// `[B, H, S, D]` back to `[B, S, dim]`, then the output projection.
-    fn merge_heads(&self, x: &Tensor) -> Result<Tensor> {
+    /// `[B, H, S, D]` back to `[B, S, dim]`, then the output projection and its epilogue.
+    fn merge_heads(&self, x: &Tensor, epilogue: Epilogue<'_>) -> Result<Tensor> {
         let (b, h, s, d) = x.dims4()?;
         self.to_out
-            .forward(&x.transpose(1, 2)?.reshape((b, s, h * d))?)
+            .forward_with(&x.transpose(1, 2)?.reshape((b, s, h * d))?, epilogue)
     }
 
     /// `proj(x)`, RMSNorm over the whole width, split into heads and (when given) rotated:
     /// `[B, H, S, D]`. On the GPU the norm and the rotation are one fused kernel.
     fn normed_heads(
         &self,
-        proj: &Linear,
+        proj: &Projection,
         norm: &RmsNorm,
         x: &Tensor,
         rope: Option<&Rope3d>,
@@ -85,7 +86,7 @@ impl Projections {
 #[derive(Clone, Debug)]
 pub struct VideoSelfAttention {
     proj: Projections,
-    gate_compress: Option<Linear>,
+    gate_compress: Option<Projection>,
 }
 
 impl VideoSelfAttention {
@@ -93,7 +94,11 @@ impl VideoSelfAttention {
     pub fn new(cfg: &WanConfig, vb: VarBuilder) -> Result<Self> {
         let proj = Projections::new(cfg, &vb)?;
         let gate_compress = if vb.contains_tensor("to_gate_compress.weight") {
-            Some(linear(cfg.dim(), cfg.dim(), vb.pp("to_gate_compress"))?)
+            Some(Projection::new(
+                cfg.dim(),
+                cfg.dim(),
+                vb.pp("to_gate_compress"),
+            )?)
         } else {
             None
         };
@@ -108,7 +113,8 @@ impl VideoSelfAttention {
         self.gate_compress.is_some()
     }
 
-    /// Attends `x: [B, S, dim]` (already normalised and modulated) over itself.
+    /// Attends `x: [B, S, dim]` (already normalised and modulated) over itself; the output
+    /// projection is followed by `epilogue` (the block's gated residual).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -116,6 +122,7 @@ impl VideoSelfAttention {
         grid: TokenGrid,
         site: CallSite,
         attention: &dyn SelfAttention,
+        epilogue: Epilogue<'_>,
     ) -> Result<Tensor> {
         let q = self.proj.query(x, Some(rope))?;
         let (k, v) = self.proj.key_value(x, Some(rope))?;
@@ -131,7 +138,7 @@ impl VideoSelfAttention {
             grid,
             site,
         };
-        self.proj.merge_heads(&attention.attend(&call)?)
+        self.proj.merge_heads(&attention.attend(&call)?, epilogue)
     }
 }
 
@@ -149,11 +156,12 @@ impl TextCrossAttention {
         })
     }
 
-    /// Attends `x: [B, S, dim]` to `context: [B, L, dim]`.
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// Attends `x: [B, S, dim]` to `context: [B, L, dim]`; the output projection is followed
+    /// by `epilogue` (the block's residual).
+    pub fn forward(&self, x: &Tensor, context: &Tensor, epilogue: Epilogue<'_>) -> Result<Tensor> {
         let q = self.proj.query(x, None)?;
         let (k, v) = self.proj.key_value(context, None)?;
         self.proj
-            .merge_heads(&sparse::dense::attention(&q, &k, &v)?)
+            .merge_heads(&sparse::dense::attention(&q, &k, &v)?, epilogue)
     }
 }

@@ -2,29 +2,38 @@
 
 use crate::attention::{TextCrossAttention, VideoSelfAttention};
 use crate::config::WanConfig;
-use crate::norm::{gated_residual, Fp32LayerNorm};
+use crate::linear::{Epilogue, Projection};
+use crate::norm::Fp32LayerNorm;
 use crate::rope::Rope3d;
 use candle_core::{DType, Result, Tensor};
-use candle_nn::{linear, Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 use sparse::{CallSite, SelfAttention, TokenGrid};
 
 /// Feed-forward network: Linear, GELU (tanh), Linear.
 #[derive(Clone, Debug)]
 struct FeedForward {
-    up: Linear,
-    down: Linear,
+    up: Projection,
+    down: Projection,
 }
 
 impl FeedForward {
     fn new(cfg: &WanConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            up: linear(cfg.dim(), cfg.ffn_dim, vb.pp("net.0.proj"))?,
-            down: linear(cfg.ffn_dim, cfg.dim(), vb.pp("net.2"))?,
+            up: Projection::new(cfg.dim(), cfg.ffn_dim, vb.pp("net.0.proj"))?,
+            down: Projection::new(cfg.ffn_dim, cfg.dim(), vb.pp("net.2"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&self.up.forward(x)?.gelu()?)
+    /// `down(GELU(up(x)))` followed by `epilogue` (the block's gated residual).
+    fn forward(&self, x: &Tensor, epilogue: Epilogue<'_>) -> Result<Tensor> {
+        let hidden = self.up.forward_with(
+            x,
+            Epilogue {
+                gelu: true,
+                ..Default::default()
+            },
+        )?;
+        self.down.forward_with(&hidden, epilogue)
     }
 }
 
@@ -101,18 +110,41 @@ impl WanBlock {
         };
 
         let h = self.norm1.modulated(x, &m[0], &m[1])?;
-        let h = self
-            .attn1
-            .forward(&h, inputs.rope, inputs.grid, site, inputs.attention)?;
-        let x = gated_residual(x, &h, &m[2])?;
+        let residual = Epilogue {
+            gate: Some(&m[2]),
+            residual: Some(x),
+            ..Default::default()
+        };
+        let x = self.attn1.forward(
+            &h,
+            inputs.rope,
+            inputs.grid,
+            site,
+            inputs.attention,
+            residual,
+        )?;
 
         let h = match &self.norm2 {
             Some(norm) => norm.normalized(&x)?,
             None => x.clone(),
         };
-        let x = (&x + self.attn2.forward(&h, inputs.context)?)?;
+        let x = self.attn2.forward(
+            &h,
+            inputs.context,
+            Epilogue {
+                residual: Some(&x),
+                ..Default::default()
+            },
+        )?;
 
         let h = self.norm3.modulated(&x, &m[3], &m[4])?;
-        gated_residual(&x, &self.ffn.forward(&h)?, &m[5])
+        self.ffn.forward(
+            &h,
+            Epilogue {
+                gate: Some(&m[5]),
+                residual: Some(&x),
+                ..Default::default()
+            },
+        )
     }
 }

@@ -23,11 +23,6 @@ pub fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Resu
     imp::ln_modulate(x, shift, scale, eps)
 }
 
-/// `x + y * gate` in f32 for `x, y: [B, S, dim]` and `gate: [B, 1, dim]` f32; `x`'s dtype out.
-pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    imp::gated_residual(x, y, gate)
-}
-
 /// RMSNorm over the last dim of `x: [B, S, heads * head_dim]` times `weight`, then RoPE per
 /// head with `cos_sin: [S, head_dim / 2, 2]` (f32); returns `[B, S, heads, head_dim]`.
 pub fn rms_rope(
@@ -40,6 +35,23 @@ pub fn rms_rope(
     imp::rms_rope(x, weight, cos_sin, head_dim, eps)
 }
 
+/// `residual + act(y + bias) * gate` for `y, residual: [B, S, n]`, `bias: [n]`, `gate:
+/// [B, 1, n]` f32 (any batch stride); `act` is GELU (tanh) when `gelu`. One pass, f32 inside.
+pub fn linear_epilogue(
+    y: &Tensor,
+    bias: &Tensor,
+    gelu: bool,
+    gate: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    imp::linear_epilogue(y, bias, gelu, gate, residual)
+}
+
+/// True when [`linear_epilogue`] takes rows of `cols` channels (whole 16-byte vectors).
+pub fn epilogue_applies(y: &Tensor) -> bool {
+    applies(y) && y.dims().last().is_some_and(|&c| c % 8 == 0)
+}
+
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use candle_core::{Result, Tensor};
@@ -47,10 +59,16 @@ mod imp {
     pub fn ln_modulate(_: &Tensor, _: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
         candle_core::bail!("fused kernels need the `cuda` feature")
     }
-    pub fn gated_residual(_: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
+    pub fn rms_rope(_: &Tensor, _: &Tensor, _: &Tensor, _: usize, _: f64) -> Result<Tensor> {
         candle_core::bail!("fused kernels need the `cuda` feature")
     }
-    pub fn rms_rope(_: &Tensor, _: &Tensor, _: &Tensor, _: usize, _: f64) -> Result<Tensor> {
+    pub fn linear_epilogue(
+        _: &Tensor,
+        _: &Tensor,
+        _: bool,
+        _: Option<&Tensor>,
+        _: Option<&Tensor>,
+    ) -> Result<Tensor> {
         candle_core::bail!("fused kernels need the `cuda` feature")
     }
 }
@@ -173,75 +191,6 @@ mod imp {
         }
     }
 
-    struct GatedResidual;
-
-    impl CustomOp3 for GatedResidual {
-        fn name(&self) -> &'static str {
-            "gated-residual"
-        }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            cpu_unsupported()
-        }
-        fn cuda_fwd(
-            &self,
-            x: &CudaStorage,
-            xl: &Layout,
-            y: &CudaStorage,
-            yl: &Layout,
-            g: &CudaStorage,
-            gl: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let (b, s, dim) = xl.shape().dims3()?;
-            if !xl.is_contiguous() || !yl.is_contiguous() || gl.stride().last() != Some(&1) {
-                candle_core::bail!(
-                    "gated_residual: x and y must be contiguous, the gate unit-stride"
-                )
-            }
-            let n = b * s * dim;
-            let (out, out_ptr) = output(x, n)?;
-            let dev = x.device();
-            let func = dev.get_or_load_custom_func(
-                &format!("gated_residual_{}", suffix(x.dtype())?),
-                "vdit_fused",
-                PTX,
-            )?;
-            let (xp, yp, gp) = (
-                storage_ptr(x, xl)?,
-                storage_ptr(y, yl)?,
-                storage_ptr(g, gl)?,
-            );
-            let (stride, n64, rows, dim32) = (batch_stride(gl), n as i64, s as i32, dim as i32);
-            let stream = dev.cuda_stream();
-            let mut builder = stream.launch_builder(&func);
-            builder
-                .arg(&xp)
-                .arg(&yp)
-                .arg(&gp)
-                .arg(&stride)
-                .arg(&out_ptr)
-                .arg(&n64)
-                .arg(&rows)
-                .arg(&dim32);
-            let blocks = n.div_ceil(THREADS as usize).min(65_535 * 8) as u32;
-            let cfg = LaunchConfig {
-                grid_dim: (blocks, 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: argument list matches gated_residual_*; the grid-stride loop stays below n.
-            unsafe { builder.launch(cfg) }.w()?;
-            Ok((out, xl.shape().clone()))
-        }
-    }
-
     struct RmsRope {
         eps: f32,
         head_dim: usize,
@@ -317,21 +266,101 @@ mod imp {
         }
     }
 
+    struct LinearEpilogue {
+        bias: Tensor,
+        gate: Option<Tensor>,
+        residual: Option<Tensor>,
+        gelu: bool,
+    }
+
+    /// Address and batch stride of an optional f32 gate view (0, 0 when absent).
+    fn optional_ptr(t: &Option<Tensor>) -> Result<(u64, i64)> {
+        let Some(t) = t else { return Ok((0, 0)) };
+        let (storage, layout) = t.storage_and_layout();
+        let candle_core::Storage::Cuda(s) = &*storage else {
+            candle_core::bail!("expected a CUDA tensor")
+        };
+        if layout.stride().last() != Some(&1) {
+            candle_core::bail!("linear epilogue: operands need a unit channel stride")
+        }
+        Ok((storage_ptr(s, layout)?, batch_stride(layout)))
+    }
+
+    impl candle_core::CustomOp1 for LinearEpilogue {
+        fn name(&self) -> &'static str {
+            "linear-epilogue"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            cpu_unsupported()
+        }
+        fn cuda_fwd(&self, y: &CudaStorage, yl: &Layout) -> Result<(CudaStorage, Shape)> {
+            let (b, s, cols) = yl.shape().dims3()?;
+            let n = b * s * cols;
+            let (out, out_ptr) = output(y, n)?;
+            let dev = y.device();
+            let func = dev.get_or_load_custom_func(
+                &format!("linear_epilogue_{}", suffix(y.dtype())?),
+                "vdit_fused",
+                PTX,
+            )?;
+            let yp = storage_ptr(y, yl)?;
+            let bp = sparse::cuda::tensor_ptr(&self.bias)?;
+            let (gp, gate_stride) = optional_ptr(&self.gate)?;
+            let (rp, _) = optional_ptr(&self.residual)?;
+            if [yp, bp, rp, out_ptr].iter().any(|p| p % 16 != 0) || gp % 16 != 0 {
+                candle_core::bail!("linear epilogue: operands must be 16-byte aligned")
+            }
+            let (n64, cols32, rows, act) = (n as i64, cols as i32, s as i32, self.gelu as i32);
+            let stream = dev.cuda_stream();
+            let mut builder = stream.launch_builder(&func);
+            builder
+                .arg(&yp)
+                .arg(&bp)
+                .arg(&gp)
+                .arg(&gate_stride)
+                .arg(&rp)
+                .arg(&out_ptr)
+                .arg(&n64)
+                .arg(&cols32)
+                .arg(&rows)
+                .arg(&act);
+            let blocks = (n / 8).div_ceil(THREADS as usize).min(65_535 * 8) as u32;
+            let cfg = LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: argument list matches linear_epilogue_*; pointers checked for alignment and
+            // the tensors cover [rows, cols] (bias [cols], gate rows of cols per batch element).
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok((out, yl.shape().clone()))
+        }
+    }
+
+    pub fn linear_epilogue(
+        y: &Tensor,
+        bias: &Tensor,
+        gelu: bool,
+        gate: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let op = LinearEpilogue {
+            bias: bias.to_dtype(y.dtype())?.contiguous()?,
+            gate: gate.map(|g| g.to_dtype(DType::F32)).transpose()?,
+            residual: residual
+                .map(|r| r.to_dtype(y.dtype())?.contiguous())
+                .transpose()?,
+            gelu,
+        };
+        y.contiguous()?.apply_op1_no_bwd(&op)
+    }
+
     pub fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
         let x = x.contiguous()?;
         x.apply_op3_no_bwd(
             &shift.to_dtype(DType::F32)?,
             &scale.to_dtype(DType::F32)?,
             &LnModulate { eps: eps as f32 },
-        )
-    }
-
-    pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-        let y = y.to_dtype(x.dtype())?;
-        x.contiguous()?.apply_op3_no_bwd(
-            &y.contiguous()?,
-            &gate.to_dtype(DType::F32)?,
-            &GatedResidual,
         )
     }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod embed;
 pub mod fused;
 pub mod layout;
+pub mod linear;
 pub mod load;
 pub mod model;
 pub mod norm;

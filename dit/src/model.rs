@@ -8,6 +8,7 @@ use crate::rope::Rope3d;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{linear, Linear, Module, VarBuilder};
 use sparse::{SelfAttention, TokenGrid};
+use std::sync::{Arc, Mutex};
 
 /// Wan 2.1 DiT: predicts the flow-matching velocity for latents `[B, C, T, H, W]`.
 #[derive(Clone, Debug)]
@@ -19,6 +20,8 @@ pub struct WanTransformer {
     norm_out: Fp32LayerNorm,
     proj_out: Linear,
     scale_shift_table: Tensor,
+    /// RoPE tables of the last grid seen (every step of a generation reuses them).
+    rope_cache: Arc<Mutex<Option<(TokenGrid, Arc<Rope3d>)>>>,
 }
 
 /// Where a forward pass sits in the sampling loop, passed through to attention.
@@ -53,6 +56,7 @@ impl WanTransformer {
             scale_shift_table: vb
                 .to_dtype(DType::F32)
                 .get((1, 2, dim), "scale_shift_table")?,
+            rope_cache: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -99,7 +103,7 @@ impl WanTransformer {
         step: Step,
     ) -> Result<Tensor> {
         let grid = self.token_grid(latents.dims())?;
-        let rope = Rope3d::new(self.cfg.head_dim, grid, latents.device())?;
+        let rope = self.rope(grid, latents.device())?;
         let x = self.patch_embedding.forward(latents)?;
         let cond = self.condition_embedder.forward(timesteps, text)?;
         let inputs = BlockInputs {
@@ -116,6 +120,19 @@ impl WanTransformer {
         }
         let out = self.head(&x, &cond.temb)?;
         self.unpatchify(&out, grid)
+    }
+
+    /// RoPE tables for `grid` on `device`, built once and reused while the grid stays the same.
+    fn rope(&self, grid: TokenGrid, device: &Device) -> Result<Arc<Rope3d>> {
+        let mut cache = self.rope_cache.lock().expect("rope cache lock");
+        if let Some((cached, rope)) = cache.as_ref() {
+            if *cached == grid && rope.cos().device().same_device(device) {
+                return Ok(Arc::clone(rope));
+            }
+        }
+        let rope = Arc::new(Rope3d::new(self.cfg.head_dim, grid, device)?);
+        *cache = Some((grid, Arc::clone(&rope)));
+        Ok(rope)
     }
 
     /// Output norm modulated by the time embedding, then the projection to patch channels.

@@ -108,9 +108,6 @@ pub fn modulate(normed: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tenso
 
 /// Gated residual in f32: `(residual + update * gate)` cast back to `residual`'s dtype.
 pub fn gated_residual(residual: &Tensor, update: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    if fused::applies(residual) && !update.track_op() {
-        return fused::gated_residual(residual, update, gate);
-    }
     let sum = residual
         .to_dtype(DType::F32)?
         .add(&update.to_dtype(DType::F32)?.broadcast_mul(gate)?)?;

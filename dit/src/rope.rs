@@ -24,21 +24,37 @@ pub struct Rope3d {
 }
 
 impl Rope3d {
-    /// Tables for every token of `grid`, computed in f64 and stored as f32.
+    /// Tables for every token of `grid`, computed in f64 and stored as f32. The angles of
+    /// each axis are computed once per position and copied into every token that has it.
     pub fn new(head_dim: usize, grid: TokenGrid, device: &Device) -> Result<Self> {
         let split = axis_split(head_dim);
         let half = head_dim / 2;
+        // angles[axis][pos * (dim / 2) + i] = (cos, sin) of pos / THETA^(2i / dim)
+        let angles: Vec<Vec<(f32, f32)>> = grid
+            .dims()
+            .into_iter()
+            .zip(split)
+            .map(|(len, dim)| {
+                (0..len)
+                    .flat_map(|pos| {
+                        (0..dim / 2).map(move |i| {
+                            let angle = pos as f64 / THETA.powf((2 * i) as f64 / dim as f64);
+                            (angle.cos() as f32, angle.sin() as f32)
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
         let mut cos = Vec::with_capacity(grid.len() * half);
         let mut sin = Vec::with_capacity(grid.len() * half);
         for t in 0..grid.t {
             for h in 0..grid.h {
                 for w in 0..grid.w {
-                    for (pos, dim) in [t, h, w].into_iter().zip(split) {
-                        for i in 0..dim / 2 {
-                            let inv_freq = 1.0 / THETA.powf((2 * i) as f64 / dim as f64);
-                            let angle = pos as f64 * inv_freq;
-                            cos.push(angle.cos() as f32);
-                            sin.push(angle.sin() as f32);
+                    for (axis, pos) in [t, h, w].into_iter().enumerate() {
+                        let n = split[axis] / 2;
+                        for &(c, s) in &angles[axis][pos * n..(pos + 1) * n] {
+                            cos.push(c);
+                            sin.push(s);
                         }
                     }
                 }

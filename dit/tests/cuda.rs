@@ -69,7 +69,7 @@ fn fused_kernels_match_the_plain_path() -> Result<()> {
         assert!(err <= 1e-2, "{name}: {err:e}");
         Ok(())
     };
-    let (xc, xg) = bf16((Tensor::randn(0f32, 1.0, (b, s, dim), &Device::Cpu)? * 3.0 + 0.5)?)?;
+    let (xc, xg) = bf16(Tensor::randn(0.5f32, 3.0, (b, s, dim), &Device::Cpu)?)?;
     let (yc, yg) = bf16(Tensor::randn(0f32, 1.0, (b, s, dim), &Device::Cpu)?)?;
     let table = Tensor::randn(0f32, 0.5, (b, 6, dim), &Device::Cpu)?;
     let m = table.chunk(6, 1)?;
@@ -94,11 +94,28 @@ fn fused_kernels_match_the_plain_path() -> Result<()> {
     let got = fused::ln_modulate(&xg, &c.to_device(&gpu)?, &(w.to_device(&gpu)? - 1.0)?, 1e-6)?;
     check("ln_affine", &got, &expected)?;
 
-    // gated residual
-    let expected = (&xc + yc.broadcast_mul(&m[2])?)?;
+    // linear epilogue: bias only, bias + GELU, and bias * gate + residual
+    let (bc, bg) = bf16(Tensor::randn(0f32, 0.5, dim, &Device::Cpu)?)?;
+    let biased = yc.broadcast_add(&bc)?;
     check(
-        "gated_residual",
-        &fused::gated_residual(&xg, &yg, &mg[2])?,
+        "epilogue bias",
+        &fused::linear_epilogue(&yg, &bg, false, None, None)?,
+        &biased,
+    )?;
+    let gelu = (&biased * 0.5)?.mul(
+        &((&biased + (&biased.powf(3.0)? * 0.044715)?)? * 0.7978845608028654)?
+            .tanh()?
+            .affine(1.0, 1.0)?,
+    )?;
+    check(
+        "epilogue bias + gelu",
+        &fused::linear_epilogue(&yg, &bg, true, None, None)?,
+        &gelu,
+    )?;
+    let expected = (&xc + biased.broadcast_mul(&m[2])?)?;
+    check(
+        "epilogue gated residual",
+        &fused::linear_epilogue(&yg, &bg, false, Some(&mg[2]), Some(&xg))?,
         &expected,
     )?;
 

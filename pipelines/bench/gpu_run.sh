@@ -20,11 +20,16 @@ for step in $steps; do
       for t in .gpu/test-*; do
         case "$t" in *.xz) continue ;; esac
         echo "== $t"
-        VAE_TEST_DEVICE=cuda "$t" --test-threads=1 --nocapture 2>&1 | tee "$OUT/$(basename "$t").log" | grep -E "relative L2|^test |test result|panicked"
+        VAE_TEST_DEVICE=cuda "$t" --test-threads=1 --nocapture 2>&1 | tee "$OUT/$(basename "$t").log" | grep -E "relative L2|^test |test result|panicked|Error|== forward|gradient"
       done ;;
     attention)
       .gpu/vdit bench attention --out "$OUT" 2>&1 | tee "$OUT/attention.log"
       python3 pipelines/bench/attention_peers.py "$OUT" 2>&1 | tail -8 | tee "$OUT/peers.log" ;;
+    sass)
+      # The Hopper kernel must use warpgroup MMAs (HGMMA), not the warp-level HMMA path.
+      for c in .gpu/*.cubin; do
+        echo "$c: $(cuobjdump --dump-sass "$c" | grep -c HGMMA) HGMMA, $(cuobjdump --dump-sass "$c" | grep -c 'HMMA') HMMA"
+      done ;;
     dit)
       .gpu/vdit bench dit --out "$OUT" 2>&1 | tee "$OUT/dit.log"
       python3 pipelines/bench/dit_diffusers.py "$OUT" 2>&1 | tail -3 | tee "$OUT/diffusers.log" ;;

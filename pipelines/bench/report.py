@@ -17,7 +17,7 @@ def main(out_dir):
     if ours:
         rows = ours["results"] + (peers["results"] if peers else [])
         cudnn = next((r["ms"] for r in rows if r["impl"] == "SDPA cuDNN"), None)
-        dense = next((r["ms"] for r in rows if r["impl"] == "vdit dense"), None)
+        dense = min((r["ms"] for r in rows if r["impl"].startswith("vdit dense")), default=None)
         print(f"attention, {ours['shape']}, {ours['dtype']}, {peers['device'] if peers else ours['device']}")
         print("| implementation | density | ms | effective TFLOP/s | vs SDPA cuDNN time | vs vdit dense time |")
         print("| --- | --- | --- | --- | --- | --- |")
@@ -43,3 +43,18 @@ def main(out_dir):
 
 if __name__ == "__main__":
     main(sys.argv[1])
+
+
+def breakdown(out_dir):
+    rows = load(out_dir, "dit_breakdown.json")
+    if not rows:
+        return
+    print()
+    print("| block operation (480p, 1.3B) | ms per call | calls per forward | ms per forward |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['op']} | {r['ms']:.3f} | {r['per_forward']} | {r['ms_per_forward']:.1f} |")
+
+
+if __name__ == "__main__" and len(sys.argv) > 1:
+    breakdown(sys.argv[1])

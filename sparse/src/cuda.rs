@@ -14,6 +14,7 @@ use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage
 use std::sync::{Arc, Mutex, Weak};
 
 const FWD_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_fwd.ptx"));
+const FWD_SM90_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_fwd_sm90.ptx"));
 const BWD_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_bwd.ptx"));
 const TOPK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/topk.ptx"));
 
@@ -21,6 +22,68 @@ const TOPK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/topk.ptx"));
 const MAX_Q_BLOCK: usize = 128;
 /// Longest row the top-k kernel sorts.
 const MAX_TOPK_COLUMNS: usize = 4096;
+
+/// The family of forward attention kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardKernel {
+    /// Hopper warpgroup MMAs on compute capability 9.x, warp MMAs elsewhere.
+    Auto,
+    /// Warp-level `mma.sync` (any GPU from sm_80).
+    Mma,
+    /// Hopper `wgmma` (compute capability 9.x only).
+    Wgmma,
+}
+
+static FORWARD_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// Chooses the forward kernel family for this process (the default is `Auto`, or what the
+/// environment variable `VDIT_ATTENTION_KERNEL=auto|mma|wgmma` says).
+pub fn set_forward_kernel(kernel: ForwardKernel) {
+    FORWARD_KERNEL.store(kernel as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The forward kernel family in use.
+pub fn forward_kernel() -> ForwardKernel {
+    match FORWARD_KERNEL.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => ForwardKernel::Auto,
+        1 => ForwardKernel::Mma,
+        2 => ForwardKernel::Wgmma,
+        _ => match std::env::var("VDIT_ATTENTION_KERNEL").as_deref() {
+            Ok("mma") => ForwardKernel::Mma,
+            Ok("wgmma") => ForwardKernel::Wgmma,
+            _ => ForwardKernel::Auto,
+        },
+    }
+}
+
+/// True when `device` is a Hopper GPU (compute capability 9.x), where the wgmma kernels run.
+pub fn is_hopper(device: &candle_core::Device) -> bool {
+    match device {
+        candle_core::Device::Cuda(dev) => dev
+            .cuda_stream()
+            .context()
+            .compute_capability()
+            .map(|c| c.0 == 9)
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
+/// The Hopper kernel name prefix to use on `dev`, or `None` for the warp-MMA kernels.
+fn hopper_kernel(dev: &CudaDevice) -> Result<Option<&'static str>> {
+    let hopper = dev.cuda_stream().context().compute_capability().w()?.0 == 9;
+    Ok(match forward_kernel() {
+        ForwardKernel::Mma => None,
+        ForwardKernel::Auto if hopper => Some("bsattn_fwd_sm90"),
+        ForwardKernel::Auto => None,
+        _ if !hopper => {
+            candle_core::bail!(
+                "the wgmma attention kernels need a Hopper GPU (compute capability 9.x)"
+            )
+        }
+        ForwardKernel::Wgmma => Some("bsattn_fwd_sm90"),
+    })
+}
 
 /// True when the kernels handle this dtype, head dim and plan (others use the CPU engine).
 pub fn supports(dtype: DType, head_dim: usize, plan: &SparsePlan) -> bool {
@@ -226,7 +289,9 @@ fn launch<P: DeviceRepr>(
     params: &P,
 ) -> Result<()> {
     let func = dev.get_or_load_custom_func(name, module, ptx)?;
-    if cfg.shared_mem_bytes > 48 * 1024 {
+    if cfg.shared_mem_bytes > 0 {
+        // Opt in to the dynamic shared memory used (static shared memory counts against the
+        // default 48 KiB as well).
         func.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             cfg.shared_mem_bytes as i32,
@@ -333,7 +398,7 @@ pub(crate) fn attention_forward(
     } else {
         None
     };
-    let warps = if plan.q_layout.tile() <= 64 { 4 } else { 8 };
+    let small = plan.q_layout.tile() <= 64;
     let nqb = plan.q_layout.num_blocks();
     let params = AttnParams {
         q: q.0,
@@ -361,14 +426,40 @@ pub(crate) fn attention_forward(
         all_keys: lists.all_keys,
         scale_log2: scale * std::f32::consts::LOG2_E,
     };
-    let smem = ((16 * warps + 4 * 64) * d * 2) as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (nqb as u32, (b * h) as u32, 1),
-        block_dim: (32 * warps as u32, 1, 1),
-        shared_mem_bytes: smem,
-    };
-    let name = format!("bsattn_fwd_{}_d{d}_w{warps}", type_name(dtype)?);
-    launch(&dev, "vdit_attention_fwd", FWD_PTX, &name, cfg, &params)?;
+    let t = type_name(dtype)?;
+    let grid_dim = (nqb as u32, (b * h) as u32, 1);
+    if let Some(prefix) = hopper_kernel(&dev)? {
+        // Warpgroups of 64 query rows; Q, two K and two V tiles of 64 keys, plus 1 KiB to
+        // align the tiles for the 128-byte swizzle.
+        let groups = if small { 1 } else { 2 };
+        let smem = ((64 * groups + 4 * 64) * d * 2 + 1024) as u32;
+        let block_dim = (128 * groups as u32, 1, 1);
+        let cfg = LaunchConfig {
+            grid_dim,
+            block_dim,
+            shared_mem_bytes: smem,
+        };
+        let name = format!("{prefix}_{t}_d{d}_wg{groups}");
+        launch(
+            &dev,
+            "vdit_attention_fwd_sm90",
+            FWD_SM90_PTX,
+            &name,
+            cfg,
+            &params,
+        )?;
+    } else {
+        let warps = if small { 4 } else { 8 };
+        let smem = ((16 * warps + 4 * 64) * d * 2) as u32;
+        let block_dim = (32 * warps as u32, 1, 1);
+        let cfg = LaunchConfig {
+            grid_dim,
+            block_dim,
+            shared_mem_bytes: smem,
+        };
+        let name = format!("bsattn_fwd_{t}_d{d}_w{warps}");
+        launch(&dev, "vdit_attention_fwd", FWD_PTX, &name, cfg, &params)?;
+    }
     Ok((out, lse))
 }
 
@@ -507,5 +598,57 @@ pub(crate) fn top_k(s: &CudaStorage, l: &Layout, k: usize) -> Result<(CudaStorag
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev),
         Shape::from((rows, k)),
+    ))
+}
+
+const POOL_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/pool.ptx"));
+
+/// Mean of each block's tokens of `x: [B, H, S, D]` (any strides with a unit channel stride):
+/// `[B, H, blocks, D]` f32. The layout must be shared by all heads.
+pub(crate) fn block_means(
+    s: &CudaStorage,
+    l: &Layout,
+    layout: &Arc<BlockLayout>,
+) -> Result<(CudaStorage, Shape)> {
+    let (b, h, _, d) = l.shape().dims4()?;
+    let dev = s.device().clone();
+    let (x, strides) = view(s, l)?;
+    let device_layout = layout_on(&dev, layout)?;
+    let nb = layout.num_blocks();
+    let out = dev.alloc_zeros::<f32>(b * h * nb * d)?;
+    let func = dev.get_or_load_custom_func(
+        &format!("block_mean_{}", type_name(s.dtype())?),
+        "vdit_pool",
+        POOL_PTX,
+    )?;
+    let stream = dev.cuda_stream();
+    let (order, starts, out_ptr) = (
+        ptr(&dev, &device_layout.order),
+        ptr(&dev, &device_layout.starts),
+        ptr(&dev, &out),
+    );
+    let (h32, nb32, d32) = (h as i32, nb as i32, d as i32);
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&x)
+        .arg(&strides[0])
+        .arg(&strides[1])
+        .arg(&strides[2])
+        .arg(&order)
+        .arg(&starts)
+        .arg(&out_ptr)
+        .arg(&h32)
+        .arg(&nb32)
+        .arg(&d32);
+    let cfg = LaunchConfig {
+        grid_dim: (nb as u32, (b * h) as u32, 1),
+        block_dim: (d.min(256) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `block_mean_*`; the layout covers S tokens of x.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev),
+        Shape::from((b, h, nb, d)),
     ))
 }

@@ -3,6 +3,7 @@
 
 use crate::layout::BlockLayout;
 use candle_core::{DType, Device, Result, Tensor, D};
+use std::sync::Arc;
 
 /// The block of every natural token, as a `u32` tensor (layout shared by all heads).
 pub fn block_index(layout: &BlockLayout, device: &Device) -> Result<Tensor> {
@@ -11,8 +12,15 @@ pub fn block_index(layout: &BlockLayout, device: &Device) -> Result<Tensor> {
 }
 
 /// Mean over each block's tokens of `x: [B, H, S, D]`, in f32: `[B, H, blocks, D]`.
-/// Differentiable. The layout must be shared by all heads.
-pub fn block_means(x: &Tensor, layout: &BlockLayout) -> Result<Tensor> {
+/// Differentiable (on the GPU without tracked gradients it is one kernel). The layout must be
+/// shared by all heads.
+pub fn block_means(x: &Tensor, layout: &Arc<BlockLayout>) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && !x.track_op() && x.dim(3)? <= 256 {
+        return x.apply_op1_no_bwd(&BlockMeans {
+            layout: Arc::clone(layout),
+        });
+    }
     let (b, h, _, d) = x.dims4()?;
     let n = layout.num_blocks();
     let index = block_index(layout, x.device())?;
@@ -21,6 +29,35 @@ pub fn block_means(x: &Tensor, layout: &BlockLayout) -> Result<Tensor> {
     let counts: Vec<f32> = (0..n).map(|i| layout.block_len(i) as f32).collect();
     let counts = Tensor::from_vec(counts, (n, 1), x.device())?;
     sums.broadcast_div(&counts)
+}
+
+/// The GPU block-mean kernel as a candle operation (no CPU form: the CPU uses `index_add`).
+#[cfg(feature = "cuda")]
+struct BlockMeans {
+    layout: Arc<BlockLayout>,
+}
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp1 for BlockMeans {
+    fn name(&self) -> &'static str {
+        "block-means"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("block-means kernel runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        crate::cuda::block_means(s, l, &self.layout)
+    }
 }
 
 /// One assignment of tokens to blocks for [`block_attention_mass`].
@@ -82,7 +119,7 @@ pub fn block_attention_mass(
         let probs = candle_nn::ops::softmax_last_dim(&(qc.matmul(&kt)? * scale)?)?;
         for ((q_hot, k_hot), total) in hots.iter().zip(totals.iter_mut()) {
             let per_key_block = probs.broadcast_matmul(k_hot)?; // [B, H, len, kb]
-            let q_hot = q_hot.narrow(D::Minus1, start, len)?; // [qb, len]
+            let q_hot = q_hot.narrow(D::Minus1, start, len)?.contiguous()?; // [qb, len]
             *total = (&*total + q_hot.broadcast_matmul(&per_key_block)?)?;
         }
         start += len;
@@ -107,7 +144,7 @@ mod tests {
 
     #[test]
     fn block_means_average_only_real_tokens() -> Result<()> {
-        let layout = BlockLayout::natural(5, 2); // blocks {0,1}, {2,3}, {4}
+        let layout = Arc::new(BlockLayout::natural(5, 2)); // blocks {0,1}, {2,3}, {4}
         let x = Tensor::new(&[1f32, 3.0, 5.0, 9.0, 7.0], &Device::Cpu)?.reshape((1, 1, 5, 1))?;
         let m: Vec<f32> = block_means(&x, &layout)?.flatten_all()?.to_vec1()?;
         assert_eq!(m, vec![2.0, 7.0, 7.0]);

@@ -184,7 +184,7 @@ pub fn vmoba_attention(
         )
     }
     opts.validate(Some(grid)).map_err(candle_core::Error::Msg)?;
-    let chunks = Arc::new(BlockLayout::tiled(grid, opts.tile(kind, grid)));
+    let chunks = BlockLayout::tiled_shared(grid, opts.tile(kind, grid));
     let selection = select_chunks(q, k, &chunks, kind, opts)?;
     let n = chunks.num_blocks();
     let mask = BlockMask::from_lists(b * h, s, n, &selection.lists)?;
@@ -204,7 +204,7 @@ pub fn vmoba_attention(
 pub fn select_chunks(
     q: &Tensor,
     k: &Tensor,
-    chunks: &BlockLayout,
+    chunks: &Arc<BlockLayout>,
     kind: ChunkKind,
     opts: &VmobaOptions,
 ) -> Result<ChunkSelection> {

@@ -7,6 +7,7 @@ mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use common::rel;
+use sparse::cuda::ForwardKernel;
 use sparse::paro::{ParoOptions, ParoRecorder};
 use sparse::sparsed::SparsedOptions;
 use sparse::vmoba::{ChunkKind, VmobaOptions};
@@ -21,6 +22,26 @@ const TOLERANCE: f64 = 2e-2;
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need a CUDA GPU")
+}
+
+/// The forward kernel families this GPU runs (wgmma on Hopper only); tests loop over them.
+fn kernels() -> Vec<ForwardKernel> {
+    let mut all = vec![ForwardKernel::Mma];
+    if sparse::cuda::is_hopper(&gpu()) {
+        all.push(ForwardKernel::Wgmma);
+    }
+    all
+}
+
+/// Runs `f` once per kernel family, labelled.
+fn each_kernel(mut f: impl FnMut(&str) -> Result<()>) -> Result<()> {
+    for kernel in kernels() {
+        sparse::cuda::set_forward_kernel(kernel);
+        println!("== forward kernel {kernel:?}");
+        f(&format!("{kernel:?}"))?;
+    }
+    sparse::cuda::set_forward_kernel(ForwardKernel::Auto);
+    Ok(())
 }
 
 /// The same bf16-representable values on the CPU (f32) and the GPU (bf16).
@@ -47,131 +68,137 @@ fn check(name: &str, gpu_out: &Tensor, cpu_out: &Tensor) -> Result<()> {
 
 #[test]
 fn dense_kernel_matches_cpu_for_head_dims_partial_blocks_strides_and_cross_lengths() -> Result<()> {
-    for d in [64, 128] {
-        let shape = (2, 3, 300, d); // 300 = two full blocks of 128 and a partial one
-        let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
-        check(
-            &format!("dense d{d}"),
-            &sparse::dense::attention(&qg, &kg, &vg)?,
-            &sparse::dense::attention(&qc, &kc, &vc)?,
-        )?;
-        // strided views, as the DiT passes them
-        let t = |x: &Tensor| {
-            x.transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-        };
-        check(
-            &format!("dense strided d{d}"),
-            &sparse::dense::attention(&t(&qg), &t(&kg), &t(&vg))?,
-            &sparse::dense::attention(&qc, &kc, &vc)?,
-        )?;
-        // cross-attention: 77 keys
-        let ((kc2, kg2), (vc2, vg2)) = (pair((2, 3, 77, d))?, pair((2, 3, 77, d))?);
-        check(
-            &format!("cross d{d}"),
-            &sparse::dense::attention(&qg, &kg2, &vg2)?,
-            &sparse::dense::attention(&qc, &kc2, &vc2)?,
-        )?;
-    }
-    Ok(())
+    each_kernel(|_kernel| {
+        for d in [64, 128] {
+            let shape = (2, 3, 300, d); // 300 = two full blocks of 128 and a partial one
+            let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
+            check(
+                &format!("dense d{d}"),
+                &sparse::dense::attention(&qg, &kg, &vg)?,
+                &sparse::dense::attention(&qc, &kc, &vc)?,
+            )?;
+            // strided views, as the DiT passes them
+            let t = |x: &Tensor| {
+                x.transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+            };
+            check(
+                &format!("dense strided d{d}"),
+                &sparse::dense::attention(&t(&qg), &t(&kg), &t(&vg))?,
+                &sparse::dense::attention(&qc, &kc, &vc)?,
+            )?;
+            // cross-attention: 77 keys
+            let ((kc2, kg2), (vc2, vg2)) = (pair((2, 3, 77, d))?, pair((2, 3, 77, d))?);
+            check(
+                &format!("cross d{d}"),
+                &sparse::dense::attention(&qg, &kg2, &vg2)?,
+                &sparse::dense::attention(&qc, &kc2, &vc2)?,
+            )?;
+        }
+        Ok(())
+    })
 }
 
 #[test]
 fn vsa_on_gpu_matches_cpu_on_partial_cubes() -> Result<()> {
-    for grid in [TokenGrid::new(5, 6, 10), TokenGrid::new(9, 7, 13)] {
-        let shape = (2, 3, grid.len(), 64);
-        let ((qc, qg), (kc, kg), (vc, vg), (gc, gg)) =
-            (pair(shape)?, pair(shape)?, pair(shape)?, pair(shape)?);
-        for sparsity in [0.0, 0.5, 0.875] {
-            let opts = VsaOptions {
-                sparsity,
-                ..Default::default()
-            };
-            let g = vsa_attention(&qg, &kg, &vg, Some(&gg), grid, &opts)?;
-            let c = vsa_attention(&qc, &kc, &vc, Some(&gc), grid, &opts)?;
-            check(&format!("vsa {grid} sparsity {sparsity}"), &g.out, &c.out)?;
-            assert!(
-                (g.plan.density()? - c.plan.density()?).abs() < 0.02,
-                "selections differ"
-            );
+    each_kernel(|_kernel| {
+        for grid in [TokenGrid::new(5, 6, 10), TokenGrid::new(9, 7, 13)] {
+            let shape = (2, 3, grid.len(), 64);
+            let ((qc, qg), (kc, kg), (vc, vg), (gc, gg)) =
+                (pair(shape)?, pair(shape)?, pair(shape)?, pair(shape)?);
+            for sparsity in [0.0, 0.5, 0.875] {
+                let opts = VsaOptions {
+                    sparsity,
+                    ..Default::default()
+                };
+                let g = vsa_attention(&qg, &kg, &vg, Some(&gg), grid, &opts)?;
+                let c = vsa_attention(&qc, &kc, &vc, Some(&gc), grid, &opts)?;
+                check(&format!("vsa {grid} sparsity {sparsity}"), &g.out, &c.out)?;
+                assert!(
+                    (g.plan.density()? - c.plan.density()?).abs() < 0.02,
+                    "selections differ"
+                );
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 #[test]
 fn every_method_through_the_router_matches_cpu() -> Result<()> {
-    let grid = TokenGrid::new(6, 6, 8);
-    let shape = (2, 2, grid.len(), 64);
-    let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
-    let paro = {
-        let recorder = ParoRecorder::new(
-            grid,
-            ParoOptions {
-                density: 0.3,
-                block: 64,
-                step_groups: 1,
-            },
-        )
-        .unwrap();
-        let call = AttentionCall {
-            q: &qc,
-            k: &kc,
-            v: &vc,
-            gate: None,
-            grid,
-            site: CallSite::single(0),
+    each_kernel(|_kernel| {
+        let grid = TokenGrid::new(6, 6, 8);
+        let shape = (2, 2, grid.len(), 64);
+        let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
+        let paro = {
+            let recorder = ParoRecorder::new(
+                grid,
+                ParoOptions {
+                    density: 0.3,
+                    block: 64,
+                    step_groups: 1,
+                },
+            )
+            .unwrap();
+            let call = AttentionCall {
+                q: &qc,
+                k: &kc,
+                v: &vc,
+                gate: None,
+                grid,
+                site: CallSite::single(0),
+            };
+            recorder.attend(&call)?;
+            Arc::new(recorder.finish().unwrap())
         };
-        recorder.attend(&call)?;
-        Arc::new(recorder.finish().unwrap())
-    };
-    let methods = [
-        Method::Paro(paro),
-        Method::Sparsed(SparsedOptions {
-            select: 0.4,
-            block: 64,
-        }),
-        Method::Vmoba(VmobaOptions {
-            kind: Some(ChunkKind::Spatiotemporal),
-            st_chunk: [2, 3, 4],
-            ..Default::default()
-        }),
-    ];
-    for method in methods {
-        let name = method.name();
-        let outs = [(&qc, &kc, &vc), (&qg, &kg, &vg)].map(|(q, k, v)| {
-            let router = AttentionRouter::new(AttentionSchedule::new(method.clone())).unwrap();
-            let mut out = None;
-            for step in 0..2 {
-                let call = AttentionCall {
-                    q,
-                    k,
-                    v,
-                    gate: None,
-                    grid,
-                    site: CallSite {
-                        layer: 0,
-                        step,
-                        num_steps: 2,
-                    },
-                };
-                out = Some(router.attend(&call).unwrap());
-            }
-            (out.unwrap(), router.report().unwrap().overall())
-        });
-        check(name, &outs[1].0, &outs[0].0)?;
-        assert!(
-            (outs[0].1 - outs[1].1).abs() < 0.02 && outs[1].1 < 1.0,
-            "{name}: densities {} {}",
-            outs[0].1,
-            outs[1].1
-        );
-    }
-    Ok(())
+        let methods = [
+            Method::Paro(paro),
+            Method::Sparsed(SparsedOptions {
+                select: 0.4,
+                block: 64,
+            }),
+            Method::Vmoba(VmobaOptions {
+                kind: Some(ChunkKind::Spatiotemporal),
+                st_chunk: [2, 3, 4],
+                ..Default::default()
+            }),
+        ];
+        for method in methods {
+            let name = method.name();
+            let outs = [(&qc, &kc, &vc), (&qg, &kg, &vg)].map(|(q, k, v)| {
+                let router = AttentionRouter::new(AttentionSchedule::new(method.clone())).unwrap();
+                let mut out = None;
+                for step in 0..2 {
+                    let call = AttentionCall {
+                        q,
+                        k,
+                        v,
+                        gate: None,
+                        grid,
+                        site: CallSite {
+                            layer: 0,
+                            step,
+                            num_steps: 2,
+                        },
+                    };
+                    out = Some(router.attend(&call).unwrap());
+                }
+                (out.unwrap(), router.report().unwrap().overall())
+            });
+            check(name, &outs[1].0, &outs[0].0)?;
+            assert!(
+                (outs[0].1 - outs[1].1).abs() < 0.02 && outs[1].1 < 1.0,
+                "{name}: densities {} {}",
+                outs[0].1,
+                outs[1].1
+            );
+        }
+        Ok(())
+    })
 }
 
 #[test]
@@ -187,49 +214,51 @@ fn top_k_kernel_equals_the_cpu_rule_with_ties() -> Result<()> {
 
 #[test]
 fn gradients_on_gpu_match_cpu() -> Result<()> {
-    let grid = TokenGrid::new(5, 6, 10);
-    let shape = (1, 2, grid.len(), 64);
-    let layout = BlockLayout::tiled_shared(grid, [4, 4, 4]);
-    let ((qc, qg), (kc, kg), (vc, vg), (wc, wg)) =
-        (pair(shape)?, pair(shape)?, pair(shape)?, pair(shape)?);
-    let n = layout.num_blocks();
-    let lists: Vec<Vec<u32>> = (0..2 * n)
-        .map(|i| vec![(i % n) as u32, ((i * 7 + 3) % n) as u32])
-        .collect();
-    let mask = sparse::BlockMask::from_lists(2, n, n, &lists)?;
-    let plan = Arc::new(SparsePlan::new(1, 2, layout.clone(), layout, mask)?);
-    let grads = |q: &Tensor, k: &Tensor, v: &Tensor, w: &Tensor| -> Result<Vec<Tensor>> {
-        let vars = [q, k, v].map(|t| Var::from_tensor(t).unwrap());
-        let out = block_sparse_attention(
-            vars[0].as_tensor(),
-            vars[1].as_tensor(),
-            vars[2].as_tensor(),
-            &plan,
-        )?;
-        let store = (out.to_dtype(DType::F32)? * w.to_dtype(DType::F32)?)?
-            .sum_all()?
-            .backward()?;
-        Ok(vars
-            .iter()
-            .map(|x| {
-                store
-                    .get(x.as_tensor())
-                    .unwrap()
-                    .to_device(&Device::Cpu)
-                    .unwrap()
-                    .to_dtype(DType::F32)
-                    .unwrap()
-            })
-            .collect())
-    };
-    let (g, c) = (grads(&qg, &kg, &vg, &wg)?, grads(&qc, &kc, &vc, &wc)?);
-    for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(g.iter().zip(&c)) {
-        let err = rel(a, b);
-        println!("gradient {name}: relative L2 {err:.2e}");
-        assert!(
-            err <= 3e-2,
-            "{name}: {err:.3e} (bf16 gradients, tolerance 3e-2)"
-        );
-    }
-    Ok(())
+    each_kernel(|_kernel| {
+        let grid = TokenGrid::new(5, 6, 10);
+        let shape = (1, 2, grid.len(), 64);
+        let layout = BlockLayout::tiled_shared(grid, [4, 4, 4]);
+        let ((qc, qg), (kc, kg), (vc, vg), (wc, wg)) =
+            (pair(shape)?, pair(shape)?, pair(shape)?, pair(shape)?);
+        let n = layout.num_blocks();
+        let lists: Vec<Vec<u32>> = (0..2 * n)
+            .map(|i| vec![(i % n) as u32, ((i * 7 + 3) % n) as u32])
+            .collect();
+        let mask = sparse::BlockMask::from_lists(2, n, n, &lists)?;
+        let plan = Arc::new(SparsePlan::new(1, 2, layout.clone(), layout, mask)?);
+        let grads = |q: &Tensor, k: &Tensor, v: &Tensor, w: &Tensor| -> Result<Vec<Tensor>> {
+            let vars = [q, k, v].map(|t| Var::from_tensor(t).unwrap());
+            let out = block_sparse_attention(
+                vars[0].as_tensor(),
+                vars[1].as_tensor(),
+                vars[2].as_tensor(),
+                &plan,
+            )?;
+            let store = (out.to_dtype(DType::F32)? * w.to_dtype(DType::F32)?)?
+                .sum_all()?
+                .backward()?;
+            Ok(vars
+                .iter()
+                .map(|x| {
+                    store
+                        .get(x.as_tensor())
+                        .unwrap()
+                        .to_device(&Device::Cpu)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                })
+                .collect())
+        };
+        let (g, c) = (grads(&qg, &kg, &vg, &wg)?, grads(&qc, &kc, &vc, &wc)?);
+        for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(g.iter().zip(&c)) {
+            let err = rel(a, b);
+            println!("gradient {name}: relative L2 {err:.2e}");
+            assert!(
+                err <= 3e-2,
+                "{name}: {err:.3e} (bf16 gradients, tolerance 3e-2)"
+            );
+        }
+        Ok(())
+    })
 }

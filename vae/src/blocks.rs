@@ -81,7 +81,7 @@ impl AttentionBlock {
         let v = qkv.narrow(1, 2 * c, c)?.contiguous()?; // [n, c, hw]
         let scores = (q.matmul(&k)?.to_dtype(DType::F32)? / (c as f64).sqrt())?;
         let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(x.dtype())?;
-        let attended = v.matmul(&weights.transpose(1, 2)?)?; // [n, c, hw]
+        let attended = v.matmul(&weights.transpose(1, 2)?.contiguous()?)?; // [n, c, hw]
         let out = self.proj.forward(&attended.reshape((n, c, h, w))?)?;
         unfold_time(&out, b)? + x
     }

@@ -130,6 +130,12 @@ impl TapConv {
                 [one] => one.contiguous()?,
                 _ => Tensor::cat(&slices, 1)?,
             };
+            // cuBLAS needs row-major columns; the CPU's gemm reads the strided view as is.
+            let cols = if cols.device().is_cuda() {
+                cols.contiguous()?
+            } else {
+                cols
+            };
             outs.push(self.weight.broadcast_matmul(&cols)?);
         }
         let c_out = self.bias.dim(1)?;

@@ -74,6 +74,32 @@ fn random_lists(heads: usize, blocks: usize, density: f64, seed: u64) -> Vec<Vec
         .collect()
 }
 
+/// The kernel families to time on `device`: (label, choice), or the CPU engine.
+fn families(device: &Device) -> Vec<(&'static str, Option<Family>)> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        use sparse::cuda::ForwardKernel;
+        let mut all = vec![("mma", Some(ForwardKernel::Mma))];
+        if sparse::cuda::is_hopper(device) {
+            all.push(("wgmma", Some(ForwardKernel::Wgmma)));
+        }
+        return all;
+    }
+    let _ = device;
+    vec![("cpu", None)]
+}
+
+#[cfg(feature = "cuda")]
+type Family = sparse::cuda::ForwardKernel;
+#[cfg(not(feature = "cuda"))]
+type Family = ();
+
+fn select(family: Option<Family>) {
+    #[cfg(feature = "cuda")]
+    sparse::cuda::set_forward_kernel(family.unwrap_or(sparse::cuda::ForwardKernel::Auto));
+    let _ = family;
+}
+
 /// Runs the benchmark and writes `attention.json` and `masks.safetensors` into `out_dir`.
 pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(out_dir)
@@ -84,33 +110,18 @@ pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &P
     };
     let (q, k, v) = (r()?, r()?, r()?);
     let flops = shape.dense_flops();
-    let mut rows = Vec::new();
-    let dense_ms = median_ms(device, 3, runs, || {
-        Ok(sparse::dense::attention(&q, &k, &v).map(|_| ())?)
-    })?;
-    rows.push(json!({"impl": "vdit dense", "density": 1.0, "ms": dense_ms, "tflops_effective": flops / dense_ms * 1e-9}));
-
     let layout = Arc::new(BlockLayout::natural(s, BLOCK));
     let n = layout.num_blocks();
     let mut masks = HashMap::new();
+    let mut plans = Vec::new();
     for (i, &density) in DENSITIES.iter().enumerate() {
         let per_head = random_lists(h, n, density, 17 + i as u64);
         let lists: Vec<Vec<u32>> = (0..b).flat_map(|_| per_head.iter().cloned()).collect();
-        let plan = Arc::new(SparsePlan::new(
-            b,
-            h,
-            layout.clone(),
-            layout.clone(),
-            BlockMask::from_lists(b * h, n, n, &lists)?,
-        )?);
-        let actual = plan.density()?;
-        let ms = median_ms(device, 3, runs, || {
-            Ok(block_sparse_attention(&q, &k, &v, &plan).map(|_| ())?)
-        })?;
-        rows.push(json!({
-            "impl": "vdit block-sparse", "density": actual, "target_density": density, "ms": ms,
-            "tflops_effective": flops / ms * 1e-9, "tflops_actual": flops * actual / ms * 1e-9,
-        }));
+        let mask = BlockMask::from_lists(b * h, n, n, &lists)?;
+        plans.push((
+            density,
+            Arc::new(SparsePlan::new(b, h, layout.clone(), layout.clone(), mask)?),
+        ));
         let mut bits = vec![0u8; h * n * n];
         for (row, list) in per_head.iter().enumerate() {
             list.iter().for_each(|&kb| bits[row * n + kb as usize] = 1);
@@ -120,6 +131,25 @@ pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &P
             Tensor::from_vec(bits, (h, n, n), &Device::Cpu)?,
         );
     }
+    let mut rows = Vec::new();
+    for (label, family) in families(device) {
+        select(family);
+        let dense_ms = median_ms(device, 3, runs, || {
+            Ok(sparse::dense::attention(&q, &k, &v).map(|_| ())?)
+        })?;
+        rows.push(json!({"impl": format!("vdit dense ({label})"), "density": 1.0, "ms": dense_ms, "tflops_effective": flops / dense_ms * 1e-9}));
+        for (density, plan) in &plans {
+            let actual = plan.density()?;
+            let ms = median_ms(device, 3, runs, || {
+                Ok(block_sparse_attention(&q, &k, &v, plan).map(|_| ())?)
+            })?;
+            rows.push(json!({
+                "impl": format!("vdit block-sparse ({label})"), "density": actual, "target_density": density, "ms": ms,
+                "tflops_effective": flops / ms * 1e-9, "tflops_actual": flops * actual / ms * 1e-9,
+            }));
+        }
+    }
+    select(None);
 
     // VSA as a whole (coarse stage, top-k on the device, fine stage) at sparsity 0.875.
     let gate = r()?;

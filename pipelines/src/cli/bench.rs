@@ -84,15 +84,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 ),
             ];
             let device = open_device(&device)?;
-            let rows = bench::dit::run(
-                &device,
-                &dit::WanConfig::wan2_1_1_3b(),
-                DType::BF16,
-                (frames, height, width),
-                &methods,
-                runs,
-            )?;
+            let cfg = dit::WanConfig::wan2_1_1_3b();
+            let size = (frames, height, width);
             std::fs::create_dir_all(&out)?;
+            let parts = bench::dit::breakdown(&device, &cfg, DType::BF16, size, runs.max(5))?;
+            std::fs::write(
+                out.join("dit_breakdown.json"),
+                serde_json::to_string_pretty(&parts)?,
+            )?;
+            let rows = bench::dit::run(&device, &cfg, DType::BF16, size, &methods, runs)?;
             std::fs::write(out.join("dit.json"), serde_json::to_string_pretty(&rows)?)?;
             Ok(())
         }

@@ -1,0 +1,244 @@
+// Block-sparse flash attention, forward, for Hopper (sm_90a): the plan walk of
+// attention_fwd.cu with warpgroup MMAs (wgmma) that read Q, K and V straight from
+// 128-byte-swizzled shared memory. One CTA per (batch*head, query block of up to 64*WG rows);
+// warpgroup g owns query rows 64g..64g+63. S = Q K^T is an SS wgmma (both K-major), the online
+// softmax runs on the accumulators, and O += P V is an RS wgmma with P from registers and V read
+// MN-major (transposed) from the same tile layout as K.
+#include <type_traits>
+
+#include "attention_params.cuh"
+#include "common.cuh"
+#include "wgmma.cuh"
+
+// Byte offset of 16-byte chunk `c` (of D/8) of row `r` in a tile of `rows` rows stored as D/64
+// column blocks of [rows][128 bytes], each 8-row atom 128-byte swizzled (wgmma's canonical
+// layout; tile bases are 1024-byte aligned).
+__device__ __forceinline__ int tile_off(int rows, int r, int c) {
+  return (c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4);
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_qk(float* s, uint64_t a, uint64_t b, int accumulate) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    wgmma_ss_m64n64k16_bf16(s, a, b, accumulate);
+  } else {
+    wgmma_ss_m64n64k16_f16(s, a, b, accumulate);
+  }
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void mma_pv(float* o, const uint32_t* a, uint64_t b) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    if constexpr (D == 128) wgmma_rs_m64n128k16_bf16(o, a, b, 1);
+    else wgmma_rs_m64n64k16_bf16(o, a, b, 1);
+  } else {
+    if constexpr (D == 128) wgmma_rs_m64n128k16_f16(o, a, b, 1);
+    else wgmma_rs_m64n64k16_f16(o, a, b, 1);
+  }
+}
+
+template <typename T, int D, int WG>
+__device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
+  constexpr int BM = 64 * WG, BN = 64, CH = D / 8, THREADS = 128 * WG;
+  constexpr int Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem =
+      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* sQ = smem;
+  unsigned char* sK = sQ + Q_BYTES;     // two buffers
+  unsigned char* sV = sK + 2 * KV_BYTES;  // two buffers
+  __shared__ int tile_rows[2];
+
+  const int qb = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.S : 0);
+  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.SK : 0);
+  const int qs = p.q_starts[qb];
+  const int nq = p.q_starts[qb + 1] - qs;
+  const T* qbase = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
+  const T* kbase = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
+  const T* vbase = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+
+  for (int i = tid; i < BM * CH; i += THREADS) {
+    const int r = i / CH, c = i % CH;
+    const bool valid = r < nq;
+    const T* src = qbase + (valid ? (long long)q_ord[qs + r] * p.q_ss : 0) + c * 8;
+    cp_async16(sQ + tile_off(BM, r, c), src, valid);
+  }
+  cp_async_commit();
+
+  const size_t list = (size_t)bh * p.nqb + qb;
+  uint32_t first, last;
+  if (p.all_keys > 0) {
+    first = 0;
+    last = p.all_keys;
+  } else if (p.uniform_k > 0) {
+    first = (uint32_t)(list * p.uniform_k);
+    last = first + p.uniform_k;
+  } else {
+    first = p.offsets[list];
+    last = p.offsets[list + 1];
+  }
+  TileCursor cur{first, last, 0};
+  auto block_at = [&](uint32_t item) { return p.all_keys > 0 ? item : p.indices[item]; };
+
+  auto load_tile = [&](int buf, const TileCursor& c) {
+    const uint32_t kb = block_at(c.item);
+    const int start = p.k_starts[kb] + c.offset;
+    const int rows = min(BN, (int)(p.k_starts[kb + 1] - start));
+    if (tid == 0) tile_rows[buf] = rows;
+    unsigned char* dk = sK + buf * KV_BYTES;
+    unsigned char* dv = sV + buf * KV_BYTES;
+    for (int i = tid; i < BN * CH; i += THREADS) {
+      const int r = i / CH, ch = i % CH;
+      const bool valid = r < rows;
+      const long long tok = valid ? (long long)k_ord[start + r] : 0;
+      cp_async16(dk + tile_off(BN, r, ch), kbase + tok * p.k_ss + ch * 8, valid);
+      cp_async16(dv + tile_off(BN, r, ch), vbase + tok * p.v_ss + ch * 8, valid);
+    }
+  };
+  auto advance = [&](TileCursor c) {
+    const uint32_t kb = block_at(c.item);
+    c.offset += BN;
+    if (c.offset >= p.k_starts[kb + 1] - p.k_starts[kb]) {
+      c.item += 1;
+      c.offset = 0;
+    }
+    return c;
+  };
+
+  if (cur.item < cur.end) load_tile(0, cur);
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_async_shared();
+  __syncthreads();
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float s[32];
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  int buf = 0;
+
+  while (cur.item < cur.end) {
+    const TileCursor nxt = advance(cur);
+    if (nxt.item < nxt.end) load_tile(buf ^ 1, nxt);
+    cp_async_commit();
+    const unsigned char* tk = sK + buf * KV_BYTES;
+    const unsigned char* tv = sV + buf * KV_BYTES;
+    const int rows = tile_rows[buf];
+
+    // S = Q K^T over the head dim, 16 channels per wgmma (32 bytes inside a swizzle atom).
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int block = kk >> 2, within = (kk & 3) * 32;
+      const uint64_t da = smem_desc(sQ + block * BM * 128 + wg * 64 * 128 + within, 16, 1024);
+      const uint64_t db = smem_desc(tk + block * BN * 128 + within, 16, 1024);
+      mma_qk<T>(s, da, db, kk > 0);
+    }
+    wg_commit();
+    wg_wait<0>();
+    wg_pin<32>(s);
+
+    // Online softmax in the log2 domain; s[4 * chunk + e] holds row lane/4 (+8 for e >= 2),
+    // column 8 * chunk + 2 * (lane % 4) + (e & 1).
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = nt * 8 + (lane & 3) * 2 + e;
+          float x = s[4 * nt + half * 2 + e] * p.scale_log2;
+          x = key < rows ? x : -INFINITY;
+          s[4 * nt + half * 2 + e] = x;
+          mx = fmaxf(mx, x);
+        }
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+      const float m_new = fmaxf(m[half], mx);
+      const float base = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = exp2f(m[half] - base);
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pr = exp2f(s[4 * nt + half * 2 + e] - base);
+          s[4 * nt + half * 2 + e] = pr;
+          sum += pr;
+        }
+      }
+      l[half] = l[half] * alpha + sum;
+      m[half] = m_new;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o[4 * dt + half * 2] *= alpha;
+        o[4 * dt + half * 2 + 1] *= alpha;
+      }
+    }
+
+    // O += P V: P's register layout is wgmma's A layout, 16 keys per wgmma.
+    uint32_t a[BN / 16][4];
+#pragma unroll
+    for (int t = 0; t < BN / 16; ++t) {
+      a[t][0] = pack2<T>(s[8 * t + 0], s[8 * t + 1]);
+      a[t][1] = pack2<T>(s[8 * t + 2], s[8 * t + 3]);
+      a[t][2] = pack2<T>(s[8 * t + 4], s[8 * t + 5]);
+      a[t][3] = pack2<T>(s[8 * t + 6], s[8 * t + 7]);
+    }
+    wg_pin<D / 2>(o);
+    wg_fence();
+#pragma unroll
+    for (int t = 0; t < BN / 16; ++t) {
+      const uint64_t dv = smem_desc(tv + t * 16 * 128, BN * 128, 1024);
+      mma_pv<T, D>(o, a[t], dv);
+    }
+    wg_commit();
+    wg_wait<0>();
+    wg_pin<D / 2>(o);
+
+    cp_async_wait<0>();
+    fence_async_shared();
+    __syncthreads();
+    buf ^= 1;
+    cur = nxt;
+  }
+
+  // Normalise and write rows (and the log-sum-exp) in natural token order.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = l[half];
+    sum += __shfl_xor_sync(0xffffffff, sum, 1);
+    sum += __shfl_xor_sync(0xffffffff, sum, 2);
+    const int r = wg * 64 + warp * 16 + (lane >> 2) + half * 8;
+    if (r >= nq) continue;
+    const long long tok = q_ord[qs + r];
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    T* dst = reinterpret_cast<T*>(p.out) + (((long long)b * p.S + tok) * p.H + h) * D + (lane & 3) * 2;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      *reinterpret_cast<uint32_t*>(dst + dt * 8) = pack2<T>(o[4 * dt + half * 2] * inv, o[4 * dt + half * 2 + 1] * inv);
+    }
+    if (p.lse != nullptr && (lane & 3) == 0) {
+      p.lse[(size_t)bh * p.S + tok] = sum > 0.f ? (m[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+    }
+  }
+}
+
+#define INSTANTIATE_SM90(T, NAME, D, WG)                                                 \
+  extern "C" __global__ void __launch_bounds__(WG * 128, 1)                              \
+      bsattn_fwd_sm90_##NAME##_d##D##_wg##WG(const AttnParams p) {                      \
+    bsattn_fwd_sm90<T, D, WG>(p);                                                        \
+  }
+INSTANTIATE_SM90(__nv_bfloat16, bf16, 64, 1)
+INSTANTIATE_SM90(__nv_bfloat16, bf16, 128, 1)
+INSTANTIATE_SM90(__nv_bfloat16, bf16, 64, 2)
+INSTANTIATE_SM90(__nv_bfloat16, bf16, 128, 2)
+INSTANTIATE_SM90(__half, f16, 64, 1)
+INSTANTIATE_SM90(__half, f16, 128, 1)
+INSTANTIATE_SM90(__half, f16, 64, 2)
+INSTANTIATE_SM90(__half, f16, 128, 2)
