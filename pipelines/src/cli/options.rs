@@ -102,11 +102,11 @@ pub struct SettingArgs {
     #[arg(long)]
     pub steps: Option<usize>,
     /// Classifier-free guidance scale, >= 0; at most 1 turns it off (Wan: 5.0).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f64>,
     /// Flow shift of the noise schedule (default: the model's scheduler config, Wan 3.0 at
     /// 480p; use 5.0 at 720p).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub shift: Option<f64>,
     /// Sampler (default: the model's scheduler config, else unipc).
     #[arg(long, value_enum)]
