@@ -41,9 +41,7 @@ def randomise(model, generator):
     """Every parameter random, norms near 1, so no path is trivially zero or identity."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 1 and ("norm" in name or name.endswith("gamma")):
-                v = 1.0 + 0.2 * torch.randn(p.shape, generator=generator)
-            elif name.endswith("gamma"):
+            if (p.ndim == 1 and "norm" in name) or name.endswith("gamma"):
                 v = 1.0 + 0.2 * torch.randn(p.shape, generator=generator)
             elif p.ndim == 1:
                 v = 0.1 * torch.randn(p.shape, generator=generator)

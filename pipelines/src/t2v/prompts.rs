@@ -224,14 +224,9 @@ impl PromptCache {
 
     /// Seconds spent encoding those of `texts` that are in the cache.
     pub fn seconds(&self, texts: &[&str]) -> f64 {
-        let mut seen: Vec<&str> = Vec::new();
-        texts
+        let distinct: std::collections::HashSet<&str> = texts.iter().copied().collect();
+        distinct
             .iter()
-            .filter(|t| {
-                let new = !seen.contains(t);
-                seen.push(t);
-                new
-            })
             .filter_map(|t| self.rows.get(*t).map(|(_, s)| *s))
             .sum()
     }
