@@ -197,7 +197,7 @@ impl Loaded {
         let router = AttentionRouter::new(job.schedule.clone()).map_err(anyhow::Error::msg)?;
         let mut outcome = self.model.generate(job, &text, &router, writer, progress)?;
         outcome.timings.text_encoding_s = prompts.seconds(&planned.texts());
-        outcome.timings.loading_s = self.seconds;
+        outcome.timings.loading_s = prompts.loading_seconds() + self.seconds;
         Record::new(
             job,
             &outcome,

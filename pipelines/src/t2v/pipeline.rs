@@ -124,7 +124,11 @@ impl Denoiser {
         progress.begin(Stage::Denoising, timesteps.len());
         for (index, &t) in timesteps.iter().enumerate() {
             let input = latents.to_dtype(dtype)?;
-            let input = Tensor::cat(&vec![&input; batch], 0)?;
+            let input = if batch == 2 {
+                Tensor::cat(&[&input, &input], 0)?
+            } else {
+                input
+            };
             let timestep = Tensor::full(t as f32, batch, &device)?;
             let step = Step {
                 index,
@@ -153,7 +157,7 @@ impl Denoiser {
 pub struct Timings {
     /// Encoding this generation's prompts (0 when embeddings were given or already encoded).
     pub text_encoding_s: f64,
-    /// Loading the transformer and the VAE (in a batch: once, for every job).
+    /// Loading the text encoder, the transformer and the VAE (in a batch: once, for every job).
     pub loading_s: f64,
     /// The sampling loop.
     pub denoising_s: f64,

@@ -154,6 +154,7 @@ impl Conditioning {
 #[derive(Default)]
 pub struct PromptCache {
     rows: HashMap<String, (Tensor, f64)>,
+    loading: f64,
 }
 
 impl PromptCache {
@@ -178,7 +179,9 @@ impl PromptCache {
             return Ok(cache);
         }
         progress.begin(Stage::Loading, 0);
+        let started = Instant::now();
         let encoder = TextEncoder::load(encoder_dir, tokenizer, dtype, device)?;
+        cache.loading = started.elapsed().as_secs_f64();
         progress.end();
         progress.begin(Stage::TextEncoding, distinct.len());
         for text in distinct {
@@ -220,6 +223,11 @@ impl PromptCache {
             Tensor::cat(&[rows, &zeros], 0)?
         };
         Ok(padded.unsqueeze(0)?)
+    }
+
+    /// Seconds spent loading the text encoder (0 when nothing was encoded).
+    pub fn loading_seconds(&self) -> f64 {
+        self.loading
     }
 
     /// Seconds spent encoding those of `texts` that are in the cache.
