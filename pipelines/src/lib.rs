@@ -4,5 +4,6 @@ pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod schedulers;
+pub mod t2v;
 pub mod text;
 pub mod video;

@@ -24,11 +24,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         })?;
     let parameters = dit::Checkpoint::open(&args.transformer)?.num_parameters();
     let c = &loaded.config;
-    let layout = match &loaded.layout {
-        dit::KeyLayout::Diffusers => "diffusers".to_string(),
-        dit::KeyLayout::Original { prefix } if prefix.is_empty() => "original".to_string(),
-        dit::KeyLayout::Original { prefix } => format!("original (prefix `{prefix}`)"),
-    };
+    let layout = crate::t2v::layout_name(&loaded.layout);
     let report = serde_json::json!({
         "path": args.transformer,
         "layout": layout,

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use serde::Deserialize;
 use sparse::paro::ParoCalibration;
 use sparse::sparsed::SparsedOptions;
 use sparse::vmoba::{ChunkKind, Scope, Selection, VmobaOptions};
@@ -11,7 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Attention methods selectable on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum MethodName {
     /// Exact attention.
     Dense,
@@ -26,7 +28,8 @@ pub enum MethodName {
 }
 
 /// VMoBA chunk kinds on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ChunkKindArg {
     /// Runs of whole frames (`--chunk FRAMES`).
     Temporal,
@@ -37,7 +40,8 @@ pub enum ChunkKindArg {
 }
 
 /// VMoBA selection rules on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SelectArg {
     /// The k best chunks.
     Topk,
@@ -46,7 +50,8 @@ pub enum SelectArg {
 }
 
 /// VMoBA selection scopes on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ScopeArg {
     /// Per (query, head).
     QueryHead,

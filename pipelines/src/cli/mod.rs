@@ -1,10 +1,16 @@
 //! The `vdit` command line: argument parsing, dispatch and one-line error reporting.
 
 mod attention;
+mod bars;
+mod batch;
 mod bench;
+mod calibrate;
 mod encode;
+mod generate;
 mod inspect;
 pub mod method_args;
+mod options;
+mod plan;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -19,6 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate a video from a text prompt (default model: the embedded tiny random one).
+    Generate(Box<generate::GenerateArgs>),
+    /// Generate many videos from a JSON-lines jobs file, loading the model once.
+    Batch(Box<batch::BatchArgs>),
+    /// Calibrate a sparse attention method on dense generations.
+    Calibrate(Box<calibrate::CalibrateArgs>),
     /// Describe a transformer checkpoint: layout, configuration, parameter count.
     Inspect(inspect::InspectArgs),
     /// Run one attention method on q, k, v from a file and report the density it computed.
@@ -37,6 +49,9 @@ pub fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let result = match cli.command {
+        Command::Generate(args) => generate::run(*args),
+        Command::Batch(args) => batch::run(*args),
+        Command::Calibrate(args) => calibrate::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Attention(args) => attention::run(args),
         Command::Encode(args) => encode::run(args),

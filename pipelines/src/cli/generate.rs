@@ -1,0 +1,123 @@
+//! `vdit generate`: one prompt to one video, with a JSON record beside it.
+
+use super::bars::Bars;
+use super::options::{AttentionChoice, ModelArgs, RuntimeArgs, SettingArgs};
+use super::plan::{Loaded, ModelContext, Planned};
+use crate::t2v::{record_path, NoiseSource, PromptInput};
+use anyhow::{bail, Result};
+use clap::Args;
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `vdit generate`.
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// What the video shows.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// What it should not show (used when guidance > 1; default empty, as diffusers).
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Seed of the initial noise (default: a random one, written in the record). The noise is
+    /// drawn on the CPU, so a seed gives the same noise on every device.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Video to write: .mp4, .gif, .y4m, or a folder (no extension) for PNG frames. The record
+    /// goes to OUTPUT.json.
+    #[arg(long, default_value = default_output())]
+    pub output: PathBuf,
+    /// Frame rate of the video (default: the model's, else 16).
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// Generation settings.
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// Attention.
+    #[command(flatten)]
+    pub attention: AttentionChoice,
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Device and dtype.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Initial latents instead of seeded noise: safetensors with `latents` [1, 16, T, H/8, W/8]
+    /// (T = (frames - 1) / 4 + 1).
+    #[arg(long, value_name = "FILE")]
+    pub latents: Option<PathBuf>,
+    /// Prompt embeddings instead of --prompt: safetensors with `prompt_embeds` [1, L, text_dim].
+    #[arg(long, value_name = "FILE")]
+    pub prompt_embeds: Option<PathBuf>,
+    /// Negative prompt embeddings: safetensors with `negative_prompt_embeds` [1, L, text_dim].
+    #[arg(long, value_name = "FILE")]
+    pub negative_prompt_embeds: Option<PathBuf>,
+    /// Also save the denoised latents before VAE decoding (safetensors, `latents`), what
+    /// diffusers returns with output_type="latent".
+    #[arg(long, value_name = "FILE")]
+    pub save_latents: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `video.mp4`, or `video.y4m` in a build without FFmpeg.
+fn default_output() -> &'static str {
+    if cfg!(feature = "ffmpeg") {
+        "video.mp4"
+    } else {
+        "video.y4m"
+    }
+}
+
+/// A seed from the process's random hasher keys and the clock.
+fn random_seed() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// Checks everything, encodes the prompts, loads the model, generates, writes the video and its
+/// record, and prints what was written.
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let started = Instant::now();
+    let context = ModelContext::new(&args.model)?;
+    let settings = context.settings(&args.settings.overrides(args.fps))?;
+    let noise = match (&args.latents, args.seed) {
+        (Some(_), Some(_)) => bail!("give --seed or --latents, not both"),
+        (Some(path), None) => NoiseSource::Latents(path.clone()),
+        (None, seed) => NoiseSource::Seed(seed.unwrap_or_else(random_seed)),
+    };
+    let prompts = PromptInput {
+        prompt: args.prompt,
+        negative_prompt: args.negative_prompt,
+        prompt_embeds: args.prompt_embeds,
+        negative_prompt_embeds: args.negative_prompt_embeds,
+    };
+    let planned = Planned::new(
+        &context,
+        settings,
+        prompts,
+        noise,
+        &args.attention,
+        args.save_latents,
+    )?;
+    let (device, dtype) = args.runtime.open()?;
+    let writer = planned.open_writer(&args.output)?;
+    let mut bars = Bars::new(args.quiet);
+    let encoded = context.encode(&planned.texts(), dtype, &device, &mut bars)?;
+    let loaded = Loaded::load(&context, dtype, &device, &mut bars)?;
+    let outcome = loaded.run(&planned, &encoded, writer, &args.output, &mut bars)?;
+    println!("{}", outcome.video);
+    let seed = match planned.job.noise {
+        NoiseSource::Seed(seed) => format!("seed {seed}, "),
+        NoiseSource::Latents(_) => String::new(),
+    };
+    println!(
+        "{}attention {} at density {:.3}, {:.1} s in all; record in {}",
+        seed,
+        planned.method,
+        outcome.density.overall(),
+        started.elapsed().as_secs_f64(),
+        record_path(&args.output).display()
+    );
+    Ok(())
+}

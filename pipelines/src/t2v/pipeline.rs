@@ -1,0 +1,295 @@
+//! The text-to-video pipeline: the sampling loop with classifier-free guidance around the
+//! transformer, then the VAE decoding streamed into a video file.
+
+use crate::schedulers::{build_scheduler, SchedulerConfig};
+use crate::t2v::files::{read_tensor, save_tensor};
+use crate::t2v::model::{Component, ModelPaths};
+use crate::t2v::noise::seeded_noise;
+use crate::t2v::progress::{Progress, Stage};
+use crate::t2v::prompts::{Conditioning, PromptInput};
+use crate::t2v::settings::Settings;
+use crate::video::{VideoWriter, WrittenVideo};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use dit::{LoadedTransformer, Step, WanConfig};
+use serde::Serialize;
+use sparse::{AttentionRouter, AttentionSchedule, DensityReport, SelfAttention};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use vae::{DecodeOptions, WanVae};
+
+/// Where the initial latents come from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseSource {
+    /// Standard normal noise from this seed ([`crate::t2v::noise`]).
+    Seed(u64),
+    /// The tensor `latents` of this safetensors file, `[1, 16, T, H/8, W/8]`.
+    Latents(PathBuf),
+}
+
+impl NoiseSource {
+    /// The initial latents of `shape`, f32 on the CPU; a file's tensor must have that shape.
+    pub fn initial_latents(&self, shape: &[usize]) -> Result<Tensor> {
+        match self {
+            Self::Seed(seed) => Ok(seeded_noise(*seed, shape)?),
+            Self::Latents(path) => {
+                let latents = read_tensor(path, "latents")?;
+                if latents.dims() != shape {
+                    bail!(
+                        "`latents` in {} has shape {:?}; this size and frame count need {shape:?}",
+                        path.display(),
+                        latents.dims()
+                    );
+                }
+                Ok(latents.to_dtype(DType::F32)?)
+            }
+        }
+    }
+}
+
+/// One generation, checked and ready to run.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Size, frames, steps, guidance, sampler...
+    pub settings: Settings,
+    /// The prompt and negative prompt (texts or embedding files).
+    pub prompts: PromptInput,
+    /// The initial latents.
+    pub noise: NoiseSource,
+    /// Which attention runs where.
+    pub schedule: AttentionSchedule,
+    /// Where to save the denoised latents (`latents`, before VAE decoding), if anywhere.
+    pub save_latents: Option<PathBuf>,
+}
+
+/// The diffusion transformer and the sampling loop around it.
+pub struct Denoiser {
+    transformer: LoadedTransformer,
+    path: PathBuf,
+}
+
+impl Denoiser {
+    /// Loads the transformer at `path` in `dtype` on `device`.
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let transformer = dit::load_transformer(path, dtype, device)
+            .with_context(|| format!("cannot load the transformer from {}", path.display()))?;
+        Ok(Self {
+            transformer,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The transformer's configuration.
+    pub fn config(&self) -> &WanConfig {
+        &self.transformer.config
+    }
+
+    /// The loaded transformer (its layout and config source included).
+    pub fn transformer(&self) -> &LoadedTransformer {
+        &self.transformer
+    }
+
+    /// Where the weights were loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs the sampling loop from `noise` (`[1, C, T, H, W]`, any device) and returns the
+    /// denoised latents, f32 on the model's device. With guidance the prompt and the negative
+    /// prompt run as one batch of 2 and the velocity is `uncond + guidance * (cond - uncond)`.
+    /// Latents and the guidance arithmetic stay in f32 whatever the model's dtype.
+    pub fn denoise(
+        &self,
+        noise: &Tensor,
+        text: &Conditioning,
+        settings: &Settings,
+        scheduler: &SchedulerConfig,
+        attention: &dyn SelfAttention,
+        progress: &mut dyn Progress,
+    ) -> Result<Tensor> {
+        let model = &self.transformer.model;
+        let (device, dtype) = (model.device().clone(), model.dtype());
+        let mut scheduler = build_scheduler(
+            settings.scheduler.kind(),
+            &settings.scheduler_config(scheduler),
+            settings.steps,
+            &device,
+        )?;
+        let timesteps = scheduler.timesteps().to_vec();
+        let mut latents =
+            (noise.to_device(&device)?.to_dtype(DType::F32)? * scheduler.init_noise_sigma())?;
+        let context = text.batch()?.to_device(&device)?.to_dtype(dtype)?;
+        let batch = context.dim(0)?;
+        progress.begin(Stage::Denoising, timesteps.len());
+        for (index, &t) in timesteps.iter().enumerate() {
+            let input = latents.to_dtype(dtype)?;
+            let input = if batch == 2 {
+                Tensor::cat(&[&input, &input], 0)?
+            } else {
+                input
+            };
+            let timestep = Tensor::full(t as f32, batch, &device)?;
+            let step = Step {
+                index,
+                count: timesteps.len(),
+            };
+            let velocity = model
+                .forward(&input, &timestep, &context, attention, step)?
+                .to_dtype(DType::F32)?;
+            let velocity = if batch == 2 {
+                let cond = velocity.narrow(0, 0, 1)?;
+                let uncond = velocity.narrow(0, 1, 1)?;
+                (&uncond + ((cond - &uncond)? * settings.guidance)?)?
+            } else {
+                velocity
+            };
+            latents = scheduler.step(&velocity, index, &latents)?;
+            progress.advance();
+        }
+        progress.end();
+        Ok(latents)
+    }
+}
+
+/// Seconds spent in each stage of one generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Encoding this generation's prompts (0 when embeddings were given or already encoded).
+    pub text_encoding_s: f64,
+    /// Loading the text encoder, the transformer and the VAE (in a batch: once, for every job).
+    pub loading_s: f64,
+    /// The sampling loop.
+    pub denoising_s: f64,
+    /// VAE decoding.
+    pub decoding_s: f64,
+    /// Converting and writing frames, and finishing the file.
+    pub writing_s: f64,
+}
+
+/// What a generation produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The video file.
+    pub video: WrittenVideo,
+    /// Attention density over the sampling loop.
+    pub density: DensityReport,
+    /// Time of each stage (text encoding and loading left for the caller to fill).
+    pub timings: Timings,
+}
+
+/// A loaded Wan text-to-video model: transformer, VAE and scheduler settings.
+pub struct TextToVideo {
+    /// The transformer and sampling loop.
+    pub denoiser: Denoiser,
+    /// The VAE.
+    pub vae: WanVae,
+    /// The scheduler settings of the model (its file, or Wan's default).
+    pub scheduler: SchedulerConfig,
+    vae_path: PathBuf,
+}
+
+impl TextToVideo {
+    /// Loads the transformer and the VAE of `paths` in `dtype` on `device`.
+    pub fn load(
+        paths: &ModelPaths,
+        dtype: DType,
+        device: &Device,
+        progress: &mut dyn Progress,
+    ) -> Result<Self> {
+        paths.require(&[Component::Transformer, Component::Vae])?;
+        let scheduler = paths.scheduler_config()?;
+        progress.begin(Stage::Loading, 2);
+        let denoiser = Denoiser::load(paths.get(Component::Transformer)?, dtype, device)?;
+        progress.advance();
+        let vae_path = paths.get(Component::Vae)?.to_path_buf();
+        let vae = WanVae::load(&vae_path, dtype, device)
+            .with_context(|| format!("cannot load the VAE from {}", vae_path.display()))?;
+        progress.advance();
+        progress.end();
+        Ok(Self {
+            denoiser,
+            vae,
+            scheduler,
+            vae_path,
+        })
+    }
+
+    /// Where the VAE was loaded from.
+    pub fn vae_path(&self) -> &Path {
+        &self.vae_path
+    }
+
+    /// Runs `job` with the embeddings `text` and the attention `router` (reset first), decoding
+    /// into `writer` (opened for the job's size and frame rate), which is finished.
+    pub fn generate(
+        &self,
+        job: &Job,
+        text: &Conditioning,
+        router: &AttentionRouter,
+        mut writer: VideoWriter,
+        progress: &mut dyn Progress,
+    ) -> Result<Outcome> {
+        let shape = job
+            .settings
+            .latent_shape(self.denoiser.config().in_channels);
+        let noise = job.noise.initial_latents(&shape)?;
+        router.reset();
+        router.take_report()?;
+        let started = Instant::now();
+        let latents = self.denoiser.denoise(
+            &noise,
+            text,
+            &job.settings,
+            &self.scheduler,
+            router,
+            progress,
+        )?;
+        let density = router.take_report()?;
+        let denoising_s = started.elapsed().as_secs_f64();
+        if let Some(path) = &job.save_latents {
+            save_tensor(path, "latents", &latents.to_device(&Device::Cpu)?)?;
+        }
+        let started = Instant::now();
+        let mut writing_s = self.decode_into(&latents, &mut writer, progress)?;
+        let finishing = Instant::now();
+        let video = writer.finish()?;
+        writing_s += finishing.elapsed().as_secs_f64();
+        let decoding_s = started.elapsed().as_secs_f64() - writing_s;
+        Ok(Outcome {
+            video,
+            density,
+            timings: Timings {
+                denoising_s,
+                decoding_s,
+                writing_s,
+                ..Default::default()
+            },
+        })
+    }
+
+    /// Decodes DiT-space `latents` one latent frame at a time into `writer`; returns the seconds
+    /// spent writing.
+    fn decode_into(
+        &self,
+        latents: &Tensor,
+        writer: &mut VideoWriter,
+        progress: &mut dyn Progress,
+    ) -> Result<f64> {
+        let z = self.vae.denormalize(latents)?;
+        progress.begin(Stage::Decoding, z.dim(2)?);
+        let mut writing = 0.0;
+        self.vae
+            .decode_streaming(&z, &DecodeOptions::default(), &mut |chunk| {
+                let started = Instant::now();
+                writer
+                    .push_tensor(&chunk)
+                    .map_err(candle_core::Error::wrap)?;
+                writing += started.elapsed().as_secs_f64();
+                progress.advance();
+                Ok(())
+            })?;
+        progress.end();
+        Ok(writing)
+    }
+}

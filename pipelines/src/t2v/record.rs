@@ -1,0 +1,193 @@
+//! The JSON record written next to every video (`VIDEO.json`): what was asked, with which model
+//! and attention, the density attention computed and the time each stage took.
+
+use crate::t2v::attention::describe_schedule;
+use crate::t2v::files::save_text;
+use crate::t2v::model::{Located, ModelPaths};
+use crate::t2v::pipeline::{Job, NoiseSource, Outcome, TextToVideo, Timings};
+use crate::t2v::prompts::PromptInput;
+use crate::t2v::settings::Settings;
+use anyhow::Result;
+use candle_core::{DType, Device};
+use dit::KeyLayout;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// The record of one generation.
+#[derive(Serialize)]
+pub struct Record {
+    /// vdit's version.
+    pub vdit_version: &'static str,
+    /// The video written.
+    pub output: Value,
+    /// Prompt and negative prompt (texts or embedding files).
+    #[serde(flatten)]
+    pub prompts: PromptInput,
+    /// The seed of the initial noise (`None` when latents were given).
+    pub seed: Option<u64>,
+    /// The file the initial latents came from, if any.
+    pub latents_file: Option<PathBuf>,
+    /// Where the denoised latents were saved, if anywhere.
+    pub saved_latents: Option<PathBuf>,
+    /// Every generation setting.
+    pub settings: Settings,
+    /// The model: paths, layouts, configurations, dtype and device.
+    pub model: Value,
+    /// The attention schedule and the density it computed.
+    pub attention: Value,
+    /// Seconds per stage and in all.
+    pub timings: Value,
+}
+
+impl Record {
+    /// The record of `job`, run by `model` as `outcome`; `method` is the attention method's
+    /// command-line name and `calibration` the PARO file used, if any.
+    pub fn new(
+        job: &Job,
+        outcome: &Outcome,
+        model: &ModelIdentity,
+        method: &str,
+        calibration: Option<&Path>,
+    ) -> Self {
+        let (seed, latents_file) = match &job.noise {
+            NoiseSource::Seed(seed) => (Some(*seed), None),
+            NoiseSource::Latents(path) => (None, Some(path.clone())),
+        };
+        let video = &outcome.video;
+        let Timings {
+            text_encoding_s,
+            loading_s,
+            denoising_s,
+            decoding_s,
+            writing_s,
+        } = outcome.timings;
+        Self {
+            vdit_version: env!("CARGO_PKG_VERSION"),
+            output: json!({
+                "path": video.path,
+                "frames": video.frames,
+                "width": video.width,
+                "height": video.height,
+                "fps": video.fps.to_string(),
+                "encoding": video.encoding,
+            }),
+            prompts: job.prompts.clone(),
+            seed,
+            latents_file,
+            saved_latents: job.save_latents.clone(),
+            settings: job.settings.clone(),
+            model: model.0.clone(),
+            attention: json!({
+                "method": method,
+                "calibration_file": calibration,
+                "schedule": describe_schedule(&job.schedule),
+                "density": {
+                    "overall": outcome.density.overall(),
+                    "per_layer": outcome.density.layer_densities(),
+                },
+            }),
+            timings: json!({
+                "text_encoding_s": text_encoding_s,
+                "loading_s": loading_s,
+                "denoising_s": denoising_s,
+                "decoding_s": decoding_s,
+                "writing_s": writing_s,
+                "total_s": text_encoding_s + loading_s + denoising_s + decoding_s + writing_s,
+            }),
+        }
+    }
+
+    /// Writes the record as pretty JSON to `path`, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        save_text(path, &(serde_json::to_string_pretty(self)? + "\n"))
+    }
+}
+
+/// Where a video's record goes: the output path with `.json` appended (`kite.mp4.json`; a
+/// PNG frame folder `frames/` gets `frames.json`).
+pub fn record_path(output: &Path) -> PathBuf {
+    let trimmed = output
+        .to_string_lossy()
+        .trim_end_matches(std::path::MAIN_SEPARATOR)
+        .to_string();
+    PathBuf::from(format!("{trimmed}.json"))
+}
+
+/// The identity of a loaded model as JSON, computed once per load.
+#[derive(Clone, Debug)]
+pub struct ModelIdentity(Value);
+
+impl ModelIdentity {
+    /// Paths, key layout and configuration of the transformer, the VAE's configuration, the
+    /// text parts' paths, and where and how the model runs.
+    pub fn new(paths: &ModelPaths, model: &TextToVideo, dtype: DType, device: &Device) -> Self {
+        let transformer = model.denoiser.transformer();
+        let c = &transformer.config;
+        let v = model.vae.config();
+        let path_of = |l: &Located| match l {
+            Located::Found(p) => Some(p.clone()),
+            Located::Missing(_) => None,
+        };
+        Self(json!({
+            "folder": paths.folder,
+            "transformer": {
+                "path": model.denoiser.path(),
+                "layout": layout_name(&transformer.layout),
+                "config_file": transformer.config_file,
+                "config": {
+                    "patch_size": c.patch_size, "num_heads": c.num_heads, "head_dim": c.head_dim,
+                    "in_channels": c.in_channels, "out_channels": c.out_channels,
+                    "text_dim": c.text_dim, "freq_dim": c.freq_dim, "ffn_dim": c.ffn_dim,
+                    "num_layers": c.num_layers, "cross_attn_norm": c.cross_attn_norm, "eps": c.eps,
+                },
+            },
+            "vae": {
+                "path": model.vae_path(),
+                "config": {
+                    "base_dim": v.base_dim, "decoder_base_dim": v.decoder_base_dim,
+                    "z_dim": v.z_dim, "dim_mult": v.dim_mult, "num_res_blocks": v.num_res_blocks,
+                },
+            },
+            "text_encoder": path_of(&paths.text_encoder),
+            "tokenizer": path_of(&paths.tokenizer),
+            "scheduler_config": paths.scheduler_config,
+            "generation_config": paths.generation_config,
+            "dtype": format!("{dtype:?}").to_lowercase(),
+            "device": device_name(device),
+        }))
+    }
+}
+
+/// `diffusers`, `original`, or `original (prefix ...)`.
+pub fn layout_name(layout: &KeyLayout) -> String {
+    match layout {
+        KeyLayout::Diffusers => "diffusers".to_string(),
+        KeyLayout::Original { prefix } if prefix.is_empty() => "original".to_string(),
+        KeyLayout::Original { prefix } => format!("original (prefix `{prefix}`)"),
+    }
+}
+
+/// `cpu` or `cuda:N`.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records sit next to their video, folders included.
+    #[test]
+    fn record_paths() {
+        assert_eq!(
+            record_path(Path::new("out/kite.mp4")),
+            Path::new("out/kite.mp4.json")
+        );
+        assert_eq!(record_path(Path::new("frames/")), Path::new("frames.json"));
+    }
+}
