@@ -96,6 +96,8 @@ impl SharedOut {
 
     /// # Safety
     /// No two threads may write overlapping ranges, and nothing may read them concurrently.
+    // Handing out `&mut` from `&self` is the point: workers write disjoint rows of one buffer.
+    #[allow(clippy::mut_from_ref)]
     unsafe fn slice(&self, range: std::ops::Range<usize>) -> &mut [f32] {
         assert!(range.end <= self.1);
         std::slice::from_raw_parts_mut(self.0.add(range.start), range.len())
