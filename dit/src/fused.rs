@@ -47,9 +47,20 @@ pub fn linear_epilogue(
     imp::linear_epilogue(y, bias, gelu, gate, residual)
 }
 
-/// True when [`linear_epilogue`] takes rows of `cols` channels (whole 16-byte vectors).
-pub fn epilogue_applies(y: &Tensor) -> bool {
-    applies(y) && y.dims().last().is_some_and(|&c| c % 8 == 0)
+/// `x Wᵀ (+ b) (then GELU)` for `x: [B, S, K]` and `weight: [N, K]` through cuBLASLt, whose
+/// bias and GELU (tanh) epilogues run inside the matmul: `[B, S, N]`.
+pub fn lt_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
+    imp::lt_linear(x, weight, bias, gelu)
+}
+
+/// True when `t` can go through [`lt_linear`] and [`linear_epilogue`]: bf16/f16 on a GPU, no
+/// tracked gradient, and a last dim of whole 16-byte vectors (no width limit).
+pub fn epilogue_applies(t: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && t.device().is_cuda()
+        && matches!(t.dtype(), DType::BF16 | DType::F16)
+        && !t.track_op()
+        && t.dims().last().is_some_and(|&c| c % 8 == 0)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -71,11 +82,17 @@ mod imp {
     ) -> Result<Tensor> {
         candle_core::bail!("fused kernels need the `cuda` feature")
     }
+    pub fn lt_linear(_: &Tensor, _: &Tensor, _: Option<&Tensor>, _: bool) -> Result<Tensor> {
+        candle_core::bail!("fused kernels need the `cuda` feature")
+    }
 }
 
 #[cfg(feature = "cuda")]
 mod imp {
     use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::cublaslt::{
+        Activation, CudaBlasLT, Matmul, MatmulConfig,
+    };
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -335,6 +352,135 @@ mod imp {
             unsafe { builder.launch(cfg) }.w()?;
             Ok((out, yl.shape().clone()))
         }
+    }
+
+    /// One cuBLASLt handle (with its workspace) per device, created on first use.
+    fn blas_lt(dev: &candle_core::CudaDevice) -> Result<std::sync::Arc<CudaBlasLT>> {
+        use std::sync::{Arc, Mutex};
+        type Handles = Vec<(candle_core::cuda_backend::DeviceId, Arc<CudaBlasLT>)>;
+        static HANDLES: Mutex<Handles> = Mutex::new(Vec::new());
+        let mut handles = HANDLES.lock().expect("cublasLt handles lock");
+        if let Some((_, h)) = handles.iter().find(|(id, _)| *id == dev.id()) {
+            return Ok(Arc::clone(h));
+        }
+        let handle = CudaBlasLT::new(dev.cuda_stream()).map_err(|e| {
+            candle_core::Error::Msg(format!("cannot create a cuBLASLt handle: {e:?}"))
+        })?;
+        let handle = Arc::new(handle);
+        handles.push((dev.id(), Arc::clone(&handle)));
+        Ok(handle)
+    }
+
+    struct LtLinear {
+        bias: Option<Tensor>,
+        gelu: bool,
+    }
+
+    impl LtLinear {
+        fn run<T>(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            w: &CudaStorage,
+            wl: &Layout,
+        ) -> Result<(CudaStorage, Shape)>
+        where
+            T: candle_core::cuda_backend::CudaDType
+                + candle_core::cuda_backend::cudarc::driver::DeviceRepr,
+            CudaBlasLT: Matmul<T>,
+        {
+            let (b, s, k) = xl.shape().dims3()?;
+            let (n, k2) = wl.shape().dims2()?;
+            if k != k2 || !xl.is_contiguous() || !wl.is_contiguous() {
+                candle_core::bail!(
+                    "lt_linear: x [B, S, K] and weight [N, K] must be contiguous with equal K"
+                )
+            }
+            let dev = x.device().clone();
+            let m = b * s;
+            let xs = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
+            let ws = w.as_cuda_slice::<T>()?.slice(wl.start_offset()..);
+            let mut out = unsafe { dev.alloc::<T>(m * n)? };
+            let bias_guard = self.bias.as_ref().map(|t| t.storage_and_layout());
+            let bias = match &bias_guard {
+                Some((storage, layout)) => {
+                    let candle_core::Storage::Cuda(cs) = &**storage else {
+                        candle_core::bail!("lt_linear: bias must be on CUDA")
+                    };
+                    Some(cs.as_cuda_slice::<T>()?.slice(layout.start_offset()..))
+                }
+                None => None,
+            };
+            // Row-major out [M, N] = x [M, K] . W^T, as column-major out^T [N, M] = W [N, K] . x^T.
+            let cfg = MatmulConfig {
+                transa: true,
+                transb: false,
+                transc: false,
+                m: n as u64,
+                n: m as u64,
+                k: k as u64,
+                alpha: 1.0,
+                lda: k as i64,
+                ldb: k as i64,
+                beta: 0.0,
+                ldc: n as i64,
+                stride_a: None,
+                stride_b: None,
+                stride_c: None,
+                stride_bias: None,
+                batch_size: None,
+            };
+            let act = self.gelu.then_some(Activation::Gelu);
+            // SAFETY: the views cover [N, K], [M, K] and [N] elements and `out` holds M * N.
+            unsafe { blas_lt(&dev)?.matmul(cfg, &ws, &xs, &mut out, bias.as_ref(), act.as_ref()) }
+                .map_err(|e| candle_core::Error::Msg(format!("cuBLASLt matmul failed: {e:?}")))?;
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from((b, s, n)),
+            ))
+        }
+    }
+
+    impl candle_core::CustomOp2 for LtLinear {
+        fn name(&self) -> &'static str {
+            "lt-linear"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            cpu_unsupported()
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            w: &CudaStorage,
+            wl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            match x.dtype() {
+                DType::BF16 => self.run::<half::bf16>(x, xl, w, wl),
+                DType::F16 => self.run::<half::f16>(x, xl, w, wl),
+                dt => candle_core::bail!("lt_linear takes bf16 or f16, not {dt:?}"),
+            }
+        }
+    }
+
+    pub fn lt_linear(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        gelu: bool,
+    ) -> Result<Tensor> {
+        let bias = bias
+            .map(|b| b.to_dtype(x.dtype())?.contiguous())
+            .transpose()?;
+        let weight = weight.to_dtype(x.dtype())?.contiguous()?;
+        x.contiguous()?
+            .apply_op2_no_bwd(&weight, &LtLinear { bias, gelu })
     }
 
     pub fn linear_epilogue(

@@ -43,8 +43,13 @@ impl Projection {
 
     /// `residual + act(x Wᵀ + b) * gate` (the gate and the residual sum in f32).
     pub fn forward_with(&self, x: &Tensor, epilogue: Epilogue<'_>) -> Result<Tensor> {
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
-        if fused::epilogue_applies(&y) && y.rank() == 3 {
+        if fused::epilogue_applies(x) && fused::epilogue_applies(&self.bias) && x.rank() == 3 {
+            // cuBLASLt runs the bias and GELU inside the matmul; a gate or a residual is one more
+            // fused pass.
+            if epilogue.gate.is_none() && epilogue.residual.is_none() {
+                return fused::lt_linear(x, &self.weight, Some(&self.bias), epilogue.gelu);
+            }
+            let y = fused::lt_linear(x, &self.weight, None, false)?;
             return fused::linear_epilogue(
                 &y,
                 &self.bias,
@@ -53,6 +58,7 @@ impl Projection {
                 epilogue.residual,
             );
         }
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
         let y = y.broadcast_add(&self.bias)?;
         let y = if epilogue.gelu { y.gelu()? } else { y };
         match (epilogue.gate, epilogue.residual) {

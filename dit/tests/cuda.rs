@@ -103,7 +103,7 @@ fn fused_kernels_match_the_plain_path() -> Result<()> {
         &biased,
     )?;
     let gelu = (&biased * 0.5)?.mul(
-        &((&biased + (&biased.powf(3.0)? * 0.044715)?)? * 0.7978845608028654)?
+        &((&biased + ((biased.sqr()? * &biased)? * 0.044715)?)? * 0.7978845608028654)?
             .tanh()?
             .affine(1.0, 1.0)?,
     )?;
@@ -117,6 +117,31 @@ fn fused_kernels_match_the_plain_path() -> Result<()> {
         "epilogue gated residual",
         &fused::linear_epilogue(&yg, &bg, false, Some(&mg[2]), Some(&xg))?,
         &expected,
+    )?;
+
+    // cuBLASLt linear with its bias and GELU epilogues: x W^T + b, then GELU
+    let (wc, wg) = bf16(Tensor::randn(0f32, 0.1, (2 * dim, dim), &Device::Cpu)?)?;
+    let (bc2, bg2) = bf16(Tensor::randn(0f32, 0.5, 2 * dim, &Device::Cpu)?)?;
+    let linear = xc.broadcast_matmul(&wc.t()?)?.broadcast_add(&bc2)?;
+    check(
+        "lt_linear bias",
+        &fused::lt_linear(&xg, &wg, Some(&bg2), false)?,
+        &linear,
+    )?;
+    let gelu = (&linear * 0.5)?.mul(
+        &((&linear + ((linear.sqr()? * &linear)? * 0.044715)?)? * 0.7978845608028654)?
+            .tanh()?
+            .affine(1.0, 1.0)?,
+    )?;
+    check(
+        "lt_linear bias + gelu",
+        &fused::lt_linear(&xg, &wg, Some(&bg2), true)?,
+        &gelu,
+    )?;
+    check(
+        "lt_linear no bias",
+        &fused::lt_linear(&xg, &wg, None, false)?,
+        &xc.broadcast_matmul(&wc.t()?)?,
     )?;
 
     // RMSNorm over all heads, then RoPE per head
