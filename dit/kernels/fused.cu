@@ -12,91 +12,107 @@ template <typename T> __device__ __forceinline__ void st(T* p, float v);
 template <> __device__ __forceinline__ void st<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 template <> __device__ __forceinline__ void st<__half>(__half* p, float v) { *p = __float2half(v); }
 
-constexpr int THREADS = 256;
-constexpr int MAX_PER_THREAD = 32;  // rows of up to 8192 channels
+// Eight channels (one 16-byte vector) per thread: a row of `dim` channels is one CTA of
+// dim / 8 threads rounded up to whole warps (dim % 8 == 0, dim <= 8192).
+constexpr int VEC = 8;
 
-// Sum over the block; every thread gets the result.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float* f) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) f[i] = ld(e + i);
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float* f) {
+  uint4 u;
+  T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) st(e + i, f[i]);
+  *reinterpret_cast<uint4*>(p) = u;
+}
+
+__device__ __forceinline__ void load8(const float* p, float* f) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+// Sum over the CTA (whole warps, at most 32); every thread gets the result.
+__device__ __forceinline__ float cta_sum(float v) {
+  __shared__ float scratch[32];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+#pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();
+  __syncthreads();  // a previous call may still be reading scratch
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  float total = 0.f;
-  for (int w = 0; w < THREADS / 32; ++w) total += scratch[w];
+  float total = lane < warps ? scratch[lane] : 0.f;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffff, total, o);
   return total;
 }
 
-// out = LayerNorm(x) * (1 + scale[b]) + shift[b], one CTA per row of `dim` channels; rows
+// out = LayerNorm(x) * (1 + scale[b]) + shift[b], one CTA per row; rows
 // [b * rows_per_batch, (b + 1) * rows_per_batch) use modulation row b (stride mod_stride, 0
 // for per-channel affine parameters).
 template <typename T>
 __device__ __forceinline__ void ln_modulate(const T* x, T* out, const float* shift, const float* scale, long long mod_stride,
                                             int rows_per_batch, int dim, float eps) {
-  __shared__ float scratch[THREADS / 32];
   const long long row = blockIdx.x;
-  const T* xr = x + row * dim;
-  float v[MAX_PER_THREAD];
+  const int c = threadIdx.x * VEC;
+  const bool on = c < dim;
+  float v[VEC];
+  if (on) load8(x + row * dim + c, v);
   float sum = 0.f;
 #pragma unroll
-  for (int k = 0; k < MAX_PER_THREAD; ++k) {
-    const int i = threadIdx.x + k * THREADS;
-    v[k] = i < dim ? ld(xr + i) : 0.f;
-    sum += v[k];
-  }
-  const float mean = block_sum(sum, scratch) / dim;
+  for (int i = 0; i < VEC; ++i) sum += on ? v[i] : 0.f;
+  const float mean = cta_sum(sum) / dim;
   float sq = 0.f;
 #pragma unroll
-  for (int k = 0; k < MAX_PER_THREAD; ++k) {
-    const int i = threadIdx.x + k * THREADS;
-    const float c = i < dim ? v[k] - mean : 0.f;
-    sq += c * c;
-  }
-  const float rstd = rsqrtf(block_sum(sq, scratch) / dim + eps);
+  for (int i = 0; i < VEC; ++i) sq += on ? (v[i] - mean) * (v[i] - mean) : 0.f;
+  const float rstd = rsqrtf(cta_sum(sq) / dim + eps);
+  if (!on) return;
   const long long b = row / rows_per_batch;
-  const float* sh = shift + b * mod_stride;
-  const float* sc = scale + b * mod_stride;
-  T* o = out + row * dim;
+  float sh[VEC], sc[VEC];
+  load8(shift + b * mod_stride + c, sh);
+  load8(scale + b * mod_stride + c, sc);
 #pragma unroll
-  for (int k = 0; k < MAX_PER_THREAD; ++k) {
-    const int i = threadIdx.x + k * THREADS;
-    if (i < dim) st(o + i, (v[k] - mean) * rstd * (1.f + sc[i]) + sh[i]);
-  }
+  for (int i = 0; i < VEC; ++i) v[i] = (v[i] - mean) * rstd * (1.f + sc[i]) + sh[i];
+  store8(out + row * dim + c, v);
 }
 
 // RMSNorm over the whole row of heads * head_dim channels (f32 accumulation), times `weight`,
-// then RoPE on interleaved pairs of each head with cos_sin[token][pair] = (cos, sin); one CTA
-// per row (token); rows are (batch, token) with `tokens` tokens per batch element.
+// then (when cos_sin is not null) RoPE on interleaved pairs of each head with
+// cos_sin[token][pair] = (cos, sin); one CTA per row, rows are (batch, token) with `tokens`
+// tokens per batch element.
 template <typename T>
 __device__ __forceinline__ void rms_rope(const T* x, const T* weight, const float* cos_sin, T* out, int tokens, int dim,
                                          int head_dim, float eps) {
-  __shared__ float scratch[THREADS / 32];
   const long long row = blockIdx.x;
-  const int token = row % tokens;
-  const T* xr = x + row * dim;
-  const int pairs = dim / 2;
-  float a[MAX_PER_THREAD / 2], c[MAX_PER_THREAD / 2];
+  const int c = threadIdx.x * VEC;
+  const bool on = c < dim;
+  float v[VEC], w[VEC];
+  if (on) load8(x + row * dim + c, v);
   float sq = 0.f;
 #pragma unroll
-  for (int k = 0; k < MAX_PER_THREAD / 2; ++k) {
-    const int j = threadIdx.x + k * THREADS;
-    a[k] = j < pairs ? ld(xr + 2 * j) : 0.f;
-    c[k] = j < pairs ? ld(xr + 2 * j + 1) : 0.f;
-    sq += a[k] * a[k] + c[k] * c[k];
-  }
-  const float r = rsqrtf(block_sum(sq, scratch) / dim + eps);
-  const float* cs = cos_sin + (long long)token * head_dim;  // head_dim / 2 pairs of (cos, sin)
-  T* o = out + row * dim;
+  for (int i = 0; i < VEC; ++i) sq += on ? v[i] * v[i] : 0.f;
+  const float r = rsqrtf(cta_sum(sq) / dim + eps);
+  if (!on) return;
+  load8(weight + c, w);
 #pragma unroll
-  for (int k = 0; k < MAX_PER_THREAD / 2; ++k) {
-    const int j = threadIdx.x + k * THREADS;
-    if (j >= pairs) continue;
-    const float x0 = a[k] * r * ld(weight + 2 * j), x1 = c[k] * r * ld(weight + 2 * j + 1);
-    const int p = j % (head_dim / 2);
-    const float co = cs[2 * p], si = cs[2 * p + 1];
-    st(o + 2 * j, x0 * co - x1 * si);
-    st(o + 2 * j + 1, x0 * si + x1 * co);
+  for (int i = 0; i < VEC; ++i) v[i] *= r * w[i];
+  if (cos_sin != nullptr) {
+    const float* cs = cos_sin + (long long)(row % tokens) * head_dim;  // head_dim / 2 (cos, sin)
+#pragma unroll
+    for (int i = 0; i < VEC; i += 2) {
+      const int pair = ((c + i) / 2) % (head_dim / 2);
+      const float co = cs[2 * pair], si = cs[2 * pair + 1], x0 = v[i], x1 = v[i + 1];
+      v[i] = x0 * co - x1 * si;
+      v[i + 1] = x0 * si + x1 * co;
+    }
   }
+  store8(out + row * dim + c, v);
 }
 
 __device__ __forceinline__ float gelu_tanh(float x) {
@@ -138,12 +154,12 @@ __device__ __forceinline__ void linear_epilogue(const T* y, const T* bias, const
 }
 
 #define FUSED(T, NAME)                                                                                               \
-  extern "C" __global__ void __launch_bounds__(THREADS) ln_modulate_##NAME(                                          \
+  extern "C" __global__ void __launch_bounds__(1024) ln_modulate_##NAME(                                          \
       const T* x, T* out, const float* shift, const float* scale, long long mod_stride, int rows_per_batch, int dim, \
       float eps) {                                                                                                   \
     ln_modulate<T>(x, out, shift, scale, mod_stride, rows_per_batch, dim, eps);                                      \
   }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(THREADS) rms_rope_##NAME(                                             \
+  extern "C" __global__ void __launch_bounds__(1024) rms_rope_##NAME(                                             \
       const T* x, const T* weight, const float* cos_sin, T* out, int tokens, int dim, int head_dim, float eps) {     \
     rms_rope<T>(x, weight, cos_sin, out, tokens, dim, head_dim, eps);                                                \
   }                                                                                                                  \

@@ -14,7 +14,7 @@ pub fn applies(x: &Tensor) -> bool {
         && x.device().is_cuda()
         && matches!(x.dtype(), DType::BF16 | DType::F16)
         && !x.track_op()
-        && x.dims().last().is_some_and(|&d| d <= MAX_DIM && d % 2 == 0)
+        && x.dims().last().is_some_and(|&d| d <= MAX_DIM && d % 8 == 0)
 }
 
 /// `LayerNorm(x) * (1 + scale) + shift` for `x: [B, S, dim]` with `shift, scale: [B, 1, dim]`
@@ -33,6 +33,11 @@ pub fn rms_rope(
     eps: f64,
 ) -> Result<Tensor> {
     imp::rms_rope(x, weight, cos_sin, head_dim, eps)
+}
+
+/// RMSNorm over the last dim of `x: [B, S, dim]` times `weight` (f32 inside), same shape out.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    imp::rms_norm(x, weight, eps)
 }
 
 /// `residual + act(y + bias) * gate` for `y, residual: [B, S, n]`, `bias: [n]`, `gate:
@@ -71,6 +76,9 @@ mod imp {
         candle_core::bail!("fused kernels need the `cuda` feature")
     }
     pub fn rms_rope(_: &Tensor, _: &Tensor, _: &Tensor, _: usize, _: f64) -> Result<Tensor> {
+        candle_core::bail!("fused kernels need the `cuda` feature")
+    }
+    pub fn rms_norm(_: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
         candle_core::bail!("fused kernels need the `cuda` feature")
     }
     pub fn linear_epilogue(
@@ -123,6 +131,16 @@ mod imp {
         Ok((out, p))
     }
 
+    /// One CTA per row of `dim` channels, one thread per 8 channels rounded up to whole warps
+    /// (the row kernels' layout; `applies` keeps `dim` a multiple of 8 up to 8192).
+    fn row_launch(rows: usize, dim: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: ((dim / 8).next_multiple_of(32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
     /// Batch stride (elements) of a modulation view: 0 for a per-channel vector.
     fn batch_stride(l: &Layout) -> i64 {
         if l.dims().len() == 1 {
@@ -165,12 +183,13 @@ mod imp {
             scl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
             let (b, s, dim) = xl.shape().dims3()?;
-            if batch_stride(shl) != batch_stride(scl)
+            if !xl.is_contiguous()
+                || batch_stride(shl) != batch_stride(scl)
                 || shl.stride().last() != Some(&1)
                 || scl.stride().last() != Some(&1)
             {
                 candle_core::bail!(
-                    "ln_modulate: shift and scale must be unit-stride views with one batch stride"
+                    "ln_modulate: contiguous x, and shift and scale as unit-stride views with one batch stride"
                 )
             }
             let (out, out_ptr) = output(x, b * s * dim)?;
@@ -197,30 +216,26 @@ mod imp {
                 .arg(&rows)
                 .arg(&dim32)
                 .arg(&eps);
-            let cfg = LaunchConfig {
-                grid_dim: ((b * s) as u32, 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            aligned(&[xp, shp, scp, out_ptr], "ln_modulate")?;
             // SAFETY: argument list matches ln_modulate_*; buffers cover the rows indexed.
-            unsafe { builder.launch(cfg) }.w()?;
+            unsafe { builder.launch(row_launch(b * s, dim)) }.w()?;
             Ok((out, xl.shape().clone()))
         }
     }
 
+    /// RMSNorm times a weight, then RoPE when `cos_sin` (`[tokens, head_dim / 2, 2]`) is given.
     struct RmsRope {
         eps: f32,
         head_dim: usize,
+        cos_sin: Option<Tensor>,
     }
 
-    impl CustomOp3 for RmsRope {
+    impl candle_core::CustomOp2 for RmsRope {
         fn name(&self) -> &'static str {
             "rms-rope"
         }
         fn cpu_fwd(
             &self,
-            _: &CpuStorage,
-            _: &Layout,
             _: &CpuStorage,
             _: &Layout,
             _: &CpuStorage,
@@ -234,15 +249,13 @@ mod imp {
             xl: &Layout,
             w: &CudaStorage,
             wl: &Layout,
-            cs: &CudaStorage,
-            csl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
             let (b, s, dim) = xl.shape().dims3()?;
-            if !xl.is_contiguous()
-                || !wl.is_contiguous()
-                || !csl.is_contiguous()
-                || csl.dims() != [s, self.head_dim / 2, 2]
-            {
+            let rope_shape_ok = self
+                .cos_sin
+                .as_ref()
+                .is_none_or(|cs| cs.is_contiguous() && cs.dims() == [s, self.head_dim / 2, 2]);
+            if !xl.is_contiguous() || !wl.is_contiguous() || !rope_shape_ok {
                 candle_core::bail!(
                     "rms_rope: contiguous x, weight and cos_sin [tokens, head_dim / 2, 2] expected"
                 )
@@ -254,11 +267,12 @@ mod imp {
                 "vdit_fused",
                 PTX,
             )?;
-            let (xp, wp, csp) = (
-                storage_ptr(x, xl)?,
-                storage_ptr(w, wl)?,
-                storage_ptr(cs, csl)?,
-            );
+            let csp = match &self.cos_sin {
+                Some(cs) => sparse::cuda::tensor_ptr(cs)?,
+                None => 0,
+            };
+            let (xp, wp) = (storage_ptr(x, xl)?, storage_ptr(w, wl)?);
+            aligned(&[xp, wp, out_ptr], "rms_rope")?;
             let (tokens, dim32, hd, eps) = (s as i32, dim as i32, self.head_dim as i32, self.eps);
             let stream = dev.cuda_stream();
             let mut builder = stream.launch_builder(&func);
@@ -271,16 +285,19 @@ mod imp {
                 .arg(&dim32)
                 .arg(&hd)
                 .arg(&eps);
-            let cfg = LaunchConfig {
-                grid_dim: ((b * s) as u32, 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: argument list matches rms_rope_*; buffers cover the rows indexed.
-            unsafe { builder.launch(cfg) }.w()?;
-            let heads = dim / self.head_dim;
-            Ok((out, Shape::from((b, s, heads, self.head_dim))))
+            // SAFETY: argument list matches rms_rope_*; buffers cover the rows indexed and
+            // cos_sin (when not null) covers `tokens` rows of head_dim floats.
+            unsafe { builder.launch(row_launch(b * s, dim)) }.w()?;
+            Ok((out, xl.shape().clone()))
         }
+    }
+
+    /// Fails unless every address is 16-byte aligned (the kernels move 16-byte vectors).
+    fn aligned(ptrs: &[u64], kernel: &str) -> Result<()> {
+        if ptrs.iter().any(|p| p % 16 != 0) {
+            candle_core::bail!("{kernel}: operands must be 16-byte aligned")
+        }
+        Ok(())
     }
 
     struct LinearEpilogue {
@@ -324,9 +341,7 @@ mod imp {
             let bp = sparse::cuda::tensor_ptr(&self.bias)?;
             let (gp, gate_stride) = optional_ptr(&self.gate)?;
             let (rp, _) = optional_ptr(&self.residual)?;
-            if [yp, bp, rp, out_ptr].iter().any(|p| p % 16 != 0) || gp % 16 != 0 {
-                candle_core::bail!("linear epilogue: operands must be 16-byte aligned")
-            }
+            aligned(&[yp, bp, gp, rp, out_ptr], "linear epilogue")?;
             let (n64, cols32, rows, act) = (n as i64, cols as i32, s as i32, self.gelu as i32);
             let stream = dev.cuda_stream();
             let mut builder = stream.launch_builder(&func);
@@ -517,14 +532,24 @@ mod imp {
         head_dim: usize,
         eps: f64,
     ) -> Result<Tensor> {
-        let weight = weight.to_dtype(x.dtype())?;
-        x.contiguous()?.apply_op3_no_bwd(
-            &weight,
-            cos_sin,
-            &RmsRope {
-                eps: eps as f32,
-                head_dim,
-            },
-        )
+        let (b, s, dim) = x.dims3()?;
+        let op = RmsRope {
+            eps: eps as f32,
+            head_dim,
+            cos_sin: Some(cos_sin.contiguous()?),
+        };
+        x.contiguous()?
+            .apply_op2_no_bwd(&weight.to_dtype(x.dtype())?, &op)?
+            .reshape((b, s, dim / head_dim, head_dim))
+    }
+
+    pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        let op = RmsRope {
+            eps: eps as f32,
+            head_dim: x.dim(candle_core::D::Minus1)?,
+            cos_sin: None,
+        };
+        x.contiguous()?
+            .apply_op2_no_bwd(&weight.to_dtype(x.dtype())?, &op)
     }
 }

@@ -93,6 +93,9 @@ impl RmsNorm {
 
     /// Normalises the last dim (accumulating in f32) and scales; keeps `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() == 3 && fused::applies(x) {
+            return fused::rms_norm(x, &self.weight, self.eps as f64);
+        }
         if x.track_op() || self.weight.track_op() {
             candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)
         } else {

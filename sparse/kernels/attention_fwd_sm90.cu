@@ -1,9 +1,10 @@
 // Block-sparse flash attention, forward, for Hopper (sm_90a): the plan walk of
 // attention_fwd.cu with warpgroup MMAs (wgmma) that read Q, K and V straight from
 // 128-byte-swizzled shared memory. One CTA per (batch*head, query block of up to 64*WG rows);
-// warpgroup g owns query rows 64g..64g+63. S = Q K^T is an SS wgmma (both K-major), the online
-// softmax runs on the accumulators, and O += P V is an RS wgmma with P from registers and V read
-// MN-major (transposed) from the same tile layout as K.
+// warpgroup g owns query rows 64g..64g+63; key tiles of 64 or 128 rows (BN), double-buffered,
+// the next tile's copies issued while S of the current one is on the tensor cores. S = Q K^T is
+// an SS wgmma (both K-major), the online softmax runs on the accumulators, and O += P V is an RS
+// wgmma with P from registers and V read MN-major (transposed) from the same tile layout as K.
 #include <type_traits>
 
 #include "attention_params.cuh"
@@ -17,12 +18,14 @@ __device__ __forceinline__ int tile_off(int rows, int r, int c) {
   return (c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4);
 }
 
-template <typename T>
+template <typename T, int BN>
 __device__ __forceinline__ void mma_qk(float* s, uint64_t a, uint64_t b, int accumulate) {
   if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    wgmma_ss_m64n64k16_bf16(s, a, b, accumulate);
+    if constexpr (BN == 128) wgmma_ss_m64n128k16_bf16(s, a, b, accumulate);
+    else wgmma_ss_m64n64k16_bf16(s, a, b, accumulate);
   } else {
-    wgmma_ss_m64n64k16_f16(s, a, b, accumulate);
+    if constexpr (BN == 128) wgmma_ss_m64n128k16_f16(s, a, b, accumulate);
+    else wgmma_ss_m64n64k16_f16(s, a, b, accumulate);
   }
 }
 
@@ -37,9 +40,9 @@ __device__ __forceinline__ void mma_pv(float* o, const uint32_t* a, uint64_t b) 
   }
 }
 
-template <typename T, int D, int WG>
+template <typename T, int D, int WG, int BN>
 __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
-  constexpr int BM = 64 * WG, BN = 64, CH = D / 8, THREADS = 128 * WG;
+  constexpr int BM = 64 * WG, CH = D / 8, THREADS = 128 * WG;
   constexpr int Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem =
@@ -116,14 +119,12 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
   float o[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float s[32];
+  float s[BN / 2];
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   int buf = 0;
 
   while (cur.item < cur.end) {
     const TileCursor nxt = advance(cur);
-    if (nxt.item < nxt.end) load_tile(buf ^ 1, nxt);
-    cp_async_commit();
     const unsigned char* tk = sK + buf * KV_BYTES;
     const unsigned char* tv = sV + buf * KV_BYTES;
     const int rows = tile_rows[buf];
@@ -135,11 +136,14 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
       const int block = kk >> 2, within = (kk & 3) * 32;
       const uint64_t da = smem_desc(sQ + block * BM * 128 + wg * 64 * 128 + within, 16, 1024);
       const uint64_t db = smem_desc(tk + block * BN * 128 + within, 16, 1024);
-      mma_qk<T>(s, da, db, kk > 0);
+      mma_qk<T, BN>(s, da, db, kk > 0);
     }
     wg_commit();
+    // The next tile's loads (index lookups included) are issued while S is being computed.
+    if (nxt.item < nxt.end) load_tile(buf ^ 1, nxt);
+    cp_async_commit();
     wg_wait<0>();
-    wg_pin<32>(s);
+    wg_pin<BN / 2>(s);
 
     // Online softmax in the log2 domain; s[4 * chunk + e] holds row lane/4 (+8 for e >= 2),
     // column 8 * chunk + 2 * (lane % 4) + (e & 1).
@@ -229,16 +233,18 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
   }
 }
 
-#define INSTANTIATE_SM90(T, NAME, D, WG)                                                 \
+#define INSTANTIATE_SM90(T, NAME, D, WG, BN)                                             \
   extern "C" __global__ void __launch_bounds__(WG * 128, 1)                              \
-      bsattn_fwd_sm90_##NAME##_d##D##_wg##WG(const AttnParams p) {                      \
-    bsattn_fwd_sm90<T, D, WG>(p);                                                        \
+      bsattn_fwd_sm90_##NAME##_d##D##_wg##WG##_bn##BN(const AttnParams p) {             \
+    bsattn_fwd_sm90<T, D, WG, BN>(p);                                                    \
   }
-INSTANTIATE_SM90(__nv_bfloat16, bf16, 64, 1)
-INSTANTIATE_SM90(__nv_bfloat16, bf16, 128, 1)
-INSTANTIATE_SM90(__nv_bfloat16, bf16, 64, 2)
-INSTANTIATE_SM90(__nv_bfloat16, bf16, 128, 2)
-INSTANTIATE_SM90(__half, f16, 64, 1)
-INSTANTIATE_SM90(__half, f16, 128, 1)
-INSTANTIATE_SM90(__half, f16, 64, 2)
-INSTANTIATE_SM90(__half, f16, 128, 2)
+// Query tiles of 64 (one warpgroup) or 128 rows (two); key tiles of 64 or 128.
+#define INSTANTIATE_SM90_ALL(T, NAME)     \
+  INSTANTIATE_SM90(T, NAME, 64, 1, 64)    \
+  INSTANTIATE_SM90(T, NAME, 128, 1, 64)   \
+  INSTANTIATE_SM90(T, NAME, 64, 2, 64)    \
+  INSTANTIATE_SM90(T, NAME, 128, 2, 64)   \
+  INSTANTIATE_SM90(T, NAME, 64, 2, 128)   \
+  INSTANTIATE_SM90(T, NAME, 128, 2, 128)
+INSTANTIATE_SM90_ALL(__nv_bfloat16, bf16)
+INSTANTIATE_SM90_ALL(__half, f16)

@@ -66,6 +66,6 @@ __device__ __forceinline__ void wgmma_rs_m64n{n}k16_{ty}(float* d, const uint32_
 if __name__ == "__main__":
     parts = [HEADER]
     for ty in ("bf16", "f16"):
-        parts.append(ss(ty, 64))
+        parts += [ss(ty, n) for n in (64, 128)]
         parts += [rs(ty, n) for n in (64, 128)]
     open("wgmma.cuh", "w").write("\n".join(parts))

@@ -429,17 +429,23 @@ pub(crate) fn attention_forward(
     let t = type_name(dtype)?;
     let grid_dim = (nqb as u32, (b * h) as u32, 1);
     if let Some(prefix) = hopper_kernel(&dev)? {
-        // Warpgroups of 64 query rows; Q, two K and two V tiles of 64 keys, plus 1 KiB to
-        // align the tiles for the 128-byte swizzle.
+        // Warpgroups of 64 query rows; Q, two K and two V tiles of 64 or 128 keys (128 when
+        // the key blocks are that large), plus 1 KiB to align the tiles for the 128-byte
+        // swizzle.
         let groups = if small { 1 } else { 2 };
-        let smem = ((64 * groups + 4 * 64) * d * 2 + 1024) as u32;
+        let key_tile = if plan.k_layout.tile() >= 128 && !small {
+            128
+        } else {
+            64
+        };
+        let smem = ((64 * groups + 4 * key_tile) * d * 2 + 1024) as u32;
         let block_dim = (128 * groups as u32, 1, 1);
         let cfg = LaunchConfig {
             grid_dim,
             block_dim,
             shared_mem_bytes: smem,
         };
-        let name = format!("{prefix}_{t}_d{d}_wg{groups}");
+        let name = format!("{prefix}_{t}_d{d}_wg{groups}_bn{key_tile}");
         launch(
             &dev,
             "vdit_attention_fwd_sm90",

@@ -207,16 +207,16 @@ pub fn breakdown(
             })?,
             l2,
         ));
+        rows.push(breakdown_row(
+            "fused rmsnorm (cross q)",
+            time(&mut || Ok(dit::fused::rms_norm(&x, &weight, 1e-6).map(|_| ())?))?,
+            l,
+        ));
     }
     rows.push(breakdown_row(
-        "rmsnorm (cross q)",
-        time(&mut || Ok(candle_nn::ops::rms_norm(&x, &weight, 1e-6).map(|_| ())?))?,
-        l,
-    ));
-    rows.push(breakdown_row(
-        "residual add",
+        "candle add of two activations (bandwidth reference)",
         time(&mut || Ok((&x + &x).map(|_| ())?))?,
-        l,
+        0,
     ));
     rows.push(breakdown_row(
         "self-attention, dense",
