@@ -84,11 +84,7 @@ pub fn vsa_attention(
     let scale = 1.0 / (d as f64).sqrt();
 
     // Coarse stage: attention between mean-pooled cubes (f32).
-    let (qc, kc, vc) = (
-        block_means(q, &layout)?,
-        block_means(k, &layout)?,
-        block_means(v, &layout)?,
-    );
+    let (qc, kc) = (block_means(q, &layout)?, block_means(k, &layout)?);
     let coarse_scores = (qc.matmul(&kc.t()?)? * scale)?; // [B, H, cubes, cubes]
 
     // Selection: the top-k key cubes of every query cube.
@@ -106,7 +102,7 @@ pub fn vsa_attention(
     let fine = block_sparse_attention(q, k, v, &plan)?;
     let out = match gate {
         Some(gate) => {
-            let coarse = softmax_last(&coarse_scores)?.matmul(&vc)?;
+            let coarse = softmax_last(&coarse_scores)?.matmul(&block_means(v, &layout)?)?;
             let per_token = coarse.index_select(&block_index(&layout, q.device())?, 2)?;
             let gated = (per_token * gate.to_dtype(DType::F32)?)?;
             (fine.to_dtype(DType::F32)? + gated)?.to_dtype(q.dtype())?
