@@ -140,7 +140,7 @@ impl WanConfig {
 
     /// Checks the invariants the implementation relies on.
     pub fn validate(&self) -> Result<(), String> {
-        if self.head_dim % 2 != 0 || self.head_dim < 6 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim < 6 {
             return Err(format!(
                 "attention head dim {} must be even and at least 6",
                 self.head_dim
@@ -251,7 +251,7 @@ impl OriginalConfig {
                 "qk_norm = false is not supported (Wan 2.1 uses RMSNorm on q and k)".into(),
             );
         }
-        if self.num_heads == 0 || self.dim % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.dim.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "dim {} is not divisible by num_heads {}",
                 self.dim, self.num_heads

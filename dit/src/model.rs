@@ -21,8 +21,11 @@ pub struct WanTransformer {
     proj_out: Linear,
     scale_shift_table: Tensor,
     /// RoPE tables of the last grid seen (every step of a generation reuses them).
-    rope_cache: Arc<Mutex<Option<(TokenGrid, Arc<Rope3d>)>>>,
+    rope_cache: Arc<Mutex<Option<RopeForGrid>>>,
 }
+
+/// RoPE tables and the grid they were built for.
+type RopeForGrid = (TokenGrid, Arc<Rope3d>);
 
 /// Where a forward pass sits in the sampling loop, passed through to attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -172,9 +172,12 @@ struct DeviceLists {
     indices: CudaSlice<u32>,
 }
 
+/// One cached device copy: its host object (weakly), the device and the copy.
+type CacheEntry<K, V> = (Weak<K>, candle_core::cuda_backend::DeviceId, Arc<V>);
+
 /// Device copies of host objects, kept while the host object lives.
 struct Cache<K, V> {
-    entries: Mutex<Vec<(Weak<K>, candle_core::cuda_backend::DeviceId, Arc<V>)>>,
+    entries: Mutex<Vec<CacheEntry<K, V>>>,
 }
 
 impl<K, V> Cache<K, V> {

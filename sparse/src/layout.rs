@@ -158,6 +158,9 @@ pub struct BlockLayout {
     tile: usize,
 }
 
+/// Layouts built once per key and shared (see [`BlockLayout::tiled_shared`]).
+type SharedLayouts<K> = Mutex<Option<HashMap<K, Arc<BlockLayout>>>>;
+
 impl BlockLayout {
     /// Natural order in blocks of `block` tokens (the last may be shorter).
     pub fn natural(tokens: usize, block: usize) -> Self {
@@ -216,8 +219,7 @@ impl BlockLayout {
     /// [`BlockLayout::tiled`], built once per (grid, tile) and shared, so that device copies
     /// are made once too.
     pub fn tiled_shared(grid: TokenGrid, tile: [usize; 3]) -> Arc<Self> {
-        static CACHE: Mutex<Option<HashMap<(TokenGrid, [usize; 3]), Arc<BlockLayout>>>> =
-            Mutex::new(None);
+        static CACHE: SharedLayouts<(TokenGrid, [usize; 3])> = Mutex::new(None);
         let mut cache = CACHE.lock().expect("layout cache lock");
         let map = cache.get_or_insert_with(HashMap::new);
         Arc::clone(
@@ -228,7 +230,7 @@ impl BlockLayout {
 
     /// [`BlockLayout::natural`], built once per (tokens, block) and shared.
     pub fn natural_shared(tokens: usize, block: usize) -> Arc<Self> {
-        static CACHE: Mutex<Option<HashMap<(usize, usize), Arc<BlockLayout>>>> = Mutex::new(None);
+        static CACHE: SharedLayouts<(usize, usize)> = Mutex::new(None);
         let mut cache = CACHE.lock().expect("layout cache lock");
         let map = cache.get_or_insert_with(HashMap::new);
         Arc::clone(
@@ -346,7 +348,7 @@ mod tests {
         assert_eq!(l.tile(), 64);
         assert_eq!(l.block_len(0), 64);
         assert_eq!(l.block_len(2), 4 * 4 * 2); // t full, h full, w partial (8..10)
-        assert_eq!(l.block_len(11), 1 * 2 * 2); // t=4, h=4..6, w=8..10
+        assert_eq!(l.block_len(11), 2 * 2); // one frame (t=4), h=4..6, w=8..10
         let total: usize = (0..l.num_blocks()).map(|b| l.block_len(b)).sum();
         assert_eq!(total, grid.len());
         // inside the first cube the order is t, h, w

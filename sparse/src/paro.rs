@@ -224,6 +224,9 @@ impl ParoCalibration {
     }
 }
 
+/// (group, layer) -> per axis order, the summed block mass `[heads * nb * nb]`.
+type MassByGroupLayer = BTreeMap<(usize, usize), Vec<Vec<f64>>>;
+
 /// Records block-pooled dense attention under all six axis orders during dense generations,
 /// then picks orders and masks ([`ParoRecorder::finish`]). Acts as dense attention.
 pub struct ParoRecorder {
@@ -232,7 +235,7 @@ pub struct ParoRecorder {
     /// Per order, the block of every token.
     owners: Vec<Vec<u32>>,
     /// (group, layer) -> per order, `[heads * nb * nb]` summed mass.
-    mass: Mutex<BTreeMap<(usize, usize), Vec<Vec<f64>>>>,
+    mass: Mutex<MassByGroupLayer>,
     heads: Mutex<usize>,
 }
 

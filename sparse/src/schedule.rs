@@ -364,8 +364,8 @@ impl AttentionRouter {
             ..site
         }) {
             let mut frozen = self.frozen.lock().expect("frozen lock");
-            if !frozen.contains_key(&site.layer) {
-                frozen.insert(site.layer, sparsed_plan(call.q, call.k, opts)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = frozen.entry(site.layer) {
+                e.insert(sparsed_plan(call.q, call.k, opts)?);
             }
         }
         Ok(())

@@ -129,23 +129,26 @@ impl MethodArgs {
     }
 
     fn vmoba(&self) -> Result<VmobaOptions> {
-        let mut o = VmobaOptions::default();
-        o.selection = match (self.select, self.topk, self.threshold) {
+        let selection = match (self.select, self.topk, self.threshold) {
             (Some(SelectArg::Topk), k, None) | (None, k @ Some(_), None) => Selection::TopK(k),
             (Some(SelectArg::Threshold) | None, None, t) => Selection::Threshold(t.unwrap_or(0.25)),
             _ => bail!(
                 "--topk goes with --select topk and --threshold with --select threshold, not both"
             ),
         };
-        o.scope = match self.scope {
-            Some(ScopeArg::HeadGlobal) => Scope::HeadGlobal,
-            _ => Scope::QueryHead,
+        let mut o = VmobaOptions {
+            selection,
+            scope: match self.scope {
+                Some(ScopeArg::HeadGlobal) => Scope::HeadGlobal,
+                _ => Scope::QueryHead,
+            },
+            kind: self.chunk_kind.map(|k| match k {
+                ChunkKindArg::Temporal => ChunkKind::Temporal,
+                ChunkKindArg::Spatial => ChunkKind::Spatial,
+                ChunkKindArg::Spatiotemporal => ChunkKind::Spatiotemporal,
+            }),
+            ..VmobaOptions::default()
         };
-        o.kind = self.chunk_kind.map(|k| match k {
-            ChunkKindArg::Temporal => ChunkKind::Temporal,
-            ChunkKindArg::Spatial => ChunkKind::Spatial,
-            ChunkKindArg::Spatiotemporal => ChunkKind::Spatiotemporal,
-        });
         if let Some(chunk) = &self.chunk {
             let sizes = parse_sizes(chunk).with_context(|| format!("--chunk `{chunk}`"))?;
             match (o.kind, sizes.as_slice()) {

@@ -64,7 +64,7 @@ pub struct Size {
 impl Size {
     /// Checks that both sides are positive multiples of [`SIZE_MULTIPLE`].
     pub fn validate(&self) -> Result<(), SettingsError> {
-        let ok = |side: usize| side > 0 && side % SIZE_MULTIPLE == 0;
+        let ok = |side: usize| side > 0 && side.is_multiple_of(SIZE_MULTIPLE);
         if ok(self.width) && ok(self.height) {
             return Ok(());
         }

@@ -84,7 +84,7 @@ impl Umt5Config {
             );
         }
         let buckets = self.relative_attention_num_buckets;
-        if buckets < 4 || buckets % 2 != 0 {
+        if buckets < 4 || !buckets.is_multiple_of(2) {
             bail!("relative_attention_num_buckets {buckets} must be even and at least 4");
         }
         if self.relative_attention_max_distance <= buckets / 4 {
