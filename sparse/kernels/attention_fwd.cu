@@ -113,24 +113,26 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
       }
     }
 
-    // Online softmax in the log2 domain; keys past the tile's valid rows are masked.
+    // Online softmax in the log2 domain; keys past a partial tile's rows are masked, and the
+    // scale is folded into the exponent's FMA.
+    if (rows < BN) {
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = nt * 8 + (lane & 3) * 2 + (e & 1);
+          s[nt][e] = key < rows ? s[nt][e] : -INFINITY;
+        }
+      }
+    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float mx = -INFINITY;
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int key = nt * 8 + (lane & 3) * 2 + e;
-          float x = s[nt][half * 2 + e] * p.scale_log2;
-          x = key < rows ? x : -INFINITY;
-          s[nt][half * 2 + e] = x;
-          mx = fmaxf(mx, x);
-        }
-      }
+      for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][half * 2], s[nt][half * 2 + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-      const float m_new = fmaxf(m[half], mx);
+      const float m_new = fmaxf(m[half], mx * p.scale_log2);
       const float base = m_new == -INFINITY ? 0.f : m_new;
       const float alpha = exp2f(m[half] - base);
       float sum = 0.f;
@@ -138,7 +140,7 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
       for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const float pr = exp2f(s[nt][half * 2 + e] - base);
+          const float pr = exp2f(fmaf(s[nt][half * 2 + e], p.scale_log2, -base));
           s[nt][half * 2 + e] = pr;
           sum += pr;
         }
