@@ -180,10 +180,13 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
       }
       l[half] = l[half] * alpha + sum;
       m[half] = m_new;
+      // Once the row maxima settle, whole warps skip the rescale of O.
+      if (__any_sync(0xffffffff, alpha != 1.f)) {
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        o[4 * dt + half * 2] *= alpha;
-        o[4 * dt + half * 2 + 1] *= alpha;
+        for (int dt = 0; dt < D / 8; ++dt) {
+          o[4 * dt + half * 2] *= alpha;
+          o[4 * dt + half * 2 + 1] *= alpha;
+        }
       }
     }
 
