@@ -1,31 +1,15 @@
 //! Bad model input gives one line on stderr and a non-zero exit code, never a backtrace.
 
+mod t2v_common;
+
 use candle_core::{safetensors, DType, Device, Tensor};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use t2v_common::fails;
 
 fn dit_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../dit/tests/fixtures")
         .join(name)
-}
-
-/// Runs `vdit args...`, expects failure, returns stderr (checked to be one line).
-fn fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_vdit"))
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("vdit runs");
-    assert!(!out.status.success(), "vdit {args:?} succeeded");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "not one line: {stderr}"
-    );
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    stderr
 }
 
 fn copy_fixture(name: &str, to: &Path) {

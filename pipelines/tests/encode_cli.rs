@@ -1,11 +1,13 @@
 //! `vdit encode`: PNG folders and Y4M files in, playable video out; bad input in one line.
 
 mod common;
+mod t2v_common;
 
 use common::{fps16, gradient_video, names_in};
 use pipelines::video::{Frame, FrameRate, VideoWriter};
 use std::path::Path;
 use std::process::{Command, Output};
+use t2v_common::one_line_error;
 
 fn vdit(args: &[&Path]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vdit"))
@@ -25,19 +27,6 @@ fn vdit_with_fps(args: &[&Path], fps: &str) -> Output {
         .expect("vdit runs")
 }
 
-/// Expects failure with one `error:` line on stderr and returns it.
-fn failure(out: Output) -> String {
-    assert!(!out.status.success(), "vdit succeeded");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "not one line: {stderr}"
-    );
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    stderr
-}
-
 fn write_frames(path: &Path, frames: &[Frame], fps: FrameRate) {
     let mut writer = VideoWriter::open(path, frames[0].width(), frames[0].height(), fps).unwrap();
     for frame in frames {
@@ -50,25 +39,25 @@ fn write_frames(path: &Path, frames: &[Frame], fps: FrameRate) {
 fn missing_and_unreadable_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.mp4");
-    let err = failure(vdit(&[&dir.path().join("nothing.y4m"), &out]));
+    let err = one_line_error(vdit(&[&dir.path().join("nothing.y4m"), &out]));
     assert!(
         err.contains("nothing.y4m") && err.contains("No such file"),
         "{err}"
     );
-    let err = failure(vdit(&[&dir.path().join("nothing"), &out]));
+    let err = one_line_error(vdit(&[&dir.path().join("nothing"), &out]));
     assert!(err.contains("does not exist"), "{err}");
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "hello").unwrap();
-    let err = failure(vdit(&[&text, &out]));
+    let err = one_line_error(vdit(&[&text, &out]));
     assert!(
         err.contains("give a folder of PNG frames or a .y4m file"),
         "{err}"
     );
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let err = failure(vdit(&[&empty, &out]));
+    let err = one_line_error(vdit(&[&empty, &out]));
     assert!(err.contains("holds no .png files"), "{err}");
-    let err = failure(vdit_with_fps(&[&text, &out], "0"));
+    let err = one_line_error(vdit_with_fps(&[&text, &out], "0"));
     assert!(err.contains("not a positive number"), "{err}");
     assert_eq!(names_in(dir.path()), ["empty", "notes.txt"]);
 }
@@ -87,7 +76,7 @@ fn frames_of_mixed_sizes_name_the_file() {
         image::ExtendedColorType::Rgb8,
     )
     .unwrap();
-    let err = failure(vdit(&[&folder, &dir.path().join("out.y4m")]));
+    let err = one_line_error(vdit(&[&folder, &dir.path().join("out.y4m")]));
     assert!(
         err.contains("frame_00002.png") && err.contains("8x8") && err.contains("16x12"),
         "{err}"
@@ -185,7 +174,7 @@ fn mp4_without_ffmpeg_is_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let y4m = dir.path().join("in.y4m");
     write_frames(&y4m, &gradient_video(2, 16, 12), fps16());
-    let err = failure(vdit(&[&y4m, &dir.path().join("out.mp4")]));
+    let err = one_line_error(vdit(&[&y4m, &dir.path().join("out.mp4")]));
     assert!(
         err.contains("built without FFmpeg") && err.contains("vdit encode"),
         "{err}"

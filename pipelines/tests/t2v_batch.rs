@@ -2,8 +2,10 @@
 //! run, a re-run skips finished jobs, and a batch killed mid-way resumes without redoing
 //! finished jobs or leaving half-written files under final names.
 
+mod common;
 mod t2v_common;
 
+use common::names_in;
 use pipelines::video::Y4mReader;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -31,16 +33,6 @@ fn batch_args(jobs: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
 
 fn modified(path: &Path) -> SystemTime {
     std::fs::metadata(path).unwrap().modified().unwrap()
-}
-
-/// Names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// A malformed line, a bad size and an unknown key fail with their line numbers while the
@@ -90,7 +82,7 @@ fn failures_are_reported_and_reruns_skip_done_jobs() {
         "{stderr}"
     );
     assert_eq!(
-        names(&out),
+        names_in(&out),
         [
             "dog.y4m",
             "dog.y4m.json",
@@ -104,7 +96,10 @@ fn failures_are_reported_and_reruns_skip_done_jobs() {
         (Some(1), Some(3))
     );
     assert_eq!(dog["negative_prompt"], serde_json::Value::Null);
-    let times: Vec<SystemTime> = names(&out).iter().map(|n| modified(&out.join(n))).collect();
+    let times: Vec<SystemTime> = names_in(&out)
+        .iter()
+        .map(|n| modified(&out.join(n)))
+        .collect();
 
     let second = vdit(&args);
     assert!(!second.status.success());
@@ -113,7 +108,10 @@ fn failures_are_reported_and_reruns_skip_done_jobs() {
         stdout.contains("batch: 0 done, 2 skipped, 3 failed (lines 2, 3, 6)"),
         "{stdout}"
     );
-    let again: Vec<SystemTime> = names(&out).iter().map(|n| modified(&out.join(n))).collect();
+    let again: Vec<SystemTime> = names_in(&out)
+        .iter()
+        .map(|n| modified(&out.join(n)))
+        .collect();
     assert_eq!(times, again, "finished jobs were rewritten");
 
     let shard = vdit(&batch_args(
@@ -170,7 +168,7 @@ fn a_killed_batch_resumes() {
     child.kill().unwrap();
     child.wait().unwrap();
     // every file under a final name is complete
-    for name in names(&out).iter().filter(|n| !n.starts_with('.')) {
+    for name in names_in(&out).iter().filter(|n| !n.starts_with('.')) {
         let path = out.join(name);
         if name.ends_with(".json") {
             t2v_common::read_json(&path);
@@ -201,5 +199,5 @@ fn a_killed_batch_resumes() {
     let expected: Vec<String> = (1..=4)
         .flat_map(|i| [format!("job-000{i}.y4m"), format!("job-000{i}.y4m.json")])
         .collect();
-    assert_eq!(names(&out), expected, "temporary files left behind");
+    assert_eq!(names_in(&out), expected, "temporary files left behind");
 }

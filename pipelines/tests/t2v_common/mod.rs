@@ -1,4 +1,5 @@
-//! Shared helpers of the text-to-video tests: running `vdit`, the embedded tiny model, fixtures.
+//! Shared helpers of the CLI tests: running `vdit` and checking its one-line errors, the
+//! embedded tiny model, text-to-video fixtures.
 
 #![allow(dead_code)] // each test file uses its own subset
 
@@ -42,7 +43,11 @@ pub fn succeeds<S: AsRef<OsStr>>(args: &[S]) -> String {
 /// Runs `vdit args...`, expects failure with exactly one line on stderr starting with
 /// `error: `, and returns that line.
 pub fn fails<S: AsRef<OsStr>>(args: &[S]) -> String {
-    let out = vdit(args);
+    one_line_error(vdit(args))
+}
+
+/// Expects a failed run with exactly one line on stderr starting with `error: ` and returns it.
+pub fn one_line_error(out: Output) -> String {
     assert!(!out.status.success(), "vdit succeeded");
     let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
     assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
