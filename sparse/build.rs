@@ -16,6 +16,7 @@ fn main() {
         ("attention_bwd", "compute_80"),
         ("topk", "compute_80"),
         ("pool", "compute_80"),
+        ("vmoba", "compute_80"),
     ];
     for (kernel, arch) in kernels {
         let src = format!("kernels/{kernel}.cu");

@@ -8,13 +8,10 @@ use candle_core::{DType, Result, Tensor};
 /// Largest row the fused kernels take (channels).
 const MAX_DIM: usize = 8192;
 
-/// True when `x` can go through the fused kernels.
+/// True when `x` can go through the fused row kernels: as for [`epilogue_applies`], with rows
+/// of at most 8192 channels.
 pub fn applies(x: &Tensor) -> bool {
-    cfg!(feature = "cuda")
-        && x.device().is_cuda()
-        && matches!(x.dtype(), DType::BF16 | DType::F16)
-        && !x.track_op()
-        && x.dims().last().is_some_and(|&d| d <= MAX_DIM && d % 8 == 0)
+    epilogue_applies(x) && x.dims().last().is_some_and(|&d| d <= MAX_DIM)
 }
 
 /// `LayerNorm(x) * (1 + scale) + shift` for `x: [B, S, dim]` with `shift, scale: [B, 1, dim]`
@@ -101,9 +98,11 @@ mod imp {
     use candle_core::cuda_backend::cudarc::cublaslt::{
         Activation, CudaBlasLT, Matmul, MatmulConfig,
     };
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+    use candle_core::{
+        CpuStorage, CudaDevice, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    };
     use sparse::cuda::storage_ptr;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
@@ -115,6 +114,13 @@ mod imp {
             DType::F16 => Ok("f16"),
             dt => candle_core::bail!("fused kernels take bf16 or f16, not {dt:?}"),
         }
+    }
+
+    /// The fused kernel `{name}_{bf16|f16}` for `dtype`, loaded once per device.
+    fn fused_kernel(dev: &CudaDevice, name: &str, dtype: DType) -> Result<CudaFunction> {
+        Ok(dev
+            .get_or_load_custom_func(&format!("{name}_{}", suffix(dtype)?), "vdit_fused", PTX)?
+            .into_cuda_function())
     }
 
     /// Allocates an output like `s` (same dtype) of `n` elements and returns it with its address.
@@ -194,11 +200,7 @@ mod imp {
             }
             let (out, out_ptr) = output(x, b * s * dim)?;
             let dev = x.device();
-            let func = dev.get_or_load_custom_func(
-                &format!("ln_modulate_{}", suffix(x.dtype())?),
-                "vdit_fused",
-                PTX,
-            )?;
+            let func = fused_kernel(dev, "ln_modulate", x.dtype())?;
             let (xp, shp, scp) = (
                 storage_ptr(x, xl)?,
                 storage_ptr(sh, shl)?,
@@ -262,11 +264,7 @@ mod imp {
             }
             let (out, out_ptr) = output(x, b * s * dim)?;
             let dev = x.device();
-            let func = dev.get_or_load_custom_func(
-                &format!("rms_rope_{}", suffix(x.dtype())?),
-                "vdit_fused",
-                PTX,
-            )?;
+            let func = fused_kernel(dev, "rms_rope", x.dtype())?;
             let csp = match &self.cos_sin {
                 Some(cs) => sparse::cuda::tensor_ptr(cs)?,
                 None => 0,
@@ -332,11 +330,7 @@ mod imp {
             let n = b * s * cols;
             let (out, out_ptr) = output(y, n)?;
             let dev = y.device();
-            let func = dev.get_or_load_custom_func(
-                &format!("linear_epilogue_{}", suffix(y.dtype())?),
-                "vdit_fused",
-                PTX,
-            )?;
+            let func = fused_kernel(dev, "linear_epilogue", y.dtype())?;
             let yp = storage_ptr(y, yl)?;
             let bp = sparse::cuda::tensor_ptr(&self.bias)?;
             let (gp, gate_stride) = optional_ptr(&self.gate)?;

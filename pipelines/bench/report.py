@@ -25,6 +25,10 @@ def main(out_dir):
             c = f"{r['ms'] / cudnn:.2f}x" if cudnn else "-"
             o = f"{r['ms'] / dense:.3f}" if dense else "-"
             print(f"| {r['impl']} | {r['density']:.3f} | {r['ms']:.2f} | {r['tflops_effective']:.0f} | {c} | {o} |")
+        for r in rows:
+            if "rel_l2_vs_plan_path" in r:
+                print(f"{r['impl']}: relative L2 {r['rel_l2_vs_plan_path']:.2e} against the plan path (host selection,"
+                      f" density {r['plan_path_density']:.4f}; its kernel alone {r['plan_path_kernel_ms']:.1f} ms)")
         print("targets: dense >= 0.8x cuDNN throughput (time <= 1.25x); at density d, time <= 1.15*d*dense + 0.3 ms;"
               " effective TFLOP/s >= FlexAttention's at every density")
     dit, diffusers = load(out_dir, "dit.json"), load(out_dir, "diffusers.json")

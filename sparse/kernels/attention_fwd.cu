@@ -1,7 +1,7 @@
 // Block-sparse flash attention, forward: one CTA per (batch*head, query block). Query rows and
 // key rows are read through the plan's token orders straight from (possibly strided) q, k, v;
-// the CTA walks its query block's list of key blocks in 64-key tiles with an online softmax,
-// and writes out[b, token, h, :] ([B, S, H, D]) and the log-sum-exp.
+// the CTA walks its query block's key stream (attention_params.cuh) in 64-key tiles with an
+// online softmax, and writes out[b, token, h, :] ([B, S, H, D]) and the log-sum-exp.
 #include "common.cuh"
 #include "attention_params.cuh"
 
@@ -12,68 +12,31 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + BM * D;       // two buffers of BN x D
   T* sV = sK + 2 * BN * D;   // two buffers of BN x D
-  __shared__ int tile_rows[2];
 
-  const int qb = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const QueryTile qt = query_tile(p);
+  const int b = qt.b, h = qt.h, qs = qt.qs, nq = qt.nq;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.S : 0);
+  const uint32_t* q_ord = qt.q_ord;
   const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.SK : 0);
-  const int qs = p.q_starts[qb];
-  const int nq = p.q_starts[qb + 1] - qs;
   const T* qbase = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
   const T* kbase = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
   const T* vbase = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
 
-  for (int i = tid; i < BM * CH; i += THREADS) {
-    const int r = i / CH, c = i % CH;
-    const bool valid = r < nq;
-    const T* src = qbase + (valid ? (long long)q_ord[qs + r] * p.q_ss : 0) + c * 8;
-    cp_async16(sQ + swz<CH>(r, c), src, valid);
-  }
+  auto off = [](int r, int c) { return swz<CH>(r, c) * (int)sizeof(T); };
+  load_q_tile<T, BM, CH, THREADS>(p, q_ord, qs, nq, qbase, reinterpret_cast<unsigned char*>(sQ), off);
   cp_async_commit();
 
-  const size_t list = (size_t)bh * p.nqb + qb;
-  uint32_t first, last;
-  if (p.all_keys > 0) {
-    first = 0;
-    last = p.all_keys;
-  } else if (p.uniform_k > 0) {
-    first = (uint32_t)(list * p.uniform_k);
-    last = first + p.uniform_k;
-  } else {
-    first = p.offsets[list];
-    last = p.offsets[list + 1];
-  }
-  TileCursor cur{first, last, 0};
-  auto block_at = [&](uint32_t item) { return p.all_keys > 0 ? item : p.indices[item]; };
-
-  auto load_tile = [&](int buf, const TileCursor& c) {
-    const uint32_t kb = block_at(c.item);
-    const int start = p.k_starts[kb] + c.offset;
-    const int rows = min(BN, (int)(p.k_starts[kb + 1] - start));
-    if (tid == 0) tile_rows[buf] = rows;
-    T* dk = sK + buf * BN * D;
-    T* dv = sV + buf * BN * D;
-    for (int i = tid; i < BN * CH; i += THREADS) {
-      const int r = i / CH, ch = i % CH;
-      const bool valid = r < rows;
-      const long long tok = valid ? (long long)k_ord[start + r] : 0;
-      cp_async16(dk + swz<CH>(r, ch), kbase + tok * p.k_ss + ch * 8, valid);
-      cp_async16(dv + swz<CH>(r, ch), vbase + tok * p.v_ss + ch * 8, valid);
-    }
-  };
-  auto advance = [&](TileCursor c) {
-    const uint32_t kb = block_at(c.item);
-    c.offset += BN;
-    if (c.offset >= p.k_starts[kb + 1] - p.k_starts[kb]) {
-      c.item += 1;
-      c.offset = 0;
-    }
-    return c;
-  };
-
-  if (cur.item < cur.end) load_tile(0, cur);
+  // Tile j's copies are issued at the start of iteration j - 1, from key tokens looked up
+  // during iteration j - 2.
+  KeyStream cur = qt.keys;
+  int rows = 0, next_rows = 0;
+  KeyStream nxt = stream_advance(p, cur, BN, rows);
+  KeyStream after = stream_advance(p, nxt, BN, next_rows);
+  auto tile_at = [&](T* base, int buf) { return reinterpret_cast<unsigned char*>(base + buf * BN * D); };
+  uint32_t tok[TileRows<BN, CH, THREADS>::PER_THREAD];
+  if (cur.item < cur.end) load_kv_tile<T, BN, CH, THREADS, true>(p, cur, rows, k_ord, kbase, vbase, tile_at(sK, 0), tile_at(sV, 0), off);
   cp_async_commit();
+  if (nxt.item < nxt.end) tile_tokens<BN, CH, THREADS, true>(p, nxt, next_rows, k_ord, tok);
   cp_async_wait<0>();
   __syncthreads();
 
@@ -92,12 +55,15 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
   int buf = 0;
 
   while (cur.item < cur.end) {
-    const TileCursor nxt = advance(cur);
-    if (nxt.item < nxt.end) load_tile(buf ^ 1, nxt);
+    if (nxt.item < nxt.end) {
+      copy_kv_tile<T, BN, CH, THREADS>(p, tok, next_rows, kbase, vbase, tile_at(sK, buf ^ 1), tile_at(sV, buf ^ 1), off);
+    }
     cp_async_commit();
+    int later_rows = 0;
+    const KeyStream later = stream_advance(p, after, BN, later_rows);
+    if (after.item < after.end) tile_tokens<BN, CH, THREADS, true>(p, after, later_rows, k_ord, tok);
     const T* tk = sK + buf * BN * D;
     const T* tv = sV + buf * BN * D;
-    const int rows = tile_rows[buf];
 
     float s[BN / 8][4];
 #pragma unroll
@@ -171,9 +137,13 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
     __syncthreads();
     buf ^= 1;
     cur = nxt;
+    nxt = after;
+    after = later;
+    rows = next_rows;
+    next_rows = later_rows;
   }
 
-  // Normalise and write rows (and the log-sum-exp) in natural token order.
+  // Normalise and write rows (and the log-sum-exp) in natural token order, or to their pairs.
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     float sum = l[half];
@@ -181,15 +151,12 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
     sum += __shfl_xor_sync(0xffffffff, sum, 2);
     const int r = warp * 16 + (lane >> 2) + half * 8;
     if (r >= nq) continue;
-    const long long tok = q_ord[qs + r];
+    const RowOut<T> dst = row_out<T, D>(p, qt, r);
     const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    T* dst = reinterpret_cast<T*>(p.out) + (((long long)b * p.S + tok) * p.H + h) * D + (lane & 3) * 2;
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      *reinterpret_cast<uint32_t*>(dst + dt * 8) = pack2<T>(o[dt][half * 2] * inv, o[dt][half * 2 + 1] * inv);
-    }
+    for (int dt = 0; dt < D / 8; ++dt) dst.store2(dt * 8 + (lane & 3) * 2, o[dt][half * 2] * inv, o[dt][half * 2 + 1] * inv);
     if (p.lse != nullptr && (lane & 3) == 0) {
-      p.lse[(size_t)bh * p.S + tok] = sum > 0.f ? (m[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+      p.lse[dst.lse_at] = sum > 0.f ? (m[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
     }
   }
 }

@@ -1,7 +1,8 @@
 // Block-sparse flash attention, forward, for Hopper (sm_90a): the plan walk of
-// attention_fwd.cu with warpgroup MMAs (wgmma) that read Q, K and V straight from
+// attention_params.cuh with warpgroup MMAs (wgmma) that read Q, K and V straight from
 // 128-byte-swizzled shared memory. One CTA per (batch*head, query block of up to 64*WG rows);
-// warpgroup g owns query rows 64g..64g+63; key tiles of 64 or 128 rows (BN), double-buffered,
+// warpgroup g owns query rows 64g..64g+63; key tiles of 64 or 128 rows (BN) of the key stream
+// (spanning key blocks where they are small or partial), double-buffered,
 // the next tile's copies issued while S of the current one is on the tensor cores. S = Q K^T is
 // an SS wgmma (both K-major), the online softmax runs on the accumulators, and O += P V is an RS
 // wgmma with P from registers and V read MN-major (transposed) from the same tile layout as K.
@@ -50,67 +51,25 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
   unsigned char* sQ = smem;
   unsigned char* sK = sQ + Q_BYTES;       // two buffers
   unsigned char* sV = sK + 2 * KV_BYTES;  // two buffers
-  __shared__ int tile_rows[2];
 
-  const int qb = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const QueryTile qt = query_tile(p);
+  const int b = qt.b, h = qt.h, qs = qt.qs, nq = qt.nq;
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
-  const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.S : 0);
+  const uint32_t* q_ord = qt.q_ord;
   const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.SK : 0);
-  const int qs = p.q_starts[qb];
-  const int nq = p.q_starts[qb + 1] - qs;
   const T* qbase = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
   const T* kbase = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
   const T* vbase = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
 
-  for (int i = tid; i < BM * CH; i += THREADS) {
-    const int r = i / CH, c = i % CH;
-    const bool valid = r < nq;
-    const T* src = qbase + (valid ? (long long)q_ord[qs + r] * p.q_ss : 0) + c * 8;
-    cp_async16(sQ + tile_off(BM, r, c), src, valid);
-  }
+  auto off_q = [](int r, int c) { return tile_off(BM, r, c); };
+  auto off_kv = [](int r, int c) { return tile_off(BN, r, c); };
+  load_q_tile<T, BM, CH, THREADS>(p, q_ord, qs, nq, qbase, sQ, off_q);
   cp_async_commit();
 
-  const size_t list = (size_t)bh * p.nqb + qb;
-  uint32_t first, last;
-  if (p.all_keys > 0) {
-    first = 0;
-    last = p.all_keys;
-  } else if (p.uniform_k > 0) {
-    first = (uint32_t)(list * p.uniform_k);
-    last = first + p.uniform_k;
-  } else {
-    first = p.offsets[list];
-    last = p.offsets[list + 1];
-  }
-  TileCursor cur{first, last, 0};
-  auto block_at = [&](uint32_t item) { return p.all_keys > 0 ? item : p.indices[item]; };
-
-  auto load_tile = [&](int buf, const TileCursor& c) {
-    const uint32_t kb = block_at(c.item);
-    const int start = p.k_starts[kb] + c.offset;
-    const int rows = min(BN, (int)(p.k_starts[kb + 1] - start));
-    if (tid == 0) tile_rows[buf] = rows;
-    unsigned char* dk = sK + buf * KV_BYTES;
-    unsigned char* dv = sV + buf * KV_BYTES;
-    for (int i = tid; i < BN * CH; i += THREADS) {
-      const int r = i / CH, ch = i % CH;
-      const bool valid = r < rows;
-      const long long tok = valid ? (long long)k_ord[start + r] : 0;
-      cp_async16(dk + tile_off(BN, r, ch), kbase + tok * p.k_ss + ch * 8, valid);
-      cp_async16(dv + tile_off(BN, r, ch), vbase + tok * p.v_ss + ch * 8, valid);
-    }
-  };
-  auto advance = [&](TileCursor c) {
-    const uint32_t kb = block_at(c.item);
-    c.offset += BN;
-    if (c.offset >= p.k_starts[kb + 1] - p.k_starts[kb]) {
-      c.item += 1;
-      c.offset = 0;
-    }
-    return c;
-  };
-
-  if (cur.item < cur.end) load_tile(0, cur);
+  KeyStream cur = qt.keys;
+  int rows = 0;
+  KeyStream nxt = stream_advance(p, cur, BN, rows);
+  if (cur.item < cur.end) load_kv_tile<T, BN, CH, THREADS, false>(p, cur, rows, k_ord, kbase, vbase, sK, sV, off_kv);
   cp_async_commit();
   cp_async_wait<0>();
   fence_async_shared();
@@ -124,10 +83,8 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
   int buf = 0;
 
   while (cur.item < cur.end) {
-    const TileCursor nxt = advance(cur);
     const unsigned char* tk = sK + buf * KV_BYTES;
     const unsigned char* tv = sV + buf * KV_BYTES;
-    const int rows = tile_rows[buf];
 
     // S = Q K^T over the head dim, 16 channels per wgmma (32 bytes inside a swizzle atom).
     wg_fence();
@@ -139,9 +96,15 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
       mma_qk<T, BN>(s, da, db, kk > 0);
     }
     wg_commit();
-    // The next tile's loads (index lookups included) are issued while S is being computed.
-    // (A third buffer, loading two tiles ahead, measured slower on an H100.)
-    if (nxt.item < nxt.end) load_tile(buf ^ 1, nxt);
+    // The next tile's loads (token lookups included) are issued while S is being computed.
+    // (Measured slower on an H100: looking the tokens up an iteration earlier, a third K/V
+    // buffer, 176-key tiles.)
+    int next_rows = 0;
+    const KeyStream after = stream_advance(p, nxt, BN, next_rows);
+    if (nxt.item < nxt.end) {
+      load_kv_tile<T, BN, CH, THREADS, false>(p, nxt, next_rows, k_ord, kbase, vbase, sK + (buf ^ 1) * KV_BYTES,
+                                       sV + (buf ^ 1) * KV_BYTES, off_kv);
+    }
     cp_async_commit();
     wg_wait<0>();
     wg_pin<BN / 2>(s);
@@ -215,9 +178,11 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
     __syncthreads();
     buf ^= 1;
     cur = nxt;
+    nxt = after;
+    rows = next_rows;
   }
 
-  // Normalise and write rows (and the log-sum-exp) in natural token order.
+  // Normalise and write rows (and the log-sum-exp) in natural token order, or to their pairs.
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     float sum = l[half];
@@ -225,15 +190,12 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
     sum += __shfl_xor_sync(0xffffffff, sum, 2);
     const int r = wg * 64 + warp * 16 + (lane >> 2) + half * 8;
     if (r >= nq) continue;
-    const long long tok = q_ord[qs + r];
+    const RowOut<T> dst = row_out<T, D>(p, qt, r);
     const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    T* dst = reinterpret_cast<T*>(p.out) + (((long long)b * p.S + tok) * p.H + h) * D + (lane & 3) * 2;
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      *reinterpret_cast<uint32_t*>(dst + dt * 8) = pack2<T>(o[4 * dt + half * 2] * inv, o[4 * dt + half * 2 + 1] * inv);
-    }
+    for (int dt = 0; dt < D / 8; ++dt) dst.store2(dt * 8 + (lane & 3) * 2, o[4 * dt + half * 2] * inv, o[4 * dt + half * 2 + 1] * inv);
     if (p.lse != nullptr && (lane & 3) == 0) {
-      p.lse[(size_t)bh * p.S + tok] = sum > 0.f ? (m[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+      p.lse[dst.lse_at] = sum > 0.f ? (m[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
     }
   }
 }

@@ -1,13 +1,16 @@
-// Launch parameters shared by the block-sparse attention forward kernels.
+// Launch parameters of the block-sparse attention forward kernels, and the plan walk they share:
+// key streams, and the gathered copies of query and key/value tiles.
 #pragma once
 #include <stdint.h>
+
+#include "common.cuh"
 
 struct AttnParams {
   const void* q;
   const void* k;
   const void* v;
-  void* out;           // [B, S, H, D], contiguous
-  float* lse;          // [B * H, S] (natural log), or null
+  void* out;           // [B, S, H, D], contiguous (gathered mode: f32 [pairs, D])
+  float* lse;          // [B * H, S] (natural log), or null (gathered mode: [pairs])
   long long q_sb, q_sh, q_ss;  // element strides of q over batch, head, token
   long long k_sb, k_sh, k_ss;
   long long v_sb, v_sh, v_ss;
@@ -23,10 +26,214 @@ struct AttnParams {
   int uniform_k;     // > 0: every list has this length and `offsets` is unused
   int all_keys;      // > 0: every query block attends to all `all_keys` key blocks
   float scale_log2;  // softmax scale * log2(e)
+  // Gathered mode (VMoBA) when non-null: CTA i runs work tile tiles[i] = (batch * head, key
+  // block, first slot, queries); `q_order` lists the pairs' query tokens slot by slot, and slot
+  // s's output row and LSE go to pair `out_rows[s]`. `all_keys` > 0 (key blocks by number).
+  const uint4* tiles;
+  const uint32_t* out_rows;
+  int k_natural;  // > 0: the key order is the identity (slots are tokens; no lookups)
 };
 
-// Position in the sequence of 64-key tiles of a query block's key-block list.
-struct TileCursor {
-  uint32_t item, end;  // index into `indices`
+// The key tokens of one query block form a stream: the slots of its listed key blocks back to
+// back. Key tiles are consecutive windows of BN rows of that stream, so a tile may span several
+// small or partial key blocks and only the last tile of a list is partial.
+struct KeyStream {
+  uint32_t item, end;  // position in `indices` (in the block numbers when `all_keys`)
   uint32_t offset;     // slot offset inside the current key block
 };
+
+// Key block number of stream item `item`.
+__device__ __forceinline__ uint32_t stream_block(const AttnParams& p, uint32_t item) {
+  return p.all_keys > 0 ? item : p.indices[item];
+}
+
+// Slots of key block `kb`.
+__device__ __forceinline__ int block_slots(const AttnParams& p, uint32_t kb) {
+  return (int)(p.k_starts[kb + 1] - p.k_starts[kb]);
+}
+
+// Skips empty key blocks, so that a stream with item < end has a row left.
+__device__ __forceinline__ KeyStream stream_settle(const AttnParams& p, KeyStream s) {
+  while (s.item < s.end && (int)s.offset >= block_slots(p, stream_block(p, s.item))) {
+    s.item += 1;
+    s.offset = 0;
+  }
+  return s;
+}
+
+// The key stream of list `list` ((b * H + h) * nqb + query block).
+__device__ __forceinline__ KeyStream key_stream(const AttnParams& p, size_t list) {
+  KeyStream s{0, 0, 0};
+  if (p.all_keys > 0) {
+    s.end = p.all_keys;
+  } else if (p.uniform_k > 0) {
+    s.item = (uint32_t)(list * p.uniform_k);
+    s.end = s.item + p.uniform_k;
+  } else {
+    s.item = p.offsets[list];
+    s.end = p.offsets[list + 1];
+  }
+  return stream_settle(p, s);
+}
+
+// Moves `s` forward by up to `n` rows; `rows` gets how many it moved over.
+__device__ __forceinline__ KeyStream stream_advance(const AttnParams& p, KeyStream s, int n, int& rows) {
+  rows = 0;
+  while (s.item < s.end && rows < n) {
+    const int left = block_slots(p, stream_block(p, s.item)) - (int)s.offset;
+    const int take = min(left, n - rows);
+    rows += take;
+    s.offset += take;
+    if (take == left) {
+      s.item += 1;
+      s.offset = 0;
+    }
+  }
+  return stream_settle(p, s);
+}
+
+// The query rows a CTA runs and the key stream they attend to.
+struct QueryTile {
+  int b, h, bh;
+  const uint32_t* q_ord;  // slot -> query token
+  int qs, nq;             // first slot, rows
+  KeyStream keys;
+};
+
+__device__ __forceinline__ QueryTile query_tile(const AttnParams& p) {
+  QueryTile t;
+  if (p.tiles != nullptr) {
+    const uint4 w = p.tiles[blockIdx.x];
+    t.bh = (int)w.x;
+    t.q_ord = p.q_order;
+    t.qs = (int)w.z;
+    t.nq = (int)w.w;
+    t.keys = stream_settle(p, KeyStream{w.y, w.y + 1, 0});
+  } else {
+    const int qb = blockIdx.x;
+    t.bh = blockIdx.y;
+    t.q_ord = p.q_order + (p.q_per_head ? (size_t)(t.bh % p.H) * p.S : 0);
+    t.qs = (int)p.q_starts[qb];
+    t.nq = (int)p.q_starts[qb + 1] - t.qs;
+    t.keys = key_stream(p, (size_t)t.bh * p.nqb + qb);
+  }
+  t.b = t.bh / p.H;
+  t.h = t.bh % p.H;
+  return t;
+}
+
+// Where row r of a query tile goes: a T row of out[b, token, h, :], or an f32 row of the
+// gathered mode's partial outputs; and the index of its log-sum-exp.
+template <typename T>
+struct RowOut {
+  T* typed;
+  float* f32;
+  size_t lse_at;
+
+  // Stores columns c and c + 1.
+  __device__ __forceinline__ void store2(int c, float a, float b) const {
+    if (f32 != nullptr) {
+      *reinterpret_cast<float2*>(f32 + c) = make_float2(a, b);
+    } else {
+      *reinterpret_cast<uint32_t*>(typed + c) = pack2<T>(a, b);
+    }
+  }
+};
+
+template <typename T, int D>
+__device__ __forceinline__ RowOut<T> row_out(const AttnParams& p, const QueryTile& t, int r) {
+  RowOut<T> o{nullptr, nullptr, 0};
+  if (p.tiles != nullptr) {
+    const size_t pair = p.out_rows[t.qs + r];
+    o.f32 = reinterpret_cast<float*>(p.out) + pair * D;
+    o.lse_at = pair;
+  } else {
+    const long long tok = t.q_ord[t.qs + r];
+    o.typed = reinterpret_cast<T*>(p.out) + (((long long)t.b * p.S + tok) * p.H + t.h) * D;
+    o.lse_at = (size_t)t.bh * p.S + tok;
+  }
+  return o;
+}
+
+// Key rows each thread copies: rows r0 + j * STEP of a BN-row tile, in one chunk column.
+template <int BN, int CH, int THREADS>
+struct TileRows {
+  static_assert(THREADS % CH == 0 && (BN * CH) % THREADS == 0, "each thread keeps one chunk column");
+  static constexpr int STEP = THREADS / CH, PER_THREAD = BN / STEP;
+};
+
+// The key tokens of this thread's rows of the tile of `rows` stream rows from `s` (rows past
+// the end repeat the last one). Slots are found first, walking across key blocks only when the
+// tile leaves the current one, so that the token lookups are independent of each other. With
+// NATURAL, lookups are skipped for an identity key order (the Hopper kernel measured faster
+// without that branch: it costs registers).
+template <int BN, int CH, int THREADS, bool NATURAL>
+__device__ __forceinline__ void tile_tokens(const AttnParams& p, KeyStream s, int rows, const uint32_t* k_ord,
+                                            uint32_t (&tok)[TileRows<BN, CH, THREADS>::PER_THREAD]) {
+  using R = TileRows<BN, CH, THREADS>;
+  const int r0 = threadIdx.x / CH;
+  uint32_t kb = stream_block(p, s.item);
+  int first = (int)(p.k_starts[kb] + s.offset), len = (int)p.k_starts[kb + 1] - first;
+  if (rows <= len) {
+#pragma unroll
+    for (int j = 0; j < R::PER_THREAD; ++j) tok[j] = first + min(r0 + j * R::STEP, rows - 1);
+  } else {
+    int base = 0;
+#pragma unroll
+    for (int j = 0; j < R::PER_THREAD; ++j) {
+      const int r = min(r0 + j * R::STEP, rows - 1);
+      while (r - base >= len) {
+        base += len;
+        kb = stream_block(p, ++s.item);
+        first = (int)p.k_starts[kb];
+        len = (int)p.k_starts[kb + 1] - first;
+      }
+      tok[j] = first + r - base;
+    }
+  }
+  if (!NATURAL || p.k_natural <= 0) {
+#pragma unroll
+    for (int j = 0; j < R::PER_THREAD; ++j) tok[j] = k_ord[tok[j]];
+  }
+}
+
+// Issues the asynchronous copies of this thread's rows of one K and one V tile from their
+// tokens (rows >= `rows` are zero-filled). `off(r, c)` is the byte offset of 16-byte chunk c of
+// row r in a tile.
+template <typename T, int BN, int CH, int THREADS, typename Off>
+__device__ __forceinline__ void copy_kv_tile(const AttnParams& p, const uint32_t (&tok)[TileRows<BN, CH, THREADS>::PER_THREAD],
+                                             int rows, const T* kbase, const T* vbase, unsigned char* dk,
+                                             unsigned char* dv, Off off) {
+  using R = TileRows<BN, CH, THREADS>;
+  const int ch = threadIdx.x % CH, r0 = threadIdx.x / CH;
+#pragma unroll
+  for (int j = 0; j < R::PER_THREAD; ++j) {
+    const int r = r0 + j * R::STEP;
+    const bool valid = r < rows;
+    cp_async16(dk + off(r, ch), kbase + (long long)tok[j] * p.k_ss + ch * 8, valid);
+    cp_async16(dv + off(r, ch), vbase + (long long)tok[j] * p.v_ss + ch * 8, valid);
+  }
+}
+
+// Both of the above: the copies of a K and V tile of `rows` stream rows from `s`.
+template <typename T, int BN, int CH, int THREADS, bool NATURAL, typename Off>
+__device__ __forceinline__ void load_kv_tile(const AttnParams& p, KeyStream s, int rows, const uint32_t* k_ord,
+                                             const T* kbase, const T* vbase, unsigned char* dk,
+                                             unsigned char* dv, Off off) {
+  uint32_t tok[TileRows<BN, CH, THREADS>::PER_THREAD];
+  tile_tokens<BN, CH, THREADS, NATURAL>(p, s, rows, k_ord, tok);
+  copy_kv_tile<T, BN, CH, THREADS>(p, tok, rows, kbase, vbase, dk, dv, off);
+}
+
+// Issues the asynchronous copies of a query tile of BM rows (`nq` of them real, zeros below)
+// read through the query order from slot `qs`.
+template <typename T, int BM, int CH, int THREADS, typename Off>
+__device__ __forceinline__ void load_q_tile(const AttnParams& p, const uint32_t* q_ord, int qs, int nq,
+                                            const T* qbase, unsigned char* dq, Off off) {
+  for (int i = threadIdx.x; i < BM * CH; i += THREADS) {
+    const int r = i / CH, c = i % CH;
+    const bool valid = r < nq;
+    const T* src = qbase + (valid ? (long long)q_ord[qs + r] * p.q_ss : 0) + c * 8;
+    cp_async16(dq + off(r, c), src, valid);
+  }
+}

@@ -95,31 +95,34 @@ pub fn supports(dtype: DType, head_dim: usize, plan: &SparsePlan) -> bool {
 /// Launch parameters of `bsattn_fwd_*` (mirrors `AttnParams` in attention_fwd.cu).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct AttnParams {
-    q: u64,
-    k: u64,
-    v: u64,
-    out: u64,
-    lse: u64,
-    q_strides: [i64; 3],
-    k_strides: [i64; 3],
-    v_strides: [i64; 3],
-    q_order: u64,
-    q_starts: u64,
-    k_order: u64,
-    k_starts: u64,
-    offsets: u64,
-    indices: u64,
-    b: i32,
-    h: i32,
-    s: i32,
-    sk: i32,
-    q_per_head: i32,
-    k_per_head: i32,
-    nqb: i32,
-    uniform_k: i32,
-    all_keys: i32,
-    scale_log2: f32,
+pub(crate) struct AttnParams {
+    pub(crate) q: u64,
+    pub(crate) k: u64,
+    pub(crate) v: u64,
+    pub(crate) out: u64,
+    pub(crate) lse: u64,
+    pub(crate) q_strides: [i64; 3],
+    pub(crate) k_strides: [i64; 3],
+    pub(crate) v_strides: [i64; 3],
+    pub(crate) q_order: u64,
+    pub(crate) q_starts: u64,
+    pub(crate) k_order: u64,
+    pub(crate) k_starts: u64,
+    pub(crate) offsets: u64,
+    pub(crate) indices: u64,
+    pub(crate) b: i32,
+    pub(crate) h: i32,
+    pub(crate) s: i32,
+    pub(crate) sk: i32,
+    pub(crate) q_per_head: i32,
+    pub(crate) k_per_head: i32,
+    pub(crate) nqb: i32,
+    pub(crate) uniform_k: i32,
+    pub(crate) all_keys: i32,
+    pub(crate) scale_log2: f32,
+    pub(crate) tiles: u64,
+    pub(crate) out_rows: u64,
+    pub(crate) k_natural: i32,
 }
 // SAFETY: plain old data with the C layout of the kernel's parameter struct.
 unsafe impl DeviceRepr for AttnParams {}
@@ -160,10 +163,12 @@ struct BwdParams {
 unsafe impl DeviceRepr for BwdParams {}
 
 /// A block layout's token orders and block starts on one device.
-struct DeviceLayout {
-    order: CudaSlice<u32>,
-    starts: CudaSlice<u32>,
+pub(crate) struct DeviceLayout {
+    pub(crate) order: CudaSlice<u32>,
+    pub(crate) starts: CudaSlice<u32>,
     per_head: bool,
+    /// Every order is the identity (slots are tokens).
+    pub(crate) natural: bool,
 }
 
 /// Host CSR lists on one device.
@@ -210,7 +215,7 @@ impl<K, V> Cache<K, V> {
 static LAYOUTS: Cache<BlockLayout, DeviceLayout> = Cache::new();
 static LISTS: Cache<SparsePlan, DeviceLists> = Cache::new();
 
-fn layout_on(dev: &CudaDevice, layout: &Arc<BlockLayout>) -> Result<Arc<DeviceLayout>> {
+pub(crate) fn layout_on(dev: &CudaDevice, layout: &Arc<BlockLayout>) -> Result<Arc<DeviceLayout>> {
     LAYOUTS.get_or(layout, dev, || {
         let mut order = Vec::with_capacity(layout.num_orders() * layout.tokens());
         for h in 0..layout.num_orders() {
@@ -220,6 +225,9 @@ fn layout_on(dev: &CudaDevice, layout: &Arc<BlockLayout>) -> Result<Arc<DeviceLa
             order: dev.clone_htod(&order)?,
             starts: dev.clone_htod(layout.starts())?,
             per_head: !layout.is_shared(),
+            natural: order
+                .chunks(layout.tokens().max(1))
+                .all(|o| o.iter().enumerate().all(|(i, &t)| t as usize == i)),
         })
     })
 }
@@ -257,6 +265,15 @@ fn view(s: &CudaStorage, l: &Layout) -> Result<(u64, [i64; 3])> {
     ))
 }
 
+/// Device address of a CUDA tensor view's first element and its (batch, head, token) strides.
+pub(crate) fn tensor_view(t: &Tensor) -> Result<(u64, [i64; 3])> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cuda(s) = &*storage else {
+        candle_core::bail!("expected a CUDA tensor")
+    };
+    view(s, layout)
+}
+
 /// Device address of the first element of a contiguous CUDA tensor.
 pub fn tensor_ptr(t: &Tensor) -> Result<u64> {
     let (storage, layout) = t.storage_and_layout();
@@ -274,7 +291,7 @@ pub fn tensor_ptr(t: &Tensor) -> Result<u64> {
     }
 }
 
-fn type_name(dtype: DType) -> Result<&'static str> {
+pub(crate) fn type_name(dtype: DType) -> Result<&'static str> {
     Ok(match dtype {
         DType::BF16 => "bf16",
         DType::F16 => "f16",
@@ -283,7 +300,7 @@ fn type_name(dtype: DType) -> Result<&'static str> {
     })
 }
 
-fn launch<P: DeviceRepr>(
+pub(crate) fn launch<P: DeviceRepr>(
     dev: &CudaDevice,
     module: &str,
     ptx: &str,
@@ -428,48 +445,62 @@ pub(crate) fn attention_forward(
         uniform_k: lists.uniform_k,
         all_keys: lists.all_keys,
         scale_log2: scale * std::f32::consts::LOG2_E,
+        tiles: 0,
+        out_rows: 0,
+        k_natural: kl.natural as i32,
     };
+    launch_forward(
+        &dev,
+        dtype,
+        d,
+        small,
+        (nqb as u32, (b * h) as u32, 1),
+        &params,
+    )?;
+    Ok((out, lse))
+}
+
+/// Launches the forward kernel of this GPU's family for `dtype` and head dim `d` over
+/// `grid_dim` CTAs, each running a query tile of 64 (`small`) or 128 rows.
+pub(crate) fn launch_forward(
+    dev: &CudaDevice,
+    dtype: DType,
+    d: usize,
+    small: bool,
+    grid_dim: (u32, u32, u32),
+    params: &AttnParams,
+) -> Result<()> {
     let t = type_name(dtype)?;
-    let grid_dim = (nqb as u32, (b * h) as u32, 1);
-    if let Some(prefix) = hopper_kernel(&dev)? {
-        // Warpgroups of 64 query rows; Q, two K and two V tiles of 64 or 128 keys (128 when
-        // the key blocks are that large), plus 1 KiB to align the tiles for the 128-byte
-        // swizzle.
+    if let Some(prefix) = hopper_kernel(dev)? {
+        // Warpgroups of 64 query rows; Q, two K and two V tiles of 64 or 128 keys of the key
+        // stream (tiles span key blocks), plus 1 KiB to align the tiles for the 128-byte
+        // swizzle. One warpgroup takes 64-key tiles, so that two CTAs fit on an SM.
         let groups = if small { 1 } else { 2 };
-        let key_tile = if plan.k_layout.tile() >= 128 && !small {
-            128
-        } else {
-            64
-        };
-        let smem = ((64 * groups + 4 * key_tile) * d * 2 + 1024) as u32;
-        let block_dim = (128 * groups as u32, 1, 1);
+        let key_tile = if small { 64 } else { 128 };
         let cfg = LaunchConfig {
             grid_dim,
-            block_dim,
-            shared_mem_bytes: smem,
+            block_dim: (128 * groups as u32, 1, 1),
+            shared_mem_bytes: ((64 * groups + 4 * key_tile) * d * 2 + 1024) as u32,
         };
         let name = format!("{prefix}_{t}_d{d}_wg{groups}_bn{key_tile}");
         launch(
-            &dev,
+            dev,
             "vdit_attention_fwd_sm90",
             FWD_SM90_PTX,
             &name,
             cfg,
-            &params,
-        )?;
+            params,
+        )
     } else {
         let warps = if small { 4 } else { 8 };
-        let smem = ((16 * warps + 4 * 64) * d * 2) as u32;
-        let block_dim = (32 * warps as u32, 1, 1);
         let cfg = LaunchConfig {
             grid_dim,
-            block_dim,
-            shared_mem_bytes: smem,
+            block_dim: (32 * warps as u32, 1, 1),
+            shared_mem_bytes: ((16 * warps + 4 * 64) * d * 2) as u32,
         };
         let name = format!("bsattn_fwd_{t}_d{d}_w{warps}");
-        launch(&dev, "vdit_attention_fwd", FWD_PTX, &name, cfg, &params)?;
+        launch(dev, "vdit_attention_fwd", FWD_PTX, &name, cfg, params)
     }
-    Ok((out, lse))
 }
 
 /// Runs the backward kernels; returns dq, dk, dv flattened one after the other (f32).

@@ -21,6 +21,8 @@ pub mod schedule;
 mod seam;
 pub mod sparsed;
 pub mod vmoba;
+#[cfg(feature = "cuda")]
+mod vmoba_cuda;
 pub mod vsa;
 
 pub use dense::Dense;

@@ -290,6 +290,7 @@ impl Tally {
 enum Computed {
     All,
     Plan(Arc<SparsePlan>),
+    Pairs(f64),
 }
 
 /// Runs each self-attention call with the method its schedule gives, keeping state across calls.
@@ -386,7 +387,7 @@ impl AttentionRouter {
             Method::Vmoba(o) => {
                 let kind = self.chunk_kind(site, o);
                 let r = vmoba_attention(call.q, call.k, call.v, call.grid, kind, o)?;
-                Ok((r.out, Computed::Plan(r.plan)))
+                Ok((r.out, Computed::Pairs(r.pairs)))
             }
             Method::Paro(c) => {
                 if call.grid != c.grid {
@@ -455,6 +456,7 @@ impl SelfAttention for AttentionRouter {
         let computed = match computed {
             Computed::All => Tensor::new(possible, &candle_core::Device::Cpu)?,
             Computed::Plan(plan) => plan.pairs_tensor()?,
+            Computed::Pairs(pairs) => Tensor::new(pairs, &candle_core::Device::Cpu)?,
         };
         self.tally
             .lock()

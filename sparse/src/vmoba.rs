@@ -156,8 +156,21 @@ impl VmobaOptions {
 pub struct VmobaOutput {
     /// Attention output `[B, H, S, D]`, natural order.
     pub out: Tensor,
-    /// The plan run: single-token query blocks against chunks.
-    pub plan: Arc<SparsePlan>,
+    /// Query-key pairs computed, over batch and heads.
+    pub pairs: f64,
+    /// All query-key pairs, `B * H * S * S`.
+    pub possible: f64,
+}
+
+impl VmobaOutput {
+    /// Fraction of all query-key pairs computed.
+    pub fn density(&self) -> f64 {
+        if self.possible > 0.0 {
+            self.pairs / self.possible
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Per-query chunk selection for every (batch, head): `lists[g * S + query]` are the chunk
@@ -185,18 +198,54 @@ pub fn vmoba_attention(
     }
     opts.validate(Some(grid)).map_err(candle_core::Error::Msg)?;
     let chunks = BlockLayout::tiled_shared(grid, opts.tile(kind, grid));
-    let selection = select_chunks(q, k, &chunks, kind, opts)?;
-    let n = chunks.num_blocks();
-    let mask = BlockMask::from_lists(b * h, s, n, &selection.lists)?;
-    let plan = Arc::new(SparsePlan::new(
+    let possible = (b * h) as f64 * (s as f64) * (s as f64);
+    #[cfg(feature = "cuda")]
+    if opts.scope == Scope::QueryHead
+        && crate::vmoba_cuda::supports(q, &chunks)
+        && ![q, k, v].iter().any(|t| t.track_op())
+    {
+        let rule = match opts.selection {
+            Selection::TopK(k) => crate::vmoba_cuda::Rule {
+                topk: k.unwrap_or_else(|| opts.topk_for(kind)),
+                tau: 0.0,
+            },
+            Selection::Threshold(tau) => crate::vmoba_cuda::Rule { topk: 0, tau },
+        };
+        let (out, pairs) = crate::vmoba_cuda::vmoba_forward(q, k, v, &chunks, rule)?;
+        return Ok(VmobaOutput {
+            out,
+            pairs,
+            possible,
+        });
+    }
+    let plan = vmoba_plan(q, k, &chunks, kind, opts)?;
+    let out = block_sparse_attention(q, k, v, &plan)?;
+    Ok(VmobaOutput {
+        out,
+        pairs: plan.pairs()? as f64,
+        possible,
+    })
+}
+
+/// The plan VMoBA runs on the host-selected chunks: single-token query blocks, each
+/// attending to its chunks (also the way gradients flow for training).
+pub fn vmoba_plan(
+    q: &Tensor,
+    k: &Tensor,
+    chunks: &Arc<BlockLayout>,
+    kind: ChunkKind,
+    opts: &VmobaOptions,
+) -> Result<Arc<SparsePlan>> {
+    let (b, h, s, _) = q.dims4()?;
+    let selection = select_chunks(q, k, chunks, kind, opts)?;
+    let mask = BlockMask::from_lists(b * h, s, chunks.num_blocks(), &selection.lists)?;
+    Ok(Arc::new(SparsePlan::new(
         b,
         h,
         Arc::new(BlockLayout::singletons(s)),
-        chunks,
+        chunks.clone(),
         mask,
-    )?);
-    let out = block_sparse_attention(q, k, v, &plan)?;
-    Ok(VmobaOutput { out, plan })
+    )?))
 }
 
 /// Scores every chunk for every query (`q · mean(k over chunk)`, f32) and applies the

@@ -6,15 +6,15 @@
 mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use common::rel;
+use common::{rel, Lcg};
 use sparse::cuda::ForwardKernel;
 use sparse::paro::{ParoOptions, ParoRecorder};
 use sparse::sparsed::SparsedOptions;
-use sparse::vmoba::{ChunkKind, VmobaOptions};
+use sparse::vmoba::{vmoba_attention, ChunkKind, Selection, VmobaOptions};
 use sparse::vsa::{vsa_attention, VsaOptions};
 use sparse::{
     block_sparse_attention, AttentionCall, AttentionRouter, AttentionSchedule, BlockLayout,
-    CallSite, Method, SelfAttention, SparsePlan, TokenGrid,
+    BlockMask, CallSite, Method, Permutation, SelfAttention, SparsePlan, TokenGrid,
 };
 use std::sync::Arc;
 
@@ -97,6 +97,53 @@ fn dense_kernel_matches_cpu_for_head_dims_partial_blocks_strides_and_cross_lengt
                 &format!("cross d{d}"),
                 &sparse::dense::attention(&qg, &kg2, &vg2)?,
                 &sparse::dense::attention(&qc, &kc2, &vc2)?,
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// Key tiles are windows of the key stream: with key blocks of 20 tokens (the last partial),
+/// per-head token orders and random lists (some empty), every tile spans several blocks.
+#[test]
+fn key_tiles_span_small_partial_and_permuted_key_blocks() -> Result<()> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |t| t.as_nanos() as u64);
+    println!("plan seed {seed}");
+    let mut rng = Lcg(seed);
+    let (b, h, s) = (2, 3, 310);
+    let permutation = |rng: &mut Lcg| {
+        let mut order: Vec<u32> = (0..s as u32).collect();
+        for i in (1..s).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        Permutation::from_order(order).unwrap()
+    };
+    let k_orders = (0..h).map(|_| permutation(&mut rng)).collect();
+    let k_layout = Arc::new(BlockLayout::per_head(k_orders, 20));
+    each_kernel(|_kernel| {
+        for (d, q_block) in [(64, 64), (128, 128), (128, 64)] {
+            let q_layout = Arc::new(BlockLayout::from_order(permutation(&mut rng), q_block));
+            let (nq, nk) = (q_layout.num_blocks(), k_layout.num_blocks());
+            let lists: Vec<Vec<u32>> = (0..b * h * nq)
+                .map(|_| {
+                    let len = rng.below(nk + 1);
+                    (0..len)
+                        .map(|_| rng.below(nk) as u32)
+                        .collect::<std::collections::BTreeSet<u32>>()
+                        .into_iter()
+                        .collect()
+                })
+                .collect();
+            let mask = BlockMask::from_lists(b * h, nq, nk, &lists)?;
+            let plan = Arc::new(SparsePlan::new(b, h, q_layout, k_layout.clone(), mask)?);
+            let shape = (b, h, s, d);
+            let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
+            check(
+                &format!("key stream d{d} query blocks of {q_block}"),
+                &block_sparse_attention(&qg, &kg, &vg, &plan)?,
+                &block_sparse_attention(&qc, &kc, &vc, &plan)?,
             )?;
         }
         Ok(())
@@ -196,6 +243,51 @@ fn every_method_through_the_router_matches_cpu() -> Result<()> {
                 outs[0].1,
                 outs[1].1
             );
+        }
+        Ok(())
+    })
+}
+
+/// VMoBA's GPU path (selection on the device, gathered-query kernel, log-sum-exp merge) against
+/// the CPU path, for every chunk kind (partial chunks included) and both selection rules.
+#[test]
+fn vmoba_gathered_path_matches_cpu() -> Result<()> {
+    each_kernel(|_kernel| {
+        for (grid, d) in [
+            (TokenGrid::new(5, 6, 10), 64),
+            (TokenGrid::new(7, 9, 11), 128),
+        ] {
+            let shape = (2, 3, grid.len(), d);
+            let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
+            for kind in [
+                ChunkKind::Temporal,
+                ChunkKind::Spatial,
+                ChunkKind::Spatiotemporal,
+            ] {
+                for selection in [Selection::TopK(Some(3)), Selection::Threshold(0.25)] {
+                    let opts = VmobaOptions {
+                        kind: Some(kind),
+                        temporal_chunk: 2,
+                        spatial_chunk: [3, 4],
+                        st_chunk: [2, 3, 4],
+                        selection,
+                        ..Default::default()
+                    };
+                    let g = vmoba_attention(&qg, &kg, &vg, grid, kind, &opts)?;
+                    let c = vmoba_attention(&qc, &kc, &vc, grid, kind, &opts)?;
+                    check(
+                        &format!("vmoba {grid} d{d} {kind} {selection:?}"),
+                        &g.out,
+                        &c.out,
+                    )?;
+                    assert!(
+                        (g.density() - c.density()).abs() < 0.01,
+                        "selections differ: density {} on the GPU, {} on the CPU",
+                        g.density(),
+                        c.density()
+                    );
+                }
+            }
         }
         Ok(())
     })

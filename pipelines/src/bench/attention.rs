@@ -6,6 +6,8 @@ use super::median_ms;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
+use sparse::metrics::relative_l2;
+use sparse::vmoba::{vmoba_attention, vmoba_plan, ChunkKind, Selection, VmobaOptions};
 use sparse::vsa::{vsa_attention, VsaOptions};
 use sparse::{block_sparse_attention, BlockLayout, BlockMask, SparsePlan, TokenGrid};
 use std::collections::HashMap;
@@ -100,6 +102,57 @@ fn select(family: Option<Family>) {
     let _ = family;
 }
 
+/// VMoBA per chunk kind with its published top-k (selection on the device, gathered-query
+/// kernel, log-sum-exp merge). The spatio-temporal row also runs the plan path (host selection,
+/// block-sparse kernel with one query per block) once and reports how far the two agree.
+fn vmoba_rows(
+    device: &Device,
+    shape: Shape,
+    [q, k, v]: [&Tensor; 3],
+    runs: usize,
+) -> Result<Vec<serde_json::Value>> {
+    let flops = shape.dense_flops();
+    let mut rows = Vec::new();
+    for (i, kind) in [
+        ChunkKind::Temporal,
+        ChunkKind::Spatial,
+        ChunkKind::Spatiotemporal,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let opts = VmobaOptions {
+            kind: Some(kind),
+            selection: Selection::TopK(None),
+            ..Default::default()
+        };
+        let first = vmoba_attention(q, k, v, shape.grid, kind, &opts)?;
+        let ms = median_ms(device, 2, runs, || {
+            Ok(vmoba_attention(q, k, v, shape.grid, kind, &opts).map(|_| ())?)
+        })?;
+        let mut row = json!({
+            "impl": format!("vdit VMoBA {kind} top-{} (gathered)", opts.topk[i]),
+            "density": first.density(), "ms": ms, "tflops_effective": flops / ms * 1e-9,
+        });
+        if kind == ChunkKind::Spatiotemporal {
+            let chunks = BlockLayout::tiled_shared(shape.grid, opts.tile(kind, shape.grid));
+            let plan = vmoba_plan(q, k, &chunks, kind, &opts)?;
+            device.synchronize()?;
+            let start = std::time::Instant::now();
+            let reference = block_sparse_attention(q, k, v, &plan)?;
+            device.synchronize()?;
+            row["plan_path_kernel_ms"] = json!(start.elapsed().as_secs_f64() * 1e3);
+            row["rel_l2_vs_plan_path"] = json!(relative_l2(
+                &first.out.to_dtype(DType::F32)?,
+                &reference.to_dtype(DType::F32)?
+            )?);
+            row["plan_path_density"] = json!(plan.density()?);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 /// Runs the benchmark and writes `attention.json` and `masks.safetensors` into `out_dir`.
 pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(out_dir)
@@ -163,6 +216,7 @@ pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &P
         Ok(vsa_attention(&q, &k, &v, Some(&gate), shape.grid, &opts).map(|_| ())?)
     })?;
     rows.push(json!({"impl": "vdit VSA (coarse + top-k + fine)", "density": vsa_density, "ms": ms, "tflops_effective": flops / ms * 1e-9}));
+    rows.extend(vmoba_rows(device, shape, [&q, &k, &v], runs)?);
 
     let report = json!({
         "shape": {"batch": b, "heads": h, "tokens": s, "head_dim": d, "grid": shape.grid.dims(), "block": BLOCK},
