@@ -20,8 +20,10 @@ const TOPK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/topk.ptx"));
 
 /// Largest query block the forward kernels take (8 warps of 16 rows).
 const MAX_Q_BLOCK: usize = 128;
-/// Longest row the top-k kernel sorts.
+/// Longest row the sorting top-k kernel takes (for k above `SMALL_TOPK`).
 const MAX_TOPK_COLUMNS: usize = 4096;
+/// Largest k of the warp-per-row top-k kernel (`SMALL_K` in topk.cu).
+const SMALL_TOPK: usize = 128;
 
 /// The family of forward attention kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -608,33 +610,53 @@ pub(crate) fn attention_backward(
 /// Row-wise top-k on the GPU; see [`crate::op::top_k`].
 pub(crate) fn top_k(s: &CudaStorage, l: &Layout, k: usize) -> Result<(CudaStorage, Shape)> {
     let (rows, n) = l.shape().dims2()?;
-    if n > MAX_TOPK_COLUMNS {
-        candle_core::bail!(
-            "top-k on the GPU takes rows of at most {MAX_TOPK_COLUMNS} entries, got {n}"
-        )
-    }
     let dev = s.device().clone();
     let k = k.min(n);
+    if k > SMALL_TOPK && n > MAX_TOPK_COLUMNS {
+        candle_core::bail!(
+            "top-k on the GPU takes k <= {SMALL_TOPK} or rows of at most {MAX_TOPK_COLUMNS} entries, got k = {k} of {n}"
+        )
+    }
     let scores = ptr(&dev, s.as_cuda_slice::<f32>()?) + (l.start_offset() * 4) as u64;
     let out = unsafe { dev.alloc::<u32>(rows * k)? };
-    let padded = n.next_power_of_two();
-    let func = dev.get_or_load_custom_func("topk_rows_f32", "vdit_topk", TOPK_PTX)?;
     let stream = dev.cuda_stream();
-    let (out_ptr, n32, k32, p32) = (ptr(&dev, &out), n as i32, k as i32, padded as i32);
-    let mut builder = stream.launch_builder(&func);
-    builder
-        .arg(&scores)
-        .arg(&out_ptr)
-        .arg(&n32)
-        .arg(&k32)
-        .arg(&p32);
-    let cfg = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: (padded * 8) as u32,
-    };
-    // SAFETY: arguments match `topk_rows_f32(const float*, uint32_t*, int, int, int)`.
-    unsafe { builder.launch(cfg) }.w()?;
+    let (out_ptr, n32, k32) = (ptr(&dev, &out), n as i32, k as i32);
+    if k <= SMALL_TOPK {
+        let func = dev.get_or_load_custom_func("topk_rows_small_k_f32", "vdit_topk", TOPK_PTX)?;
+        let rows32 = rows as i32;
+        let mut builder = stream.launch_builder(&func);
+        builder
+            .arg(&scores)
+            .arg(&out_ptr)
+            .arg(&rows32)
+            .arg(&n32)
+            .arg(&k32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(4) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match `topk_rows_small_k_f32(const float*, uint32_t*, int, int, int)`.
+        unsafe { builder.launch(cfg) }.w()?;
+    } else {
+        let padded = n.next_power_of_two();
+        let func = dev.get_or_load_custom_func("topk_rows_f32", "vdit_topk", TOPK_PTX)?;
+        let p32 = padded as i32;
+        let mut builder = stream.launch_builder(&func);
+        builder
+            .arg(&scores)
+            .arg(&out_ptr)
+            .arg(&n32)
+            .arg(&k32)
+            .arg(&p32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: (padded * 8) as u32,
+        };
+        // SAFETY: arguments match `topk_rows_f32(const float*, uint32_t*, int, int, int)`.
+        unsafe { builder.launch(cfg) }.w()?;
+    }
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev),
         Shape::from((rows, k)),

@@ -295,12 +295,16 @@ fn vmoba_gathered_path_matches_cpu() -> Result<()> {
 
 #[test]
 fn top_k_kernel_equals_the_cpu_rule_with_ties() -> Result<()> {
-    let scores = Tensor::randn(0f32, 1.0, (64, 700), &Device::Cpu)?.round()?; // many ties
-    let cpu = sparse::top_k(&scores, 37)?.to_vec2::<u32>()?;
-    let gpu_out = sparse::top_k(&scores.to_device(&gpu())?, 37)?
-        .to_device(&Device::Cpu)?
-        .to_vec2::<u32>()?;
-    assert_eq!(cpu, gpu_out);
+    // Many ties, and both zeros (-0.0 ranks below 0.0, as f32::total_cmp has it).
+    let scores = Tensor::randn(0f32, 1.0, (67, 700), &Device::Cpu)?.round()?;
+    // The warp-per-row kernel (k <= 128) and the sorting one.
+    for k in [1, 37, 128, 129, 700] {
+        let cpu = sparse::top_k(&scores, k)?.to_vec2::<u32>()?;
+        let gpu_out = sparse::top_k(&scores.to_device(&gpu())?, k)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<u32>()?;
+        assert_eq!(cpu, gpu_out, "top-{k}");
+    }
     Ok(())
 }
 
