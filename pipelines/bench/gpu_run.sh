@@ -31,12 +31,14 @@ for step in $steps; do
         echo "$c: $(cuobjdump --dump-sass "$c" | grep -c HGMMA) HGMMA, $(cuobjdump --dump-sass "$c" | grep -c 'HMMA') HMMA"
       done ;;
     generate)
-      # The product path on the GPU: the embedded tiny model, dense and VSA, written as .y4m
+      # The product path on the GPU: the embedded tiny model, dense, VSA and VMoBA, written as .y4m
       # (this build has no FFmpeg).
       .gpu/vdit generate --prompt "a red kite over a windy beach" --device cuda --seed 7 --output "$OUT/kite.y4m" --quiet \
         && head -c 80 "$OUT/kite.y4m" | head -1 && python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('sidecar:', {k: r[k] for k in r if k in ('density','timings','device','dtype')})" "$OUT/kite.y4m.json"
       .gpu/vdit generate --prompt "a red kite over a windy beach" --device cuda --seed 7 --attention vsa --sparsity 0.5 --output "$OUT/kite-vsa.y4m" --quiet \
-        && echo "vsa run wrote $(stat -c %s "$OUT/kite-vsa.y4m") bytes" ;;
+        && echo "vsa run wrote $(stat -c %s "$OUT/kite-vsa.y4m") bytes"
+      .gpu/vdit generate --prompt "a red kite over a windy beach" --device cuda --seed 7 --attention vmoba --dense-steps 2 --output "$OUT/kite-vmoba.y4m" --quiet \
+        && echo "vmoba run wrote $(stat -c %s "$OUT/kite-vmoba.y4m") bytes, density $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['attention']['density']['overall'])" "$OUT/kite-vmoba.y4m.json")" ;;
     dit)
       .gpu/vdit bench dit --out "$OUT" 2>&1 | tee "$OUT/dit.log"
       python3 pipelines/bench/dit_diffusers.py "$OUT" 2>&1 | tail -3 | tee "$OUT/diffusers.log" ;;
