@@ -146,18 +146,8 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
   // Normalise and write rows (and the log-sum-exp) in natural token order, or to their pairs.
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    float sum = l[half];
-    sum += __shfl_xor_sync(0xffffffff, sum, 1);
-    sum += __shfl_xor_sync(0xffffffff, sum, 2);
-    const int r = warp * 16 + (lane >> 2) + half * 8;
-    if (r >= nq) continue;
-    const RowOut<T> dst = row_out<T, D>(p, qt, r);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) dst.store2(dt * 8 + (lane & 3) * 2, o[dt][half * 2] * inv, o[dt][half * 2 + 1] * inv);
-    if (p.lse != nullptr && (lane & 3) == 0) {
-      p.lse[dst.lse_at] = sum > 0.f ? (m[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
-    }
+    finish_row<T, D>(p, qt, warp * 16 + (lane >> 2) + half * 8, m[half], l[half],
+                     [&](int dt, int e) { return o[dt][half * 2 + e]; });
   }
 }
 

@@ -148,12 +148,6 @@ extern "C" __global__ void scan_add_u32(uint32_t* x, const uint32_t* offsets, in
   if (i < n) x[i] += offsets[blockIdx.x];
 }
 
-// Work tiles per (head in group, chunk): ceil(count / 64).
-extern "C" __global__ void vmoba_tile_counts(const uint32_t* counts, uint32_t* tiles, int len) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < len) tiles[i] = (counts[i] + 63u) / 64u;
-}
-
 // Places every kept (query, chunk) pair: the query token at the pair's slot in its chunk's
 // list (`pair_query`), and the row-major pair number (`pair_row`: the row's offset plus the
 // pair's rank in the row, chunks ascending) where its partial output goes.

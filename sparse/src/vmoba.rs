@@ -150,6 +150,14 @@ impl VmobaOptions {
             ChunkKind::Spatiotemporal => self.topk[2],
         }
     }
+
+    /// What the selection rule keeps per query for chunks of `kind`.
+    pub(crate) fn budget(&self, kind: ChunkKind) -> Budget {
+        match self.selection {
+            Selection::TopK(k) => Budget::Count(k.unwrap_or_else(|| self.topk_for(kind))),
+            Selection::Threshold(t) => Budget::Share(t),
+        }
+    }
 }
 
 /// Result of one VMoBA call.
@@ -158,15 +166,15 @@ pub struct VmobaOutput {
     pub out: Tensor,
     /// Query-key pairs computed, over batch and heads.
     pub pairs: f64,
-    /// All query-key pairs, `B * H * S * S`.
-    pub possible: f64,
 }
 
 impl VmobaOutput {
-    /// Fraction of all query-key pairs computed.
+    /// Fraction of all query-key pairs (`B * H * S * S`) computed.
     pub fn density(&self) -> f64 {
-        if self.possible > 0.0 {
-            self.pairs / self.possible
+        let dims = self.out.dims();
+        let possible = dims[..3].iter().product::<usize>() as f64 * dims[2] as f64;
+        if possible > 0.0 {
+            self.pairs / possible
         } else {
             0.0
         }
@@ -189,7 +197,7 @@ pub fn vmoba_attention(
     kind: ChunkKind,
     opts: &VmobaOptions,
 ) -> Result<VmobaOutput> {
-    let (b, h, s, _) = q.dims4()?;
+    let (_, _, s, _) = q.dims4()?;
     if s != grid.len() {
         candle_core::bail!(
             "VMoBA: {s} tokens do not fill the grid {grid} ({} tokens)",
@@ -198,32 +206,19 @@ pub fn vmoba_attention(
     }
     opts.validate(Some(grid)).map_err(candle_core::Error::Msg)?;
     let chunks = BlockLayout::tiled_shared(grid, opts.tile(kind, grid));
-    let possible = (b * h) as f64 * (s as f64) * (s as f64);
     #[cfg(feature = "cuda")]
     if opts.scope == Scope::QueryHead
         && crate::vmoba_cuda::supports(q, &chunks)
         && ![q, k, v].iter().any(|t| t.track_op())
     {
-        let rule = match opts.selection {
-            Selection::TopK(k) => crate::vmoba_cuda::Rule {
-                topk: k.unwrap_or_else(|| opts.topk_for(kind)),
-                tau: 0.0,
-            },
-            Selection::Threshold(tau) => crate::vmoba_cuda::Rule { topk: 0, tau },
-        };
-        let (out, pairs) = crate::vmoba_cuda::vmoba_forward(q, k, v, &chunks, rule)?;
-        return Ok(VmobaOutput {
-            out,
-            pairs,
-            possible,
-        });
+        let (out, pairs) = crate::vmoba_cuda::vmoba_forward(q, k, v, &chunks, opts.budget(kind))?;
+        return Ok(VmobaOutput { out, pairs });
     }
     let plan = vmoba_plan(q, k, &chunks, kind, opts)?;
     let out = block_sparse_attention(q, k, v, &plan)?;
     Ok(VmobaOutput {
         out,
         pairs: plan.pairs()? as f64,
-        possible,
     })
 }
 
@@ -262,10 +257,7 @@ pub fn select_chunks(
     let own = chunks.block_of_token(0);
     let keys = block_means(&k.detach(), chunks)?; // [B, H, n, D]
     let q = q.detach().to_dtype(DType::F32)?.contiguous()?;
-    let budget = match opts.selection {
-        Selection::TopK(k) => Budget::Count(k.unwrap_or_else(|| opts.topk_for(kind))),
-        Selection::Threshold(t) => Budget::Share(t),
-    };
+    let budget = opts.budget(kind);
     let mut lists = Vec::with_capacity(b * h * s);
     for bi in 0..b {
         for hi in 0..h {
@@ -286,7 +278,7 @@ pub fn select_chunks(
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Budget {
+pub(crate) enum Budget {
     /// Keep this many chunks per query (own included).
     Count(usize),
     /// Keep chunks until this share of the normalised score mass is reached.

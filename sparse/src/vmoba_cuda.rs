@@ -9,6 +9,7 @@
 use crate::cuda::{launch_forward, layout_on, ptr, tensor_ptr, tensor_view, type_name, AttnParams};
 use crate::layout::BlockLayout;
 use crate::pool::block_means;
+use crate::vmoba::Budget;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, LaunchConfig, PushKernelArg,
 };
@@ -27,14 +28,6 @@ const PARTIAL_BYTES: usize = 1 << 30;
 /// Queries per work tile (the attention kernel's 64-row query tiles).
 const TILE: u32 = 64;
 
-/// The selection rule: the `topk` best chunks (own included), or when `topk` is 0 the
-/// threshold rule with share `tau`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Rule {
-    pub topk: usize,
-    pub tau: f64,
-}
-
 /// True when the GPU path takes these inputs and chunks.
 pub(crate) fn supports(q: &Tensor, chunks: &BlockLayout) -> bool {
     q.device().is_cuda()
@@ -44,14 +37,14 @@ pub(crate) fn supports(q: &Tensor, chunks: &BlockLayout) -> bool {
         && chunks.is_shared()
 }
 
-/// VMoBA attention of `q, k, v: [B, H, S, D]` over `chunks` with `rule`: the `[B, H, S, D]`
-/// output and the number of query-key pairs computed.
+/// VMoBA attention of `q, k, v: [B, H, S, D]` over `chunks`, keeping `budget` per query: the
+/// `[B, H, S, D]` output and the number of query-key pairs computed.
 pub(crate) fn vmoba_forward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     chunks: &Arc<BlockLayout>,
-    rule: Rule,
+    budget: Budget,
 ) -> Result<(Tensor, f64)> {
     let Device::Cuda(dev) = q.device() else {
         candle_core::bail!("VMoBA on the GPU needs CUDA tensors")
@@ -73,7 +66,7 @@ pub(crate) fn vmoba_forward(
                 .matmul(&means.i((bi, h0..h0 + heads))?.t()?)?
                 .contiguous()?; // [heads, S, n]
             drop(q32);
-            let sel = select(dev, &scores, &chunk_of, s, n, words, rule)?;
+            let sel = select(dev, &scores, &chunk_of, s, n, words, budget)?;
             drop(scores);
             let counts = dev.clone_dtoh(&sel.chunk_counts)?;
             pairs += counts
@@ -187,7 +180,7 @@ fn select(
     s: usize,
     n: usize,
     words: usize,
-    rule: Rule,
+    budget: Budget,
 ) -> Result<Selection> {
     let heads = scores.dim(0)?;
     let rows = heads * s;
@@ -202,14 +195,12 @@ fn select(
         ptr(dev, &row_counts),
         ptr(dev, &chunk_counts),
     );
-    let (rows32, s32, n32, w32, topk32, tau) = (
-        rows as i32,
-        s as i32,
-        n as i32,
-        words as i32,
-        rule.topk as i32,
-        rule.tau,
-    );
+    // The kernel takes a count (topk > 0) or, with topk 0, the threshold share.
+    let (topk32, tau) = match budget {
+        Budget::Count(k) => (k as i32, 0.0),
+        Budget::Share(tau) => (0, tau),
+    };
+    let (rows32, s32, n32, w32) = (rows as i32, s as i32, n as i32, words as i32);
     let func = kernel(dev, "vmoba_select")?;
     let mut builder = stream.launch_builder(&func);
     builder
