@@ -6,6 +6,7 @@ block masks that `vdit bench attention` used, on the same GPU.
 import json
 import os
 import sys
+import time
 
 import torch
 from safetensors.torch import load_file
@@ -13,10 +14,18 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 
+# As in `vdit bench`: every case runs for at least this long before it is timed, so that all are
+# timed at the clocks the GPU keeps under its power cap.
+WARM_UP_SECONDS = 1.0
+
+
 def median_ms(fn, warmup=3, runs=20):
-    for _ in range(warmup):
+    start = time.perf_counter()
+    calls = 0
+    while calls < warmup or time.perf_counter() - start < WARM_UP_SECONDS:
         fn()
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        calls += 1
     times = []
     for _ in range(runs):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

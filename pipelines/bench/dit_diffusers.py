@@ -6,6 +6,7 @@ at the size `vdit bench dit` uses, on the same GPU; reports median ms and peak m
 import argparse
 import json
 import os
+import time
 
 import torch
 from diffusers import WanTransformer3DModel
@@ -28,9 +29,14 @@ def main():
     text = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
     t = torch.tensor([500.0], device="cuda")
     with torch.no_grad():
-        model(latents, t, text, return_dict=False)
-        torch.cuda.synchronize()
+        # Warm-up as in `vdit bench dit`: at least one forward and one second of them.
+        start = time.perf_counter()
         torch.cuda.reset_peak_memory_stats()
+        while True:
+            model(latents, t, text, return_dict=False)
+            torch.cuda.synchronize()
+            if time.perf_counter() - start >= 1.0:
+                break
         times = []
         for _ in range(a.runs):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

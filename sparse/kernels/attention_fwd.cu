@@ -23,7 +23,7 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
   const T* vbase = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
 
   auto off = [](int r, int c) { return swz<CH>(r, c) * (int)sizeof(T); };
-  load_q_tile<T, BM, CH, THREADS>(p, q_ord, qs, nq, qbase, reinterpret_cast<unsigned char*>(sQ), off);
+  load_q_tile<T, BM, CH, THREADS>(p, q_ord, qs, nq, qbase, reinterpret_cast<unsigned char*>(sQ), off, tid);
   cp_async_commit();
 
   // Tile j's copies are issued at the start of iteration j - 1, from key tokens looked up
@@ -34,9 +34,9 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
   KeyStream after = stream_advance(p, nxt, BN, next_rows);
   auto tile_at = [&](T* base, int buf) { return reinterpret_cast<unsigned char*>(base + buf * BN * D); };
   uint32_t tok[TileRows<BN, CH, THREADS>::PER_THREAD];
-  if (cur.item < cur.end) load_kv_tile<T, BN, CH, THREADS, true>(p, cur, rows, k_ord, kbase, vbase, tile_at(sK, 0), tile_at(sV, 0), off);
+  if (cur.item < cur.end) load_kv_tile<T, BN, CH, THREADS>(p, cur, rows, k_ord, kbase, vbase, tile_at(sK, 0), tile_at(sV, 0), off);
   cp_async_commit();
-  if (nxt.item < nxt.end) tile_tokens<BN, CH, THREADS, true>(p, nxt, next_rows, k_ord, tok);
+  if (nxt.item < nxt.end) tile_tokens<BN, CH, THREADS>(p, nxt, next_rows, k_ord, tok);
   cp_async_wait<0>();
   __syncthreads();
 
@@ -61,7 +61,7 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
     cp_async_commit();
     int later_rows = 0;
     const KeyStream later = stream_advance(p, after, BN, later_rows);
-    if (after.item < after.end) tile_tokens<BN, CH, THREADS, true>(p, after, later_rows, k_ord, tok);
+    if (after.item < after.end) tile_tokens<BN, CH, THREADS>(p, after, later_rows, k_ord, tok);
     const T* tk = sK + buf * BN * D;
     const T* tv = sV + buf * BN * D;
 

@@ -1,15 +1,19 @@
 // Block-sparse flash attention, forward, for Hopper (sm_90a): the plan walk of
 // attention_params.cuh with warpgroup MMAs (wgmma) that read Q, K and V straight from
-// 128-byte-swizzled shared memory. One CTA per (batch*head, query block of up to 64*WG rows);
-// warpgroup g owns query rows 64g..64g+63; key tiles of 64 or 128 rows (BN) of the key stream
-// (spanning key blocks where they are small or partial), double-buffered,
-// the next tile's copies issued while S of the current one is on the tensor cores. S = Q K^T is
-// an SS wgmma (both K-major), the online softmax runs on the accumulators, and O += P V is an RS
-// wgmma with P from registers and V read MN-major (transposed) from the same tile layout as K.
+// 128-byte-swizzled shared memory. One CTA per (batch*head, query block of up to 64*WG rows),
+// warp-specialised: warpgroup 0 produces, copying the key stream's tiles of BN rows (which span
+// key blocks where they are small or partial) into a ring of STAGES K/V buffers and signalling
+// each through an mbarrier; it hands most of its registers to the WG consumer warpgroups, each of
+// which owns 64 query rows. A consumer overlaps its tensor-core work with its softmax: tile j's
+// S = Q K^T (SS wgmma, both K-major) is issued together with tile j-1's O += P V (RS wgmma, P
+// from registers, V read MN-major from the same tile layout as K), and the softmax of S runs
+// while the P V product is still on the tensor cores. Two consumers also take turns issuing
+// (named barriers), so that one's softmax runs while the other's products do.
 #include <type_traits>
 
 #include "attention_params.cuh"
 #include "common.cuh"
+#include "sync_sm90.cuh"
 #include "wgmma.cuh"
 
 // Byte offset of 16-byte chunk `c` (of D/8) of row `r` in a tile of `rows` rows stored as D/64
@@ -19,6 +23,7 @@ __device__ __forceinline__ int tile_off(int rows, int r, int c) {
   return (c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4);
 }
 
+// One k16 step of S (+)= Q K^T for this type and key tile width.
 template <typename T, int BN>
 __device__ __forceinline__ void mma_qk(float* s, uint64_t a, uint64_t b, int accumulate) {
   if constexpr (std::is_same<T, __nv_bfloat16>::value) {
@@ -30,6 +35,7 @@ __device__ __forceinline__ void mma_qk(float* s, uint64_t a, uint64_t b, int acc
   }
 }
 
+// One k16 step of O += P V for this type and head dim.
 template <typename T, int D>
 __device__ __forceinline__ void mma_pv(float* o, const uint32_t* a, uint64_t b) {
   if constexpr (std::is_same<T, __nv_bfloat16>::value) {
@@ -41,167 +47,274 @@ __device__ __forceinline__ void mma_pv(float* o, const uint32_t* a, uint64_t b) 
   }
 }
 
-template <typename T, int D, int WG, int BN>
-__device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
-  constexpr int BM = 64 * WG, CH = D / 8, THREADS = 128 * WG;
-  constexpr int Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem =
-      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  unsigned char* sQ = smem;
-  unsigned char* sK = sQ + Q_BYTES;       // two buffers
-  unsigned char* sV = sK + 2 * KV_BYTES;  // two buffers
+// Named barriers: the consumers' query tile is in shared memory; consumer c's turn to issue.
+constexpr int BAR_Q_READY = 1, BAR_TURN = 2;
 
-  const QueryTile qt = query_tile(p);
-  const int b = qt.b, h = qt.h, qs = qt.qs, nq = qt.nq;
-  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
-  const uint32_t* q_ord = qt.q_ord;
-  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.SK : 0);
-  const T* qbase = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
-  const T* kbase = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
-  const T* vbase = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+// Keeps the registers of an RS wgmma's A operand alive (unreused) until this point: the tensor
+// cores read them after the instruction has issued.
+__device__ __forceinline__ void wg_keep(const uint32_t (&a)[4]) {
+  asm volatile("" ::"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]) : "memory");
+}
 
-  auto off_q = [](int r, int c) { return tile_off(BM, r, c); };
+// Issues S = Q K^T for consumer c's 64 rows over the head dim, 16 channels per wgmma (32 bytes
+// inside a swizzle atom), as one commit group.
+template <typename T, int D, int BM, int BN>
+__device__ __forceinline__ void issue_qk(float* s, const unsigned char* sQ, const unsigned char* tk, int c) {
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const int block = kk >> 2, within = (kk & 3) * 32;
+    const uint64_t da = smem_desc(sQ + block * BM * 128 + c * 64 * 128 + within, 16, 1024);
+    const uint64_t db = smem_desc(tk + block * BN * 128 + within, 16, 1024);
+    mma_qk<T, BN>(s, da, db, kk > 0);
+  }
+  wg_commit();
+}
+
+// Issues O += P V (P's register layout is wgmma's A layout, 16 keys per wgmma) as one commit
+// group.
+template <typename T, int D, int BN>
+__device__ __forceinline__ void issue_pv(float* o, const uint32_t (&a)[BN / 16][4], const unsigned char* tv) {
+  wg_fence();
+#pragma unroll
+  for (int t = 0; t < BN / 16; ++t) mma_pv<T, D>(o, a[t], smem_desc(tv + t * 16 * 128, BN * 128, 1024));
+  wg_commit();
+}
+
+// Online softmax of one S tile in the log2 domain: s[4 * chunk + e] holds row lane/4 (+8 for
+// e >= 2), column 8 * chunk + 2 * (lane % 4) + (e & 1). Keys past the tile's `rows` are masked,
+// the scale is folded into the exponent's FMA; `s` becomes P, the row maxima `m` and sums `l`
+// are updated, and `alpha` gets the factors by which O must be rescaled.
+template <int BN>
+__device__ __forceinline__ void softmax_tile(float* s, int rows, float scale_log2, float* m, float* l, float* alpha) {
+  const int lane = threadIdx.x & 31;
+  if (rows < BN) {
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      const int key = (i / 4) * 8 + (lane & 3) * 2 + (i & 1);
+      s[i] = key < rows ? s[i] : -INFINITY;
+    }
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + half * 2], s[4 * nt + half * 2 + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+    const float m_new = fmaxf(m[half], mx * scale_log2);
+    const float base = m_new == -INFINITY ? 0.f : m_new;
+    alpha[half] = exp2f(m[half] - base);
+    float sum = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float pr = exp2f(fmaf(s[4 * nt + half * 2 + e], scale_log2, -base));
+        s[4 * nt + half * 2 + e] = pr;
+        sum += pr;
+      }
+    }
+    l[half] = l[half] * alpha[half] + sum;
+    m[half] = m_new;
+  }
+}
+
+// Rescales O's rows by `alpha`; once the row maxima settle, whole warps skip it.
+template <int D>
+__device__ __forceinline__ void rescale(float* o, const float* alpha) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    if (__any_sync(0xffffffff, alpha[half] != 1.f)) {
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o[4 * dt + half * 2] *= alpha[half];
+        o[4 * dt + half * 2 + 1] *= alpha[half];
+      }
+    }
+  }
+}
+
+// P (probabilities in `s`) packed to T as wgmma A fragments.
+template <typename T, int BN>
+__device__ __forceinline__ void pack_p(uint32_t (&a)[BN / 16][4], const float* s) {
+#pragma unroll
+  for (int t = 0; t < BN / 16; ++t) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[t][i] = pack2<T>(s[8 * t + 2 * i], s[8 * t + 2 * i + 1]);
+  }
+}
+
+// Consumer c's turn to issue wgmmas (two consumers alternate), and the end of it: the other
+// consumer's turn, except after consumer 1's last issue, so that every arrival is waited for.
+template <int WG>
+__device__ __forceinline__ void turn_begin(int c) {
+  if constexpr (WG == 2) named_sync(BAR_TURN + c, 256);
+}
+template <int WG>
+__device__ __forceinline__ void turn_end(int c, bool more) {
+  if constexpr (WG == 2) {
+    if (c == 0 || more) named_arrive(BAR_TURN + (c ^ 1), 256);
+  }
+}
+
+// The producer warpgroup: copies the key stream's K and V tiles into the ring, waiting for the
+// consumers to release a buffer before refilling it; the tile's row count goes to `tile_rows`
+// (negated for the stream's last tile). A tile's key tokens are looked up, and the next tile
+// found, before the wait.
+template <typename T, int D, int BN, int STAGES>
+__device__ __forceinline__ void produce_kv(const AttnParams& p, const QueryTile& qt, unsigned char* sK,
+                                           unsigned char* sV, int* tile_rows, uint64_t* full, uint64_t* empty) {
+  constexpr int CH = D / 8, KV_BYTES = BN * D * 2;
+  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)qt.h * p.SK : 0);
+  const T* kbase = reinterpret_cast<const T*>(p.k) + qt.b * p.k_sb + qt.h * p.k_sh;
+  const T* vbase = reinterpret_cast<const T*>(p.v) + qt.b * p.v_sb + qt.h * p.v_sh;
   auto off_kv = [](int r, int c) { return tile_off(BN, r, c); };
-  load_q_tile<T, BM, CH, THREADS>(p, q_ord, qs, nq, qbase, sQ, off_q);
-  cp_async_commit();
-
   KeyStream cur = qt.keys;
   int rows = 0;
   KeyStream nxt = stream_advance(p, cur, BN, rows);
-  if (cur.item < cur.end) load_kv_tile<T, BN, CH, THREADS, false>(p, cur, rows, k_ord, kbase, vbase, sK, sV, off_kv);
+  for (int j = 0; cur.item < cur.end; ++j) {
+    const int stage = j % STAGES;
+    uint32_t tok[TileRows<BN, CH, 128>::PER_THREAD];
+    tile_tokens<BN, CH, 128>(p, cur, rows, k_ord, tok);
+    int next_rows = 0;
+    const KeyStream after = stream_advance(p, nxt, BN, next_rows);
+    if (j >= STAGES) mbar_wait(&empty[stage], ((j / STAGES) & 1) ^ 1);
+    copy_kv_tile<T, BN, CH, 128>(p, tok, rows, kbase, vbase, sK + stage * KV_BYTES, sV + stage * KV_BYTES, off_kv);
+    mbar_arrive_after_copies(&full[stage]);
+    if (threadIdx.x == 0) {
+      tile_rows[stage] = nxt.item < nxt.end ? rows : -rows;
+      mbar_arrive(&full[stage]);
+    }
+    cur = nxt;
+    nxt = after;
+    rows = next_rows;
+  }
+  cp_async_wait<0>();
+}
+
+// Consumer warpgroup c: its 64 query rows against every tile of the key stream.
+template <typename T, int D, int WG, int BN, int STAGES>
+__device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt, int c, unsigned char* sQ,
+                                        const unsigned char* sK, const unsigned char* sV, const int* tile_rows,
+                                        uint64_t* full, uint64_t* empty) {
+  constexpr int BM = 64 * WG, CH = D / 8, KV_BYTES = BN * D * 2;
+  const int tid = threadIdx.x - 128, warp = (tid >> 5) & 3, lane = tid & 31;
+  const T* qbase = reinterpret_cast<const T*>(p.q) + qt.b * p.q_sb + qt.h * p.q_sh;
+  auto off_q = [](int r, int ch) { return tile_off(BM, r, ch); };
+  load_q_tile<T, BM, CH, 128 * WG>(p, qt.q_ord, qt.qs, qt.nq, qbase, sQ, off_q, tid);
   cp_async_commit();
   cp_async_wait<0>();
   fence_async_shared();
-  __syncthreads();
+  named_sync(BAR_Q_READY, 128 * WG);
 
   float o[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   float s[BN / 2];
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  int buf = 0;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+  uint32_t a[BN / 16][4];
 
-  while (cur.item < cur.end) {
-    const unsigned char* tk = sK + buf * KV_BYTES;
-    const unsigned char* tv = sV + buf * KV_BYTES;
-
-    // S = Q K^T over the head dim, 16 channels per wgmma (32 bytes inside a swizzle atom).
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const int block = kk >> 2, within = (kk & 3) * 32;
-      const uint64_t da = smem_desc(sQ + block * BM * 128 + wg * 64 * 128 + within, 16, 1024);
-      const uint64_t db = smem_desc(tk + block * BN * 128 + within, 16, 1024);
-      mma_qk<T, BN>(s, da, db, kk > 0);
-    }
-    wg_commit();
-    // The next tile's loads (token lookups included) are issued while S is being computed.
-    // (Measured slower on an H100: looking the tokens up an iteration earlier, a third K/V
-    // buffer, 176-key tiles.)
-    int next_rows = 0;
-    const KeyStream after = stream_advance(p, nxt, BN, next_rows);
-    if (nxt.item < nxt.end) {
-      load_kv_tile<T, BN, CH, THREADS, false>(p, nxt, next_rows, k_ord, kbase, vbase, sK + (buf ^ 1) * KV_BYTES,
-                                       sV + (buf ^ 1) * KV_BYTES, off_kv);
-    }
-    cp_async_commit();
+  if (qt.keys.item < qt.keys.end) {
+    if (WG == 2 && c == 1) named_arrive(BAR_TURN, 256);  // consumer 0 goes first
+    // Tile 0: S only (O is still zero). After each wait, a proxy fence: the copies landed
+    // through the generic proxy, and wgmma reads through the async one.
+    mbar_wait(&full[0], 0);
+    fence_async_shared();
+    int rows = tile_rows[0];
+    bool more = rows > 0;
+    turn_begin<WG>(c);
+    issue_qk<T, D, BM, BN>(s, sQ, sK, c);
+    turn_end<WG>(c, more);
     wg_wait<0>();
     wg_pin<BN / 2>(s);
-
-    // Online softmax in the log2 domain; s[4 * chunk + e] holds row lane/4 (+8 for e >= 2),
-    // column 8 * chunk + 2 * (lane % 4) + (e & 1). Keys past a partial tile's rows are masked;
-    // the scale is folded into the exponent's FMA.
-    if (rows < BN) {
+    softmax_tile<BN>(s, abs(rows), p.scale_log2, m, l, alpha);
+    pack_p<T, BN>(a, s);
+    int j = 1;
+    for (; more; ++j) {
+      const int stage = j % STAGES, prev = (j - 1) % STAGES;
+      mbar_wait(&full[stage], (j / STAGES) & 1);
+      fence_async_shared();
+      rows = tile_rows[stage];
+      more = rows > 0;
+      turn_begin<WG>(c);
+      issue_qk<T, D, BM, BN>(s, sQ, sK + stage * KV_BYTES, c);
+      issue_pv<T, D, BN>(o, a, sV + prev * KV_BYTES);
+      turn_end<WG>(c, more);
+      wg_wait<1>();
+      wg_pin<BN / 2>(s);
+      softmax_tile<BN>(s, abs(rows), p.scale_log2, m, l, alpha);
+      wg_wait<0>();
+      wg_pin<D / 2>(o);
 #pragma unroll
-      for (int i = 0; i < BN / 2; ++i) {
-        const int key = (i / 4) * 8 + (lane & 3) * 2 + (i & 1);
-        s[i] = key < rows ? s[i] : -INFINITY;
-      }
+      for (int t = 0; t < BN / 16; ++t) wg_keep(a[t]);
+      if (lane == 0) mbar_arrive(&empty[prev]);
+      rescale<D>(o, alpha);
+      pack_p<T, BN>(a, s);
     }
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-        mx = fmaxf(mx, fmaxf(s[4 * nt + half * 2], s[4 * nt + half * 2 + 1]));
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-      const float m_new = fmaxf(m[half], mx * p.scale_log2);
-      const float base = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = exp2f(m[half] - base);
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float pr = exp2f(fmaf(s[4 * nt + half * 2 + e], p.scale_log2, -base));
-          s[4 * nt + half * 2 + e] = pr;
-          sum += pr;
-        }
-      }
-      l[half] = l[half] * alpha + sum;
-      m[half] = m_new;
-      // Once the row maxima settle, whole warps skip the rescale of O.
-      if (__any_sync(0xffffffff, alpha != 1.f)) {
-#pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt) {
-          o[4 * dt + half * 2] *= alpha;
-          o[4 * dt + half * 2 + 1] *= alpha;
-        }
-      }
-    }
-
-    // O += P V: P's register layout is wgmma's A layout, 16 keys per wgmma.
-    uint32_t a[BN / 16][4];
-#pragma unroll
-    for (int t = 0; t < BN / 16; ++t) {
-      a[t][0] = pack2<T>(s[8 * t + 0], s[8 * t + 1]);
-      a[t][1] = pack2<T>(s[8 * t + 2], s[8 * t + 3]);
-      a[t][2] = pack2<T>(s[8 * t + 4], s[8 * t + 5]);
-      a[t][3] = pack2<T>(s[8 * t + 6], s[8 * t + 7]);
-    }
-    wg_pin<D / 2>(o);
-    wg_fence();
-#pragma unroll
-    for (int t = 0; t < BN / 16; ++t) {
-      const uint64_t dv = smem_desc(tv + t * 16 * 128, BN * 128, 1024);
-      mma_pv<T, D>(o, a[t], dv);
-    }
-    wg_commit();
+    issue_pv<T, D, BN>(o, a, sV + ((j - 1) % STAGES) * KV_BYTES);
     wg_wait<0>();
     wg_pin<D / 2>(o);
-
-    cp_async_wait<0>();
-    fence_async_shared();
-    __syncthreads();
-    buf ^= 1;
-    cur = nxt;
-    nxt = after;
-    rows = next_rows;
+#pragma unroll
+    for (int t = 0; t < BN / 16; ++t) wg_keep(a[t]);
   }
 
   // Normalise and write rows (and the log-sum-exp) in natural token order, or to their pairs.
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    finish_row<T, D>(p, qt, wg * 64 + warp * 16 + (lane >> 2) + half * 8, m[half], l[half],
+    finish_row<T, D>(p, qt, c * 64 + warp * 16 + (lane >> 2) + half * 8, m[half], l[half],
                      [&](int dt, int e) { return o[4 * dt + half * 2 + e]; });
   }
 }
 
-#define INSTANTIATE_SM90(T, NAME, D, WG, BN)                                             \
-  extern "C" __global__ void __launch_bounds__(WG * 128, 1)                              \
-      bsattn_fwd_sm90_##NAME##_d##D##_wg##WG##_bn##BN(const AttnParams p) {             \
-    bsattn_fwd_sm90<T, D, WG, BN>(p);                                                    \
+// Registers per thread at launch (the launch bounds' share of the register file), and after
+// the producer hands its surplus to the consumers.
+template <int WG> struct RegisterSplit {
+  static constexpr int LAUNCH = WG == 2 ? 168 : 128, PRODUCER = 88;
+  static constexpr int CONSUMER = LAUNCH + (LAUNCH - PRODUCER) / WG;
+};
+
+template <typename T, int D, int WG, int BN, int STAGES>
+__device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
+  constexpr int BM = 64 * WG, Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  __shared__ uint64_t full[STAGES], empty[STAGES];
+  __shared__ int tile_rows[STAGES];
+  unsigned char* smem =
+      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* sQ = smem;
+  unsigned char* sK = sQ + Q_BYTES;            // STAGES buffers
+  unsigned char* sV = sK + STAGES * KV_BYTES;  // STAGES buffers
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < STAGES; ++i) {
+      mbar_init(&full[i], 129);     // every producer thread once its copies land, and the row count
+      mbar_init(&empty[i], 4 * WG);  // every consumer warp
+    }
   }
-// Query tiles of 64 (one warpgroup) or 128 rows (two); key tiles of 64 or 128.
-#define INSTANTIATE_SM90_ALL(T, NAME)     \
-  INSTANTIATE_SM90(T, NAME, 64, 1, 64)    \
-  INSTANTIATE_SM90(T, NAME, 128, 1, 64)   \
-  INSTANTIATE_SM90(T, NAME, 64, 2, 64)    \
-  INSTANTIATE_SM90(T, NAME, 128, 2, 64)   \
-  INSTANTIATE_SM90(T, NAME, 64, 2, 128)   \
-  INSTANTIATE_SM90(T, NAME, 128, 2, 128)
+  __syncthreads();
+  const QueryTile qt = query_tile(p);
+  using Regs = RegisterSplit<WG>;
+  if (threadIdx.x < 128) {
+    regs_shrink<Regs::PRODUCER>();
+    produce_kv<T, D, BN, STAGES>(p, qt, sK, sV, tile_rows, full, empty);
+  } else {
+    regs_grow<Regs::CONSUMER>();
+    consume<T, D, WG, BN, STAGES>(p, qt, (threadIdx.x >> 7) - 1, sQ, sK, sV, tile_rows, full, empty);
+  }
+}
+
+// WG consumer warpgroups plus the producer; one CTA per SM with two consumers, two with one.
+#define INSTANTIATE_SM90(T, NAME, D, WG, BN, STAGES)                                         \
+  extern "C" __global__ void __launch_bounds__((WG + 1) * 128, 3 - WG)                       \
+      bsattn_fwd_sm90_##NAME##_d##D##_wg##WG##_bn##BN##_st##STAGES(const AttnParams p) {     \
+    bsattn_fwd_sm90<T, D, WG, BN, STAGES>(p);                                                \
+  }
+// Query tiles of 64 (one consumer) or 128 rows (two); key tiles of 64 or 128; the ring holds
+// two or three K/V tiles.
+#define INSTANTIATE_SM90_ALL(T, NAME)        \
+  INSTANTIATE_SM90(T, NAME, 64, 1, 64, 2)    \
+  INSTANTIATE_SM90(T, NAME, 128, 1, 64, 2)   \
+  INSTANTIATE_SM90(T, NAME, 64, 2, 128, 3)   \
+  INSTANTIATE_SM90(T, NAME, 128, 2, 128, 3)
 INSTANTIATE_SM90_ALL(__nv_bfloat16, bf16)
 INSTANTIATE_SM90_ALL(__half, f16)

@@ -184,10 +184,9 @@ struct TileRows {
 
 // The key tokens of this thread's rows of the tile of `rows` stream rows from `s` (rows past
 // the end repeat the last one). Slots are found first, walking across key blocks only when the
-// tile leaves the current one, so that the token lookups are independent of each other. With
-// NATURAL, lookups are skipped for an identity key order (the Hopper kernel measured faster
-// without that branch: it costs registers).
-template <int BN, int CH, int THREADS, bool NATURAL>
+// tile leaves the current one, so that the token lookups are independent of each other; an
+// identity key order needs no lookups.
+template <int BN, int CH, int THREADS>
 __device__ __forceinline__ void tile_tokens(const AttnParams& p, KeyStream s, int rows, const uint32_t* k_ord,
                                             uint32_t (&tok)[TileRows<BN, CH, THREADS>::PER_THREAD]) {
   using R = TileRows<BN, CH, THREADS>;
@@ -211,7 +210,7 @@ __device__ __forceinline__ void tile_tokens(const AttnParams& p, KeyStream s, in
       tok[j] = first + r - base;
     }
   }
-  if (!NATURAL || p.k_natural <= 0) {
+  if (p.k_natural <= 0) {
 #pragma unroll
     for (int j = 0; j < R::PER_THREAD; ++j) tok[j] = k_ord[tok[j]];
   }
@@ -236,21 +235,21 @@ __device__ __forceinline__ void copy_kv_tile(const AttnParams& p, const uint32_t
 }
 
 // Both of the above: the copies of a K and V tile of `rows` stream rows from `s`.
-template <typename T, int BN, int CH, int THREADS, bool NATURAL, typename Off>
+template <typename T, int BN, int CH, int THREADS, typename Off>
 __device__ __forceinline__ void load_kv_tile(const AttnParams& p, KeyStream s, int rows, const uint32_t* k_ord,
                                              const T* kbase, const T* vbase, unsigned char* dk,
                                              unsigned char* dv, Off off) {
   uint32_t tok[TileRows<BN, CH, THREADS>::PER_THREAD];
-  tile_tokens<BN, CH, THREADS, NATURAL>(p, s, rows, k_ord, tok);
+  tile_tokens<BN, CH, THREADS>(p, s, rows, k_ord, tok);
   copy_kv_tile<T, BN, CH, THREADS>(p, tok, rows, kbase, vbase, dk, dv, off);
 }
 
 // Issues the asynchronous copies of a query tile of BM rows (`nq` of them real, zeros below)
-// read through the query order from slot `qs`.
+// read through the query order from slot `qs`, shared by THREADS threads of which this is `t`.
 template <typename T, int BM, int CH, int THREADS, typename Off>
 __device__ __forceinline__ void load_q_tile(const AttnParams& p, const uint32_t* q_ord, int qs, int nq,
-                                            const T* qbase, unsigned char* dq, Off off) {
-  for (int i = threadIdx.x; i < BM * CH; i += THREADS) {
+                                            const T* qbase, unsigned char* dq, Off off, int t) {
+  for (int i = t; i < BM * CH; i += THREADS) {
     const int r = i / CH, c = i % CH;
     const bool valid = r < nq;
     const T* src = qbase + (valid ? (long long)q_ord[qs + r] * p.q_ss : 0) + c * 8;

@@ -64,9 +64,8 @@ pub fn run(
     let t = Tensor::new(&[500f32], device)?;
     let mut rows = Vec::new();
     let mut time = |name: &str, attention: &dyn SelfAttention| -> Result<()> {
-        model.forward(&latents, &t, &text, attention, Step::SINGLE)?; // warm-up
         reset_peak(device)?;
-        let ms = median_ms(device, 0, runs, || {
+        let ms = median_ms(device, 1, runs, || {
             Ok(model
                 .forward(&latents, &t, &text, attention, Step::SINGLE)
                 .map(|_| ())?)
