@@ -1,6 +1,7 @@
 //! The CUDA kernels against the CPU engine (run on a machine with a GPU:
 //! `cargo test --release -p sparse --features cuda --test cuda`). Inputs are rounded to bf16
-//! once and given to both paths; bf16 outputs must be within 2e-2 relative L2 of the CPU's f32.
+//! once and given to both paths; bf16 (and, for dense, f16) outputs must be within 2e-2
+//! relative L2 of the CPU's f32.
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -75,6 +76,13 @@ fn dense_kernel_matches_cpu_for_head_dims_partial_blocks_strides_and_cross_lengt
             check(
                 &format!("dense d{d}"),
                 &sparse::dense::attention(&qg, &kg, &vg)?,
+                &sparse::dense::attention(&qc, &kc, &vc)?,
+            )?;
+            // f16 (bf16 values are exact in f16 at these magnitudes)
+            let f16 = |x: &Tensor| x.to_dtype(DType::F16);
+            check(
+                &format!("dense f16 d{d}"),
+                &sparse::dense::attention(&f16(&qg)?, &f16(&kg)?, &f16(&vg)?)?,
                 &sparse::dense::attention(&qc, &kc, &vc)?,
             )?;
             // strided views, as the DiT passes them
