@@ -14,9 +14,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 
-# As in `vdit bench`: every case runs for at least this long before it is timed, so that all are
-# timed at the clocks the GPU keeps under its power cap.
+# As in `vdit bench`: every case runs for at least WARM_UP_SECONDS before it is timed, so that all
+# are timed at the clocks the GPU keeps under its power cap, and is timed over at least `runs`
+# calls and TIMED_SECONDS.
 WARM_UP_SECONDS = 1.0
+TIMED_SECONDS = 1.0
 
 
 def median_ms(fn, warmup=3, runs=20):
@@ -27,13 +29,14 @@ def median_ms(fn, warmup=3, runs=20):
         torch.cuda.synchronize()
         calls += 1
     times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    start = time.perf_counter()
+    while len(times) < runs or time.perf_counter() - start < TIMED_SECONDS:
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
         fn()
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(begin.elapsed_time(end))
     times.sort()
     return times[len(times) // 2]
 

@@ -14,9 +14,13 @@ use std::time::Instant;
 /// within a second and lowers its clocks (1980 to about 1600 MHz), so every case, ours and the
 /// peers' alike, is timed at the clocks it would keep in a long run.
 pub const WARM_UP_SECONDS: f64 = 1.0;
+/// Seconds of timed calls at least: a short case's median then spans the power controller's
+/// swings instead of landing inside one.
+pub const TIMED_SECONDS: f64 = 1.0;
 
-/// Median wall time in milliseconds of `runs` calls, after at least `warmup` calls and
-/// [`WARM_UP_SECONDS`] of calls, synchronising the device around each timed call.
+/// Median wall time in milliseconds of at least `runs` calls and [`TIMED_SECONDS`] of calls,
+/// after at least `warmup` calls and [`WARM_UP_SECONDS`] of calls, synchronising the device
+/// around each timed call.
 pub fn median_ms(
     device: &Device,
     warmup: usize,
@@ -30,13 +34,13 @@ pub fn median_ms(
         device.synchronize()?;
         calls += 1;
     }
-    device.synchronize()?;
     let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let start = Instant::now();
+    let start = Instant::now();
+    while times.len() < runs.max(1) || start.elapsed().as_secs_f64() < TIMED_SECONDS {
+        let call = Instant::now();
         f()?;
         device.synchronize()?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
+        times.push(call.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(times[times.len() / 2])

@@ -24,7 +24,8 @@ enum What {
         /// Device: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cuda")]
         device: String,
-        /// Timed runs per case (median reported).
+        /// Timed runs per case, at least (each case is also timed for at least a second after
+        /// a second of warm-up; median reported).
         #[arg(long, default_value_t = 20)]
         runs: usize,
         /// Folder for attention.json and the masks used (masks.safetensors).
@@ -43,7 +44,7 @@ enum What {
         /// Frames (4k + 1).
         #[arg(long, default_value_t = 81)]
         frames: usize,
-        /// Timed runs per method (median reported).
+        /// Timed runs per method, at least (after a second of warm-up; median reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// Where to write dit.json.
