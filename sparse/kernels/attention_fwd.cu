@@ -4,6 +4,7 @@
 // online softmax, and writes out[b, token, h, :] ([B, S, H, D]) and the log-sum-exp.
 #include "common.cuh"
 #include "attention_params.cuh"
+#include "softmax.cuh"
 
 template <typename T, int D, int WARPS>
 __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
@@ -79,45 +80,14 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
       }
     }
 
-    // Online softmax in the log2 domain; keys past a partial tile's rows are masked, and the
-    // scale is folded into the exponent's FMA.
-    if (rows < BN) {
+    // Online softmax (softmax.cuh: m16n8 fragments are laid out as the shared rule expects),
+    // then O rescaled unconditionally (the warp-uniform skip costs this kernel spills at d64).
+    float alpha[2];
+    softmax_tile<BN>(&s[0][0], rows, p.scale_log2, m, l, alpha);
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
+    for (int dt = 0; dt < D / 8; ++dt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = nt * 8 + (lane & 3) * 2 + (e & 1);
-          s[nt][e] = key < rows ? s[nt][e] : -INFINITY;
-        }
-      }
-    }
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][half * 2], s[nt][half * 2 + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-      const float m_new = fmaxf(m[half], mx * p.scale_log2);
-      const float base = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = exp2f(m[half] - base);
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float pr = exp2f(fmaf(s[nt][half * 2 + e], p.scale_log2, -base));
-          s[nt][half * 2 + e] = pr;
-          sum += pr;
-        }
-      }
-      l[half] = l[half] * alpha + sum;
-      m[half] = m_new;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        o[dt][half * 2] *= alpha;
-        o[dt][half * 2 + 1] *= alpha;
-      }
+      for (int e = 0; e < 4; ++e) o[dt][e] *= alpha[e >> 1];
     }
 
     // O += P V with P taken straight from the score registers.

@@ -13,6 +13,7 @@
 
 #include "attention_params.cuh"
 #include "common.cuh"
+#include "softmax.cuh"
 #include "sync_sm90.cuh"
 #include "wgmma.cuh"
 
@@ -79,60 +80,6 @@ __device__ __forceinline__ void issue_pv(float* o, const uint32_t (&a)[BN / 16][
 #pragma unroll
   for (int t = 0; t < BN / 16; ++t) mma_pv<T, D>(o, a[t], smem_desc(tv + t * 16 * 128, BN * 128, 1024));
   wg_commit();
-}
-
-// Online softmax of one S tile in the log2 domain: s[4 * chunk + e] holds row lane/4 (+8 for
-// e >= 2), column 8 * chunk + 2 * (lane % 4) + (e & 1). Keys past the tile's `rows` are masked,
-// the scale is folded into the exponent's FMA; `s` becomes P, the row maxima `m` and sums `l`
-// are updated, and `alpha` gets the factors by which O must be rescaled.
-template <int BN>
-__device__ __forceinline__ void softmax_tile(float* s, int rows, float scale_log2, float* m, float* l, float* alpha) {
-  const int lane = threadIdx.x & 31;
-  if (rows < BN) {
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) {
-      const int key = (i / 4) * 8 + (lane & 3) * 2 + (i & 1);
-      s[i] = key < rows ? s[i] : -INFINITY;
-    }
-  }
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float mx = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + half * 2], s[4 * nt + half * 2 + 1]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-    const float m_new = fmaxf(m[half], mx * scale_log2);
-    const float base = m_new == -INFINITY ? 0.f : m_new;
-    alpha[half] = exp2f(m[half] - base);
-    float sum = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float pr = exp2f(fmaf(s[4 * nt + half * 2 + e], scale_log2, -base));
-        s[4 * nt + half * 2 + e] = pr;
-        sum += pr;
-      }
-    }
-    l[half] = l[half] * alpha[half] + sum;
-    m[half] = m_new;
-  }
-}
-
-// Rescales O's rows by `alpha`; once the row maxima settle, whole warps skip it.
-template <int D>
-__device__ __forceinline__ void rescale(float* o, const float* alpha) {
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    if (__any_sync(0xffffffff, alpha[half] != 1.f)) {
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        o[4 * dt + half * 2] *= alpha[half];
-        o[4 * dt + half * 2 + 1] *= alpha[half];
-      }
-    }
-  }
 }
 
 // P (probabilities in `s`) packed to T as wgmma A fragments.

@@ -216,6 +216,15 @@ impl<K, V> Cache<K, V> {
 
 static LAYOUTS: Cache<BlockLayout, DeviceLayout> = Cache::new();
 static LISTS: Cache<SparsePlan, DeviceLists> = Cache::new();
+static BLOCK_OF: Cache<BlockLayout, CudaSlice<u32>> = Cache::new();
+
+/// The block of every token of a layout shared by all heads, on `dev` (copied once per layout).
+pub(crate) fn block_of_on(
+    dev: &CudaDevice,
+    layout: &Arc<BlockLayout>,
+) -> Result<Arc<CudaSlice<u32>>> {
+    BLOCK_OF.get_or(layout, dev, || dev.clone_htod(&layout.block_of_token(0)))
+}
 
 pub(crate) fn layout_on(dev: &CudaDevice, layout: &Arc<BlockLayout>) -> Result<Arc<DeviceLayout>> {
     LAYOUTS.get_or(layout, dev, || {

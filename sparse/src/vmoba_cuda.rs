@@ -6,7 +6,9 @@
 //! that scores and partial outputs stay within a memory budget; the host reads back only the
 //! pair counts per (head, chunk), to size the pair buffers.
 
-use crate::cuda::{launch_forward, layout_on, ptr, tensor_ptr, tensor_view, type_name, AttnParams};
+use crate::cuda::{
+    block_of_on, launch_forward, layout_on, ptr, tensor_ptr, tensor_view, type_name, AttnParams,
+};
 use crate::layout::BlockLayout;
 use crate::pool::block_means;
 use crate::vmoba::Budget;
@@ -53,7 +55,7 @@ pub(crate) fn vmoba_forward(
     let n = chunks.num_blocks();
     let words = n.div_ceil(32);
     let means = block_means(&k.detach(), chunks)?; // [B, H, n, D] f32
-    let chunk_of = dev.clone_htod(&chunks.block_of_token(0))?;
+    let chunk_of = block_of_on(dev, chunks)?;
     let lens: Vec<f64> = (0..n).map(|c| chunks.block_len(c) as f64).collect();
     let out = Output::new(dev, q.dtype(), b * s * h * d)?;
     let group = (SCORE_BYTES / (s * (n + d) * 4).max(1)).clamp(1, h);
@@ -306,9 +308,10 @@ fn run_pairs(
     }
     let stream = dev.cuda_stream();
     let row0 = span.g0 * s;
-    let (mask_ptr, counts_ptr) = (
+    let (mask_ptr, counts_ptr, cd_ptr) = (
         ptr(dev, &sel.mask) + (row0 * words * 4) as u64,
         ptr(dev, &sel.row_counts) + (row0 * 4) as u64,
+        ptr(dev, &sel.chunk_counts) + (span.g0 * n * 4) as u64,
     );
     // Row offsets: each row's first pair, row-major.
     let mut row_offsets = dev.alloc_zeros::<u32>(rows)?;
@@ -318,15 +321,13 @@ fn run_pairs(
 
     let chunk_offsets = dev.clone_htod(&chunk_offsets)?;
     let tile_offsets = dev.clone_htod(&tile_offsets)?;
-    let counts_dev = dev.clone_htod(counts)?;
     let cursor = dev.alloc_zeros::<u32>(span.heads * n)?;
     let pair_query = dev.alloc_zeros::<u32>(pairs)?;
     let pair_row = dev.alloc_zeros::<u32>(pairs)?;
     let tile_list = dev.alloc_zeros::<u32>(tiles * 4)?;
-    let (co_ptr, to_ptr, cd_ptr, cur_ptr, pq_ptr, pr_ptr, tl_ptr) = (
+    let (co_ptr, to_ptr, cur_ptr, pq_ptr, pr_ptr, tl_ptr) = (
         ptr(dev, &chunk_offsets),
         ptr(dev, &tile_offsets),
-        ptr(dev, &counts_dev),
         ptr(dev, &cursor),
         ptr(dev, &pair_query),
         ptr(dev, &pair_row),
