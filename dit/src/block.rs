@@ -7,7 +7,8 @@ use crate::norm::Fp32LayerNorm;
 use crate::rope::Rope3d;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-use sparse::{CallSite, SelfAttention, TokenGrid};
+use sparse::{CallSite, SelfAttention};
+use vdit_core::{Step, TokenGrid};
 
 /// Feed-forward network: Linear, GELU (tanh), Linear.
 #[derive(Clone, Debug)]
@@ -59,8 +60,8 @@ pub struct BlockInputs<'a> {
     pub rope: &'a Rope3d,
     /// Token grid.
     pub grid: TokenGrid,
-    /// Denoising step and step count.
-    pub step: (usize, usize),
+    /// The denoising step.
+    pub step: Step,
     /// The self-attention implementation.
     pub attention: &'a dyn SelfAttention,
 }
@@ -105,8 +106,7 @@ impl WanBlock {
         let m = table.chunk(6, 1)?; // shift, scale, gate (attention); shift, scale, gate (FFN)
         let site = CallSite {
             layer,
-            step: inputs.step.0,
-            num_steps: inputs.step.1,
+            step: inputs.step,
         };
 
         let h = self.norm1.modulated(x, &m[0], &m[1])?;

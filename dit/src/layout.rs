@@ -3,7 +3,7 @@
 //! Model code asks for diffusers names; for an original-release checkpoint they are rewritten
 //! to the release's names (`self_attn.q`, `ffn.0`, `modulation`, `head.head`, ...).
 
-use crate::weights::{Checkpoint, KeyRename};
+use vdit_core::weights::{Checkpoint, KeyRename};
 
 /// Naming convention of a transformer checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]

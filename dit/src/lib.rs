@@ -15,10 +15,9 @@ pub mod load;
 pub mod model;
 pub mod norm;
 pub mod rope;
-pub mod weights;
 
 pub use config::{ConfigError, WanConfig};
 pub use layout::KeyLayout;
 pub use load::{load_transformer, LoadError, LoadedTransformer};
-pub use model::{Step, WanTransformer};
-pub use weights::{Checkpoint, WeightError};
+pub use model::WanTransformer;
+pub use vdit_core::Step;

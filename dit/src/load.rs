@@ -3,10 +3,10 @@
 use crate::config::{ConfigError, WanConfig};
 use crate::layout::KeyLayout;
 use crate::model::WanTransformer;
-use crate::weights::{Checkpoint, WeightError};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use vdit_core::weights::{Checkpoint, WeightError};
 
 /// Why a transformer could not be loaded.
 #[derive(Debug, thiserror::Error)]

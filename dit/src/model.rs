@@ -7,8 +7,9 @@ use crate::norm::Fp32LayerNorm;
 use crate::rope::Rope3d;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{linear, Linear, Module, VarBuilder};
-use sparse::{SelfAttention, TokenGrid};
+use sparse::SelfAttention;
 use std::sync::{Arc, Mutex};
+use vdit_core::{Step, TokenGrid};
 
 /// Wan 2.1 DiT: predicts the flow-matching velocity for latents `[B, C, T, H, W]`.
 #[derive(Clone, Debug)]
@@ -26,20 +27,6 @@ pub struct WanTransformer {
 
 /// RoPE tables and the grid they were built for.
 type RopeForGrid = (TokenGrid, Arc<Rope3d>);
-
-/// Where a forward pass sits in the sampling loop, passed through to attention.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Step {
-    /// Step index, from 0.
-    pub index: usize,
-    /// Total steps.
-    pub count: usize,
-}
-
-impl Step {
-    /// A lone forward pass.
-    pub const SINGLE: Step = Step { index: 0, count: 1 };
-}
 
 impl WanTransformer {
     /// Builds the model from weights in diffusers names (see [`crate::load`] for renaming).
@@ -114,7 +101,7 @@ impl WanTransformer {
             context: &cond.context,
             rope: &rope,
             grid,
-            step: (step.index, step.count),
+            step,
             attention,
         };
         let mut x = x;

@@ -4,13 +4,13 @@ use anyhow::Result;
 use candle_core::{safetensors::load, DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use dit::{load_transformer, Step, WanTransformer};
-use sparse::metrics::relative_l2;
 use sparse::sparsed::SparsedOptions;
 use sparse::vmoba::{Selection, VmobaOptions};
 use sparse::vsa::VsaOptions;
 use sparse::{AttentionRouter, AttentionSchedule, Dense, Method, SelfAttention};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use vdit_core::metrics::relative_l2;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -5,10 +5,10 @@
 use anyhow::Result;
 use candle_core::{safetensors::load, DType, Device};
 use dit::{load_transformer, Step};
-use sparse::metrics::relative_l2;
 use sparse::vsa::VsaOptions;
 use sparse::{AttentionRouter, AttentionSchedule, Dense, Method};
 use std::path::PathBuf;
+use vdit_core::metrics::relative_l2;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -146,7 +146,7 @@ fn fused_kernels_match_the_plain_path() -> Result<()> {
     )?;
 
     // RMSNorm over all heads, then RoPE per head
-    let grid = sparse::TokenGrid::new(1, 1, s);
+    let grid = vdit_core::TokenGrid::new(1, 1, s);
     let rope = dit::rope::Rope3d::new(d, grid, &Device::Cpu)?;
     let rope_g = dit::rope::Rope3d::new(d, grid, &gpu)?;
     let weight = Tensor::randn(1f32, 0.2, dim, &Device::Cpu)?;

@@ -4,9 +4,9 @@ use anyhow::Result;
 use candle_core::{safetensors, DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use dit::{load_transformer, Step, WanConfig, WanTransformer};
-use sparse::metrics::relative_l2;
 use sparse::Dense;
 use std::collections::HashMap;
+use vdit_core::metrics::relative_l2;
 
 /// A small model with head dim 128 (so its config can be inferred from shapes).
 fn small_config() -> WanConfig {

@@ -4,10 +4,10 @@
 use anyhow::Result;
 use candle_core::{safetensors::load, DType, Device, Tensor};
 use dit::{load_transformer, KeyLayout, Step};
-use sparse::metrics::relative_l2;
 use sparse::Dense;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use vdit_core::metrics::relative_l2;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -122,7 +122,7 @@ fn rope_tables_match_diffusers() -> Result<()> {
     let tables = load(fixture("rope_tables.safetensors"), &Device::Cpu)?;
     for head_dim in [12usize, 128] {
         let g: Vec<i64> = tables[&format!("grid_{head_dim}")].to_vec1()?;
-        let grid = sparse::TokenGrid::new(g[0] as usize, g[1] as usize, g[2] as usize);
+        let grid = vdit_core::TokenGrid::new(g[0] as usize, g[1] as usize, g[2] as usize);
         let rope = dit::rope::Rope3d::new(head_dim, grid, &Device::Cpu)?;
         let cos_err = relative_l2(rope.cos(), &tables[&format!("cos_{head_dim}")])?;
         let sin_err = relative_l2(rope.sin(), &tables[&format!("sin_{head_dim}")])?;

@@ -59,11 +59,11 @@ fn probe_runs_each_method_and_reports_density() {
     let dense = sparse::dense::attention(&qkv["q"], &qkv["k"], &qkv["v"]).unwrap();
     let (d, out) = probe(dir.path(), &["--method", "vsa", "--sparsity", "0"]);
     assert_eq!(d, 1.0);
-    assert!(sparse::metrics::relative_l2(&out, &dense).unwrap() < 1e-5);
+    assert!(vdit_core::metrics::relative_l2(&out, &dense).unwrap() < 1e-5);
     assert_eq!(out.dims(), dense.dims());
     let (d, out) = probe(dir.path(), &["--method", "vsa", "--sparsity", "0.75"]);
     assert!(d < 0.5, "vsa density {d}");
-    assert!(sparse::metrics::relative_l2(&out, &dense).unwrap() > 1e-3);
+    assert!(vdit_core::metrics::relative_l2(&out, &dense).unwrap() > 1e-3);
     let (d, _) = probe(
         dir.path(),
         &[

@@ -10,9 +10,9 @@ use anyhow::Result;
 use candle_core::{safetensors::load, DType, Device, Tensor};
 use pipelines::schedulers::{build_scheduler, Scheduler, SchedulerConfig, SchedulerKind};
 use serde::Deserialize;
-use sparse::metrics::relative_l2;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use vdit_core::metrics::relative_l2;
 
 #[derive(Deserialize)]
 struct Case {

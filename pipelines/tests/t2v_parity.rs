@@ -11,8 +11,8 @@ mod t2v_common;
 use candle_core::{safetensors, Device};
 use pipelines::video::PngFolderReader;
 use serde::Deserialize;
-use sparse::metrics::relative_l2;
 use t2v_common::{fixture, read_json, succeeds, tiny_wan};
+use vdit_core::metrics::relative_l2;
 
 #[derive(Deserialize)]
 struct Case {

@@ -10,10 +10,10 @@ use anyhow::Result;
 use candle_core::{safetensors::load, DType, Device, IndexOp, Tensor};
 use pipelines::text::{PromptTokenizer, TextEncoder, Umt5Config, Umt5Encoder};
 use serde::Deserialize;
-use sparse::metrics::relative_l2;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use vdit_core::metrics::relative_l2;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -83,8 +83,8 @@ fn tokenizer_matches_transformers() -> Result<()> {
 fn tiny_encoder(folder: &str, dtype: DType) -> Result<Umt5Encoder> {
     let dir = fixture(folder);
     let cfg = Umt5Config::from_file(&dir.join("config.json"))?;
-    let checkpoint = Arc::new(dit::Checkpoint::open(&dir)?);
-    let vb = checkpoint.var_builder(dit::weights::same_keys(), dtype, &Device::Cpu);
+    let checkpoint = Arc::new(vdit_core::Checkpoint::open(&dir)?);
+    let vb = checkpoint.var_builder(vdit_core::weights::same_keys(), dtype, &Device::Cpu);
     Ok(Umt5Encoder::new(&cfg, vb)?)
 }
 

@@ -5,18 +5,34 @@
 use crate::layout::BlockLayout;
 use crate::plan::{KeyBlocks, SparsePlan};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex, Weak};
+use vdit_core::cuda::{dtype_suffix, output, ptr, storage_ptr, tensor_ptr, with_storage, Module};
 
-const FWD_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_fwd.ptx"));
-const FWD_SM90_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_fwd_sm90.ptx"));
-const BWD_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_bwd.ptx"));
-const TOPK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/topk.ptx"));
+const FWD: Module = Module {
+    name: "vdit_attention_fwd",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/attention_fwd.ptx")),
+};
+const FWD_SM90: Module = Module {
+    name: "vdit_attention_fwd_sm90",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/attention_fwd_sm90.ptx")),
+};
+const BWD: Module = Module {
+    name: "vdit_attention_bwd",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/attention_bwd.ptx")),
+};
+const TOPK: Module = Module {
+    name: "vdit_topk",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/topk.ptx")),
+};
+const POOL: Module = Module {
+    name: "vdit_pool",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/pool.ptx")),
+};
 
 /// Largest query block the forward kernels take (8 warps of 16 rows).
 const MAX_Q_BLOCK: usize = 128;
@@ -243,25 +259,6 @@ pub(crate) fn layout_on(dev: &CudaDevice, layout: &Arc<BlockLayout>) -> Result<A
     })
 }
 
-/// Device address of a slice (valid while the slice lives).
-pub fn ptr<T>(dev: &CudaDevice, s: &CudaSlice<T>) -> u64 {
-    let stream = dev.cuda_stream();
-    let (p, _sync) = s.device_ptr(&stream);
-    p
-}
-
-/// Device address of a storage view's first element (bf16, f16 or f32).
-pub fn storage_ptr(s: &CudaStorage, l: &Layout) -> Result<u64> {
-    let dev = s.device();
-    let (base, size) = match s.dtype() {
-        DType::BF16 => (ptr(dev, s.as_cuda_slice::<half::bf16>()?), 2),
-        DType::F16 => (ptr(dev, s.as_cuda_slice::<half::f16>()?), 2),
-        DType::F32 => (ptr(dev, s.as_cuda_slice::<f32>()?), 4),
-        dt => candle_core::bail!("kernels do not take {dt:?}"),
-    };
-    Ok(base + (l.start_offset() * size) as u64)
-}
-
 /// Device address of a tensor view's first element and its (batch, head, token) strides.
 fn view(s: &CudaStorage, l: &Layout) -> Result<(u64, [i64; 3])> {
     let stride = l.stride();
@@ -278,64 +275,7 @@ fn view(s: &CudaStorage, l: &Layout) -> Result<(u64, [i64; 3])> {
 
 /// Device address of a CUDA tensor view's first element and its (batch, head, token) strides.
 pub(crate) fn tensor_view(t: &Tensor) -> Result<(u64, [i64; 3])> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cuda(s) = &*storage else {
-        candle_core::bail!("expected a CUDA tensor")
-    };
-    view(s, layout)
-}
-
-/// Device address of the first element of a contiguous CUDA tensor.
-pub fn tensor_ptr(t: &Tensor) -> Result<u64> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cuda(s) = &*storage else {
-        candle_core::bail!("expected a CUDA tensor")
-    };
-    if !layout.is_contiguous() {
-        candle_core::bail!("expected a contiguous tensor")
-    }
-    match s.dtype() {
-        DType::U32 => {
-            Ok(ptr(s.device(), s.as_cuda_slice::<u32>()?) + (layout.start_offset() * 4) as u64)
-        }
-        _ => storage_ptr(s, layout),
-    }
-}
-
-pub(crate) fn type_name(dtype: DType) -> Result<&'static str> {
-    Ok(match dtype {
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        DType::F32 => "f32",
-        dt => candle_core::bail!("attention kernels do not take {dt:?}"),
-    })
-}
-
-pub(crate) fn launch<P: DeviceRepr>(
-    dev: &CudaDevice,
-    module: &str,
-    ptx: &str,
-    name: &str,
-    cfg: LaunchConfig,
-    params: &P,
-) -> Result<()> {
-    let func = dev.get_or_load_custom_func(name, module, ptx)?;
-    if cfg.shared_mem_bytes > 0 {
-        // Opt in to the dynamic shared memory used (static shared memory counts against the
-        // default 48 KiB as well).
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            cfg.shared_mem_bytes as i32,
-        )
-        .w()?;
-    }
-    let stream = dev.cuda_stream();
-    let mut builder = stream.launch_builder(&func);
-    builder.arg(params);
-    // SAFETY: the parameter struct matches the kernel's, and every pointer in it refers to a
-    // live allocation of the sizes the kernel indexes (checked by the plan's constructors).
-    unsafe { builder.launch(cfg) }.w()?;
-    Ok(())
+    with_storage(t, view)
 }
 
 /// Key lists of a plan for the kernel, and whatever keeps their device buffers alive.
@@ -411,19 +351,10 @@ pub(crate) fn attention_forward(
     );
     let lists = key_lists(&dev, plan)?;
     let n = b * s * h * d;
-    let (out, out_ptr) = match dtype {
-        DType::BF16 => {
-            let o = unsafe { dev.alloc::<half::bf16>(n)? };
-            let p = ptr(&dev, &o);
-            (CudaStorage::wrap_cuda_slice(o, dev.clone()), p)
-        }
-        DType::F16 => {
-            let o = unsafe { dev.alloc::<half::f16>(n)? };
-            let p = ptr(&dev, &o);
-            (CudaStorage::wrap_cuda_slice(o, dev.clone()), p)
-        }
-        dt => candle_core::bail!("attention kernels do not take {dt:?}"),
-    };
+    if !matches!(dtype, DType::BF16 | DType::F16) {
+        candle_core::bail!("attention kernels do not take {dtype:?}")
+    }
+    let (out, out_ptr) = output(&dev, dtype, n)?;
     let lse = if with_lse {
         Some(dev.alloc_zeros::<f32>(b * h * s)?)
     } else {
@@ -481,7 +412,7 @@ pub(crate) fn launch_forward(
     grid_dim: (u32, u32, u32),
     params: &AttnParams,
 ) -> Result<()> {
-    let t = type_name(dtype)?;
+    let t = dtype_suffix(dtype)?;
     if let Some(prefix) = hopper_kernel(dev)? {
         // A producer warpgroup plus consumer warpgroups of 64 query rows each; Q and a ring of
         // K/V tiles of 64 or 128 keys of the key stream (tiles span key blocks), plus 1 KiB to
@@ -494,14 +425,7 @@ pub(crate) fn launch_forward(
             shared_mem_bytes: ((64 * groups + 2 * stages * key_tile) * d * 2 + 1024) as u32,
         };
         let name = format!("{prefix}_{t}_d{d}_wg{groups}_bn{key_tile}_st{stages}");
-        launch(
-            dev,
-            "vdit_attention_fwd_sm90",
-            FWD_SM90_PTX,
-            &name,
-            cfg,
-            params,
-        )
+        FWD_SM90.launch(dev, &name, cfg, params)
     } else {
         let warps = if small { 4 } else { 8 };
         let cfg = LaunchConfig {
@@ -510,7 +434,7 @@ pub(crate) fn launch_forward(
             shared_mem_bytes: ((16 * warps + 4 * 64) * d * 2) as u32,
         };
         let name = format!("bsattn_fwd_{t}_d{d}_w{warps}");
-        launch(dev, "vdit_attention_fwd", FWD_PTX, &name, cfg, params)
+        FWD.launch(dev, &name, cfg, params)
     }
 }
 
@@ -580,21 +504,14 @@ pub(crate) fn attention_backward(
         rows_blocks: plan.q_layout.num_blocks() as i32,
         scale,
     };
-    let t = type_name(dtype)?;
+    let t = dtype_suffix(dtype)?;
     let block = (128, 1, 1);
     let cfg = LaunchConfig {
         grid_dim: (plan.q_layout.num_blocks() as u32, (b * h) as u32, 1),
         block_dim: block,
         shared_mem_bytes: 0,
     };
-    launch(
-        &dev,
-        "vdit_attention_bwd",
-        BWD_PTX,
-        &format!("bsattn_bwd_dq_{t}_d{d}"),
-        cfg,
-        &params,
-    )?;
+    BWD.launch(&dev, &format!("bsattn_bwd_dq_{t}_d{d}"), cfg, &params)?;
     params.offsets = ptr(&dev, &backward_lists.0);
     params.indices = ptr(&dev, &backward_lists.1);
     params.rows_blocks = plan.k_layout.num_blocks() as i32;
@@ -603,14 +520,7 @@ pub(crate) fn attention_backward(
         block_dim: block,
         shared_mem_bytes: 0,
     };
-    launch(
-        &dev,
-        "vdit_attention_bwd",
-        BWD_PTX,
-        &format!("bsattn_bwd_dkdv_{t}_d{d}"),
-        cfg,
-        &params,
-    )?;
+    BWD.launch(&dev, &format!("bsattn_bwd_dkdv_{t}_d{d}"), cfg, &params)?;
     // Keep the temporaries alive until the kernels are queued (the stream orders their use).
     drop((forward_lists, backward_lists, dout));
     Ok(CudaStorage::wrap_cuda_slice(packed, dev))
@@ -631,7 +541,7 @@ pub(crate) fn top_k(s: &CudaStorage, l: &Layout, k: usize) -> Result<(CudaStorag
     let stream = dev.cuda_stream();
     let (out_ptr, n32, k32) = (ptr(&dev, &out), n as i32, k as i32);
     if k <= SMALL_TOPK {
-        let func = dev.get_or_load_custom_func("topk_rows_small_k_f32", "vdit_topk", TOPK_PTX)?;
+        let func = TOPK.function(&dev, "topk_rows_small_k_f32")?;
         let rows32 = rows as i32;
         let mut builder = stream.launch_builder(&func);
         builder
@@ -649,7 +559,7 @@ pub(crate) fn top_k(s: &CudaStorage, l: &Layout, k: usize) -> Result<(CudaStorag
         unsafe { builder.launch(cfg) }.w()?;
     } else {
         let padded = n.next_power_of_two();
-        let func = dev.get_or_load_custom_func("topk_rows_f32", "vdit_topk", TOPK_PTX)?;
+        let func = TOPK.function(&dev, "topk_rows_f32")?;
         let p32 = padded as i32;
         let mut builder = stream.launch_builder(&func);
         builder
@@ -672,8 +582,6 @@ pub(crate) fn top_k(s: &CudaStorage, l: &Layout, k: usize) -> Result<(CudaStorag
     ))
 }
 
-const POOL_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/pool.ptx"));
-
 /// Mean of each block's tokens of `x: [B, H, S, D]` (any strides with a unit channel stride):
 /// `[B, H, blocks, D]` f32. The layout must be shared by all heads.
 pub(crate) fn block_means(
@@ -687,11 +595,7 @@ pub(crate) fn block_means(
     let device_layout = layout_on(&dev, layout)?;
     let nb = layout.num_blocks();
     let out = dev.alloc_zeros::<f32>(b * h * nb * d)?;
-    let func = dev.get_or_load_custom_func(
-        &format!("block_mean_{}", type_name(s.dtype())?),
-        "vdit_pool",
-        POOL_PTX,
-    )?;
+    let func = POOL.function(&dev, &format!("block_mean_{}", dtype_suffix(s.dtype())?))?;
     let stream = dev.cuda_stream();
     let (order, starts, out_ptr) = (
         ptr(&dev, &device_layout.order),

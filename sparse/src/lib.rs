@@ -10,9 +10,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod dense;
-mod grid;
 pub mod layout;
-pub mod metrics;
 mod op;
 pub mod paro;
 pub mod plan;
@@ -26,7 +24,6 @@ mod vmoba_cuda;
 pub mod vsa;
 
 pub use dense::Dense;
-pub use grid::TokenGrid;
 pub use layout::{AxisOrder, BlockLayout, Permutation};
 pub use op::{block_sparse_attention, top_k};
 pub use plan::{BlockMask, KeyBlocks, SparsePlan};
@@ -34,3 +31,4 @@ pub use schedule::{
     AttentionRouter, AttentionSchedule, DensityReport, LayerSet, Method, Rule, StepCount,
 };
 pub use seam::{AttentionCall, CallSite, SelfAttention};
+pub use vdit_core::TokenGrid;

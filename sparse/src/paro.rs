@@ -8,12 +8,12 @@ use crate::layout::{AxisOrder, BlockLayout, Permutation};
 use crate::plan::{BlockMask, SparsePlan};
 use crate::pool::{block_attention_mass, Blocking};
 use crate::seam::{AttentionCall, SelfAttention};
-use crate::TokenGrid;
 use candle_core::{Result, Tensor};
 use safetensors::tensor::{serialize_to_file, Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use vdit_core::{Step, TokenGrid};
 
 const FORMAT: &str = "vdit-paro-1";
 
@@ -56,9 +56,9 @@ impl ParoOptions {
     }
 }
 
-/// Group of `step` out of `num_steps` when the run is cut into `groups` equal parts.
-pub fn step_group(step: usize, num_steps: usize, groups: usize) -> usize {
-    ((step * groups) / num_steps.max(1)).min(groups - 1)
+/// Group of `step` when the run is cut into `groups` equal parts.
+pub fn step_group(step: Step, groups: usize) -> usize {
+    ((step.index * groups) / step.count.max(1)).min(groups - 1)
 }
 
 /// Per-head axis orders and static block masks for one token grid.
@@ -274,7 +274,7 @@ impl ParoRecorder {
         let masses = block_attention_mass(call.q, call.k, &blockings)?;
         let heads = call.q.dim(1)?;
         *self.heads.lock().expect("heads lock") = heads;
-        let group = step_group(call.site.step, call.site.num_steps, self.opts.step_groups);
+        let group = step_group(call.site.step, self.opts.step_groups);
         let mut store = self.mass.lock().expect("mass lock");
         let entry = store
             .entry((group, call.site.layer))

@@ -157,12 +157,11 @@ pub struct Rule {
 
 impl Rule {
     fn covers(&self, site: CallSite) -> bool {
-        let from = self.from.resolve(site.num_steps);
-        let to = self
-            .to
-            .map_or(site.num_steps, |t| t.resolve(site.num_steps));
+        let count = site.step.count;
+        let from = self.from.resolve(count);
+        let to = self.to.map_or(count, |t| t.resolve(count));
         self.layers.as_ref().is_none_or(|l| l.contains(site.layer))
-            && (from..to).contains(&site.step)
+            && (from..to).contains(&site.step.index)
     }
 }
 
@@ -357,13 +356,10 @@ impl AttentionRouter {
     /// runs SparseD and nothing is frozen yet, build the masks from this step's exact attention.
     fn freeze_ahead(&self, call: &AttentionCall<'_>) -> Result<()> {
         let site = call.site;
-        if site.step + 1 >= site.num_steps {
+        let Some(next) = site.step.next() else {
             return Ok(());
-        }
-        if let Method::Sparsed(opts) = self.schedule.method_at(CallSite {
-            step: site.step + 1,
-            ..site
-        }) {
+        };
+        if let Method::Sparsed(opts) = self.schedule.method_at(CallSite { step: next, ..site }) {
             let mut frozen = self.frozen.lock().expect("frozen lock");
             if let std::collections::hash_map::Entry::Vacant(e) = frozen.entry(site.layer) {
                 e.insert(sparsed_plan(call.q, call.k, opts)?);
@@ -398,11 +394,7 @@ impl AttentionRouter {
                     )
                 }
                 let batch = call.q.dim(0)?;
-                let key = (
-                    site.layer,
-                    step_group(site.step, site.num_steps, c.groups),
-                    batch,
-                );
+                let key = (site.layer, step_group(site.step, c.groups), batch);
                 let plan = {
                     let mut plans = self.paro_plans.lock().expect("paro lock");
                     match plans.get(&key) {

@@ -4,18 +4,16 @@
 //! the token grid and the call's place in the generation (layer, denoising step), so that an
 //! implementation can choose its method per layer and per step and can tile the video.
 
-use crate::TokenGrid;
 use candle_core::{Result, Tensor};
+use vdit_core::{Step, TokenGrid};
 
 /// Where a self-attention call sits: which block, which denoising step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallSite {
     /// Transformer block index, from 0.
     pub layer: usize,
-    /// Denoising step index, from 0.
-    pub step: usize,
-    /// Total denoising steps of the run (1 for a lone forward pass).
-    pub num_steps: usize,
+    /// The denoising step.
+    pub step: Step,
 }
 
 impl CallSite {
@@ -23,8 +21,7 @@ impl CallSite {
     pub fn single(layer: usize) -> Self {
         Self {
             layer,
-            step: 0,
-            num_steps: 1,
+            step: Step::SINGLE,
         }
     }
 }

@@ -6,9 +6,7 @@
 //! that scores and partial outputs stay within a memory budget; the host reads back only the
 //! pair counts per (head, chunk), to size the pair buffers.
 
-use crate::cuda::{
-    block_of_on, launch_forward, layout_on, ptr, tensor_ptr, tensor_view, type_name, AttnParams,
-};
+use crate::cuda::{block_of_on, launch_forward, layout_on, tensor_view, AttnParams};
 use crate::layout::BlockLayout;
 use crate::pool::block_means;
 use crate::vmoba::Budget;
@@ -19,8 +17,12 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, IndexOp, Result, Storage, Tensor};
 use std::sync::Arc;
+use vdit_core::cuda::{dtype_suffix, ptr, tensor_ptr, Module};
 
-const VMOBA_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/vmoba.ptx"));
+const VMOBA: Module = Module {
+    name: "vdit_vmoba",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/vmoba.ptx")),
+};
 /// Most chunks the selection kernel takes (each of its warps keeps a row in shared memory).
 pub(crate) const MAX_CHUNKS: usize = 2048;
 /// Budget for one head group's scores (and query copy in f32).
@@ -165,9 +167,7 @@ struct Span {
 }
 
 fn kernel(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
-    Ok(dev
-        .get_or_load_custom_func(name, "vdit_vmoba", VMOBA_PTX)?
-        .into_cuda_function())
+    VMOBA.function(dev, name)
 }
 
 fn blocks(n: usize, per: usize) -> u32 {
@@ -418,7 +418,10 @@ fn run_pairs(
         out.ptr(dev),
         h as i32,
     );
-    let func = kernel(dev, &format!("vmoba_merge_{}_d{d}", type_name(q.dtype())?))?;
+    let func = kernel(
+        dev,
+        &format!("vmoba_merge_{}_d{d}", dtype_suffix(q.dtype())?),
+    )?;
     let mut builder = stream.launch_builder(&func);
     builder
         .arg(&p_ptr)

@@ -18,6 +18,7 @@ use sparse::{
     BlockMask, CallSite, Method, Permutation, SelfAttention, SparsePlan, TokenGrid,
 };
 use std::sync::Arc;
+use vdit_core::Step;
 
 const TOLERANCE: f64 = 2e-2;
 
@@ -236,8 +237,7 @@ fn every_method_through_the_router_matches_cpu() -> Result<()> {
                         grid,
                         site: CallSite {
                             layer: 0,
-                            step,
-                            num_steps: 2,
+                            step: Step::new(step, 2),
                         },
                     };
                     out = Some(router.attend(&call).unwrap());

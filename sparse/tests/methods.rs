@@ -14,6 +14,7 @@ use sparse::{
     SelfAttention, StepCount, TokenGrid,
 };
 use std::sync::Arc;
+use vdit_core::Step;
 
 const GRIDS: [[usize; 3]; 2] = [[5, 6, 10], [9, 7, 13]];
 
@@ -363,8 +364,7 @@ fn call<'a>(
         grid,
         site: CallSite {
             layer,
-            step,
-            num_steps,
+            step: Step::new(step, num_steps),
         },
     }
 }

@@ -6,7 +6,7 @@
 //! `middle.0/1/2`, `head.0/2`, `residual.0/2/3/6` inside residual blocks, and `conv1`/`conv2`
 //! for the quantisation convs.
 
-use dit::weights::{Checkpoint, KeyRename};
+use vdit_core::weights::{Checkpoint, KeyRename};
 
 /// Naming convention of a VAE checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! The transformer works on normalised latents: [`WanVae::normalize`] and
 //! [`WanVae::denormalize`] apply the per-channel `latents_mean` / `latents_std` of the config.
 //!
-//! Weights load through [`dit::weights::Checkpoint`] in the diffusers or the original release's
+//! Weights load through [`vdit_core::weights::Checkpoint`] in the diffusers or the original release's
 //! key layout ([`layout`]). Only the Wan 2.1 VAE (z_dim 16) is supported; Wan 2.2 configs are
 //! rejected when read.
 //!

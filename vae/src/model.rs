@@ -8,9 +8,9 @@ use crate::layout::KeyLayout;
 use crate::tiling::{TiledDecoder, Tiling};
 use candle_core::{DType, Device, Error, Result, Tensor};
 use candle_nn::VarBuilder;
-use dit::weights::{Checkpoint, WeightError};
 use std::path::Path;
 use std::sync::Arc;
+use vdit_core::weights::{Checkpoint, WeightError};
 
 /// Why a VAE could not be loaded.
 #[derive(Debug, thiserror::Error)]

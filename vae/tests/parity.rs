@@ -3,10 +3,10 @@
 
 use anyhow::Result;
 use candle_core::{safetensors::load, DType, Device, Tensor};
-use sparse::metrics::relative_l2;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use vae::{DecodeOptions, WanVae};
+use vdit_core::metrics::relative_l2;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

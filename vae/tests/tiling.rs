@@ -3,10 +3,10 @@
 use anyhow::Result;
 use candle_core::{safetensors, DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use sparse::metrics::relative_l2;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use vae::{DecodeOptions, Tiling, VaeConfig, WanVae};
+use vdit_core::metrics::relative_l2;
 
 fn fixture_weights() -> Result<(VaeConfig, HashMap<String, Tensor>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_nrb2");

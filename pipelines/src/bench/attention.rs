@@ -6,13 +6,13 @@ use super::median_ms;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
-use sparse::metrics::relative_l2;
 use sparse::vmoba::{vmoba_attention, vmoba_plan, ChunkKind, Selection, VmobaOptions};
 use sparse::vsa::{vsa_attention, VsaOptions};
 use sparse::{block_sparse_attention, BlockLayout, BlockMask, SparsePlan, TokenGrid};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use vdit_core::metrics::relative_l2;
 
 /// Densities benchmarked with random block masks.
 pub const DENSITIES: [f64; 4] = [1.0, 0.5, 0.25, 0.125];

@@ -292,7 +292,7 @@ pub fn breakdown(
             context: &text,
             rope: &rope,
             grid,
-            step: (0, 1),
+            step: dit::Step::SINGLE,
             attention,
         };
         rows.push(breakdown_row(

@@ -22,7 +22,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 args.transformer.display()
             )
         })?;
-    let parameters = dit::Checkpoint::open(&args.transformer)?.num_parameters();
+    let parameters = vdit_core::Checkpoint::open(&args.transformer)?.num_parameters();
     let c = &loaded.config;
     let layout = crate::t2v::layout_name(&loaded.layout);
     let report = serde_json::json!({

@@ -212,7 +212,7 @@ impl ModelPaths {
     /// safetensors headers are memory-mapped): `config.json` beside the weights, else inferred.
     pub fn transformer_config(&self) -> Result<(WanConfig, KeyLayout)> {
         let path = self.get(Component::Transformer)?;
-        let checkpoint = dit::Checkpoint::open(path)
+        let checkpoint = vdit_core::Checkpoint::open(path)
             .with_context(|| format!("cannot open the transformer {}", path.display()))?;
         let layout = KeyLayout::detect(&checkpoint).map_err(anyhow::Error::msg)?;
         let dir = if path.is_dir() {

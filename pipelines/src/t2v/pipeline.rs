@@ -130,10 +130,7 @@ impl Denoiser {
                 input
             };
             let timestep = Tensor::full(t as f32, batch, &device)?;
-            let step = Step {
-                index,
-                count: timesteps.len(),
-            };
+            let step = Step::new(index, timesteps.len());
             let velocity = model
                 .forward(&input, &timestep, &context, attention, step)?
                 .to_dtype(DType::F32)?;

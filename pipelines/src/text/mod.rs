@@ -11,9 +11,9 @@ pub use umt5::Umt5Encoder;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use dit::weights::{same_keys, Checkpoint};
 use std::path::Path;
 use std::sync::Arc;
+use vdit_core::weights::{same_keys, Checkpoint};
 
 /// Wan's text length: prompts are cut or padded to 512 tokens.
 pub const WAN_TEXT_LEN: usize = 512;

@@ -46,7 +46,7 @@ pub fn random_qkv(b: usize, h: usize, s: usize, d: usize) -> Result<(Tensor, Ten
 
 /// Relative L2 error of `a` against `b`.
 pub fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    sparse::metrics::relative_l2(
+    vdit_core::metrics::relative_l2(
         &a.to_dtype(DType::F32).unwrap(),
         &b.to_dtype(DType::F32).unwrap(),
     )
