@@ -7,12 +7,12 @@ The pipeline has the structure of Wan 2.1 text-to-video in diffusers' layout (mo
 transformer/, vae/, text_encoder/, tokenizer/, scheduler/), every part shrunk to a few thousand
 parameters and filled with random weights: it runs in seconds on a CPU and its videos are noise.
 It exists so that `vdit generate` works out of the box and so the pipeline can be compared with
-diffusers end to end (pipelines/tests/fixtures/t2v/make_t2v_fixtures.py).
+diffusers end to end (pipelines/vdit/tests/fixtures/t2v/make_t2v_fixtures.py).
 
 - transformer: WanTransformer3DModel, 2 heads of 16 channels, 2 layers, text width 32.
 - vae: AutoencoderKLWan (Wan 2.1 structure, z_dim 16) with base width 4.
 - text_encoder: UMT5EncoderModel, width 32, 2 layers.
-- tokenizer: the small T5 SentencePiece tokenizer of pipelines/tests/fixtures/text/tokenizer.
+- tokenizer: the small T5 SentencePiece tokenizer of dit/umt5/tests/fixtures/tokenizer.
 - scheduler: UniPCMultistepScheduler with flow sigmas and flow shift 3.0 (Wan 2.1's at 480p).
 - generation_config.json: vdit's default settings for this model (small, fast).
 

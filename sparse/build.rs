@@ -1,32 +1,22 @@
-//! Compiles the CUDA kernels in `kernels/` to PTX when the `cuda` feature is on.
+//! Builds the attention kernels of `kernels/` (with the `cuda` feature) through the engine's one
+//! kernel build, and checks the kernels' parameter structs against `src/kernel_params.rs`.
+
+#[allow(dead_code)] // the build reads only the layouts
+#[path = "src/kernel_params.rs"]
+mod kernel_params;
+
+use kernel_build::{KernelBuild, Target};
 
 fn main() {
-    println!("cargo:rerun-if-changed=kernels");
-    println!("cargo:rerun-if-changed=build.rs");
-    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
-        return;
-    }
-    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".to_string());
-    // PTX for compute_80 runs on sm_80 and (JIT-compiled) on sm_90; the wgmma kernels need
-    // Hopper's architecture-specific target.
-    let kernels = [
-        ("attention_fwd", "compute_80"),
-        ("attention_fwd_sm90", "compute_90a"),
-        ("attention_bwd", "compute_80"),
-        ("topk", "compute_80"),
-        ("pool", "compute_80"),
-        ("vmoba", "compute_80"),
-    ];
-    for (kernel, arch) in kernels {
-        let src = format!("kernels/{kernel}.cu");
-        let dst = out.join(format!("{kernel}.ptx"));
-        let status = std::process::Command::new(&nvcc)
-            .args(["-ptx", "-O3", "-std=c++17", &format!("-arch={arch}"), "--use_fast_math", "-o"])
-            .arg(&dst)
-            .arg(&src)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {nvcc} for {src}: {e} (set NVCC or put nvcc on PATH; see ../shared/tools/README.md)"));
-        assert!(status.success(), "nvcc failed on {src}");
-    }
+    KernelBuild::new("kernels")
+        .fast_math(true)
+        .kernel("attention_fwd", Target::Portable)
+        .kernel("attention_fwd_sm90", Target::Hopper)
+        .kernel("attention_bwd", Target::Portable)
+        .kernel("topk", Target::Portable)
+        .kernel("pool", Target::Portable)
+        .kernel("vmoba", Target::Portable)
+        .params::<kernel_params::AttnParams>()
+        .params::<kernel_params::BwdParams>()
+        .build();
 }

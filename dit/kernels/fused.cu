@@ -1,42 +1,7 @@
 // Fused element-wise kernels for the transformer's hot paths on CUDA (bf16/f16 activations,
 // f32 arithmetic): LayerNorm with adaLN modulation, RMSNorm with 3D RoPE, and the epilogue of
 // a linear layer (bias, GELU, gate, residual).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-
-template <typename T> __device__ __forceinline__ float ld(const T* p);
-template <> __device__ __forceinline__ float ld<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-template <> __device__ __forceinline__ float ld<__half>(const __half* p) { return __half2float(*p); }
-template <typename T> __device__ __forceinline__ void st(T* p, float v);
-template <> __device__ __forceinline__ void st<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-template <> __device__ __forceinline__ void st<__half>(__half* p, float v) { *p = __float2half(v); }
-
-// Eight channels (one 16-byte vector) per thread: a row of `dim` channels is one CTA of
-// dim / 8 threads rounded up to whole warps (dim % 8 == 0, dim <= 8192).
-constexpr int VEC = 8;
-
-template <typename T>
-__device__ __forceinline__ void load8(const T* p, float* f) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const T* e = reinterpret_cast<const T*>(&u);
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) f[i] = ld(e + i);
-}
-
-template <typename T>
-__device__ __forceinline__ void store8(T* p, const float* f) {
-  uint4 u;
-  T* e = reinterpret_cast<T*>(&u);
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) st(e + i, f[i]);
-  *reinterpret_cast<uint4*>(p) = u;
-}
-
-__device__ __forceinline__ void load8(const float* p, float* f) {
-  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-}
+#include "vdit/convert.cuh"
 
 // Sum over the CTA (whole warps, at most 32); every thread gets the result.
 __device__ __forceinline__ float cta_sum(float v) {
@@ -143,11 +108,11 @@ __device__ __forceinline__ void linear_epilogue(const T* y, const T* bias, const
     T* oe = reinterpret_cast<T*>(&ov);
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      float v = ld(ye + e) + ld(be + e);
+      float v = to_f32(ye[e]) + to_f32(be[e]);
       if (act == 1) v = gelu_tanh(v);
       if (g != nullptr) v *= g[e];
-      if (residual != nullptr) v += ld(re + e);
-      st(oe + e, v);
+      if (residual != nullptr) v += to_f32(re[e]);
+      oe[e] = from_f32<T>(v);
     }
     *reinterpret_cast<uint4*>(out + i) = ov;
   }

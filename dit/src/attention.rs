@@ -1,8 +1,8 @@
 //! Self-attention (through the sparse seam) and cross-attention to text.
 
 use crate::config::WanConfig;
-use crate::fused;
-use crate::linear::{Epilogue, Projection};
+use crate::fused::{self, Epilogue};
+use crate::linear::Projection;
 use crate::norm::RmsNorm;
 use crate::rope::Rope3d;
 use candle_core::{Result, Tensor};
@@ -60,12 +60,10 @@ impl Projections {
     ) -> Result<Tensor> {
         let y = proj.forward(x)?;
         match rope {
-            Some(rope) if fused::applies(&y) => {
+            Some(rope) => {
                 let head_dim = y.dim(2)? / self.heads;
-                fused::rms_rope(&y, norm.weight(), rope.cos_sin(), head_dim, norm.eps())?
-                    .transpose(1, 2)
+                fused::rms_rope(&y, norm.weight(), rope, head_dim, norm.eps())?.transpose(1, 2)
             }
-            Some(rope) => rope.apply(&self.split_heads(&norm.forward(&y)?)?),
             None => self.split_heads(&norm.forward(&y)?),
         }
     }

@@ -2,7 +2,8 @@
 
 use crate::attention::{TextCrossAttention, VideoSelfAttention};
 use crate::config::WanConfig;
-use crate::linear::{Epilogue, Projection};
+use crate::fused::Epilogue;
+use crate::linear::Projection;
 use crate::norm::Fp32LayerNorm;
 use crate::rope::Rope3d;
 use candle_core::{DType, Result, Tensor};

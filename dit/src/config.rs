@@ -1,28 +1,8 @@
 //! Transformer hyper-parameters, read from a diffusers or original-release `config.json`.
 
+use crate::error::Error;
 use serde::Deserialize;
 use std::path::Path;
-
-/// Why a configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read or parsed.
-    #[error("cannot read transformer config {path}: {reason}")]
-    Unreadable {
-        /// Path of the config file.
-        path: String,
-        /// Parser or I/O message.
-        reason: String,
-    },
-    /// The file is valid JSON but describes something this engine does not run.
-    #[error("unsupported transformer config {path}: {reason}")]
-    Unsupported {
-        /// Path of the config file.
-        path: String,
-        /// What is unsupported and what to use instead.
-        reason: String,
-    },
-}
 
 /// Hyper-parameters of a Wan 2.1 text-to-video transformer (names follow diffusers).
 #[derive(Clone, Debug, PartialEq)]
@@ -85,27 +65,28 @@ impl WanConfig {
 
     /// Reads `config.json` in either the diffusers (`num_attention_heads`, ...) or the original
     /// release's (`dim`, `num_heads`, ...) convention.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Unreadable {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
         Self::from_json(&text).map_err(|e| match e {
-            ConfigError::Unreadable { reason, .. } => ConfigError::Unreadable {
+            Error::Unreadable { reason, .. } => Error::Unreadable {
                 path: shown,
                 reason,
             },
-            ConfigError::Unsupported { reason, .. } => ConfigError::Unsupported {
+            Error::Unsupported { reason, .. } => Error::Unsupported {
                 path: shown,
                 reason,
             },
+            other => other,
         })
     }
 
     /// Parses a config from JSON text (see [`WanConfig::from_file`]).
-    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let unreadable = |reason: String| ConfigError::Unreadable {
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        let unreadable = |reason: String| Error::Unreadable {
             path: String::new(),
             reason,
         };
@@ -125,21 +106,23 @@ impl WanConfig {
                  original Wan config (dim, num_heads)"
                 .to_string())
             };
-        let config = config.map_err(|reason| ConfigError::Unsupported {
+        let config = config.map_err(|reason| Error::Unsupported {
             path: String::new(),
             reason,
         })?;
-        config
-            .validate()
-            .map_err(|reason| ConfigError::Unsupported {
-                path: String::new(),
-                reason,
-            })?;
+        config.validate()?;
         Ok(config)
     }
 
     /// Checks the invariants the implementation relies on.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
+        self.check().map_err(|reason| Error::Unsupported {
+            path: String::new(),
+            reason,
+        })
+    }
+
+    fn check(&self) -> Result<(), String> {
         if !self.head_dim.is_multiple_of(2) || self.head_dim < 6 {
             return Err(format!(
                 "attention head dim {} must be even and at least 6",

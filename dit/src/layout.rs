@@ -3,6 +3,7 @@
 //! Model code asks for diffusers names; for an original-release checkpoint they are rewritten
 //! to the release's names (`self_attn.q`, `ffn.0`, `modulation`, `head.head`, ...).
 
+use crate::error::Error;
 use vdit_core::weights::{Checkpoint, KeyRename};
 
 /// Naming convention of a transformer checkpoint.
@@ -23,7 +24,7 @@ const ORIGINAL_PROBE: &str = "time_embedding.0.weight";
 
 impl KeyLayout {
     /// Detects the layout from the stored keys.
-    pub fn detect(checkpoint: &Checkpoint) -> Result<Self, String> {
+    pub fn detect(checkpoint: &Checkpoint) -> Result<Self, Error> {
         if checkpoint.contains(DIFFUSERS_PROBE) {
             return Ok(Self::Diffusers);
         }
@@ -34,11 +35,11 @@ impl KeyLayout {
                 });
             }
         }
-        Err(format!(
+        Err(Error::Layout(format!(
             "the weights in {} are not a Wan transformer: found neither `{DIFFUSERS_PROBE}` \
              (diffusers layout) nor `{ORIGINAL_PROBE}` (original layout)",
             checkpoint.origin().display()
-        ))
+        )))
     }
 
     /// The renaming from diffusers names to this layout's stored names.

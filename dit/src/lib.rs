@@ -8,7 +8,10 @@ pub mod attention;
 pub mod block;
 pub mod config;
 pub mod embed;
+mod error;
 pub mod fused;
+#[cfg(feature = "cuda")]
+mod fused_cuda;
 pub mod layout;
 pub mod linear;
 pub mod load;
@@ -16,8 +19,9 @@ pub mod model;
 pub mod norm;
 pub mod rope;
 
-pub use config::{ConfigError, WanConfig};
+pub use config::WanConfig;
+pub use error::{Error, Result};
 pub use layout::KeyLayout;
-pub use load::{load_transformer, LoadError, LoadedTransformer};
+pub use load::{load_transformer, LoadedTransformer};
 pub use model::WanTransformer;
 pub use vdit_core::Step;

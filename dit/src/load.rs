@@ -1,29 +1,13 @@
 //! Loading a transformer from a folder or file in either key layout.
 
-use crate::config::{ConfigError, WanConfig};
+use crate::config::WanConfig;
+use crate::error::Error;
 use crate::layout::KeyLayout;
 use crate::model::WanTransformer;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vdit_core::weights::{Checkpoint, WeightError};
-
-/// Why a transformer could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// Weights missing or unreadable.
-    #[error(transparent)]
-    Weights(#[from] WeightError),
-    /// Config unreadable or unsupported.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Keys of an unknown layout, or a config that cannot be inferred.
-    #[error("{0}")]
-    Layout(String),
-    /// A tensor is missing or mis-shaped (the message names key, shape and file).
-    #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
-}
+use vdit_core::weights::Checkpoint;
 
 /// A loaded transformer and what was learned about its files.
 pub struct LoadedTransformer {
@@ -44,9 +28,9 @@ pub fn load_transformer(
     path: &Path,
     dtype: DType,
     device: &Device,
-) -> Result<LoadedTransformer, LoadError> {
+) -> Result<LoadedTransformer, Error> {
     let checkpoint = Arc::new(Checkpoint::open(path)?);
-    let layout = KeyLayout::detect(&checkpoint).map_err(LoadError::Layout)?;
+    let layout = KeyLayout::detect(&checkpoint)?;
     let dir = if path.is_dir() {
         path
     } else {
@@ -56,10 +40,7 @@ pub fn load_transformer(
     let (config, config_file) = if config_path.is_file() {
         (WanConfig::from_file(&config_path)?, Some(config_path))
     } else {
-        (
-            infer_config(&checkpoint, &layout).map_err(LoadError::Layout)?,
-            None,
-        )
+        (infer_config(&checkpoint, &layout)?, None)
     };
     let vb = checkpoint.var_builder(layout.rename(), dtype, device);
     let model = WanTransformer::new(&config, vb)?;
@@ -72,22 +53,22 @@ pub fn load_transformer(
 }
 
 /// Reads the hyper-parameters off the weight shapes; assumes head dim 128 (all Wan 2.1 sizes).
-pub fn infer_config(checkpoint: &Checkpoint, layout: &KeyLayout) -> Result<WanConfig, String> {
+pub fn infer_config(checkpoint: &Checkpoint, layout: &KeyLayout) -> Result<WanConfig, Error> {
     let rename = layout.rename();
-    let shape = |name: &str| -> Result<Vec<usize>, String> {
+    let shape = |name: &str| -> Result<Vec<usize>, Error> {
         let key = rename(name);
         checkpoint.shape(&key).ok_or_else(|| {
-            format!(
+            Error::Layout(format!(
                 "no config.json beside {} and weight `{key}` is missing, so the model size cannot be inferred",
                 checkpoint.origin().display()
-            )
+            ))
         })
     };
     let patch = shape("patch_embedding.weight")?;
     let [dim, in_channels, pt, ph, pw] = patch[..] else {
-        return Err(format!(
+        return Err(Error::Layout(format!(
             "patch_embedding.weight has shape {patch:?}, expected 5 dims"
-        ));
+        )));
     };
     let freq_dim = shape("condition_embedder.time_embedder.linear_1.weight")?[1];
     let text_dim = shape("condition_embedder.text_embedder.linear_1.weight")?[1];
@@ -98,11 +79,11 @@ pub fn infer_config(checkpoint: &Checkpoint, layout: &KeyLayout) -> Result<WanCo
         .count();
     const HEAD_DIM: usize = 128;
     if dim % HEAD_DIM != 0 {
-        return Err(format!(
+        return Err(Error::Layout(format!(
             "no config.json beside {}: hidden size {dim} is not a multiple of 128, so the head \
              count cannot be inferred; add a config.json",
             checkpoint.origin().display()
-        ));
+        )));
     }
     let config = WanConfig {
         patch_size: [pt, ph, pw],

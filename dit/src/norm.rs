@@ -9,8 +9,6 @@ use candle_nn::VarBuilder;
 pub struct Fp32LayerNorm {
     weight: Tensor,
     bias: Tensor,
-    /// `weight - 1`: the affine parameters in the fused kernel's modulation form.
-    weight_minus_one: Tensor,
     affine: bool,
     eps: f32,
 }
@@ -27,11 +25,9 @@ impl Fp32LayerNorm {
                 Tensor::zeros(dim, DType::F32, vb.device())?,
             )
         };
-        let weight_minus_one = (&weight - 1.0)?;
         Ok(Self {
             weight,
             bias,
-            weight_minus_one,
             affine,
             eps: eps as f32,
         })
@@ -39,28 +35,20 @@ impl Fp32LayerNorm {
 
     /// `LayerNorm(x) * (1 + scale) + shift` in f32 (adaLN), returned in `x`'s dtype.
     pub fn modulated(&self, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-        if !self.affine && fused::applies(x) {
-            return fused::ln_modulate(x, shift, scale, self.eps as f64);
+        if self.affine {
+            return modulate(&self.forward(x)?, shift, scale)?.to_dtype(x.dtype());
         }
-        modulate(&self.forward(x)?, shift, scale)?.to_dtype(x.dtype())
+        fused::ln_modulate(x, shift, scale, self.eps as f64)
     }
 
     /// `LayerNorm(x)` with its affine parameters, computed in f32 and returned in `x`'s dtype.
     pub fn normalized(&self, x: &Tensor) -> Result<Tensor> {
-        if fused::applies(x) {
-            return fused::ln_modulate(x, &self.bias, &self.weight_minus_one, self.eps as f64);
-        }
-        self.forward(x)?.to_dtype(x.dtype())
+        fused::layer_norm(x, &self.weight, &self.bias, self.eps as f64)
     }
 
     /// Normalises `x` (any float dtype) and returns f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_dtype(DType::F32)?;
-        if x.track_op() || self.weight.track_op() {
-            candle_nn::ops::layer_norm_slow(&x, &self.weight, &self.bias, self.eps)
-        } else {
-            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)
-        }
+        fused::layer_norm_f32(x, &self.weight, &self.bias, self.eps as f64)
     }
 }
 
@@ -93,14 +81,7 @@ impl RmsNorm {
 
     /// Normalises the last dim (accumulating in f32) and scales; keeps `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.rank() == 3 && fused::applies(x) {
-            return fused::rms_norm(x, &self.weight, self.eps as f64);
-        }
-        if x.track_op() || self.weight.track_op() {
-            candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)
-        } else {
-            candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
-        }
+        fused::rms_norm(x, &self.weight, self.eps as f64)
     }
 }
 

@@ -4,12 +4,13 @@ use anyhow::Result;
 use candle_core::{safetensors::load, DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use dit::{load_transformer, Step, WanTransformer};
-use sparse::sparsed::SparsedOptions;
-use sparse::vmoba::{Selection, VmobaOptions};
-use sparse::vsa::VsaOptions;
-use sparse::{AttentionRouter, AttentionSchedule, Dense, Method, SelfAttention};
+use sparse::sparsed::{Sparsed, SparsedOptions};
+use sparse::vmoba::{Selection, Vmoba, VmobaOptions};
+use sparse::vsa::{Vsa, VsaOptions};
+use sparse::{AttentionMethod, AttentionRouter, AttentionSchedule, Dense, SelfAttention};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use vdit_core::metrics::relative_l2;
 
 fn fixture(name: &str) -> PathBuf {
@@ -33,28 +34,38 @@ fn forward(model: &WanTransformer, attention: &dyn SelfAttention) -> Result<Tens
     )?)
 }
 
-fn router(method: Method) -> AttentionRouter {
-    AttentionRouter::new(AttentionSchedule::new(method)).unwrap()
+fn router(method: Arc<dyn AttentionMethod>) -> AttentionRouter {
+    AttentionRouter::new(AttentionSchedule::new(method))
+}
+
+fn vsa(options: VsaOptions) -> Arc<dyn AttentionMethod> {
+    Arc::new(Vsa::new(options).unwrap())
 }
 
 #[test]
 fn keep_everything_methods_equal_dense_through_the_model() -> Result<()> {
     let model = load_transformer(&fixture("tiny_h12"), DType::F32, &Device::Cpu)?.model;
     let dense = forward(&model, &Dense)?;
-    let methods = [
-        Method::Vsa(VsaOptions {
+    let methods: [Arc<dyn AttentionMethod>; 3] = [
+        vsa(VsaOptions {
             sparsity: 0.0,
             ..Default::default()
         }),
-        Method::Vmoba(VmobaOptions {
-            selection: Selection::TopK(Some(1000)),
-            st_chunk: [1, 2, 2],
-            ..Default::default()
-        }),
-        Method::Sparsed(SparsedOptions {
-            select: 1.0,
-            block: 8,
-        }),
+        Arc::new(
+            Vmoba::new(VmobaOptions {
+                selection: Selection::TopK(Some(1000)),
+                st_chunk: [1, 2, 2],
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
+        Arc::new(
+            Sparsed::new(SparsedOptions {
+                select: 1.0,
+                block: 8,
+            })
+            .unwrap(),
+        ),
     ];
     for method in methods {
         let name = method.name();
@@ -62,7 +73,7 @@ fn keep_everything_methods_equal_dense_through_the_model() -> Result<()> {
         assert!(err < 1e-5, "{name}: {err:e}");
     }
     // A sparse setting changes the output and is reported per layer.
-    let sparse = router(Method::Vsa(VsaOptions {
+    let sparse = router(vsa(VsaOptions {
         sparsity: 0.5,
         tile: [1, 2, 2],
     }));
@@ -107,7 +118,7 @@ fn vsa_gate_projection_is_loaded_and_used() -> Result<()> {
         )?)
     };
     let vsa = || {
-        router(Method::Vsa(VsaOptions {
+        router(vsa(VsaOptions {
             sparsity: 0.5,
             tile: [1, 2, 2],
         }))

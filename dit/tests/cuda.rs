@@ -5,8 +5,8 @@
 use anyhow::Result;
 use candle_core::{safetensors::load, DType, Device};
 use dit::{load_transformer, Step};
-use sparse::vsa::VsaOptions;
-use sparse::{AttentionRouter, AttentionSchedule, Dense, Method};
+use sparse::vsa::{Vsa, VsaOptions};
+use sparse::{AttentionRouter, AttentionSchedule, Dense};
 use std::path::PathBuf;
 use vdit_core::metrics::relative_l2;
 
@@ -39,11 +39,10 @@ fn bf16_on_the_gpu_matches_diffusers_in_both_layouts() -> Result<()> {
         println!("{folder} on the GPU, bf16: relative L2 {err:.2e}");
         assert!(err <= 2e-2, "{folder}: {err:e}");
         // Keep-everything VSA takes the block-sparse path and must agree as well.
-        let vsa = AttentionRouter::new(AttentionSchedule::new(Method::Vsa(VsaOptions {
+        let vsa = AttentionRouter::new(AttentionSchedule::of(Vsa::new(VsaOptions {
             sparsity: 0.0,
             tile: [1, 2, 2],
-        })))
-        .unwrap();
+        })?));
         let err = run(&vsa)?;
         println!("{folder} on the GPU, bf16, VSA keep-all: relative L2 {err:.2e}");
         assert!(err <= 2e-2, "{folder} VSA: {err:e}");
@@ -164,7 +163,7 @@ fn fused_kernels_match_the_plain_path() -> Result<()> {
     let got = fused::rms_rope(
         &xg,
         &weight.to_dtype(DType::BF16)?.to_device(&gpu)?,
-        rope_g.cos_sin(),
+        &rope_g,
         d,
         1e-6,
     )?;

@@ -53,7 +53,12 @@ fn build(case: &Case) -> Result<Box<dyn Scheduler>> {
     std::fs::write(&path, serde_json::to_string_pretty(&case.config)?)?;
     let cfg = SchedulerConfig::from_file(&path)?;
     assert_eq!(cfg.class, Some(kind(&case.kind)), "{}", case.name);
-    build_scheduler(kind(&case.kind), &cfg, case.num_steps, &Device::Cpu)
+    Ok(build_scheduler(
+        kind(&case.kind),
+        &cfg,
+        case.num_steps,
+        &Device::Cpu,
+    )?)
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> Result<f64> {

@@ -8,10 +8,10 @@ struct BwdParams {
   const void* k;
   const void* v;
   const void* dout;
-  long long q_sb, q_sh, q_ss;
-  long long k_sb, k_sh, k_ss;
-  long long v_sb, v_sh, v_ss;
-  long long o_sb, o_sh, o_ss;
+  long long q_strides[3];
+  long long k_strides[3];
+  long long v_strides[3];
+  long long o_strides[3];
   const float* lse;    // [B * H, S]
   const float* delta;  // [B * H, S]: sum over channels of dout * out
   float* dq;           // [B, H, S, D]
@@ -23,13 +23,12 @@ struct BwdParams {
   const uint32_t* k_starts;
   const uint32_t* offsets;  // CSR: (b*H+h)*nqb + qb -> key blocks (dq pass) or
   const uint32_t* indices;  //      (b*H+h)*nkb + kb -> query blocks (dk/dv pass)
-  int B, H, S, SK;  // S query tokens, SK key tokens
+  int b, h, s, sk;  // s query tokens, sk key tokens
   int q_per_head, k_per_head;
   int rows_blocks;  // nqb for the dq pass, nkb for the dk/dv pass
   float scale;
-
-
 };
+#include "abi/BwdParams.h"  // checks the layout against sparse/src/kernel_params.rs
 
 template <int D> __device__ __forceinline__ float warp_dot(const float* a, const float* b) {
   float x = 0.f;
@@ -47,63 +46,63 @@ template <typename T, int D> __device__ __forceinline__ void load_row(float* dst
 }
 
 template <typename T, int D> __device__ __forceinline__ void bwd_dq(const BwdParams& p) {
-  const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.h, h = bh % p.h;
   const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5, lane = threadIdx.x & 31;
-  const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.S : 0);
-  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.SK : 0);
-  const T* qb = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
-  const T* kb = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
-  const T* vb = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
-  const T* ob = reinterpret_cast<const T*>(p.dout) + b * p.o_sb + h * p.o_sh;
+  const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.s : 0);
+  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.sk : 0);
+  const T* qb = reinterpret_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
+  const T* kb = reinterpret_cast<const T*>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
+  const T* vb = reinterpret_cast<const T*>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
+  const T* ob = reinterpret_cast<const T*>(p.dout) + b * p.o_strides[0] + h * p.o_strides[1];
   const size_t list = (size_t)bh * p.rows_blocks + blk;
   for (uint32_t slot = p.q_starts[blk] + warp; slot < p.q_starts[blk + 1]; slot += warps) {
     const long long tok = q_ord[slot];
     float q[D / 32], dout[D / 32], acc[D / 32] = {0.f};
-    load_row<T, D>(q, qb + tok * p.q_ss);
-    load_row<T, D>(dout, ob + tok * p.o_ss);
-    const float lse = p.lse[(size_t)bh * p.S + tok], delta = p.delta[(size_t)bh * p.S + tok];
+    load_row<T, D>(q, qb + tok * p.q_strides[2]);
+    load_row<T, D>(dout, ob + tok * p.o_strides[2]);
+    const float lse = p.lse[(size_t)bh * p.s + tok], delta = p.delta[(size_t)bh * p.s + tok];
     for (uint32_t it = p.offsets[list]; it < p.offsets[list + 1]; ++it) {
       const uint32_t key_block = p.indices[it];
       for (uint32_t ks = p.k_starts[key_block]; ks < p.k_starts[key_block + 1]; ++ks) {
         const long long kt = k_ord[ks];
         float k[D / 32], v[D / 32];
-        load_row<T, D>(k, kb + kt * p.k_ss);
-        load_row<T, D>(v, vb + kt * p.v_ss);
+        load_row<T, D>(k, kb + kt * p.k_strides[2]);
+        load_row<T, D>(v, vb + kt * p.v_strides[2]);
         const float pr = __expf(warp_dot<D>(q, k) * p.scale - lse);
         const float ds = pr * (warp_dot<D>(dout, v) - delta) * p.scale;
 #pragma unroll
         for (int i = 0; i < D / 32; ++i) acc[i] += ds * k[i];
       }
     }
-    float* dst = p.dq + ((size_t)bh * p.S + tok) * D;
+    float* dst = p.dq + ((size_t)bh * p.s + tok) * D;
 #pragma unroll
     for (int i = 0; i < D / 32; ++i) dst[lane + 32 * i] = acc[i];
   }
 }
 
 template <typename T, int D> __device__ __forceinline__ void bwd_dkdv(const BwdParams& p) {
-  const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int blk = blockIdx.x, bh = blockIdx.y, b = bh / p.h, h = bh % p.h;
   const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5, lane = threadIdx.x & 31;
-  const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.S : 0);
-  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.SK : 0);
-  const T* qb = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
-  const T* kb = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
-  const T* vb = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
-  const T* ob = reinterpret_cast<const T*>(p.dout) + b * p.o_sb + h * p.o_sh;
+  const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.s : 0);
+  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.sk : 0);
+  const T* qb = reinterpret_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
+  const T* kb = reinterpret_cast<const T*>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
+  const T* vb = reinterpret_cast<const T*>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
+  const T* ob = reinterpret_cast<const T*>(p.dout) + b * p.o_strides[0] + h * p.o_strides[1];
   const size_t list = (size_t)bh * p.rows_blocks + blk;
   for (uint32_t slot = p.k_starts[blk] + warp; slot < p.k_starts[blk + 1]; slot += warps) {
     const long long kt = k_ord[slot];
     float k[D / 32], v[D / 32], dk[D / 32] = {0.f}, dv[D / 32] = {0.f};
-    load_row<T, D>(k, kb + kt * p.k_ss);
-    load_row<T, D>(v, vb + kt * p.v_ss);
+    load_row<T, D>(k, kb + kt * p.k_strides[2]);
+    load_row<T, D>(v, vb + kt * p.v_strides[2]);
     for (uint32_t it = p.offsets[list]; it < p.offsets[list + 1]; ++it) {
       const uint32_t query_block = p.indices[it];
       for (uint32_t qs = p.q_starts[query_block]; qs < p.q_starts[query_block + 1]; ++qs) {
         const long long tok = q_ord[qs];
         float q[D / 32], dout[D / 32];
-        load_row<T, D>(q, qb + tok * p.q_ss);
-        load_row<T, D>(dout, ob + tok * p.o_ss);
-        const float lse = p.lse[(size_t)bh * p.S + tok], delta = p.delta[(size_t)bh * p.S + tok];
+        load_row<T, D>(q, qb + tok * p.q_strides[2]);
+        load_row<T, D>(dout, ob + tok * p.o_strides[2]);
+        const float lse = p.lse[(size_t)bh * p.s + tok], delta = p.delta[(size_t)bh * p.s + tok];
         const float pr = __expf(warp_dot<D>(q, k) * p.scale - lse);
         const float ds = pr * (warp_dot<D>(dout, v) - delta) * p.scale;
 #pragma unroll
@@ -113,8 +112,8 @@ template <typename T, int D> __device__ __forceinline__ void bwd_dkdv(const BwdP
         }
       }
     }
-    float* dkd = p.dk + ((size_t)bh * p.SK + kt) * D;
-    float* dvd = p.dv + ((size_t)bh * p.SK + kt) * D;
+    float* dkd = p.dk + ((size_t)bh * p.sk + kt) * D;
+    float* dvd = p.dv + ((size_t)bh * p.sk + kt) * D;
 #pragma unroll
     for (int i = 0; i < D / 32; ++i) {
       dkd[lane + 32 * i] = dk[i];

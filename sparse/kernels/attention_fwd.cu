@@ -18,10 +18,10 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
   const int b = qt.b, h = qt.h, qs = qt.qs, nq = qt.nq;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const uint32_t* q_ord = qt.q_ord;
-  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.SK : 0);
-  const T* qbase = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
-  const T* kbase = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
-  const T* vbase = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.sk : 0);
+  const T* qbase = reinterpret_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
+  const T* kbase = reinterpret_cast<const T*>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
+  const T* vbase = reinterpret_cast<const T*>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
 
   auto off = [](int r, int c) { return swz<CH>(r, c) * (int)sizeof(T); };
   load_q_tile<T, BM, CH, THREADS>(p, q_ord, qs, nq, qbase, reinterpret_cast<unsigned char*>(sQ), off, tid);

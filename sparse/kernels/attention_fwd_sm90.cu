@@ -113,9 +113,9 @@ template <typename T, int D, int BN, int STAGES>
 __device__ __forceinline__ void produce_kv(const AttnParams& p, const QueryTile& qt, unsigned char* sK,
                                            unsigned char* sV, int* tile_rows, uint64_t* full, uint64_t* empty) {
   constexpr int CH = D / 8, KV_BYTES = BN * D * 2;
-  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)qt.h * p.SK : 0);
-  const T* kbase = reinterpret_cast<const T*>(p.k) + qt.b * p.k_sb + qt.h * p.k_sh;
-  const T* vbase = reinterpret_cast<const T*>(p.v) + qt.b * p.v_sb + qt.h * p.v_sh;
+  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)qt.h * p.sk : 0);
+  const T* kbase = reinterpret_cast<const T*>(p.k) + qt.b * p.k_strides[0] + qt.h * p.k_strides[1];
+  const T* vbase = reinterpret_cast<const T*>(p.v) + qt.b * p.v_strides[0] + qt.h * p.v_strides[1];
   auto off_kv = [](int r, int c) { return tile_off(BN, r, c); };
   KeyStream cur = qt.keys;
   int rows = 0;
@@ -147,7 +147,7 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
                                         uint64_t* full, uint64_t* empty) {
   constexpr int BM = 64 * WG, CH = D / 8, KV_BYTES = BN * D * 2;
   const int tid = threadIdx.x - 128, warp = (tid >> 5) & 3, lane = tid & 31;
-  const T* qbase = reinterpret_cast<const T*>(p.q) + qt.b * p.q_sb + qt.h * p.q_sh;
+  const T* qbase = reinterpret_cast<const T*>(p.q) + qt.b * p.q_strides[0] + qt.h * p.q_strides[1];
   auto off_q = [](int r, int ch) { return tile_off(BM, r, ch); };
   load_q_tile<T, BM, CH, 128 * WG>(p, qt.q_ord, qt.qs, qt.nq, qbase, sQ, off_q, tid);
   cp_async_commit();

@@ -1,4 +1,5 @@
-// Launch parameters of the block-sparse attention forward kernels, and the plan walk they share:
+// Launch parameters of the block-sparse attention forward kernels (the Rust side is
+// AttnParams in sparse/src/kernel_params.rs), and the plan walk they share:
 // key streams, and the gathered copies of query and key/value tiles.
 #pragma once
 #include <stdint.h>
@@ -11,16 +12,16 @@ struct AttnParams {
   const void* v;
   void* out;           // [B, S, H, D], contiguous (gathered mode: f32 [pairs, D])
   float* lse;          // [B * H, S] (natural log), or null (gathered mode: [pairs])
-  long long q_sb, q_sh, q_ss;  // element strides of q over batch, head, token
-  long long k_sb, k_sh, k_ss;
-  long long v_sb, v_sh, v_ss;
+  long long q_strides[3];  // element strides of q over batch, head, token
+  long long k_strides[3];
+  long long v_strides[3];
   const uint32_t* q_order;   // slot -> token, [q_orders * S]
   const uint32_t* q_starts;  // query block boundaries in slots, [nqb + 1]
   const uint32_t* k_order;   // slot -> key token, [k_orders * SK]
   const uint32_t* k_starts;
   const uint32_t* offsets;   // CSR over (b * H + h) * nqb + qb
   const uint32_t* indices;   // key blocks
-  int B, H, S, SK;           // S query tokens, SK key tokens
+  int b, h, s, sk;           // s query tokens, sk key tokens
   int q_per_head, k_per_head;  // 1 when orders differ per head
   int nqb;
   int uniform_k;     // > 0: every list has this length and `offsets` is unused
@@ -33,6 +34,7 @@ struct AttnParams {
   const uint32_t* out_rows;
   int k_natural;  // > 0: the key order is the identity (slots are tokens; no lookups)
 };
+#include "abi/AttnParams.h"  // checks the layout against sparse/src/kernel_params.rs
 
 // The key tokens of one query block form a stream: the slots of its listed key blocks back to
 // back. Key tiles are consecutive windows of BN rows of that stream, so a tile may span several
@@ -112,13 +114,13 @@ __device__ __forceinline__ QueryTile query_tile(const AttnParams& p) {
   } else {
     const int qb = blockIdx.x;
     t.bh = blockIdx.y;
-    t.q_ord = p.q_order + (p.q_per_head ? (size_t)(t.bh % p.H) * p.S : 0);
+    t.q_ord = p.q_order + (p.q_per_head ? (size_t)(t.bh % p.h) * p.s : 0);
     t.qs = (int)p.q_starts[qb];
     t.nq = (int)p.q_starts[qb + 1] - t.qs;
     t.keys = key_stream(p, (size_t)t.bh * p.nqb + qb);
   }
-  t.b = t.bh / p.H;
-  t.h = t.bh % p.H;
+  t.b = t.bh / p.h;
+  t.h = t.bh % p.h;
   return t;
 }
 
@@ -149,8 +151,8 @@ __device__ __forceinline__ RowOut<T> row_out(const AttnParams& p, const QueryTil
     o.lse_at = pair;
   } else {
     const long long tok = t.q_ord[t.qs + r];
-    o.typed = reinterpret_cast<T*>(p.out) + (((long long)t.b * p.S + tok) * p.H + t.h) * D;
-    o.lse_at = (size_t)t.bh * p.S + tok;
+    o.typed = reinterpret_cast<T*>(p.out) + (((long long)t.b * p.s + tok) * p.h + t.h) * D;
+    o.lse_at = (size_t)t.bh * p.s + tok;
   }
   return o;
 }
@@ -229,8 +231,8 @@ __device__ __forceinline__ void copy_kv_tile(const AttnParams& p, const uint32_t
   for (int j = 0; j < R::PER_THREAD; ++j) {
     const int r = r0 + j * R::STEP;
     const bool valid = r < rows;
-    cp_async16(dk + off(r, ch), kbase + (long long)tok[j] * p.k_ss + ch * 8, valid);
-    cp_async16(dv + off(r, ch), vbase + (long long)tok[j] * p.v_ss + ch * 8, valid);
+    cp_async16(dk + off(r, ch), kbase + (long long)tok[j] * p.k_strides[2] + ch * 8, valid);
+    cp_async16(dv + off(r, ch), vbase + (long long)tok[j] * p.v_strides[2] + ch * 8, valid);
   }
 }
 
@@ -252,7 +254,7 @@ __device__ __forceinline__ void load_q_tile(const AttnParams& p, const uint32_t*
   for (int i = t; i < BM * CH; i += THREADS) {
     const int r = i / CH, c = i % CH;
     const bool valid = r < nq;
-    const T* src = qbase + (valid ? (long long)q_ord[qs + r] * p.q_ss : 0) + c * 8;
+    const T* src = qbase + (valid ? (long long)q_ord[qs + r] * p.q_strides[2] : 0) + c * 8;
     cp_async16(dq + off(r, c), src, valid);
   }
 }

@@ -1,27 +1,9 @@
-// Shared helpers for the engine's CUDA kernels: element types, tensor-core fragments,
-// asynchronous copies.
+// Shared helpers of the attention kernels: tensor-core fragments, asynchronous copies and
+// swizzled shared-memory tiles (element conversions come from vdit/convert.cuh).
 #pragma once
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <stdint.h>
 
-// Converts two floats to a packed pair of T (bf16 or f16).
-template <typename T> __device__ __forceinline__ uint32_t pack2(float a, float b);
-template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float a, float b) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-template <> __device__ __forceinline__ uint32_t pack2<__half>(float a, float b) {
-  __half2 v = __floats2half2_rn(a, b);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-template <typename T> __device__ __forceinline__ float to_f32(T x);
-template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <> __device__ __forceinline__ float to_f32<__half>(__half x) { return __half2float(x); }
-template <typename T> __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
-template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half(x); }
+#include "vdit/convert.cuh"
 
 // D += A * B for one m16n8k16 tile, f32 accumulators.
 template <typename T> __device__ __forceinline__ void mma16816(float* d, const uint32_t* a, const uint32_t* b);
@@ -63,5 +45,3 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 template <int CHUNKS> __device__ __forceinline__ int swz(int row, int chunk) {
   return row * CHUNKS * 8 + ((chunk ^ (row & 7)) * 8);
 }
-
-template <> __device__ __forceinline__ float to_f32<float>(float x) { return x; }

@@ -2,7 +2,9 @@
 //! layout and per plan), and kernel launches on candle's stream. Kernels live in `kernels/`
 //! and are compiled to PTX by `build.rs`.
 
+pub(crate) use crate::kernel_params::{AttnParams, BwdParams};
 use crate::layout::BlockLayout;
+use crate::op::ForwardKernel;
 use crate::plan::{KeyBlocks, SparsePlan};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -12,27 +14,13 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex, Weak};
 use vdit_core::cuda::{dtype_suffix, output, ptr, storage_ptr, tensor_ptr, with_storage, Module};
+use vdit_core::kernel_module;
 
-const FWD: Module = Module {
-    name: "vdit_attention_fwd",
-    ptx: include_str!(concat!(env!("OUT_DIR"), "/attention_fwd.ptx")),
-};
-const FWD_SM90: Module = Module {
-    name: "vdit_attention_fwd_sm90",
-    ptx: include_str!(concat!(env!("OUT_DIR"), "/attention_fwd_sm90.ptx")),
-};
-const BWD: Module = Module {
-    name: "vdit_attention_bwd",
-    ptx: include_str!(concat!(env!("OUT_DIR"), "/attention_bwd.ptx")),
-};
-const TOPK: Module = Module {
-    name: "vdit_topk",
-    ptx: include_str!(concat!(env!("OUT_DIR"), "/topk.ptx")),
-};
-const POOL: Module = Module {
-    name: "vdit_pool",
-    ptx: include_str!(concat!(env!("OUT_DIR"), "/pool.ptx")),
-};
+const FWD: Module = kernel_module!("attention_fwd");
+const FWD_SM90: Module = kernel_module!("attention_fwd_sm90");
+const BWD: Module = kernel_module!("attention_bwd");
+const TOPK: Module = kernel_module!("topk");
+const POOL: Module = kernel_module!("pool");
 
 /// Largest query block the forward kernels take (8 warps of 16 rows).
 const MAX_Q_BLOCK: usize = 128;
@@ -40,39 +28,6 @@ const MAX_Q_BLOCK: usize = 128;
 const MAX_TOPK_COLUMNS: usize = 4096;
 /// Largest k of the warp-per-row top-k kernel (`SMALL_K` in topk.cu).
 const SMALL_TOPK: usize = 128;
-
-/// The family of forward attention kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ForwardKernel {
-    /// Hopper warpgroup MMAs on compute capability 9.x, warp MMAs elsewhere.
-    Auto,
-    /// Warp-level `mma.sync` (any GPU from sm_80).
-    Mma,
-    /// Hopper `wgmma` (compute capability 9.x only).
-    Wgmma,
-}
-
-static FORWARD_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
-
-/// Chooses the forward kernel family for this process (the default is `Auto`, or what the
-/// environment variable `VDIT_ATTENTION_KERNEL=auto|mma|wgmma` says).
-pub fn set_forward_kernel(kernel: ForwardKernel) {
-    FORWARD_KERNEL.store(kernel as u8, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The forward kernel family in use.
-pub fn forward_kernel() -> ForwardKernel {
-    match FORWARD_KERNEL.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => ForwardKernel::Auto,
-        1 => ForwardKernel::Mma,
-        2 => ForwardKernel::Wgmma,
-        _ => match std::env::var("VDIT_ATTENTION_KERNEL").as_deref() {
-            Ok("mma") => ForwardKernel::Mma,
-            Ok("wgmma") => ForwardKernel::Wgmma,
-            _ => ForwardKernel::Auto,
-        },
-    }
-}
 
 /// True when `device` is a Hopper GPU (compute capability 9.x), where the wgmma kernels run.
 pub fn is_hopper(device: &candle_core::Device) -> bool {
@@ -87,10 +42,11 @@ pub fn is_hopper(device: &candle_core::Device) -> bool {
     }
 }
 
-/// The Hopper kernel name prefix to use on `dev`, or `None` for the warp-MMA kernels.
-fn hopper_kernel(dev: &CudaDevice) -> Result<Option<&'static str>> {
+/// The Hopper kernel name prefix to use on `dev` for `kernel`, or `None` for the warp-MMA
+/// kernels.
+fn hopper_kernel(dev: &CudaDevice, kernel: ForwardKernel) -> Result<Option<&'static str>> {
     let hopper = dev.cuda_stream().context().compute_capability().w()?.0 == 9;
-    Ok(match forward_kernel() {
+    Ok(match kernel {
         ForwardKernel::Mma => None,
         ForwardKernel::Auto if hopper => Some("bsattn_fwd_sm90"),
         ForwardKernel::Auto => None,
@@ -110,73 +66,9 @@ pub fn supports(dtype: DType, head_dim: usize, plan: &SparsePlan) -> bool {
         && plan.q_layout.tile() <= MAX_Q_BLOCK
 }
 
-/// Launch parameters of `bsattn_fwd_*` (mirrors `AttnParams` in attention_fwd.cu).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct AttnParams {
-    pub(crate) q: u64,
-    pub(crate) k: u64,
-    pub(crate) v: u64,
-    pub(crate) out: u64,
-    pub(crate) lse: u64,
-    pub(crate) q_strides: [i64; 3],
-    pub(crate) k_strides: [i64; 3],
-    pub(crate) v_strides: [i64; 3],
-    pub(crate) q_order: u64,
-    pub(crate) q_starts: u64,
-    pub(crate) k_order: u64,
-    pub(crate) k_starts: u64,
-    pub(crate) offsets: u64,
-    pub(crate) indices: u64,
-    pub(crate) b: i32,
-    pub(crate) h: i32,
-    pub(crate) s: i32,
-    pub(crate) sk: i32,
-    pub(crate) q_per_head: i32,
-    pub(crate) k_per_head: i32,
-    pub(crate) nqb: i32,
-    pub(crate) uniform_k: i32,
-    pub(crate) all_keys: i32,
-    pub(crate) scale_log2: f32,
-    pub(crate) tiles: u64,
-    pub(crate) out_rows: u64,
-    pub(crate) k_natural: i32,
-}
-// SAFETY: plain old data with the C layout of the kernel's parameter struct.
+// SAFETY: plain old data with the C layout of the kernels' parameter structs, which the build
+// checks (kernel_params.rs).
 unsafe impl DeviceRepr for AttnParams {}
-
-/// Launch parameters of `bsattn_bwd_*` (mirrors `BwdParams` in attention_bwd.cu).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct BwdParams {
-    q: u64,
-    k: u64,
-    v: u64,
-    dout: u64,
-    q_strides: [i64; 3],
-    k_strides: [i64; 3],
-    v_strides: [i64; 3],
-    o_strides: [i64; 3],
-    lse: u64,
-    delta: u64,
-    dq: u64,
-    dk: u64,
-    dv: u64,
-    q_order: u64,
-    q_starts: u64,
-    k_order: u64,
-    k_starts: u64,
-    offsets: u64,
-    indices: u64,
-    b: i32,
-    h: i32,
-    s: i32,
-    sk: i32,
-    q_per_head: i32,
-    k_per_head: i32,
-    rows_blocks: i32,
-    scale: f32,
-}
 // SAFETY: as for AttnParams.
 unsafe impl DeviceRepr for BwdParams {}
 
@@ -335,6 +227,7 @@ pub(crate) fn attention_forward(
     inputs: [(&CudaStorage, &Layout); 3],
     scale: f32,
     with_lse: bool,
+    kernel: ForwardKernel,
 ) -> Result<(CudaStorage, Option<CudaSlice<f32>>)> {
     let dev = inputs[0].0.device().clone();
     let dtype = inputs[0].0.dtype();
@@ -398,6 +291,7 @@ pub(crate) fn attention_forward(
         small,
         (nqb as u32, (b * h) as u32, 1),
         &params,
+        kernel,
     )?;
     Ok((out, lse))
 }
@@ -411,9 +305,10 @@ pub(crate) fn launch_forward(
     small: bool,
     grid_dim: (u32, u32, u32),
     params: &AttnParams,
+    kernel: ForwardKernel,
 ) -> Result<()> {
     let t = dtype_suffix(dtype)?;
-    if let Some(prefix) = hopper_kernel(dev)? {
+    if let Some(prefix) = hopper_kernel(dev, kernel)? {
         // A producer warpgroup plus consumer warpgroups of 64 query rows each; Q and a ring of
         // K/V tiles of 64 or 128 keys of the key stream (tiles span key blocks), plus 1 KiB to
         // align the tiles for the 128-byte swizzle. One consumer takes 64-key tiles in a ring of
@@ -445,12 +340,13 @@ pub(crate) fn attention_backward(
     dout: &Tensor,
     delta: &Tensor,
     scale: f32,
+    kernel: ForwardKernel,
 ) -> Result<CudaStorage> {
     let dev = inputs[0].0.device().clone();
     let dtype = inputs[0].0.dtype();
     let (b, h, s, d) = inputs[0].1.shape().dims4()?;
     let sk = inputs[1].1.shape().dims4()?.2;
-    let (_, lse) = attention_forward(plan, inputs, scale, true)?;
+    let (_, lse) = attention_forward(plan, inputs, scale, true, kernel)?;
     let lse = lse.expect("log-sum-exp requested");
     let (q, k, v) = (
         view(inputs[0].0, inputs[0].1)?,

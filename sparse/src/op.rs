@@ -6,7 +6,36 @@ use crate::plan::SparsePlan;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D,
 };
+use std::str::FromStr;
 use std::sync::Arc;
+
+/// The family of forward attention kernels on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardKernel {
+    /// Hopper warpgroup MMAs on compute capability 9.x, warp MMAs elsewhere.
+    #[default]
+    Auto,
+    /// Warp-level `mma.sync` (any GPU from sm_80).
+    Mma,
+    /// Hopper `wgmma` (compute capability 9.x only).
+    Wgmma,
+}
+
+impl FromStr for ForwardKernel {
+    type Err = String;
+
+    /// `auto`, `mma` or `wgmma`.
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text.trim() {
+            "auto" => Ok(Self::Auto),
+            "mma" => Ok(Self::Mma),
+            "wgmma" => Ok(Self::Wgmma),
+            other => Err(format!(
+                "`{other}` is not an attention kernel family: use auto, mma or wgmma"
+            )),
+        }
+    }
+}
 
 /// Exact attention of `q: [B, H, S, D]` over `k, v: [B, H, Sk, D]` restricted to the key
 /// blocks `plan` lists, in natural token order. Differentiable with respect to `q`, `k` and
@@ -17,6 +46,17 @@ pub fn block_sparse_attention(
     k: &Tensor,
     v: &Tensor,
     plan: &Arc<SparsePlan>,
+) -> Result<Tensor> {
+    block_sparse_attention_with(q, k, v, plan, ForwardKernel::Auto)
+}
+
+/// [`block_sparse_attention`] with the forward kernel family `kernel` on the GPU.
+pub fn block_sparse_attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    plan: &Arc<SparsePlan>,
+    kernel: ForwardKernel,
 ) -> Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
     let sk = k.dim(2)?;
@@ -40,6 +80,7 @@ pub fn block_sparse_attention(
     let op = BlockSparseOp {
         plan: Arc::clone(plan),
         scale: (1.0 / (d as f64).sqrt()) as f32,
+        kernel,
     };
     if on_kernels(q, plan)? {
         return q.apply_op3(k, v, op)?.transpose(1, 2);
@@ -110,6 +151,7 @@ impl CustomOp1 for TopK {
 struct BlockSparseOp {
     plan: Arc<SparsePlan>,
     scale: f32,
+    kernel: ForwardKernel,
 }
 
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -171,6 +213,7 @@ impl CustomOp3 for BlockSparseOp {
             [(s1, l1), (s2, l2), (s3, l3)],
             self.scale,
             false,
+            self.kernel,
         )?;
         Ok((out, bshd(dims)))
     }
@@ -191,6 +234,7 @@ impl CustomOp3 for BlockSparseOp {
         let op = BackwardOp {
             plan: Arc::clone(&self.plan),
             scale: self.scale,
+            kernel: self.kernel,
             dout: grad.contiguous()?,
             delta,
         };
@@ -218,6 +262,9 @@ impl CustomOp3 for BlockSparseOp {
 struct BackwardOp {
     plan: Arc<SparsePlan>,
     scale: f32,
+    /// Forward kernel family (the backward recomputes the log-sum-exp with it).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    kernel: ForwardKernel,
     /// Output gradient, `[B, S, H, D]`.
     dout: Tensor,
     /// `rowsum(dout * out)`, `[B, H, S]` f32.
@@ -276,6 +323,7 @@ impl CustomOp3 for BackwardOp {
             &self.dout,
             &self.delta,
             self.scale,
+            self.kernel,
         )?;
         let len = l1.shape().elem_count() + 2 * l2.shape().elem_count();
         Ok((packed, Shape::from(len)))

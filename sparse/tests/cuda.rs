@@ -8,14 +8,16 @@ mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use common::{rel, Lcg};
-use sparse::cuda::ForwardKernel;
-use sparse::paro::{ParoOptions, ParoRecorder};
-use sparse::sparsed::SparsedOptions;
-use sparse::vmoba::{vmoba_attention, ChunkKind, Selection, VmobaOptions};
-use sparse::vsa::{vsa_attention, VsaOptions};
+use sparse::paro::{Paro, ParoOptions, ParoRecorder};
+use sparse::sparsed::{Sparsed, SparsedOptions};
+use sparse::vmoba::{
+    vmoba_attention, vmoba_attention_with, ChunkKind, Selection, Vmoba, VmobaOptions,
+};
+use sparse::vsa::{vsa_attention, vsa_attention_with, VsaOptions};
 use sparse::{
-    block_sparse_attention, AttentionCall, AttentionRouter, AttentionSchedule, BlockLayout,
-    BlockMask, CallSite, Method, Permutation, SelfAttention, SparsePlan, TokenGrid,
+    block_sparse_attention, block_sparse_attention_with, AttentionCall, AttentionMethod,
+    AttentionRouter, AttentionSchedule, BlockLayout, BlockMask, CallSite, ForwardKernel,
+    Permutation, SelfAttention, SparsePlan, TokenGrid,
 };
 use std::sync::Arc;
 use vdit_core::Step;
@@ -36,13 +38,11 @@ fn kernels() -> Vec<ForwardKernel> {
 }
 
 /// Runs `f` once per kernel family, labelled.
-fn each_kernel(mut f: impl FnMut(&str) -> Result<()>) -> Result<()> {
+fn each_kernel(mut f: impl FnMut(ForwardKernel) -> Result<()>) -> Result<()> {
     for kernel in kernels() {
-        sparse::cuda::set_forward_kernel(kernel);
         println!("== forward kernel {kernel:?}");
-        f(&format!("{kernel:?}"))?;
+        f(kernel)?;
     }
-    sparse::cuda::set_forward_kernel(ForwardKernel::Auto);
     Ok(())
 }
 
@@ -70,20 +70,20 @@ fn check(name: &str, gpu_out: &Tensor, cpu_out: &Tensor) -> Result<()> {
 
 #[test]
 fn dense_kernel_matches_cpu_for_head_dims_partial_blocks_strides_and_cross_lengths() -> Result<()> {
-    each_kernel(|_kernel| {
+    each_kernel(|kernel| {
         for d in [64, 128] {
             let shape = (2, 3, 300, d); // 300 = two full blocks of 128 and a partial one
             let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
             check(
                 &format!("dense d{d}"),
-                &sparse::dense::attention(&qg, &kg, &vg)?,
+                &sparse::dense::attention_with(&qg, &kg, &vg, kernel)?,
                 &sparse::dense::attention(&qc, &kc, &vc)?,
             )?;
             // f16 (bf16 values are exact in f16 at these magnitudes)
             let f16 = |x: &Tensor| x.to_dtype(DType::F16);
             check(
                 &format!("dense f16 d{d}"),
-                &sparse::dense::attention(&f16(&qg)?, &f16(&kg)?, &f16(&vg)?)?,
+                &sparse::dense::attention_with(&f16(&qg)?, &f16(&kg)?, &f16(&vg)?, kernel)?,
                 &sparse::dense::attention(&qc, &kc, &vc)?,
             )?;
             // strided views, as the DiT passes them
@@ -97,14 +97,14 @@ fn dense_kernel_matches_cpu_for_head_dims_partial_blocks_strides_and_cross_lengt
             };
             check(
                 &format!("dense strided d{d}"),
-                &sparse::dense::attention(&t(&qg), &t(&kg), &t(&vg))?,
+                &sparse::dense::attention_with(&t(&qg), &t(&kg), &t(&vg), kernel)?,
                 &sparse::dense::attention(&qc, &kc, &vc)?,
             )?;
             // cross-attention: 77 keys
             let ((kc2, kg2), (vc2, vg2)) = (pair((2, 3, 77, d))?, pair((2, 3, 77, d))?);
             check(
                 &format!("cross d{d}"),
-                &sparse::dense::attention(&qg, &kg2, &vg2)?,
+                &sparse::dense::attention_with(&qg, &kg2, &vg2, kernel)?,
                 &sparse::dense::attention(&qc, &kc2, &vc2)?,
             )?;
         }
@@ -131,7 +131,7 @@ fn key_tiles_span_small_partial_and_permuted_key_blocks() -> Result<()> {
     };
     let k_orders = (0..h).map(|_| permutation(&mut rng)).collect();
     let k_layout = Arc::new(BlockLayout::per_head(k_orders, 20));
-    each_kernel(|_kernel| {
+    each_kernel(|kernel| {
         for (d, q_block) in [(64, 64), (128, 128), (128, 64)] {
             let q_layout = Arc::new(BlockLayout::from_order(permutation(&mut rng), q_block));
             let (nq, nk) = (q_layout.num_blocks(), k_layout.num_blocks());
@@ -151,7 +151,7 @@ fn key_tiles_span_small_partial_and_permuted_key_blocks() -> Result<()> {
             let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
             check(
                 &format!("key stream d{d} query blocks of {q_block}"),
-                &block_sparse_attention(&qg, &kg, &vg, &plan)?,
+                &block_sparse_attention_with(&qg, &kg, &vg, &plan, kernel)?,
                 &block_sparse_attention(&qc, &kc, &vc, &plan)?,
             )?;
         }
@@ -161,7 +161,7 @@ fn key_tiles_span_small_partial_and_permuted_key_blocks() -> Result<()> {
 
 #[test]
 fn vsa_on_gpu_matches_cpu_on_partial_cubes() -> Result<()> {
-    each_kernel(|_kernel| {
+    each_kernel(|kernel| {
         for grid in [TokenGrid::new(5, 6, 10), TokenGrid::new(9, 7, 13)] {
             let shape = (2, 3, grid.len(), 64);
             let ((qc, qg), (kc, kg), (vc, vg), (gc, gg)) =
@@ -171,7 +171,7 @@ fn vsa_on_gpu_matches_cpu_on_partial_cubes() -> Result<()> {
                     sparsity,
                     ..Default::default()
                 };
-                let g = vsa_attention(&qg, &kg, &vg, Some(&gg), grid, &opts)?;
+                let g = vsa_attention_with(&qg, &kg, &vg, Some(&gg), grid, &opts, kernel)?;
                 let c = vsa_attention(&qc, &kc, &vc, Some(&gc), grid, &opts)?;
                 check(&format!("vsa {grid} sparsity {sparsity}"), &g.out, &c.out)?;
                 assert!(
@@ -186,7 +186,7 @@ fn vsa_on_gpu_matches_cpu_on_partial_cubes() -> Result<()> {
 
 #[test]
 fn every_method_through_the_router_matches_cpu() -> Result<()> {
-    each_kernel(|_kernel| {
+    each_kernel(|kernel| {
         let grid = TokenGrid::new(6, 6, 8);
         let shape = (2, 2, grid.len(), 64);
         let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
@@ -211,22 +211,33 @@ fn every_method_through_the_router_matches_cpu() -> Result<()> {
             recorder.attend(&call)?;
             Arc::new(recorder.finish().unwrap())
         };
-        let methods = [
-            Method::Paro(paro),
-            Method::Sparsed(SparsedOptions {
-                select: 0.4,
-                block: 64,
+        // A fresh method per router: SparseD keeps the masks it froze.
+        let methods: [(&str, &dyn Fn() -> Arc<dyn AttentionMethod>); 3] = [
+            ("paro", &|| Arc::new(Paro::new(paro.clone(), None))),
+            ("sparsed", &|| {
+                Arc::new(
+                    Sparsed::new(SparsedOptions {
+                        select: 0.4,
+                        block: 64,
+                    })
+                    .unwrap(),
+                )
             }),
-            Method::Vmoba(VmobaOptions {
-                kind: Some(ChunkKind::Spatiotemporal),
-                st_chunk: [2, 3, 4],
-                ..Default::default()
+            ("vmoba", &|| {
+                Arc::new(
+                    Vmoba::new(VmobaOptions {
+                        kind: Some(ChunkKind::Spatiotemporal),
+                        st_chunk: [2, 3, 4],
+                        ..Default::default()
+                    })
+                    .unwrap(),
+                )
             }),
         ];
-        for method in methods {
-            let name = method.name();
+        for (name, method) in methods {
             let outs = [(&qc, &kc, &vc), (&qg, &kg, &vg)].map(|(q, k, v)| {
-                let router = AttentionRouter::new(AttentionSchedule::new(method.clone())).unwrap();
+                let router =
+                    AttentionRouter::new(AttentionSchedule::new(method())).with_kernel(kernel);
                 let mut out = None;
                 for step in 0..2 {
                     let call = AttentionCall {
@@ -260,7 +271,7 @@ fn every_method_through_the_router_matches_cpu() -> Result<()> {
 /// the CPU path, for every chunk kind (partial chunks included) and both selection rules.
 #[test]
 fn vmoba_gathered_path_matches_cpu() -> Result<()> {
-    each_kernel(|_kernel| {
+    each_kernel(|kernel| {
         for (grid, d) in [
             (TokenGrid::new(5, 6, 10), 64),
             (TokenGrid::new(7, 9, 11), 128),
@@ -281,7 +292,7 @@ fn vmoba_gathered_path_matches_cpu() -> Result<()> {
                         selection,
                         ..Default::default()
                     };
-                    let g = vmoba_attention(&qg, &kg, &vg, grid, kind, &opts)?;
+                    let g = vmoba_attention_with(&qg, &kg, &vg, grid, kind, &opts, kernel)?;
                     let c = vmoba_attention(&qc, &kc, &vc, grid, kind, &opts)?;
                     check(
                         &format!("vmoba {grid} d{d} {kind} {selection:?}"),
@@ -318,7 +329,7 @@ fn top_k_kernel_equals_the_cpu_rule_with_ties() -> Result<()> {
 
 #[test]
 fn gradients_on_gpu_match_cpu() -> Result<()> {
-    each_kernel(|_kernel| {
+    each_kernel(|kernel| {
         let grid = TokenGrid::new(5, 6, 10);
         let shape = (1, 2, grid.len(), 64);
         let layout = BlockLayout::tiled_shared(grid, [4, 4, 4]);
@@ -332,11 +343,12 @@ fn gradients_on_gpu_match_cpu() -> Result<()> {
         let plan = Arc::new(SparsePlan::new(1, 2, layout.clone(), layout, mask)?);
         let grads = |q: &Tensor, k: &Tensor, v: &Tensor, w: &Tensor| -> Result<Vec<Tensor>> {
             let vars = [q, k, v].map(|t| Var::from_tensor(t).unwrap());
-            let out = block_sparse_attention(
+            let out = block_sparse_attention_with(
                 vars[0].as_tensor(),
                 vars[1].as_tensor(),
                 vars[2].as_tensor(),
                 &plan,
+                kernel,
             )?;
             let store = (out.to_dtype(DType::F32)? * w.to_dtype(DType::F32)?)?
                 .sum_all()?

@@ -5,13 +5,13 @@ mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use common::*;
-use sparse::paro::{ParoOptions, ParoRecorder};
-use sparse::sparsed::SparsedOptions;
-use sparse::vmoba::{vmoba_attention, ChunkKind, Scope, Selection, VmobaOptions};
+use sparse::paro::{Paro, ParoOptions, ParoRecorder};
+use sparse::sparsed::{Sparsed, SparsedOptions};
+use sparse::vmoba::{vmoba_attention, ChunkKind, Scope, Selection, Vmoba, VmobaOptions};
 use sparse::vsa::{vsa_attention, VsaOptions};
 use sparse::{
-    AttentionCall, AttentionRouter, AttentionSchedule, AxisOrder, CallSite, LayerSet, Method,
-    SelfAttention, StepCount, TokenGrid,
+    AttentionCall, AttentionMethod, AttentionRouter, AttentionSchedule, AxisOrder, CallSite,
+    LayerSet, SelfAttention, StepCount, TokenGrid,
 };
 use std::sync::Arc;
 use vdit_core::Step;
@@ -326,18 +326,21 @@ fn keep_everything_equals_dense() -> Result<()> {
         recorder.attend(&call(&q, &k, &v, g, 0, 0, 1))?;
         Arc::new(recorder.finish().unwrap())
     };
-    for method in [
-        Method::Paro(paro),
-        Method::Sparsed(SparsedOptions {
-            select: 1.0,
-            block: 16,
-        }),
-        Method::Dense,
-    ] {
+    let methods: [Arc<dyn AttentionMethod>; 3] = [
+        Arc::new(Paro::new(paro, None)),
+        Arc::new(
+            Sparsed::new(SparsedOptions {
+                select: 1.0,
+                block: 16,
+            })
+            .unwrap(),
+        ),
+        Arc::new(sparse::Dense),
+    ];
+    for method in methods {
         let name = method.name();
         let router =
-            AttentionRouter::new(AttentionSchedule::new(method).dense_steps(StepCount::Steps(1)))
-                .unwrap();
+            AttentionRouter::new(AttentionSchedule::new(method).dense_steps(StepCount::Steps(1)));
         for step in 0..3 {
             let out = router.attend(&call(&q, &k, &v, g, 0, step, 3))?;
             assert!(rel(&out, &reference) < 1e-5, "{name} step {step}");
@@ -523,13 +526,16 @@ fn paro_calibration_round_trips_through_a_file_and_runs_sparse() -> Result<()> {
 fn router_follows_dense_steps_and_layers_and_cycles_vmoba_chunks() -> Result<()> {
     let g = grid_of([6, 6, 8]);
     let (q, k, v) = random_qkv(1, 2, g.len(), 8)?;
-    let schedule = AttentionSchedule::new(Method::Vmoba(VmobaOptions {
-        st_chunk: [2, 3, 4],
-        ..Default::default()
-    }))
+    let schedule = AttentionSchedule::of(
+        Vmoba::new(VmobaOptions {
+            st_chunk: [2, 3, 4],
+            ..Default::default()
+        })
+        .unwrap(),
+    )
     .dense_steps(StepCount::Fraction(0.5))
     .dense_layers(LayerSet::parse("0").unwrap());
-    let router = AttentionRouter::new(schedule).unwrap();
+    let router = AttentionRouter::new(schedule);
     for step in 0..4 {
         for layer in 0..4 {
             let out = router.attend(&call(&q, &k, &v, g, layer, step, 4))?;
@@ -570,9 +576,8 @@ fn sparsed_freezes_masks_at_the_last_dense_step() -> Result<()> {
         block: 8,
     };
     let router = AttentionRouter::new(
-        AttentionSchedule::new(Method::Sparsed(opts.clone())).dense_steps(StepCount::Steps(2)),
-    )
-    .unwrap();
+        AttentionSchedule::of(Sparsed::new(opts.clone()).unwrap()).dense_steps(StepCount::Steps(2)),
+    );
     let inputs: Vec<_> = (0..4)
         .map(|_| random_qkv(1, 2, g.len(), 8).unwrap())
         .collect();
@@ -599,19 +604,23 @@ fn sparsed_freezes_masks_at_the_last_dense_step() -> Result<()> {
 
 #[test]
 fn bad_options_are_rejected_with_the_fix() {
-    let err = Method::Vsa(VsaOptions {
+    let err = VsaOptions {
         sparsity: 1.0,
         ..Default::default()
-    })
+    }
     .validate()
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("outside [0, 1)"), "{err}");
     let opts = VmobaOptions {
         kind: Some(ChunkKind::Temporal),
         temporal_chunk: 9,
         ..Default::default()
     };
-    let err = opts.validate(Some(TokenGrid::new(5, 6, 10))).unwrap_err();
+    let err = opts
+        .validate(Some(TokenGrid::new(5, 6, 10)))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("larger than the token grid"), "{err}");
     let (q, k, v) = random_qkv(1, 1, 20, 4).unwrap();
     let err = vsa_attention(

@@ -1,28 +1,8 @@
 //! VAE hyper-parameters, read from a diffusers `vae/config.json` (AutoencoderKLWan).
 
+use crate::error::Error;
 use serde::Deserialize;
 use std::path::Path;
-
-/// Why a VAE configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read or parsed.
-    #[error("cannot read VAE config {path}: {reason}")]
-    Unreadable {
-        /// Path of the config file.
-        path: String,
-        /// Parser or I/O message.
-        reason: String,
-    },
-    /// The file is valid but describes a VAE this crate does not run.
-    #[error("unsupported VAE config {path}: {reason}")]
-    Unsupported {
-        /// Path of the config file.
-        path: String,
-        /// What is unsupported and what to use instead.
-        reason: String,
-    },
-}
 
 /// Hyper-parameters of a Wan 2.1 VAE (field names follow diffusers' `AutoencoderKLWan`).
 /// Missing fields take the Wan 2.1 values; fields this crate does not need are ignored.
@@ -94,20 +74,18 @@ impl VaeConfig {
     }
 
     /// Reads and validates a diffusers `config.json`.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
         let shown = path.display().to_string();
-        let unreadable = |reason: String| ConfigError::Unreadable {
+        let unreadable = |reason: String| Error::Unreadable {
             path: shown.clone(),
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| unreadable(e.to_string()))?;
         let config: Self = serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))?;
-        config
-            .validate()
-            .map_err(|reason| ConfigError::Unsupported {
-                path: shown.clone(),
-                reason,
-            })?;
+        config.check().map_err(|reason| Error::Unsupported {
+            path: shown.clone(),
+            reason,
+        })?;
         Ok(config)
     }
 
@@ -128,7 +106,14 @@ impl VaeConfig {
 
     /// Checks that this is a Wan 2.1 VAE the implementation runs: 16 latent channels, 8x
     /// spatial and 4x temporal compression, no Wan 2.2 features.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
+        self.check().map_err(|reason| Error::Unsupported {
+            path: String::new(),
+            reason,
+        })
+    }
+
+    fn check(&self) -> Result<(), String> {
         const WAN22: &str = "that is the Wan 2.2 VAE; only the Wan 2.1 VAE (z_dim 16) is supported";
         if self.is_residual {
             return Err(format!("is_residual = true: {WAN22}"));
@@ -187,7 +172,7 @@ mod tests {
 
     fn parse(json: &str) -> Result<VaeConfig, String> {
         let config: VaeConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        config.validate().map(|_| config)
+        config.check().map(|_| config)
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `middle.0/1/2`, `head.0/2`, `residual.0/2/3/6` inside residual blocks, and `conv1`/`conv2`
 //! for the quantisation convs.
 
+use crate::error::Error;
 use vdit_core::weights::{Checkpoint, KeyRename};
 
 /// Naming convention of a VAE checkpoint.
@@ -22,17 +23,17 @@ const ORIGINAL_PROBE: &str = "decoder.conv1.weight";
 
 impl KeyLayout {
     /// Detects the layout from the stored keys.
-    pub fn detect(checkpoint: &Checkpoint) -> Result<Self, String> {
+    pub fn detect(checkpoint: &Checkpoint) -> Result<Self, Error> {
         if checkpoint.contains(DIFFUSERS_PROBE) {
             Ok(Self::Diffusers)
         } else if checkpoint.contains(ORIGINAL_PROBE) {
             Ok(Self::Original)
         } else {
-            Err(format!(
+            Err(Error::Layout(format!(
                 "the weights in {} are not a Wan VAE: found neither `{DIFFUSERS_PROBE}` \
                  (diffusers layout) nor `{ORIGINAL_PROBE}` (original layout)",
                 checkpoint.origin().display()
-            ))
+            )))
         }
     }
 

@@ -23,13 +23,15 @@ pub mod config;
 pub mod conv;
 pub mod decoder;
 pub mod encoder;
+mod error;
 pub mod layout;
 pub mod model;
 pub mod norm;
 pub mod resample;
 pub mod tiling;
 
-pub use config::{ConfigError, VaeConfig};
+pub use config::VaeConfig;
+pub use error::{Error, FrameError, Result};
 pub use layout::KeyLayout;
-pub use model::{DecodeOptions, VaeError, WanVae};
+pub use model::{DecodeOptions, WanVae};
 pub use tiling::Tiling;

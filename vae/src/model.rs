@@ -1,33 +1,17 @@
 //! [`WanVae`]: loading, latent normalisation, streaming decode (optionally tiled) and encode.
 
-use crate::config::{ConfigError, VaeConfig};
+use crate::config::VaeConfig;
 use crate::conv::{CausalConv3d, TimeCache};
 use crate::decoder::Decoder;
 use crate::encoder::Encoder;
+use crate::error::{Error, FrameError, Result};
 use crate::layout::KeyLayout;
 use crate::tiling::{TiledDecoder, Tiling};
-use candle_core::{DType, Device, Error, Result, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use std::path::Path;
 use std::sync::Arc;
-use vdit_core::weights::{Checkpoint, WeightError};
-
-/// Why a VAE could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum VaeError {
-    /// Weights missing or unreadable.
-    #[error(transparent)]
-    Weights(#[from] WeightError),
-    /// Config unreadable or unsupported.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Keys of an unknown layout.
-    #[error("{0}")]
-    Layout(String),
-    /// A tensor is missing or mis-shaped (the message names key, shape and file).
-    #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
-}
+use vdit_core::weights::Checkpoint;
 
 /// How to decode.
 #[derive(Clone, Debug, Default)]
@@ -50,16 +34,10 @@ pub struct WanVae {
     dtype: DType,
 }
 
-/// A one-line error about the caller's input.
-fn bad_input(message: String) -> Error {
-    Error::Msg(message)
-}
-
 impl WanVae {
     /// Builds the VAE from weights in diffusers names.
     pub fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
-        cfg.validate()
-            .map_err(|e| bad_input(format!("unsupported VAE config: {e}")))?;
+        cfg.validate()?;
         let z = cfg.z_dim;
         let per_channel = |values: &[f64]| {
             let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
@@ -80,15 +58,15 @@ impl WanVae {
     /// Loads a folder (`config.json` + safetensors) or a single safetensors file, in the
     /// diffusers or the original release's key layout (detected from the keys). Without a VAE
     /// `config.json` beside the weights the config is [`VaeConfig::wan2_1`].
-    pub fn load(path: &Path, dtype: DType, device: &Device) -> std::result::Result<Self, VaeError> {
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let checkpoint = Arc::new(Checkpoint::open(path)?);
         let config = match config_beside(path) {
             Some(file) => VaeConfig::from_file(&file)?,
             None => VaeConfig::wan2_1(),
         };
-        let layout = KeyLayout::detect(&checkpoint).map_err(VaeError::Layout)?;
+        let layout = KeyLayout::detect(&checkpoint)?;
         let vb = checkpoint.var_builder(layout.rename(config.num_res_blocks), dtype, device);
-        Ok(Self::new(&config, vb)?)
+        Self::new(&config, vb)
     }
 
     /// A VAE of `cfg`'s shapes with random weights (convolutions normal with variance
@@ -126,20 +104,20 @@ impl WanVae {
     /// DiT-space latents `(z - mean) / std` back to raw `z` (same shape and dtype).
     pub fn denormalize(&self, latents: &Tensor) -> Result<Tensor> {
         self.check_latents(latents)?;
-        latents
+        Ok(latents
             .to_dtype(DType::F32)?
             .broadcast_mul(&self.latents_std)?
             .broadcast_add(&self.latents_mean)?
-            .to_dtype(latents.dtype())
+            .to_dtype(latents.dtype())?)
     }
 
     /// Raw `z` to DiT-space latents `(z - mean) / std` (same shape and dtype).
     pub fn normalize(&self, z: &Tensor) -> Result<Tensor> {
         self.check_latents(z)?;
-        z.to_dtype(DType::F32)?
+        Ok(z.to_dtype(DType::F32)?
             .broadcast_sub(&self.latents_mean)?
             .broadcast_div(&self.latents_std)?
-            .to_dtype(z.dtype())
+            .to_dtype(z.dtype())?)
     }
 
     /// Decodes raw `z` `[b, 16, t, h, w]` into frames in [-1, 1] (clamped, in the VAE's dtype),
@@ -150,7 +128,7 @@ impl WanVae {
         &self,
         z: &Tensor,
         opts: &DecodeOptions,
-        on_frames: &mut dyn FnMut(Tensor) -> Result<()>,
+        on_frames: &mut dyn FnMut(Tensor) -> std::result::Result<(), FrameError>,
     ) -> Result<()> {
         let (_, _, frames, height, width) = self.check_latents(z)?;
         // [b, t, c, h, w]: a latent frame is then a contiguous slice
@@ -168,9 +146,9 @@ impl WanVae {
             )?,
             None => None,
         };
-        let mut emit = |frames: Tensor| {
+        let mut emit = |frames: Tensor| -> Result<()> {
             let frames = frames.clamp(-1f32, 1f32)?.to_dtype(self.dtype)?;
-            on_frames(to_video_layout(&frames)?)
+            on_frames(to_video_layout(&frames)?).map_err(Error::Frames)
         };
         match tiled {
             None => {
@@ -197,7 +175,7 @@ impl WanVae {
             chunks.push(frames);
             Ok(())
         })?;
-        Tensor::cat(&chunks, 2)
+        Ok(Tensor::cat(&chunks, 2)?)
     }
 
     /// Encodes a video `[b, 3, 1 + 4k, H, W]` in [-1, 1] into the posterior mean, raw `z`
@@ -224,11 +202,11 @@ impl WanVae {
             means.push(self.quant_conv.convolve(&h, 1)?.narrow(2, 0, z)?);
             start += len;
         }
-        to_video_layout(&Tensor::cat(&means, 1)?)
+        Ok(to_video_layout(&Tensor::cat(&means, 1)?)?)
     }
 
     /// One latent frame `[b, 1, z, h, w]` of a stream to unclamped frames `[b, n, c, 8h, 8w]`.
-    fn decode_chunk(&self, latent: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+    fn decode_chunk(&self, latent: &Tensor, cache: &mut TimeCache) -> candle_core::Result<Tensor> {
         cache.start_chunk();
         let x = self.post_quant_conv.convolve(latent, 1)?;
         self.decoder.forward(&x, cache)
@@ -238,20 +216,20 @@ impl WanVae {
     fn check_latents(&self, z: &Tensor) -> Result<(usize, usize, usize, usize, usize)> {
         let z_dim = self.config.z_dim;
         let dims = z.dims5().map_err(|_| {
-            bad_input(format!(
+            Error::Input(format!(
                 "VAE latents must have 5 dims [batch, {z_dim}, frames, height, width], got shape {:?}",
                 z.dims()
             ))
         })?;
         if dims.1 != z_dim {
-            return Err(bad_input(format!(
+            return Err(Error::Input(format!(
                 "VAE latents have {} channels (shape {:?}); the VAE expects {z_dim}: [batch, {z_dim}, frames, height, width]",
                 dims.1,
                 z.dims()
             )));
         }
         if z.dims().contains(&0) {
-            return Err(bad_input(format!(
+            return Err(Error::Input(format!(
                 "VAE latents have an empty dim: shape {:?}",
                 z.dims()
             )));
@@ -263,13 +241,13 @@ impl WanVae {
     fn check_video(&self, video: &Tensor) -> Result<usize> {
         let c = self.config.in_channels;
         let (b, channels, frames, height, width) = video.dims5().map_err(|_| {
-            bad_input(format!(
+            Error::Input(format!(
                 "video to encode must have 5 dims [batch, {c}, frames, height, width], got shape {:?}",
                 video.dims()
             ))
         })?;
         if channels != c {
-            return Err(bad_input(format!(
+            return Err(Error::Input(format!(
                 "video to encode has {channels} channels (shape {:?}); the VAE expects {c}",
                 video.dims()
             )));
@@ -277,14 +255,14 @@ impl WanVae {
         let ratio = self.config.temporal_ratio();
         if frames == 0 || (frames - 1) % ratio != 0 {
             let below = frames.saturating_sub(1) / ratio * ratio + 1;
-            return Err(bad_input(format!(
+            return Err(Error::Input(format!(
                 "video to encode has {frames} frames; the VAE needs 1 + {ratio}k frames (e.g. {below} or {})",
                 below + ratio
             )));
         }
         let min = self.config.spatial_ratio();
         if b == 0 || height < min || width < min {
-            return Err(bad_input(format!(
+            return Err(Error::Input(format!(
                 "video to encode is {height}x{width} with batch {b}; it needs at least {min}x{min} pixels and one video"
             )));
         }
@@ -293,7 +271,7 @@ impl WanVae {
 }
 
 /// `[b, t, c, h, w]` -> `[b, c, t, h, w]`, contiguous.
-fn to_video_layout(x: &Tensor) -> Result<Tensor> {
+fn to_video_layout(x: &Tensor) -> candle_core::Result<Tensor> {
     x.permute((0, 2, 1, 3, 4))?.contiguous()
 }
 

@@ -26,9 +26,9 @@ impl Default for Tiling {
 
 impl Tiling {
     /// Checks the geometry: a positive size larger than the overlap.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> crate::Result<()> {
         if self.size == 0 || self.overlap >= self.size {
-            return Err(candle_core::Error::Msg(format!(
+            return Err(crate::Error::Input(format!(
                 "tiling needs 0 <= overlap < size, got size {} and overlap {}",
                 self.size, self.overlap
             )));
@@ -108,7 +108,7 @@ impl TiledDecoder {
         ratio: usize,
         tiling: &Tiling,
         device: &Device,
-    ) -> Result<Option<Self>> {
+    ) -> crate::Result<Option<Self>> {
         tiling.validate()?;
         let rows = spans(height, tiling);
         let cols = spans(width, tiling);

@@ -4,7 +4,7 @@ use anyhow::Result;
 use candle_core::{safetensors, DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use vae::{DecodeOptions, VaeConfig, VaeError, WanVae};
+use vae::{DecodeOptions, VaeConfig, WanVae};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -99,7 +99,7 @@ fn edited_copy(
     Ok(out)
 }
 
-fn load_err(path: &Path) -> VaeError {
+fn load_err(path: &Path) -> vae::Error {
     match WanVae::load(path, DType::F32, &Device::Cpu) {
         Ok(_) => panic!("{} loaded", path.display()),
         Err(e) => e,

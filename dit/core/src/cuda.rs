@@ -5,26 +5,65 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use candle_core::cuda_backend::WrapErr;
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::{DeviceId, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Storage, Tensor};
+use std::sync::{Arc, Mutex};
 
-/// One compiled kernel source file: the name candle caches it under and its PTX.
+/// One compiled kernel source file: the fat binary the kernel build wrote for it (machine code
+/// for the common GPUs and PTX for newer ones).
 #[derive(Clone, Copy, Debug)]
 pub struct Module {
-    /// Cache key, unique per source file (e.g. `vdit_attention_fwd`).
+    /// Unique name (crate and source file), the key of the loaded-module cache.
     pub name: &'static str,
-    /// The PTX the build wrote for it.
-    pub ptx: &'static str,
+    /// The fat binary.
+    pub image: &'static [u8],
 }
 
+/// The fat binary `OUT_DIR/NAME.fatbin` of the calling crate's kernel build as a [`Module`].
+#[macro_export]
+macro_rules! kernel_module {
+    ($name:literal) => {
+        $crate::cuda::Module {
+            name: concat!(env!("CARGO_PKG_NAME"), "/", $name),
+            image: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".fatbin")),
+        }
+    };
+}
+
+/// Modules loaded so far, per device.
+static LOADED: Mutex<Vec<(DeviceId, &'static str, Arc<CudaModule>)>> = Mutex::new(Vec::new());
+
 impl Module {
-    /// The kernel `function` of this module on `dev`, loaded once per device.
+    /// This module on `dev`, loaded once per device.
+    fn on(&self, dev: &CudaDevice) -> Result<Arc<CudaModule>> {
+        let mut loaded = LOADED.lock().expect("module cache lock");
+        if let Some((_, _, module)) = loaded
+            .iter()
+            .find(|(id, name, _)| *id == dev.id() && *name == self.name)
+        {
+            return Ok(Arc::clone(module));
+        }
+        let context = dev.cuda_stream().context().clone();
+        let module = context
+            .load_module(Ptx::from_binary(self.image.to_vec()))
+            .map_err(|e| {
+                candle_core::Error::Msg(format!(
+                    "cannot load the CUDA kernels {}: {e} (the build has machine code for \
+                     sm_80/86/89/90 and PTX for compute 8.0; an older driver than the build's \
+                     CUDA toolkit cannot load it)",
+                    self.name
+                ))
+            })?;
+        loaded.push((dev.id(), self.name, Arc::clone(&module)));
+        Ok(module)
+    }
+
+    /// The kernel `function` of this module on `dev`.
     pub fn function(&self, dev: &CudaDevice, function: &str) -> Result<CudaFunction> {
-        Ok(dev
-            .get_or_load_custom_func(function, self.name, self.ptx)?
-            .into_cuda_function())
+        self.on(dev)?.load_function(function).w()
     }
 
     /// Launches `function` with one parameter struct on `dev`'s stream, opting in to the

@@ -1,6 +1,7 @@
 //! Scheduler settings, read from a diffusers `scheduler_config.json` or built for Wan.
 
-use anyhow::{bail, Context, Result};
+use crate::error::{fail, ResultExt};
+use crate::Result;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -83,25 +84,34 @@ impl SchedulerConfig {
     /// Checks the values this engine can run; `num_steps` is the planned step count.
     pub fn validate(&self, kind: SchedulerKind, num_steps: usize) -> Result<()> {
         if num_steps == 0 {
-            bail!("the number of inference steps must be at least 1");
+            fail!(
+                Scheduler,
+                "the number of inference steps must be at least 1"
+            );
         }
         if self.num_train_timesteps < 2 {
-            bail!(
+            fail!(
+                Scheduler,
                 "num_train_timesteps {} must be at least 2",
                 self.num_train_timesteps
             );
         }
         if !(self.shift.is_finite() && self.shift > 0.0) {
-            bail!("flow shift {} must be a positive number", self.shift);
+            fail!(
+                Scheduler,
+                "flow shift {} must be a positive number",
+                self.shift
+            );
         }
         if kind == SchedulerKind::Euler {
             return Ok(());
         }
         if self.solver_order == 0 {
-            bail!("solver_order must be at least 1");
+            fail!(Scheduler, "solver_order must be at least 1");
         }
         if self.final_sigma == FinalSigma::Zero && self.solver_type == SolverType::Bh1 {
-            bail!(
+            fail!(
+                Scheduler,
                 "solver_type \"bh1\" with final_sigmas_type \"zero\" makes UniPC's last step \
                  NaN (diffusers too); use \"bh2\" or final_sigmas_type \"sigma_min\""
             );
@@ -111,7 +121,8 @@ impl SchedulerConfig {
             && self.solver_order > 1
             && num_steps > 1
         {
-            bail!(
+            fail!(
+                Scheduler,
                 "lower_order_final = false with final_sigmas_type \"zero\" makes UniPC's last \
                  step infinite (diffusers too); set lower_order_final to true"
             );
@@ -167,13 +178,19 @@ impl RawConfig {
         let solver_type = match self.solver_type.as_deref() {
             None | Some("bh2" | "midpoint" | "heun" | "logrho") => SolverType::Bh2,
             Some("bh1") => SolverType::Bh1,
-            Some(other) => bail!("solver_type {other:?} is not supported; use \"bh1\" or \"bh2\""),
+            Some(other) => fail!(
+                Scheduler,
+                "solver_type {other:?} is not supported; use \"bh1\" or \"bh2\""
+            ),
         };
         let final_sigma = match self.final_sigmas_type.as_deref() {
             None | Some("zero") => FinalSigma::Zero,
             Some("sigma_min") => FinalSigma::SigmaMin,
             Some(other) => {
-                bail!("final_sigmas_type {other:?} is not supported; use \"zero\" or \"sigma_min\"")
+                fail!(
+                    Scheduler,
+                    "final_sigmas_type {other:?} is not supported; use \"zero\" or \"sigma_min\""
+                )
             }
         };
         Ok(SchedulerConfig {
@@ -194,7 +211,8 @@ impl RawConfig {
                 name,
                 "FlowMatchEulerDiscreteScheduler" | "UniPCMultistepScheduler"
             ) {
-                bail!(
+                fail!(
+                    Scheduler,
                     "scheduler class {name} is not supported; use FlowMatchEulerDiscreteScheduler \
                      or UniPCMultistepScheduler"
                 );
@@ -202,7 +220,10 @@ impl RawConfig {
         }
         if let Some(p) = self.prediction_type.as_deref() {
             if p != "flow_prediction" {
-                bail!("prediction_type {p:?} is not supported; Wan needs \"flow_prediction\"");
+                fail!(
+                    Scheduler,
+                    "prediction_type {p:?} is not supported; Wan needs \"flow_prediction\""
+                );
             }
         }
         let flags = [
@@ -225,7 +246,10 @@ impl RawConfig {
             ),
         ];
         if let Some((_, what)) = flags.iter().find(|(set, _)| *set) {
-            bail!("{what} is not supported; remove it (only plain shifted flow sigmas are)");
+            fail!(
+                Scheduler,
+                "{what} is not supported; remove it (only plain shifted flow sigmas are)"
+            );
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 use super::config::SchedulerConfig;
 use super::sigmas::{linspace, shift_sigma, shift_sigma_f32, to_f32_precision};
 use super::{check_step, Scheduler};
-use anyhow::Result;
+use crate::Result;
 use candle_core::{DType, Device, Tensor};
 
 /// First-order Euler integration of the flow ODE: `x <- x + (sigma_next - sigma) * v`.

@@ -15,7 +15,8 @@ pub use config::{FinalSigma, SchedulerConfig, SchedulerKind, SolverType};
 pub use euler::FlowMatchEuler;
 pub use unipc::UniPcMultistep;
 
-use anyhow::{bail, Result};
+use crate::error::fail;
+use crate::Result;
 use candle_core::{Device, Tensor};
 
 /// A sampler over a fixed number of steps.
@@ -58,17 +59,24 @@ fn check_step(
 ) -> Result<()> {
     let steps = scheduler.timesteps().len();
     if step_index >= steps {
-        bail!("step {step_index} is past the schedule's {steps} steps");
+        fail!(
+            Scheduler,
+            "step {step_index} is past the schedule's {steps} steps"
+        );
     }
     if model_output.dims() != sample.dims() {
-        bail!(
+        fail!(
+            Scheduler,
             "model output shape {:?} does not match the sample's {:?}",
             model_output.dims(),
             sample.dims()
         );
     }
     if !sample.device().same_device(device) || !model_output.device().same_device(device) {
-        bail!("scheduler tensors must be on the scheduler's device {device:?}");
+        fail!(
+            Scheduler,
+            "scheduler tensors must be on the scheduler's device {device:?}"
+        );
     }
     Ok(())
 }

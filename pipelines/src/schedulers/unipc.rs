@@ -8,7 +8,8 @@
 use super::config::{FinalSigma, SchedulerConfig, SolverType};
 use super::sigmas::{linspace, shift_sigma, to_f32_precision};
 use super::{check_step, Scheduler};
-use anyhow::{bail, Context, Result};
+use crate::error::fail;
+use crate::Result;
 use candle_core::{DType, Device, Tensor};
 use std::collections::VecDeque;
 
@@ -96,7 +97,7 @@ impl UniPcMultistep {
     fn newest(&self) -> Result<&Tensor> {
         self.x0_history
             .back()
-            .context("UniPC has no x0 prediction yet")
+            .ok_or_else(|| crate::Error::Scheduler("UniPC has no x0 prediction yet".to_string()))
     }
 
     /// The differences `(x0_{-i} - x0_0) / r_i` to the earlier x0 predictions.
@@ -157,7 +158,8 @@ impl Scheduler for UniPcMultistep {
     ) -> Result<Tensor> {
         check_step(self, model_output, step_index, sample, &self.device)?;
         if step_index != self.next_step {
-            bail!(
+            fail!(
+                Scheduler,
                 "UniPC steps must run in order: expected step {}, got {step_index}",
                 self.next_step
             );
@@ -276,7 +278,10 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
             .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
             .unwrap_or(col);
         if a[pivot][col] == 0.0 || !a[pivot][col].is_finite() {
-            bail!("UniPC order conditions are singular at this step; lower solver_order");
+            fail!(
+                Scheduler,
+                "UniPC order conditions are singular at this step; lower solver_order"
+            );
         }
         a.swap(col, pivot);
         b.swap(col, pivot);

@@ -2,7 +2,8 @@
 //! written under a temporary name (`.NAME.partial`) then renamed, so that a file at its final
 //! name is always complete.
 
-use anyhow::{bail, Context, Result};
+use crate::error::{fail, ResultExt};
+use crate::Result;
 use candle_core::{safetensors, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,8 @@ pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
         None => {
             let mut names: Vec<_> = tensors.keys().cloned().collect();
             names.sort();
-            bail!(
+            fail!(
+                Input,
                 "{} has no tensor `{name}` (it has: {})",
                 path.display(),
                 names.join(", ")
@@ -37,7 +39,8 @@ pub fn partial_path(target: &Path) -> PathBuf {
 /// Checks that the folder `target` will be written in exists.
 pub fn check_parent(target: &Path) -> Result<()> {
     match target.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => bail!(
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => fail!(
+            Input,
             "cannot write {}: folder {} does not exist (create it first)",
             target.display(),
             dir.display()
@@ -87,7 +90,7 @@ mod tests {
         let target = dir.path().join("out.json");
         let failed = write_atomically(&target, |temp| {
             std::fs::write(temp, "half")?;
-            bail!("interrupted")
+            fail!(Input, "interrupted")
         });
         assert!(failed.is_err());
         assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);

@@ -15,6 +15,7 @@
 //!    [`Record`] is written next to the video.
 
 mod attention;
+mod context;
 mod files;
 mod model;
 pub mod noise;
@@ -23,8 +24,10 @@ mod progress;
 mod prompts;
 mod record;
 mod settings;
+mod sink;
 
-pub use attention::{check_schedule, describe_method, describe_schedule, token_grid};
+pub use attention::{check_schedule, token_grid};
+pub use context::{Loaded, ModelContext};
 pub use files::{check_parent, partial_path, read_tensor, save_tensor, save_text};
 pub use model::{
     default_model_folder, Component, Located, ModelPaths, ModelSpec, DEFAULT_MODEL_ENV,
@@ -37,3 +40,4 @@ pub use settings::{
     Sampler, SettingOverrides, Settings, SettingsError, Size, SIZE_MULTIPLE, VAE_SPATIAL,
     VAE_TEMPORAL,
 };
+pub use sink::{FrameSink, SinkError};

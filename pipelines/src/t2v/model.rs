@@ -1,9 +1,10 @@
 //! Where a model's parts are: a diffusers Wan pipeline folder, explicit per-component paths (the
 //! original release's files), or the embedded default model.
 
+use crate::error::{fail, ResultExt};
 use crate::schedulers::SchedulerConfig;
 use crate::t2v::settings::SettingOverrides;
-use anyhow::{bail, Context, Result};
+use crate::Result;
 use dit::{KeyLayout, WanConfig};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -89,7 +90,8 @@ impl ModelSpec {
         for (component, path) in &explicit {
             if let Some(path) = path {
                 if !path.exists() {
-                    bail!(
+                    fail!(
+                        Model,
                         "{} {} does not exist (given with {})",
                         component,
                         path.display(),
@@ -175,12 +177,14 @@ impl ModelPaths {
         };
         match located {
             Located::Found(path) => Ok(path),
-            Located::Missing(Some(looked)) => bail!(
+            Located::Missing(Some(looked)) => fail!(
+                Model,
                 "no {component}: {} does not exist; pass {}",
                 looked.display(),
                 component.flag()
             ),
-            Located::Missing(None) => bail!(
+            Located::Missing(None) => fail!(
+                Model,
                 "no {component} given: pass {} or a pipeline folder with --model DIR",
                 component.flag()
             ),
@@ -214,7 +218,7 @@ impl ModelPaths {
         let path = self.get(Component::Transformer)?;
         let checkpoint = vdit_core::Checkpoint::open(path)
             .with_context(|| format!("cannot open the transformer {}", path.display()))?;
-        let layout = KeyLayout::detect(&checkpoint).map_err(anyhow::Error::msg)?;
+        let layout = KeyLayout::detect(&checkpoint)?;
         let dir = if path.is_dir() {
             path
         } else {
@@ -224,7 +228,7 @@ impl ModelPaths {
         let config = if config_file.is_file() {
             WanConfig::from_file(&config_file)?
         } else {
-            dit::load::infer_config(&checkpoint, &layout).map_err(anyhow::Error::msg)?
+            dit::load::infer_config(&checkpoint, &layout)?
         };
         Ok((config, layout))
     }
@@ -233,7 +237,8 @@ impl ModelPaths {
 /// Checks that `folder` looks like a diffusers pipeline folder.
 fn check_pipeline_folder(folder: &Path) -> Result<PathBuf> {
     if !folder.is_dir() {
-        bail!(
+        fail!(
+            Model,
             "model folder {} does not exist (give a diffusers Wan pipeline folder with \
              model_index.json)",
             folder.display()
@@ -241,7 +246,8 @@ fn check_pipeline_folder(folder: &Path) -> Result<PathBuf> {
     }
     let index = folder.join("model_index.json");
     if !index.is_file() {
-        bail!(
+        fail!(
+            Model,
             "{} is not a diffusers pipeline folder: no model_index.json (for single files use \
              --transformer, --vae, --text-encoder and --tokenizer)",
             folder.display()
@@ -281,7 +287,8 @@ pub fn default_model_folder() -> Result<PathBuf> {
         return Ok(found.canonicalize().unwrap_or_else(|_| found.clone()));
     }
     let looked: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-    bail!(
+    fail!(
+        Model,
         "the default model assets/{DEFAULT_MODEL_DIR} was not found (looked in {}): pass --model \
          DIR or set {DEFAULT_MODEL_ENV}",
         looked.join(", ")

@@ -1,6 +1,7 @@
 //! The text-to-video pipeline: the sampling loop with classifier-free guidance around the
-//! transformer, then the VAE decoding streamed into a video file.
+//! transformer, then the VAE decoding streamed into a [`FrameSink`].
 
+use crate::error::{fail, ResultExt};
 use crate::schedulers::{build_scheduler, SchedulerConfig};
 use crate::t2v::files::{read_tensor, save_tensor};
 use crate::t2v::model::{Component, ModelPaths};
@@ -8,8 +9,8 @@ use crate::t2v::noise::seeded_noise;
 use crate::t2v::progress::{Progress, Stage};
 use crate::t2v::prompts::{Conditioning, PromptInput};
 use crate::t2v::settings::Settings;
-use crate::video::{VideoWriter, WrittenVideo};
-use anyhow::{bail, Context, Result};
+use crate::t2v::sink::FrameSink;
+use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use dit::{LoadedTransformer, Step, WanConfig};
 use serde::Serialize;
@@ -36,7 +37,8 @@ impl NoiseSource {
             Self::Latents(path) => {
                 let latents = read_tensor(path, "latents")?;
                 if latents.dims() != shape {
-                    bail!(
+                    fail!(
+                        Input,
                         "`latents` in {} has shape {:?}; this size and frame count need {shape:?}",
                         path.display(),
                         latents.dims()
@@ -164,14 +166,13 @@ pub struct Timings {
     pub writing_s: f64,
 }
 
-/// What a generation produced.
+/// What a generation measured.
 #[derive(Debug)]
 pub struct Outcome {
-    /// The video file.
-    pub video: WrittenVideo,
     /// Attention density over the sampling loop.
     pub density: DensityReport,
-    /// Time of each stage (text encoding and loading left for the caller to fill).
+    /// Time of each stage (text encoding and loading left for the caller to fill, and the
+    /// sink's finishing to add to the writing time).
     pub timings: Timings,
 }
 
@@ -218,13 +219,13 @@ impl TextToVideo {
     }
 
     /// Runs `job` with the embeddings `text` and the attention `router` (reset first), decoding
-    /// into `writer` (opened for the job's size and frame rate), which is finished.
+    /// into `sink` chunk by chunk.
     pub fn generate(
         &self,
         job: &Job,
         text: &Conditioning,
         router: &AttentionRouter,
-        mut writer: VideoWriter,
+        sink: &mut dyn FrameSink,
         progress: &mut dyn Progress,
     ) -> Result<Outcome> {
         let shape = job
@@ -248,13 +249,9 @@ impl TextToVideo {
             save_tensor(path, "latents", &latents.to_device(&Device::Cpu)?)?;
         }
         let started = Instant::now();
-        let mut writing_s = self.decode_into(&latents, &mut writer, progress)?;
-        let finishing = Instant::now();
-        let video = writer.finish()?;
-        writing_s += finishing.elapsed().as_secs_f64();
+        let writing_s = self.decode_into(&latents, sink, progress)?;
         let decoding_s = started.elapsed().as_secs_f64() - writing_s;
         Ok(Outcome {
-            video,
             density,
             timings: Timings {
                 denoising_s,
@@ -265,28 +262,37 @@ impl TextToVideo {
         })
     }
 
-    /// Decodes DiT-space `latents` one latent frame at a time into `writer`; returns the seconds
-    /// spent writing.
+    /// Decodes DiT-space `latents` one latent frame at a time into `sink`; returns the seconds
+    /// spent in the sink.
     fn decode_into(
         &self,
         latents: &Tensor,
-        writer: &mut VideoWriter,
+        sink: &mut dyn FrameSink,
         progress: &mut dyn Progress,
     ) -> Result<f64> {
         let z = self.vae.denormalize(latents)?;
         progress.begin(Stage::Decoding, z.dim(2)?);
         let mut writing = 0.0;
-        self.vae
+        let mut sink_error = None;
+        let decoded = self
+            .vae
             .decode_streaming(&z, &DecodeOptions::default(), &mut |chunk| {
                 let started = Instant::now();
-                writer
-                    .push_tensor(&chunk)
-                    .map_err(candle_core::Error::wrap)?;
+                let pushed = sink.push(&chunk);
                 writing += started.elapsed().as_secs_f64();
+                pushed.map_err(|e| {
+                    let message = e.to_string();
+                    sink_error = Some(e);
+                    candle_core::Error::Msg(message)
+                })?;
                 progress.advance();
                 Ok(())
-            })?;
+            });
         progress.end();
-        Ok(writing)
+        match (decoded, sink_error) {
+            (_, Some(e)) => Err(Error::Sink(e)),
+            (Err(e), None) => Err(e.into()),
+            (Ok(()), None) => Ok(writing),
+        }
     }
 }

@@ -1,15 +1,16 @@
 //! Text conditioning of a generation: prompts encoded by the text encoder, or embeddings read
 //! from files, for the prompt and (with guidance) the negative prompt.
 
+use crate::error::{fail, ResultExt};
 use crate::t2v::files::read_tensor;
 use crate::t2v::progress::{Progress, Stage};
-use crate::text::{TextEncoder, WAN_TEXT_LEN};
-use anyhow::{bail, Context, Result};
+use crate::{Error, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
+use umt5::{TextEncoder, WAN_TEXT_LEN};
 
 /// The text side of one generation as the user gave it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -30,19 +31,25 @@ impl PromptInput {
     /// Checks that the prompt is given exactly once, and the negative prompt at most once.
     pub fn validate(&self) -> Result<()> {
         match (&self.prompt, &self.prompt_embeds) {
-            (Some(_), Some(_)) => bail!("give --prompt or --prompt-embeds, not both"),
-            (None, None) => bail!("no prompt: give --prompt TEXT (or --prompt-embeds FILE)"),
+            (Some(_), Some(_)) => fail!(Usage, "give --prompt or --prompt-embeds, not both"),
+            (None, None) => fail!(
+                Usage,
+                "no prompt: give --prompt TEXT (or --prompt-embeds FILE)"
+            ),
             _ => {}
         }
         if self.negative_prompt.is_some() && self.negative_prompt_embeds.is_some() {
-            bail!("give --negative-prompt or --negative-prompt-embeds, not both");
+            fail!(
+                Usage,
+                "give --negative-prompt or --negative-prompt-embeds, not both"
+            );
         }
         for path in [&self.prompt_embeds, &self.negative_prompt_embeds]
             .into_iter()
             .flatten()
         {
             if !path.is_file() {
-                bail!("embeddings file {} does not exist", path.display());
+                fail!(Usage, "embeddings file {} does not exist", path.display());
             }
         }
         Ok(())
@@ -79,7 +86,8 @@ impl PromptInput {
             let t = read_tensor(path, name)?;
             match t.dims() {
                 [1, len, dim] if *dim == text_dim && *len > 0 => Ok(t.to_dtype(DType::F32)?),
-                dims => bail!(
+                dims => fail!(
+                    Usage,
                     "`{name}` in {} has shape {dims:?}; the transformer needs [1, tokens, \
                      {text_dim}]",
                     path.display()
@@ -102,7 +110,10 @@ impl PromptInput {
         let cond = match (cond_file, &self.prompt) {
             (Some(t), _) => t,
             (None, Some(text)) => encoded.embeddings(text, len)?,
-            (None, None) => bail!("no prompt: give --prompt TEXT (or --prompt-embeds FILE)"),
+            (None, None) => fail!(
+                Usage,
+                "no prompt: give --prompt TEXT (or --prompt-embeds FILE)"
+            ),
         };
         let uncond = match (guided, uncond_file) {
             (false, _) => None,
@@ -130,7 +141,8 @@ impl Conditioning {
         if let Some(uncond) = &self.uncond {
             let (a, b) = (self.cond.dim(1)?, uncond.dim(1)?);
             if a != b {
-                bail!(
+                fail!(
+                    Usage,
                     "prompt embeddings have {a} tokens and negative prompt embeddings {b}: give \
                      both at the same length (Wan uses 512)"
                 );
@@ -209,10 +221,11 @@ impl PromptCache {
         let (rows, _) = self
             .rows
             .get(text)
-            .with_context(|| format!("the prompt {text:?} was not encoded"))?;
+            .ok_or_else(|| Error::Usage(format!("the prompt {text:?} was not encoded")))?;
         let (n, dim) = rows.dims2()?;
         if n > len {
-            bail!(
+            fail!(
+                Usage,
                 "the prompt {text:?} has {n} tokens, more than the {len} of the given embeddings"
             );
         }

@@ -1,13 +1,12 @@
 //! The JSON record written next to every video (`VIDEO.json`): what was asked, with which model
 //! and attention, the density attention computed and the time each stage took.
 
-use crate::t2v::attention::describe_schedule;
 use crate::t2v::files::save_text;
 use crate::t2v::model::{Located, ModelPaths};
 use crate::t2v::pipeline::{Job, NoiseSource, Outcome, TextToVideo, Timings};
 use crate::t2v::prompts::PromptInput;
 use crate::t2v::settings::Settings;
-use anyhow::Result;
+use crate::Result;
 use candle_core::{DType, Device};
 use dit::KeyLayout;
 use serde::Serialize;
@@ -41,20 +40,13 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record of `job`, run by `model` as `outcome`; `method` is the attention method's
-    /// command-line name and `calibration` the PARO file used, if any.
-    pub fn new(
-        job: &Job,
-        outcome: &Outcome,
-        model: &ModelIdentity,
-        method: &str,
-        calibration: Option<&Path>,
-    ) -> Self {
+    /// The record of `job`, run by `model` as `outcome`, written to the video `output` describes
+    /// (its path, frames, size, frame rate and encoding).
+    pub fn new(job: &Job, outcome: &Outcome, model: &ModelIdentity, output: Value) -> Self {
         let (seed, latents_file) = match &job.noise {
             NoiseSource::Seed(seed) => (Some(*seed), None),
             NoiseSource::Latents(path) => (None, Some(path.clone())),
         };
-        let video = &outcome.video;
         let Timings {
             text_encoding_s,
             loading_s,
@@ -64,14 +56,7 @@ impl Record {
         } = outcome.timings;
         Self {
             vdit_version: env!("CARGO_PKG_VERSION"),
-            output: json!({
-                "path": video.path,
-                "frames": video.frames,
-                "width": video.width,
-                "height": video.height,
-                "fps": video.fps.to_string(),
-                "encoding": video.encoding,
-            }),
+            output,
             prompts: job.prompts.clone(),
             seed,
             latents_file,
@@ -79,9 +64,9 @@ impl Record {
             settings: job.settings.clone(),
             model: model.0.clone(),
             attention: json!({
-                "method": method,
-                "calibration_file": calibration,
-                "schedule": describe_schedule(&job.schedule),
+                "method": job.schedule.default.name(),
+                "calibration_file": job.schedule.default.calibration_file(),
+                "schedule": job.schedule.describe(),
                 "density": {
                     "overall": outcome.density.overall(),
                     "per_layer": outcome.density.layer_densities(),

@@ -123,13 +123,26 @@ impl<'de> Deserialize<'de> for Size {
 }
 
 /// The sampler, by its command-line name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sampler {
     /// UniPC multistep with flow sigmas (Wan's default).
     Unipc,
     /// First-order flow-matching Euler.
     Euler,
+}
+
+impl FromStr for Sampler {
+    type Err = String;
+
+    /// `unipc` or `euler`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "unipc" => Ok(Self::Unipc),
+            "euler" => Ok(Self::Euler),
+            other => Err(format!("`{other}` is not a sampler: use unipc or euler")),
+        }
+    }
 }
 
 impl Sampler {
@@ -254,8 +267,8 @@ impl SettingOverrides {
     }
 
     /// Reads a model's `generation_config.json` (the same keys, all optional).
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        use anyhow::Context;
+    pub fn from_file(path: &Path) -> crate::Result<Self> {
+        use crate::error::ResultExt;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))

@@ -1,0 +1,223 @@
+//! `vdit bench attention`: our dense and block-sparse attention against density at the Wan
+//! 1.3B 480p shape. Writes the block masks it used so that FlexAttention can be timed on the
+//! same ones (`pipelines/bench/attention_peers.py`).
+
+use super::median_ms;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+use sparse::vmoba::{vmoba_attention, vmoba_plan, ChunkKind, Selection, VmobaOptions};
+use sparse::vsa::{vsa_attention, VsaOptions};
+use sparse::{
+    block_sparse_attention, block_sparse_attention_with, BlockLayout, BlockMask, ForwardKernel,
+    SparsePlan, TokenGrid,
+};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use vdit_core::metrics::relative_l2;
+
+/// Densities benchmarked with random block masks.
+pub const DENSITIES: [f64; 4] = [1.0, 0.5, 0.25, 0.125];
+/// Block size of the random masks (FlexAttention's default).
+pub const BLOCK: usize = 128;
+
+/// Shape of the benchmark.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// Batch.
+    pub batch: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Token grid (the sequence is its size).
+    pub grid: TokenGrid,
+    /// Channels per head.
+    pub head_dim: usize,
+}
+
+impl Shape {
+    /// Wan 2.1 1.3B at 480x832, 81 frames: 21x30x52 tokens, 12 heads of 128.
+    pub const WAN_1_3B_480P: Shape = Shape {
+        batch: 1,
+        heads: 12,
+        grid: TokenGrid {
+            t: 21,
+            h: 30,
+            w: 52,
+        },
+        head_dim: 128,
+    };
+
+    fn dense_flops(&self) -> f64 {
+        let s = self.grid.len() as f64;
+        4.0 * (self.batch * self.heads) as f64 * s * s * self.head_dim as f64
+    }
+}
+
+/// Key blocks per query block at `density`: a fixed pseudo-random choice per (head, query
+/// block), the same for every batch element.
+fn random_lists(heads: usize, blocks: usize, density: f64, seed: u64) -> Vec<Vec<u32>> {
+    let keep = ((density * blocks as f64).round() as usize).clamp(1, blocks);
+    let mut state = seed;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    (0..heads * blocks)
+        .map(|_| {
+            let mut all: Vec<u32> = (0..blocks as u32).collect();
+            for i in 0..keep {
+                let j = i + next() % (blocks - i);
+                all.swap(i, j);
+            }
+            let mut list = all[..keep].to_vec();
+            list.sort_unstable();
+            list
+        })
+        .collect()
+}
+
+/// The kernel families to time on `device`: (label, family), or the CPU engine.
+fn families(device: &Device) -> Vec<(&'static str, ForwardKernel)> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        let mut all = vec![("mma", ForwardKernel::Mma)];
+        if sparse::cuda::is_hopper(device) {
+            all.push(("wgmma", ForwardKernel::Wgmma));
+        }
+        return all;
+    }
+    let _ = device;
+    vec![("cpu", ForwardKernel::Auto)]
+}
+
+/// VMoBA per chunk kind with its published top-k (selection on the device, gathered-query
+/// kernel, log-sum-exp merge). The spatio-temporal row also runs the plan path (host selection,
+/// block-sparse kernel with one query per block) once and reports how far the two agree.
+fn vmoba_rows(
+    device: &Device,
+    shape: Shape,
+    [q, k, v]: [&Tensor; 3],
+    runs: usize,
+) -> Result<Vec<serde_json::Value>> {
+    let flops = shape.dense_flops();
+    let mut rows = Vec::new();
+    for (i, kind) in [
+        ChunkKind::Temporal,
+        ChunkKind::Spatial,
+        ChunkKind::Spatiotemporal,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let opts = VmobaOptions {
+            kind: Some(kind),
+            selection: Selection::TopK(None),
+            ..Default::default()
+        };
+        let first = vmoba_attention(q, k, v, shape.grid, kind, &opts)?;
+        let ms = median_ms(device, 2, runs, || {
+            Ok(vmoba_attention(q, k, v, shape.grid, kind, &opts).map(|_| ())?)
+        })?;
+        let mut row = json!({
+            "impl": format!("vdit VMoBA {kind} top-{} (gathered)", opts.topk[i]),
+            "density": first.density(), "ms": ms, "tflops_effective": flops / ms * 1e-9,
+        });
+        if kind == ChunkKind::Spatiotemporal {
+            let chunks = BlockLayout::tiled_shared(shape.grid, opts.tile(kind, shape.grid));
+            let plan = vmoba_plan(q, k, &chunks, kind, &opts)?;
+            device.synchronize()?;
+            let start = std::time::Instant::now();
+            let reference = block_sparse_attention(q, k, v, &plan)?;
+            device.synchronize()?;
+            row["plan_path_kernel_ms"] = json!(start.elapsed().as_secs_f64() * 1e3);
+            row["rel_l2_vs_plan_path"] = json!(relative_l2(
+                &first.out.to_dtype(DType::F32)?,
+                &reference.to_dtype(DType::F32)?
+            )?);
+            row["plan_path_density"] = json!(plan.density()?);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Runs the benchmark and writes `attention.json` and `masks.safetensors` into `out_dir`.
+pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let (b, h, s, d) = (shape.batch, shape.heads, shape.grid.len(), shape.head_dim);
+    let r = || -> Result<Tensor> {
+        Ok(Tensor::randn(0f32, 1.0, (b, h, s, d), device)?.to_dtype(dtype)?)
+    };
+    let (q, k, v) = (r()?, r()?, r()?);
+    let flops = shape.dense_flops();
+    let layout = Arc::new(BlockLayout::natural(s, BLOCK));
+    let n = layout.num_blocks();
+    let mut masks = HashMap::new();
+    let mut plans = Vec::new();
+    for (i, &density) in DENSITIES.iter().enumerate() {
+        let per_head = random_lists(h, n, density, 17 + i as u64);
+        let lists: Vec<Vec<u32>> = (0..b).flat_map(|_| per_head.iter().cloned()).collect();
+        let mask = BlockMask::from_lists(b * h, n, n, &lists)?;
+        plans.push((
+            density,
+            Arc::new(SparsePlan::new(b, h, layout.clone(), layout.clone(), mask)?),
+        ));
+        let mut bits = vec![0u8; h * n * n];
+        for (row, list) in per_head.iter().enumerate() {
+            list.iter().for_each(|&kb| bits[row * n + kb as usize] = 1);
+        }
+        masks.insert(
+            format!("mask_{density}"),
+            Tensor::from_vec(bits, (h, n, n), &Device::Cpu)?,
+        );
+    }
+    let mut rows = Vec::new();
+    for (label, family) in families(device) {
+        let dense_ms = median_ms(device, 3, runs, || {
+            Ok(sparse::dense::attention_with(&q, &k, &v, family).map(|_| ())?)
+        })?;
+        rows.push(json!({"impl": format!("vdit dense ({label})"), "density": 1.0, "ms": dense_ms, "tflops_effective": flops / dense_ms * 1e-9}));
+        for (density, plan) in &plans {
+            let actual = plan.density()?;
+            let ms = median_ms(device, 3, runs, || {
+                Ok(block_sparse_attention_with(&q, &k, &v, plan, family).map(|_| ())?)
+            })?;
+            rows.push(json!({
+                "impl": format!("vdit block-sparse ({label})"), "density": actual, "target_density": density, "ms": ms,
+                "tflops_effective": flops / ms * 1e-9, "tflops_actual": flops * actual / ms * 1e-9,
+            }));
+        }
+    }
+
+    // VSA as a whole (coarse stage, top-k on the device, fine stage) at sparsity 0.875.
+    let gate = r()?;
+    let opts = VsaOptions {
+        sparsity: 0.875,
+        ..Default::default()
+    };
+    let vsa = vsa_attention(&q, &k, &v, Some(&gate), shape.grid, &opts)?;
+    let vsa_density = vsa.plan.density()?;
+    let ms = median_ms(device, 3, runs, || {
+        Ok(vsa_attention(&q, &k, &v, Some(&gate), shape.grid, &opts).map(|_| ())?)
+    })?;
+    rows.push(json!({"impl": "vdit VSA (coarse + top-k + fine)", "density": vsa_density, "ms": ms, "tflops_effective": flops / ms * 1e-9}));
+    rows.extend(vmoba_rows(device, shape, [&q, &k, &v], runs)?);
+
+    let report = json!({
+        "shape": {"batch": b, "heads": h, "tokens": s, "head_dim": d, "grid": shape.grid.dims(), "block": BLOCK},
+        "dtype": format!("{dtype:?}"), "device": format!("{device:?}"), "runs": runs, "results": rows,
+    });
+    std::fs::write(
+        out_dir.join("attention.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    candle_core::safetensors::save(&masks, out_dir.join("masks.safetensors"))?;
+    for row in report["results"].as_array().into_iter().flatten() {
+        println!("{row}");
+    }
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! `vdit batch`: many generations from a JSON-lines file, the model loaded once.
+//!
+//! Each non-blank line is a job: a JSON object with `prompt` and `seed`, optionally
+//! `negative_prompt` and `id`, and any `vdit generate` setting or attention option (snake_case
+//! names, e.g. `"size": "832x480"`, `"attention": "vsa"`, `"dense_steps": 0.2`) overriding the
+//! command line's. A job's video is `OUT_DIR/<id>.<ext>` (else `job-<line>`, the line counted from
+//! 1) with its record `<video>.json` beside it.
+//!
+//! Every job is checked first; then the prompts of all jobs to run are encoded and the text
+//! encoder dropped (the embeddings wait on the CPU without their zero padding), then the
+//! transformer and the VAE are loaded once and the jobs run in order. Videos and records are
+//! written under temporary names and renamed when complete, the record last: a job whose video and
+//! record both exist is done and is skipped by a re-run, so a killed batch resumes where it was.
+//! A failing job is reported with its line number and the others go on; the exit code is non-zero
+//! if any failed.
+
+use super::bars::Bars;
+use super::options::{ModelArgs, RuntimeArgs, SettingArgs};
+use super::render::{open_writer, render};
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use pipelines::t2v::{
+    record_path, Job, Loaded, ModelContext, NoiseSource, PromptInput, Sampler, SettingOverrides,
+    Size,
+};
+use serde::Deserialize;
+use sparse::options::OptionValues;
+use sparse::{MethodSpec, Registry};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+/// Arguments of `vdit batch`.
+#[derive(Args)]
+pub struct BatchArgs {
+    /// Jobs, one JSON object per line: {"prompt": ..., "seed": ..., "id"?: ...,
+    /// "negative_prompt"?: ..., and any generate option, e.g. "size": "832x480", "steps": 30}.
+    pub jobs: PathBuf,
+    /// Folder for the videos and their records (created if missing).
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Video format of every job (png: a folder of frames per job).
+    #[arg(long, value_enum, default_value_t = OutputFormat::default())]
+    pub format: OutputFormat,
+    /// Run only every N-th job starting at job I (0-based, counting non-blank lines), e.g.
+    /// 0/2 and 1/2 on two machines.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Frame rate (default: the model's, else 16).
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// Settings of every job unless the job sets its own.
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// Attention of every job unless the job sets its own (the flags come from the method
+    /// registry).
+    #[arg(skip)]
+    pub attention: MethodSpec,
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Device and dtype.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// No progress bars or per-job lines (failures and the summary are still printed).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Video formats a batch writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// H.264 MP4 (needs FFmpeg).
+    Mp4,
+    /// Animated GIF.
+    Gif,
+    /// Uncompressed YUV4MPEG2.
+    Y4m,
+    /// A folder of PNG frames.
+    Png,
+}
+
+impl Default for OutputFormat {
+    /// MP4, or Y4M in a build without FFmpeg.
+    fn default() -> Self {
+        if cfg!(feature = "ffmpeg") {
+            Self::Mp4
+        } else {
+            Self::Y4m
+        }
+    }
+}
+
+impl OutputFormat {
+    /// The output path of a job called `name` in `dir`.
+    fn path(self, dir: &Path, name: &str) -> PathBuf {
+        match self {
+            Self::Mp4 => dir.join(format!("{name}.mp4")),
+            Self::Gif => dir.join(format!("{name}.gif")),
+            Self::Y4m => dir.join(format!("{name}.y4m")),
+            Self::Png => dir.join(name),
+        }
+    }
+}
+
+/// Shard `index` of `count`: the jobs whose 0-based position is `index` modulo `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    index: usize,
+    count: usize,
+}
+
+impl FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a shard: use I/N with 0 <= I < N, e.g. 0/4");
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let index: usize = i.trim().parse().map_err(|_| bad())?;
+        let count: usize = n.trim().parse().map_err(|_| bad())?;
+        if index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+}
+
+/// One line of the jobs file: the prompt, the seed, the job's name and settings, and the
+/// attention method with its options under the same keys as the flags (`"attention": "vsa",
+/// "sparsity": 0.9`), which are checked against the method registry.
+#[derive(Deserialize)]
+struct JobLine {
+    prompt: String,
+    seed: u64,
+    negative_prompt: Option<String>,
+    id: Option<String>,
+    size: Option<Size>,
+    frames: Option<usize>,
+    steps: Option<usize>,
+    guidance: Option<f64>,
+    shift: Option<f64>,
+    scheduler: Option<Sampler>,
+    fps: Option<u32>,
+    /// `attention` and the attention options, and any unknown key (refused by name).
+    #[serde(flatten)]
+    attention: BTreeMap<String, serde_json::Value>,
+}
+
+/// The keys of a job line besides the attention method and its options.
+const JOB_KEYS: &str = "prompt, seed, negative_prompt, id, size, frames, steps, guidance, shift, \
+                        scheduler, fps";
+
+impl JobLine {
+    /// The settings this job sets.
+    fn settings(&self) -> SettingOverrides {
+        SettingOverrides {
+            size: self.size,
+            frames: self.frames,
+            steps: self.steps,
+            guidance: self.guidance,
+            shift: self.shift,
+            scheduler: self.scheduler,
+            fps: self.fps,
+        }
+    }
+
+    /// The attention of this job: its method (else `base`'s) with `base`'s options that the
+    /// method takes, then the job's own options, which must all be the method's.
+    fn attention(&self, base: &MethodSpec, registry: &Registry) -> Result<MethodSpec> {
+        let mut name = base.name.clone();
+        let mut own = OptionValues::new();
+        for (key, value) in &self.attention {
+            let text = match value {
+                serde_json::Value::String(text) => text.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => bail!("`{key}` must be a string or a number, not {other}"),
+            };
+            if key == "attention" {
+                name = text;
+            } else if registry.is_option(key) {
+                own.set(key, text);
+            } else {
+                let options: Vec<&str> = registry.options().iter().map(|(o, _)| o.key).collect();
+                bail!(
+                    "unknown field `{key}`: a job takes {JOB_KEYS}, attention and the attention \
+                     options ({})",
+                    options.join(", ")
+                );
+            }
+        }
+        let inherited = registry.applicable(&MethodSpec {
+            name: name.clone(),
+            options: base.options.clone(),
+        })?;
+        Ok(MethodSpec {
+            name,
+            options: inherited.options.then(&own),
+        })
+    }
+
+    /// The file name of the job: its id, checked to be a plain name.
+    fn name(&self, line: usize) -> Result<String> {
+        let Some(id) = &self.id else {
+            return Ok(format!("job-{line:04}"));
+        };
+        let plain = id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if id.is_empty() || id.len() > 200 || id.starts_with('.') || !plain {
+            bail!(
+                "id `{id}` must be a plain file name: letters, digits, '.', '_' or '-', not \
+                 starting with '.'"
+            );
+        }
+        Ok(id.clone())
+    }
+}
+
+/// A job ready to run.
+struct Ready {
+    line: usize,
+    name: String,
+    output: PathBuf,
+    job: Job,
+}
+
+/// Checks one line into a job; `line` is its number from 1.
+fn plan_line(
+    text: &str,
+    line: usize,
+    args: &BatchArgs,
+    context: &ModelContext,
+    registry: &Registry,
+) -> Result<Ready> {
+    let job: JobLine = serde_json::from_str(text).context("not a valid job")?;
+    let name = job.name(line)?;
+    let overrides = args.settings.overrides(args.fps).then(&job.settings());
+    let settings = context.settings(&overrides)?;
+    let prompts = PromptInput {
+        prompt: Some(job.prompt.clone()),
+        negative_prompt: job.negative_prompt.clone(),
+        ..Default::default()
+    };
+    let schedule = registry.schedule(&job.attention(&args.attention, registry)?)?;
+    let planned = Job::plan(
+        context,
+        settings,
+        prompts,
+        NoiseSource::Seed(job.seed),
+        schedule,
+        None,
+    )?;
+    Ok(Ready {
+        line,
+        output: args.format.path(&args.out_dir, &name),
+        name,
+        job: planned,
+    })
+}
+
+/// True when a job's video and record are both in place (each is renamed there only when
+/// complete, the record last).
+fn is_done(output: &Path) -> bool {
+    output.exists() && record_path(output).is_file()
+}
+
+/// Removes the video of a job that did not finish (its record is missing).
+fn remove_unfinished(output: &Path) -> Result<()> {
+    let removed = if output.is_dir() {
+        std::fs::remove_dir_all(output)
+    } else if output.exists() {
+        std::fs::remove_file(output)
+    } else {
+        Ok(())
+    };
+    removed.with_context(|| format!("cannot remove the unfinished {}", output.display()))
+}
+
+/// Failed jobs with their line numbers.
+struct Failures(Vec<(usize, String)>);
+
+impl Failures {
+    fn add(&mut self, line: usize, error: &anyhow::Error) {
+        eprintln!("line {line}: error: {}", super::error_line(error));
+        self.0.push((line, super::error_line(error)));
+    }
+}
+
+/// Runs the batch and prints a summary; fails when any job failed.
+pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
+    let started = Instant::now();
+    let text = std::fs::read_to_string(&args.jobs)
+        .with_context(|| format!("cannot read the jobs file {}", args.jobs.display()))?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let context = ModelContext::new(&args.model.spec())?;
+    let shard = args.shard.unwrap_or(Shard { index: 0, count: 1 });
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty())
+        .enumerate()
+        .filter(|(position, _)| position % shard.count == shard.index)
+        .map(|(_, line)| line)
+        .collect();
+    let mut failures = Failures(Vec::new());
+    let mut names: Vec<(String, usize)> = Vec::new();
+    let mut pending = Vec::new();
+    let mut skipped = 0;
+    for (line, text) in &lines {
+        let ready = match plan_line(text, *line, &args, &context, registry) {
+            Ok(ready) => ready,
+            Err(e) => {
+                failures.add(*line, &e);
+                continue;
+            }
+        };
+        if let Some((_, first)) = names.iter().find(|(n, _)| *n == ready.name) {
+            let e = anyhow::anyhow!(
+                "output name `{}` is already used by line {first}: give the job another id",
+                ready.name
+            );
+            failures.add(*line, &e);
+            continue;
+        }
+        names.push((ready.name.clone(), *line));
+        if is_done(&ready.output) {
+            skipped += 1;
+        } else {
+            pending.push(ready);
+        }
+    }
+    let mut done = 0;
+    if !pending.is_empty() {
+        let (device, dtype) = args.runtime.open()?;
+        let mut bars = Bars::new(args.quiet);
+        let texts: Vec<&str> = pending.iter().flat_map(|r| r.job.texts()).collect();
+        let encoded = context.encode(&texts, dtype, &device, &mut bars)?;
+        let mut loaded = Loaded::load(&context, dtype, &device, &mut bars)?;
+        loaded.kernel = args.runtime.kernel()?;
+        let total = pending.len();
+        for (i, ready) in pending.iter().enumerate() {
+            bars.set_prefix(&format!("[{}/{total}] {}", i + 1, ready.name));
+            let result = remove_unfinished(&ready.output)
+                .and_then(|()| open_writer(&ready.job, &ready.output))
+                .and_then(|writer| {
+                    render(
+                        &loaded,
+                        &ready.job,
+                        &encoded,
+                        writer,
+                        &ready.output,
+                        &mut bars,
+                    )
+                });
+            match result {
+                Ok((_, video)) => {
+                    done += 1;
+                    if !args.quiet {
+                        eprintln!("line {}: {video}", ready.line);
+                    }
+                }
+                Err(e) => failures.add(ready.line, &e),
+            }
+        }
+    }
+    let failed_lines: Vec<String> = failures.0.iter().map(|(l, _)| l.to_string()).collect();
+    println!(
+        "batch: {done} done, {skipped} skipped, {} failed{} in {:.1} s",
+        failed_lines.len(),
+        if failed_lines.is_empty() {
+            String::new()
+        } else {
+            format!(" (lines {})", failed_lines.join(", "))
+        },
+        started.elapsed().as_secs_f64()
+    );
+    if !failed_lines.is_empty() {
+        bail!(
+            "{} of {} jobs failed (lines {})",
+            failed_lines.len(),
+            lines.len(),
+            failed_lines.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shards are 0-based and must name one of N.
+    #[test]
+    fn shard_syntax() {
+        assert_eq!("1/3".parse::<Shard>(), Ok(Shard { index: 1, count: 3 }));
+        assert!("3/3".parse::<Shard>().is_err());
+        assert!("1".parse::<Shard>().is_err());
+    }
+
+    /// Unknown keys are refused by name; ids must be plain names; a job's options override the
+    /// command line's.
+    #[test]
+    fn job_lines() {
+        let line: JobLine =
+            serde_json::from_str(r#"{"prompt": "a", "seed": 1, "sizee": "1x1"}"#).unwrap();
+        let err = line
+            .attention(&MethodSpec::named("dense"), &Registry::builtin())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `sizee`"), "{err}");
+        let job: JobLine = serde_json::from_str(
+            r#"{"prompt": "a", "seed": 1, "id": "../x", "attention": "vsa", "sparsity": 0.5, "dense_steps": 0.2}"#,
+        )
+        .unwrap();
+        assert!(job.name(3).is_err());
+        let registry = Registry::builtin();
+        let base: MethodSpec = "dense:dense_layers=0,block=32".parse().unwrap();
+        let merged = job.attention(&base, &registry).unwrap();
+        assert_eq!(merged.name, "vsa");
+        assert_eq!(
+            (
+                merged.options.get("sparsity"),
+                merged.options.get("dense_layers")
+            ),
+            (Some("0.5"), Some("0"))
+        );
+        assert_eq!(merged.options.get("dense_steps"), Some("0.2"));
+        // the command line's SparseD block does not follow a job that picks VSA
+        assert_eq!(merged.options.get("block"), None);
+        let plain: JobLine = serde_json::from_str(r#"{"prompt": "a", "seed": 1}"#).unwrap();
+        assert_eq!(plain.name(7).unwrap(), "job-0007");
+    }
+}

@@ -1,0 +1,176 @@
+//! The `vdit` command line: argument parsing (the attention flags made from a method
+//! [`Registry`]), dispatch, and one-line errors with exit code 1 for a failed run and 2 for
+//! unusable arguments.
+
+mod attention;
+mod attention_args;
+mod bars;
+mod batch;
+mod bench;
+mod calibrate;
+mod encode;
+mod generate;
+mod inspect;
+mod options;
+mod render;
+
+use attention_args::MethodFlag;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use sparse::Registry;
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+/// Text-to-video generation with a Wan 2.1 diffusion transformer and sparse attention.
+#[derive(Parser)]
+#[command(name = "vdit", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a video from a text prompt (default model: the embedded tiny random one).
+    Generate(Box<generate::GenerateArgs>),
+    /// Generate many videos from a JSON-lines jobs file, loading the model once.
+    Batch(Box<batch::BatchArgs>),
+    /// Calibrate a sparse attention method on dense generations.
+    Calibrate(Box<calibrate::CalibrateArgs>),
+    /// Describe a transformer checkpoint: layout, configuration, parameter count.
+    Inspect(inspect::InspectArgs),
+    /// Run one attention method on q, k, v from a file and report the density it computed.
+    Attention(attention::AttentionArgs),
+    /// Encode a PNG frame folder or a .y4m file as a video (normally .mp4).
+    Encode(encode::EncodeArgs),
+    /// Latency benchmarks (attention kernels, transformer forward).
+    Bench(bench::BenchArgs),
+}
+
+/// `vdit` with the built-in attention methods, on this process's arguments.
+pub fn main() -> ExitCode {
+    run(&Registry::builtin(), std::env::args_os())
+}
+
+/// Runs `vdit` on `args` (the program name first) with the attention methods of `registry`,
+/// reporting any failure as one line on stderr; returns the exit code.
+pub fn run<I, T>(registry: &Registry, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let parsed = command(registry)
+        .map_err(|e| ExitCode::from(report(&e)))
+        .and_then(|command| command.try_get_matches_from(args).map_err(usage_error))
+        .and_then(|matches| {
+            Cli::from_arg_matches(&matches)
+                .map(|cli| (cli, matches))
+                .map_err(usage_error)
+        });
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
+    };
+    let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(&matches);
+    let result = match cli.command {
+        Command::Generate(mut args) => {
+            args.attention = attention_args::spec(sub, registry, MethodFlag::Attention);
+            generate::run(*args, registry)
+        }
+        Command::Batch(mut args) => {
+            args.attention = attention_args::spec(sub, registry, MethodFlag::Attention);
+            batch::run(*args, registry)
+        }
+        Command::Attention(mut args) => {
+            args.method = attention_args::spec(sub, registry, MethodFlag::Method);
+            attention::run(args, registry)
+        }
+        Command::Calibrate(args) => calibrate::run(*args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Encode(args) => encode::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(report(&e)),
+    }
+}
+
+/// The command with the attention flags of `registry` on the commands that take them.
+fn command(registry: &Registry) -> anyhow::Result<clap::Command> {
+    let mut command = Cli::command();
+    for (name, flag) in [
+        ("generate", MethodFlag::Attention),
+        ("batch", MethodFlag::Attention),
+        ("attention", MethodFlag::Method),
+    ] {
+        let sub = command
+            .find_subcommand(name)
+            .cloned()
+            .expect("vdit has this subcommand");
+        let sub = attention_args::add_to(sub, registry, flag)?;
+        command = command.mut_subcommand(name, |_| sub);
+    }
+    Ok(command)
+}
+
+/// Prints `error` as one line and returns its exit code: 2 when the arguments cannot be used
+/// as given, 1 when the run failed.
+fn report(error: &anyhow::Error) -> u8 {
+    eprintln!("error: {}", error_line(error));
+    if is_usage(error) {
+        2
+    } else {
+        1
+    }
+}
+
+/// True when some error in the chain says the arguments cannot be used as given.
+fn is_usage(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<pipelines::Error>()
+            .is_some_and(pipelines::Error::is_usage)
+            || cause
+                .downcast_ref::<sparse::Error>()
+                .is_some_and(sparse::Error::is_usage)
+            || cause
+                .downcast_ref::<pipelines::t2v::SettingsError>()
+                .is_some()
+    })
+}
+
+/// An error and its causes on one line: `outer: cause: root cause`.
+pub fn error_line(error: &anyhow::Error) -> String {
+    let text = format!("{error:#}");
+    text.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Exit code of a parse failure: help and version are not errors; anything else is one line
+/// and code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+        || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let rendered = e.render().to_string();
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let text = paragraph.join(" ");
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    eprintln!("error: {text} (see `vdit --help`)");
+    ExitCode::from(2)
+}

@@ -1,0 +1,44 @@
+//! What `generate` and `batch` do with a checked job once the model is loaded: open its video,
+//! run it into the video, finish the file and write the record beside it.
+
+use crate::video::{FrameRate, VideoWriter, WrittenVideo};
+use anyhow::Result;
+use pipelines::t2v::{record_path, Job, Loaded, Outcome, Progress, PromptCache, Record};
+use std::path::Path;
+use std::time::Instant;
+
+/// Opens the video writer of `job` at `output` (a temporary name until the video is complete).
+pub fn open_writer(job: &Job, output: &Path) -> Result<VideoWriter> {
+    let size = job.settings.size;
+    Ok(VideoWriter::open(
+        output,
+        size.width as u32,
+        size.height as u32,
+        FrameRate::new(job.settings.fps, 1)?,
+    )?)
+}
+
+/// Runs `job` into `writer` (opened at `output`), finishes the video, then writes the record.
+pub fn render(
+    loaded: &Loaded,
+    job: &Job,
+    prompts: &PromptCache,
+    mut writer: VideoWriter,
+    output: &Path,
+    progress: &mut dyn Progress,
+) -> Result<(Outcome, WrittenVideo)> {
+    let mut outcome = loaded.run(job, prompts, &mut writer, progress)?;
+    let finishing = Instant::now();
+    let video = writer.finish()?;
+    outcome.timings.writing_s += finishing.elapsed().as_secs_f64();
+    let described = serde_json::json!({
+        "path": video.path,
+        "frames": video.frames,
+        "width": video.width,
+        "height": video.height,
+        "fps": video.fps.to_string(),
+        "encoding": video.encoding,
+    });
+    Record::new(job, &outcome, &loaded.identity, described).save(&record_path(output))?;
+    Ok((outcome, video))
+}

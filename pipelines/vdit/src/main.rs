@@ -1,0 +1,5 @@
+//! `vdit`: text-to-video generation with sparse attention.
+
+fn main() -> std::process::ExitCode {
+    vdit::cli::main()
+}

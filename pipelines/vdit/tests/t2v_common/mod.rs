@@ -1,0 +1,87 @@
+//! Shared helpers of the CLI tests: running `vdit` and checking its one-line errors, the
+//! embedded tiny model, text-to-video fixtures.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The embedded default model, assets/tiny-wan.
+pub fn tiny_wan() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/tiny-wan")
+}
+
+/// A file of tests/fixtures/t2v.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/t2v")
+        .join(name)
+}
+
+/// `vdit` with `args`, its output captured.
+pub fn vdit<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vdit"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("VDIT_DEFAULT_MODEL")
+        .output()
+        .expect("vdit runs")
+}
+
+/// Runs `vdit args...`, expects success, returns stdout.
+pub fn succeeds<S: AsRef<OsStr>>(args: &[S]) -> String {
+    let out = vdit(args);
+    assert!(
+        out.status.success(),
+        "vdit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `vdit args...`, expects failure with exactly one line on stderr starting with
+/// `error: `, and returns that line.
+pub fn fails<S: AsRef<OsStr>>(args: &[S]) -> String {
+    one_line_error(vdit(args))
+}
+
+/// Expects a failed run with exactly one line on stderr starting with `error: ` and returns it.
+pub fn one_line_error(out: Output) -> String {
+    assert!(!out.status.success(), "vdit succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    stderr
+}
+
+/// Arguments of a small, quick generation on the tiny model (64x48, 9 frames, 2 steps).
+pub fn small(output: &Path) -> Vec<String> {
+    [
+        "generate",
+        "--model",
+        tiny_wan().to_str().unwrap(),
+        "--prompt",
+        "a red kite over a windy beach",
+        "--size",
+        "64x48",
+        "--frames",
+        "9",
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+        "--quiet",
+        "--output",
+        output.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The JSON of a file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}

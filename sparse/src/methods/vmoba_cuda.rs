@@ -1,0 +1,453 @@
+//! VMoBA on the GPU without host round trips per query: chunk scores by cuBLAS, then the
+//! kernels of `kernels/vmoba.cu` select chunks, list each chunk's (query, chunk) pairs and cut
+//! them into 64-query work tiles; the attention kernel runs in its gathered mode (one partial
+//! output and log-sum-exp per pair) and a merge kernel combines each query's partials exactly.
+//! Forward only: training takes the plan path, whose backward exists. Heads run in groups so
+//! that scores and partial outputs stay within a memory budget; the host reads back only the
+//! pair counts per (head, chunk), to size the pair buffers.
+
+use super::vmoba::Budget;
+use crate::cuda::{block_of_on, launch_forward, layout_on, tensor_view, AttnParams};
+use crate::layout::BlockLayout;
+use crate::op::ForwardKernel;
+use crate::pool::block_means;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::op::BackpropOp;
+use candle_core::{CudaDevice, CudaStorage, DType, Device, IndexOp, Result, Storage, Tensor};
+use std::sync::Arc;
+use vdit_core::cuda::{dtype_suffix, ptr, tensor_ptr, Module};
+
+const VMOBA: Module = vdit_core::kernel_module!("vmoba");
+/// Most chunks the selection kernel takes (each of its warps keeps a row in shared memory).
+pub(crate) const MAX_CHUNKS: usize = 2048;
+/// Budget for one head group's scores (and query copy in f32).
+const SCORE_BYTES: usize = 512 << 20;
+/// Budget for one head group's partial outputs.
+const PARTIAL_BYTES: usize = 1 << 30;
+/// Queries per work tile (the attention kernel's 64-row query tiles).
+const TILE: u32 = 64;
+
+/// True when the GPU path takes these inputs and chunks.
+pub(crate) fn supports(q: &Tensor, chunks: &BlockLayout) -> bool {
+    q.device().is_cuda()
+        && matches!(q.dtype(), DType::BF16 | DType::F16)
+        && matches!(q.dim(3), Ok(64 | 128))
+        && chunks.num_blocks() <= MAX_CHUNKS
+        && chunks.is_shared()
+}
+
+/// VMoBA attention of `q, k, v: [B, H, S, D]` over `chunks`, keeping `budget` per query: the
+/// `[B, H, S, D]` output and the number of query-key pairs computed.
+pub(crate) fn vmoba_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    chunks: &Arc<BlockLayout>,
+    budget: Budget,
+    kernel: ForwardKernel,
+) -> Result<(Tensor, f64)> {
+    let Device::Cuda(dev) = q.device() else {
+        candle_core::bail!("VMoBA on the GPU needs CUDA tensors")
+    };
+    let (b, h, s, d) = q.dims4()?;
+    let n = chunks.num_blocks();
+    let words = n.div_ceil(32);
+    let means = block_means(&k.detach(), chunks)?; // [B, H, n, D] f32
+    let chunk_of = block_of_on(dev, chunks)?;
+    let lens: Vec<f64> = (0..n).map(|c| chunks.block_len(c) as f64).collect();
+    let out = Output::new(dev, q.dtype(), b * s * h * d)?;
+    let group = (SCORE_BYTES / (s * (n + d) * 4).max(1)).clamp(1, h);
+    let mut pairs = 0.0;
+    for bi in 0..b {
+        for h0 in (0..h).step_by(group) {
+            let heads = group.min(h - h0);
+            let q32 = q.i((bi, h0..h0 + heads))?.detach().to_dtype(DType::F32)?;
+            let scores = q32
+                .matmul(&means.i((bi, h0..h0 + heads))?.t()?)?
+                .contiguous()?; // [heads, S, n]
+            drop(q32);
+            let sel = select(dev, &scores, &chunk_of, s, n, words, budget)?;
+            drop(scores);
+            let counts = dev.clone_dtoh(&sel.chunk_counts)?;
+            pairs += counts
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| c as f64 * lens[i % n])
+                .sum::<f64>();
+            // Pair buffers per sub-group of heads, within the partial-output budget.
+            let per_head: Vec<usize> = counts
+                .chunks(n)
+                .map(|c| c.iter().map(|&x| x as usize).sum())
+                .collect();
+            let mut g0 = 0;
+            while g0 < heads {
+                let mut g1 = g0 + 1;
+                let mut total = per_head[g0];
+                while g1 < heads && (total + per_head[g1]) * (d + 1) * 4 <= PARTIAL_BYTES {
+                    total += per_head[g1];
+                    g1 += 1;
+                }
+                let span = Span {
+                    bh0: bi * h + h0 + g0,
+                    g0,
+                    heads: g1 - g0,
+                    s,
+                    n,
+                    words,
+                };
+                run_pairs(
+                    dev,
+                    &span,
+                    &sel,
+                    &counts[g0 * n..g1 * n],
+                    [q, k, v],
+                    chunks,
+                    &out,
+                    kernel,
+                )?;
+                g0 = g1;
+            }
+        }
+    }
+    let storage = Storage::Cuda(out.into_storage(dev));
+    let t = Tensor::from_storage(storage, (b, s, h, d), BackpropOp::none(), false);
+    Ok((t.transpose(1, 2)?, pairs))
+}
+
+/// The output buffer, `[B, S, H, D]` in the inputs' dtype.
+enum Output {
+    Bf16(CudaSlice<half::bf16>),
+    F16(CudaSlice<half::f16>),
+}
+
+impl Output {
+    fn new(dev: &CudaDevice, dtype: DType, len: usize) -> Result<Self> {
+        Ok(match dtype {
+            DType::BF16 => Self::Bf16(dev.alloc_zeros(len)?),
+            DType::F16 => Self::F16(dev.alloc_zeros(len)?),
+            dt => candle_core::bail!("VMoBA on the GPU does not take {dt:?}"),
+        })
+    }
+
+    fn ptr(&self, dev: &CudaDevice) -> u64 {
+        match self {
+            Self::Bf16(s) => ptr(dev, s),
+            Self::F16(s) => ptr(dev, s),
+        }
+    }
+
+    fn into_storage(self, dev: &CudaDevice) -> CudaStorage {
+        match self {
+            Self::Bf16(s) => CudaStorage::wrap_cuda_slice(s, dev.clone()),
+            Self::F16(s) => CudaStorage::wrap_cuda_slice(s, dev.clone()),
+        }
+    }
+}
+
+/// The selection of one head group: kept chunks per row as a bitmask, their number, and the
+/// pairs per (head, chunk).
+struct Selection {
+    mask: CudaSlice<u32>,
+    row_counts: CudaSlice<u32>,
+    chunk_counts: CudaSlice<u32>,
+}
+
+/// A sub-group of heads of a selection: heads `g0..g0 + heads` of the group, the first of them
+/// being `bh0` in batch * heads.
+struct Span {
+    bh0: usize,
+    g0: usize,
+    heads: usize,
+    s: usize,
+    n: usize,
+    words: usize,
+}
+
+fn kernel(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+    VMOBA.function(dev, name)
+}
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per).max(1) as u32
+}
+
+/// Selects chunks for every row of `scores` ([heads, S, n] f32) and counts pairs per chunk.
+fn select(
+    dev: &CudaDevice,
+    scores: &Tensor,
+    chunk_of: &CudaSlice<u32>,
+    s: usize,
+    n: usize,
+    words: usize,
+    budget: Budget,
+) -> Result<Selection> {
+    let heads = scores.dim(0)?;
+    let rows = heads * s;
+    let mask = dev.alloc_zeros::<u32>(rows * words)?;
+    let row_counts = dev.alloc_zeros::<u32>(rows)?;
+    let chunk_counts = dev.alloc_zeros::<u32>(heads * n)?;
+    let stream = dev.cuda_stream();
+    let (scores_ptr, chunk_ptr, mask_ptr, rc_ptr, cc_ptr) = (
+        tensor_ptr(scores)?,
+        ptr(dev, chunk_of),
+        ptr(dev, &mask),
+        ptr(dev, &row_counts),
+        ptr(dev, &chunk_counts),
+    );
+    // The kernel takes a count (topk > 0) or, with topk 0, the threshold share.
+    let (topk32, tau) = match budget {
+        Budget::Count(k) => (k as i32, 0.0),
+        Budget::Share(tau) => (0, tau),
+    };
+    let (rows32, s32, n32, w32) = (rows as i32, s as i32, n as i32, words as i32);
+    let func = kernel(dev, "vmoba_select")?;
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&scores_ptr)
+        .arg(&chunk_ptr)
+        .arg(&mask_ptr)
+        .arg(&rc_ptr)
+        .arg(&rows32)
+        .arg(&s32)
+        .arg(&n32)
+        .arg(&w32)
+        .arg(&topk32)
+        .arg(&tau);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(rows, 4), 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: (4 * (n + words) * 4) as u32,
+    };
+    // SAFETY: arguments match `vmoba_select`; buffers hold rows x n scores, rows x words
+    // mask words and rows counts.
+    unsafe { builder.launch(cfg) }.w()?;
+
+    let func = kernel(dev, "vmoba_chunk_counts")?;
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&mask_ptr)
+        .arg(&cc_ptr)
+        .arg(&s32)
+        .arg(&n32)
+        .arg(&w32);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(s, 256), heads as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: (n * 4) as u32,
+    };
+    // SAFETY: arguments match `vmoba_chunk_counts`; counts hold heads x n entries.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(Selection {
+        mask,
+        row_counts,
+        chunk_counts,
+    })
+}
+
+/// Exclusive prefix sums of `len` u32 at device address `x`, in place.
+fn exclusive_scan(dev: &CudaDevice, x: u64, len: usize) -> Result<()> {
+    let nb = len.div_ceil(1024);
+    let totals = dev.alloc_zeros::<u32>(nb.max(1))?;
+    let tp = ptr(dev, &totals);
+    let len32 = len as i32;
+    let stream = dev.cuda_stream();
+    let func = kernel(dev, "scan_blocks_u32")?;
+    let mut builder = stream.launch_builder(&func);
+    builder.arg(&x).arg(&tp).arg(&len32);
+    let cfg = LaunchConfig {
+        grid_dim: (nb.max(1) as u32, 1, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `scan_blocks_u32`; totals hold one entry per block.
+    unsafe { builder.launch(cfg) }.w()?;
+    if nb > 1 {
+        exclusive_scan(dev, tp, nb)?;
+        let func = kernel(dev, "scan_add_u32")?;
+        let mut builder = stream.launch_builder(&func);
+        builder.arg(&x).arg(&tp).arg(&len32);
+        // SAFETY: arguments match `scan_add_u32`.
+        unsafe { builder.launch(cfg) }.w()?;
+    }
+    Ok(())
+}
+
+/// Exclusive prefix sums on the host.
+fn offsets_of(values: impl Iterator<Item = u32>) -> (Vec<u32>, usize) {
+    let mut total = 0usize;
+    let offs = values
+        .map(|v| {
+            let o = total as u32;
+            total += v as usize;
+            o
+        })
+        .collect();
+    (offs, total)
+}
+
+/// Builds the pair lists and tiles of a span of heads, runs the gathered attention and merges
+/// its partial outputs into `out`.
+fn run_pairs(
+    dev: &CudaDevice,
+    span: &Span,
+    sel: &Selection,
+    counts: &[u32],
+    [q, k, v]: [&Tensor; 3],
+    chunks: &Arc<BlockLayout>,
+    out: &Output,
+    kernel: ForwardKernel,
+) -> Result<()> {
+    let (s, n, words, d) = (span.s, span.n, span.words, q.dim(3)?);
+    let rows = span.heads * s;
+    let (chunk_offsets, pairs) = offsets_of(counts.iter().copied());
+    let (tile_offsets, tiles) = offsets_of(counts.iter().map(|&c| c.div_ceil(TILE)));
+    if pairs == 0 {
+        return Ok(());
+    }
+    let stream = dev.cuda_stream();
+    let row0 = span.g0 * s;
+    let (mask_ptr, counts_ptr, cd_ptr) = (
+        ptr(dev, &sel.mask) + (row0 * words * 4) as u64,
+        ptr(dev, &sel.row_counts) + (row0 * 4) as u64,
+        ptr(dev, &sel.chunk_counts) + (span.g0 * n * 4) as u64,
+    );
+    // Row offsets: each row's first pair, row-major.
+    let mut row_offsets = dev.alloc_zeros::<u32>(rows)?;
+    dev.memcpy_dtod(&sel.row_counts.slice(row0..row0 + rows), &mut row_offsets)?;
+    let ro_ptr = ptr(dev, &row_offsets);
+    exclusive_scan(dev, ro_ptr, rows)?;
+
+    let chunk_offsets = dev.clone_htod(&chunk_offsets)?;
+    let tile_offsets = dev.clone_htod(&tile_offsets)?;
+    let cursor = dev.alloc_zeros::<u32>(span.heads * n)?;
+    let pair_query = dev.alloc_zeros::<u32>(pairs)?;
+    let pair_row = dev.alloc_zeros::<u32>(pairs)?;
+    let tile_list = dev.alloc_zeros::<u32>(tiles * 4)?;
+    let (co_ptr, to_ptr, cur_ptr, pq_ptr, pr_ptr, tl_ptr) = (
+        ptr(dev, &chunk_offsets),
+        ptr(dev, &tile_offsets),
+        ptr(dev, &cursor),
+        ptr(dev, &pair_query),
+        ptr(dev, &pair_row),
+        ptr(dev, &tile_list),
+    );
+    let (rows32, s32, n32, w32) = (rows as i32, s as i32, n as i32, words as i32);
+    let func = kernel(dev, "vmoba_fill")?;
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&mask_ptr)
+        .arg(&ro_ptr)
+        .arg(&co_ptr)
+        .arg(&cur_ptr)
+        .arg(&pq_ptr)
+        .arg(&pr_ptr)
+        .arg(&rows32)
+        .arg(&s32)
+        .arg(&n32)
+        .arg(&w32);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(rows, 256), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `vmoba_fill`; pair buffers hold the counted pairs.
+    unsafe { builder.launch(cfg) }.w()?;
+
+    let len32 = (span.heads * n) as i32;
+    let bh0 = span.bh0 as i32;
+    let func = kernel(dev, "vmoba_tiles")?;
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&cd_ptr)
+        .arg(&co_ptr)
+        .arg(&to_ptr)
+        .arg(&tl_ptr)
+        .arg(&len32)
+        .arg(&n32)
+        .arg(&bh0);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(span.heads * n, 256), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `vmoba_tiles`; the tile list holds `tiles` entries.
+    unsafe { builder.launch(cfg) }.w()?;
+
+    // Gathered attention: one partial output row and log-sum-exp per pair.
+    let partial = dev.alloc_zeros::<f32>(pairs * d)?;
+    let partial_lse = dev.alloc_zeros::<f32>(pairs)?;
+    let (qv, kv, vv) = (tensor_view(q)?, tensor_view(k)?, tensor_view(v)?);
+    let (b, h) = (q.dim(0)?, q.dim(1)?);
+    let kl = layout_on(dev, chunks)?;
+    let params = AttnParams {
+        q: qv.0,
+        k: kv.0,
+        v: vv.0,
+        out: ptr(dev, &partial),
+        lse: ptr(dev, &partial_lse),
+        q_strides: qv.1,
+        k_strides: kv.1,
+        v_strides: vv.1,
+        q_order: pq_ptr,
+        q_starts: 0,
+        k_order: ptr(dev, &kl.order),
+        k_starts: ptr(dev, &kl.starts),
+        offsets: 0,
+        indices: 0,
+        b: b as i32,
+        h: h as i32,
+        s: s as i32,
+        sk: s as i32,
+        q_per_head: 0,
+        k_per_head: 0,
+        nqb: 0,
+        uniform_k: 0,
+        all_keys: n as i32,
+        scale_log2: (1.0 / (d as f32).sqrt()) * std::f32::consts::LOG2_E,
+        tiles: tl_ptr,
+        out_rows: pr_ptr,
+        k_natural: kl.natural as i32,
+    };
+    launch_forward(
+        dev,
+        q.dtype(),
+        d,
+        true,
+        (tiles as u32, 1, 1),
+        &params,
+        kernel,
+    )?;
+
+    let (p_ptr, pl_ptr, out_ptr, h32) = (
+        ptr(dev, &partial),
+        ptr(dev, &partial_lse),
+        out.ptr(dev),
+        h as i32,
+    );
+    let func = kernel(
+        dev,
+        &format!("vmoba_merge_{}_d{d}", dtype_suffix(q.dtype())?),
+    )?;
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&p_ptr)
+        .arg(&pl_ptr)
+        .arg(&ro_ptr)
+        .arg(&counts_ptr)
+        .arg(&out_ptr)
+        .arg(&rows32)
+        .arg(&s32)
+        .arg(&h32)
+        .arg(&bh0);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(rows, 4), 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `vmoba_merge_*`; the output holds B x S x H x D elements.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(())
+}
