@@ -24,6 +24,9 @@ use vdit_core::Step;
 
 const TOLERANCE: f64 = 2e-2;
 
+/// Makes a fresh method (its state unshared).
+type MakeMethod<'a> = dyn Fn() -> Arc<dyn AttentionMethod> + 'a;
+
 fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need a CUDA GPU")
 }
@@ -212,7 +215,7 @@ fn every_method_through_the_router_matches_cpu() -> Result<()> {
             Arc::new(recorder.finish().unwrap())
         };
         // A fresh method per router: SparseD keeps the masks it froze.
-        let methods: [(&str, &dyn Fn() -> Arc<dyn AttentionMethod>); 3] = [
+        let methods: [(&str, &MakeMethod<'_>); 3] = [
             ("paro", &|| Arc::new(Paro::new(paro.clone(), None))),
             ("sparsed", &|| {
                 Arc::new(

@@ -2,7 +2,7 @@
 # Runs on the GPU machine from the repository root (see ../shared/tools/README.md): unpacks the
 # binaries carried in .gpu/, runs the CUDA tests, then the attention and DiT benchmarks against
 # PyTorch SDPA/FlexAttention and diffusers on the same GPU, and prints the tables last.
-#   bash pipelines/bench/gpu_run.sh [tests|attention|dit]...   (default: all three)
+#   bash pipelines/vdit/bench/gpu_run.sh [tests|attention|dit]...   (default: all three)
 set -u
 OUT="${OUT:-/tmp/vdit-bench}"
 mkdir -p "$OUT" /work
@@ -24,10 +24,10 @@ for step in $steps; do
       done ;;
     attention)
       .gpu/vdit bench attention --out "$OUT" 2>&1 | tee "$OUT/attention.log"
-      python3 pipelines/bench/attention_peers.py "$OUT" 2>&1 | tail -8 | tee "$OUT/peers.log" ;;
+      python3 pipelines/vdit/bench/attention_peers.py "$OUT" 2>&1 | tail -8 | tee "$OUT/peers.log" ;;
     sass)
       # The Hopper kernel must use warpgroup MMAs (HGMMA), not the warp-level HMMA path.
-      for c in .gpu/*.cubin; do
+      for c in .gpu/*.fatbin; do
         echo "$c: $(cuobjdump --dump-sass "$c" | grep -c HGMMA) HGMMA, $(cuobjdump --dump-sass "$c" | grep -c 'HMMA') HMMA"
       done ;;
     generate)
@@ -41,8 +41,8 @@ for step in $steps; do
         && echo "vmoba run wrote $(stat -c %s "$OUT/kite-vmoba.y4m") bytes, density $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['attention']['density']['overall'])" "$OUT/kite-vmoba.y4m.json")" ;;
     dit)
       .gpu/vdit bench dit --out "$OUT" 2>&1 | tee "$OUT/dit.log"
-      python3 pipelines/bench/dit_diffusers.py "$OUT" 2>&1 | tail -3 | tee "$OUT/diffusers.log" ;;
+      python3 pipelines/vdit/bench/dit_diffusers.py "$OUT" 2>&1 | tail -3 | tee "$OUT/diffusers.log" ;;
   esac
 done
 echo "========== summary"
-python3 pipelines/bench/report.py "$OUT"
+python3 pipelines/vdit/bench/report.py "$OUT"

@@ -98,16 +98,13 @@ pub(crate) fn vmoba_forward(
                     n,
                     words,
                 };
-                run_pairs(
-                    dev,
-                    &span,
-                    &sel,
-                    &counts[g0 * n..g1 * n],
-                    [q, k, v],
+                let call = Gathered {
+                    qkv: [q, k, v],
                     chunks,
-                    &out,
+                    out: &out,
                     kernel,
-                )?;
+                };
+                run_pairs(dev, &span, &sel, &counts[g0 * n..g1 * n], &call)?;
                 g0 = g1;
             }
         }
@@ -166,7 +163,7 @@ struct Span {
     words: usize,
 }
 
-fn kernel(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     VMOBA.function(dev, name)
 }
 
@@ -203,7 +200,7 @@ fn select(
         Budget::Share(tau) => (0, tau),
     };
     let (rows32, s32, n32, w32) = (rows as i32, s as i32, n as i32, words as i32);
-    let func = kernel(dev, "vmoba_select")?;
+    let func = function(dev, "vmoba_select")?;
     let mut builder = stream.launch_builder(&func);
     builder
         .arg(&scores_ptr)
@@ -225,7 +222,7 @@ fn select(
     // mask words and rows counts.
     unsafe { builder.launch(cfg) }.w()?;
 
-    let func = kernel(dev, "vmoba_chunk_counts")?;
+    let func = function(dev, "vmoba_chunk_counts")?;
     let mut builder = stream.launch_builder(&func);
     builder
         .arg(&mask_ptr)
@@ -254,7 +251,7 @@ fn exclusive_scan(dev: &CudaDevice, x: u64, len: usize) -> Result<()> {
     let tp = ptr(dev, &totals);
     let len32 = len as i32;
     let stream = dev.cuda_stream();
-    let func = kernel(dev, "scan_blocks_u32")?;
+    let func = function(dev, "scan_blocks_u32")?;
     let mut builder = stream.launch_builder(&func);
     builder.arg(&x).arg(&tp).arg(&len32);
     let cfg = LaunchConfig {
@@ -266,7 +263,7 @@ fn exclusive_scan(dev: &CudaDevice, x: u64, len: usize) -> Result<()> {
     unsafe { builder.launch(cfg) }.w()?;
     if nb > 1 {
         exclusive_scan(dev, tp, nb)?;
-        let func = kernel(dev, "scan_add_u32")?;
+        let func = function(dev, "scan_add_u32")?;
         let mut builder = stream.launch_builder(&func);
         builder.arg(&x).arg(&tp).arg(&len32);
         // SAFETY: arguments match `scan_add_u32`.
@@ -288,18 +285,24 @@ fn offsets_of(values: impl Iterator<Item = u32>) -> (Vec<u32>, usize) {
     (offs, total)
 }
 
+/// What every span of one call shares: the inputs, the chunks, the output and the kernels.
+struct Gathered<'a> {
+    qkv: [&'a Tensor; 3],
+    chunks: &'a Arc<BlockLayout>,
+    out: &'a Output,
+    kernel: ForwardKernel,
+}
+
 /// Builds the pair lists and tiles of a span of heads, runs the gathered attention and merges
-/// its partial outputs into `out`.
+/// its partial outputs into the call's output.
 fn run_pairs(
     dev: &CudaDevice,
     span: &Span,
     sel: &Selection,
     counts: &[u32],
-    [q, k, v]: [&Tensor; 3],
-    chunks: &Arc<BlockLayout>,
-    out: &Output,
-    kernel: ForwardKernel,
+    call: &Gathered<'_>,
 ) -> Result<()> {
+    let ([q, k, v], chunks, out, kernel) = (call.qkv, call.chunks, call.out, call.kernel);
     let (s, n, words, d) = (span.s, span.n, span.words, q.dim(3)?);
     let rows = span.heads * s;
     let (chunk_offsets, pairs) = offsets_of(counts.iter().copied());
@@ -335,7 +338,7 @@ fn run_pairs(
         ptr(dev, &tile_list),
     );
     let (rows32, s32, n32, w32) = (rows as i32, s as i32, n as i32, words as i32);
-    let func = kernel(dev, "vmoba_fill")?;
+    let func = function(dev, "vmoba_fill")?;
     let mut builder = stream.launch_builder(&func);
     builder
         .arg(&mask_ptr)
@@ -358,7 +361,7 @@ fn run_pairs(
 
     let len32 = (span.heads * n) as i32;
     let bh0 = span.bh0 as i32;
-    let func = kernel(dev, "vmoba_tiles")?;
+    let func = function(dev, "vmoba_tiles")?;
     let mut builder = stream.launch_builder(&func);
     builder
         .arg(&cd_ptr)
@@ -427,7 +430,7 @@ fn run_pairs(
         out.ptr(dev),
         h as i32,
     );
-    let func = kernel(
+    let func = function(
         dev,
         &format!("vmoba_merge_{}_d{d}", dtype_suffix(q.dtype())?),
     )?;

@@ -1,6 +1,6 @@
 //! `vdit bench attention`: our dense and block-sparse attention against density at the Wan
 //! 1.3B 480p shape. Writes the block masks it used so that FlexAttention can be timed on the
-//! same ones (`pipelines/bench/attention_peers.py`).
+//! same ones (`pipelines/vdit/bench/attention_peers.py`).
 
 use super::median_ms;
 use anyhow::{Context, Result};

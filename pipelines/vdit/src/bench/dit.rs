@@ -1,6 +1,6 @@
 //! `vdit bench dit`: one forward pass of a Wan transformer with random weights, per attention
 //! method, with a run whose self-attention is a no-op to show what attention costs. Compare
-//! with `pipelines/bench/dit_diffusers.py` run on the same machine.
+//! with `pipelines/vdit/bench/dit_diffusers.py` run on the same machine.
 
 use super::gpu_memory::{peak_bytes, reset_peak};
 use super::median_ms;

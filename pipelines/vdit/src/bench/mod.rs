@@ -1,5 +1,5 @@
 //! Benchmarks: attention kernels against density, and one DiT forward pass, on any device.
-//! Peers (PyTorch SDPA, FlexAttention, diffusers) are timed by the scripts in `pipelines/bench/`
+//! Peers (PyTorch SDPA, FlexAttention, diffusers) are timed by the scripts in `pipelines/vdit/bench/`
 //! on the same machine, from the masks and settings these write.
 
 pub mod attention;

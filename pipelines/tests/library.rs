@@ -1,0 +1,106 @@
+//! The pipeline as a library, without the command line: a generation on the embedded tiny
+//! model with a sparse method chosen by name, decoded into a sink of our own.
+
+use candle_core::{DType, Device, Tensor};
+use pipelines::t2v::{
+    FrameSink, Job, Loaded, ModelContext, ModelSpec, NoiseSource, PromptInput, SettingOverrides,
+    Silent, SinkError,
+};
+use sparse::{MethodSpec, Registry};
+
+/// Counts frames and checks their range.
+#[derive(Default)]
+struct Counter {
+    frames: usize,
+    shape: Vec<usize>,
+}
+
+impl FrameSink for Counter {
+    fn push(&mut self, chunk: &Tensor) -> Result<(), SinkError> {
+        let (b, c, t, h, w) = chunk.dims5()?;
+        self.shape = vec![b, c, h, w];
+        self.frames += t;
+        let max = chunk
+            .abs()?
+            .max_all()?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
+        if max > 1.0 {
+            return Err(format!("values out of [-1, 1]: {max}").into());
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_generation_runs_into_a_sink_of_our_own() -> anyhow::Result<()> {
+    let context = ModelContext::new(&ModelSpec::default())?; // the embedded tiny model
+    let settings = context.settings(&SettingOverrides {
+        size: Some("128x128".parse()?), // 3 x 8 x 8 tokens: 4 cubes of 4 x 4 x 4
+        frames: Some(9),
+        steps: Some(2),
+        ..Default::default()
+    })?;
+    let spec: MethodSpec = "vsa:sparsity=0.5".parse()?;
+    let job = Job::plan(
+        &context,
+        settings,
+        PromptInput {
+            prompt: Some("a red kite".to_string()),
+            ..Default::default()
+        },
+        NoiseSource::Seed(7),
+        Registry::builtin().schedule(&spec)?,
+        None,
+    )?;
+    let device = Device::Cpu;
+    let prompts = context.encode(&job.texts(), DType::F32, &device, &mut Silent)?;
+    let loaded = Loaded::load(&context, DType::F32, &device, &mut Silent)?;
+    let mut sink = Counter::default();
+    let outcome = loaded.run(&job, &prompts, &mut sink, &mut Silent)?;
+    assert_eq!(sink.frames, 9);
+    assert_eq!(sink.shape, vec![1, 3, 128, 128]);
+    let density = outcome.density.overall();
+    assert!(
+        density > 0.4 && density < 0.9,
+        "VSA at sparsity 0.5: {density}"
+    );
+    assert!(outcome.timings.denoising_s > 0.0 && outcome.timings.decoding_s > 0.0);
+    Ok(())
+}
+
+#[test]
+fn a_failing_sink_ends_the_generation_with_its_own_error() -> anyhow::Result<()> {
+    struct Full;
+    impl FrameSink for Full {
+        fn push(&mut self, _: &Tensor) -> Result<(), SinkError> {
+            Err("the disk is full".into())
+        }
+    }
+    let context = ModelContext::new(&ModelSpec::default())?;
+    let settings = context.settings(&SettingOverrides {
+        size: Some("64x48".parse()?),
+        frames: Some(5),
+        steps: Some(1),
+        ..Default::default()
+    })?;
+    let job = Job::plan(
+        &context,
+        settings,
+        PromptInput {
+            prompt: Some("a kite".to_string()),
+            ..Default::default()
+        },
+        NoiseSource::Seed(1),
+        Registry::builtin().schedule(&MethodSpec::named("dense"))?,
+        None,
+    )?;
+    let prompts = context.encode(&job.texts(), DType::F32, &Device::Cpu, &mut Silent)?;
+    let loaded = Loaded::load(&context, DType::F32, &Device::Cpu, &mut Silent)?;
+    let err = loaded
+        .run(&job, &prompts, &mut Full, &mut Silent)
+        .unwrap_err();
+    assert!(matches!(err, pipelines::Error::Sink(_)), "{err:?}");
+    assert_eq!(err.to_string(), "the disk is full");
+    Ok(())
+}
