@@ -10,22 +10,40 @@ cd "$(dirname "$0")/.."
 # shellcheck source=/dev/null
 source ../shared/tools/cuda-env.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
-cuda=(--release --no-default-features --features cuda)
-cargo build "${cuda[@]}" -p vdit
+# The CUDA build links cuDNN 9 (the VAE's convolutions). Where libcudnn.so is missing, as on
+# machines with only the toolkit from cuda-env.sh, a stub of its entry points stands in at link
+# time; the GPU machine's real libcudnn.so.9 is loaded at run time.
+if ! ldconfig -p | grep -q 'libcudnn\.so' && ! ls "${CUDA_PATH}"/lib/libcudnn.so >/dev/null 2>&1; then
+  stub="$CARGO_TARGET_DIR/cudnn-stub"
+  if [ ! -f "$stub/libcudnn.so" ]; then
+    mkdir -p "$stub"
+    cudarc=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-* | sort -V | tail -1)
+    grep -rhoE '\bcudnn[A-Z][A-Za-z0-9_]+\(' "$cudarc/src/cudnn/sys" | tr -d '(' | sort -u \
+      | awk '{print "void "$1"(void){}"}' >"$stub/stub.c"
+    gcc -shared -fPIC -o "$stub/libcudnn.so" -Wl,-soname,libcudnn.so.9 "$stub/stub.c"
+  fi
+  export LIBRARY_PATH="$stub:$LIBRARY_PATH"
+fi
+# One workspace-wide build, so that every crate sees the same features (a per-crate build would
+# rebuild candle's kernels).
+cuda=(--release --workspace --no-default-features --features cuda)
+cargo build "${cuda[@]}"
 mkdir -p .gpu
 rm -f .gpu/*
 cp "$CARGO_TARGET_DIR/release/vdit" .gpu/vdit
-# crate, test file, name on the GPU machine
-for spec in "sparse cuda test-sparse-cuda" "dit cuda test-dit-cuda" "vae parity test-vae-parity"; do
-  read -r crate test name <<<"$spec"
-  exe=$(cargo test "${cuda[@]}" -p "$crate" --test "$test" --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys
+# The CUDA test binaries, named test-CRATE-TEST on the GPU machine.
+cargo test "${cuda[@]}" --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, shutil, sys
+wanted = {("sparse", "cuda"), ("dit", "cuda"), ("vae", "parity")}
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("executable") and m.get("target", {}).get("kind") == ["test"]:
-        print(m["executable"])')
-  cp "$exe" ".gpu/$name"
-done
+    target = m.get("target", {})
+    crate = m.get("manifest_path", "").split("/")[-2:-1]
+    crate = crate[0] if crate else ""
+    if m.get("executable") and target.get("kind") == ["test"] and (crate, target.get("name")) in wanted:
+        shutil.copy(m["executable"], ".gpu/test-" + crate + "-" + target.get("name"))
+'
+ls .gpu/test-sparse-cuda .gpu/test-dit-cuda .gpu/test-vae-parity >/dev/null
 for f in .gpu/*; do
   strip "$f"
 done

@@ -1,6 +1,7 @@
 //! Residual blocks, the single-head spatial attention block and the middle block they form.
 
-use crate::conv::{fold_time, unfold_time, CausalConv3d, Conv2d, TimeCache};
+use crate::conv::{fold_time, unfold_time, CausalConv3d, TimeCache};
+use crate::frames::{from_tokens, spatial, to_tokens};
 use crate::norm::ChannelNorm;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -38,17 +39,43 @@ impl ResidualBlock {
         })
     }
 
-    /// Runs one chunk `[b, t, c_in, h, w]`; uses two cache slots.
+    /// Runs one chunk of frames (working layout); uses two cache slots.
     pub fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
         let skip = match &self.shortcut {
             Some(conv) => conv.convolve(x, 1)?,
             None => x.clone(),
         };
-        let h = self.norm1.forward(x)?.silu()?;
+        let h = self.norm1.forward_silu(x)?;
         let h = self.conv1.forward(&h, cache.slot())?;
-        let h = self.norm2.forward(&h)?.silu()?;
-        let h = self.conv2.forward(&h, cache.slot())?;
-        h + skip
+        let h = self.norm2.forward_silu(&h)?;
+        self.conv2.forward_residual(&h, cache.slot(), Some(&skip))
+    }
+}
+
+/// A 1x1 convolution on tokens `[n, hw, c_in]`: a matmul by the weight, plus the bias.
+#[derive(Clone, Debug)]
+struct PixelLinear {
+    /// `[c_out, c_in]`.
+    weight: Tensor,
+    /// `[c_out]`.
+    bias: Tensor,
+}
+
+impl PixelLinear {
+    /// Reads a 1x1 conv's `weight` `[c_out, c_in, 1, 1]` and `bias` `[c_out]`.
+    fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb
+                .get((c_out, c_in, 1, 1), "weight")?
+                .reshape((c_out, c_in))?,
+            bias: vb.get(c_out, "bias")?,
+        })
+    }
+
+    fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        tokens
+            .broadcast_matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -56,8 +83,8 @@ impl ResidualBlock {
 #[derive(Clone, Debug)]
 pub struct AttentionBlock {
     norm: ChannelNorm,
-    to_qkv: Conv2d,
-    proj: Conv2d,
+    to_qkv: PixelLinear,
+    proj: PixelLinear,
 }
 
 impl AttentionBlock {
@@ -65,24 +92,25 @@ impl AttentionBlock {
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm: ChannelNorm::image(channels, vb.pp("norm"))?,
-            to_qkv: Conv2d::new(channels, 3 * channels, 1, 0, vb.pp("to_qkv"))?,
-            proj: Conv2d::new(channels, channels, 1, 0, vb.pp("proj"))?,
+            to_qkv: PixelLinear::new(channels, 3 * channels, vb.pp("to_qkv"))?,
+            proj: PixelLinear::new(channels, channels, vb.pp("proj"))?,
         })
     }
 
-    /// Attends within each frame of `x` `[b, t, c, h, w]`; softmax in f32.
+    /// Attends within each frame of `x` (working layout); softmax in f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, _, c, h, w) = x.dims5()?;
-        let frames = fold_time(&self.norm.forward(x)?)?;
-        let n = frames.dim(0)?;
-        let qkv = self.to_qkv.forward(&frames)?.reshape((n, 3 * c, h * w))?;
-        let q = qkv.narrow(1, 0, c)?.transpose(1, 2)?.contiguous()?; // [n, hw, c]
-        let k = qkv.narrow(1, c, c)?.contiguous()?; // [n, c, hw]
-        let v = qkv.narrow(1, 2 * c, c)?.contiguous()?; // [n, c, hw]
-        let scores = (q.matmul(&k)?.to_dtype(DType::F32)? / (c as f64).sqrt())?;
+        let b = x.dim(0)?;
+        let (h, w) = spatial(x)?;
+        let tokens = to_tokens(&fold_time(&self.norm.forward(x)?)?)?; // [n, hw, c]
+        let c = tokens.dim(2)?;
+        let qkv = self.to_qkv.forward(&tokens)?;
+        let q = qkv.narrow(2, 0, c)?.contiguous()?;
+        let k = qkv.narrow(2, c, c)?.contiguous()?;
+        let v = qkv.narrow(2, 2 * c, c)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? / (c as f64).sqrt())?;
         let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(x.dtype())?;
-        let attended = v.matmul(&weights.transpose(1, 2)?.contiguous()?)?; // [n, c, hw]
-        let out = self.proj.forward(&attended.reshape((n, c, h, w))?)?;
+        let attended = weights.matmul(&v)?; // [n, hw, c]
+        let out = from_tokens(&self.proj.forward(&attended)?, h, w)?;
         unfold_time(&out, b)? + x
     }
 }

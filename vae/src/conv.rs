@@ -1,12 +1,13 @@
-//! Convolutions over frame sequences laid out `[batch, time, channels, height, width]`.
+//! Convolutions over frame sequences in the working layout of [`crate::frames`].
 //!
-//! candle has no conv3d, and its CPU conv2d is slow for the narrow layers of this VAE, so both
-//! are one matmul over "flat-shift" columns: a frame, zero-padded and flattened row by row,
-//! shifted by `ky * padded_width + kx` is the input every output pixel sees at kernel offset
-//! `(ky, kx)` (the outputs in the padding columns are computed and dropped). Stacking these
-//! contiguous shifted slices for every temporal and spatial tap gives the im2col matrix without
-//! any strided gather; it is built in blocks of bounded size. Only candle ops are used, so the
-//! same code runs on every device.
+//! On CUDA they are cuDNN's (channels-last, tensor cores), accumulated onto an output that
+//! already holds the bias and any residual. On the CPU candle has no conv3d and its conv2d is
+//! slow for the narrow layers of this VAE, so both are one matmul over "flat-shift" columns of
+//! channels-first frames: a frame, zero-padded and flattened row by row, shifted by
+//! `ky * padded_width + kx` is the input every output pixel sees at kernel offset `(ky, kx)` (the
+//! outputs in the padding columns are computed and dropped). Stacking these contiguous shifted
+//! slices for every temporal and spatial tap gives the im2col matrix without any strided gather;
+//! it is built in blocks of bounded size.
 //!
 //! Time is causal: each output frame sees only itself and earlier frames, which lets a video be
 //! processed chunk by chunk with each layer keeping the trailing frames of its input
@@ -29,26 +30,46 @@ fn column_budget(x: &Tensor) -> usize {
 /// Fewest output positions per block, so that each block's matmul stays efficient.
 const MIN_BLOCK: usize = 256;
 
-/// 2D convolution of `[n, c, h, w]` by `[c_out, c, kh, kw]` through candle's conv2d, for strided
-/// convolutions. candle's CPU kernels have no bf16 GEMM, so there a bf16 convolution runs in f32
-/// and is rounded back (as candle's own bf16 CPU matmul does).
-pub fn conv2d_strided(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::BF16 {
-        let y = x
-            .to_dtype(DType::F32)?
-            .conv2d(&weight.to_dtype(DType::F32)?, 0, stride, 1, 1)?;
-        return y.to_dtype(DType::BF16);
+/// The filter of a convolution in the form its device's path reads.
+#[derive(Clone, Debug)]
+enum Filter {
+    /// CPU: `[c_out, kt * k * k * c_in]`, columns ordered (tap, ky, kx, channel), for the matmul
+    /// over flat-shift columns (a strided 2D convolution keeps `[c_out, c_in, k, k]`).
+    Columns(Tensor),
+    /// CUDA: `[c_out, kt, k, k, c_in]`, cuDNN's channels-last filter.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    ChannelsLast(Tensor),
+}
+
+/// The filter of `weight` `[c_out, c_in, kt, k, k]` for the device it is on; `columns` turns it
+/// into the CPU's form.
+fn filter_for(weight: &Tensor, columns: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Filter> {
+    if cfg!(feature = "cuda") && weight.device().is_cuda() {
+        Ok(Filter::ChannelsLast(
+            weight.permute((0, 2, 3, 4, 1))?.contiguous()?,
+        ))
+    } else {
+        Ok(Filter::Columns(columns(weight)?))
     }
-    x.conv2d(weight, 0, stride, 1, 1)
+}
+
+/// The output of a channels-last convolution before cuDNN adds the convolution: the bias
+/// `[c_out]`, plus `residual` when given, as a fresh `[.., c_out]` tensor of `dims`.
+#[cfg(feature = "cuda")]
+fn bias_plus(bias: &Tensor, residual: Option<&Tensor>, dims: &[usize]) -> Result<Tensor> {
+    match residual {
+        Some(r) => r.broadcast_add(bias),
+        None => bias.broadcast_as(dims)?.contiguous(),
+    }
 }
 
 /// A stride-1 convolution over `kt` input frame sets (temporal taps) and a `k x k` spatial
-/// kernel with symmetric zero padding, as one matmul over flat-shift columns.
+/// kernel with symmetric zero padding: cuDNN on CUDA, one matmul over flat-shift columns on the
+/// CPU.
 #[derive(Clone, Debug)]
 struct TapConv {
-    /// `[c_out, kt * k * k * c_in]`, columns ordered (tap, ky, kx, channel).
-    weight: Tensor,
-    /// `[1, c_out, 1, 1]`.
+    filter: Filter,
+    /// `[c_out]`.
     bias: Tensor,
     /// Temporal taps `kt`.
     taps: usize,
@@ -61,35 +82,91 @@ struct TapConv {
 impl TapConv {
     /// `weight` is `[c_out, c_in, kt, k, k]`.
     fn new(weight: &Tensor, bias: Tensor, padding: usize) -> Result<Self> {
-        let (c_out, _, kt, k, _) = weight.dims5()?;
+        let (_, _, kt, k, _) = weight.dims5()?;
         Ok(Self {
             taps: kt,
-            weight: weight
-                .permute((0, 2, 3, 4, 1))?
-                .flatten_from(1)?
-                .contiguous()?,
-            bias: bias.reshape((1, c_out, 1, 1))?,
+            filter: filter_for(weight, |w| {
+                w.permute((0, 2, 3, 4, 1))?.flatten_from(1)?.contiguous()
+            })?,
+            bias,
             kernel: k,
             padding,
         })
     }
 
-    /// Convolves `window` `[b, l, c, h, w]` with temporal stride `stride` and no temporal
-    /// padding into `[b, (l - kt) / stride + 1, c_out, h', w']`.
-    fn forward(&self, window: &Tensor, stride: usize) -> Result<Tensor> {
-        self.forward_in_blocks(window, stride, column_budget(window))
+    /// Convolves `window` (`[b, l, ...]` frames, working layout) with temporal stride `stride`
+    /// and no temporal padding into `(l - kt) / stride + 1` frames, plus `residual` when given.
+    fn forward(&self, window: &Tensor, stride: usize, residual: Option<&Tensor>) -> Result<Tensor> {
+        match &self.filter {
+            Filter::Columns(columns) => {
+                let y = self.forward_in_blocks(columns, window, stride, column_budget(window))?;
+                match residual {
+                    Some(r) => y + r,
+                    None => Ok(y),
+                }
+            }
+            Filter::ChannelsLast(filter) => self.forward_cudnn(filter, window, stride, residual),
+        }
     }
 
-    /// [`TapConv::forward`] with im2col blocks of at most `budget` elements (but at least
-    /// [`MIN_BLOCK`] positions).
-    fn forward_in_blocks(&self, window: &Tensor, stride: usize, budget: usize) -> Result<Tensor> {
-        let (b, l, c, h, w) = window.dims5()?;
+    /// The CUDA path: channels-last frames through cuDNN.
+    #[cfg(feature = "cuda")]
+    fn forward_cudnn(
+        &self,
+        filter: &Tensor,
+        window: &Tensor,
+        stride: usize,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, l, h, w, _) = window.dims5()?;
+        let (kt, k, p) = (self.taps, self.kernel, self.padding);
+        self.check(l, h, w)?;
+        let dims = [
+            b,
+            (l - kt) / stride + 1,
+            h + 2 * p + 1 - k,
+            w + 2 * p + 1 - k,
+            self.bias.dim(0)?,
+        ];
+        let y = bias_plus(&self.bias, residual, &dims)?;
+        crate::cudnn::accumulate(&y, window, filter, [0, p, p], [stride, 1, 1])?;
+        Ok(y)
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn forward_cudnn(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: usize,
+        _: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        candle_core::bail!("channels-last convolutions need the `cuda` feature")
+    }
+
+    /// Fails unless `l` frames of `h x w` fill the kernel.
+    fn check(&self, l: usize, h: usize, w: usize) -> Result<()> {
         let (kt, k, p) = (self.taps, self.kernel, self.padding);
         if l < kt || h + 2 * p < k - 1 || w + 2 * p < k - 1 {
             return Err(candle_core::Error::Msg(format!(
                 "a {kt}x{k}x{k} convolution (padding {p}) cannot take {l} frames of {h}x{w}"
             )));
         }
+        Ok(())
+    }
+
+    /// The CPU path on channels-first `window` `[b, l, c, h, w]`: im2col blocks of at most
+    /// `budget` elements (but at least [`MIN_BLOCK`] positions), each one matmul by `columns`.
+    fn forward_in_blocks(
+        &self,
+        columns: &Tensor,
+        window: &Tensor,
+        stride: usize,
+        budget: usize,
+    ) -> Result<Tensor> {
+        let (b, l, c, h, w) = window.dims5()?;
+        let (kt, k, p) = (self.taps, self.kernel, self.padding);
+        self.check(l, h, w)?;
         let (h_out, w_out) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
         let row = w + 2 * p;
         // one spare zero row keeps the last shifted slice inside the frame
@@ -113,8 +190,7 @@ impl TapConv {
             })
             .collect::<Result<Vec<_>>>()?;
         let total = h_out * row;
-        let columns = self.weight.dim(1)?;
-        let block = (budget / (n * columns)).max(MIN_BLOCK).min(total);
+        let block = (budget / (n * columns.dim(1)?)).max(MIN_BLOCK).min(total);
         let mut outs = vec![];
         for start in (0..total).step_by(block) {
             let len = block.min(total - start);
@@ -136,18 +212,18 @@ impl TapConv {
             } else {
                 cols
             };
-            outs.push(self.weight.broadcast_matmul(&cols)?);
+            outs.push(columns.broadcast_matmul(&cols)?);
         }
-        let c_out = self.bias.dim(1)?;
+        let c_out = self.bias.dim(0)?;
         Tensor::cat(&outs, 2)?
             .reshape((n, c_out, h_out, row))?
             .narrow(3, 0, w_out)?
-            .broadcast_add(&self.bias)?
+            .broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)?
             .reshape((b, frames_out, c_out, h_out, w_out))
     }
 }
 
-/// A stride-1 2D convolution with bias applied to images `[n, c, h, w]`.
+/// A stride-1 2D convolution with bias applied to working-layout images.
 #[derive(Clone, Debug)]
 pub struct Conv2d(TapConv);
 
@@ -165,9 +241,72 @@ impl Conv2d {
         Ok(Self(TapConv::new(&weight.unsqueeze(2)?, bias, padding)?))
     }
 
-    /// Convolves `x` `[n, c_in, h, w]`.
+    /// Convolves images `x` (`[n, c_in, h, w]` or `[n, h, w, c_in]`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.0.forward(&x.unsqueeze(1)?, 1)?.squeeze(1)
+        self.0.forward(&x.unsqueeze(1)?, 1, None)?.squeeze(1)
+    }
+}
+
+/// A 2D convolution with a spatial stride and no padding, with bias, on working-layout images
+/// (the encoder's downsampling). On the CPU it is candle's conv2d; candle's CPU kernels have no
+/// bf16 GEMM, so there a bf16 convolution runs in f32 and is rounded back (as candle's own bf16
+/// CPU matmul does).
+#[derive(Clone, Debug)]
+pub struct StridedConv2d {
+    filter: Filter,
+    /// `[c_out]`.
+    bias: Tensor,
+    stride: usize,
+}
+
+impl StridedConv2d {
+    /// Reads `weight` `[c_out, c_in, k, k]` and `bias` `[c_out]`.
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
+        Ok(Self {
+            filter: filter_for(&weight.unsqueeze(2)?, |w| w.squeeze(2))?,
+            bias: vb.get(c_out, "bias")?,
+            stride,
+        })
+    }
+
+    /// Convolves images `x` (`[n, c_in, h, w]` or `[n, h, w, c_in]`).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c_out = self.bias.dim(0)?;
+        match &self.filter {
+            Filter::Columns(weight) => {
+                let y = if x.device().is_cpu() && x.dtype() == DType::BF16 {
+                    x.to_dtype(DType::F32)?
+                        .conv2d(&weight.to_dtype(DType::F32)?, 0, self.stride, 1, 1)?
+                        .to_dtype(DType::BF16)?
+                } else {
+                    x.conv2d(weight, 0, self.stride, 1, 1)?
+                };
+                y.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)
+            }
+            Filter::ChannelsLast(filter) => self.forward_cudnn(filter, x),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn forward_cudnn(&self, filter: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let (n, h, w, _) = x.dims4()?;
+        let (k, s) = (filter.dim(2)?, self.stride);
+        let dims = [n, 1, (h - k) / s + 1, (w - k) / s + 1, self.bias.dim(0)?];
+        let y = bias_plus(&self.bias, None, &dims)?;
+        crate::cudnn::accumulate(&y, &x.unsqueeze(1)?, filter, [0, 0, 0], [1, s, s])?;
+        y.squeeze(1)
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn forward_cudnn(&self, _: &Tensor, _: &Tensor) -> Result<Tensor> {
+        candle_core::bail!("channels-last convolutions need the `cuda` feature")
     }
 }
 
@@ -191,19 +330,31 @@ impl CausalConv3d {
         Ok(Self(TapConv::new(&weight, bias, padding)?))
     }
 
-    /// Convolves `window` `[b, l, c, h, w]`, whose frames already include the needed past,
-    /// with temporal stride `stride` and no temporal padding: `(l - kt) / stride + 1` frames out.
+    /// Convolves `window` (`[b, l, ...]` frames), whose frames already include the needed
+    /// past, with temporal stride `stride` and no temporal padding: `(l - kt) / stride + 1`
+    /// frames out.
     pub fn convolve(&self, window: &Tensor, stride: usize) -> Result<Tensor> {
-        self.0.forward(window, stride)
+        self.0.forward(window, stride, None)
     }
 
     /// Convolves the next chunk `x` `[b, t, c, h, w]` of a stream whose earlier frames are
     /// summarised in `history` (`None` at the start), and updates `history` for the next chunk.
     /// Returns `t` frames, exactly as convolving the whole stream at once would.
     pub fn forward(&self, x: &Tensor, history: &mut Option<Tensor>) -> Result<Tensor> {
+        self.forward_residual(x, history, None)
+    }
+
+    /// [`CausalConv3d::forward`], plus `residual` (`t` frames of the output's shape), added in
+    /// the same pass on CUDA.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        history: &mut Option<Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let keep = self.0.taps - 1;
         if keep == 0 {
-            return self.convolve(x, 1);
+            return self.0.forward(x, 1, residual);
         }
         let window = match history.take() {
             Some(past) => Tensor::cat(&[&past, x], 1)?,
@@ -218,7 +369,7 @@ impl CausalConv3d {
         );
         let missing = (x.dim(1)? + keep).saturating_sub(len);
         let window = window.pad_with_zeros(1, missing, 0)?;
-        self.convolve(&window, 1)
+        self.0.forward(&window, 1, residual)
     }
 }
 
@@ -378,13 +529,16 @@ mod tests {
             let weight = Tensor::randn(0f32, 1.0, (4, 3, 1, k, k), dev)?;
             let bias = Tensor::randn(0f32, 1.0, 4, dev)?;
             let conv = TapConv::new(&weight, bias.clone(), p)?;
+            let Filter::Columns(columns) = &conv.filter else {
+                unreachable!("a CPU filter")
+            };
             let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), dev)?;
             let expected = x
                 .conv2d(&weight.squeeze(2)?, p, 1, 1, 1)?
                 .broadcast_add(&bias.reshape((1, 4, 1, 1))?)?
                 .unsqueeze(1)?;
             for budget in [usize::MAX, 1] {
-                let y = conv.forward_in_blocks(&x.unsqueeze(1)?, 1, budget)?;
+                let y = conv.forward_in_blocks(columns, &x.unsqueeze(1)?, 1, budget)?;
                 assert_eq!(y.dims(), expected.dims());
                 let diff = (y - &expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(diff < 1e-5, "k {k} p {p} budget {budget}: max diff {diff}");

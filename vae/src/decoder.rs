@@ -94,7 +94,7 @@ impl Decoder {
         for block in &self.up_blocks {
             x = block.forward(&x, cache)?;
         }
-        let x = self.norm_out.forward(&x)?.silu()?;
+        let x = self.norm_out.forward_silu(&x)?;
         self.conv_out.forward(&x, cache.slot())
     }
 }

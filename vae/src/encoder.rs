@@ -71,7 +71,7 @@ impl Encoder {
             };
         }
         let x = self.mid_block.forward(&x, cache)?;
-        let x = self.norm_out.forward(&x)?.silu()?;
+        let x = self.norm_out.forward_silu(&x)?;
         self.conv_out.forward(&x, cache.slot())
     }
 }

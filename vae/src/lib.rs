@@ -14,16 +14,21 @@
 //! key layout ([`layout`]). Only the Wan 2.1 VAE (z_dim 16) is supported; Wan 2.2 configs are
 //! rejected when read.
 //!
-//! candle has no conv3d: a 3D convolution ([`conv::CausalConv3d`]) is one matmul over im2col
-//! columns gathered as contiguous shifted slices of the padded, flattened frames (see [`conv`]),
-//! built from candle ops only (no CPU-specific kernel), so one code path serves the CPU and CUDA.
+//! Inside, frames are channels-first on the CPU and channels-last on CUDA ([`frames`]). On CUDA
+//! convolutions are cuDNN's, accumulated onto their bias and residual, and the channel norm with
+//! its SiLU is one kernel; on the CPU, where candle has no conv3d, a 3D convolution
+//! ([`conv::CausalConv3d`]) is one matmul over im2col columns gathered as contiguous shifted
+//! slices of the padded, flattened frames (see [`conv`]).
 
 pub mod blocks;
 pub mod config;
 pub mod conv;
+#[cfg(feature = "cuda")]
+mod cudnn;
 pub mod decoder;
 pub mod encoder;
 mod error;
+pub mod frames;
 pub mod layout;
 pub mod model;
 pub mod norm;

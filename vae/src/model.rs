@@ -5,6 +5,7 @@ use crate::conv::{CausalConv3d, TimeCache};
 use crate::decoder::Decoder;
 use crate::encoder::Encoder;
 use crate::error::{Error, FrameError, Result};
+use crate::frames::{to_standard, to_working};
 use crate::layout::KeyLayout;
 use crate::tiling::{TiledDecoder, Tiling};
 use candle_core::{DType, Device, Tensor};
@@ -197,9 +198,10 @@ impl WanVae {
                 .permute((0, 2, 1, 3, 4))?
                 .contiguous()?;
             cache.start_chunk();
-            let h = self.encoder.forward(&chunk, &mut cache)?;
+            let h = self.encoder.forward(&to_working(&chunk)?, &mut cache)?;
             // the first z channels of the Gaussian's parameters are its mean
-            means.push(self.quant_conv.convolve(&h, 1)?.narrow(2, 0, z)?);
+            let moments = to_standard(&self.quant_conv.convolve(&h, 1)?)?;
+            means.push(moments.narrow(2, 0, z)?);
             start += len;
         }
         Ok(to_video_layout(&Tensor::cat(&means, 1)?)?)
@@ -208,8 +210,8 @@ impl WanVae {
     /// One latent frame `[b, 1, z, h, w]` of a stream to unclamped frames `[b, n, c, 8h, 8w]`.
     fn decode_chunk(&self, latent: &Tensor, cache: &mut TimeCache) -> candle_core::Result<Tensor> {
         cache.start_chunk();
-        let x = self.post_quant_conv.convolve(latent, 1)?;
-        self.decoder.forward(&x, cache)
+        let x = self.post_quant_conv.convolve(&to_working(latent)?, 1)?;
+        to_standard(&self.decoder.forward(&x, cache)?)
     }
 
     /// Checks `[b, z_dim, t, h, w]` with nothing empty; returns the dims.

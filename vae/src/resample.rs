@@ -1,8 +1,9 @@
 //! Spatial and temporal 2x resampling between stages.
 
 use crate::conv::{
-    conv2d_strided, fold_time, last_frame, unfold_time, CausalConv3d, Conv2d, TimeCache,
+    fold_time, last_frame, unfold_time, CausalConv3d, Conv2d, StridedConv2d, TimeCache,
 };
+use crate::frames::{halves_to_frames, pad_bottom_right, upsample_nearest2x};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -46,15 +47,13 @@ impl Upsample {
                 if first {
                     x.clone()
                 } else {
-                    let (b, t, c, h, w) = x.dims5()?;
-                    let pairs = time_conv.forward(x, history)?; // [b, t, 2c, h, w]
-                    pairs.reshape((b, 2 * t, c, h, w))?
+                    halves_to_frames(&time_conv.forward(x, history)?)?
                 }
             }
             None => x.clone(),
         };
-        let (b, _, _, h, w) = x.dims5()?;
-        let frames = fold_time(&x)?.upsample_nearest2d(2 * h, 2 * w)?;
+        let b = x.dim(0)?;
+        let frames = upsample_nearest2x(&fold_time(&x)?)?;
         unfold_time(&self.conv.forward(&frames)?, b)
     }
 }
@@ -64,10 +63,8 @@ impl Upsample {
 /// previous chunk's last frame and this chunk.
 #[derive(Clone, Debug)]
 pub struct Downsample {
-    /// `[c, c, 3, 3]`, applied with stride 2.
-    weight: Tensor,
-    /// `[1, c, 1, 1]`.
-    bias: Tensor,
+    /// 3x3, applied with stride 2.
+    conv: StridedConv2d,
     time_conv: Option<CausalConv3d>,
 }
 
@@ -85,12 +82,8 @@ impl Downsample {
         } else {
             None
         };
-        let vb_conv = vb.pp("resample.1");
         Ok(Self {
-            weight: vb_conv.get((channels, channels, 3, 3), "weight")?,
-            bias: vb_conv
-                .get(channels, "bias")?
-                .reshape((1, channels, 1, 1))?,
+            conv: StridedConv2d::new(channels, channels, 3, 2, vb.pp("resample.1"))?,
             time_conv,
         })
     }
@@ -99,11 +92,8 @@ impl Downsample {
     /// Temporal: the stream's first chunk passes through unchanged in time; later chunks (of
     /// even length) come out at half length. Uses one cache slot when temporal.
     pub fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
-        let (b, ..) = x.dims5()?;
-        let frames = fold_time(x)?
-            .pad_with_zeros(2, 0, 1)?
-            .pad_with_zeros(3, 0, 1)?;
-        let frames = conv2d_strided(&frames, &self.weight, 2)?.broadcast_add(&self.bias)?;
+        let b = x.dim(0)?;
+        let frames = self.conv.forward(&pad_bottom_right(&fold_time(x)?)?)?;
         let x = unfold_time(&frames, b)?;
         let Some(time_conv) = &self.time_conv else {
             return Ok(x);

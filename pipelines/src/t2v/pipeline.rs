@@ -98,7 +98,8 @@ impl Denoiser {
     }
 
     /// Runs the sampling loop from `noise` (`[1, C, T, H, W]`, any device) and returns the
-    /// denoised latents, f32 on the model's device. With guidance the prompt and the negative
+    /// denoised latents, f32 on the model's device, with the seconds each step took (the device
+    /// is synchronised after each step, so the times are the device's). With guidance the prompt and the negative
     /// prompt run as one batch of 2 and the velocity is `uncond + guidance * (cond - uncond)`.
     /// Latents and the guidance arithmetic stay in f32 whatever the model's dtype.
     pub fn denoise(
@@ -109,7 +110,7 @@ impl Denoiser {
         scheduler: &SchedulerConfig,
         attention: &dyn SelfAttention,
         progress: &mut dyn Progress,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Vec<f64>)> {
         let model = &self.transformer.model;
         let (device, dtype) = (model.device().clone(), model.dtype());
         let mut scheduler = build_scheduler(
@@ -124,7 +125,9 @@ impl Denoiser {
         let context = text.batch()?.to_device(&device)?.to_dtype(dtype)?;
         let batch = context.dim(0)?;
         progress.begin(Stage::Denoising, timesteps.len());
+        let mut step_seconds = Vec::with_capacity(timesteps.len());
         for (index, &t) in timesteps.iter().enumerate() {
+            let started = Instant::now();
             let input = latents.to_dtype(dtype)?;
             let input = if batch == 2 {
                 Tensor::cat(&[&input, &input], 0)?
@@ -144,10 +147,12 @@ impl Denoiser {
                 velocity
             };
             latents = scheduler.step(&velocity, index, &latents)?;
+            device.synchronize()?;
+            step_seconds.push(started.elapsed().as_secs_f64());
             progress.advance();
         }
         progress.end();
-        Ok(latents)
+        Ok((latents, step_seconds))
     }
 }
 
@@ -171,6 +176,10 @@ pub struct Timings {
 pub struct Outcome {
     /// Attention density over the sampling loop.
     pub density: DensityReport,
+    /// Seconds of each denoising step.
+    pub step_seconds: Vec<f64>,
+    /// Most GPU memory in use at once during the generation, in bytes (`None` on the CPU).
+    pub peak_gpu_bytes: Option<u64>,
     /// Time of each stage (text encoding and loading left for the caller to fill, and the
     /// sink's finishing to add to the writing time).
     pub timings: Timings,
@@ -234,8 +243,10 @@ impl TextToVideo {
         let noise = job.noise.initial_latents(&shape)?;
         router.reset();
         router.take_report()?;
+        let device = self.denoiser.transformer().model.device().clone();
+        vdit_core::memory::reset_peak(&device)?;
         let started = Instant::now();
-        let latents = self.denoiser.denoise(
+        let (latents, step_seconds) = self.denoiser.denoise(
             &noise,
             text,
             &job.settings,
@@ -253,6 +264,8 @@ impl TextToVideo {
         let decoding_s = started.elapsed().as_secs_f64() - writing_s;
         Ok(Outcome {
             density,
+            step_seconds,
+            peak_gpu_bytes: vdit_core::memory::peak_bytes(&device)?,
             timings: Timings {
                 denoising_s,
                 decoding_s,

@@ -35,7 +35,9 @@ pub struct Record {
     pub model: Value,
     /// The attention schedule and the density it computed.
     pub attention: Value,
-    /// Seconds per stage and in all.
+    /// Most GPU memory in use at once during the generation (GiB; `None` on the CPU).
+    pub peak_gpu_gib: Option<f64>,
+    /// Seconds per stage (and of each denoising step) and in all.
     pub timings: Value,
 }
 
@@ -72,7 +74,11 @@ impl Record {
                     "per_layer": outcome.density.layer_densities(),
                 },
             }),
+            peak_gpu_gib: outcome
+                .peak_gpu_bytes
+                .map(|b| b as f64 / f64::from(1u32 << 30)),
             timings: json!({
+                "denoising_steps_s": outcome.step_seconds,
                 "text_encoding_s": text_encoding_s,
                 "loading_s": loading_s,
                 "denoising_s": denoising_s,

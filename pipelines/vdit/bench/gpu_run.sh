@@ -1,30 +1,40 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine from the repository root (see ../shared/tools/README.md): unpacks the
-# binaries carried in .gpu/, runs the CUDA tests, then the attention and DiT benchmarks against
-# PyTorch SDPA/FlexAttention and diffusers on the same GPU, and prints the tables last.
-#   bash pipelines/vdit/bench/gpu_run.sh [tests|attention|dit]...   (default: all three)
+# Runs on the GPU machine from the repository root (see ../shared/tools/README.md): unpacks what
+# scripts/gpu_build.sh put in .gpu/ (and peer wheels in .whl/), then runs the steps asked for and
+# prints the tables last. Every result lands in $OUT/results.tgz (and the tables in
+# $OUT/summary.md), so that a few files carry everything back.
+#   bash pipelines/vdit/bench/gpu_run.sh STEP...
+# Steps: sass, tests, generate, attention, dit, vae, firstrun, e2e (E2E_STEPS, default 50, and
+# E2E_SIZES, default 832x480, set the whole generations).
 set -u
 OUT="${OUT:-/tmp/vdit-bench}"
-mkdir -p "$OUT" /work
+WORK="$OUT/work"
+mkdir -p "$WORK" /work
 [ -e /work/main ] || ln -s "$(pwd)" /work/main   # the test binaries were built in /work/main
 for f in .gpu/*.xz; do [ -e "${f%.xz}" ] || xz -d -k "$f"; done
 chmod +x .gpu/* 2>/dev/null
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-steps="${*:-tests attention dit}"
-for step in $steps; do
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$WORK/gpu.txt"
+bench=pipelines/vdit/bench
+# A random full-size Wan 1.3B pipeline folder at SIZE (WIDTHxHEIGHT), made once.
+pipeline() {
+  local dir="/tmp/random-wan-$1"
+  [ -d "$dir" ] || python3 "$bench/make_random_wan.py" "$dir" --width "${1%x*}" --height "${1#*x}" >&2
+  echo "$dir"
+}
+for step in "$@"; do
+  echo "========== $step"
   case "$step" in
     tests)
       for t in .gpu/test-*; do
         case "$t" in *.xz) continue ;; esac
         echo "== $t"
-        VAE_TEST_DEVICE=cuda "$t" --test-threads=1 --nocapture 2>&1 | tee "$OUT/$(basename "$t").log" | grep -E "relative L2|^test |test result|panicked|Error|== forward|gradient"
+        VAE_TEST_DEVICE=cuda "$t" --test-threads=1 --nocapture >"$WORK/$(basename "$t").log" 2>&1
+        grep -E "relative L2|^test .*FAILED|test result|panicked" "$WORK/$(basename "$t").log" | grep -v " ok$" | tail -15
       done ;;
-    attention)
-      .gpu/vdit bench attention --out "$OUT" 2>&1 | tee "$OUT/attention.log"
-      python3 pipelines/vdit/bench/attention_peers.py "$OUT" 2>&1 | tail -8 | tee "$OUT/peers.log" ;;
     sass)
       # The Hopper kernel must use warpgroup MMAs (HGMMA), not the warp-level HMMA path.
       for c in .gpu/*.fatbin; do
@@ -33,16 +43,42 @@ for step in $steps; do
     generate)
       # The product path on the GPU: the embedded tiny model, dense, VSA and VMoBA, written as .y4m
       # (this build has no FFmpeg).
-      .gpu/vdit generate --prompt "a red kite over a windy beach" --device cuda --seed 7 --output "$OUT/kite.y4m" --quiet \
-        && head -c 80 "$OUT/kite.y4m" | head -1 && python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('sidecar:', {k: r[k] for k in r if k in ('density','timings','device','dtype')})" "$OUT/kite.y4m.json"
-      .gpu/vdit generate --prompt "a red kite over a windy beach" --device cuda --seed 7 --attention vsa --sparsity 0.5 --output "$OUT/kite-vsa.y4m" --quiet \
-        && echo "vsa run wrote $(stat -c %s "$OUT/kite-vsa.y4m") bytes"
-      .gpu/vdit generate --prompt "a red kite over a windy beach" --device cuda --seed 7 --attention vmoba --dense-steps 2 --output "$OUT/kite-vmoba.y4m" --quiet \
-        && echo "vmoba run wrote $(stat -c %s "$OUT/kite-vmoba.y4m") bytes, density $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['attention']['density']['overall'])" "$OUT/kite-vmoba.y4m.json")" ;;
+      for attention in "dense" "vsa --sparsity 0.5" "vmoba --dense-steps 2"; do
+        name="kite-${attention%% *}"
+        # shellcheck disable=SC2086
+        .gpu/vdit generate --prompt "a red kite over a windy beach" --device cuda --seed 7 --attention $attention \
+          --output "$WORK/$name.y4m" --quiet | tail -1
+      done ;;
+    attention)
+      .gpu/vdit bench attention --out "$WORK" >"$WORK/attention.log" 2>&1
+      python3 $bench/attention_peers.py "$WORK" >"$WORK/peers.log" 2>&1 ;;
     dit)
-      .gpu/vdit bench dit --out "$OUT" 2>&1 | tee "$OUT/dit.log"
-      python3 pipelines/vdit/bench/dit_diffusers.py "$OUT" 2>&1 | tail -3 | tee "$OUT/diffusers.log" ;;
+      .gpu/vdit bench dit --out "$WORK" >"$WORK/dit.log" 2>&1
+      python3 $bench/dit_diffusers.py "$WORK" 2>&1 | tail -1 ;;
+    vae)
+      .gpu/vdit bench vae --out "$WORK" 2>&1 | tail -1
+      python3 $bench/vae_diffusers.py "$WORK" 2>&1 | tail -1 ;;
+    firstrun)
+      # The first generation on a fresh machine against the same one again (separate processes).
+      dir=$(pipeline 832x480)
+      for run in first warm; do
+        start=$(date +%s%N)
+        .gpu/vdit bench e2e --model "$dir" --steps 10 --out "$WORK/firstrun-$run" 2>&1 | tail -1
+        echo "$run process: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+      done ;;
+    e2e)
+      for size in ${E2E_SIZES:-832x480}; do
+        dir=$(pipeline "$size")
+        python3 $bench/e2e_diffusers.py "$dir" "$WORK/e2e-$size" --steps "${E2E_STEPS:-50}" 2>&1 | tail -1
+        .gpu/vdit bench e2e --model "$dir" --steps "${E2E_STEPS:-50}" --attention dense \
+          --attention vsa:sparsity=0.875 --out "$WORK/e2e-$size" 2>&1 | tail -2
+      done ;;
   esac
 done
 echo "========== summary"
-python3 pipelines/vdit/bench/report.py "$OUT"
+{
+  python3 $bench/report.py "$WORK"
+  for d in "$WORK"/e2e-*; do [ -d "$d" ] && python3 -c "import sys; sys.path.insert(0, '$bench'); import report; report.e2e('$d')"; done
+} 2>&1 | tee "$OUT/summary.md"
+find "$WORK" \( -name '*.y4m' -o -name '*.safetensors' \) -delete
+tar czf "$OUT/results.tgz" -C "$WORK" .

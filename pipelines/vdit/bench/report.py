@@ -45,8 +45,49 @@ def main(out_dir):
         print("targets: dense <= 0.9x diffusers; VSA 0.875 <= 0.45x; peak memory <= diffusers'")
 
 
+def vae(out_dir):
+    ours, theirs = load(out_dir, "vae.json"), load(out_dir, "vae_diffusers_bf16.json")
+    if not ours:
+        return
+    print()
+    print(f"| VAE decode ({ours['width']}x{ours['height']}x{ours['frames']}) | s | vs diffusers bf16 | peak GiB |")
+    print("| --- | --- | --- | --- |")
+    for r in [ours] + ([theirs] if theirs else []):
+        ratio = f"{r['s'] / theirs['s']:.2f}x" if theirs else "-"
+        print(f"| {r['impl']} | {r['s']:.3f} | {ratio} | {r['peak_gib']:.2f} |")
+    print("target: vdit decode <= 1.0x diffusers' bf16 decode, peak memory no higher")
+
+
+def e2e(out_dir, steps=50):
+    ours, theirs = load(out_dir, "e2e.json"), load(out_dir, "e2e_diffusers.json")
+    if not ours:
+        return
+    print()
+    print(f"| whole generation ({ours[0]['size']}x{ours[0]['frames']}, guidance {ours[0]['guidance']}) | steps run |"
+          " load s | step s | denoise s | decode s | write s | peak GiB | rel. L2 vs diffusers |"
+          f" {steps}-step total s | vs diffusers |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+    def total(r):
+        return r["loading_s"] + steps * r["step_s_median"] + r["decoding_s"] + r.get("writing_s", r.get("postprocess_s", 0.0))
+
+    base = total(theirs) if theirs else None
+    for r in ours + ([theirs] if theirs else []):
+        name = r.get("impl") or f"vdit {r['attention']}"
+        write = r.get("writing_s", r.get("postprocess_s"))
+        l2, peak = r.get("rel_l2_vs_diffusers"), r.get("peak_gib")
+        print(f"| {name} | {r['steps']} | {r['loading_s']:.1f} | {r['step_s_median']:.3f} | {r['denoising_s']:.1f} |"
+              f" {r['decoding_s']:.2f} | {write:.2f} | {f'{peak:.2f}' if peak is not None else '-'} |"
+              f" {f'{l2:.1e}' if l2 is not None else '-'} |"
+              f" {total(r):.1f} | {f'{total(r) / base:.2f}x' if base else '-'} |")
+    print(f"{steps}-step total = loading + {steps} x the median step + decode + writing (diffusers: post-processing to"
+          " frames); targets: dense <= 0.85x diffusers, VSA 0.875 <= 0.45x, peak memory <= diffusers'")
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
+    vae(sys.argv[1])
+    e2e(sys.argv[1])
 
 
 def breakdown(out_dir):

@@ -4,4 +4,5 @@
 pub mod bench;
 pub mod cli;
 mod device;
+mod render;
 pub mod video;

@@ -49,3 +49,7 @@ template <typename T> __device__ __forceinline__ void store8(T* p, const float* 
   for (int i = 0; i < VEC; ++i) e[i] = from_f32<T>(f[i]);
   *reinterpret_cast<uint4*>(p) = u;
 }
+__device__ __forceinline__ void store8(float* p, const float* f) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(f[0], f[1], f[2], f[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(f[4], f[5], f[6], f[7]);
+}

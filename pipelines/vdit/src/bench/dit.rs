@@ -2,7 +2,6 @@
 //! method, with a run whose self-attention is a no-op to show what attention costs. Compare
 //! with `pipelines/vdit/bench/dit_diffusers.py` run on the same machine.
 
-use super::gpu_memory::{peak_bytes, reset_peak};
 use super::median_ms;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -14,6 +13,7 @@ use sparse::{
     AttentionCall, AttentionMethod, AttentionRouter, AttentionSchedule, Dense, SelfAttention,
 };
 use std::sync::Arc;
+use vdit_core::memory::{peak_bytes, reset_peak};
 
 /// Self-attention that returns the values unchanged: the floor no attention method can beat.
 struct NoAttention;

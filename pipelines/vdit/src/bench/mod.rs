@@ -4,7 +4,8 @@
 
 pub mod attention;
 pub mod dit;
-pub mod gpu_memory;
+pub mod e2e;
+pub mod vae;
 
 use anyhow::Result;
 use candle_core::Device;

@@ -16,7 +16,7 @@
 
 use super::bars::Bars;
 use super::options::{ModelArgs, RuntimeArgs, SettingArgs};
-use super::render::{open_writer, render};
+use crate::render::{open_writer, render};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use pipelines::t2v::{

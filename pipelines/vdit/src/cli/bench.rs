@@ -1,5 +1,7 @@
-//! `vdit bench`: latency benchmarks of the attention kernels and of the transformer.
+//! `vdit bench`: latency benchmarks of the attention kernels, the transformer, the VAE and whole
+//! generations.
 
+use super::options::{RuntimeArgs, SettingArgs};
 use crate::bench::{self, attention::Shape};
 use crate::device::open_device;
 use anyhow::Result;
@@ -7,7 +9,7 @@ use candle_core::DType;
 use clap::{Args, Subcommand};
 use sparse::options::parse_sizes;
 use sparse::vsa::{Vsa, VsaOptions};
-use sparse::{AttentionMethod, Dense};
+use sparse::{AttentionMethod, Dense, MethodSpec, Registry};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -53,11 +55,100 @@ enum What {
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
     },
+    /// Decoding random latents with a full-size Wan 2.1 VAE (random weights), whole and per
+    /// latent frame, with the peak GPU memory.
+    Vae {
+        /// Video size WIDTHxHEIGHT in pixels.
+        #[arg(long, default_value = "832x480")]
+        size: String,
+        /// Frames (4k + 1).
+        #[arg(long, default_value_t = 81)]
+        frames: usize,
+        /// Timed decodes (after one warm-up; median reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where to write vae.json.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+        /// Device and dtype.
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Whole generations on a pipeline folder from pipelines/vdit/bench/make_random_wan.py
+    /// (its inputs.safetensors holds the initial latents and the prompt embeddings): the model
+    /// loaded once, then one generation per --attention spec, timed per stage, with the peak GPU
+    /// memory and the relative L2 to diffusers' final latents when e2e_diffusers.py left them
+    /// in the output folder.
+    E2e {
+        /// The pipeline folder.
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Attention of one generation, as a spec such as dense or vsa:sparsity=0.875
+        /// (repeatable; default dense).
+        #[arg(long = "attention", value_name = "SPEC")]
+        specs: Vec<MethodSpec>,
+        /// Settings (default: the folder's generation_config.json, else Wan's).
+        #[command(flatten)]
+        settings: SettingArgs,
+        /// Where to write the videos, their records and e2e.json.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+        /// Device and dtype.
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+}
+
+/// `WIDTHxHEIGHT` as (width, height).
+fn width_height(size: &str) -> Result<(usize, usize)> {
+    let sizes = parse_sizes(size).map_err(anyhow::Error::msg)?;
+    let [width, height] = sizes[..] else {
+        anyhow::bail!("--size `{size}` must be WIDTHxHEIGHT")
+    };
+    Ok((width, height))
 }
 
 /// Runs the chosen benchmark.
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs, registry: &Registry) -> Result<()> {
     match args.what {
+        What::Vae {
+            size,
+            frames,
+            runs,
+            out,
+            runtime,
+        } => {
+            let (width, height) = width_height(&size)?;
+            let (device, dtype) = runtime.open()?;
+            std::fs::create_dir_all(&out)?;
+            let row = bench::vae::run(&device, dtype, (frames, height, width), runs)?;
+            std::fs::write(out.join("vae.json"), serde_json::to_string_pretty(&row)?)?;
+            Ok(())
+        }
+        What::E2e {
+            model,
+            specs,
+            settings,
+            out,
+            runtime,
+        } => {
+            let specs = if specs.is_empty() {
+                vec![MethodSpec::named("dense")]
+            } else {
+                specs
+            };
+            let (device, dtype) = runtime.open()?;
+            let rows = bench::e2e::run(
+                &model,
+                &settings.overrides(None),
+                &specs,
+                registry,
+                (&device, dtype),
+                &out,
+            )?;
+            std::fs::write(out.join("e2e.json"), serde_json::to_string_pretty(&rows)?)?;
+            Ok(())
+        }
         What::Attention { device, runs, out } => bench::attention::run(
             &open_device(&device)?,
             Shape::WAN_1_3B_480P,
@@ -72,10 +163,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             runs,
             out,
         } => {
-            let sizes = parse_sizes(&size).map_err(anyhow::Error::msg)?;
-            let [width, height] = sizes[..] else {
-                anyhow::bail!("--size `{size}` must be WIDTHxHEIGHT")
-            };
+            let (width, height) = width_height(&size)?;
             let vsa = Vsa::new(VsaOptions {
                 sparsity: 0.875,
                 ..Default::default()

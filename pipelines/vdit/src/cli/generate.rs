@@ -2,7 +2,7 @@
 
 use super::bars::Bars;
 use super::options::{ModelArgs, RuntimeArgs, SettingArgs};
-use super::render::{open_writer, render};
+use crate::render::{open_writer, render};
 use anyhow::{bail, Result};
 use clap::Args;
 use pipelines::t2v::{record_path, Job, Loaded, ModelContext, NoiseSource, PromptInput};

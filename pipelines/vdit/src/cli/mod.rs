@@ -12,7 +12,6 @@ mod encode;
 mod generate;
 mod inspect;
 mod options;
-mod render;
 
 use attention_args::MethodFlag;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -87,7 +86,7 @@ where
         Command::Calibrate(args) => calibrate::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Encode(args) => encode::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(args, registry),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,7 +54,8 @@ pub fn to_u8(x: f32) -> u8 {
 }
 
 /// Splits decoded video, a `[3, T, H, W]` or `[1, 3, T, H, W]` tensor of values in [-1, 1] (any
-/// float dtype, any device), into `T` RGB frames.
+/// float dtype, any device), into `T` RGB frames. The levels are computed where the video is (on
+/// the GPU for a GPU decode), so only bytes cross to the host.
 pub fn frames_from_tensor(video: &Tensor) -> Result<Vec<Frame>, VideoError> {
     let video = match video.dims() {
         [3, _, _, _] => video.clone(),
@@ -68,27 +69,34 @@ pub fn frames_from_tensor(video: &Tensor) -> Result<Vec<Frame>, VideoError> {
             height: height as u32,
         });
     }
-    let values = video
+    let bytes = levels(&video)?
         .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .permute((1, 2, 3, 0))?
-        .contiguous()?
         .flatten_all()?
-        .to_vec1::<f32>()?;
-    if values.iter().any(|v| v.is_nan()) {
+        .to_vec1::<u8>()?;
+    let frame_len = width * height * 3;
+    bytes
+        .chunks_exact(frame_len.max(1))
+        .map(|pixels| Frame::new(width as u32, height as u32, pixels.to_vec()))
+        .collect()
+}
+
+/// The 8-bit levels of video `[3, T, H, W]` as `[T, H, W, 3]` u8 on its device, by [`to_u8`]'s
+/// rule: `128 + floor(clamp(x, -1, 1) * 127.5)`. The product is exact in f32 for bf16 and f16
+/// values and in f64 for f32 values, so no level differs from [`to_u8`]'s. NaN is an error.
+fn levels(video: &Tensor) -> Result<Tensor, VideoError> {
+    let wide = match video.dtype() {
+        DType::BF16 | DType::F16 => DType::F32,
+        _ => DType::F64,
+    };
+    let x = video.to_dtype(wide)?;
+    if x.ne(&x)?.max_all()?.to_scalar::<u8>()? > 0 {
         return Err(VideoError::NotANumber);
     }
-    let frame_len = width * height * 3;
-    values
-        .chunks_exact(frame_len.max(1))
-        .map(|pixels| {
-            Frame::new(
-                width as u32,
-                height as u32,
-                pixels.iter().map(|&v| to_u8(v)).collect(),
-            )
-        })
-        .collect()
+    let levels = ((x.clamp(-1.0, 1.0)? * 127.5)?.floor()? + 128.0)?;
+    Ok(levels
+        .permute((1, 2, 3, 0))?
+        .contiguous()?
+        .to_dtype(DType::U8)?)
 }
 
 /// Peak signal-to-noise ratio in dB of `test` against `reference` over all frames and channels
@@ -281,6 +289,44 @@ mod tests {
         assert!(outside > 10_000, "too few out-of-range samples: {outside}");
         for x in values {
             assert_eq!(to_u8(x), exact_level(x), "x = {x:e}");
+        }
+    }
+
+    /// The tensor path (run on the video's device) gives [`to_u8`]'s level for every value it
+    /// holds, in every dtype: at the level boundaries and on random values.
+    #[test]
+    fn tensor_levels_equal_the_scalar_rule() {
+        let mut values: Vec<f32> = (0..255u32)
+            .flat_map(|k| {
+                let near = ((2 * k + 1) as f64 / 255.0 - 1.0) as f32;
+                (-2..=2).map(move |d| nudge(near, d))
+            })
+            .collect();
+        values.extend(
+            Tensor::randn(0f32, 0.8, 30_000, &Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+        values.truncate(values.len() / 3 * 3);
+        let n = values.len() / 3;
+        let video = Tensor::from_vec(values, (3, 1, 1, n), &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let video = video.to_dtype(dtype).unwrap();
+            let held: Vec<f32> = video
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let frame = &frames_from_tensor(&video).unwrap()[0];
+            for x in 0..n {
+                for c in 0..3 {
+                    let value = held[c * n + x];
+                    assert_eq!(frame.rgb()[x * 3 + c], to_u8(value), "{dtype:?}: {value:e}");
+                }
+            }
         }
     }
 

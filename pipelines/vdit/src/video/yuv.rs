@@ -51,8 +51,53 @@ fn quantize(v: f32) -> u8 {
     v.round().clamp(0.0, 255.0) as u8
 }
 
+/// Y', Cb and Cr of one pixel in [0, 1] RGB, unquantised: `(luma, pb, pr)`.
+fn components([r, g, b]: [f32; 3]) -> (f32, f32, f32) {
+    let luma = KR * r + KG * g + KB * b;
+    (
+        luma,
+        (b - luma) / (2.0 * (1.0 - KB)),
+        (r - luma) / (2.0 * (1.0 - KR)),
+    )
+}
+
 /// Converts an RGB frame to Y'CbCr planes with the given chroma layout.
 pub(crate) fn rgb_to_yuv(frame: &Frame, chroma: Chroma) -> YuvPlanes {
+    match chroma {
+        Chroma::Full => rgb_to_yuv444(frame),
+        Chroma::Quarter => rgb_to_yuv_averaged(frame, chroma),
+    }
+}
+
+/// 4:4:4: every pixel its own samples, converted in bands of rows on all cores.
+fn rgb_to_yuv444(frame: &Frame) -> YuvPlanes {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let (mut y, mut cb, mut cr) = (vec![0u8; w * h], vec![0u8; w * h], vec![0u8; w * h]);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let band = h.div_ceil(threads.max(1)).max(1) * w;
+    std::thread::scope(|scope| {
+        let planes = y
+            .chunks_mut(band)
+            .zip(cb.chunks_mut(band))
+            .zip(cr.chunks_mut(band))
+            .zip(frame.rgb().chunks(band * 3));
+        for (((y, cb), cr), rgb) in planes {
+            scope.spawn(move || {
+                for (i, pixel) in rgb.chunks_exact(3).enumerate() {
+                    let (luma, pb, pr) =
+                        components([pixel[0], pixel[1], pixel[2]].map(|v| f32::from(v) / 255.0));
+                    y[i] = quantize(16.0 + 219.0 * luma);
+                    cb[i] = quantize(128.0 + 224.0 * pb);
+                    cr[i] = quantize(128.0 + 224.0 * pr);
+                }
+            });
+        }
+    });
+    YuvPlanes { y, cb, cr }
+}
+
+/// Subsampled chroma: the mean of each block's chroma before rounding.
+fn rgb_to_yuv_averaged(frame: &Frame, chroma: Chroma) -> YuvPlanes {
     let (w, h) = (frame.width() as usize, frame.height() as usize);
     let (cw, ch) = chroma.plane_size(w, h);
     let mut y = Vec::with_capacity(w * h);
@@ -62,12 +107,12 @@ pub(crate) fn rgb_to_yuv(frame: &Frame, chroma: Chroma) -> YuvPlanes {
     let block = chroma.block();
     for (row, pixels) in frame.rgb().chunks_exact(w * 3).enumerate() {
         for (col, rgb) in pixels.chunks_exact(3).enumerate() {
-            let [r, g, b] = [rgb[0], rgb[1], rgb[2]].map(|v| f32::from(v) / 255.0);
-            let luma = KR * r + KG * g + KB * b;
+            let (luma, b_diff, r_diff) =
+                components([rgb[0], rgb[1], rgb[2]].map(|v| f32::from(v) / 255.0));
             y.push(quantize(16.0 + 219.0 * luma));
             let at = (row / block) * cw + col / block;
-            pb[at] += (b - luma) / (2.0 * (1.0 - KB));
-            pr[at] += (r - luma) / (2.0 * (1.0 - KR));
+            pb[at] += b_diff;
+            pr[at] += r_diff;
             count[at] += 1.0;
         }
     }

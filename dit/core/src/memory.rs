@@ -1,8 +1,7 @@
 //! Peak GPU memory, read from the high-water mark of the stream-ordered allocator's pool that
 //! candle allocates from.
 
-use anyhow::Result;
-use candle_core::Device;
+use candle_core::{Device, Result};
 
 /// Forgets the high-water mark of `device`'s memory pool (no-op on the CPU).
 pub fn reset_peak(device: &Device) -> Result<()> {
@@ -17,7 +16,8 @@ pub fn reset_peak(device: &Device) -> Result<()> {
                 Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
                 (&mut zero as *mut u64).cast(),
             )
-        }?;
+        }
+        .map_err(candle_core::Error::wrap)?;
     }
     let _ = device;
     Ok(())
@@ -37,7 +37,8 @@ pub fn peak_bytes(device: &Device) -> Result<Option<u64>> {
                 Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
                 (&mut value as *mut u64).cast(),
             )
-        }?;
+        }
+        .map_err(candle_core::Error::wrap)?;
         return Ok(Some(value));
     }
     let _ = device;
@@ -56,7 +57,7 @@ fn pool(device: &Device) -> Result<candle_core::cuda_backend::cudarc::driver::sy
         candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
         _ => 0,
     };
-    let dev = devices::get(ordinal as i32)?;
+    let dev = devices::get(ordinal as i32).map_err(candle_core::Error::wrap)?;
     // SAFETY: `dev` comes from `devices::get`.
-    Ok(unsafe { devices::get_default_mem_pool(dev) }?)
+    unsafe { devices::get_default_mem_pool(dev) }.map_err(candle_core::Error::wrap)
 }

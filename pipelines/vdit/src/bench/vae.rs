@@ -1,0 +1,69 @@
+//! `vdit bench vae`: decoding random latents with a full-size Wan 2.1 VAE (random weights), the
+//! decode timed whole and per latent frame, with its peak memory. Compare with
+//! `pipelines/vdit/bench/vae_diffusers.py` run on the same machine.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+use std::time::Instant;
+use vae::{DecodeOptions, VaeConfig, WanVae};
+use vdit_core::memory::{peak_bytes, reset_peak};
+
+/// Decodes `[1, 16, (frames - 1) / 4 + 1, height / 8, width / 8]` random latents `runs` times
+/// after one warm-up decode; returns the row of the median decode.
+pub fn run(
+    device: &Device,
+    dtype: DType,
+    (frames, height, width): (usize, usize, usize),
+    runs: usize,
+) -> Result<serde_json::Value> {
+    let vae = WanVae::random(&VaeConfig::wan2_1(), dtype, device)?;
+    let latent_frames = (frames - 1) / 4 + 1;
+    let z = Tensor::randn(
+        0f32,
+        1.0,
+        (1, 16, latent_frames, height / 8, width / 8),
+        device,
+    )?
+    .to_dtype(dtype)?;
+    let decode = |chunks: &mut Vec<f64>| -> Result<f64> {
+        device.synchronize()?;
+        let started = Instant::now();
+        let mut last = Instant::now();
+        vae.decode_streaming(&z, &DecodeOptions::default(), &mut |frames| {
+            drop(frames);
+            device.synchronize()?;
+            chunks.push(last.elapsed().as_secs_f64());
+            last = Instant::now();
+            Ok(())
+        })?;
+        Ok(started.elapsed().as_secs_f64())
+    };
+    decode(&mut Vec::new())?;
+    reset_peak(device)?;
+    let mut results = Vec::new();
+    for _ in 0..runs.max(1) {
+        let mut chunks = Vec::new();
+        let seconds = decode(&mut chunks)?;
+        results.push((seconds, chunks));
+    }
+    results.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (seconds, chunks) = &results[results.len() / 2];
+    let peak = peak_bytes(device)?.map(|b| b as f64 / f64::from(1u32 << 30));
+    let row = json!({
+        "impl": format!("vdit WanVae decode ({dtype:?})").to_lowercase(),
+        "s": seconds,
+        "first_chunk_s": chunks.first(),
+        "chunk_s_median": median(chunks),
+        "peak_gib": peak,
+        "frames": frames, "height": height, "width": width,
+    });
+    println!("{row}");
+    Ok(row)
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
+}
