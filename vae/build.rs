@@ -6,5 +6,6 @@ use kernel_build::{KernelBuild, Target};
 fn main() {
     KernelBuild::new("kernels")
         .kernel("norm", Target::Portable)
+        .kernel("frames", Target::Portable)
         .build();
 }

@@ -1,16 +1,19 @@
 // The VAE's channel norm on channels-last rows, optionally followed by SiLU:
 // out[p][c] = act(x[p][c] * gain[c] / max(|x[p]|, 1e-12)), with gain = gamma * sqrt(C) in f32.
-// One warp per row of C channels (C % 8 == 0, C <= 1024), eight channels per 16-byte vector;
-// the sum of squares and the scaling in f32, one rounding at the end.
+// A group of `lanes` lanes of a warp per row of C channels (lanes a power of two, at least C / 8,
+// so narrow rows share a warp), eight channels per 16-byte vector, C % 8 == 0, C <= 1024; the
+// sum of squares and the scaling in f32, one rounding at the end.
 #include "vdit/convert.cuh"
 
 constexpr int MAX_VECTORS_PER_LANE = 4;  // 4 * 32 * 8 = 1024 channels
 
 template <typename T>
-__device__ __forceinline__ void channel_norm(const T* x, const float* gain, T* out, long long rows, int C, int silu) {
-  const int lane = threadIdx.x & 31;
-  const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= rows) return;
+__device__ __forceinline__ void channel_norm(const T* x, const float* gain, T* out, long long rows, int C, int lanes,
+                                             int silu) {
+  const int lane = threadIdx.x & (lanes - 1);
+  const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / lanes;
+  // rows past the end still take part in the shuffles
+  const bool valid = row < rows;
   const T* xr = x + row * C;
   T* orow = out + row * C;
   const int vectors = C / VEC;
@@ -18,20 +21,19 @@ __device__ __forceinline__ void channel_norm(const T* x, const float* gain, T* o
   float squares = 0.f;
 #pragma unroll
   for (int i = 0; i < MAX_VECTORS_PER_LANE; ++i) {
-    const int at = lane + 32 * i;
-    if (at < vectors) {
+    const int at = lane + lanes * i;
+    if (valid && at < vectors) {
       load8(xr + at * VEC, v[i]);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) squares += v[i][e] * v[i][e];
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) squares += __shfl_xor_sync(0xffffffff, squares, o);
+  for (int o = lanes / 2; o > 0; o >>= 1) squares += __shfl_xor_sync(0xffffffff, squares, o);
   const float inv = 1.f / fmaxf(sqrtf(squares), 1e-12f);
 #pragma unroll
   for (int i = 0; i < MAX_VECTORS_PER_LANE; ++i) {
-    const int at = lane + 32 * i;
-    if (at < vectors) {
+    const int at = lane + lanes * i;
+    if (valid && at < vectors) {
       float g[VEC];
       load8(gain + at * VEC, g);
 #pragma unroll
@@ -45,10 +47,10 @@ __device__ __forceinline__ void channel_norm(const T* x, const float* gain, T* o
   }
 }
 
-#define CHANNEL_NORM(T, NAME)                                                                                  \
-  extern "C" __global__ void __launch_bounds__(256) channel_norm_##NAME(const T* x, const float* gain, T* out, \
-                                                                        long long rows, int C, int silu) {    \
-    channel_norm<T>(x, gain, out, rows, C, silu);                                                              \
+#define CHANNEL_NORM(T, NAME)                                                                             \
+  extern "C" __global__ void __launch_bounds__(256)                                                       \
+      channel_norm_##NAME(const T* x, const float* gain, T* out, long long rows, int C, int lanes, int silu) { \
+    channel_norm<T>(x, gain, out, rows, C, lanes, silu);                                                  \
   }
 CHANNEL_NORM(__nv_bfloat16, bf16)
 CHANNEL_NORM(__half, f16)

@@ -3,6 +3,7 @@
 use crate::conv::{fold_time, unfold_time, CausalConv3d, TimeCache};
 use crate::frames::{from_tokens, spatial, to_tokens};
 use crate::norm::ChannelNorm;
+use crate::profile;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -99,6 +100,10 @@ impl AttentionBlock {
 
     /// Attends within each frame of `x` (working layout); softmax in f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        profile::timed(x.device(), || "attention".into(), 0.0, || self.attend(x))
+    }
+
+    fn attend(&self, x: &Tensor) -> Result<Tensor> {
         let b = x.dim(0)?;
         let (h, w) = spatial(x)?;
         let tokens = to_tokens(&fold_time(&self.norm.forward(x)?)?)?; // [n, hw, c]

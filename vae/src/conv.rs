@@ -13,6 +13,8 @@
 //! processed chunk by chunk with each layer keeping the trailing frames of its input
 //! ([`TimeCache`]).
 
+use crate::frames::{join_time, last_frames};
+use crate::profile;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -36,30 +38,35 @@ enum Filter {
     /// CPU: `[c_out, kt * k * k * c_in]`, columns ordered (tap, ky, kx, channel), for the matmul
     /// over flat-shift columns (a strided 2D convolution keeps `[c_out, c_in, k, k]`).
     Columns(Tensor),
-    /// CUDA: `[c_out, kt, k, k, c_in]`, cuDNN's channels-last filter.
+    /// CUDA: cuDNN's channels-last filter `[c_out', kt, k, k, c_in]` and the bias `[c_out']`,
+    /// both zero-padded to `c_out'`, the next multiple of 8 output channels (cuDNN's tensor-core
+    /// kernels want whole vectors; the video head has 3).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    ChannelsLast(Tensor),
+    ChannelsLast { filter: Tensor, bias: Tensor },
 }
 
-/// The filter of `weight` `[c_out, c_in, kt, k, k]` for the device it is on; `columns` turns it
-/// into the CPU's form.
-fn filter_for(weight: &Tensor, columns: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Filter> {
+/// Output channels rounded up to whole 8-channel vectors.
+const CHANNEL_VECTOR: usize = 8;
+
+/// The filter of `weight` `[c_out, c_in, kt, k, k]` with `bias` `[c_out]` for the device it is
+/// on; `columns` turns the weight into the CPU's form.
+fn filter_for(
+    weight: &Tensor,
+    bias: &Tensor,
+    columns: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Filter> {
     if cfg!(feature = "cuda") && weight.device().is_cuda() {
-        Ok(Filter::ChannelsLast(
-            weight.permute((0, 2, 3, 4, 1))?.contiguous()?,
-        ))
+        let c_out = weight.dim(0)?;
+        let missing = c_out.next_multiple_of(CHANNEL_VECTOR) - c_out;
+        Ok(Filter::ChannelsLast {
+            filter: weight
+                .permute((0, 2, 3, 4, 1))?
+                .pad_with_zeros(0, 0, missing)?
+                .contiguous()?,
+            bias: bias.pad_with_zeros(0, 0, missing)?,
+        })
     } else {
         Ok(Filter::Columns(columns(weight)?))
-    }
-}
-
-/// The output of a channels-last convolution before cuDNN adds the convolution: the bias
-/// `[c_out]`, plus `residual` when given, as a fresh `[.., c_out]` tensor of `dims`.
-#[cfg(feature = "cuda")]
-fn bias_plus(bias: &Tensor, residual: Option<&Tensor>, dims: &[usize]) -> Result<Tensor> {
-    match residual {
-        Some(r) => r.broadcast_add(bias),
-        None => bias.broadcast_as(dims)?.contiguous(),
     }
 }
 
@@ -85,7 +92,7 @@ impl TapConv {
         let (_, _, kt, k, _) = weight.dims5()?;
         Ok(Self {
             taps: kt,
-            filter: filter_for(weight, |w| {
+            filter: filter_for(weight, &bias, |w| {
                 w.permute((0, 2, 3, 4, 1))?.flatten_from(1)?.contiguous()
             })?,
             bias,
@@ -105,37 +112,68 @@ impl TapConv {
                     None => Ok(y),
                 }
             }
-            Filter::ChannelsLast(filter) => self.forward_cudnn(filter, window, stride, residual),
+            Filter::ChannelsLast { filter, bias } => {
+                self.forward_cudnn(filter, bias, window, stride, residual)
+            }
         }
     }
 
-    /// The CUDA path: channels-last frames through cuDNN.
+    /// The CUDA path: channels-last frames through cuDNN, into `bias.dim(0)` channels (the
+    /// output's, padded), of which the first `c_out` are kept.
     #[cfg(feature = "cuda")]
     fn forward_cudnn(
         &self,
         filter: &Tensor,
+        bias: &Tensor,
         window: &Tensor,
         stride: usize,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (b, l, h, w, _) = window.dims5()?;
+        let (b, l, h, w, c_in) = window.dims5()?;
         let (kt, k, p) = (self.taps, self.kernel, self.padding);
         self.check(l, h, w)?;
+        let c_out = self.bias.dim(0)?;
+        let padded = bias.dim(0)?;
         let dims = [
             b,
             (l - kt) / stride + 1,
             h + 2 * p + 1 - k,
             w + 2 * p + 1 - k,
-            self.bias.dim(0)?,
+            padded,
         ];
-        let y = bias_plus(&self.bias, residual, &dims)?;
-        crate::cudnn::accumulate(&y, window, filter, [0, p, p], [stride, 1, 1])?;
-        Ok(y)
+        let dev = window.device();
+        // the residual joins in the accumulation unless the output is padded
+        let fused = residual.filter(|_| padded == c_out);
+        let y = profile::timed(
+            dev,
+            || "bias (+ residual)".into(),
+            0.0,
+            || crate::kernels::bias_fill(bias, fused, &dims),
+        )?;
+        let flops = 2.0 * dims.iter().product::<usize>() as f64 * (c_in * kt * k * k) as f64;
+        let label = || {
+            format!(
+                "conv {kt}x{k}x{k} {c_in}->{c_out}, {}x{}x{} frames",
+                dims[2], dims[3], dims[1]
+            )
+        };
+        profile::timed(dev, label, flops, || {
+            crate::cudnn::accumulate(&y, window, filter, [0, p, p], [stride, 1, 1])
+        })?;
+        if padded == c_out {
+            return Ok(y);
+        }
+        let y = y.narrow(4, 0, c_out)?.contiguous()?;
+        match residual {
+            Some(r) => y + r,
+            None => Ok(y),
+        }
     }
 
     #[cfg(not(feature = "cuda"))]
     fn forward_cudnn(
         &self,
+        _: &Tensor,
         _: &Tensor,
         _: &Tensor,
         _: usize,
@@ -269,9 +307,10 @@ impl StridedConv2d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
+        let bias = vb.get(c_out, "bias")?;
         Ok(Self {
-            filter: filter_for(&weight.unsqueeze(2)?, |w| w.squeeze(2))?,
-            bias: vb.get(c_out, "bias")?,
+            filter: filter_for(&weight.unsqueeze(2)?, &bias, |w| w.squeeze(2))?,
+            bias,
             stride,
         })
     }
@@ -290,22 +329,22 @@ impl StridedConv2d {
                 };
                 y.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)
             }
-            Filter::ChannelsLast(filter) => self.forward_cudnn(filter, x),
+            Filter::ChannelsLast { filter, bias } => self.forward_cudnn(filter, bias, x),
         }
     }
 
     #[cfg(feature = "cuda")]
-    fn forward_cudnn(&self, filter: &Tensor, x: &Tensor) -> Result<Tensor> {
+    fn forward_cudnn(&self, filter: &Tensor, bias: &Tensor, x: &Tensor) -> Result<Tensor> {
         let (n, h, w, _) = x.dims4()?;
         let (k, s) = (filter.dim(2)?, self.stride);
-        let dims = [n, 1, (h - k) / s + 1, (w - k) / s + 1, self.bias.dim(0)?];
-        let y = bias_plus(&self.bias, None, &dims)?;
+        let dims = [n, 1, (h - k) / s + 1, (w - k) / s + 1, bias.dim(0)?];
+        let y = crate::kernels::bias_fill(bias, None, &dims)?;
         crate::cudnn::accumulate(&y, &x.unsqueeze(1)?, filter, [0, 0, 0], [1, s, s])?;
-        y.squeeze(1)
+        y.squeeze(1)?.narrow(3, 0, self.bias.dim(0)?)?.contiguous()
     }
 
     #[cfg(not(feature = "cuda"))]
-    fn forward_cudnn(&self, _: &Tensor, _: &Tensor) -> Result<Tensor> {
+    fn forward_cudnn(&self, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
         candle_core::bail!("channels-last convolutions need the `cuda` feature")
     }
 }
@@ -356,19 +395,22 @@ impl CausalConv3d {
         if keep == 0 {
             return self.0.forward(x, 1, residual);
         }
-        let window = match history.take() {
-            Some(past) => Tensor::cat(&[&past, x], 1)?,
-            None => x.clone(),
-        };
-        let len = window.dim(1)?;
-        // a copy, so the history does not pin the whole window's storage
-        *history = Some(
-            window
-                .narrow(1, len.saturating_sub(keep), len.min(keep))?
-                .copy()?,
-        );
-        let missing = (x.dim(1)? + keep).saturating_sub(len);
-        let window = window.pad_with_zeros(1, missing, 0)?;
+        let window = profile::timed(
+            x.device(),
+            || "time window".into(),
+            0.0,
+            || {
+                let window = match history.take() {
+                    Some(past) => join_time(&past, x)?,
+                    None => x.clone(),
+                };
+                let len = window.dim(1)?;
+                // a copy, so the history does not pin the whole window's storage
+                *history = Some(last_frames(&window, keep)?);
+                let missing = (x.dim(1)? + keep).saturating_sub(len);
+                window.pad_with_zeros(1, missing, 0)
+            },
+        )?;
         self.0.forward(&window, 1, residual)
     }
 }
@@ -424,8 +466,7 @@ pub fn unfold_time(x: &Tensor, b: usize) -> Result<Tensor> {
 
 /// Copies the last frame of `x` `[b, t, ...]` into its own storage.
 pub fn last_frame(x: &Tensor) -> Result<Tensor> {
-    let t = x.dim(1)?;
-    x.narrow(1, t - 1, 1)?.copy()
+    last_frames(x, 1)
 }
 
 #[cfg(test)]

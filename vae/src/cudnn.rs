@@ -2,14 +2,25 @@
 //! frames) by a filter `[c_out, kd, kh, kw, c_in]` into `y` `[n, d', h', w', c_out]`, accumulated
 //! onto what `y` already holds (its bias, and a residual where one follows), so that a
 //! convolution with its bias and residual is one pass over its output.
+//!
+//! cuDNN's heuristics pick each shape's algorithm once (the choice and its workspace size are
+//! cached per thread and shape), and one workspace per device grows to the largest asked for.
+//! Half-precision convolutions use tensor cores; f32 ones use plain FMA math (no TF32), so that
+//! f32 stays a precise reference.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{self, sys, ConvForward, Cudnn, CudnnDataType};
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
 use candle_core::cuda_backend::{CudaDType, DeviceId};
 use candle_core::{CpuStorage, CudaStorage, DType, InplaceOp3, Layout, Result, Tensor, WithDType};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Largest workspace an algorithm may ask for; a heuristic choice above it gives way to the
+/// implicit-precomputed GEMM, which needs little.
+const WORKSPACE_LIMIT: usize = 256 << 20;
 
 /// `y += conv(x, filter)` with zero padding `pads` and strides `strides` over (d, h, w).
 pub fn accumulate(
@@ -27,25 +38,75 @@ struct Accumulate {
     strides: [usize; 3],
 }
 
-thread_local! {
-    /// cuDNN handles (not shareable between threads), one per device, bound to candle's stream.
-    static HANDLES: RefCell<Vec<(DeviceId, Arc<Cudnn>)>> = const { RefCell::new(Vec::new()) };
+/// What one shape of convolution runs with.
+#[derive(Clone, Copy)]
+struct Plan {
+    algo: sys::cudnnConvolutionFwdAlgo_t,
+    workspace: usize,
 }
 
-/// This thread's cuDNN handle for `dev`.
-fn handle(dev: &candle_core::CudaDevice) -> Result<Arc<Cudnn>> {
-    HANDLES.with_borrow_mut(|handles| {
-        if let Some((_, h)) = handles.iter().find(|(id, _)| *id == dev.id()) {
-            return Ok(Arc::clone(h));
-        }
-        let handle = Cudnn::new(dev.cuda_stream()).map_err(|e| {
-            candle_core::Error::Msg(format!(
-                "cannot start cuDNN: {e:?} (the CUDA build needs cuDNN 9, libcudnn.so.9, at run time)"
-            ))
-        })?;
-        handles.push((dev.id(), Arc::clone(&handle)));
-        Ok(handle)
+/// A shape: dtype, input and filter dims, pads and strides.
+type ShapeKey = (DType, [usize; 5], [usize; 5], [usize; 3], [usize; 3]);
+
+/// One device's cuDNN state on one thread.
+struct DeviceState {
+    id: DeviceId,
+    handle: Arc<Cudnn>,
+    plans: HashMap<ShapeKey, Plan>,
+    workspace: Option<CudaSlice<u8>>,
+}
+
+thread_local! {
+    /// cuDNN handles (not shareable between threads), bound to candle's stream, with their plans
+    /// and workspace; one per device.
+    static STATES: RefCell<Vec<DeviceState>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's cuDNN state for `dev`, creating it on first use.
+fn with_state<R>(
+    dev: &candle_core::CudaDevice,
+    f: impl FnOnce(&mut DeviceState) -> Result<R>,
+) -> Result<R> {
+    STATES.with_borrow_mut(|states| {
+        let at = match states.iter().position(|s| s.id == dev.id()) {
+            Some(at) => at,
+            None => {
+                let handle = Cudnn::new(dev.cuda_stream()).map_err(|e| {
+                    candle_core::Error::Msg(format!(
+                        "cannot start cuDNN: {e:?} (the CUDA build needs cuDNN 9, libcudnn.so.9, at run time)"
+                    ))
+                })?;
+                states.push(DeviceState {
+                    id: dev.id(),
+                    handle,
+                    plans: HashMap::new(),
+                    workspace: None,
+                });
+                states.len() - 1
+            }
+        };
+        f(&mut states[at])
     })
+}
+
+impl DeviceState {
+    /// The workspace, grown to at least `bytes`. Its contents are never read before cuDNN
+    /// writes them.
+    fn workspace(
+        &mut self,
+        dev: &candle_core::CudaDevice,
+        bytes: usize,
+    ) -> Result<&mut CudaSlice<u8>> {
+        let big_enough = self.workspace.as_ref().is_some_and(|w| w.len() >= bytes);
+        if !big_enough {
+            self.workspace = None;
+            // SAFETY: scratch memory, written by cuDNN before it is read.
+            let fresh = unsafe { dev.cuda_stream().alloc::<u8>(bytes.max(1)) }
+                .map_err(|e| candle_core::Error::Msg(format!("cuDNN workspace: {e:?}")))?;
+            self.workspace = Some(fresh);
+        }
+        Ok(self.workspace.as_mut().expect("just allocated"))
+    }
 }
 
 fn cudnn_error(what: &str) -> impl Fn(cudnn::CudnnError) -> candle_core::Error + '_ {
@@ -81,63 +142,95 @@ impl Accumulate {
             candle_core::bail!("cuDNN convolution: contiguous operands expected")
         }
         let dev = x.device().clone();
-        let cudnn = handle(&dev)?;
-        let (xd, xs) = ndhwc(dims5(xl)?);
-        let (yd, ys) = ndhwc(dims5(yl)?);
-        let [c_out, kd, kh, kw, c_in] = dims5(fl)?.map(|v| v as i32);
-        let x_desc = cudnn
-            .create_nd_tensor::<T>(&xd, &xs)
-            .map_err(cudnn_error("input descriptor"))?;
-        let y_desc = cudnn
-            .create_nd_tensor::<T>(&yd, &ys)
-            .map_err(cudnn_error("output descriptor"))?;
-        let w_desc = cudnn
-            .create_nd_filter::<T>(
-                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
-                &[c_out, c_in, kd, kh, kw],
-            )
-            .map_err(cudnn_error("filter descriptor"))?;
-        let mut conv = cudnn
-            .create_convnd::<f32>(
-                &self.pads.map(|p| p as i32),
-                &self.strides.map(|s| s as i32),
-                &[1, 1, 1],
-                sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-            )
-            .map_err(cudnn_error("convolution descriptor"))?;
-        conv.set_math_type(sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
-            .map_err(cudnn_error("math type"))?;
-        let op = ConvForward {
-            conv: &conv,
-            x: &x_desc,
-            w: &w_desc,
-            y: &y_desc,
-        };
-        let algo = op.pick_algorithm().unwrap_or(
-            sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
-        );
-        let bytes = op
-            .get_workspace_size(algo)
-            .map_err(cudnn_error("workspace size"))?;
-        let mut workspace = dev.alloc_zeros::<u8>(bytes.max(1))?;
-        let xs = x.as_cuda_slice::<T>()?;
-        let fs = f.as_cuda_slice::<T>()?;
-        let ys = y.as_cuda_slice_mut::<T>()?;
-        // SAFETY: the descriptors describe these contiguous buffers (dims read from their
-        // layouts), and the workspace has the size cuDNN asked for.
-        unsafe {
-            op.launch(
-                algo,
-                Some(&mut workspace),
-                (T::from_f64(1.0), T::from_f64(1.0)),
-                &xs.slice(xl.start_offset()..),
-                &fs.slice(fl.start_offset()..),
-                &mut ys.slice_mut(yl.start_offset()..),
-            )
-        }
-        .map_err(cudnn_error("convolution"))?;
-        Ok(())
+        let (x_dims, y_dims, f_dims) = (dims5(xl)?, dims5(yl)?, dims5(fl)?);
+        with_state(&dev, |state| {
+            let cudnn = Arc::clone(&state.handle);
+            let (xd, xs) = ndhwc(x_dims);
+            let (yd, ys) = ndhwc(y_dims);
+            let [c_out, kd, kh, kw, c_in] = f_dims.map(|v| v as i32);
+            let x_desc = cudnn
+                .create_nd_tensor::<T>(&xd, &xs)
+                .map_err(cudnn_error("input descriptor"))?;
+            let y_desc = cudnn
+                .create_nd_tensor::<T>(&yd, &ys)
+                .map_err(cudnn_error("output descriptor"))?;
+            let w_desc = cudnn
+                .create_nd_filter::<T>(
+                    sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                    &[c_out, c_in, kd, kh, kw],
+                )
+                .map_err(cudnn_error("filter descriptor"))?;
+            let mut conv = cudnn
+                .create_convnd::<f32>(
+                    &self.pads.map(|p| p as i32),
+                    &self.strides.map(|s| s as i32),
+                    &[1, 1, 1],
+                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                )
+                .map_err(cudnn_error("convolution descriptor"))?;
+            let math = if T::DTYPE == DType::F32 {
+                sys::cudnnMathType_t::CUDNN_FMA_MATH
+            } else {
+                sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+            };
+            conv.set_math_type(math).map_err(cudnn_error("math type"))?;
+            let op = ConvForward {
+                conv: &conv,
+                x: &x_desc,
+                w: &w_desc,
+                y: &y_desc,
+            };
+            let key = (T::DTYPE, x_dims, f_dims, self.pads, self.strides);
+            let plan = match state.plans.get(&key) {
+                Some(plan) => *plan,
+                None => {
+                    let plan = choose(&op)?;
+                    state.plans.insert(key, plan);
+                    plan
+                }
+            };
+            let workspace = state.workspace(&dev, plan.workspace)?;
+            let xs = x.as_cuda_slice::<T>()?;
+            let fs = f.as_cuda_slice::<T>()?;
+            let ys = y.as_cuda_slice_mut::<T>()?;
+            // SAFETY: the descriptors describe these contiguous buffers (dims read from their
+            // layouts), and the workspace holds at least what cuDNN asked for this algorithm.
+            unsafe {
+                op.launch(
+                    plan.algo,
+                    Some(workspace),
+                    (T::from_f64(1.0), T::from_f64(1.0)),
+                    &xs.slice(xl.start_offset()..),
+                    &fs.slice(fl.start_offset()..),
+                    &mut ys.slice_mut(yl.start_offset()..),
+                )
+            }
+            .map_err(cudnn_error("convolution"))
+        })
     }
+}
+
+/// cuDNN's first heuristic choice for `op`, unless it fails or wants more than
+/// [`WORKSPACE_LIMIT`] of workspace; then the first of the GEMM-based algorithms this shape
+/// supports within the limit (the plain implicit GEMM, which needs none, takes every shape).
+fn choose(op: &ConvForward<impl CudnnDataType, f32, impl CudnnDataType>) -> Result<Plan> {
+    use sys::cudnnConvolutionFwdAlgo_t as Algo;
+    let fallbacks = [
+        Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+        Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+    ];
+    let mut last_error = None;
+    for algo in op.pick_algorithm().into_iter().chain(fallbacks) {
+        match op.get_workspace_size(algo) {
+            Ok(workspace) if workspace <= WORKSPACE_LIMIT => return Ok(Plan { algo, workspace }),
+            Ok(_) => {}
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(candle_core::Error::Msg(format!(
+        "cuDNN has no convolution algorithm for this shape within {} MiB of workspace ({last_error:?})",
+        WORKSPACE_LIMIT >> 20
+    )))
 }
 
 impl InplaceOp3 for Accumulate {

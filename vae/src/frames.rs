@@ -48,12 +48,38 @@ pub fn upsample_nearest2x(images: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = images.dims4()?;
         return images.upsample_nearest2d(2 * h, 2 * w);
     }
+    #[cfg(feature = "cuda")]
+    if crate::kernels::whole_vectors(images) {
+        return crate::kernels::upsample2x(images);
+    }
+    // rows the kernel does not take (the small test models' widths)
     let (n, h, w, c) = images.dims4()?;
     images
         .reshape((n, h, 1, w, 1, c))?
         .broadcast_as((n, h, 2, w, 2, c))?
         .contiguous()?
         .reshape((n, 2 * h, 2 * w, c))
+}
+
+/// Frames `[b, t, ...]` of `past` then `x`, joined along time (one copy of each on CUDA).
+pub fn join_time(past: &Tensor, x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if channels_last(x) {
+        return crate::kernels::join_frames(&[(past, 0, past.dim(1)?), (x, 0, x.dim(1)?)]);
+    }
+    Tensor::cat(&[past, x], 1)
+}
+
+/// A copy of the last `n` frames of `x` `[b, t, ...]` (all of them when fewer), in its own
+/// storage.
+pub fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
+    let t = x.dim(1)?;
+    let (start, n) = (t.saturating_sub(n), n.min(t));
+    #[cfg(feature = "cuda")]
+    if channels_last(x) {
+        return crate::kernels::join_frames(&[(x, start, n)]);
+    }
+    x.narrow(1, start, n)?.copy()
 }
 
 /// Frames `[b, t, 2c]` (working layout) whose channel halves are consecutive frames, as

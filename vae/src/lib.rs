@@ -29,9 +29,12 @@ pub mod decoder;
 pub mod encoder;
 mod error;
 pub mod frames;
+#[cfg(feature = "cuda")]
+mod kernels;
 pub mod layout;
 pub mod model;
 pub mod norm;
+pub mod profile;
 pub mod resample;
 pub mod tiling;
 

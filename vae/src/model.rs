@@ -7,6 +7,7 @@ use crate::encoder::Encoder;
 use crate::error::{Error, FrameError, Result};
 use crate::frames::{to_standard, to_working};
 use crate::layout::KeyLayout;
+use crate::profile;
 use crate::tiling::{TiledDecoder, Tiling};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -148,8 +149,13 @@ impl WanVae {
             None => None,
         };
         let mut emit = |frames: Tensor| -> Result<()> {
-            let frames = frames.clamp(-1f32, 1f32)?.to_dtype(self.dtype)?;
-            on_frames(to_video_layout(&frames)?).map_err(Error::Frames)
+            let frames = profile::timed(
+                frames.device(),
+                || "clamp, video layout".into(),
+                0.0,
+                || to_video_layout(&frames.clamp(-1f32, 1f32)?.to_dtype(self.dtype)?),
+            )?;
+            on_frames(frames).map_err(Error::Frames)
         };
         match tiled {
             None => {

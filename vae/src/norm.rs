@@ -3,6 +3,7 @@
 //! On CUDA (channels-last) it is one fused kernel, with the SiLU that follows it where asked.
 
 use crate::frames::channels_last;
+use crate::profile;
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -56,7 +57,16 @@ impl ChannelNorm {
 
     fn apply(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         if channels_last(x) {
-            return self.forward_channels_last(x, silu);
+            let label = || {
+                format!(
+                    "norm{} over {}",
+                    if silu { " + SiLU" } else { "" },
+                    x.dims().last().unwrap_or(&0)
+                )
+            };
+            return profile::timed(x.device(), label, 0.0, || {
+                self.forward_channels_last(x, silu)
+            });
         }
         let y = self.forward_channels_first(x)?;
         if silu {
@@ -70,8 +80,8 @@ impl ChannelNorm {
     /// take (a channel count not a multiple of 8, or above 1024) the same arithmetic composed.
     fn forward_channels_last(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if kernel::takes(x) {
-            return kernel::channel_norm(x, &self.gain_f32, silu);
+        if crate::kernels::norm_takes(x) {
+            return crate::kernels::channel_norm(x, &self.gain_f32, silu);
         }
         let x32 = x.to_dtype(DType::F32)?;
         let norm = x32
@@ -102,96 +112,6 @@ impl ChannelNorm {
             .to_dtype(x.dtype())?
             .broadcast_mul(&self.gain)?
             .reshape(dims)
-    }
-}
-
-/// The fused CUDA kernel of `kernels/norm.cu` as a candle operation (no backward).
-#[cfg(feature = "cuda")]
-mod kernel {
-    use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::WrapErr;
-    use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor};
-    use vdit_core::cuda::{check_aligned, dtype_suffix, output, storage_ptr, Module};
-
-    const NORM: Module = vdit_core::kernel_module!("norm");
-    /// Rows per CTA (one warp each).
-    const ROWS_PER_BLOCK: usize = 8;
-    /// Widest row the kernel takes.
-    const MAX_CHANNELS: usize = 1024;
-
-    /// True when the kernel takes rows of `x`'s channel count.
-    pub fn takes(x: &Tensor) -> bool {
-        x.dims()
-            .last()
-            .is_some_and(|&c| c % 8 == 0 && c <= MAX_CHANNELS)
-    }
-
-    /// `x` normalised over its last dim (channels), times `gain` (f32 `[c]`), then SiLU when
-    /// `silu`.
-    pub fn channel_norm(x: &Tensor, gain: &Tensor, silu: bool) -> Result<Tensor> {
-        x.contiguous()?
-            .apply_op2_no_bwd(gain, &ChannelNormOp { silu })
-    }
-
-    struct ChannelNormOp {
-        silu: bool,
-    }
-
-    impl CustomOp2 for ChannelNormOp {
-        fn name(&self) -> &'static str {
-            "vae-channel-norm"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            candle_core::bail!("the channel-norm kernel runs on CUDA only")
-        }
-
-        fn cuda_fwd(
-            &self,
-            x: &CudaStorage,
-            xl: &Layout,
-            g: &CudaStorage,
-            gl: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let c = *xl.dims().last().unwrap_or(&0);
-            if c % 8 != 0 || c > MAX_CHANNELS || !xl.is_contiguous() || gl.dims() != [c] {
-                candle_core::bail!(
-                    "channel norm: contiguous channels-last rows of a multiple of 8 channels, at most {MAX_CHANNELS}, and a gain of as many"
-                )
-            }
-            let rows = xl.shape().elem_count() / c;
-            let dev = x.device();
-            let (out, out_ptr) = output(dev, x.dtype(), rows * c)?;
-            let (xp, gp) = (storage_ptr(x, xl)?, storage_ptr(g, gl)?);
-            check_aligned(&[xp, gp, out_ptr], "channel norm")?;
-            let func = NORM.function(dev, &format!("channel_norm_{}", dtype_suffix(x.dtype())?))?;
-            let (rows64, c32, silu) = (rows as i64, c as i32, i32::from(self.silu));
-            let stream = dev.cuda_stream();
-            let mut builder = stream.launch_builder(&func);
-            builder
-                .arg(&xp)
-                .arg(&gp)
-                .arg(&out_ptr)
-                .arg(&rows64)
-                .arg(&c32)
-                .arg(&silu);
-            let cfg = LaunchConfig {
-                grid_dim: (rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1),
-                block_dim: (32 * ROWS_PER_BLOCK as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: the arguments match channel_norm_*; x and out hold rows * c elements and
-            // gain c floats, all 16-byte aligned.
-            unsafe { builder.launch(cfg) }.w()?;
-            Ok((out, xl.shape().clone()))
-        }
     }
 }
 

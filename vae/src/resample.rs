@@ -3,7 +3,8 @@
 use crate::conv::{
     fold_time, last_frame, unfold_time, CausalConv3d, Conv2d, StridedConv2d, TimeCache,
 };
-use crate::frames::{halves_to_frames, pad_bottom_right, upsample_nearest2x};
+use crate::frames::{halves_to_frames, join_time, pad_bottom_right, upsample_nearest2x};
+use crate::profile;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -47,13 +48,24 @@ impl Upsample {
                 if first {
                     x.clone()
                 } else {
-                    halves_to_frames(&time_conv.forward(x, history)?)?
+                    let doubled = time_conv.forward(x, history)?;
+                    profile::timed(
+                        x.device(),
+                        || "channel halves to frames".into(),
+                        0.0,
+                        || halves_to_frames(&doubled),
+                    )?
                 }
             }
             None => x.clone(),
         };
         let b = x.dim(0)?;
-        let frames = upsample_nearest2x(&fold_time(&x)?)?;
+        let frames = profile::timed(
+            x.device(),
+            || "nearest 2x".into(),
+            0.0,
+            || upsample_nearest2x(&fold_time(&x)?),
+        )?;
         unfold_time(&self.conv.forward(&frames)?, b)
     }
 }
@@ -101,7 +113,7 @@ impl Downsample {
         let previous = cache.slot();
         let out = match previous.take() {
             None => x.clone(),
-            Some(last) => time_conv.convolve(&Tensor::cat(&[&last, &x], 1)?, 2)?,
+            Some(last) => time_conv.convolve(&join_time(&last, &x)?, 2)?,
         };
         *previous = Some(last_frame(&x)?);
         Ok(out)

@@ -33,6 +33,40 @@ macro_rules! kernel_module {
     };
 }
 
+/// The PTX of one of candle's kernel modules that the engine's CUDA path runs, by name (its
+/// convolution, sort and quantized kernels are not used there).
+fn candle_ptx(name: &str) -> Option<&'static str> {
+    use candle_core::cuda_backend::kernels;
+    Some(match name {
+        "affine" => kernels::AFFINE.ptx(),
+        "binary" => kernels::BINARY.ptx(),
+        "cast" => kernels::CAST.ptx(),
+        "fill" => kernels::FILL.ptx(),
+        "indexing" => kernels::INDEXING.ptx(),
+        "reduce" => kernels::REDUCE.ptx(),
+        "ternary" => kernels::TERNARY.ptx(),
+        "unary" => kernels::UNARY.ptx(),
+        _ => return None,
+    })
+}
+
+/// Compiles the named candle kernel modules (`affine`, `binary`, `cast`, `fill`, `indexing`,
+/// `reduce`, `ternary`, `unary`) for GPU `ordinal` in a context of this process's own, and drops
+/// them: what is left is their machine code in the driver's on-disk cache, where candle's own
+/// loads of the same PTX find it. (A driver with its cache disabled, `CUDA_CACHE_DISABLE=1`,
+/// keeps nothing.)
+pub fn compile_candle_modules(ordinal: usize, names: &[String]) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::CudaContext;
+    let context = CudaContext::new(ordinal).w()?;
+    for name in names {
+        let Some(ptx) = candle_ptx(name) else {
+            candle_core::bail!("no candle kernel module `{name}`")
+        };
+        drop(context.load_module(Ptx::from_src(ptx)).w()?);
+    }
+    Ok(())
+}
+
 /// Modules loaded so far, per device.
 static LOADED: Mutex<Vec<(DeviceId, &'static str, Arc<CudaModule>)>> = Mutex::new(Vec::new());
 
@@ -171,6 +205,19 @@ pub fn output(dev: &CudaDevice, dtype: DType, n: usize) -> Result<(CudaStorage, 
         dt => candle_core::bail!("kernels do not take {dt:?}"),
     };
     Ok((storage, p))
+}
+
+/// An uninitialised contiguous tensor of `dims` and `dtype` (bf16, f16 or f32) on `dev`, with
+/// its address; the kernel that gets it must write every element.
+pub fn output_tensor(dev: &CudaDevice, dtype: DType, dims: &[usize]) -> Result<(Tensor, u64)> {
+    let (storage, p) = output(dev, dtype, dims.iter().product())?;
+    let tensor = Tensor::from_storage(
+        Storage::Cuda(storage),
+        dims,
+        candle_core::op::BackpropOp::none(),
+        false,
+    );
+    Ok((tensor, p))
 }
 
 /// Fails unless every address is 16-byte aligned (for kernels that move 16-byte vectors).

@@ -5,7 +5,8 @@
 # $OUT/summary.md), so that a few files carry everything back.
 #   bash pipelines/vdit/bench/gpu_run.sh STEP...
 # Steps: sass, tests, generate, attention, dit, vae, firstrun, e2e (E2E_STEPS, default 50, and
-# E2E_SIZES, default 832x480, set the whole generations).
+# E2E_SIZES, default 832x480, set the whole generations; TESTS picks test binaries by glob, such as
+# vae*).
 set -u
 OUT="${OUT:-/tmp/vdit-bench}"
 WORK="$OUT/work"
@@ -29,7 +30,7 @@ for step in "$@"; do
   echo "========== $step"
   case "$step" in
     tests)
-      for t in .gpu/test-*; do
+      for t in .gpu/test-${TESTS:-*}; do
         case "$t" in *.xz) continue ;; esac
         echo "== $t"
         VAE_TEST_DEVICE=cuda "$t" --test-threads=1 --nocapture >"$WORK/$(basename "$t").log" 2>&1
@@ -56,15 +57,19 @@ for step in "$@"; do
       .gpu/vdit bench dit --out "$WORK" >"$WORK/dit.log" 2>&1
       python3 $bench/dit_diffusers.py "$WORK" 2>&1 | tail -1 ;;
     vae)
-      .gpu/vdit bench vae --out "$WORK" 2>&1 | tail -1
+      .gpu/vdit bench vae --parts --out "$WORK" 2>&1 | tail -45
       python3 $bench/vae_diffusers.py "$WORK" 2>&1 | tail -1 ;;
     firstrun)
-      # The first generation on a fresh machine against the same one again (separate processes).
+      # First generations with an empty driver kernel cache (a fresh machine), without and after
+      # `vdit setup`, against a warm one; each scenario gets its own cache folder.
       dir=$(pipeline 832x480)
-      for run in first warm; do
-        start=$(date +%s%N)
-        .gpu/vdit bench e2e --model "$dir" --steps 10 --out "$WORK/firstrun-$run" 2>&1 | tail -1
-        echo "$run process: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+      ms() { echo $(( $(date +%s%N) / 1000000 )); }
+      start=$(ms); CUDA_CACHE_PATH=/tmp/cache-setup .gpu/vdit setup
+      echo "setup process: $(( $(ms) - start )) ms"
+      for run in cold:/tmp/cache-cold after-setup:/tmp/cache-setup warm:/tmp/cache-setup; do
+        start=$(ms)
+        CUDA_CACHE_PATH=${run#*:} .gpu/vdit bench e2e --model "$dir" --steps 10 --out "$WORK/firstrun-${run%%:*}" 2>&1 | tail -1
+        echo "${run%%:*} process: $(( $(ms) - start )) ms"
       done ;;
     e2e)
       for size in ${E2E_SIZES:-832x480}; do

@@ -5,17 +5,22 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::time::Instant;
+use vae::profile::Part;
 use vae::{DecodeOptions, VaeConfig, WanVae};
 use vdit_core::memory::{peak_bytes, reset_peak};
 
 /// Decodes `[1, 16, (frames - 1) / 4 + 1, height / 8, width / 8]` random latents `runs` times
-/// after one warm-up decode; returns the row of the median decode.
+/// after one warm-up decode; returns the row of the median decode. With `parts`, one more
+/// decode is profiled operation by operation ([`vae::profile`]) and its table printed and added
+/// to the row.
 pub fn run(
     device: &Device,
     dtype: DType,
     (frames, height, width): (usize, usize, usize),
     runs: usize,
+    parts: bool,
 ) -> Result<serde_json::Value> {
     let vae = WanVae::random(&VaeConfig::wan2_1(), dtype, device)?;
     let latent_frames = (frames - 1) / 4 + 1;
@@ -50,7 +55,7 @@ pub fn run(
     results.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (seconds, chunks) = &results[results.len() / 2];
     let peak = peak_bytes(device)?.map(|b| b as f64 / f64::from(1u32 << 30));
-    let row = json!({
+    let mut row = json!({
         "impl": format!("vdit WanVae decode ({dtype:?})").to_lowercase(),
         "s": seconds,
         "first_chunk_s": chunks.first(),
@@ -59,7 +64,33 @@ pub fn run(
         "frames": frames, "height": height, "width": width,
     });
     println!("{row}");
+    if parts {
+        let (total, parts) = vae::profile::record(|| decode(&mut Vec::new()));
+        row["parts"] = parts_table(total?, &parts);
+    }
     Ok(row)
+}
+
+/// Prints the profiled parts, costliest first, and returns them as JSON rows.
+fn parts_table(total: f64, parts: &BTreeMap<String, Part>) -> serde_json::Value {
+    let mut rows: Vec<_> = parts.iter().collect();
+    rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
+    let counted: f64 = rows.iter().map(|(_, p)| p.seconds).sum();
+    println!("profiled decode {total:.3} s, of which the parts below {counted:.3} s");
+    println!("{:>9} {:>6} {:>9}  part", "ms", "calls", "TFLOP/s");
+    let mut json_rows = Vec::new();
+    for (label, part) in rows {
+        let rate = (part.flops > 0.0).then(|| part.flops / part.seconds / 1e12);
+        let shown = rate.map_or(String::new(), |r| format!("{r:.0}"));
+        println!(
+            "{:>9.1} {:>6} {shown:>9}  {label}",
+            part.seconds * 1e3,
+            part.calls
+        );
+        json_rows
+            .push(json!({"part": label, "calls": part.calls, "s": part.seconds, "tflops": rate}));
+    }
+    json!({"profiled_s": total, "rows": json_rows})
 }
 
 fn median(values: &[f64]) -> Option<f64> {

@@ -67,6 +67,10 @@ enum What {
         /// Timed decodes (after one warm-up; median reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Then one more decode with each operation timed apart (device synchronised around
+        /// each), printed as a table of where the time goes.
+        #[arg(long)]
+        parts: bool,
         /// Where to write vae.json.
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
@@ -115,13 +119,14 @@ pub fn run(args: BenchArgs, registry: &Registry) -> Result<()> {
             size,
             frames,
             runs,
+            parts,
             out,
             runtime,
         } => {
             let (width, height) = width_height(&size)?;
             let (device, dtype) = runtime.open()?;
             std::fs::create_dir_all(&out)?;
-            let row = bench::vae::run(&device, dtype, (frames, height, width), runs)?;
+            let row = bench::vae::run(&device, dtype, (frames, height, width), runs, parts)?;
             std::fs::write(out.join("vae.json"), serde_json::to_string_pretty(&row)?)?;
             Ok(())
         }

@@ -12,6 +12,7 @@ mod encode;
 mod generate;
 mod inspect;
 mod options;
+mod setup;
 
 use attention_args::MethodFlag;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -43,6 +44,13 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Latency benchmarks (attention kernels, transformer forward).
     Bench(bench::BenchArgs),
+    /// Compile the GPU kernels for this machine once, after installing (about 10 s), so that
+    /// the first generation is as fast as later ones.
+    Setup(setup::SetupArgs),
+    /// Compile some of candle's CUDA kernel modules into the driver's cache (run by vdit
+    /// itself).
+    #[command(hide = true)]
+    CompileKernels(setup::CompileArgs),
 }
 
 /// `vdit` with the built-in attention methods, on this process's arguments.
@@ -87,6 +95,8 @@ where
         Command::Inspect(args) => inspect::run(args),
         Command::Encode(args) => encode::run(args),
         Command::Bench(args) => bench::run(args, registry),
+        Command::Setup(args) => setup::run(args),
+        Command::CompileKernels(args) => setup::compile(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

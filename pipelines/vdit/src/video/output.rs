@@ -6,6 +6,8 @@ use super::{gif::GifSink, png::PngFolderSink, y4m::Y4mSink};
 use candle_core::Tensor;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
 
 /// The formats vdit writes, chosen by the output path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +54,51 @@ pub(crate) trait FrameSink: Send {
 
 /// A video being written: `open`, then `push` each frame, then `finish`. Output appears at the
 /// path only when `finish` succeeds; a writer dropped before then removes what it wrote.
+///
+/// The format's encoder runs on a thread of its own, a few frames behind: pushing a frame only
+/// checks it and hands it over, so encoding and writing overlap whatever produces the next
+/// frames (the VAE decoding the next chunk). An encoder error comes back from the next `push`
+/// or from `finish`.
 pub struct VideoWriter {
-    sink: Box<dyn FrameSink>,
+    /// `None` once finished.
+    encoder: Option<Encoder>,
     path: PathBuf,
     width: u32,
     height: u32,
     fps: FrameRate,
     frames: usize,
+}
+
+/// The encoding thread and the queue that feeds it.
+struct Encoder {
+    queue: SyncSender<Frame>,
+    /// Gives the sink back once the queue is closed and drained, or the first write error (the
+    /// sink then dropped, which removes its partial output).
+    thread: JoinHandle<Result<Box<dyn FrameSink>, VideoError>>,
+}
+
+/// Frames waiting for the encoder at most: a few chunks of the decoder.
+const QUEUED_FRAMES: usize = 8;
+
+impl Encoder {
+    fn start(mut sink: Box<dyn FrameSink>) -> Self {
+        let (queue, frames) = sync_channel::<Frame>(QUEUED_FRAMES);
+        let thread = std::thread::spawn(move || {
+            for frame in frames {
+                sink.write(&frame)?;
+            }
+            Ok(sink)
+        });
+        Self { queue, thread }
+    }
+
+    /// Closes the queue and waits for the encoder to write what it holds (into `path`).
+    fn drain(self, path: &Path) -> Result<Box<dyn FrameSink>, VideoError> {
+        drop(self.queue);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(VideoError::write(path, "the encoding thread panicked")))
+    }
 }
 
 impl VideoWriter {
@@ -76,7 +116,7 @@ impl VideoWriter {
             VideoFormat::PngFolder => Box::new(PngFolderSink::create(path)?),
         };
         Ok(Self {
-            sink,
+            encoder: Some(Encoder::start(sink)),
             path: path.to_path_buf(),
             width,
             height,
@@ -85,8 +125,12 @@ impl VideoWriter {
         })
     }
 
-    /// Appends one frame. A frame of the wrong size is refused and leaves the writer usable.
+    /// Appends one frame, which must have the size the video was opened with.
     pub fn push(&mut self, frame: &Frame) -> Result<(), VideoError> {
+        self.push_owned(frame.clone())
+    }
+
+    fn push_owned(&mut self, frame: Frame) -> Result<(), VideoError> {
         if (frame.width(), frame.height()) != (self.width, self.height) {
             return Err(VideoError::SizeChanged {
                 path: self.path.clone(),
@@ -95,35 +139,65 @@ impl VideoWriter {
                 got: (frame.width(), frame.height()),
             });
         }
-        self.sink.write(frame)?;
+        let Some(encoder) = &self.encoder else {
+            return Err(VideoError::write(
+                &self.path,
+                "the video is already finished",
+            ));
+        };
+        if encoder.queue.send(frame).is_err() {
+            // the encoder stopped on an error: report it
+            let encoder = self.encoder.take().expect("checked above");
+            return Err(match encoder.drain(&self.path) {
+                Err(e) => e,
+                Ok(_) => VideoError::write(&self.path, "the encoding thread stopped"),
+            });
+        }
         self.frames += 1;
         Ok(())
     }
 
-    /// Appends every frame of a chunk of decoded video (`[3, T, H, W]` or `[1, 3, T, H, W]` in
-    /// [-1, 1], converted by [`frames_from_tensor`]) and returns how many it held.
+    /// Appends decoded video, a `[3, T, H, W]` or `[1, 3, T, H, W]` tensor in [-1, 1]; returns
+    /// the number of frames added.
     pub fn push_tensor(&mut self, video: &Tensor) -> Result<usize, VideoError> {
         let frames = frames_from_tensor(video)?;
-        for frame in &frames {
-            self.push(frame)?;
+        let count = frames.len();
+        for frame in frames {
+            self.push_owned(frame)?;
         }
-        Ok(frames.len())
+        Ok(count)
     }
 
     /// Completes the video and moves it into place; a video without frames is an error.
-    pub fn finish(self) -> Result<WrittenVideo, VideoError> {
+    pub fn finish(mut self) -> Result<WrittenVideo, VideoError> {
         if self.frames == 0 {
             return Err(VideoError::write(&self.path, "no frames were given"));
         }
-        let encoding = self.sink.finish()?;
+        let Some(encoder) = self.encoder.take() else {
+            return Err(VideoError::write(
+                &self.path,
+                "the video is already finished",
+            ));
+        };
+        let encoding = encoder.drain(&self.path)?.finish()?;
         Ok(WrittenVideo {
-            path: self.path,
+            path: self.path.clone(),
             frames: self.frames,
             width: self.width,
             height: self.height,
             fps: self.fps,
             encoding,
         })
+    }
+}
+
+/// An unfinished video is removed: the encoder drains and its sink is dropped before the writer
+/// is gone.
+impl Drop for VideoWriter {
+    fn drop(&mut self) {
+        if let Some(encoder) = self.encoder.take() {
+            drop(encoder.drain(&self.path));
+        }
     }
 }
 
