@@ -50,7 +50,9 @@ fn grid(items: usize) -> LaunchConfig {
 /// True when the rows (last dim) of `t` are whole 8-channel vectors, as every kernel here
 /// needs.
 pub fn whole_vectors(t: &Tensor) -> bool {
-    t.dims().last().is_some_and(|&c| c > 0 && c.is_multiple_of(VECTOR))
+    t.dims()
+        .last()
+        .is_some_and(|&c| c > 0 && c.is_multiple_of(VECTOR))
 }
 
 /// True when [`channel_norm`] takes rows of `x`'s width.
