@@ -464,11 +464,6 @@ pub fn unfold_time(x: &Tensor, b: usize) -> Result<Tensor> {
     x.reshape((b, bt / b, c, h, w))
 }
 
-/// Copies the last frame of `x` `[b, t, ...]` into its own storage.
-pub fn last_frame(x: &Tensor) -> Result<Tensor> {
-    last_frames(x, 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

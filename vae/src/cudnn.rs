@@ -18,8 +18,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Largest workspace an algorithm may ask for; a heuristic choice above it gives way to the
-/// implicit-precomputed GEMM, which needs little.
+/// Largest workspace an algorithm may ask for; a heuristic choice above it gives way to a GEMM-
+/// based algorithm that needs little or none (see [`choose`]).
 const WORKSPACE_LIMIT: usize = 256 << 20;
 
 /// `y += conv(x, filter)` with zero padding `pads` and strides `strides` over (d, h, w).
@@ -113,11 +113,29 @@ fn cudnn_error(what: &str) -> impl Fn(cudnn::CudnnError) -> candle_core::Error +
     move |e| candle_core::Error::Msg(format!("cuDNN {what}: {e:?}"))
 }
 
+/// `values` as cuDNN's 32-bit sizes; one that does not fit is an error, never a wrapped size.
+fn ints<const N: usize>(values: [usize; N]) -> Result<[i32; N]> {
+    let mut out = [0; N];
+    for (o, v) in out.iter_mut().zip(values) {
+        *o = i32::try_from(v).map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "a convolution operand spans {v} elements, more than cuDNN's 32-bit sizes hold: \
+                 decode in spatial tiles (vae::Tiling) or at a smaller size"
+            ))
+        })?;
+    }
+    Ok(out)
+}
+
 /// Dims and packed channels-last strides of a `[n, d, h, w, c]` tensor, in cuDNN's (n, c, d, h,
-/// w) order.
-fn ndhwc(dims: [usize; 5]) -> ([i32; 5], [i32; 5]) {
-    let [n, d, h, w, c] = dims.map(|x| x as i32);
-    ([n, c, d, h, w], [d * h * w * c, 1, h * w * c, w * c, c])
+/// w) order. (The strides are element counts of an allocated tensor, so they do not overflow
+/// usize.)
+fn ndhwc(dims: [usize; 5]) -> Result<([i32; 5], [i32; 5])> {
+    let [n, d, h, w, c] = dims;
+    Ok((
+        ints([n, c, d, h, w])?,
+        ints([d * h * w * c, 1, h * w * c, w * c, c])?,
+    ))
 }
 
 fn dims5(l: &Layout) -> Result<[usize; 5]> {
@@ -145,9 +163,9 @@ impl Accumulate {
         let (x_dims, y_dims, f_dims) = (dims5(xl)?, dims5(yl)?, dims5(fl)?);
         with_state(&dev, |state| {
             let cudnn = Arc::clone(&state.handle);
-            let (xd, xs) = ndhwc(x_dims);
-            let (yd, ys) = ndhwc(y_dims);
-            let [c_out, kd, kh, kw, c_in] = f_dims.map(|v| v as i32);
+            let (xd, xs) = ndhwc(x_dims)?;
+            let (yd, ys) = ndhwc(y_dims)?;
+            let [c_out, kd, kh, kw, c_in] = ints(f_dims)?;
             let x_desc = cudnn
                 .create_nd_tensor::<T>(&xd, &xs)
                 .map_err(cudnn_error("input descriptor"))?;
@@ -162,8 +180,8 @@ impl Accumulate {
                 .map_err(cudnn_error("filter descriptor"))?;
             let mut conv = cudnn
                 .create_convnd::<f32>(
-                    &self.pads.map(|p| p as i32),
-                    &self.strides.map(|s| s as i32),
+                    &ints(self.pads)?,
+                    &ints(self.strides)?,
                     &[1, 1, 1],
                     sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
                 )

@@ -1,9 +1,9 @@
 //! Spatial and temporal 2x resampling between stages.
 
-use crate::conv::{
-    fold_time, last_frame, unfold_time, CausalConv3d, Conv2d, StridedConv2d, TimeCache,
+use crate::conv::{fold_time, unfold_time, CausalConv3d, Conv2d, StridedConv2d, TimeCache};
+use crate::frames::{
+    halves_to_frames, join_time, last_frames, pad_bottom_right, upsample_nearest2x,
 };
-use crate::frames::{halves_to_frames, join_time, pad_bottom_right, upsample_nearest2x};
 use crate::profile;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -115,7 +115,7 @@ impl Downsample {
             None => x.clone(),
             Some(last) => time_conv.convolve(&join_time(&last, &x)?, 2)?,
         };
-        *previous = Some(last_frame(&x)?);
+        *previous = Some(last_frames(&x, 1)?);
         Ok(out)
     }
 }

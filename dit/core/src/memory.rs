@@ -3,6 +3,11 @@
 
 use candle_core::{Device, Result};
 
+/// `bytes` in GiB (2^30 bytes), as the benchmarks and records report memory.
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
+}
+
 /// Forgets the high-water mark of `device`'s memory pool (no-op on the CPU).
 pub fn reset_peak(device: &Device) -> Result<()> {
     #[cfg(feature = "cuda")]

@@ -74,9 +74,7 @@ impl Record {
                     "per_layer": outcome.density.layer_densities(),
                 },
             }),
-            peak_gpu_gib: outcome
-                .peak_gpu_bytes
-                .map(|b| b as f64 / f64::from(1u32 << 30)),
+            peak_gpu_gib: outcome.peak_gpu_bytes.map(vdit_core::memory::gib),
             timings: json!({
                 "denoising_steps_s": outcome.step_seconds,
                 "text_encoding_s": text_encoding_s,

@@ -13,7 +13,7 @@ use sparse::{
     AttentionCall, AttentionMethod, AttentionRouter, AttentionSchedule, Dense, SelfAttention,
 };
 use std::sync::Arc;
-use vdit_core::memory::{peak_bytes, reset_peak};
+use vdit_core::memory::{gib, peak_bytes, reset_peak};
 
 /// Self-attention that returns the values unchanged: the floor no attention method can beat.
 struct NoAttention;
@@ -74,7 +74,7 @@ pub fn run(
                 .forward(&latents, &t, &text, attention, Step::SINGLE)
                 .map(|_| ())?)
         })?;
-        let peak = peak_bytes(device)?.map(|b| b as f64 / (1u64 << 30) as f64);
+        let peak = peak_bytes(device)?.map(gib);
         let row = json!({"attention": name, "ms": ms, "peak_gib": peak, "frames": frames, "height": height, "width": width, "layers": cfg.num_layers});
         println!("{row}");
         rows.push(row);

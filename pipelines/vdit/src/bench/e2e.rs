@@ -5,6 +5,7 @@
 //! GPU memory, its final latents compared with diffusers' (`e2e_diffusers.py` writes them as
 //! `diffusers_latents.safetensors` in the output folder).
 
+use super::median;
 use crate::render::{open_writer, render};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
@@ -15,6 +16,7 @@ use pipelines::t2v::{
 use serde_json::json;
 use sparse::{MethodSpec, Registry};
 use std::path::Path;
+use vdit_core::memory::gib;
 use vdit_core::metrics::relative_l2;
 
 /// The inputs file of a pipeline folder: `latents`, `prompt_embeds`, `negative_prompt_embeds`.
@@ -89,21 +91,19 @@ pub fn run(
         };
         let t = outcome.timings;
         let steps = &outcome.step_seconds;
-        let mut sorted = steps.clone();
-        sorted.sort_by(f64::total_cmp);
         let row = json!({
             "attention": label,
             "size": settings.size, "frames": settings.frames, "steps": settings.steps,
             "guidance": settings.guidance,
             "loading_s": t.loading_s,
             "first_step_s": steps.first(),
-            "step_s_median": sorted.get(sorted.len() / 2),
+            "step_s_median": median(steps),
             "denoising_s": t.denoising_s,
             "decoding_s": t.decoding_s,
             "writing_s": t.writing_s,
             "generation_s": t.denoising_s + t.decoding_s + t.writing_s,
             "density": outcome.density.overall(),
-            "peak_gib": outcome.peak_gpu_bytes.map(|b| b as f64 / f64::from(1u32 << 30)),
+            "peak_gib": outcome.peak_gpu_bytes.map(gib),
             "rel_l2_vs_diffusers": l2,
         });
         println!("{row}");

@@ -43,6 +43,12 @@ pub fn median_ms(
         device.synchronize()?;
         times.push(call.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok(times[times.len() / 2])
+    Ok(median(&times).expect("at least one timed call"))
+}
+
+/// The median of `values` (the upper one of an even count); `None` when there are none.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
 }

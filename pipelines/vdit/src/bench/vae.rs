@@ -2,6 +2,7 @@
 //! decode timed whole and per latent frame, with its peak memory. Compare with
 //! `pipelines/vdit/bench/vae_diffusers.py` run on the same machine.
 
+use super::median;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 use vae::profile::Part;
 use vae::{DecodeOptions, VaeConfig, WanVae};
-use vdit_core::memory::{peak_bytes, reset_peak};
+use vdit_core::memory::{gib, peak_bytes, reset_peak};
 
 /// Decodes `[1, 16, (frames - 1) / 4 + 1, height / 8, width / 8]` random latents `runs` times
 /// after one warm-up decode; returns the row of the median decode. With `parts`, one more
@@ -54,7 +55,7 @@ pub fn run(
     }
     results.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (seconds, chunks) = &results[results.len() / 2];
-    let peak = peak_bytes(device)?.map(|b| b as f64 / f64::from(1u32 << 30));
+    let peak = peak_bytes(device)?.map(gib);
     let mut row = json!({
         "impl": format!("vdit WanVae decode ({dtype:?})").to_lowercase(),
         "s": seconds,
@@ -91,10 +92,4 @@ fn parts_table(total: f64, parts: &BTreeMap<String, Part>) -> serde_json::Value 
             .push(json!({"part": label, "calls": part.calls, "s": part.seconds, "tflops": rate}));
     }
     json!({"profiled_s": total, "rows": json_rows})
-}
-
-fn median(values: &[f64]) -> Option<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied()
 }
