@@ -31,23 +31,38 @@ pub fn reset_peak(device: &Device) -> Result<()> {
 /// Bytes at the high-water mark since the last reset (`None` on the CPU).
 pub fn peak_bytes(device: &Device) -> Result<Option<u64>> {
     #[cfg(feature = "cuda")]
-    if let Device::Cuda(_) = device {
-        device.synchronize()?;
-        let pool = pool(device)?;
-        let mut value: u64 = 0;
-        // SAFETY: a valid pool; the attribute is a u64.
-        unsafe {
-            pools::get_attribute(
-                pool,
-                Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                (&mut value as *mut u64).cast(),
-            )
-        }
-        .map_err(candle_core::Error::wrap)?;
-        return Ok(Some(value));
+    return pool_bytes(device, Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        Ok(None)
     }
-    let _ = device;
-    Ok(None)
+}
+
+/// Bytes in use now, after synchronising (`None` on the CPU).
+pub fn used_bytes(device: &Device) -> Result<Option<u64>> {
+    #[cfg(feature = "cuda")]
+    return pool_bytes(device, Attr::CU_MEMPOOL_ATTR_USED_MEM_CURRENT);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        Ok(None)
+    }
+}
+
+/// One byte count of `device`'s pool, after synchronising (`None` off CUDA).
+#[cfg(feature = "cuda")]
+fn pool_bytes(device: &Device, attribute: Attr) -> Result<Option<u64>> {
+    let Device::Cuda(_) = device else {
+        return Ok(None);
+    };
+    device.synchronize()?;
+    let pool = pool(device)?;
+    let mut value: u64 = 0;
+    // SAFETY: a valid pool; both byte-count attributes are u64.
+    unsafe { pools::get_attribute(pool, attribute, (&mut value as *mut u64).cast()) }
+        .map_err(candle_core::Error::wrap)?;
+    Ok(Some(value))
 }
 
 #[cfg(feature = "cuda")]

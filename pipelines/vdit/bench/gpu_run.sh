@@ -4,7 +4,7 @@
 # prints the tables last. Every result lands in $OUT/results.tgz (and the tables in
 # $OUT/summary.md), so that a few files carry everything back.
 #   bash pipelines/vdit/bench/gpu_run.sh STEP...
-# Steps: sass, tests, generate, attention, dit, vae, firstrun, e2e (E2E_STEPS, default 50, and
+# Steps: sass, setup, tests, generate, attention, dit, vae, text, write, firstrun, e2e (E2E_STEPS, default 50, and
 # E2E_SIZES, default 832x480, set the whole generations; TESTS picks test binaries by glob, such as
 # vae*).
 set -u
@@ -59,6 +59,16 @@ for step in "$@"; do
     vae)
       .gpu/vdit bench vae --parts --out "$WORK" 2>&1 | tail -45
       python3 $bench/vae_diffusers.py "$WORK" 2>&1 | tail -1 ;;
+    setup)
+      .gpu/vdit setup 2>&1 | tail -1 ;;
+    text)
+      # UMT5-XXL in bf16 on the GPU (random weights written once; the embedded model's tokenizer).
+      .gpu/vdit bench text --weights /tmp/umt5-xxl-random --tokenizer assets/tiny-wan/tokenizer \
+        --out "$WORK" 2>&1 | tail -1
+      rm -rf /tmp/umt5-xxl-random ;;
+    write)
+      # Writing 81 frames of 832x480 to every format this build has (no FFmpeg here: no MP4).
+      .gpu/vdit bench write --out "$WORK" 2>&1 | tail -6 ;;
     firstrun)
       # First generations with an empty driver kernel cache (a fresh machine), without and after
       # `vdit setup`, against a warm one; each scenario gets its own cache folder.

@@ -149,3 +149,23 @@ fn mp4_without_ffmpeg_says_what_to_do() {
     );
     assert!(names_in(dir.path()).is_empty());
 }
+
+#[test]
+fn gif_frame_rates_it_cannot_play_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.gif");
+    for (num, den) in [(60, 1), (1, 1000)] {
+        let fps = vdit::video::FrameRate::new(num, den).unwrap();
+        let err = one_line(VideoWriter::open(&path, 8, 6, fps).err().expect("refused"));
+        assert!(
+            err.contains("GIF cannot play") && err.contains(".mp4"),
+            "{err}"
+        );
+    }
+    assert!(names_in(dir.path()).is_empty());
+    // 50 fps (2 cs per frame) is the fastest rate GIF players honour.
+    let fifty = vdit::video::FrameRate::new(50, 1).unwrap();
+    let mut writer = VideoWriter::open(&path, 8, 6, fifty).unwrap();
+    writer.push(&gradient_video(1, 8, 6)[0]).unwrap();
+    writer.finish().unwrap();
+}

@@ -5,7 +5,9 @@
 pub mod attention;
 pub mod dit;
 pub mod e2e;
+pub mod text;
 pub mod vae;
+pub mod write;
 
 use anyhow::Result;
 use candle_core::Device;

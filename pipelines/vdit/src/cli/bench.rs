@@ -1,5 +1,5 @@
-//! `vdit bench`: latency benchmarks of the attention kernels, the transformer, the VAE and whole
-//! generations.
+//! `vdit bench`: latency benchmarks of the attention kernels, the transformer, the VAE, the text
+//! encoder, video writing and whole generations.
 
 use super::options::{RuntimeArgs, SettingArgs};
 use crate::bench::{self, attention::Shape};
@@ -78,6 +78,41 @@ enum What {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// The UMT5-XXL text encoder (random weights, written to --weights once): loading, encoding
+    /// a prompt and the negative prompt at 512 tokens, peak memory and memory after it is freed.
+    Text {
+        /// Folder of the random weights (made on first use, about 11 GiB in bf16).
+        #[arg(long, value_name = "DIR")]
+        weights: PathBuf,
+        /// Folder with the tokenizer.json to use (any UMT5-family tokenizer).
+        #[arg(long, value_name = "DIR")]
+        tokenizer: PathBuf,
+        /// Timed encodes after the first (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Where to write text.json.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+        /// Device and dtype.
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Writing a synthetic clip to every format this build writes (y4m, PNG frames, GIF, and
+    /// MP4 with FFmpeg), timed from opening the writer to the output in place.
+    Write {
+        /// Video size WIDTHxHEIGHT in pixels.
+        #[arg(long, default_value = "832x480")]
+        size: String,
+        /// Frames.
+        #[arg(long, default_value_t = 81)]
+        frames: u32,
+        /// Timed writes per format (median reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where to write write.json (the videos go to a folder there that is removed after).
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+    },
     /// Whole generations on a pipeline folder from pipelines/vdit/bench/make_random_wan.py
     /// (its inputs.safetensors holds the initial latents and the prompt embeddings): the model
     /// loaded once, then one generation per --attention spec, timed per stage, with the peak GPU
@@ -128,6 +163,33 @@ pub fn run(args: BenchArgs, registry: &Registry) -> Result<()> {
             std::fs::create_dir_all(&out)?;
             let row = bench::vae::run(&device, dtype, (frames, height, width), runs, parts)?;
             std::fs::write(out.join("vae.json"), serde_json::to_string_pretty(&row)?)?;
+            Ok(())
+        }
+        What::Text {
+            weights,
+            tokenizer,
+            runs,
+            out,
+            runtime,
+        } => {
+            let (device, dtype) = runtime.open()?;
+            std::fs::create_dir_all(&out)?;
+            let row = bench::text::run(&device, dtype, &weights, &tokenizer, runs)?;
+            std::fs::write(out.join("text.json"), serde_json::to_string_pretty(&row)?)?;
+            Ok(())
+        }
+        What::Write {
+            size,
+            frames,
+            runs,
+            out,
+        } => {
+            let (width, height) = width_height(&size)?;
+            let (Ok(width), Ok(height)) = (u32::try_from(width), u32::try_from(height)) else {
+                anyhow::bail!("--size `{size}` is too large")
+            };
+            let rows = bench::write::run(width, height, frames, runs, &out)?;
+            std::fs::write(out.join("write.json"), serde_json::to_string_pretty(&rows)?)?;
             Ok(())
         }
         What::E2e {

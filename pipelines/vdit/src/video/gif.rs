@@ -1,5 +1,6 @@
-//! Animated GIF (`.gif`) through the `image` crate's encoder: one 256-colour palette per frame
-//! (NeuQuant at speed 10), looping forever.
+//! Animated GIF (`.gif`) through the `gif` crate: one 256-colour palette per frame (NeuQuant at
+//! speed 10), looping forever. Quantising and LZW-compressing a frame needs no other frame, so
+//! both run on the encoder's worker threads; the writer only appends the compressed frames.
 //!
 //! GIF delays are whole centiseconds, so frame `i` lasts `c(i + 1) - c(i)` where `c(n)` is
 //! `n / fps` seconds rounded to centiseconds: at 16 fps delays of 6 and 7 cs alternate and the
@@ -8,20 +9,20 @@
 use super::output::FrameSink;
 use super::partial::PartialOutput;
 use super::{Frame, FrameRate, VideoError};
-use image::codecs::gif::{GifEncoder, Repeat};
-use image::{Delay, RgbaImage};
+use gif::{Encoder, Repeat};
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 /// NeuQuant sampling: 1 is slowest and best, 30 fastest; 10 is the `gif` crate's default.
 const QUANTIZER_SPEED: i32 = 10;
 
+/// The shortest frame delay players honour: browsers show frames of 0 or 1 cs for 10 cs.
+const MIN_DELAY_CS: u64 = 2;
+
 /// Writes an animated GIF frame by frame.
 pub(crate) struct GifSink {
-    encoder: GifEncoder<SharedFile>,
-    file: SharedFile,
+    encoder: Encoder<BufWriter<File>>,
     fps: FrameRate,
     frames: u64,
     partial: PartialOutput,
@@ -35,22 +36,35 @@ impl GifSink {
         height: u32,
         fps: FrameRate,
     ) -> Result<Self, VideoError> {
-        if width > u32::from(u16::MAX) || height > u32::from(u16::MAX) {
+        let (Ok(width), Ok(height)) = (u16::try_from(width), u16::try_from(height)) else {
             return Err(VideoError::write(
                 path,
                 format!("GIF frames are at most 65535x65535, got {width}x{height}"),
             ));
+        };
+        let delays = [start_cs(1, fps), start_cs(2, fps) - start_cs(1, fps)];
+        if delays
+            .iter()
+            .any(|&d| d < MIN_DELAY_CS || d > u64::from(u16::MAX))
+        {
+            return Err(VideoError::write(
+                path,
+                format!(
+                    "GIF cannot play {fps} fps: its frame delays are whole centiseconds from \
+                     {MIN_DELAY_CS} (50 fps) to 65535; choose a rate in that range, or write \
+                     .mp4 or .y4m"
+                ),
+            ));
         }
         let partial = PartialOutput::new(path)?;
         let file = File::create(partial.temp()).map_err(|e| VideoError::write(path, e))?;
-        let file = SharedFile(Arc::new(Mutex::new(BufWriter::new(file))));
-        let mut encoder = GifEncoder::new_with_speed(file.clone(), QUANTIZER_SPEED);
+        let mut encoder = Encoder::new(BufWriter::new(file), width, height, &[])
+            .map_err(|e| VideoError::write(path, e))?;
         encoder
             .set_repeat(Repeat::Infinite)
             .map_err(|e| VideoError::write(path, e))?;
         Ok(Self {
             encoder,
-            file,
             fps,
             frames: 0,
             partial,
@@ -65,67 +79,52 @@ fn start_cs(n: u64, fps: FrameRate) -> u64 {
 }
 
 impl FrameSink for GifSink {
-    fn write(&mut self, frame: &Frame) -> Result<(), VideoError> {
-        let rgba: Vec<u8> = frame
-            .rgb()
-            .chunks_exact(3)
-            .flat_map(|p| [p[0], p[1], p[2], 255])
-            .collect();
-        let image =
-            RgbaImage::from_raw(frame.width(), frame.height(), rgba).expect("four bytes per pixel");
+    /// The frame quantised to its palette and LZW-compressed, without its delay.
+    type Prepared = gif::Frame<'static>;
+
+    fn preparer(&self) -> impl Fn(Frame) -> Result<Self::Prepared, VideoError> + Send + 'static {
+        let target = self.partial.target().to_path_buf();
+        move |frame| {
+            // Checked to fit in u16 when the sink was created.
+            let (Ok(width), Ok(height)) =
+                (u16::try_from(frame.width()), u16::try_from(frame.height()))
+            else {
+                return Err(VideoError::write(&target, "a frame is too large for GIF"));
+            };
+            let mut indexed =
+                gif::Frame::from_rgb_speed(width, height, frame.rgb(), QUANTIZER_SPEED);
+            indexed.make_lzw_pre_encoded();
+            Ok(indexed)
+        }
+    }
+
+    fn write(&mut self, mut frame: gif::Frame<'static>) -> Result<(), VideoError> {
         let n = self.frames;
         let delay_cs = start_cs(n + 1, self.fps) - start_cs(n, self.fps);
-        let delay = Delay::from_numer_denom_ms((delay_cs * 10) as u32, 1);
+        frame.delay = u16::try_from(delay_cs).unwrap_or(u16::MAX);
         self.encoder
-            .encode_frame(image::Frame::from_parts(image, 0, 0, delay))
+            .write_lzw_pre_encoded_frame(&frame)
             .map_err(|e| VideoError::write(self.partial.target(), e))?;
         self.frames += 1;
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<String, VideoError> {
+    fn finish(self) -> Result<String, VideoError> {
         let Self {
-            encoder,
-            file,
-            partial,
-            ..
-        } = *self;
-        // Dropping the encoder writes the GIF trailer into the shared buffer.
-        drop(encoder);
-        file.close()
-            .map_err(|e| VideoError::write(partial.target(), e))?;
+            encoder, partial, ..
+        } = self;
+        let target = partial.target();
+        // Writes the GIF trailer.
+        let mut file = encoder
+            .into_inner()
+            .map_err(|e| VideoError::write(target, e))?;
+        file.flush().map_err(|e| VideoError::write(target, e))?;
+        file.get_ref()
+            .sync_all()
+            .map_err(|e| VideoError::write(target, e))?;
+        drop(file);
         partial.commit()?;
         Ok("GIF (256-colour palette per frame, delays in whole centiseconds)".to_string())
-    }
-}
-
-/// The output file, shared between the encoder (which owns a handle and writes its trailer when
-/// dropped) and the sink, which flushes it afterwards and so sees every write error.
-#[derive(Clone)]
-struct SharedFile(Arc<Mutex<BufWriter<File>>>);
-
-impl SharedFile {
-    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, BufWriter<File>>> {
-        self.0
-            .lock()
-            .map_err(|_| io::Error::other("an earlier write panicked"))
-    }
-
-    /// Flushes the buffer and syncs the file to disk.
-    fn close(&self) -> io::Result<()> {
-        let mut file = self.lock()?;
-        file.flush()?;
-        file.get_ref().sync_all()
-    }
-}
-
-impl Write for SharedFile {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.lock()?.write(bytes)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.lock()?.flush()
     }
 }
 

@@ -7,6 +7,7 @@
 //! and renames it into place only when complete. [`Y4mReader`] and [`PngFolderReader`] read the
 //! FFmpeg-free formats back for `vdit encode`; with FFmpeg, [`read_video`] decodes MP4.
 
+mod encoder;
 mod error;
 mod frame;
 mod gif;

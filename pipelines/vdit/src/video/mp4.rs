@@ -9,7 +9,7 @@
 
 use super::output::FrameSink;
 use super::partial::PartialOutput;
-use super::yuv::{rgb_to_yuv, Chroma};
+use super::yuv::{rgb_to_yuv, Chroma, YuvPlanes};
 use super::{Frame, FrameRate, VideoError};
 use ffmpeg::codec::{self, encoder};
 use ffmpeg::format::{self, Pixel};
@@ -239,9 +239,15 @@ impl Mp4Sink {
 }
 
 impl FrameSink for Mp4Sink {
-    fn write(&mut self, frame: &Frame) -> Result<(), VideoError> {
-        let (w, h) = (frame.width(), frame.height());
-        let planes = rgb_to_yuv(frame, Chroma::Quarter);
+    /// The frame's Y'CbCr 4:2:0 planes.
+    type Prepared = YuvPlanes;
+
+    fn preparer(&self) -> impl Fn(Frame) -> Result<YuvPlanes, VideoError> + Send + 'static {
+        |frame| Ok(rgb_to_yuv(&frame, Chroma::Quarter))
+    }
+
+    fn write(&mut self, planes: YuvPlanes) -> Result<(), VideoError> {
+        let (w, h) = (self.encoder.width(), self.encoder.height());
         // A fresh picture each time: the encoder may keep a reference to the last one.
         let mut picture = frame::Video::new(Pixel::YUV420P, w, h);
         let (cw, _) = Chroma::Quarter.plane_size(w as usize, h as usize);
@@ -266,7 +272,7 @@ impl FrameSink for Mp4Sink {
         self.drain()
     }
 
-    fn finish(mut self: Box<Self>) -> Result<String, VideoError> {
+    fn finish(mut self) -> Result<String, VideoError> {
         self.encoder
             .send_eof()
             .map_err(|e| self.ffmpeg_error("flush the encoder", e))?;
@@ -279,7 +285,7 @@ impl FrameSink for Mp4Sink {
             encoding,
             partial,
             ..
-        } = *self;
+        } = self;
         // Closing the file before it is renamed into place.
         drop(output);
         partial.commit()?;
@@ -435,10 +441,11 @@ mod tests {
             })
             .collect();
         let mut sink = Mp4Sink::create_with(&path, w, h, fps, &[Mp4Codec::Mpeg4]).unwrap();
+        let prepare = sink.preparer();
         for f in &frames {
-            sink.write(f).unwrap();
+            sink.write(prepare(f.clone()).unwrap()).unwrap();
         }
-        let encoding = Box::new(sink).finish().unwrap();
+        let encoding = sink.finish().unwrap();
         assert!(encoding.starts_with("MPEG-4 Part 2"), "{encoding}");
         let back = read_video(&path).unwrap();
         assert_eq!(back.codec, "mpeg4");

@@ -1,13 +1,11 @@
 //! [`VideoWriter`]: picks the format from the output path and streams frames into it, checking
 //! that every frame has the size the video was opened with.
 
+use super::{encoder::Encoder, gif::GifSink, png::PngFolderSink, y4m::Y4mSink};
 use super::{frames_from_tensor, Frame, FrameRate, VideoError};
-use super::{gif::GifSink, png::PngFolderSink, y4m::Y4mSink};
 use candle_core::Tensor;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::thread::JoinHandle;
 
 /// The formats vdit writes, chosen by the output path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,20 +43,27 @@ impl VideoFormat {
 }
 
 /// One format's encoder behind [`VideoWriter`], which has already checked each frame's size.
-pub(crate) trait FrameSink: Send {
-    /// Appends one frame.
-    fn write(&mut self, frame: &Frame) -> Result<(), VideoError>;
+/// The work on a frame that needs no other frame (colour conversion, compression) is
+/// [`FrameSink::preparer`]'s and runs on several threads at once; [`FrameSink::write`] appends
+/// prepared frames to the output in order.
+pub(crate) trait FrameSink: Send + 'static {
+    /// A frame ready to append.
+    type Prepared: Send + 'static;
+    /// The per-frame work; each worker thread gets its own.
+    fn preparer(&self) -> impl Fn(Frame) -> Result<Self::Prepared, VideoError> + Send + 'static;
+    /// Appends the next frame.
+    fn write(&mut self, prepared: Self::Prepared) -> Result<(), VideoError>;
     /// Completes the output, moves it into place and describes the encoding used.
-    fn finish(self: Box<Self>) -> Result<String, VideoError>;
+    fn finish(self) -> Result<String, VideoError>;
 }
 
 /// A video being written: `open`, then `push` each frame, then `finish`. Output appears at the
 /// path only when `finish` succeeds; a writer dropped before then removes what it wrote.
 ///
-/// The format's encoder runs on a thread of its own, a few frames behind: pushing a frame only
-/// checks it and hands it over, so encoding and writing overlap whatever produces the next
-/// frames (the VAE decoding the next chunk). An encoder error comes back from the next `push`
-/// or from `finish`.
+/// The format's encoder runs on threads of its own (see [`super::encoder`]), a few frames
+/// behind: pushing a frame only checks it and hands it over, so encoding and writing overlap
+/// whatever produces the next frames (the VAE decoding the next chunk). An encoder error comes
+/// back from the next `push` or from `finish`.
 pub struct VideoWriter {
     /// `None` once finished.
     encoder: Option<Encoder>,
@@ -69,38 +74,6 @@ pub struct VideoWriter {
     frames: usize,
 }
 
-/// The encoding thread and the queue that feeds it.
-struct Encoder {
-    queue: SyncSender<Frame>,
-    /// Gives the sink back once the queue is closed and drained, or the first write error (the
-    /// sink then dropped, which removes its partial output).
-    thread: JoinHandle<Result<Box<dyn FrameSink>, VideoError>>,
-}
-
-/// Frames waiting for the encoder at most: a few chunks of the decoder.
-const QUEUED_FRAMES: usize = 8;
-
-impl Encoder {
-    fn start(mut sink: Box<dyn FrameSink>) -> Self {
-        let (queue, frames) = sync_channel::<Frame>(QUEUED_FRAMES);
-        let thread = std::thread::spawn(move || {
-            for frame in frames {
-                sink.write(&frame)?;
-            }
-            Ok(sink)
-        });
-        Self { queue, thread }
-    }
-
-    /// Closes the queue and waits for the encoder to write what it holds (into `path`).
-    fn drain(self, path: &Path) -> Result<Box<dyn FrameSink>, VideoError> {
-        drop(self.queue);
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err(VideoError::write(path, "the encoding thread panicked")))
-    }
-}
-
 impl VideoWriter {
     /// Opens `path` for `width x height` frames at `fps`: `.mp4`, `.gif`, `.y4m`, or a folder
     /// of PNG frames for a path ending in `/` or without extension.
@@ -109,14 +82,14 @@ impl VideoWriter {
         if width == 0 || height == 0 {
             return Err(VideoError::EmptyFrame { width, height });
         }
-        let sink: Box<dyn FrameSink> = match format {
+        let encoder = match format {
             VideoFormat::Mp4 => open_mp4(path, width, height, fps)?,
-            VideoFormat::Gif => Box::new(GifSink::create(path, width, height, fps)?),
-            VideoFormat::Y4m => Box::new(Y4mSink::create(path, width, height, fps)?),
-            VideoFormat::PngFolder => Box::new(PngFolderSink::create(path)?),
+            VideoFormat::Gif => Encoder::start(GifSink::create(path, width, height, fps)?),
+            VideoFormat::Y4m => Encoder::start(Y4mSink::create(path, width, height, fps)?),
+            VideoFormat::PngFolder => Encoder::start(PngFolderSink::create(path)?),
         };
         Ok(Self {
-            encoder: Some(Encoder::start(sink)),
+            encoder: Some(encoder),
             path: path.to_path_buf(),
             width,
             height,
@@ -139,13 +112,13 @@ impl VideoWriter {
                 got: (frame.width(), frame.height()),
             });
         }
-        let Some(encoder) = &self.encoder else {
+        let Some(encoder) = &mut self.encoder else {
             return Err(VideoError::write(
                 &self.path,
                 "the video is already finished",
             ));
         };
-        if encoder.queue.send(frame).is_err() {
+        if !encoder.send(frame) {
             // the encoder stopped on an error: report it
             let encoder = self.encoder.take().expect("checked above");
             return Err(match encoder.drain(&self.path) {
@@ -179,7 +152,7 @@ impl VideoWriter {
                 "the video is already finished",
             ));
         };
-        let encoding = encoder.drain(&self.path)?.finish()?;
+        let encoding = encoder.drain(&self.path)?()?;
         Ok(WrittenVideo {
             path: self.path.clone(),
             frames: self.frames,
@@ -210,13 +183,8 @@ impl pipelines::t2v::FrameSink for VideoWriter {
 }
 
 #[cfg(feature = "ffmpeg")]
-fn open_mp4(
-    path: &Path,
-    width: u32,
-    height: u32,
-    fps: FrameRate,
-) -> Result<Box<dyn FrameSink>, VideoError> {
-    Ok(Box::new(super::mp4::Mp4Sink::create(
+fn open_mp4(path: &Path, width: u32, height: u32, fps: FrameRate) -> Result<Encoder, VideoError> {
+    Ok(Encoder::start(super::mp4::Mp4Sink::create(
         path, width, height, fps,
     )?))
 }
@@ -227,7 +195,7 @@ fn open_mp4(
     _width: u32,
     _height: u32,
     _fps: FrameRate,
-) -> Result<Box<dyn FrameSink>, VideoError> {
+) -> Result<Encoder, VideoError> {
     Err(VideoError::NoFfmpeg(path.to_path_buf()))
 }
 

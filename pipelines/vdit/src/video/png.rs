@@ -5,8 +5,13 @@
 use super::output::FrameSink;
 use super::partial::PartialOutput;
 use super::{Frame, VideoError};
-use image::ExtendedColorType;
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::{ExtendedColorType, ImageEncoder};
 use std::path::{Path, PathBuf};
+
+/// Deflate effort: the `image` crate's default, a fast deflate that favours writing speed over
+/// file size.
+const COMPRESSION: CompressionType = CompressionType::Fast;
 
 /// Writes frames as numbered PNG files in a folder.
 pub(crate) struct PngFolderSink {
@@ -34,24 +39,36 @@ impl PngFolderSink {
 }
 
 impl FrameSink for PngFolderSink {
-    fn write(&mut self, frame: &Frame) -> Result<(), VideoError> {
+    /// The PNG file's bytes.
+    type Prepared = Vec<u8>;
+
+    fn preparer(&self) -> impl Fn(Frame) -> Result<Vec<u8>, VideoError> + Send + 'static {
+        let target = self.partial.target().to_path_buf();
+        move |frame| {
+            let mut bytes = Vec::new();
+            PngEncoder::new_with_quality(&mut bytes, COMPRESSION, FilterType::Adaptive)
+                .write_image(
+                    frame.rgb(),
+                    frame.width(),
+                    frame.height(),
+                    ExtendedColorType::Rgb8,
+                )
+                .map_err(|e| VideoError::write(&target, e))?;
+            Ok(bytes)
+        }
+    }
+
+    fn write(&mut self, png: Vec<u8>) -> Result<(), VideoError> {
         let file = self
             .partial
             .temp()
             .join(format!("frame_{:05}.png", self.frames));
-        image::save_buffer(
-            &file,
-            frame.rgb(),
-            frame.width(),
-            frame.height(),
-            ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| VideoError::write(self.partial.target(), e))?;
+        std::fs::write(file, png).map_err(|e| VideoError::write(self.partial.target(), e))?;
         self.frames += 1;
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<String, VideoError> {
+    fn finish(self) -> Result<String, VideoError> {
         let target = self.partial.target();
         if target.is_dir() {
             // Checked empty at creation; rename cannot replace a folder on every platform.

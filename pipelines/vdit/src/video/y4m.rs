@@ -51,8 +51,14 @@ impl Y4mSink {
 }
 
 impl FrameSink for Y4mSink {
-    fn write(&mut self, frame: &Frame) -> Result<(), VideoError> {
-        let planes = rgb_to_yuv(frame, Chroma::Full);
+    /// The frame's Y'CbCr planes.
+    type Prepared = YuvPlanes;
+
+    fn preparer(&self) -> impl Fn(Frame) -> Result<YuvPlanes, VideoError> + Send + 'static {
+        |frame| Ok(rgb_to_yuv(&frame, Chroma::Full))
+    }
+
+    fn write(&mut self, planes: YuvPlanes) -> Result<(), VideoError> {
         self.put(b"FRAME\n")?;
         for plane in [&planes.y, &planes.cb, &planes.cr] {
             self.put(plane)?;
@@ -60,8 +66,8 @@ impl FrameSink for Y4mSink {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<String, VideoError> {
-        let Self { file, partial } = *self;
+    fn finish(self) -> Result<String, VideoError> {
+        let Self { file, partial } = self;
         let target = partial.target().to_path_buf();
         let file = file
             .into_inner()

@@ -69,30 +69,21 @@ pub(crate) fn rgb_to_yuv(frame: &Frame, chroma: Chroma) -> YuvPlanes {
     }
 }
 
-/// 4:4:4: every pixel its own samples, converted in bands of rows on all cores.
+/// 4:4:4: every pixel its own samples. (Frames are converted on several threads at once, see
+/// [`super::encoder`].)
 fn rgb_to_yuv444(frame: &Frame) -> YuvPlanes {
-    let (w, h) = (frame.width() as usize, frame.height() as usize);
-    let (mut y, mut cb, mut cr) = (vec![0u8; w * h], vec![0u8; w * h], vec![0u8; w * h]);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let band = h.div_ceil(threads.max(1)).max(1) * w;
-    std::thread::scope(|scope| {
-        let planes = y
-            .chunks_mut(band)
-            .zip(cb.chunks_mut(band))
-            .zip(cr.chunks_mut(band))
-            .zip(frame.rgb().chunks(band * 3));
-        for (((y, cb), cr), rgb) in planes {
-            scope.spawn(move || {
-                for (i, pixel) in rgb.chunks_exact(3).enumerate() {
-                    let (luma, pb, pr) =
-                        components([pixel[0], pixel[1], pixel[2]].map(|v| f32::from(v) / 255.0));
-                    y[i] = quantize(16.0 + 219.0 * luma);
-                    cb[i] = quantize(128.0 + 224.0 * pb);
-                    cr[i] = quantize(128.0 + 224.0 * pr);
-                }
-            });
-        }
-    });
+    let pixels = frame.rgb().len() / 3;
+    let (mut y, mut cb, mut cr) = (
+        Vec::with_capacity(pixels),
+        Vec::with_capacity(pixels),
+        Vec::with_capacity(pixels),
+    );
+    for rgb in frame.rgb().chunks_exact(3) {
+        let (luma, pb, pr) = components([rgb[0], rgb[1], rgb[2]].map(|v| f32::from(v) / 255.0));
+        y.push(quantize(16.0 + 219.0 * luma));
+        cb.push(quantize(128.0 + 224.0 * pb));
+        cr.push(quantize(128.0 + 224.0 * pr));
+    }
     YuvPlanes { y, cb, cr }
 }
 
