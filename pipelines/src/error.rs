@@ -59,6 +59,9 @@ pub enum Error {
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// The work was asked to stop (Ctrl-C) and stopped between two units of work.
+    #[error("interrupted")]
+    Interrupted,
     /// An error with what was being done when it happened.
     #[error("{context}: {source}")]
     Context {
@@ -80,6 +83,15 @@ impl Error {
             Self::Settings(_) | Self::Usage(_) => true,
             Self::Attention(e) => e.is_usage(),
             Self::Context { source, .. } => source.is_usage(),
+            _ => false,
+        }
+    }
+
+    /// True when the work stopped because it was asked to ([`Error::Interrupted`]).
+    pub fn is_interrupted(&self) -> bool {
+        match self {
+            Self::Interrupted => true,
+            Self::Context { source, .. } => source.is_interrupted(),
             _ => false,
         }
     }

@@ -1,13 +1,15 @@
 //! What the model crates share, below all of them: checkpoint loading ([`weights`]), the
 //! latent token grid ([`TokenGrid`]), the place of a forward pass in the sampling loop
-//! ([`Step`]), error measures ([`metrics`]), peak GPU memory ([`memory`]) and, with the `cuda` feature, the helpers that
-//! launch the engine's CUDA kernels on candle's storage ([`cuda`]).
+//! ([`Step`]), error measures ([`metrics`]), peak GPU memory ([`memory`]), safe output files
+//! ([`output`]) and, with the `cuda` feature, the helpers that launch the engine's CUDA kernels
+//! on candle's storage ([`cuda`]).
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod grid;
 pub mod memory;
 pub mod metrics;
+pub mod output;
 mod step;
 pub mod weights;
 

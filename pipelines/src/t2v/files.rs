@@ -1,12 +1,12 @@
 //! Small files a generation reads and writes: named tensors in safetensors files, and outputs
-//! written under a temporary name (`.NAME.partial`) then renamed, so that a file at its final
-//! name is always complete.
+//! written under a temporary name unique to the process ([`vdit_core::output::temp_path`]) then
+//! renamed, so that a file at its final name is always complete.
 
 use crate::error::{fail, ResultExt};
 use crate::Result;
 use candle_core::{safetensors, Device, Tensor};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The tensor `name` of the safetensors file `path`, on the CPU.
 pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
@@ -27,15 +27,6 @@ pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
     }
 }
 
-/// The temporary name of `target`: `.NAME.partial` in the same folder.
-pub fn partial_path(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!(".{name}.partial"))
-}
-
 /// Checks that the folder `target` will be written in exists.
 pub fn check_parent(target: &Path) -> Result<()> {
     match target.parent() {
@@ -53,7 +44,8 @@ pub fn check_parent(target: &Path) -> Result<()> {
 /// renamed into place; on failure the temporary file is removed.
 pub fn write_atomically(target: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     check_parent(target)?;
-    let temp = partial_path(target);
+    vdit_core::output::remove_stale_temps(target);
+    let temp = vdit_core::output::temp_path(target);
     let result = write(&temp).and_then(|()| {
         std::fs::rename(&temp, target).with_context(|| format!("cannot write {}", target.display()))
     });

@@ -23,12 +23,13 @@ mod pipeline;
 mod progress;
 mod prompts;
 mod record;
+mod resume;
 mod settings;
 mod sink;
 
 pub use attention::{check_schedule, token_grid};
 pub use context::{Loaded, ModelContext};
-pub use files::{check_parent, partial_path, read_tensor, save_tensor, save_text};
+pub use files::{check_parent, read_tensor, save_tensor, save_text};
 pub use model::{
     default_model_folder, Component, Located, ModelPaths, ModelSpec, DEFAULT_MODEL_ENV,
 };
@@ -36,6 +37,7 @@ pub use pipeline::{Denoiser, Job, NoiseSource, Outcome, TextToVideo, Timings};
 pub use progress::{Progress, Silent, Stage};
 pub use prompts::{trim_padding, Conditioning, PromptCache, PromptInput};
 pub use record::{device_name, layout_name, record_path, ModelIdentity, Record};
+pub use resume::{output_bytes, output_state, OutputState};
 pub use settings::{
     Sampler, SettingOverrides, Settings, SettingsError, Size, SIZE_MULTIPLE, VAE_SPATIAL,
     VAE_TEMPORAL,

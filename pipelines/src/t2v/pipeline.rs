@@ -6,7 +6,7 @@ use crate::schedulers::{build_scheduler, SchedulerConfig};
 use crate::t2v::files::{read_tensor, save_tensor};
 use crate::t2v::model::{Component, ModelPaths};
 use crate::t2v::noise::seeded_noise;
-use crate::t2v::progress::{Progress, Stage};
+use crate::t2v::progress::{unit_done, Progress, Stage};
 use crate::t2v::prompts::{Conditioning, PromptInput};
 use crate::t2v::settings::Settings;
 use crate::t2v::sink::FrameSink;
@@ -149,7 +149,7 @@ impl Denoiser {
             latents = scheduler.step(&velocity, index, &latents)?;
             device.synchronize()?;
             step_seconds.push(started.elapsed().as_secs_f64());
-            progress.advance();
+            unit_done(progress)?;
         }
         progress.end();
         Ok((latents, step_seconds))
@@ -287,6 +287,7 @@ impl TextToVideo {
         progress.begin(Stage::Decoding, z.dim(2)?);
         let mut writing = 0.0;
         let mut sink_error = None;
+        let mut interrupted = false;
         let decoded = self
             .vae
             .decode_streaming(&z, &DecodeOptions::default(), &mut |chunk| {
@@ -298,12 +299,16 @@ impl TextToVideo {
                     sink_error = Some(e);
                     candle_core::Error::Msg(message)
                 })?;
-                progress.advance();
+                if unit_done(progress).is_err() {
+                    interrupted = true;
+                    return Err("interrupted".into());
+                }
                 Ok(())
             });
         progress.end();
         match (decoded, sink_error) {
             (_, Some(e)) => Err(Error::Sink(e)),
+            (Err(_), None) if interrupted => Err(Error::Interrupted),
             (Err(e), None) => Err(e.into()),
             (Ok(()), None) => Ok(writing),
         }

@@ -26,7 +26,8 @@ impl fmt::Display for Stage {
     }
 }
 
-/// Receives progress; every method does nothing unless implemented.
+/// Receives progress, and may ask the work to stop; every method does nothing (and never asks
+/// to stop) unless implemented.
 pub trait Progress {
     /// A stage starts with `total` units of work (0: unknown).
     fn begin(&mut self, _stage: Stage, _total: usize) {}
@@ -34,6 +35,22 @@ pub trait Progress {
     fn advance(&mut self) {}
     /// The current stage is over.
     fn end(&mut self) {}
+    /// True when the work should stop at the next safe point (after a unit of work), as after
+    /// Ctrl-C; the pipeline then returns [`crate::Error::Interrupted`].
+    fn stop_requested(&self) -> bool {
+        false
+    }
+}
+
+/// Marks one unit of work done, then stops with [`crate::Error::Interrupted`] if `progress`
+/// asks to.
+pub(crate) fn unit_done(progress: &mut dyn Progress) -> crate::Result<()> {
+    progress.advance();
+    if progress.stop_requested() {
+        progress.end();
+        return Err(crate::Error::Interrupted);
+    }
+    Ok(())
 }
 
 /// Progress that is not shown.

@@ -3,7 +3,7 @@
 
 use crate::error::{fail, ResultExt};
 use crate::t2v::files::read_tensor;
-use crate::t2v::progress::{Progress, Stage};
+use crate::t2v::progress::{unit_done, Progress, Stage};
 use crate::{Error, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
@@ -205,7 +205,7 @@ impl PromptCache {
                 .to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?;
             cache.insert(text, rows, started.elapsed().as_secs_f64());
-            progress.advance();
+            unit_done(progress)?;
         }
         progress.end();
         Ok(cache)

@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 pub struct Record {
     /// vdit's version.
     pub vdit_version: &'static str,
+    /// The job's fingerprint ([`Job::fingerprint`]): a re-run skips the job only while it is
+    /// unchanged and the video still has the size in `output.bytes`.
+    pub fingerprint: String,
     /// The video written.
     pub output: Value,
     /// Prompt and negative prompt (texts or embedding files).
@@ -43,7 +46,7 @@ pub struct Record {
 
 impl Record {
     /// The record of `job`, run by `model` as `outcome`, written to the video `output` describes
-    /// (its path, frames, size, frame rate and encoding).
+    /// (its path, bytes, frames, size, frame rate and encoding).
     pub fn new(job: &Job, outcome: &Outcome, model: &ModelIdentity, output: Value) -> Self {
         let (seed, latents_file) = match &job.noise {
             NoiseSource::Seed(seed) => (Some(*seed), None),
@@ -58,13 +61,14 @@ impl Record {
         } = outcome.timings;
         Self {
             vdit_version: env!("CARGO_PKG_VERSION"),
+            fingerprint: job.fingerprint(&model.paths),
             output,
             prompts: job.prompts.clone(),
             seed,
             latents_file,
             saved_latents: job.save_latents.clone(),
             settings: job.settings.clone(),
-            model: model.0.clone(),
+            model: model.json.clone(),
             attention: json!({
                 "method": job.schedule.default.name(),
                 "calibration_file": job.schedule.default.calibration_file(),
@@ -103,9 +107,12 @@ pub fn record_path(output: &Path) -> PathBuf {
     PathBuf::from(format!("{trimmed}.json"))
 }
 
-/// The identity of a loaded model as JSON, computed once per load.
+/// The identity of a loaded model as JSON, computed once per load, and where its parts are.
 #[derive(Clone, Debug)]
-pub struct ModelIdentity(Value);
+pub struct ModelIdentity {
+    json: Value,
+    paths: ModelPaths,
+}
 
 impl ModelIdentity {
     /// Paths, key layout and configuration of the transformer, the VAE's configuration, the
@@ -118,7 +125,7 @@ impl ModelIdentity {
             Located::Found(p) => Some(p.clone()),
             Located::Missing(_) => None,
         };
-        Self(json!({
+        let json = json!({
             "folder": paths.folder,
             "transformer": {
                 "path": model.denoiser.path(),
@@ -144,7 +151,11 @@ impl ModelIdentity {
             "generation_config": paths.generation_config,
             "dtype": format!("{dtype:?}").to_lowercase(),
             "device": device_name(device),
-        }))
+        });
+        Self {
+            json,
+            paths: paths.clone(),
+        }
     }
 }
 

@@ -50,12 +50,17 @@ def vae(out_dir):
     if not ours:
         return
     print()
-    print(f"| VAE decode ({ours['width']}x{ours['height']}x{ours['frames']}) | s | vs diffusers bf16 | peak GiB |")
-    print("| --- | --- | --- | --- |")
+    print(f"| VAE ({ours['width']}x{ours['height']}x{ours['frames']}) | decode s | vs diffusers bf16 | peak GiB |"
+          " encode s | vs diffusers bf16 | peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in [ours] + ([theirs] if theirs else []):
         ratio = f"{r['s'] / theirs['s']:.2f}x" if theirs else "-"
-        print(f"| {r['impl']} | {r['s']:.3f} | {ratio} | {r['peak_gib']:.2f} |")
-    print("target: vdit decode <= 1.0x diffusers' bf16 decode, peak memory no higher")
+        enc = r.get("encode_s")
+        enc_ratio = f"{enc / theirs['encode_s']:.2f}x" if enc and theirs and theirs.get("encode_s") else "-"
+        enc_peak = f"{r['encode_peak_gib']:.2f}" if r.get("encode_peak_gib") is not None else "-"
+        encode = f" {enc:.3f} | {enc_ratio} | {enc_peak} |" if enc else " - | - | - |"
+        print(f"| {r['impl'].replace(' decode', '')} | {r['s']:.3f} | {ratio} | {r['peak_gib']:.2f} |" + encode)
+    print("target: vdit decode and encode <= 1.0x diffusers' bf16 times, peak memory no higher")
 
 
 def e2e(out_dir, steps=50):

@@ -1,4 +1,4 @@
-"""Times diffusers' AutoencoderKLWan decode (Wan 2.1 VAE, default config, random weights) on the
+"""Times diffusers' AutoencoderKLWan decode and encode (Wan 2.1 VAE, default config, random weights) on the
 same GPU as `vdit bench vae`, and optionally PyTorch's conv3d (cuDNN) on the decoder's shapes in
 both memory layouts, to place the VAE's convolutions against what cuDNN reaches.
 
@@ -67,6 +67,13 @@ def main():
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "frames": a.frames,
            "height": a.height, "width": a.width, "torch": torch.__version__,
            "cudnn": torch.backends.cudnn.version()}
+    video = torch.rand(1, 3, a.frames, a.height, a.width, device="cuda", dtype=dtype) * 2 - 1
+    del z
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        row["encode_s"] = timed(lambda: vae.encode(video).latent_dist.mode(), runs=2)
+    row["encode_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(row), flush=True)
     if a.convs:
         row["convs"] = conv_rows(dtype)

@@ -3,18 +3,26 @@
 
 use crate::video::{FrameRate, VideoWriter, WrittenVideo};
 use anyhow::Result;
-use pipelines::t2v::{record_path, Job, Loaded, Outcome, Progress, PromptCache, Record};
+use pipelines::t2v::{
+    output_bytes, record_path, Job, Loaded, Outcome, Progress, PromptCache, Record,
+};
 use std::path::Path;
 use std::time::Instant;
 
-/// Opens the video writer of `job` at `output` (a temporary name until the video is complete).
-pub fn open_writer(job: &Job, output: &Path) -> Result<VideoWriter> {
+/// Opens the video writer of `job` at `output` (a temporary name until the video is complete);
+/// an existing file there is refused unless `overwrite`, and then replaced only once the new
+/// video is complete.
+pub fn open_writer(job: &Job, output: &Path, overwrite: bool) -> Result<VideoWriter> {
     let size = job.settings.size;
-    Ok(VideoWriter::open(
+    let (Ok(width), Ok(height)) = (u32::try_from(size.width), u32::try_from(size.height)) else {
+        anyhow::bail!("video size {size} is too large to write");
+    };
+    Ok(VideoWriter::open_with(
         output,
-        size.width as u32,
-        size.height as u32,
+        width,
+        height,
         FrameRate::new(job.settings.fps, 1)?,
+        overwrite,
     )?)
 }
 
@@ -33,6 +41,7 @@ pub fn render(
     outcome.timings.writing_s += finishing.elapsed().as_secs_f64();
     let described = serde_json::json!({
         "path": video.path,
+        "bytes": output_bytes(output)?,
         "frames": video.frames,
         "width": video.width,
         "height": video.height,

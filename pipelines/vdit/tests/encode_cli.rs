@@ -18,11 +18,12 @@ fn vdit(args: &[&Path]) -> Output {
         .expect("vdit runs")
 }
 
+/// `vdit encode ARGS --fps FPS --overwrite`.
 fn vdit_with_fps(args: &[&Path], fps: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vdit"))
         .arg("encode")
         .args(args)
-        .args(["--fps", fps])
+        .args(["--fps", fps, "--overwrite"])
         .output()
         .expect("vdit runs")
 }
@@ -158,6 +159,11 @@ mod with_ffmpeg {
         println!("encode from Y4M: PSNR {quality:.2} dB");
         assert!(quality >= 30.0, "PSNR {quality:.2} dB");
 
+        // An existing output is replaced only when asked.
+        let first = std::fs::read(&mp4).unwrap();
+        let refused = one_line_error(vdit(&[&y4m, &mp4]));
+        assert!(refused.contains("--overwrite"), "{refused}");
+        assert_eq!(std::fs::read(&mp4).unwrap(), first);
         encoded(&y4m, &mp4, Some("30000/1001"));
         let back = read_video(&mp4).unwrap();
         assert_eq!(

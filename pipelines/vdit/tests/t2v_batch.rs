@@ -152,7 +152,7 @@ fn a_killed_batch_resumes() {
         .spawn()
         .unwrap();
     let first_done = out.join("job-0001.y4m.json");
-    let second_started = out.join(".job-0002.y4m.partial");
+    let second_started = out.join(format!(".job-0002.y4m.vdit-{}.partial", child.id()));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !(first_done.is_file() && second_started.is_file()) {
         assert!(

@@ -82,7 +82,8 @@ fn size_change_is_refused_and_nothing_is_left_behind() {
         );
         // The writer stays usable after refusing a frame, and its output is still partial.
         writer.push(&good[1]).unwrap();
-        assert_eq!(names_in(dir.path()), [format!(".{name}.partial")]);
+        let temp = format!(".{name}.vdit-{}.partial", std::process::id());
+        assert_eq!(names_in(dir.path()), [temp]);
         drop(writer);
         assert!(
             names_in(dir.path()).is_empty(),
@@ -105,11 +106,17 @@ fn finishing_without_frames_fails_cleanly() {
 
 #[test]
 fn failed_write_keeps_the_previous_output() {
-    // An earlier complete video is replaced only by a complete one.
+    // An existing file is refused unless replacing is asked for, and then replaced only by a
+    // complete video.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keep.y4m");
     std::fs::write(&path, b"previous").unwrap();
-    let mut writer = VideoWriter::open(&path, 16, 12, fps16()).unwrap();
+    let err = open_error(&path, 16, 12);
+    assert!(
+        err.contains("already exists") && err.contains("--overwrite"),
+        "{err}"
+    );
+    let mut writer = VideoWriter::open_with(&path, 16, 12, fps16(), true).unwrap();
     writer.push(&gradient_video(1, 16, 12)[0]).unwrap();
     drop(writer);
     assert_eq!(std::fs::read(&path).unwrap(), b"previous");

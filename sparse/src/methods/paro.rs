@@ -169,9 +169,15 @@ impl ParoCalibration {
             ("block".to_string(), self.block.to_string()),
             ("density".to_string(), self.density.to_string()),
         ]);
-        let tmp = path.with_extension("safetensors.partial");
-        serialize_to_file(views, Some(meta), &tmp).map_err(|e| fail(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))
+        vdit_core::output::remove_stale_temps(path);
+        let tmp = vdit_core::output::temp_path(path);
+        let written = serialize_to_file(views, Some(meta), &tmp)
+            .map_err(|e| fail(e.to_string()))
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string())));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Reads a calibration written by [`ParoCalibration::save`].

@@ -217,7 +217,7 @@ pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &P
     )?;
     candle_core::safetensors::save(&masks, out_dir.join("masks.safetensors"))?;
     for row in report["results"].as_array().into_iter().flatten() {
-        println!("{row}");
+        say!("{row}");
     }
     Ok(())
 }

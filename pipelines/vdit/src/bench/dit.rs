@@ -76,7 +76,7 @@ pub fn run(
         })?;
         let peak = peak_bytes(device)?.map(gib);
         let row = json!({"attention": name, "ms": ms, "peak_gib": peak, "frames": frames, "height": height, "width": width, "layers": cfg.num_layers});
-        println!("{row}");
+        say!("{row}");
         rows.push(row);
         Ok(())
     };
@@ -317,7 +317,7 @@ pub fn breakdown(
         1,
     ));
     for row in &rows {
-        println!("{row}");
+        say!("{row}");
     }
     Ok(rows)
 }

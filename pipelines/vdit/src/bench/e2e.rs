@@ -10,8 +10,8 @@ use crate::render::{open_writer, render};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use pipelines::t2v::{
-    read_tensor, Job, Loaded, ModelContext, ModelSpec, NoiseSource, PromptCache, PromptInput,
-    SettingOverrides, Silent,
+    output_state, read_tensor, Job, Loaded, ModelContext, ModelSpec, NoiseSource, OutputState,
+    PromptCache, PromptInput, SettingOverrides, Silent,
 };
 use serde_json::json;
 use sparse::{MethodSpec, Registry};
@@ -76,7 +76,11 @@ pub fn run(
             Some(latents.clone()),
         )?;
         let video = out.join(format!("e2e-{i}-{name}.y4m"));
-        let writer = open_writer(&job, &video)?;
+        // A benchmark's own outputs from an earlier run are replaced; anything else is refused.
+        if let OutputState::Foreign(reason) = output_state(&video, "") {
+            anyhow::bail!(reason);
+        }
+        let writer = open_writer(&job, &video, true)?;
         let (outcome, _) = render(
             &loaded,
             &job,
@@ -106,7 +110,7 @@ pub fn run(
             "peak_gib": outcome.peak_gpu_bytes.map(gib),
             "rel_l2_vs_diffusers": l2,
         });
-        println!("{row}");
+        say!("{row}");
         rows.push(row);
     }
     Ok(rows)

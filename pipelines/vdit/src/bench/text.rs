@@ -89,7 +89,7 @@ pub fn run(
         "held_before_gib": before.map(gib),
         "held_after_drop_gib": after.map(gib),
     });
-    println!(
+    say!(
         "UMT5-XXL ({dtype:?}): load {load_s:.2} s, first encode {first_s:.3} s, encode of 2 \
          texts x {WAN_TEXT_LEN} tokens {:.3} s, peak {}, held after drop {}",
         median(&times).unwrap_or(f64::NAN),

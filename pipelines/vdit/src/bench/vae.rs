@@ -1,5 +1,6 @@
 //! `vdit bench vae`: decoding random latents with a full-size Wan 2.1 VAE (random weights), the
-//! decode timed whole and per latent frame, with its peak memory. Compare with
+//! decode timed whole and per latent frame, with its peak memory; then encoding a random video
+//! of the same size. Compare with
 //! `pipelines/vdit/bench/vae_diffusers.py` run on the same machine.
 
 use super::median;
@@ -64,7 +65,10 @@ pub fn run(
         "peak_gib": peak,
         "frames": frames, "height": height, "width": width,
     });
-    println!("{row}");
+    let (encode_s, encode_peak) = time_encode(&vae, device, dtype, (frames, height, width), runs)?;
+    row["encode_s"] = json!(encode_s);
+    row["encode_peak_gib"] = json!(encode_peak);
+    say!("{row}");
     if parts {
         let (total, parts) = vae::profile::record(|| decode(&mut Vec::new()));
         row["parts"] = parts_table(total?, &parts);
@@ -72,18 +76,42 @@ pub fn run(
     Ok(row)
 }
 
+/// Median seconds of encoding a random `[1, 3, frames, height, width]` video `runs` times after
+/// one warm-up, and the peak memory of those encodes in GiB.
+fn time_encode(
+    vae: &WanVae,
+    device: &Device,
+    dtype: DType,
+    (frames, height, width): (usize, usize, usize),
+    runs: usize,
+) -> Result<(f64, Option<f64>)> {
+    let video = Tensor::rand(-1f32, 1.0, (1, 3, frames, height, width), device)?.to_dtype(dtype)?;
+    vae.encode(&video)?;
+    device.synchronize()?;
+    reset_peak(device)?;
+    let mut times = Vec::new();
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        vae.encode(&video)?;
+        device.synchronize()?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    let peak = peak_bytes(device)?.map(gib);
+    Ok((median(&times).expect("at least one run"), peak))
+}
+
 /// Prints the profiled parts, costliest first, and returns them as JSON rows.
 fn parts_table(total: f64, parts: &BTreeMap<String, Part>) -> serde_json::Value {
     let mut rows: Vec<_> = parts.iter().collect();
     rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
     let counted: f64 = rows.iter().map(|(_, p)| p.seconds).sum();
-    println!("profiled decode {total:.3} s, of which the parts below {counted:.3} s");
-    println!("{:>9} {:>6} {:>9}  part", "ms", "calls", "TFLOP/s");
+    say!("profiled decode {total:.3} s, of which the parts below {counted:.3} s");
+    say!("{:>9} {:>6} {:>9}  part", "ms", "calls", "TFLOP/s");
     let mut json_rows = Vec::new();
     for (label, part) in rows {
         let rate = (part.flops > 0.0).then(|| part.flops / part.seconds / 1e12);
         let shown = rate.map_or(String::new(), |r| format!("{r:.0}"));
-        println!(
+        say!(
             "{:>9.1} {:>6} {shown:>9}  {label}",
             part.seconds * 1e3,
             part.calls

@@ -79,11 +79,14 @@ pub fn run(width: u32, height: u32, frames: u32, runs: usize, out: &Path) -> Res
     let result = time_formats(&clip, runs, &folder);
     std::fs::remove_dir_all(&folder)?;
     let rows = result?;
-    println!("| format | s | bytes | encoding |\n| --- | --- | --- | --- |");
+    say!("| format | s | bytes | encoding |\n| --- | --- | --- | --- |");
     for row in &rows {
-        println!(
+        say!(
             "| {} | {:.3} | {} | {} |",
-            row.format, row.seconds, row.bytes, row.encoding
+            row.format,
+            row.seconds,
+            row.bytes,
+            row.encoding
         );
     }
     Ok(rows)

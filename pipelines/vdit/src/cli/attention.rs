@@ -88,7 +88,7 @@ pub fn run(args: AttentionArgs, registry: &Registry) -> Result<()> {
         "grid": [t, h, w], "batch": b, "heads": heads, "tokens": s, "head_dim": d,
         "density": report.overall(), "seconds": seconds,
     });
-    println!("{line}");
+    say!("{line}");
     Ok(())
 }
 

@@ -72,4 +72,8 @@ impl Progress for Bars {
             bar.finish();
         }
     }
+
+    fn stop_requested(&self) -> bool {
+        crate::interrupt::requested()
+    }
 }

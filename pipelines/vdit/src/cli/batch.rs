@@ -9,10 +9,14 @@
 //! Every job is checked first; then the prompts of all jobs to run are encoded and the text
 //! encoder dropped (the embeddings wait on the CPU without their zero padding), then the
 //! transformer and the VAE are loaded once and the jobs run in order. Videos and records are
-//! written under temporary names and renamed when complete, the record last: a job whose video and
-//! record both exist is done and is skipped by a re-run, so a killed batch resumes where it was.
-//! A failing job is reported with its line number and the others go on; the exit code is non-zero
-//! if any failed.
+//! written under temporary names unique to the process and renamed when complete, the record
+//! last. A job is done when its record has the job's fingerprint and its video the size the record
+//! gives ([`pipelines::t2v::output_state`]): a re-run skips it, so a killed batch resumes where it
+//! was, and regenerates a job whose prompt, seed or settings changed. An output no vdit record
+//! describes is never touched: that job fails. Each job is claimed while it runs
+//! ([`vdit_core::output::Claim`]), so batches sharing an output folder never write the same video;
+//! a job another process holds is passed over. A failing job is reported with its line number and
+//! the others go on; the exit code is non-zero if any failed.
 
 use super::bars::Bars;
 use super::options::{ModelArgs, RuntimeArgs, SettingArgs};
@@ -20,8 +24,8 @@ use crate::render::{open_writer, render};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use pipelines::t2v::{
-    record_path, Job, Loaded, ModelContext, NoiseSource, PromptInput, Sampler, SettingOverrides,
-    Size,
+    output_state, Job, Loaded, ModelContext, NoiseSource, OutputState, PromptInput, Sampler,
+    SettingOverrides, Size,
 };
 use serde::Deserialize;
 use sparse::options::OptionValues;
@@ -30,6 +34,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
+use vdit_core::output::{Claim, OutputError};
 
 /// Arguments of `vdit batch`.
 #[derive(Args)]
@@ -224,6 +229,8 @@ struct Ready {
     name: String,
     output: PathBuf,
     job: Job,
+    /// [`Job::fingerprint`] of the job.
+    fingerprint: String,
 }
 
 /// Checks one line into a job; `line` is its number from 1.
@@ -256,26 +263,21 @@ fn plan_line(
         line,
         output: args.format.path(&args.out_dir, &name),
         name,
+        fingerprint: planned.fingerprint(&context.paths),
         job: planned,
     })
 }
 
-/// True when a job's video and record are both in place (each is renamed there only when
-/// complete, the record last).
-fn is_done(output: &Path) -> bool {
-    output.exists() && record_path(output).is_file()
-}
-
-/// Removes the video of a job that did not finish (its record is missing).
-fn remove_unfinished(output: &Path) -> Result<()> {
-    let removed = if output.is_dir() {
-        std::fs::remove_dir_all(output)
-    } else if output.exists() {
-        std::fs::remove_file(output)
-    } else {
-        Ok(())
-    };
-    removed.with_context(|| format!("cannot remove the unfinished {}", output.display()))
+/// What to do with a job given the state of its output: `None` when it is done, else whether
+/// its run replaces a video vdit made for other settings; an error for an output vdit cannot
+/// vouch for.
+fn next_step(ready: &Ready) -> Result<Option<bool>> {
+    match output_state(&ready.output, &ready.fingerprint) {
+        OutputState::Done => Ok(None),
+        OutputState::Free => Ok(Some(false)),
+        OutputState::Changed => Ok(Some(true)),
+        OutputState::Foreign(reason) => bail!(reason),
+    }
 }
 
 /// Failed jobs with their line numbers.
@@ -327,13 +329,21 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
             continue;
         }
         names.push((ready.name.clone(), *line));
-        if is_done(&ready.output) {
-            skipped += 1;
-        } else {
-            pending.push(ready);
+        match next_step(&ready) {
+            Ok(None) => skipped += 1,
+            Ok(Some(replaces)) => {
+                if replaces && !args.quiet {
+                    eprintln!(
+                        "line {line}: the job changed since {} was made; it is made again",
+                        ready.output.display()
+                    );
+                }
+                pending.push(ready);
+            }
+            Err(e) => failures.add(*line, &e),
         }
     }
-    let mut done = 0;
+    let (mut done, mut busy, mut interrupted) = (0, 0, false);
     if !pending.is_empty() {
         let (device, dtype) = args.runtime.open()?;
         let mut bars = Bars::new(args.quiet);
@@ -343,33 +353,69 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
         loaded.kernel = args.runtime.kernel()?;
         let total = pending.len();
         for (i, ready) in pending.iter().enumerate() {
+            if crate::interrupt::requested() {
+                interrupted = true;
+                break;
+            }
             bars.set_prefix(&format!("[{}/{total}] {}", i + 1, ready.name));
-            let result = remove_unfinished(&ready.output)
-                .and_then(|()| open_writer(&ready.job, &ready.output))
-                .and_then(|writer| {
-                    render(
-                        &loaded,
-                        &ready.job,
-                        &encoded,
-                        writer,
-                        &ready.output,
-                        &mut bars,
-                    )
-                });
+            // Held until the record is written; another process's job is passed over.
+            let _claim = match Claim::acquire(&ready.output) {
+                Ok(claim) => claim,
+                Err(e @ OutputError::Busy { .. }) => {
+                    busy += 1;
+                    eprintln!("line {}: {e}; passed over", ready.line);
+                    continue;
+                }
+                Err(e) => {
+                    failures.add(ready.line, &e.into());
+                    continue;
+                }
+            };
+            // Another process may have made it since the jobs were checked.
+            let result = next_step(ready).and_then(|step| {
+                let Some(replaces) = step else {
+                    return Ok(None);
+                };
+                let writer = open_writer(&ready.job, &ready.output, replaces)?;
+                let (_, video) = render(
+                    &loaded,
+                    &ready.job,
+                    &encoded,
+                    writer,
+                    &ready.output,
+                    &mut bars,
+                )?;
+                Ok(Some(video))
+            });
             match result {
-                Ok((_, video)) => {
+                Ok(Some(video)) => {
                     done += 1;
                     if !args.quiet {
                         eprintln!("line {}: {video}", ready.line);
                     }
+                }
+                Ok(None) => skipped += 1,
+                Err(e) if crate::interrupt::caused(&e) => {
+                    interrupted = true;
+                    break;
                 }
                 Err(e) => failures.add(ready.line, &e),
             }
         }
     }
     let failed_lines: Vec<String> = failures.0.iter().map(|(l, _)| l.to_string()).collect();
-    println!(
-        "batch: {done} done, {skipped} skipped, {} failed{} in {:.1} s",
+    let busy_text = if busy > 0 {
+        format!(", {busy} passed over (another process holds them)")
+    } else {
+        String::new()
+    };
+    let stopped = if interrupted {
+        ", interrupted before the rest"
+    } else {
+        ""
+    };
+    say!(
+        "batch: {done} done, {skipped} skipped{busy_text}, {} failed{}{stopped} in {:.1} s",
         failed_lines.len(),
         if failed_lines.is_empty() {
             String::new()
@@ -378,6 +424,9 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
         },
         started.elapsed().as_secs_f64()
     );
+    if interrupted {
+        return Err(crate::interrupt::Interrupted.into());
+    }
     if !failed_lines.is_empty() {
         bail!(
             "{} of {} jobs failed (lines {})",

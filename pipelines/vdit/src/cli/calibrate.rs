@@ -12,6 +12,7 @@ use pipelines::t2v::{
 use sparse::paro::{ParoOptions, ParoRecorder};
 use std::path::PathBuf;
 use std::time::Instant;
+use vdit_core::output::{check_new, Claim};
 
 /// Arguments of `vdit calibrate`.
 #[derive(Args)]
@@ -61,6 +62,9 @@ struct ParoArgs {
     /// Device and dtype.
     #[command(flatten)]
     runtime: RuntimeArgs,
+    /// Replace an existing calibration file (only once the new one is complete).
+    #[arg(long)]
+    overwrite: bool,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -104,6 +108,8 @@ fn paro(args: ParoArgs) -> Result<()> {
         .paths
         .require(&[Component::TextEncoder, Component::Tokenizer])?;
     check_parent(&args.output)?;
+    let _claim = Claim::acquire(&args.output)?;
+    check_new(&args.output, args.overwrite)?;
     let (device, dtype) = args.runtime.open()?;
     let mut bars = Bars::new(args.quiet);
     let texts: Vec<&str> = prompts
@@ -129,7 +135,7 @@ fn paro(args: ParoArgs) -> Result<()> {
     }
     let calibration = recorder.finish()?;
     calibration.save(&args.output)?;
-    println!(
+    say!(
         "{}",
         serde_json::json!({
             "output": args.output,

@@ -19,6 +19,9 @@ pub struct EncodeArgs {
     /// Frame rate, `N` or `N/D`; defaults to the .y4m header's, or 16 for PNG folders.
     #[arg(long)]
     pub fps: Option<FrameRate>,
+    /// Replace an existing output file (only once the new one is complete).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Reads every frame of the input into the output and prints what was written.
@@ -45,11 +48,15 @@ pub fn run(args: EncodeArgs) -> Result<()> {
             );
         };
     let fps = args.fps.unwrap_or(input_fps);
-    let mut writer = VideoWriter::open(&args.output, width, height, fps)?;
+    let _claim = vdit_core::output::Claim::acquire(&args.output)?;
+    let mut writer = VideoWriter::open_with(&args.output, width, height, fps, args.overwrite)?;
     for frame in frames {
+        if crate::interrupt::requested() {
+            return Err(crate::interrupt::Interrupted.into());
+        }
         writer.push(&frame?)?;
     }
-    println!("{}", writer.finish()?);
+    say!("{}", writer.finish()?);
     Ok(())
 }
 

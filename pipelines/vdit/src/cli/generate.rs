@@ -10,6 +10,7 @@ use sparse::{MethodSpec, Registry};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::time::Instant;
+use vdit_core::output::{check_new, Claim};
 
 /// Arguments of `vdit generate`.
 #[derive(Args)]
@@ -57,6 +58,10 @@ pub struct GenerateArgs {
     /// diffusers returns with output_type="latent".
     #[arg(long, value_name = "FILE")]
     pub save_latents: Option<PathBuf>,
+    /// Replace an existing video, record or --save-latents file (each only once its
+    /// replacement is complete; a failed run leaves them as they were).
+    #[arg(long)]
+    pub overwrite: bool,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -102,19 +107,25 @@ pub fn run(args: GenerateArgs, registry: &Registry) -> Result<()> {
         schedule,
         args.save_latents,
     )?;
+    // Held until the record is written: a second run on the same output stops here.
+    let _claim = Claim::acquire(&args.output)?;
+    check_new(&record_path(&args.output), args.overwrite)?;
+    if let Some(latents) = &job.save_latents {
+        check_new(latents, args.overwrite)?;
+    }
     let (device, dtype) = args.runtime.open()?;
-    let writer = open_writer(&job, &args.output)?;
+    let writer = open_writer(&job, &args.output, args.overwrite)?;
     let mut bars = Bars::new(args.quiet);
     let encoded = context.encode(&job.texts(), dtype, &device, &mut bars)?;
     let mut loaded = Loaded::load(&context, dtype, &device, &mut bars)?;
     loaded.kernel = args.runtime.kernel()?;
     let (outcome, video) = render(&loaded, &job, &encoded, writer, &args.output, &mut bars)?;
-    println!("{video}");
+    say!("{video}");
     let seed = match job.noise {
         NoiseSource::Seed(seed) => format!("seed {seed}, "),
         NoiseSource::Latents(_) => String::new(),
     };
-    println!(
+    say!(
         "{}attention {} at density {:.3}, {:.1} s in all; record in {}",
         seed,
         job.schedule.default.name(),

@@ -40,6 +40,6 @@ pub fn run(args: InspectArgs) -> Result<()> {
         "parameters": parameters,
         "vsa_gate": loaded.model.blocks().iter().any(|b| b.has_gate()),
     });
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    say!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

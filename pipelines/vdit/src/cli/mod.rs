@@ -78,6 +78,7 @@ where
         Err(code) => return code,
     };
     let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(&matches);
+    crate::interrupt::install();
     let result = match cli.command {
         Command::Generate(mut args) => {
             args.attention = attention_args::spec(sub, registry, MethodFlag::Attention);
@@ -123,11 +124,13 @@ fn command(registry: &Registry) -> anyhow::Result<clap::Command> {
 }
 
 /// Prints `error` as one line and returns its exit code: 2 when the arguments cannot be used
-/// as given, 1 when the run failed.
+/// as given, 130 when the command was interrupted, 1 when the run failed.
 fn report(error: &anyhow::Error) -> u8 {
     eprintln!("error: {}", error_line(error));
     if is_usage(error) {
         2
+    } else if crate::interrupt::caused(error) {
+        crate::interrupt::EXIT_CODE
     } else {
         1
     }

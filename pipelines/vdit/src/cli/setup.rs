@@ -54,7 +54,7 @@ pub fn run(args: SetupArgs) -> Result<()> {
             anyhow::bail!("compiling candle's kernel modules {group:?} for GPU {gpu_id} failed ({status}); run `vdit compile-kernels --ordinal {gpu_id} {}` to see why", group.join(" "))
         }
     }
-    println!(
+    say!(
         "compiled candle's CUDA kernels for GPU {gpu_id} in {:.1} s; the driver keeps them in its cache",
         started.elapsed().as_secs_f64()
     );

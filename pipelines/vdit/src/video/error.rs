@@ -26,6 +26,9 @@ pub enum VideoError {
         /// Its extension.
         extension: String,
     },
+    /// The output is taken (it exists, or another process is writing it).
+    #[error(transparent)]
+    Output(#[from] vdit_core::output::OutputError),
     /// MP4 was asked of a build without FFmpeg.
     #[error(
         "cannot write {0}: this vdit was built without FFmpeg, so it cannot write MP4; write \

@@ -76,9 +76,27 @@ pub struct VideoWriter {
 
 impl VideoWriter {
     /// Opens `path` for `width x height` frames at `fps`: `.mp4`, `.gif`, `.y4m`, or a folder
-    /// of PNG frames for a path ending in `/` or without extension.
+    /// of PNG frames for a path ending in `/` or without extension. A file or a folder with
+    /// anything in it at `path` is refused (see [`VideoWriter::open_with`]).
     pub fn open(path: &Path, width: u32, height: u32, fps: FrameRate) -> Result<Self, VideoError> {
+        Self::open_with(path, width, height, fps, false)
+    }
+
+    /// As [`VideoWriter::open`]; with `overwrite` an existing file at `path` is replaced, but
+    /// only when the new video is complete (a failed run leaves it as it was). Frame folders
+    /// with files in them are never replaced.
+    pub fn open_with(
+        path: &Path,
+        width: u32,
+        height: u32,
+        fps: FrameRate,
+        overwrite: bool,
+    ) -> Result<Self, VideoError> {
         let format = VideoFormat::from_path(path)?;
+        if format != VideoFormat::PngFolder {
+            // A frame folder checks for itself that it is empty.
+            vdit_core::output::check_new(path, overwrite)?;
+        }
         if width == 0 || height == 0 {
             return Err(VideoError::EmptyFrame { width, height });
         }

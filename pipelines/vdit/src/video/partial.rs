@@ -1,6 +1,7 @@
-//! Outputs that appear whole or not at all: writers fill a temporary name next to the target
-//! (`.NAME.partial`, a file or a folder) and rename it into place when complete; anything left
-//! at the temporary name when the guard is dropped is removed.
+//! Outputs that appear whole or not at all: writers fill a temporary name next to the target,
+//! unique to the process (`.NAME.vdit-PID.partial`, a file or a folder, see
+//! [`vdit_core::output`]), and rename it into place when complete; anything left at the temporary
+//! name when the guard is dropped is removed.
 
 use super::VideoError;
 use std::path::{Path, PathBuf};
@@ -13,8 +14,8 @@ pub(crate) struct PartialOutput {
 }
 
 impl PartialOutput {
-    /// Reserves the temporary name for `target`, whose folder must exist; a stale temporary from
-    /// an earlier interrupted run is removed.
+    /// Reserves this process's temporary name for `target`, whose folder must exist;
+    /// temporaries of `target` left by processes that have ended are removed.
     pub(crate) fn new(target: &Path) -> Result<Self, VideoError> {
         let folder = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -26,15 +27,16 @@ impl PartialOutput {
                 folder,
             });
         }
-        let name = target
-            .file_name()
-            .ok_or_else(|| VideoError::write(target, "the path names no file or folder"))?;
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(".partial");
+        if target.file_name().is_none() {
+            return Err(VideoError::write(
+                target,
+                "the path names no file or folder",
+            ));
+        }
+        vdit_core::output::remove_stale_temps(target);
         let partial = Self {
             target: target.to_path_buf(),
-            temp: folder.join(temp_name),
+            temp: vdit_core::output::temp_path(target),
             committed: false,
         };
         partial.remove_temp();
