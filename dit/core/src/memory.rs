@@ -50,6 +50,33 @@ pub fn used_bytes(device: &Device) -> Result<Option<u64>> {
     }
 }
 
+/// Bytes a new allocation could get on `device` now: free GPU memory on CUDA, the kernel's
+/// `MemAvailable` on Linux for the CPU; `None` where this is not known.
+pub fn available_bytes(device: &Device) -> Result<Option<u64>> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => {
+            let (free, _total) = cuda
+                .cuda_stream()
+                .context()
+                .mem_get_info()
+                .map_err(candle_core::Error::wrap)?;
+            Ok(Some(free as u64))
+        }
+        Device::Cpu => Ok(std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| mem_available(&text))),
+        _ => Ok(None),
+    }
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// One byte count of `device`'s pool, after synchronising (`None` off CUDA).
 #[cfg(feature = "cuda")]
 fn pool_bytes(device: &Device, attribute: Attr) -> Result<Option<u64>> {
@@ -80,4 +107,16 @@ fn pool(device: &Device) -> Result<candle_core::cuda_backend::cudarc::driver::sy
     let dev = devices::get(ordinal as i32).map_err(candle_core::Error::wrap)?;
     // SAFETY: `dev` comes from `devices::get`.
     unsafe { devices::get_default_mem_pool(dev) }.map_err(candle_core::Error::wrap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2048 kB\n";
+        assert_eq!(mem_available(text), Some(2048 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+    }
 }

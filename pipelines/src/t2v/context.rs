@@ -3,6 +3,7 @@
 //! prompts encoded, the model loaded once ([`Loaded`]) and jobs run into frame sinks.
 
 use crate::schedulers::SchedulerConfig;
+use crate::t2v::memory::{estimate, text_encoder_parameters, MemoryNeed};
 use crate::t2v::{
     check_parent, check_schedule, token_grid, Component, FrameSink, Job, ModelIdentity, ModelPaths,
     ModelSpec, NoiseSource, Outcome, Progress, PromptCache, PromptInput, SettingOverrides,
@@ -47,6 +48,32 @@ impl ModelContext {
         }
         let (config, _) = self.paths.transformer_config()?;
         Ok(self.config.get_or_init(|| config))
+    }
+
+    /// What a generation with `settings` needs in memory in `dtype`, the text encoder's weights
+    /// included when `encodes` (its `config.json` when there is one, else umt5-xxl's sizes).
+    pub fn memory_need(
+        &self,
+        settings: &Settings,
+        encodes: bool,
+        dtype: DType,
+    ) -> Result<MemoryNeed> {
+        let text = if encodes {
+            let config_file = self
+                .paths
+                .get(Component::TextEncoder)
+                .ok()
+                .map(|dir| dir.join("config.json"))
+                .filter(|file| file.is_file());
+            let config = match config_file {
+                Some(file) => umt5::Umt5Config::from_file(&file)?,
+                None => umt5::Umt5Config::umt5_xxl(),
+            };
+            text_encoder_parameters(&config)
+        } else {
+            None
+        };
+        estimate(settings, self.config()?, text, dtype)
     }
 
     /// The settings of a generation given `overrides` over the model's defaults, validated.

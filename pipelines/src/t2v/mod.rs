@@ -17,6 +17,7 @@
 mod attention;
 mod context;
 mod files;
+mod memory;
 mod model;
 pub mod noise;
 mod pipeline;
@@ -30,6 +31,7 @@ mod sink;
 pub use attention::{check_schedule, token_grid};
 pub use context::{Loaded, ModelContext};
 pub use files::{check_parent, read_tensor, save_tensor, save_text};
+pub use memory::{check_fits, estimate as estimate_memory, MemoryNeed};
 pub use model::{
     default_model_folder, Component, Located, ModelPaths, ModelSpec, DEFAULT_MODEL_ENV,
 };

@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 /// Pixel sides must be multiples of this: the Wan VAE's 8x downsampling times the 2x2 patches.
 pub const SIZE_MULTIPLE: usize = 16;
+/// Denoising steps at most: Wan's noise schedule has 1000 training timesteps.
+pub const MAX_STEPS: usize = 1000;
 /// The Wan VAE's spatial compression.
 pub const VAE_SPATIAL: usize = 8;
 /// The Wan VAE's temporal compression: `frames = 4k + 1` become `k + 1` latent frames.
@@ -36,9 +38,12 @@ pub enum SettingsError {
         /// The nearest valid counts.
         suggestion: String,
     },
-    /// Zero steps.
-    #[error("steps must be at least 1: use e.g. 50 (Wan's default) or 20 for a quick look")]
-    Steps,
+    /// Zero steps, or more than the noise schedule has.
+    #[error(
+        "steps {0} must be from 1 to {MAX_STEPS} (the noise schedule's length): use e.g. 50 \
+         (Wan's default) or 20 for a quick look"
+    )]
+    Steps(usize),
     /// Negative or non-finite guidance.
     #[error(
         "guidance {0} must be a number >= 0: use 5.0 (Wan's default), or 1 to turn guidance off"
@@ -185,8 +190,8 @@ impl Settings {
                 suggestion: format!("{below} or {}", below + VAE_TEMPORAL),
             });
         }
-        if self.steps == 0 {
-            return Err(SettingsError::Steps);
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return Err(SettingsError::Steps(self.steps));
         }
         if !(self.guidance.is_finite() && self.guidance >= 0.0) {
             return Err(SettingsError::Guidance(self.guidance));
@@ -359,7 +364,8 @@ mod tests {
             "size 100x64 is not a multiple of 16: use 96x64 or 112x64",
         );
         check(&|s| s.size = "8x8".parse().unwrap(), "use 16x16");
-        check(&|s| s.steps = 0, "steps must be at least 1");
+        check(&|s| s.steps = 0, "steps 0 must be from 1 to 1000");
+        check(&|s| s.steps = usize::MAX, "must be from 1 to 1000");
         check(&|s| s.guidance = -1.0, "guidance -1 must be a number >= 0");
         check(&|s| s.shift = 0.0, "shift 0 must be a positive number");
         assert!("83x".parse::<Size>().is_err());

@@ -225,3 +225,61 @@ fn generate_replaces_only_with_overwrite() {
     let err = fails(&small(&video));
     assert!(err.contains("kite.y4m.json already exists"), "{err}");
 }
+
+/// `vdit` with `args` in a process limited to 4 GB of address space: a request that would
+/// allocate more fails with an allocation abort instead of vdit's own message.
+fn limited(args: &[String]) -> std::process::Output {
+    let mut script = String::from("ulimit -v 4000000; exec \"$0\"");
+    for i in 1..=args.len() {
+        script += &format!(" \"${{{i}}}\"");
+    }
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_vdit"))
+        .args(args)
+        .env_remove("VDIT_DEFAULT_MODEL")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sizes_that_cannot_fit_are_refused_before_any_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("huge.y4m");
+    for (flag, value, expected) in [
+        ("--size", "99984x99984", "needs about"),
+        ("--frames", "4294967297", "needs about"),
+        ("--frames", "18446744073709551613", "too large to compute"),
+    ] {
+        let mut args = small(&video);
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = value.to_string();
+        let err = t2v_common::one_line_error(limited(&args));
+        assert!(err.contains(expected), "{flag} {value}: {err}");
+    }
+    assert!(
+        names_in(dir.path()).is_empty(),
+        "{:?}",
+        names_in(dir.path())
+    );
+    // In a batch, such a job fails alone and the others run.
+    let jobs = dir.path().join("jobs.jsonl");
+    std::fs::write(
+        &jobs,
+        [
+            r#"{"prompt": "a", "seed": 1, "size": "99984x99984"}"#,
+            r#"{"prompt": "b", "seed": 2}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let run = limited(&batch(&jobs, &out));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("1 done") && stdout.contains("1 failed (lines 1)"),
+        "{stdout}"
+    );
+    assert_eq!(frames_in(&out.join("job-0002.y4m")), 9);
+}

@@ -65,7 +65,8 @@ fn settings_are_checked_before_any_weights_are_read() {
             "size 100x64 is not a multiple of 16: use 96x64 or 112x64",
         ),
         ("--frames", "80", "frames 80 is not 4k+1: use 77 or 81"),
-        ("--steps", "0", "steps must be at least 1"),
+        ("--steps", "0", "steps 0 must be from 1 to 1000"),
+        ("--steps", "18446744073709551615", "must be from 1 to 1000"),
         ("--guidance", "-1", "guidance -1 must be a number >= 0"),
         ("--shift", "0", "shift 0 must be a positive number"),
     ] {

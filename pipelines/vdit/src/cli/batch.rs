@@ -21,11 +21,13 @@
 use super::bars::Bars;
 use super::options::{ModelArgs, RuntimeArgs, SettingArgs};
 use crate::render::{open_writer, render};
+use crate::video::WrittenVideo;
 use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use pipelines::t2v::{
-    output_state, Job, Loaded, ModelContext, NoiseSource, OutputState, PromptInput, Sampler,
-    SettingOverrides, Size,
+    check_fits, device_name, output_state, Job, Loaded, MemoryNeed, ModelContext, NoiseSource,
+    OutputState, PromptCache, PromptInput, Sampler, SettingOverrides, Size,
 };
 use serde::Deserialize;
 use sparse::options::OptionValues;
@@ -34,6 +36,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
+use vdit_core::memory::available_bytes;
 use vdit_core::output::{Claim, OutputError};
 
 /// Arguments of `vdit batch`.
@@ -290,33 +293,50 @@ impl Failures {
     }
 }
 
-/// Runs the batch and prints a summary; fails when any job failed.
-pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
-    let started = Instant::now();
-    let text = std::fs::read_to_string(&args.jobs)
-        .with_context(|| format!("cannot read the jobs file {}", args.jobs.display()))?;
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
-    let context = ModelContext::new(&args.model.spec())?;
-    let shard = args.shard.unwrap_or(Shard { index: 0, count: 1 });
-    let lines: Vec<(usize, &str)> = text
-        .lines()
+/// What became of the jobs.
+#[derive(Default)]
+struct Tally {
+    done: usize,
+    skipped: usize,
+    /// Jobs another process held.
+    busy: usize,
+    /// Ctrl-C stopped the batch before every job ran.
+    interrupted: bool,
+}
+
+/// Jobs whose prompts are encoded together, at most: the first videos start after a few
+/// prompts, and the text encoder is loaded once per chunk.
+const MAX_CHUNK: usize = 256;
+
+/// The non-blank lines of `text` (numbered from 1) in `shard`.
+fn shard_lines(text: &str, shard: Shard) -> Vec<(usize, &str)> {
+    text.lines()
         .enumerate()
         .map(|(i, l)| (i + 1, l.trim()))
         .filter(|(_, l)| !l.is_empty())
         .enumerate()
         .filter(|(position, _)| position % shard.count == shard.index)
         .map(|(_, line)| line)
-        .collect();
-    let mut failures = Failures(Vec::new());
+        .collect()
+}
+
+/// Checks every line into a job; returns the jobs to run (the done ones are counted in
+/// `tally`, the bad ones in `failures`).
+fn plan_jobs(
+    lines: &[(usize, &str)],
+    args: &BatchArgs,
+    context: &ModelContext,
+    registry: &Registry,
+    failures: &mut Failures,
+    tally: &mut Tally,
+) -> Vec<Ready> {
     let mut names: Vec<(String, usize)> = Vec::new();
     let mut pending = Vec::new();
-    let mut skipped = 0;
-    for (line, text) in &lines {
-        let ready = match plan_line(text, *line, &args, &context, registry) {
+    for &(line, text) in lines {
+        let ready = match plan_line(text, line, args, context, registry) {
             Ok(ready) => ready,
             Err(e) => {
-                failures.add(*line, &e);
+                failures.add(line, &e);
                 continue;
             }
         };
@@ -325,12 +345,12 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
                 "output name `{}` is already used by line {first}: give the job another id",
                 ready.name
             );
-            failures.add(*line, &e);
+            failures.add(line, &e);
             continue;
         }
-        names.push((ready.name.clone(), *line));
+        names.push((ready.name.clone(), line));
         match next_step(&ready) {
-            Ok(None) => skipped += 1,
+            Ok(None) => tally.skipped += 1,
             Ok(Some(replaces)) => {
                 if replaces && !args.quiet {
                     eprintln!(
@@ -340,99 +360,227 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
                 }
                 pending.push(ready);
             }
-            Err(e) => failures.add(*line, &e),
+            Err(e) => failures.add(line, &e),
         }
     }
-    let (mut done, mut busy, mut interrupted) = (0, 0, false);
-    if !pending.is_empty() {
-        let (device, dtype) = args.runtime.open()?;
-        let mut bars = Bars::new(args.quiet);
-        let texts: Vec<&str> = pending.iter().flat_map(|r| r.job.texts()).collect();
-        let encoded = context.encode(&texts, dtype, &device, &mut bars)?;
-        let mut loaded = Loaded::load(&context, dtype, &device, &mut bars)?;
-        loaded.kernel = args.runtime.kernel()?;
-        let total = pending.len();
-        for (i, ready) in pending.iter().enumerate() {
+    pending
+}
+
+/// Drops the jobs that cannot fit in `available` bytes (each fails alone), and tells whether
+/// the text encoder fits beside the loaded transformer (then prompts are encoded chunk by chunk
+/// as the jobs need them, else all of them before the transformer is loaded).
+fn keep_jobs_that_fit(
+    pending: &mut Vec<Ready>,
+    context: &ModelContext,
+    dtype: DType,
+    (available, device): (Option<u64>, &str),
+    failures: &mut Failures,
+) -> Result<bool> {
+    let mut largest = MemoryNeed {
+        text_encoding: 0,
+        generation: 0,
+    };
+    let encodes = pending.iter().any(|r| !r.job.texts().is_empty());
+    pending.retain(|ready| {
+        let need = context.memory_need(&ready.job.settings, encodes, dtype);
+        let fits = need.and_then(|need| {
+            let generation = MemoryNeed {
+                text_encoding: 0,
+                ..need
+            };
+            check_fits(&generation, available, device)?;
+            largest.text_encoding = largest.text_encoding.max(need.text_encoding);
+            largest.generation = largest.generation.max(need.generation);
+            Ok(())
+        });
+        if let Err(e) = &fits {
+            failures.add(ready.line, &anyhow::anyhow!("{e}"));
+        }
+        fits.is_ok()
+    });
+    check_fits(&largest, available, device)?;
+    let together = largest.text_encoding.saturating_add(largest.generation);
+    Ok(available.is_none_or(|available| together <= available))
+}
+
+/// Where each chunk of `total` jobs ends: after 1 job, then 4, 16 and 64 more, then
+/// [`MAX_CHUNK`] at a time; one chunk of all when not `chunked`.
+fn chunk_ends(total: usize, chunked: bool) -> Vec<usize> {
+    if !chunked {
+        return vec![total];
+    }
+    let (mut ends, mut end, mut size) = (Vec::new(), 0, 1);
+    while end < total {
+        end = (end + size).min(total);
+        ends.push(end);
+        size = (size * 4).min(MAX_CHUNK);
+    }
+    ends
+}
+
+/// The texts the jobs need encoded.
+fn texts(jobs: &[Ready]) -> Vec<&str> {
+    jobs.iter().flat_map(|r| r.job.texts()).collect()
+}
+
+/// Runs `pending` in order with the model loaded once, encoding prompts chunk by chunk when
+/// `chunked`, else all at first.
+fn run_jobs(
+    pending: &[Ready],
+    args: &BatchArgs,
+    context: &ModelContext,
+    (device, dtype): (&Device, DType),
+    chunked: bool,
+    failures: &mut Failures,
+    tally: &mut Tally,
+) -> Result<()> {
+    let mut bars = Bars::new(args.quiet);
+    // An interrupted encoding ends the batch with its summary, as an interrupted job does.
+    let encode =
+        |jobs: &[Ready], bars: &mut Bars| match context.encode(&texts(jobs), dtype, device, bars) {
+            Err(e) if e.is_interrupted() => Ok(None),
+            other => other.map(Some),
+        };
+    let first = if chunked { &pending[..0] } else { pending };
+    let Some(mut encoded) = encode(first, &mut bars)? else {
+        tally.interrupted = true;
+        return Ok(());
+    };
+    let mut loaded = Loaded::load(context, dtype, device, &mut bars)?;
+    loaded.kernel = args.runtime.kernel()?;
+    let total = pending.len();
+    let mut start = 0;
+    for end in chunk_ends(total, chunked) {
+        if chunked {
+            let Some(chunk_encoded) = encode(&pending[start..end], &mut bars)? else {
+                tally.interrupted = true;
+                return Ok(());
+            };
+            encoded = chunk_encoded;
+        }
+        for (i, ready) in pending.iter().enumerate().take(end).skip(start) {
             if crate::interrupt::requested() {
-                interrupted = true;
-                break;
+                tally.interrupted = true;
+                return Ok(());
             }
             bars.set_prefix(&format!("[{}/{total}] {}", i + 1, ready.name));
-            // Held until the record is written; another process's job is passed over.
-            let _claim = match Claim::acquire(&ready.output) {
-                Ok(claim) => claim,
-                Err(e @ OutputError::Busy { .. }) => {
-                    busy += 1;
-                    eprintln!("line {}: {e}; passed over", ready.line);
-                    continue;
-                }
-                Err(e) => {
-                    failures.add(ready.line, &e.into());
-                    continue;
-                }
-            };
-            // Another process may have made it since the jobs were checked.
-            let result = next_step(ready).and_then(|step| {
-                let Some(replaces) = step else {
-                    return Ok(None);
-                };
-                let writer = open_writer(&ready.job, &ready.output, replaces)?;
-                let (_, video) = render(
-                    &loaded,
-                    &ready.job,
-                    &encoded,
-                    writer,
-                    &ready.output,
-                    &mut bars,
-                )?;
-                Ok(Some(video))
-            });
-            match result {
-                Ok(Some(video)) => {
-                    done += 1;
+            match run_job(ready, &loaded, &encoded, &mut bars) {
+                Ok(JobEnd::Made(video)) => {
+                    tally.done += 1;
                     if !args.quiet {
                         eprintln!("line {}: {video}", ready.line);
                     }
                 }
-                Ok(None) => skipped += 1,
+                Ok(JobEnd::AlreadyDone) => tally.skipped += 1,
+                Ok(JobEnd::Busy(message)) => {
+                    tally.busy += 1;
+                    eprintln!("line {}: {message}; passed over", ready.line);
+                }
                 Err(e) if crate::interrupt::caused(&e) => {
-                    interrupted = true;
-                    break;
+                    tally.interrupted = true;
+                    return Ok(());
                 }
                 Err(e) => failures.add(ready.line, &e),
             }
         }
+        start = end;
     }
-    let failed_lines: Vec<String> = failures.0.iter().map(|(l, _)| l.to_string()).collect();
-    let busy_text = if busy > 0 {
-        format!(", {busy} passed over (another process holds them)")
-    } else {
-        String::new()
+    Ok(())
+}
+
+/// How one job ended, short of failing.
+enum JobEnd {
+    Made(WrittenVideo),
+    /// Another process made it since the jobs were checked.
+    AlreadyDone,
+    /// Another process holds it (the message says which).
+    Busy(String),
+}
+
+/// Claims the job's output and makes its video and record.
+fn run_job(
+    ready: &Ready,
+    loaded: &Loaded,
+    encoded: &PromptCache,
+    bars: &mut Bars,
+) -> Result<JobEnd> {
+    // Held until the record is written.
+    let _claim = match Claim::acquire(&ready.output) {
+        Ok(claim) => claim,
+        Err(e @ OutputError::Busy { .. }) => return Ok(JobEnd::Busy(e.to_string())),
+        Err(e) => return Err(e.into()),
     };
-    let stopped = if interrupted {
-        ", interrupted before the rest"
-    } else {
-        ""
+    let Some(replaces) = next_step(ready)? else {
+        return Ok(JobEnd::AlreadyDone);
     };
+    let writer = open_writer(&ready.job, &ready.output, replaces)?;
+    let (_, video) = render(loaded, &ready.job, encoded, writer, &ready.output, bars)?;
+    Ok(JobEnd::Made(video))
+}
+
+impl Tally {
+    /// `batch: 12 done, 3 skipped, 1 failed (lines 7) in 845.2 s`, with the jobs passed over and
+    /// an interruption when there were any.
+    fn summary(&self, failures: &Failures, seconds: f64) -> String {
+        let mut text = format!("batch: {} done, {} skipped", self.done, self.skipped);
+        if self.busy > 0 {
+            text += &format!(", {} passed over (another process holds them)", self.busy);
+        }
+        text += &format!(", {} failed", failures.0.len());
+        if !failures.0.is_empty() {
+            let lines: Vec<String> = failures.0.iter().map(|(l, _)| l.to_string()).collect();
+            text += &format!(" (lines {})", lines.join(", "));
+        }
+        if self.interrupted {
+            text += ", interrupted before the rest";
+        }
+        text + &format!(" in {seconds:.1} s")
+    }
+}
+
+/// Runs the batch and prints a summary; fails when any job failed.
+pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
+    let started = Instant::now();
+    let text = std::fs::read_to_string(&args.jobs)
+        .with_context(|| format!("cannot read the jobs file {}", args.jobs.display()))?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let context = ModelContext::new(&args.model.spec())?;
+    let lines = shard_lines(&text, args.shard.unwrap_or(Shard { index: 0, count: 1 }));
+    let (mut failures, mut tally) = (Failures(Vec::new()), Tally::default());
+    let mut pending = plan_jobs(&lines, &args, &context, registry, &mut failures, &mut tally);
+    if !pending.is_empty() {
+        let (device, dtype) = args.runtime.open()?;
+        let available = (available_bytes(&device)?, device_name(&device));
+        let available = (available.0, available.1.as_str());
+        let chunked = keep_jobs_that_fit(&mut pending, &context, dtype, available, &mut failures)?;
+        if !pending.is_empty() {
+            let runtime = (&device, dtype);
+            run_jobs(
+                &pending,
+                &args,
+                &context,
+                runtime,
+                chunked,
+                &mut failures,
+                &mut tally,
+            )?;
+        }
+    }
     say!(
-        "batch: {done} done, {skipped} skipped{busy_text}, {} failed{}{stopped} in {:.1} s",
-        failed_lines.len(),
-        if failed_lines.is_empty() {
-            String::new()
-        } else {
-            format!(" (lines {})", failed_lines.join(", "))
-        },
-        started.elapsed().as_secs_f64()
+        "{}",
+        tally.summary(&failures, started.elapsed().as_secs_f64())
     );
-    if interrupted {
+    if tally.interrupted {
         return Err(crate::interrupt::Interrupted.into());
     }
-    if !failed_lines.is_empty() {
+    if !failures.0.is_empty() {
+        let lines: Vec<String> = failures.0.iter().map(|(l, _)| l.to_string()).collect();
         bail!(
             "{} of {} jobs failed (lines {})",
-            failed_lines.len(),
             lines.len(),
-            failed_lines.join(", ")
+            lines.len() + tally.done + tally.skipped + tally.busy,
+            lines.join(", ")
         );
     }
     Ok(())
@@ -441,6 +589,15 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first job waits for one prompt only; chunks grow to MAX_CHUNK and cover every job.
+    #[test]
+    fn chunks_start_small_and_cover_all_jobs() {
+        assert_eq!(chunk_ends(3, true), [1, 3]);
+        assert_eq!(chunk_ends(1000, true), [1, 5, 21, 85, 341, 597, 853, 1000]);
+        assert_eq!(chunk_ends(7, false), [7]);
+        assert!(chunk_ends(0, true).is_empty());
+    }
 
     /// Shards are 0-based and must name one of N.
     #[test]

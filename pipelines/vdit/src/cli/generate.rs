@@ -5,11 +5,14 @@ use super::options::{ModelArgs, RuntimeArgs, SettingArgs};
 use crate::render::{open_writer, render};
 use anyhow::{bail, Result};
 use clap::Args;
-use pipelines::t2v::{record_path, Job, Loaded, ModelContext, NoiseSource, PromptInput};
+use pipelines::t2v::{
+    check_fits, device_name, record_path, Job, Loaded, ModelContext, NoiseSource, PromptInput,
+};
 use sparse::{MethodSpec, Registry};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::time::Instant;
+use vdit_core::memory::available_bytes;
 use vdit_core::output::{check_new, Claim};
 
 /// Arguments of `vdit generate`.
@@ -114,6 +117,8 @@ pub fn run(args: GenerateArgs, registry: &Registry) -> Result<()> {
         check_new(latents, args.overwrite)?;
     }
     let (device, dtype) = args.runtime.open()?;
+    let need = context.memory_need(&job.settings, !job.texts().is_empty(), dtype)?;
+    check_fits(&need, available_bytes(&device)?, &device_name(&device))?;
     let writer = open_writer(&job, &args.output, args.overwrite)?;
     let mut bars = Bars::new(args.quiet);
     let encoded = context.encode(&job.texts(), dtype, &device, &mut bars)?;

@@ -1,6 +1,7 @@
 //! MP4 through FFmpeg (ffmpeg-next), and reading any video FFmpeg decodes.
 //!
-//! The writer encodes H.264 with libx264 (CRF 18, preset medium) when the linked FFmpeg has it,
+//! The writer encodes H.264 with libx264 (CRF 18, preset fast: on `vdit bench write`'s clip a
+//! quarter faster than `medium`, its file 3 % smaller) when the linked FFmpeg has it,
 //! else MPEG-4 Part 2 with FFmpeg's own `mpeg4` encoder (fixed quantiser 2), and says which in
 //! its summary. Frames become BT.601 limited-range 4:2:0 (yuv420p, see [`super::yuv`]) and the
 //! stream is tagged so; 4:2:0 has one chroma sample per 2x2 block, so width and height must be
@@ -60,7 +61,7 @@ impl Mp4Codec {
             Mp4Codec::H264 => {
                 encoder.set_flags(flags);
                 options.set("crf", "18");
-                options.set("preset", "medium");
+                options.set("preset", "fast");
             }
             Mp4Codec::Mpeg4 => {
                 encoder.set_flags(flags | codec::Flags::QSCALE);
