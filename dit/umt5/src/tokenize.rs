@@ -10,6 +10,7 @@
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use tokenizers::Tokenizer;
 
 const EOS: &str = "</s>";
@@ -55,13 +56,48 @@ pub struct PromptTokenizer {
     pad_id: u32,
 }
 
+/// Checks that every `precompiled_charsmap` in a tokenizer's JSON is base64, which the
+/// tokenizers crate assumes (it panics on anything else).
+fn check_charsmaps(json: &serde_json::Value) -> std::result::Result<(), String> {
+    match json {
+        serde_json::Value::Object(map) => {
+            if let Some(charsmap) = map.get("precompiled_charsmap") {
+                let text = charsmap.as_str().unwrap_or("");
+                let base64 = text.len() % 4 == 0
+                    && text
+                        .trim_end_matches('=')
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+                    && text.len() - text.trim_end_matches('=').len() <= 2;
+                if !base64 {
+                    return Err("its precompiled_charsmap is not base64".to_string());
+                }
+            }
+            map.values().try_for_each(check_charsmaps)
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(check_charsmaps),
+        _ => Ok(()),
+    }
+}
+
 impl PromptTokenizer {
     /// Opens `tokenizer.json` in `path` (a folder) or `path` itself (a file).
     pub fn open(path: &Path) -> Result<Self> {
         let file = tokenizer_file(path)?;
-        let tokenizer = Tokenizer::from_file(&file).map_err(|e| {
-            Error::Tokenizer(format!("cannot read tokenizer {}: {e}", file.display()))
-        })?;
+        let damaged = |reason: String| {
+            Error::Tokenizer(format!(
+                "cannot read tokenizer {}: {reason}",
+                file.display()
+            ))
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| damaged(e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
+        check_charsmaps(&json).map_err(damaged)?;
+        // The tokenizers crate panics on some malformed files; a panic here is a damaged file.
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_str(&text))
+            .map_err(|_| damaged("the file is damaged".to_string()))?;
+        let tokenizer = parsed.map_err(|e| damaged(e.to_string()))?;
         let token_id = |token: &str| {
             tokenizer.token_to_id(token).ok_or_else(|| {
                 Error::Tokenizer(format!(

@@ -202,43 +202,82 @@ impl ParoCalibration {
         };
         let grid: Vec<usize> = field("grid")?
             .split(',')
-            .map(|x| x.parse().map_err(|_| fail("bad grid".into())))
-            .collect::<crate::Result<_>>()?;
-        let block: usize = field("block")?
-            .parse()
-            .map_err(|_| fail("bad block".into()))?;
-        let density: f64 = field("density")?
-            .parse()
-            .map_err(|_| fail("bad density".into()))?;
-        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| fail(e.to_string()))?;
-        let orders = tensors.tensor("orders").map_err(|e| fail(e.to_string()))?;
-        let masks = tensors.tensor("masks").map_err(|e| fail(e.to_string()))?;
-        let (&[layers, heads], &[groups, ..]) = (orders.shape(), masks.shape()) else {
-            return Err(fail("bad tensor shapes".into()));
+            .map(|x| x.trim().parse().ok().filter(|&n| n > 0))
+            .collect::<Option<_>>()
+            .unwrap_or_default();
+        let &[t, h, w] = grid.as_slice() else {
+            return Err(fail("`grid` must be three positive numbers T,H,W".into()));
         };
-        let grid = TokenGrid::new(grid[0], grid[1], grid[2]);
+        let tokens = t.checked_mul(h).and_then(|th| th.checked_mul(w));
+        let block: usize = field("block")?.parse().unwrap_or(0);
+        if block == 0 {
+            return Err(fail("`block` must be a positive number of tokens".into()));
+        }
+        let density: f64 = field("density")?.parse().unwrap_or(f64::NAN);
+        if !(density > 0.0 && density <= 1.0) {
+            return Err(fail("`density` must be in (0, 1]".into()));
+        }
+        let nb = tokens
+            .map(|n| n.div_ceil(block))
+            .filter(|nb| nb.checked_mul(*nb).is_some())
+            .ok_or_else(|| fail(format!("grid {t}x{h}x{w} is too large")))?;
+        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| fail(e.to_string()))?;
+        let tensor = |name: &str| {
+            let view = tensors.tensor(name).map_err(|e| fail(e.to_string()))?;
+            if view.dtype() != Dtype::U8 {
+                return Err(fail(format!("`{name}` is {:?}, not U8", view.dtype())));
+            }
+            Ok(view)
+        };
+        let (orders, masks) = (tensor("orders")?, tensor("masks")?);
+        let (&[layers, heads], &[groups, ..]) = (orders.shape(), masks.shape()) else {
+            return Err(fail(
+                "`orders` must be [layers, heads] and `masks` [groups, layers, heads, blocks, \
+                 blocks]"
+                    .into(),
+            ));
+        };
+        if masks.shape() != [groups, layers, heads, nb, nb] || groups == 0 {
+            return Err(fail(format!(
+                "mask shape {:?} does not fit grid {t}x{h}x{w} in blocks of {block} with \
+                 orders {:?}",
+                masks.shape(),
+                orders.shape()
+            )));
+        }
         let orders = orders
             .data()
             .iter()
-            .map(|&i| AxisOrder::ALL[(i as usize).min(5)])
-            .collect();
+            .map(|&i| AxisOrder::ALL.get(usize::from(i)).copied())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                fail(format!(
+                    "an order is out of range 0..{}",
+                    AxisOrder::ALL.len()
+                ))
+            })?;
+        let keep = masks.data().to_vec();
+        if keep.iter().any(|&k| k > 1) {
+            return Err(fail("mask values must be 0 or 1".into()));
+        }
+        if let Some(row) = keep.chunks(nb).position(|row| row.iter().all(|&k| k == 0)) {
+            let head = row / nb;
+            return Err(fail(format!(
+                "query block {} of mask {} keeps no key block (attention there would be empty)",
+                row % nb,
+                head
+            )));
+        }
         let calibration = Self {
-            grid,
+            grid: TokenGrid::new(t, h, w),
             block,
             density,
             layers,
             heads,
             groups,
             orders,
-            keep: masks.data().to_vec(),
+            keep,
         };
-        let nb = calibration.blocks();
-        if masks.shape() != [groups, layers, heads, nb, nb] {
-            return Err(fail(format!(
-                "mask shape {:?} does not fit grid {grid} in blocks of {block}",
-                masks.shape()
-            )));
-        }
         Ok(calibration)
     }
 }

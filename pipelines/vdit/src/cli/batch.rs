@@ -74,6 +74,10 @@ pub struct BatchArgs {
     /// No progress bars or per-job lines (failures and the summary are still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// Check every job (settings, attention, outputs, memory) and say which would run, without
+    /// loading the model or generating anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Video formats a batch writes.
@@ -286,7 +290,24 @@ fn next_step(ready: &Ready) -> Result<Option<bool>> {
 /// Failed jobs with their line numbers.
 struct Failures(Vec<(usize, String)>);
 
+/// Failed lines listed at most.
+const LISTED_LINES: usize = 20;
+
 impl Failures {
+    /// The failed line numbers, `4, 7, 9`, the first [`LISTED_LINES`] with a count of the rest.
+    fn lines(&self) -> String {
+        let mut text: Vec<String> = self
+            .0
+            .iter()
+            .take(LISTED_LINES)
+            .map(|(l, _)| l.to_string())
+            .collect();
+        if self.0.len() > LISTED_LINES {
+            text.push(format!("and {} more", self.0.len() - LISTED_LINES));
+        }
+        text.join(", ")
+    }
+
     fn add(&mut self, line: usize, error: &anyhow::Error) {
         eprintln!("line {line}: error: {}", super::error_line(error));
         self.0.push((line, super::error_line(error)));
@@ -302,6 +323,8 @@ struct Tally {
     busy: usize,
     /// Ctrl-C stopped the batch before every job ran.
     interrupted: bool,
+    /// In a dry run, the jobs found ready to run.
+    would_run: Option<usize>,
 }
 
 /// Jobs whose prompts are encoded together, at most: the first videos start after a few
@@ -523,13 +546,18 @@ impl Tally {
     /// an interruption when there were any.
     fn summary(&self, failures: &Failures, seconds: f64) -> String {
         let mut text = format!("batch: {} done, {} skipped", self.done, self.skipped);
+        if let Some(would_run) = self.would_run {
+            text = format!(
+                "batch (dry run): {would_run} would run, {} skipped",
+                self.skipped
+            );
+        }
         if self.busy > 0 {
             text += &format!(", {} passed over (another process holds them)", self.busy);
         }
         text += &format!(", {} failed", failures.0.len());
         if !failures.0.is_empty() {
-            let lines: Vec<String> = failures.0.iter().map(|(l, _)| l.to_string()).collect();
-            text += &format!(" (lines {})", lines.join(", "));
+            text += &format!(" (lines {})", failures.lines());
         }
         if self.interrupted {
             text += ", interrupted before the rest";
@@ -543,8 +571,10 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
     let started = Instant::now();
     let text = std::fs::read_to_string(&args.jobs)
         .with_context(|| format!("cannot read the jobs file {}", args.jobs.display()))?;
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    if !args.dry_run {
+        std::fs::create_dir_all(&args.out_dir)
+            .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    }
     let context = ModelContext::new(&args.model.spec())?;
     let lines = shard_lines(&text, args.shard.unwrap_or(Shard { index: 0, count: 1 }));
     let (mut failures, mut tally) = (Failures(Vec::new()), Tally::default());
@@ -554,7 +584,14 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
         let available = (available_bytes(&device)?, device_name(&device));
         let available = (available.0, available.1.as_str());
         let chunked = keep_jobs_that_fit(&mut pending, &context, dtype, available, &mut failures)?;
-        if !pending.is_empty() {
+        if args.dry_run {
+            for ready in &pending {
+                if !args.quiet {
+                    eprintln!("line {}: would make {}", ready.line, ready.output.display());
+                }
+            }
+            tally.would_run = Some(pending.len());
+        } else if !pending.is_empty() {
             let runtime = (&device, dtype);
             run_jobs(
                 &pending,
@@ -575,12 +612,11 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
         return Err(crate::interrupt::Interrupted.into());
     }
     if !failures.0.is_empty() {
-        let lines: Vec<String> = failures.0.iter().map(|(l, _)| l.to_string()).collect();
+        let failed = failures.0.len();
         bail!(
-            "{} of {} jobs failed (lines {})",
-            lines.len(),
-            lines.len() + tally.done + tally.skipped + tally.busy,
-            lines.join(", ")
+            "{failed} of {} jobs failed (lines {})",
+            failed + tally.done + tally.skipped + tally.busy + tally.would_run.unwrap_or(0),
+            failures.lines()
         );
     }
     Ok(())

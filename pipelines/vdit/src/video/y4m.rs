@@ -121,6 +121,23 @@ impl Y4mReader {
         let width = width.filter(|&w| w > 0).ok_or_else(|| bad("width (W)"))?;
         let height = height.filter(|&h| h > 0).ok_or_else(|| bad("height (H)"))?;
         let fps = fps.ok_or_else(|| bad("frame rate (F)"))?;
+        // A frame must fit in the file: a header that claims more is damaged, and reading it
+        // would allocate what the header says.
+        let (cw, ch) = chroma.plane_size(width as usize, height as usize);
+        let frame_bytes = (width as u64)
+            .checked_mul(u64::from(height))
+            .zip((cw as u64).checked_mul(ch as u64))
+            .and_then(|(luma, chroma)| chroma.checked_mul(2)?.checked_add(luma));
+        let file_bytes = input.get_ref().metadata().map_or(u64::MAX, |m| m.len());
+        if frame_bytes.is_none_or(|bytes| bytes > file_bytes) {
+            return Err(VideoError::read(
+                path,
+                format!(
+                    "the Y4M header says {width}x{height} but the file ({file_bytes} bytes) \
+                     cannot hold one frame of that size"
+                ),
+            ));
+        }
         Ok(Self {
             input,
             path: path.to_path_buf(),
