@@ -32,6 +32,11 @@ pub struct MethodEntry {
     pub build: fn(&mut OptionValues) -> Result<Arc<dyn AttentionMethod>>,
 }
 
+/// True for exact attention, on which the schedule options (dense steps and layers) do nothing.
+fn is_dense(entry: &MethodEntry) -> bool {
+    entry.name == crate::methods::dense::ENTRY.name
+}
+
 /// The schedule options every method takes.
 pub const SCHEDULE_OPTIONS: [OptionSpec; 2] = [
     OptionSpec {
@@ -182,8 +187,8 @@ impl Registry {
         let entry = self.get(&spec.name)?;
         let mut kept = spec.clone();
         kept.options.retain(|key| {
-            SCHEDULE_OPTIONS.iter().any(|o| o.key == key)
-                || entry.options.iter().any(|o| o.key == key)
+            let schedule = SCHEDULE_OPTIONS.iter().any(|o| o.key == key);
+            (schedule && !is_dense(entry)) || entry.options.iter().any(|o| o.key == key)
         });
         Ok(kept)
     }
@@ -193,6 +198,18 @@ impl Registry {
     pub fn schedule(&self, spec: &MethodSpec) -> Result<AttentionSchedule> {
         let entry = self.get(&spec.name)?;
         let mut values = spec.options.clone();
+        if is_dense(entry) {
+            if let Some(option) = SCHEDULE_OPTIONS
+                .iter()
+                .find(|o| values.get(o.key).is_some())
+            {
+                return Err(Error::NotForMethod {
+                    flag: flag_of(option.key),
+                    method: entry.name.to_string(),
+                    hint: "dense attention is dense in every step and layer already".to_string(),
+                });
+            }
+        }
         let steps = values
             .take_text("dense_steps")
             .unwrap_or_else(|| entry.dense_steps.to_string());
@@ -245,6 +262,32 @@ impl Registry {
 mod tests {
     use super::*;
 
+    /// Dense steps or layers do nothing on dense attention: refused when asked for, and not
+    /// inherited by a dense batch job from the command line.
+    #[test]
+    fn schedule_options_on_dense_attention_are_refused() {
+        let registry = Registry::builtin();
+        for spec in ["dense:dense_steps=2", "dense:dense_layers=0"] {
+            let err = registry
+                .schedule(&spec.parse().unwrap())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("dense in every step and layer already"),
+                "{err}"
+            );
+        }
+        let inherited = registry
+            .applicable(&"dense:dense_steps=2".parse().unwrap())
+            .unwrap();
+        assert!(registry.schedule(&inherited).is_ok());
+        let vsa = registry
+            .applicable(&"vsa:dense_steps=2".parse().unwrap())
+            .unwrap();
+        assert_eq!(vsa.options.get("dense_steps"), Some("2"));
+    }
+
     #[test]
     fn specs_parse_and_print_back() {
         let spec: MethodSpec = "vsa:sparsity=0.875, dense-steps=2".parse().unwrap();
@@ -269,9 +312,9 @@ mod tests {
             "option --sparsity does not apply to --attention vmoba: it is an option of vsa"
         );
         let kept = registry
-            .applicable(&"dense:sparsity=0.5,dense_steps=3".parse().unwrap())
+            .applicable(&"vsa:topk=2,dense_steps=3".parse().unwrap())
             .unwrap();
-        assert_eq!(kept.to_string(), "dense:dense_steps=3");
+        assert_eq!(kept.to_string(), "vsa:dense_steps=3");
         let err = registry.schedule(&MethodSpec::named("magic")).unwrap_err();
         assert!(err
             .to_string()

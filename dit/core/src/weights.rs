@@ -35,6 +35,19 @@ pub enum WeightError {
         /// Underlying error.
         reason: String,
     },
+    /// Two files of one checkpoint hold a tensor of the same name.
+    #[error(
+        "tensor `{key}` is in both {first} and {second}: one checkpoint must hold each tensor \
+         once (remove the stray file, or give the file itself instead of the folder)"
+    )]
+    Duplicate {
+        /// The tensor name.
+        key: String,
+        /// The file read first.
+        first: PathBuf,
+        /// The other file.
+        second: PathBuf,
+    },
 }
 
 struct ShardFile {
@@ -105,7 +118,15 @@ impl Checkpoint {
                     reason: e.to_string(),
                 })?;
             for (name, _) in tensors.tensors() {
-                index.entry(name).or_insert(i);
+                if let Some(&first) = index.get(&name) {
+                    let first: &ShardFile = &files[first];
+                    return Err(WeightError::Duplicate {
+                        key: name,
+                        first: first.path.clone(),
+                        second: path.clone(),
+                    });
+                }
+                index.insert(name, i);
             }
             files.push(ShardFile {
                 path: path.clone(),
@@ -199,6 +220,19 @@ impl RenamedSource {
         let key = (self.rename)(name);
         let file = self.checkpoint.file_of(&key)?;
         let view = file.tensors.get(&key)?;
+        if !matches!(
+            view.dtype(),
+            safetensors::Dtype::F32
+                | safetensors::Dtype::F16
+                | safetensors::Dtype::BF16
+                | safetensors::Dtype::F64
+        ) {
+            return Err(candle_core::Error::Msg(format!(
+                "weight `{key}` in {} is stored as {:?}; model weights must be F32, F16 or BF16",
+                file.path.display(),
+                view.dtype()
+            )));
+        }
         let tensor = view.load(dev)?;
         if tensor.dtype() == dtype {
             Ok(tensor)
@@ -276,4 +310,54 @@ fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>, WeightError> {
     let dir = index.parent().unwrap_or(Path::new("."));
     let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
     Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Tensor;
+
+    fn save(path: &Path, tensors: &[(&str, Tensor)]) {
+        let map: HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(name, t)| (name.to_string(), t.clone()))
+            .collect();
+        candle_core::safetensors::save(&map, path).unwrap();
+    }
+
+    fn folder(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vdit-weights-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_tensor_in_two_files_of_a_folder_is_refused() {
+        let dir = folder("duplicate");
+        let ones = Tensor::ones(3, DType::F32, &Device::Cpu).unwrap();
+        save(
+            &dir.join("a.safetensors"),
+            &[("x", ones.clone()), ("y", ones.clone())],
+        );
+        save(&dir.join("b.safetensors"), &[("x", ones)]);
+        let err = Checkpoint::open(&dir).err().expect("refused").to_string();
+        assert!(
+            err.contains("tensor `x` is in both") && err.contains("b.safetensors"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn integer_weights_are_refused_by_name() {
+        let dir = folder("dtype");
+        let file = dir.join("model.safetensors");
+        let ints = Tensor::new(&[1u32, 2, 3], &Device::Cpu).unwrap();
+        save(&file, &[("w", ints)]);
+        let checkpoint = Arc::new(Checkpoint::open(&file).unwrap());
+        let vb = checkpoint.var_builder(same_keys(), DType::F32, &Device::Cpu);
+        let err = vb.get(3, "w").unwrap_err().to_string();
+        assert!(err.contains("weight `w`") && err.contains("U32"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -5,14 +5,26 @@
 use crate::error::{fail, ResultExt};
 use crate::Result;
 use candle_core::{safetensors, Device, Tensor};
-use std::collections::HashMap;
 use std::path::Path;
 
-/// The tensor `name` of the safetensors file `path`, on the CPU.
+/// True when every value of the float tensor `t` is finite: `t * 0` is 0 where `t` is finite
+/// and NaN where it is not, so its sum is 0 exactly when all are.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    let zeros = (t * 0.0)?.to_dtype(candle_core::DType::F32)?;
+    Ok(zeros.sum_all()?.to_scalar::<f32>()? == 0.0)
+}
+
+/// The tensor `name` of the safetensors file `path`, on the CPU; float tensors must hold only
+/// finite values.
 pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
     let mut tensors = safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("cannot read {} as safetensors", path.display()))?;
     match tensors.remove(name) {
+        Some(t) if t.dtype().is_float() && !all_finite(&t)? => fail!(
+            Input,
+            "`{name}` in {} holds NaN or infinite values",
+            path.display()
+        ),
         Some(t) => Ok(t),
         None => {
             let mut names: Vec<_> = tensors.keys().cloned().collect();
@@ -57,9 +69,13 @@ pub fn write_atomically(target: &Path, write: impl FnOnce(&Path) -> Result<()>) 
 
 /// Saves `tensor` as the only tensor `name` of a safetensors file, atomically.
 pub fn save_tensor(target: &Path, name: &str, tensor: &Tensor) -> Result<()> {
-    let map = HashMap::from([(name.to_string(), tensor.contiguous()?)]);
+    let tensor = tensor.contiguous()?;
+    let bytes = ::safetensors::tensor::serialize([(name, &tensor)], None)
+        .map_err(|e| crate::Error::write(target, e))?;
+    // Written as any file the process creates (the safetensors crate's own writer makes 0600
+    // files).
     write_atomically(target, |temp| {
-        safetensors::save(&map, temp).with_context(|| format!("cannot write {}", target.display()))
+        std::fs::write(temp, bytes).with_context(|| format!("cannot write {}", target.display()))
     })
 }
 

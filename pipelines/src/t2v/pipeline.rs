@@ -3,7 +3,7 @@
 
 use crate::error::{fail, ResultExt};
 use crate::schedulers::{build_scheduler, SchedulerConfig};
-use crate::t2v::files::{read_tensor, save_tensor};
+use crate::t2v::files::{all_finite, read_tensor, save_tensor};
 use crate::t2v::model::{Component, ModelPaths};
 use crate::t2v::noise::seeded_noise;
 use crate::t2v::progress::{unit_done, Progress, Stage};
@@ -147,7 +147,15 @@ impl Denoiser {
                 velocity
             };
             latents = scheduler.step(&velocity, index, &latents)?;
-            device.synchronize()?;
+            if !all_finite(&latents)? {
+                fail!(
+                    Model,
+                    "the latents became NaN or infinite at step {} of {}: the model overflows \
+                     in {dtype:?} (try --dtype f32) or its weights are damaged",
+                    index + 1,
+                    timesteps.len()
+                );
+            }
             step_seconds.push(started.elapsed().as_secs_f64());
             unit_done(progress)?;
         }

@@ -23,11 +23,12 @@ fn write_qkv(path: &Path, tokens: usize) -> HashMap<String, Tensor> {
     map
 }
 
-/// Runs the probe and returns (density, output).
+/// Runs the probe (replacing the last output) and returns (density, output).
 fn probe(dir: &Path, extra: &[&str]) -> (f64, Tensor) {
     let (input, output) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
     let mut args = vec![
         "attention",
+        "--overwrite",
         "--grid",
         "5,6,10",
         "--input",

@@ -283,3 +283,42 @@ fn sizes_that_cannot_fit_are_refused_before_any_allocation() {
     );
     assert_eq!(frames_in(&out.join("job-0002.y4m")), 9);
 }
+
+#[test]
+fn every_file_vdit_writes_gets_the_same_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("kite.y4m");
+    let latents = dir.path().join("latents.safetensors");
+    let mut args = small(&video);
+    args.extend([
+        "--save-latents".to_string(),
+        latents.to_str().unwrap().to_string(),
+    ]);
+    succeeds(&args);
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "a kite\n").unwrap();
+    let paro = dir.path().join("paro.safetensors");
+    succeeds(&[
+        "calibrate",
+        "paro",
+        "--model",
+        tiny_wan().to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--size",
+        "64x48",
+        "--frames",
+        "9",
+        "--steps",
+        "2",
+        "--quiet",
+        "--output",
+        paro.to_str().unwrap(),
+    ]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let video_mode = mode(&video);
+    for file in [dir.path().join("kite.y4m.json"), latents, paro] {
+        assert_eq!(mode(&file), video_mode, "{}", file.display());
+    }
+}

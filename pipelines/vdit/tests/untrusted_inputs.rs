@@ -342,3 +342,97 @@ fn batch_job_lines() {
     assert!(!(1..=3).any(flagged), "{stderr}");
     println!("{stdout}");
 }
+
+#[test]
+fn non_finite_latents_and_embeddings_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    // The tiny model at 64x48 x 9 frames: [1, 16, 3, 6, 8].
+    let mut values = vec![0.5f32; 16 * 3 * 6 * 8];
+    values[100] = f32::NAN;
+    let tensor = Tensor::from_vec(values, (1, 16, 3, 6, 8), &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&HashMap::from([("latents".to_string(), tensor)]), &latents)
+        .unwrap();
+    let video = dir.path().join("v.y4m");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vdit"))
+        .args([
+            "generate",
+            "--model",
+            tiny("").to_str().unwrap(),
+            "--prompt",
+            "a kite",
+        ])
+        .args([
+            "--size",
+            "64x48",
+            "--frames",
+            "9",
+            "--steps",
+            "2",
+            "--quiet",
+            "--latents",
+        ])
+        .arg(&latents)
+        .arg("--output")
+        .arg(&video)
+        .env_remove("VDIT_DEFAULT_MODEL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds NaN or infinite values"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!video.exists());
+}
+
+#[test]
+fn latents_that_turn_non_finite_stop_the_run_at_that_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(model.join("transformer")).unwrap();
+    for part in ["scheduler", "text_encoder", "tokenizer", "vae"] {
+        std::os::unix::fs::symlink(tiny(part), model.join(part)).unwrap();
+    }
+    for file in ["model_index.json", "generation_config.json"] {
+        std::fs::copy(tiny(file), model.join(file)).unwrap();
+    }
+    std::fs::copy(
+        tiny("transformer/config.json"),
+        model.join("transformer/config.json"),
+    )
+    .unwrap();
+    // The transformer's weights with one infinite output bias.
+    let file = "transformer/diffusion_pytorch_model.safetensors";
+    let mut tensors = candle_core::safetensors::load(tiny(file), &Device::Cpu).unwrap();
+    let key = tensors
+        .keys()
+        .find(|k| k.starts_with("proj_out") && k.ends_with("bias"))
+        .cloned()
+        .expect("an output bias");
+    let bias = &tensors[&key];
+    let broken = (bias.ones_like().unwrap() * f64::INFINITY).unwrap();
+    tensors.insert(key, broken.to_dtype(bias.dtype()).unwrap());
+    candle_core::safetensors::save(&tensors, model.join(file)).unwrap();
+    let video = dir.path().join("v.y4m");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vdit"))
+        .args([
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a kite",
+        ])
+        .args([
+            "--size", "64x48", "--frames", "9", "--steps", "3", "--seed", "1", "--quiet",
+        ])
+        .arg("--output")
+        .arg(&video)
+        .env_remove("VDIT_DEFAULT_MODEL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("became NaN or infinite at step 1 of 3"),
+        "{stderr}"
+    );
+    assert!(!video.exists());
+}

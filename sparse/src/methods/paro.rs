@@ -14,7 +14,7 @@ use crate::pool::{block_attention_mass, Blocking};
 use crate::registry::MethodEntry;
 use crate::seam::{AttentionCall, SelfAttention};
 use candle_core::{Result, Tensor};
-use safetensors::tensor::{serialize_to_file, Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{serialize, Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -171,8 +171,11 @@ impl ParoCalibration {
         ]);
         vdit_core::output::remove_stale_temps(path);
         let tmp = vdit_core::output::temp_path(path);
-        let written = serialize_to_file(views, Some(meta), &tmp)
+        // Serialised in memory and written as any file the process creates (the safetensors
+        // crate's own writer makes 0600 files).
+        let written = serialize(views, Some(meta))
             .map_err(|e| fail(e.to_string()))
+            .and_then(|bytes| std::fs::write(&tmp, bytes).map_err(|e| fail(e.to_string())))
             .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string())));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);

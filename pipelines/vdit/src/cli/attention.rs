@@ -8,7 +8,6 @@ use sparse::{
     AttentionCall, AttentionRouter, AttentionSchedule, AttentionTarget, CallSite, MethodSpec,
     Registry, SelfAttention, TokenGrid,
 };
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -31,6 +30,9 @@ pub struct AttentionArgs {
     /// Layer index the call stands for (selects the VMoBA chunk kind when cycling).
     #[arg(long, default_value_t = 0)]
     pub layer: usize,
+    /// Replace an existing output file (only once the new one is complete).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Loads the tensors, runs the method, writes the output and prints one JSON line.
@@ -42,6 +44,8 @@ pub fn run(args: AttentionArgs, registry: &Registry) -> Result<()> {
         bail!("--grid `{}` must have three sides T,H,W", args.grid)
     };
     let grid = TokenGrid::new(t, h, w);
+    pipelines::t2v::check_parent(&args.output)?;
+    vdit_core::output::check_new(&args.output, args.overwrite)?;
     let tensors = safetensors::load(&args.input, &Device::Cpu)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
     let get = |name: &str| -> Result<Tensor> {
@@ -79,9 +83,7 @@ pub fn run(args: AttentionArgs, registry: &Registry) -> Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let report = router.report()?;
-    let map = HashMap::from([("out".to_string(), out.contiguous()?)]);
-    safetensors::save(&map, &args.output)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    pipelines::t2v::save_tensor(&args.output, "out", &out)?;
     let s = q.dim(2)?;
     let line = serde_json::json!({
         "method": args.method.name,
