@@ -29,6 +29,13 @@ pub enum OutputError {
         /// The process holding it, when it could be read.
         holder: Option<u32>,
     },
+    /// The output path is a symbolic link to nothing.
+    #[error(
+        "{} is a symbolic link that leads nowhere (a loop or a missing target): remove it or \
+         choose another path",
+        .0.display()
+    )]
+    BrokenLink(PathBuf),
     /// The output exists and replacing it was not asked for.
     #[error("{} already exists: pass --overwrite to replace it, or choose another path", .0.display())]
     Exists(PathBuf),
@@ -112,10 +119,21 @@ pub fn remove_stale_temps(target: &Path) {
     }
 }
 
+/// Refuses a `target` that is a symbolic link to nothing (writing through it would fail with
+/// an unhelpful system error).
+pub fn check_link(target: &Path) -> Result<(), OutputError> {
+    let is_link = std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link && std::fs::metadata(target).is_err() {
+        return Err(OutputError::BrokenLink(target.to_path_buf()));
+    }
+    Ok(())
+}
+
 /// Refuses an existing `target` (a file, or a folder with anything in it) unless `overwrite`;
 /// an empty folder counts as free. With `overwrite` the old output stays until the new one is
 /// complete and renamed over it.
 pub fn check_new(target: &Path, overwrite: bool) -> Result<(), OutputError> {
+    check_link(target)?;
     let occupied = match std::fs::symlink_metadata(target) {
         Err(_) => false,
         Ok(meta) if meta.is_dir() => {

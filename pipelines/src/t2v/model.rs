@@ -236,6 +236,21 @@ impl ModelPaths {
 
 /// Checks that `folder` looks like a diffusers pipeline folder.
 fn check_pipeline_folder(folder: &Path) -> Result<PathBuf> {
+    if folder.is_file() {
+        fail!(
+            Model,
+            "--model {} is a file: give a diffusers Wan pipeline folder (with model_index.json), \
+             or a single transformer checkpoint with --transformer FILE",
+            folder.display()
+        );
+    }
+    if std::fs::symlink_metadata(folder).is_ok() && std::fs::metadata(folder).is_err() {
+        fail!(
+            Model,
+            "--model {} is a symbolic link that leads nowhere (a loop or a missing target)",
+            folder.display()
+        );
+    }
     if !folder.is_dir() {
         fail!(
             Model,

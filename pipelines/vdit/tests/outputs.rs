@@ -322,3 +322,51 @@ fn every_file_vdit_writes_gets_the_same_permissions() {
         assert_eq!(mode(&file), video_mode, "{}", file.display());
     }
 }
+
+#[test]
+fn messages_say_what_is_really_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let looped = dir.path().join("loop");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let file = dir.path().join("model.txt");
+    std::fs::write(&file, "not a model").unwrap();
+    let video = dir.path().join("v.y4m");
+    for (model, expected) in [(&looped, "leads nowhere"), (&file, "is a file")] {
+        let mut args = small(&video);
+        let at = args.iter().position(|a| a == "--model").unwrap();
+        args[at + 1] = model.to_str().unwrap().to_string();
+        let err = fails(&args);
+        assert!(err.contains(expected), "{err}");
+    }
+    let err = fails(&small(&looped));
+    assert!(err.contains("symbolic link that leads nowhere"), "{err}");
+    // A byte-order mark before the first job is not part of it; an overlong id says so.
+    let jobs = dir.path().join("jobs.jsonl");
+    let long_id = "x".repeat(300);
+    std::fs::write(
+        &jobs,
+        format!(
+            "\u{feff}{{\"prompt\": \"a\", \"seed\": 1}}\n{{\"prompt\": \"b\", \"seed\": 2, \"id\": \"{long_id}\"}}\n"
+        ),
+    )
+    .unwrap();
+    let mut args = batch(&jobs, &dir.path().join("out"));
+    args.push("--dry-run".into());
+    let out = t2v_common::vdit(&args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("1 would run") && stdout.contains("(lines 2)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("is 300 characters long: ids are at most 200"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("out").exists(),
+        "a dry run creates nothing"
+    );
+}

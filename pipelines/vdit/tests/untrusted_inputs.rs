@@ -132,6 +132,9 @@ fn fuzz(name: &str, base: &[u8], path: &Path, load: impl Fn(&Path) -> bool) {
     println!("{name}: {CASES} mutations ({accepted} accepted), none panicked (seed {seed})");
 }
 
+/// A loader under test: true when it accepted the file.
+type Loader = fn(&Path) -> bool;
+
 fn tiny(part: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../assets/tiny-wan")
@@ -171,7 +174,7 @@ fn safetensors_checkpoints() {
 fn model_configs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.json");
-    let cases: [(&str, &str, fn(&Path) -> bool); 5] = [
+    let cases: [(&str, &str, Loader); 5] = [
         ("transformer config", "transformer/config.json", |p| {
             dit::WanConfig::from_file(p).is_ok()
         }),

@@ -159,6 +159,10 @@ struct JobLine {
     attention: BTreeMap<String, serde_json::Value>,
 }
 
+/// Characters of a job id at most (with its extension and vdit's temporary suffixes the name
+/// stays under the usual 255-byte limit of file names).
+const MAX_ID: usize = 200;
+
 /// The keys of a job line besides the attention method and its options.
 const JOB_KEYS: &str = "prompt, seed, negative_prompt, id, size, frames, steps, guidance, shift, \
                         scheduler, fps";
@@ -217,10 +221,18 @@ impl JobLine {
         let Some(id) = &self.id else {
             return Ok(format!("job-{line:04}"));
         };
+        if id.len() > MAX_ID {
+            bail!(
+                "id `{}...` is {} characters long: ids are at most {MAX_ID} (the video's file \
+                 name must fit the file system)",
+                id.chars().take(24).collect::<String>(),
+                id.len()
+            );
+        }
         let plain = id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if id.is_empty() || id.len() > 200 || id.starts_with('.') || !plain {
+        if id.is_empty() || id.starts_with('.') || !plain {
             bail!(
                 "id `{id}` must be a plain file name: letters, digits, '.', '_' or '-', not \
                  starting with '.'"
@@ -576,7 +588,9 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
             .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
     }
     let context = ModelContext::new(&args.model.spec())?;
-    let lines = shard_lines(&text, args.shard.unwrap_or(Shard { index: 0, count: 1 }));
+    // Editors on Windows start UTF-8 files with a byte-order mark; it is not part of the job.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let lines = shard_lines(text, args.shard.unwrap_or(Shard { index: 0, count: 1 }));
     let (mut failures, mut tally) = (Failures(Vec::new()), Tally::default());
     let mut pending = plan_jobs(&lines, &args, &context, registry, &mut failures, &mut tally);
     if !pending.is_empty() {

@@ -72,11 +72,19 @@ impl Mp4Codec {
     }
 }
 
-/// Starts FFmpeg once and keeps its log to errors, so encoders do not chat on stderr.
+/// Starts FFmpeg once with its own log silenced (vdit reports FFmpeg's failures in its own
+/// one-line errors); `VDIT_FFMPEG_LOG=1` shows FFmpeg's log for debugging.
 fn init() -> Result<(), ffmpeg::Error> {
     static LOG_LEVEL: std::sync::Once = std::sync::Once::new();
     ffmpeg::init()?;
-    LOG_LEVEL.call_once(|| ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error));
+    LOG_LEVEL.call_once(|| {
+        let level = if std::env::var_os("VDIT_FFMPEG_LOG").is_some() {
+            ffmpeg::util::log::Level::Info
+        } else {
+            ffmpeg::util::log::Level::Quiet
+        };
+        ffmpeg::util::log::set_level(level);
+    });
     Ok(())
 }
 

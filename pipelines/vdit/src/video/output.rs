@@ -93,8 +93,10 @@ impl VideoWriter {
         overwrite: bool,
     ) -> Result<Self, VideoError> {
         let format = VideoFormat::from_path(path)?;
-        if format != VideoFormat::PngFolder {
+        if format == VideoFormat::PngFolder {
             // A frame folder checks for itself that it is empty.
+            vdit_core::output::check_link(path)?;
+        } else {
             vdit_core::output::check_new(path, overwrite)?;
         }
         if width == 0 || height == 0 {
