@@ -8,8 +8,8 @@ mod t2v_common;
 
 use common::names_in;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use t2v_common::{fails, read_json, small, succeeds, tiny_wan};
+use std::process::Command;
+use t2v_common::{batch_args, fails, read_json, small, spawn, succeeds, tiny_wan};
 use vdit::video::Y4mReader;
 
 /// Frames of a `.y4m`, all of which must read.
@@ -21,37 +21,13 @@ fn frames_in(path: &Path) -> usize {
     frames.len()
 }
 
-fn spawn(args: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_vdit"))
-        .args(args)
-        .env_remove("VDIT_DEFAULT_MODEL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 /// `vdit batch JOBS --out-dir OUT` on the tiny model, small videos, Y4M.
 fn batch(jobs: &Path, out: &Path) -> Vec<String> {
-    [
-        "batch",
-        jobs.to_str().unwrap(),
-        "--out-dir",
-        out.to_str().unwrap(),
-        "--model",
-        tiny_wan().to_str().unwrap(),
-        "--format",
-        "y4m",
-        "--size",
-        "64x48",
-        "--frames",
-        "9",
-        "--steps",
-        "2",
-        "--quiet",
-    ]
-    .map(String::from)
-    .to_vec()
+    batch_args(
+        jobs,
+        out,
+        &["--size", "64x48", "--frames", "9", "--steps", "2"],
+    )
 }
 
 /// The count before `label` in a batch summary line such as `batch: 2 done, 1 skipped, ...`.

@@ -6,19 +6,9 @@ mod t2v_common;
 
 use common::names_in;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use t2v_common::{small, tiny_wan};
-
-fn spawn(args: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_vdit"))
-        .args(args)
-        .env_remove("VDIT_DEFAULT_MODEL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
+use t2v_common::{batch_args, small, spawn};
 
 /// Waits until `path` exists (the run reached that point), failing if the run ends first.
 fn wait_for(path: &Path, child: &mut Child) {
@@ -89,25 +79,11 @@ fn an_interrupted_batch_keeps_finished_jobs_and_says_so() {
         .collect();
     std::fs::write(&jobs, lines.join("\n")).unwrap();
     let out: PathBuf = dir.path().join("out");
-    let args: Vec<String> = [
-        "batch",
-        jobs.to_str().unwrap(),
-        "--out-dir",
-        out.to_str().unwrap(),
-        "--model",
-        tiny_wan().to_str().unwrap(),
-        "--format",
-        "y4m",
-        "--size",
-        "64x48",
-        "--frames",
-        "9",
-        "--steps",
-        "150",
-        "--quiet",
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = batch_args(
+        &jobs,
+        &out,
+        &["--size", "64x48", "--frames", "9", "--steps", "150"],
+    );
     let mut child = spawn(&args);
     wait_for(&out.join("job-0001.y4m.json"), &mut child);
     signal(&child, "INT");

@@ -9,27 +9,8 @@ use common::names_in;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
-use t2v_common::{tiny_wan, vdit};
+use t2v_common::{batch_args, vdit};
 use vdit::video::Y4mReader;
-
-/// `vdit batch JOBS --out-dir OUT` on the tiny model with `extra` settings, Y4M output.
-fn batch_args(jobs: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "batch",
-        jobs.to_str().unwrap(),
-        "--out-dir",
-        out.to_str().unwrap(),
-        "--model",
-        tiny_wan().to_str().unwrap(),
-        "--format",
-        "y4m",
-        "--quiet",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
 
 fn modified(path: &Path) -> SystemTime {
     std::fs::metadata(path).unwrap().modified().unwrap()

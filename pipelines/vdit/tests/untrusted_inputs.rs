@@ -5,11 +5,13 @@
 //! VDIT_FUZZ_SEED to replay one.
 
 mod common;
+mod t2v_common;
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use t2v_common::small;
 use vdit::video::{Frame, PngFolderReader, VideoWriter, Y4mReader};
 
 /// Mutations per input kind.
@@ -357,30 +359,16 @@ fn non_finite_latents_and_embeddings_are_refused_at_load() {
     candle_core::safetensors::save(&HashMap::from([("latents".to_string(), tensor)]), &latents)
         .unwrap();
     let video = dir.path().join("v.y4m");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vdit"))
-        .args([
-            "generate",
-            "--model",
-            tiny("").to_str().unwrap(),
-            "--prompt",
-            "a kite",
-        ])
-        .args([
-            "--size",
-            "64x48",
-            "--frames",
-            "9",
-            "--steps",
-            "2",
-            "--quiet",
-            "--latents",
-        ])
-        .arg(&latents)
-        .arg("--output")
-        .arg(&video)
-        .env_remove("VDIT_DEFAULT_MODEL")
-        .output()
-        .unwrap();
+    let mut args = small(&video);
+    let seed = args.iter().position(|a| a == "--seed").unwrap();
+    args.splice(
+        seed..seed + 2,
+        [
+            "--latents".to_string(),
+            latents.to_str().unwrap().to_string(),
+        ],
+    );
+    let out = t2v_common::vdit(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("holds NaN or infinite values"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -416,22 +404,12 @@ fn latents_that_turn_non_finite_stop_the_run_at_that_step() {
     tensors.insert(key, broken.to_dtype(bias.dtype()).unwrap());
     candle_core::safetensors::save(&tensors, model.join(file)).unwrap();
     let video = dir.path().join("v.y4m");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vdit"))
-        .args([
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "a kite",
-        ])
-        .args([
-            "--size", "64x48", "--frames", "9", "--steps", "3", "--seed", "1", "--quiet",
-        ])
-        .arg("--output")
-        .arg(&video)
-        .env_remove("VDIT_DEFAULT_MODEL")
-        .output()
-        .unwrap();
+    let mut args = small(&video);
+    for (flag, value) in [("--model", model.to_str().unwrap()), ("--steps", "3")] {
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = value.to_string();
+    }
+    let out = t2v_common::vdit(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("became NaN or infinite at step 1 of 3"),

@@ -52,19 +52,6 @@ fn synthetic_frame(width: u32, height: u32, index: u32) -> Result<Frame> {
     Ok(Frame::new(width, height, rgb)?)
 }
 
-/// Bytes under `path` (a file, or a folder of files).
-fn size_of(path: &Path) -> Result<u64> {
-    if path.is_dir() {
-        let mut total = 0;
-        for entry in std::fs::read_dir(path)? {
-            total += entry?.metadata()?.len();
-        }
-        Ok(total)
-    } else {
-        Ok(std::fs::metadata(path)?.len())
-    }
-}
-
 /// Writes `frames` frames of `width x height` at 16 fps to each format `runs` times, in a
 /// folder of its own under `out` that is removed afterwards, and prints a table.
 pub fn run(width: u32, height: u32, frames: u32, runs: usize, out: &Path) -> Result<Vec<WriteRow>> {
@@ -113,7 +100,7 @@ fn time_formats(clip: &[Frame], runs: usize, folder: &Path) -> Result<Vec<WriteR
             }
             let video = writer.finish()?;
             times.push(started.elapsed().as_secs_f64());
-            written = Some((size_of(&path)?, video.encoding));
+            written = Some((pipelines::t2v::output_bytes(&path)?, video.encoding));
         }
         let (bytes, encoding) = written.expect("at least one run");
         rows.push(WriteRow {

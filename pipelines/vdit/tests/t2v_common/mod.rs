@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The embedded default model, assets/tiny-wan.
 pub fn tiny_wan() -> PathBuf {
@@ -27,6 +27,17 @@ pub fn vdit<S: AsRef<OsStr>>(args: &[S]) -> Output {
         .env_remove("VDIT_DEFAULT_MODEL")
         .output()
         .expect("vdit runs")
+}
+
+/// Starts `vdit` with `args`, stdout and stderr piped.
+pub fn spawn(args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vdit"))
+        .args(args)
+        .env_remove("VDIT_DEFAULT_MODEL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vdit starts")
 }
 
 /// Runs `vdit args...`, expects success, returns stdout.
@@ -53,6 +64,25 @@ pub fn one_line_error(out: Output) -> String {
     assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
     assert!(stderr.starts_with("error: "), "{stderr}");
     stderr
+}
+
+/// `vdit batch JOBS --out-dir OUT` on the tiny model with `extra` settings, Y4M output.
+pub fn batch_args(jobs: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "batch",
+        jobs.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--model",
+        tiny_wan().to_str().unwrap(),
+        "--format",
+        "y4m",
+        "--quiet",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// Arguments of a small, quick generation on the tiny model (64x48, 9 frames, 2 steps).
