@@ -151,10 +151,22 @@ fn is_usage(error: &anyhow::Error) -> bool {
     })
 }
 
-/// An error and its causes on one line: `outer: cause: root cause`.
+/// An error and its causes on one line: `outer: cause: root cause`. A cause whose text its
+/// wrapper already shows (errors that print their source) is not repeated.
 pub fn error_line(error: &anyhow::Error) -> String {
-    let text = format!("{error:#}");
-    text.split('\n')
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line.split('\n')
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
@@ -185,4 +197,30 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let text = text.strip_prefix("error: ").unwrap_or(&text);
     eprintln!("error: {text} (see `vdit --help`)");
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    /// An error that prints its source as part of its own message.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot load the VAE: {source}")]
+    struct Wrapper {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn causes_are_not_repeated() {
+        let error = anyhow::Error::new(Wrapper {
+            source: std::io::Error::other("z_dim = 8 is not supported"),
+        })
+        .context("generate");
+        assert_eq!(
+            error_line(&error),
+            "generate: cannot load the VAE: z_dim = 8 is not supported"
+        );
+        let plain = anyhow::anyhow!("root").context("middle\nsecond line");
+        assert_eq!(error_line(&plain), "middle; second line: root");
+    }
 }
