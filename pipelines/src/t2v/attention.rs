@@ -20,7 +20,17 @@ pub fn token_grid(settings: &Settings, config: &WanConfig) -> Result<TokenGrid> 
             settings.frames
         );
     }
-    Ok(TokenGrid::new(t / pt, h / ph, w / pw))
+    let (t, h, w) = (t / pt, h / ph, w / pw);
+    if t.checked_mul(h).and_then(|th| th.checked_mul(w)).is_none() {
+        fail!(
+            Usage,
+            "a {} video of {} frames has more tokens than can be counted: use a smaller --size \
+             or fewer --frames",
+            settings.size,
+            settings.frames
+        );
+    }
+    Ok(TokenGrid::new(t, h, w))
 }
 
 /// The video size and frame count whose tokens form `grid` (the inverse of [`token_grid`]).

@@ -43,6 +43,9 @@ pub fn run(args: AttentionArgs, registry: &Registry) -> Result<()> {
     let [t, h, w] = sizes[..] else {
         bail!("--grid `{}` must have three sides T,H,W", args.grid)
     };
+    if t.checked_mul(h).and_then(|th| th.checked_mul(w)).is_none() {
+        bail!("--grid {t},{h},{w} has more tokens than can be counted: use the tensors' grid");
+    }
     let grid = TokenGrid::new(t, h, w);
     pipelines::t2v::check_parent(&args.output)?;
     vdit_core::output::check_new(&args.output, args.overwrite)?;
