@@ -50,6 +50,9 @@ pub enum Error {
     /// The frame sink failed.
     #[error(transparent)]
     Sink(Box<dyn std::error::Error + Send + Sync>),
+    /// An output file that cannot be written (see [`vdit_core::output`]).
+    #[error(transparent)]
+    Output(#[from] vdit_core::output::OutputError),
     /// A file operation failed (the context names the file).
     #[error(transparent)]
     Io(#[from] std::io::Error),

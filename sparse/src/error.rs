@@ -82,13 +82,16 @@ pub enum Error {
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// An output file that cannot be written (see [`vdit_core::output`]).
+    #[error(transparent)]
+    Output(#[from] vdit_core::output::OutputError),
 }
 
 impl Error {
     /// True when the choice or the options cannot be used as given (fix the arguments), as
     /// opposed to a file or a computation that failed.
     pub fn is_usage(&self) -> bool {
-        !matches!(self, Self::Tensor(_) | Self::File { .. })
+        !matches!(self, Self::Tensor(_) | Self::File { .. } | Self::Output(_))
     }
 }
 

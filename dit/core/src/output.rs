@@ -1,8 +1,9 @@
 //! Files vdit writes, kept safe from concurrent runs, interruptions and files already there:
 //!
 //! - every output is written under a temporary name unique to the writing process
-//!   ([`temp_path`], `.NAME.vdit-PID.partial`) and renamed into place when complete, so two
-//!   processes never write into one temporary file and a reader never sees half an output;
+//!   ([`PartialOutput`] at [`temp_path`], `.NAME.vdit-PID.partial`) and renamed into place when
+//!   complete, so two processes never write into one temporary file and a reader never sees half
+//!   an output;
 //! - a [`Claim`] (an advisory lock on `.NAME.vdit-lock`, released by the kernel when its process
 //!   ends, however it ends) keeps two runs off the same output; the second is told who holds it;
 //! - temporaries left by processes that are gone are recognised by their name and removed
@@ -47,7 +48,15 @@ pub enum OutputError {
         /// Its folder.
         folder: PathBuf,
     },
-    /// The file system refused.
+    /// Writing or moving the output into place failed.
+    #[error("cannot write {}: {reason}", path.display())]
+    Write {
+        /// The output.
+        path: PathBuf,
+        /// What failed (not a `source`: the message already holds it).
+        reason: std::io::Error,
+    },
+    /// The file system refused the claim.
     #[error("cannot claim {}: {reason}", path.display())]
     Io {
         /// The output.
@@ -65,6 +74,103 @@ fn split(target: &Path) -> Option<(PathBuf, String)> {
         _ => PathBuf::from("."),
     };
     Some((folder, name))
+}
+
+/// The folder `target` will be written in and its file name; the folder must exist.
+fn folder_of(target: &Path) -> Result<(PathBuf, String), OutputError> {
+    let (folder, name) = split(target).ok_or_else(|| OutputError::Write {
+        path: target.to_path_buf(),
+        reason: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path names no file or folder",
+        ),
+    })?;
+    if !folder.is_dir() {
+        return Err(OutputError::MissingFolder {
+            path: target.to_path_buf(),
+            folder,
+        });
+    }
+    Ok((folder, name))
+}
+
+/// Checks that the folder `target` will be written in exists.
+pub fn check_folder(target: &Path) -> Result<(), OutputError> {
+    folder_of(target).map(|_| ())
+}
+
+/// True when something is at `path`: a file, a link, or a folder with anything in it (an empty
+/// folder counts as free).
+pub fn is_occupied(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => false,
+        Ok(meta) if meta.is_dir() => {
+            std::fs::read_dir(path).map_or(true, |mut entries| entries.next().is_some())
+        }
+        Ok(_) => true,
+    }
+}
+
+/// One output (a file or a folder) filled at this process's temporary name until
+/// [`PartialOutput::commit`] moves it into place; dropped before then, it removes what was
+/// written.
+pub struct PartialOutput {
+    target: PathBuf,
+    temp: PathBuf,
+    committed: bool,
+}
+
+impl PartialOutput {
+    /// Reserves this process's temporary name for `target`, whose folder must exist;
+    /// temporaries of `target` left by processes that have ended are removed.
+    pub fn new(target: &Path) -> Result<Self, OutputError> {
+        folder_of(target)?;
+        remove_stale_temps(target);
+        let partial = Self {
+            target: target.to_path_buf(),
+            temp: temp_path(target),
+            committed: false,
+        };
+        partial.remove_temp();
+        Ok(partial)
+    }
+
+    /// Where the writer puts the output while it is incomplete.
+    pub fn temp(&self) -> &Path {
+        &self.temp
+    }
+
+    /// The final path.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Moves the completed output into place, replacing a file (or empty folder) there.
+    pub fn commit(mut self) -> Result<(), OutputError> {
+        std::fs::rename(&self.temp, &self.target).map_err(|reason| OutputError::Write {
+            path: self.target.clone(),
+            reason,
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+
+    fn remove_temp(&self) {
+        // Best effort: nothing may be there, and a failure leaves only a hidden temporary.
+        let _ = if self.temp.is_dir() {
+            std::fs::remove_dir_all(&self.temp)
+        } else {
+            std::fs::remove_file(&self.temp)
+        };
+    }
+}
+
+impl Drop for PartialOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.remove_temp();
+        }
+    }
 }
 
 /// The prefix of the temporaries of `name`: `.NAME.vdit-`.
@@ -134,14 +240,7 @@ pub fn check_link(target: &Path) -> Result<(), OutputError> {
 /// complete and renamed over it.
 pub fn check_new(target: &Path, overwrite: bool) -> Result<(), OutputError> {
     check_link(target)?;
-    let occupied = match std::fs::symlink_metadata(target) {
-        Err(_) => false,
-        Ok(meta) if meta.is_dir() => {
-            std::fs::read_dir(target).map_or(true, |mut entries| entries.next().is_some())
-        }
-        Ok(_) => true,
-    };
-    if occupied && !overwrite {
+    if is_occupied(target) && !overwrite {
         return Err(OutputError::Exists(target.to_path_buf()));
     }
     Ok(())
@@ -162,18 +261,7 @@ impl Claim {
             path: target.to_path_buf(),
             reason,
         };
-        let (folder, name) = split(target).ok_or_else(|| {
-            io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the path names no file",
-            ))
-        })?;
-        if !folder.is_dir() {
-            return Err(OutputError::MissingFolder {
-                path: target.to_path_buf(),
-                folder,
-            });
-        }
+        let (folder, name) = folder_of(target)?;
         let lock = folder.join(format!(".{name}.vdit-lock"));
         loop {
             let mut file = OpenOptions::new()

@@ -27,6 +27,8 @@ pub struct ModelContext {
     /// The model's default generation settings.
     pub defaults: SettingOverrides,
     config: OnceCell<WanConfig>,
+    /// The text encoder's parameter count (`None` when it overflows), read once.
+    text_parameters: OnceCell<Option<u64>>,
 }
 
 impl ModelContext {
@@ -37,6 +39,7 @@ impl ModelContext {
             scheduler: paths.scheduler_config()?,
             defaults: paths.generation_defaults()?,
             config: OnceCell::new(),
+            text_parameters: OnceCell::new(),
             paths,
         })
     }
@@ -59,21 +62,32 @@ impl ModelContext {
         dtype: DType,
     ) -> Result<MemoryNeed> {
         let text = if encodes {
-            let config_file = self
-                .paths
-                .get(Component::TextEncoder)
-                .ok()
-                .map(|dir| dir.join("config.json"))
-                .filter(|file| file.is_file());
-            let config = match config_file {
-                Some(file) => umt5::Umt5Config::from_file(&file)?,
-                None => umt5::Umt5Config::umt5_xxl(),
-            };
-            text_encoder_parameters(&config)
+            self.text_encoder_parameters()?
         } else {
             None
         };
         estimate(settings, self.config()?, text, dtype)
+    }
+
+    /// The text encoder's parameters, from its `config.json` when there is one, else
+    /// umt5-xxl's sizes (read once: a batch asks for every job).
+    fn text_encoder_parameters(&self) -> Result<Option<u64>> {
+        if let Some(&parameters) = self.text_parameters.get() {
+            return Ok(parameters);
+        }
+        let config_file = self
+            .paths
+            .get(Component::TextEncoder)
+            .ok()
+            .map(|dir| dir.join("config.json"))
+            .filter(|file| file.is_file());
+        let config = match config_file {
+            Some(file) => umt5::Umt5Config::from_file(&file)?,
+            None => umt5::Umt5Config::umt5_xxl(),
+        };
+        Ok(*self
+            .text_parameters
+            .get_or_init(|| text_encoder_parameters(&config)))
     }
 
     /// The settings of a generation given `overrides` over the model's defaults, validated.

@@ -6,6 +6,7 @@ use crate::error::{fail, ResultExt};
 use crate::Result;
 use candle_core::{safetensors, Device, Tensor};
 use std::path::Path;
+use vdit_core::output::PartialOutput;
 
 /// True when every value of the float tensor `t` is finite: `t * 0` is 0 where `t` is finite
 /// and NaN where it is not, so its sum is 0 exactly when all are.
@@ -41,30 +42,15 @@ pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
 
 /// Checks that the folder `target` will be written in exists.
 pub fn check_parent(target: &Path) -> Result<()> {
-    match target.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => fail!(
-            Input,
-            "cannot write {}: folder {} does not exist (create it first)",
-            target.display(),
-            dir.display()
-        ),
-        _ => Ok(()),
-    }
+    Ok(vdit_core::output::check_folder(target)?)
 }
 
-/// Writes `target` through its temporary name: `write` fills the temporary file, which is then
-/// renamed into place; on failure the temporary file is removed.
+/// Writes `target` through this process's temporary name ([`PartialOutput`]): `write` fills
+/// the temporary file, which is then renamed into place; on failure it is removed.
 pub fn write_atomically(target: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    check_parent(target)?;
-    vdit_core::output::remove_stale_temps(target);
-    let temp = vdit_core::output::temp_path(target);
-    let result = write(&temp).and_then(|()| {
-        std::fs::rename(&temp, target).with_context(|| format!("cannot write {}", target.display()))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    let partial = PartialOutput::new(target)?;
+    write(partial.temp())?;
+    Ok(partial.commit()?)
 }
 
 /// Saves `tensor` as the only tensor `name` of a safetensors file, atomically.

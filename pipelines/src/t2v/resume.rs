@@ -62,13 +62,7 @@ pub enum OutputState {
 
 /// The state of `output` for a job with `fingerprint`.
 pub fn output_state(output: &Path, fingerprint: &str) -> OutputState {
-    let present = match std::fs::symlink_metadata(output) {
-        Err(_) => false,
-        Ok(meta) if meta.is_dir() => {
-            std::fs::read_dir(output).map_or(true, |mut entries| entries.next().is_some())
-        }
-        Ok(_) => true,
-    };
+    let present = vdit_core::output::is_occupied(output);
     let record_file = record_path(output);
     let record: Option<Value> = std::fs::read(&record_file)
         .ok()

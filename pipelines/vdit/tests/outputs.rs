@@ -9,7 +9,7 @@ mod t2v_common;
 use common::names_in;
 use std::path::Path;
 use std::process::Command;
-use t2v_common::{batch_args, fails, read_json, small, spawn, succeeds, tiny_wan};
+use t2v_common::{batch_args, fails, read_json, small, spawn, succeeds, tiny_wan, write_kite_jobs};
 use vdit::video::Y4mReader;
 
 /// Frames of a `.y4m`, all of which must read.
@@ -77,10 +77,7 @@ fn two_generates_on_one_output_never_both_write_it() {
 fn two_batches_on_one_folder_make_each_video_once() {
     let dir = tempfile::tempdir().unwrap();
     let jobs = dir.path().join("jobs.jsonl");
-    let lines: Vec<String> = (1..=4)
-        .map(|i| format!(r#"{{"prompt": "kite number {i}", "seed": {i}}}"#))
-        .collect();
-    std::fs::write(&jobs, lines.join("\n")).unwrap();
+    write_kite_jobs(&jobs, 4);
     let out = dir.path().join("out");
     let args = batch(&jobs, &out);
     let (a, b) = (spawn(&args), spawn(&args));

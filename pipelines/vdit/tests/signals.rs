@@ -8,7 +8,7 @@ use common::names_in;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use t2v_common::{batch_args, small, spawn};
+use t2v_common::{batch_args, small, spawn, write_kite_jobs};
 
 /// Waits until `path` exists (the run reached that point), failing if the run ends first.
 fn wait_for(path: &Path, child: &mut Child) {
@@ -74,10 +74,7 @@ fn an_interrupted_generate_leaves_nothing_behind() {
 fn an_interrupted_batch_keeps_finished_jobs_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let jobs = dir.path().join("jobs.jsonl");
-    let lines: Vec<String> = (1..=5)
-        .map(|i| format!(r#"{{"prompt": "kite number {i}", "seed": {i}}}"#))
-        .collect();
-    std::fs::write(&jobs, lines.join("\n")).unwrap();
+    write_kite_jobs(&jobs, 5);
     let out: PathBuf = dir.path().join("out");
     let args = batch_args(
         &jobs,

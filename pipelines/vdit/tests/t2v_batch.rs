@@ -9,7 +9,7 @@ use common::names_in;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
-use t2v_common::{batch_args, vdit};
+use t2v_common::{batch_args, vdit, write_kite_jobs};
 use vdit::video::Y4mReader;
 
 fn modified(path: &Path) -> SystemTime {
@@ -116,10 +116,7 @@ fn failures_are_reported_and_reruns_skip_done_jobs() {
 fn a_killed_batch_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let jobs = dir.path().join("jobs.jsonl");
-    let lines: Vec<String> = (1..=4)
-        .map(|i| format!(r#"{{"prompt": "kite number {i}", "seed": {i}}}"#))
-        .collect();
-    std::fs::write(&jobs, lines.join("\n")).unwrap();
+    write_kite_jobs(&jobs, 4);
     let out = dir.path().join("out");
     let args = batch_args(
         &jobs,

@@ -18,6 +18,7 @@ use safetensors::tensor::{serialize, Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use vdit_core::output::PartialOutput;
 use vdit_core::{Step, TokenGrid};
 
 const FORMAT: &str = "vdit-paro-1";
@@ -169,18 +170,12 @@ impl ParoCalibration {
             ("block".to_string(), self.block.to_string()),
             ("density".to_string(), self.density.to_string()),
         ]);
-        vdit_core::output::remove_stale_temps(path);
-        let tmp = vdit_core::output::temp_path(path);
         // Serialised in memory and written as any file the process creates (the safetensors
         // crate's own writer makes 0600 files).
-        let written = serialize(views, Some(meta))
-            .map_err(|e| fail(e.to_string()))
-            .and_then(|bytes| std::fs::write(&tmp, bytes).map_err(|e| fail(e.to_string())))
-            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string())));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+        let bytes = serialize(views, Some(meta)).map_err(|e| fail(e.to_string()))?;
+        let partial = PartialOutput::new(path)?;
+        std::fs::write(partial.temp(), bytes).map_err(|e| fail(e.to_string()))?;
+        Ok(partial.commit()?)
     }
 
     /// Reads a calibration written by [`ParoCalibration::save`].

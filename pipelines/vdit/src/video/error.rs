@@ -7,14 +7,6 @@ use std::path::{Path, PathBuf};
 /// Failure to convert, write or read video frames.
 #[derive(Debug, thiserror::Error)]
 pub enum VideoError {
-    /// The folder the output should go in does not exist.
-    #[error("cannot write {path}: folder {folder} does not exist (create it first)")]
-    MissingFolder {
-        /// Output asked for.
-        path: PathBuf,
-        /// Its missing parent folder.
-        folder: PathBuf,
-    },
     /// The output path names no format vdit writes.
     #[error(
         "cannot write {path}: unknown video format `.{extension}` (use .mp4, .gif, .y4m, or a \
@@ -26,7 +18,8 @@ pub enum VideoError {
         /// Its extension.
         extension: String,
     },
-    /// The output is taken (it exists, or another process is writing it).
+    /// The output cannot be written there: its folder is missing, it is taken (it exists, or
+    /// another process is writing it), or moving it into place failed.
     #[error(transparent)]
     Output(#[from] vdit_core::output::OutputError),
     /// MP4 was asked of a build without FFmpeg.

@@ -7,12 +7,12 @@
 //! running time never drifts from `n / fps` by more than 5 ms.
 
 use super::output::FrameSink;
-use super::partial::PartialOutput;
 use super::{Frame, FrameRate, VideoError};
 use gif::{Encoder, Repeat};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use vdit_core::output::PartialOutput;
 
 /// NeuQuant sampling: 1 is slowest and best, 30 fastest; 10 is the `gif` crate's default.
 const QUANTIZER_SPEED: i32 = 10;
@@ -23,6 +23,8 @@ const MIN_DELAY_CS: u64 = 2;
 /// Writes an animated GIF frame by frame.
 pub(crate) struct GifSink {
     encoder: Encoder<BufWriter<File>>,
+    /// Frame width and height (every frame has them: [`super::VideoWriter`] checks).
+    size: (u16, u16),
     fps: FrameRate,
     frames: u64,
     partial: PartialOutput,
@@ -65,6 +67,7 @@ impl GifSink {
             .map_err(|e| VideoError::write(path, e))?;
         Ok(Self {
             encoder,
+            size: (width, height),
             fps,
             frames: 0,
             partial,
@@ -83,14 +86,8 @@ impl FrameSink for GifSink {
     type Prepared = gif::Frame<'static>;
 
     fn preparer(&self) -> impl Fn(Frame) -> Result<Self::Prepared, VideoError> + Send + 'static {
-        let target = self.partial.target().to_path_buf();
+        let (width, height) = self.size;
         move |frame| {
-            // Checked to fit in u16 when the sink was created.
-            let (Ok(width), Ok(height)) =
-                (u16::try_from(frame.width()), u16::try_from(frame.height()))
-            else {
-                return Err(VideoError::write(&target, "a frame is too large for GIF"));
-            };
             let mut indexed =
                 gif::Frame::from_rgb_speed(width, height, frame.rgb(), QUANTIZER_SPEED);
             indexed.make_lzw_pre_encoded();

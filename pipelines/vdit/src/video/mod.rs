@@ -14,7 +14,6 @@ mod gif;
 #[cfg(feature = "ffmpeg")]
 mod mp4;
 mod output;
-mod partial;
 mod png;
 mod y4m;
 mod yuv;

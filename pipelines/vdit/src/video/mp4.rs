@@ -9,7 +9,6 @@
 //! time base of `1 / fps`, rescaled to the stream's.
 
 use super::output::FrameSink;
-use super::partial::PartialOutput;
 use super::yuv::{rgb_to_yuv, Chroma, YuvPlanes};
 use super::{Frame, FrameRate, VideoError};
 use ffmpeg::codec::{self, encoder};
@@ -19,6 +18,7 @@ use ffmpeg::util::{color, frame};
 use ffmpeg::{Dictionary, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 use std::path::{Path, PathBuf};
+use vdit_core::output::PartialOutput;
 
 /// FFmpeg's `FF_QP2LAMBDA`: one quantiser step in `global_quality` units.
 const QP_TO_LAMBDA: i32 = 118;

@@ -3,11 +3,11 @@
 //! complete; the reader takes any folder of PNGs in file-name order.
 
 use super::output::FrameSink;
-use super::partial::PartialOutput;
 use super::{Frame, VideoError};
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
 use std::path::{Path, PathBuf};
+use vdit_core::output::PartialOutput;
 
 /// Deflate effort: the `image` crate's default, a fast deflate that favours writing speed over
 /// file size.

@@ -7,12 +7,12 @@
 //! block.
 
 use super::output::FrameSink;
-use super::partial::PartialOutput;
 use super::yuv::{rgb_to_yuv, yuv_to_rgb, Chroma, YuvPlanes};
 use super::{Frame, FrameRate, VideoError};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
+use vdit_core::output::PartialOutput;
 
 /// Writes a `.y4m` file frame by frame.
 pub(crate) struct Y4mSink {

@@ -85,6 +85,14 @@ pub fn batch_args(jobs: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// Writes a jobs file of `count` jobs, `{"prompt": "kite number I", "seed": I}` for I from 1.
+pub fn write_kite_jobs(path: &Path, count: usize) {
+    let lines: Vec<String> = (1..=count)
+        .map(|i| format!(r#"{{"prompt": "kite number {i}", "seed": {i}}}"#))
+        .collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
 /// Arguments of a small, quick generation on the tiny model (64x48, 9 frames, 2 steps).
 pub fn small(output: &Path) -> Vec<String> {
     [
