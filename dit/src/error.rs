@@ -27,6 +27,9 @@ pub enum Error {
     /// Keys of an unknown layout, or a config that cannot be inferred from the weights.
     #[error("{0}")]
     Layout(String),
+    /// A LoRA file that does not fit the transformer (the message names the file and key).
+    #[error("{0}")]
+    Lora(String),
     /// A tensor is missing or mis-shaped (the message names key, shape and file).
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),

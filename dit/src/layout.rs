@@ -42,6 +42,15 @@ impl KeyLayout {
         )))
     }
 
+    /// The diffusers name of a stored key (`None` for a key the model does not read by any
+    /// name).
+    pub fn canonical(&self, stored: &str) -> Option<String> {
+        match self {
+            Self::Diffusers => Some(stored.to_string()),
+            Self::Original { prefix } => diffusers_name(stored.strip_prefix(prefix.as_str())?),
+        }
+    }
+
     /// The renaming from diffusers names to this layout's stored names.
     pub fn rename(&self) -> KeyRename {
         match self {
@@ -54,48 +63,69 @@ impl KeyLayout {
     }
 }
 
+/// Renamed prefixes of the top-level weights: (diffusers, original).
+const TOP: [(&str, &str); 7] = [
+    (
+        "condition_embedder.time_embedder.linear_1.",
+        "time_embedding.0.",
+    ),
+    (
+        "condition_embedder.time_embedder.linear_2.",
+        "time_embedding.2.",
+    ),
+    (
+        "condition_embedder.text_embedder.linear_1.",
+        "text_embedding.0.",
+    ),
+    (
+        "condition_embedder.text_embedder.linear_2.",
+        "text_embedding.2.",
+    ),
+    ("condition_embedder.time_proj.", "time_projection.1."),
+    ("proj_out.", "head.head."),
+    ("scale_shift_table", "head.modulation"),
+];
+
+/// Renamed parts of block weights, applied in order: (diffusers, original).
+const BLOCK: [(&str, &str); 11] = [
+    (".attn1.", ".self_attn."),
+    (".attn2.", ".cross_attn."),
+    (".to_q.", ".q."),
+    (".to_k.", ".k."),
+    (".to_v.", ".v."),
+    (".to_out.0.", ".o."),
+    (".norm2.", ".norm3."),
+    (".ffn.net.0.proj.", ".ffn.0."),
+    (".ffn.net.2.", ".ffn.2."),
+    (".scale_shift_table", ".modulation"),
+    (".to_gate_compress.", ".gate_compress."),
+];
+
 /// Rewrites a diffusers transformer key into the original release's name.
 pub fn original_name(name: &str) -> String {
-    const TOP: [(&str, &str); 7] = [
-        (
-            "condition_embedder.time_embedder.linear_1.",
-            "time_embedding.0.",
-        ),
-        (
-            "condition_embedder.time_embedder.linear_2.",
-            "time_embedding.2.",
-        ),
-        (
-            "condition_embedder.text_embedder.linear_1.",
-            "text_embedding.0.",
-        ),
-        (
-            "condition_embedder.text_embedder.linear_2.",
-            "text_embedding.2.",
-        ),
-        ("condition_embedder.time_proj.", "time_projection.1."),
-        ("proj_out.", "head.head."),
-        ("scale_shift_table", "head.modulation"),
-    ];
-    const BLOCK: [(&str, &str); 11] = [
-        (".attn1.", ".self_attn."),
-        (".attn2.", ".cross_attn."),
-        (".to_q.", ".q."),
-        (".to_k.", ".k."),
-        (".to_v.", ".v."),
-        (".to_out.0.", ".o."),
-        (".norm2.", ".norm3."),
-        (".ffn.net.0.proj.", ".ffn.0."),
-        (".ffn.net.2.", ".ffn.2."),
-        (".scale_shift_table", ".modulation"),
-        (".to_gate_compress.", ".gate_compress."),
-    ];
+    rename_with(name, |(diffusers, original)| (diffusers, original))
+}
+
+/// The diffusers name of an original release key, when it is one this engine reads (checked by
+/// renaming it back).
+pub fn diffusers_name(original: &str) -> Option<String> {
+    let name = rename_with(original, |(diffusers, original)| (original, diffusers));
+    (original_name(&name) == original).then_some(name)
+}
+
+/// Applies the renaming tables with each pair turned into `(from, to)` by `direction`.
+fn rename_with(
+    name: &str,
+    direction: impl Fn((&'static str, &'static str)) -> (&'static str, &'static str),
+) -> String {
     if name.starts_with("blocks.") {
-        return BLOCK
-            .iter()
-            .fold(name.to_string(), |n, (from, to)| n.replace(from, to));
+        return BLOCK.iter().fold(name.to_string(), |n, &pair| {
+            let (from, to) = direction(pair);
+            n.replace(from, to)
+        });
     }
-    for (from, to) in TOP {
+    for &pair in &TOP {
+        let (from, to) = direction(pair);
         if let Some(rest) = name.strip_prefix(from) {
             return format!("{to}{rest}");
         }
@@ -105,7 +135,7 @@ pub fn original_name(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::original_name;
+    use super::{diffusers_name, original_name};
 
     #[test]
     fn diffusers_names_map_to_original_names() {
@@ -135,6 +165,8 @@ mod tests {
         ];
         for (diffusers, original) in cases {
             assert_eq!(original_name(diffusers), original, "{diffusers}");
+            assert_eq!(diffusers_name(original).as_deref(), Some(diffusers));
         }
+        assert_eq!(diffusers_name("blocks.0.self_attn.to_q.weight"), None);
     }
 }

@@ -3,11 +3,12 @@
 use crate::config::WanConfig;
 use crate::error::Error;
 use crate::layout::KeyLayout;
+use crate::lora::{LoraMerge, LoraSet};
 use crate::model::WanTransformer;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vdit_core::weights::Checkpoint;
+use vdit_core::weights::{Checkpoint, WeightPatch};
 
 /// A loaded transformer and what was learned about its files.
 pub struct LoadedTransformer {
@@ -19,13 +20,19 @@ pub struct LoadedTransformer {
     pub layout: KeyLayout,
     /// Where the configuration came from (`None`: inferred from the weights).
     pub config_file: Option<PathBuf>,
+    /// The LoRAs merged into the weights.
+    pub loras: LoraSet,
+    /// LoRA keys left out because they match no weight (`FILE: KEY`, with `lenient`).
+    pub lora_ignored: Vec<String>,
 }
 
 /// Loads a Wan transformer from a folder (diffusers `transformer/` or an original release
-/// folder) or a single safetensors file. The config comes from `config.json` beside the
-/// weights when there is one, else it is inferred from the weight shapes (head dim 128).
+/// folder) or a single safetensors file, with the LoRAs of `loras` merged into its weights.
+/// The config comes from `config.json` beside the weights when there is one, else it is
+/// inferred from the weight shapes (head dim 128).
 pub fn load_transformer(
     path: &Path,
+    loras: &LoraSet,
     dtype: DType,
     device: &Device,
 ) -> Result<LoadedTransformer, Error> {
@@ -42,13 +49,23 @@ pub fn load_transformer(
     } else {
         (infer_config(&checkpoint, &layout)?, None)
     };
-    let vb = checkpoint.var_builder(layout.rename(), dtype, device);
+    let merge = match loras.is_empty() {
+        true => None,
+        false => Some(Arc::new(LoraMerge::plan(loras, &checkpoint, &layout)?)),
+    };
+    let patch = merge.clone().map(|m| m as Arc<dyn WeightPatch>);
+    let vb = checkpoint.patched_var_builder(layout.rename(), patch, dtype, device);
     let model = WanTransformer::new(&config, vb)?;
+    if let Some(merge) = &merge {
+        merge.check_all_merged()?;
+    }
     Ok(LoadedTransformer {
         model,
         config,
         layout,
         config_file,
+        loras: loras.clone(),
+        lora_ignored: merge.map(|m| m.ignored().to_vec()).unwrap_or_default(),
     })
 }
 

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use candle_core::{safetensors::load, DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use dit::{load_transformer, Step, WanTransformer};
+use dit::{load_transformer, LoraSet, Step, WanTransformer};
 use sparse::sparsed::{Sparsed, SparsedOptions};
 use sparse::vmoba::{Selection, Vmoba, VmobaOptions};
 use sparse::vsa::{Vsa, VsaOptions};
@@ -44,7 +44,13 @@ fn vsa(options: VsaOptions) -> Arc<dyn AttentionMethod> {
 
 #[test]
 fn keep_everything_methods_equal_dense_through_the_model() -> Result<()> {
-    let model = load_transformer(&fixture("tiny_h12"), DType::F32, &Device::Cpu)?.model;
+    let model = load_transformer(
+        &fixture("tiny_h12"),
+        &LoraSet::default(),
+        DType::F32,
+        &Device::Cpu,
+    )?
+    .model;
     let dense = forward(&model, &Dense)?;
     let methods: [Arc<dyn AttentionMethod>; 3] = [
         vsa(VsaOptions {
@@ -95,7 +101,13 @@ fn keep_everything_methods_equal_dense_through_the_model() -> Result<()> {
 /// A model with `to_gate_compress` feeds VSA's coarse branch; zero gate weights add nothing.
 #[test]
 fn vsa_gate_projection_is_loaded_and_used() -> Result<()> {
-    let cfg = load_transformer(&fixture("tiny_h12"), DType::F32, &Device::Cpu)?.config;
+    let cfg = load_transformer(
+        &fixture("tiny_h12"),
+        &LoraSet::default(),
+        DType::F32,
+        &Device::Cpu,
+    )?
+    .config;
     let mut weights = load(
         fixture("tiny_h12/diffusion_pytorch_model.safetensors"),
         &Device::Cpu,

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use candle_core::{safetensors::load, DType, Device};
-use dit::{load_transformer, Step};
+use dit::{load_transformer, LoraSet, Step};
 use sparse::vsa::{Vsa, VsaOptions};
 use sparse::{AttentionRouter, AttentionSchedule, Dense};
 use std::path::PathBuf;
@@ -21,7 +21,8 @@ fn bf16_on_the_gpu_matches_diffusers_in_both_layouts() -> Result<()> {
     let gpu = Device::new_cuda(0)?;
     for (name, folder) in [("tiny_h12", "tiny_h12"), ("odd_h3", "odd_h3_original")] {
         let io = load(fixture(&format!("{name}_io.safetensors")), &Device::Cpu)?;
-        let model = load_transformer(&fixture(folder), DType::BF16, &gpu)?.model;
+        let model =
+            load_transformer(&fixture(folder), &LoraSet::default(), DType::BF16, &gpu)?.model;
         let run = |attention: &dyn sparse::SelfAttention| -> Result<f64> {
             let out = model.forward(
                 &io["latents"].to_dtype(DType::BF16)?.to_device(&gpu)?,

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use candle_core::{safetensors, DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use dit::{load_transformer, Step, WanConfig, WanTransformer};
+use dit::{load_transformer, LoraSet, Step, WanConfig, WanTransformer};
 use sparse::Dense;
 use std::collections::HashMap;
 use vdit_core::metrics::relative_l2;
@@ -83,8 +83,8 @@ fn sharded_and_single_files_load_the_same_model_and_infer_the_config() -> Result
         index.to_string(),
     )?;
 
-    let one = load_transformer(&single, DType::F32, &Device::Cpu)?;
-    let two = load_transformer(&sharded, DType::F32, &Device::Cpu)?;
+    let one = load_transformer(&single, &LoraSet::default(), DType::F32, &Device::Cpu)?;
+    let two = load_transformer(&sharded, &LoraSet::default(), DType::F32, &Device::Cpu)?;
     assert!(one.config_file.is_none(), "config must be inferred");
     assert_eq!(one.config, cfg);
     assert_eq!(two.config, cfg);
@@ -118,7 +118,7 @@ fn bf16_and_f16_checkpoints_load_in_any_dtype() -> Result<()> {
         let path = dir.path().join(format!("{stored:?}.safetensors"));
         safetensors::save(&cast, &path)?;
         for dtype in [DType::F32, DType::BF16, DType::F16] {
-            let loaded = load_transformer(&path, dtype, &Device::Cpu)?;
+            let loaded = load_transformer(&path, &LoraSet::default(), dtype, &Device::Cpu)?;
             assert_eq!(loaded.model.dtype(), dtype);
             let err = relative_l2(
                 &forward(&loaded.model, 0.0)?.to_dtype(DType::F32)?,

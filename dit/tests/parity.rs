@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use candle_core::{safetensors::load, DType, Device, Tensor};
-use dit::{load_transformer, KeyLayout, Step};
+use dit::{load_transformer, KeyLayout, LoraSet, Step};
 use sparse::Dense;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ fn io(name: &str) -> Result<HashMap<String, Tensor>> {
 /// as f32 and the expected output for that dtype.
 fn run(name: &str, folder: &str, dtype: DType) -> Result<(Tensor, Tensor)> {
     let tensors = io(name)?;
-    let loaded = load_transformer(&fixture(folder), dtype, &Device::Cpu)?;
+    let loaded = load_transformer(&fixture(folder), &LoraSet::default(), dtype, &Device::Cpu)?;
     let out = loaded.model.forward(
         &tensors["latents"].to_dtype(dtype)?,
         &tensors["timesteps"],
@@ -79,14 +79,24 @@ fn odd_grid_three_heads_matches_diffusers_in_bf16() -> Result<()> {
 fn original_layout_gives_the_same_result() -> Result<()> {
     for name in ["tiny_h12", "odd_h3"] {
         let original = format!("{name}_original");
-        let loaded = load_transformer(&fixture(&original), DType::F32, &Device::Cpu)?;
+        let loaded = load_transformer(
+            &fixture(&original),
+            &LoraSet::default(),
+            DType::F32,
+            &Device::Cpu,
+        )?;
         assert_eq!(
             loaded.layout,
             KeyLayout::Original {
                 prefix: String::new()
             }
         );
-        let diffusers = load_transformer(&fixture(name), DType::F32, &Device::Cpu)?;
+        let diffusers = load_transformer(
+            &fixture(name),
+            &LoraSet::default(),
+            DType::F32,
+            &Device::Cpu,
+        )?;
         assert_eq!(
             loaded.config, diffusers.config,
             "{name}: configs differ between layouts"
@@ -99,7 +109,12 @@ fn original_layout_gives_the_same_result() -> Result<()> {
 /// Under bf16 weights the modulation tables stay f32, as diffusers keeps them.
 #[test]
 fn modulation_tables_stay_f32_under_bf16_weights() -> Result<()> {
-    let loaded = load_transformer(&fixture("tiny_h12"), DType::BF16, &Device::Cpu)?;
+    let loaded = load_transformer(
+        &fixture("tiny_h12"),
+        &LoraSet::default(),
+        DType::BF16,
+        &Device::Cpu,
+    )?;
     assert_eq!(loaded.model.dtype(), DType::BF16);
     for block in loaded.model.blocks() {
         assert_eq!(block.scale_shift_table().dtype(), DType::F32);

@@ -2,6 +2,7 @@
 //! model with a sparse method chosen by name, decoded into a sink of our own.
 
 use candle_core::{DType, Device, Tensor};
+use dit::LoraSet;
 use pipelines::t2v::{
     FrameSink, Job, Loaded, ModelContext, ModelSpec, NoiseSource, PromptInput, SettingOverrides,
     Silent, SinkError,
@@ -52,10 +53,17 @@ fn a_generation_runs_into_a_sink_of_our_own() -> anyhow::Result<()> {
         NoiseSource::Seed(7),
         Registry::builtin().schedule(&spec)?,
         None,
+        LoraSet::default(),
     )?;
     let device = Device::Cpu;
     let prompts = context.encode(&job.texts(), DType::F32, &device, &mut Silent)?;
-    let loaded = Loaded::load(&context, DType::F32, &device, &mut Silent)?;
+    let loaded = Loaded::load(
+        &context,
+        &LoraSet::default(),
+        DType::F32,
+        &device,
+        &mut Silent,
+    )?;
     let mut sink = Counter::default();
     let outcome = loaded.run(&job, &prompts, &mut sink, &mut Silent)?;
     assert_eq!(sink.frames, 9);
@@ -94,13 +102,76 @@ fn a_failing_sink_ends_the_generation_with_its_own_error() -> anyhow::Result<()>
         NoiseSource::Seed(1),
         Registry::builtin().schedule(&MethodSpec::named("dense"))?,
         None,
+        LoraSet::default(),
     )?;
     let prompts = context.encode(&job.texts(), DType::F32, &Device::Cpu, &mut Silent)?;
-    let loaded = Loaded::load(&context, DType::F32, &Device::Cpu, &mut Silent)?;
+    let loaded = Loaded::load(
+        &context,
+        &LoraSet::default(),
+        DType::F32,
+        &Device::Cpu,
+        &mut Silent,
+    )?;
     let err = loaded
         .run(&job, &prompts, &mut Full, &mut Silent)
         .unwrap_err();
     assert!(matches!(err, pipelines::Error::Sink(_)), "{err:?}");
     assert_eq!(err.to_string(), "the disk is full");
+    Ok(())
+}
+
+/// A transformer with VSA's gate weights (fine-tuned with VSA, as FastWan) runs VSA at
+/// sparsity 0.8 unless a method is named; option flags apply over that default.
+#[test]
+fn a_vsa_trained_transformer_defaults_to_vsa() -> anyhow::Result<()> {
+    let tiny = pipelines::t2v::default_model_folder()?;
+    let dir = tempfile::tempdir()?;
+    for part in ["vae", "text_encoder", "tokenizer", "scheduler"] {
+        std::os::unix::fs::symlink(tiny.join(part), dir.path().join(part))?;
+    }
+    std::fs::copy(
+        tiny.join("model_index.json"),
+        dir.path().join("model_index.json"),
+    )?;
+    let transformer = dir.path().join("transformer");
+    std::fs::create_dir(&transformer)?;
+    std::fs::copy(
+        tiny.join("transformer/config.json"),
+        transformer.join("config.json"),
+    )?;
+    let weights = "diffusion_pytorch_model.safetensors";
+    let mut tensors =
+        candle_core::safetensors::load(tiny.join("transformer").join(weights), &Device::Cpu)?;
+    for block in 0..2 {
+        let gate = format!("blocks.{block}.attn1.to_gate_compress");
+        tensors.insert(
+            format!("{gate}.weight"),
+            Tensor::zeros((32, 32), DType::F32, &Device::Cpu)?,
+        );
+        tensors.insert(
+            format!("{gate}.bias"),
+            Tensor::zeros(32, DType::F32, &Device::Cpu)?,
+        );
+    }
+    candle_core::safetensors::save(&tensors, transformer.join(weights))?;
+    let context = ModelContext::new(&ModelSpec {
+        folder: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })?;
+    let unnamed = context.attention(&MethodSpec::named("dense"), false)?;
+    assert_eq!(unnamed.to_string(), "vsa:sparsity=0.8");
+    let mut flags = MethodSpec::named("dense");
+    flags.options.set("sparsity", "0.9");
+    assert_eq!(
+        context.attention(&flags, false)?.to_string(),
+        "vsa:sparsity=0.9"
+    );
+    assert_eq!(context.attention(&flags, true)?, flags);
+    // the plain tiny model keeps dense
+    let plain = ModelContext::new(&ModelSpec::default())?;
+    assert_eq!(
+        plain.attention(&MethodSpec::named("dense"), false)?.name,
+        "dense"
+    );
     Ok(())
 }

@@ -15,4 +15,4 @@ pub mod weights;
 
 pub use grid::TokenGrid;
 pub use step::Step;
-pub use weights::{Checkpoint, KeyRename, WeightError};
+pub use weights::{Checkpoint, KeyRename, WeightError, WeightPatch};

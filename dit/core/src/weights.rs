@@ -194,12 +194,57 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> VarBuilder<'static> {
+        self.patched_var_builder(rename, None, dtype, device)
+    }
+
+    /// [`Checkpoint::var_builder`] with `patch`'s changes added to the weights it names, in
+    /// f32, before the conversion to `dtype` (one weight at a time: memory does not double).
+    pub fn patched_var_builder(
+        self: &Arc<Self>,
+        rename: KeyRename,
+        patch: Option<Arc<dyn WeightPatch>>,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
         let source = RenamedSource {
             checkpoint: Arc::clone(self),
             rename,
+            patch,
         };
         VarBuilder::from_backend(Box::new(source), dtype, device.clone())
     }
+
+    /// The value of `key` in the `__metadata__` of the checkpoint's files' headers (the first
+    /// file that has it).
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        self.files
+            .iter()
+            .find_map(|file| header_metadata(&file.path, key))
+    }
+}
+
+/// The string `key` of the `__metadata__` in the header of the safetensors file at `path`.
+fn header_metadata(path: &Path, key: &str) -> Option<String> {
+    use std::io::Read;
+    /// Headers past this size are not read for metadata.
+    const MAX_HEADER: u64 = 100 << 20;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).ok()?;
+    let length = u64::from_le_bytes(length);
+    if length > MAX_HEADER {
+        return None;
+    }
+    let mut header = vec![0u8; usize::try_from(length).ok()?];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    Some(header.get("__metadata__")?.get(key)?.as_str()?.to_string())
+}
+
+/// Changes to some weights, added as they load (LoRA merging).
+pub trait WeightPatch: Send + Sync {
+    /// The change to the weight of canonical name `name`, f32 on `device`, if it has one.
+    fn delta(&self, name: &str, device: &Device) -> candle_core::Result<Option<Tensor>>;
 }
 
 /// Maps a canonical tensor name to the name stored in a checkpoint.
@@ -213,6 +258,7 @@ pub fn same_keys() -> KeyRename {
 struct RenamedSource {
     checkpoint: Arc<Checkpoint>,
     rename: KeyRename,
+    patch: Option<Arc<dyn WeightPatch>>,
 }
 
 impl RenamedSource {
@@ -233,7 +279,13 @@ impl RenamedSource {
                 view.dtype()
             )));
         }
-        let tensor = view.load(dev)?;
+        let mut tensor = view.load(dev)?;
+        if let Some(delta) = match &self.patch {
+            Some(patch) => patch.delta(name, dev)?,
+            None => None,
+        } {
+            tensor = (tensor.to_dtype(DType::F32)? + delta)?;
+        }
         if tensor.dtype() == dtype {
             Ok(tensor)
         } else {

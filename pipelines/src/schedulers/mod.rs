@@ -8,11 +8,13 @@
 
 mod config;
 mod euler;
+mod few_step;
 mod sigmas;
 mod unipc;
 
 pub use config::{FinalSigma, SchedulerConfig, SchedulerKind, SolverType};
 pub use euler::FlowMatchEuler;
+pub use few_step::FewStepDmd;
 pub use unipc::UniPcMultistep;
 
 use crate::error::fail;

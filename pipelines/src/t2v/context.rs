@@ -2,8 +2,10 @@
 //! ([`ModelContext`]), a [`Job`] checked against it before any heavy work ([`Job::plan`]),
 //! prompts encoded, the model loaded once ([`Loaded`]) and jobs run into frame sinks.
 
+use crate::error::ResultExt;
 use crate::schedulers::SchedulerConfig;
 use crate::t2v::memory::{estimate, text_encoder_parameters, MemoryNeed};
+use crate::t2v::model::TransformerInfo;
 use crate::t2v::{
     check_parent, check_schedule, token_grid, Component, FrameSink, Job, ModelIdentity, ModelPaths,
     ModelSpec, NoiseSource, Outcome, Progress, PromptCache, PromptInput, SettingOverrides,
@@ -11,11 +13,15 @@ use crate::t2v::{
 };
 use crate::Result;
 use candle_core::{DType, Device};
-use dit::WanConfig;
-use sparse::{AttentionRouter, AttentionSchedule, ForwardKernel};
-use std::cell::OnceCell;
+use dit::{LoraSet, WanConfig};
+use sparse::{AttentionRouter, AttentionSchedule, ForwardKernel, MethodSpec};
+use std::cell::{OnceCell, RefCell};
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// The VSA sparsity a transformer trained with VSA runs at by default (FastVideo's FastWan
+/// inference setting).
+pub const VSA_TRAINED_SPARSITY: f64 = 0.8;
 
 /// A model located, with its small JSON files read; no weights are touched until
 /// [`ModelContext::config`] reads the transformer's headers.
@@ -26,31 +32,74 @@ pub struct ModelContext {
     pub scheduler: SchedulerConfig,
     /// The model's default generation settings.
     pub defaults: SettingOverrides,
-    config: OnceCell<WanConfig>,
+    /// The attention method the model's `generation_config.json` names, if any.
+    default_attention: Option<MethodSpec>,
+    config: OnceCell<TransformerInfo>,
     /// The text encoder's parameter count (`None` when it overflows), read once.
     text_parameters: OnceCell<Option<u64>>,
+    /// LoRA sets found to fit the transformer.
+    checked_loras: RefCell<Vec<LoraSet>>,
 }
 
 impl ModelContext {
     /// Locates the model and reads its scheduler config and default settings.
     pub fn new(spec: &ModelSpec) -> Result<Self> {
         let paths = spec.resolve()?;
+        let (defaults, attention) = paths.generation_defaults()?;
+        let default_attention = match attention {
+            Some(text) => Some(
+                text.parse::<MethodSpec>()
+                    .context("the attention of the model's generation_config.json")?,
+            ),
+            None => None,
+        };
         Ok(Self {
             scheduler: paths.scheduler_config()?,
-            defaults: paths.generation_defaults()?,
+            defaults,
+            default_attention,
             config: OnceCell::new(),
             text_parameters: OnceCell::new(),
+            checked_loras: RefCell::new(Vec::new()),
             paths,
         })
     }
 
     /// The transformer's configuration (read once, from `config.json` or the weights' headers).
     pub fn config(&self) -> Result<&WanConfig> {
-        if let Some(config) = self.config.get() {
-            return Ok(config);
+        Ok(&self.transformer_info()?.config)
+    }
+
+    /// What the transformer's headers say (read once).
+    fn transformer_info(&self) -> Result<&TransformerInfo> {
+        if let Some(info) = self.config.get() {
+            return Ok(info);
         }
-        let (config, _) = self.paths.transformer_config()?;
-        Ok(self.config.get_or_init(|| config))
+        let info = self.paths.transformer_config()?;
+        Ok(self.config.get_or_init(|| info))
+    }
+
+    /// The attention of a run: `given` when the method was named, else the model's default
+    /// (its `generation_config.json`'s `attention`, else VSA at sparsity [`VSA_TRAINED_SPARSITY`]
+    /// for a transformer trained with VSA's gates, else dense) with `given`'s option values
+    /// over the default's.
+    pub fn attention(&self, given: &MethodSpec, named: bool) -> Result<MethodSpec> {
+        if named {
+            return Ok(given.clone());
+        }
+        let default = match &self.default_attention {
+            Some(spec) => spec.clone(),
+            None if self.transformer_info()?.vsa_gates => {
+                let mut vsa = MethodSpec::named("vsa");
+                vsa.options
+                    .set("sparsity", VSA_TRAINED_SPARSITY.to_string());
+                vsa
+            }
+            None => return Ok(given.clone()),
+        };
+        Ok(MethodSpec {
+            name: default.name,
+            options: default.options.then(&given.options),
+        })
     }
 
     /// What a generation with `settings` needs in memory in `dtype`, the text encoder's weights
@@ -88,6 +137,19 @@ impl ModelContext {
         Ok(*self
             .text_parameters
             .get_or_init(|| text_encoder_parameters(&config)))
+    }
+
+    /// Checks that every LoRA of `loras` fits the transformer (headers only, once per set).
+    fn check_loras(&self, loras: &LoraSet) -> Result<()> {
+        if loras.is_empty() {
+            return Ok(());
+        }
+        let mut checked = self.checked_loras.borrow_mut();
+        if !checked.contains(loras) {
+            dit::lora::check(loras, self.paths.get(Component::Transformer)?)?;
+            checked.push(loras.clone());
+        }
+        Ok(())
     }
 
     /// The settings of a generation given `overrides` over the model's defaults, validated.
@@ -128,11 +190,13 @@ impl Job {
         noise: NoiseSource,
         schedule: AttentionSchedule,
         save_latents: Option<PathBuf>,
+        loras: LoraSet,
     ) -> Result<Self> {
         prompts.validate()?;
         context
             .paths
             .require(&[Component::Transformer, Component::Vae])?;
+        context.check_loras(&loras)?;
         if !prompts.texts_to_encode(settings.guided()).is_empty() {
             context
                 .paths
@@ -141,7 +205,10 @@ impl Job {
         let config = context.config()?;
         check_schedule(&schedule, token_grid(&settings, config)?, config)?;
         if let NoiseSource::Latents(_) = noise {
-            noise.initial_latents(&settings.latent_shape(config.in_channels))?;
+            noise.noise(
+                &settings.latent_shape(config.in_channels),
+                settings.renoise_steps(),
+            )?;
         }
         if let Some(path) = &save_latents {
             check_parent(path)?;
@@ -152,6 +219,7 @@ impl Job {
             noise,
             schedule,
             save_latents,
+            loras,
         })
     }
 
@@ -174,15 +242,16 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Loads the transformer and the VAE.
+    /// Loads the transformer (with `loras` merged) and the VAE.
     pub fn load(
         context: &ModelContext,
+        loras: &LoraSet,
         dtype: DType,
         device: &Device,
         progress: &mut dyn Progress,
     ) -> Result<Self> {
         let started = Instant::now();
-        let model = TextToVideo::load(&context.paths, dtype, device, progress)?;
+        let model = TextToVideo::load(&context.paths, loras, dtype, device, progress)?;
         let identity = ModelIdentity::new(&context.paths, &model, dtype, device);
         Ok(Self {
             model,
@@ -190,6 +259,23 @@ impl Loaded {
             seconds: started.elapsed().as_secs_f64(),
             kernel: ForwardKernel::Auto,
         })
+    }
+
+    /// This model with the transformer's LoRAs set to `loras` (loaded again only when they
+    /// change); the loading time is added to [`Loaded::seconds`].
+    pub fn with_loras(self, loras: &LoraSet, progress: &mut dyn Progress) -> Result<Self> {
+        let started = Instant::now();
+        let model = self.model.with_loras(loras, progress)?;
+        Ok(Self {
+            model,
+            seconds: self.seconds + started.elapsed().as_secs_f64(),
+            ..self
+        })
+    }
+
+    /// LoRA keys left out as `--lora-lenient` allows (`FILE: KEY`).
+    pub fn lora_ignored(&self) -> &[String] {
+        &self.model.denoiser.transformer().lora_ignored
     }
 
     /// Runs `job` with its prompts from `prompts`, decoding into `sink`; the outcome's timings
@@ -206,6 +292,13 @@ impl Loaded {
             prompts,
             self.model.denoiser.config().text_dim,
         )?;
+        if self.model.denoiser.transformer().loras != job.loras {
+            crate::error::fail!(
+                Usage,
+                "the job asks for other LoRAs than the loaded transformer has: load them first \
+                 (Loaded::with_loras)"
+            );
+        }
         let router = AttentionRouter::new(job.schedule.clone()).with_kernel(self.kernel);
         let mut outcome = self.model.generate(job, &text, &router, sink, progress)?;
         outcome.timings.text_encoding_s = prompts.seconds(&job.texts());

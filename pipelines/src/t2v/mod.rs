@@ -29,19 +29,20 @@ mod settings;
 mod sink;
 
 pub use attention::{check_schedule, token_grid};
-pub use context::{Loaded, ModelContext};
+pub use context::{Loaded, ModelContext, VSA_TRAINED_SPARSITY};
 pub use files::{check_parent, read_tensor, save_tensor, save_text};
 pub use memory::{check_fits, estimate as estimate_memory, MemoryNeed};
 pub use model::{
-    default_model_folder, Component, Located, ModelPaths, ModelSpec, DEFAULT_MODEL_ENV,
+    default_model_folder, Component, Located, ModelPaths, ModelSpec, TransformerInfo,
+    DEFAULT_MODEL_ENV, DMD_PIPELINE_CLASS,
 };
-pub use pipeline::{Denoiser, Job, NoiseSource, Outcome, TextToVideo, Timings};
+pub use pipeline::{Denoiser, Job, Noise, NoiseSource, Outcome, TextToVideo, Timings};
 pub use progress::{Progress, Silent, Stage};
 pub use prompts::{trim_padding, Conditioning, PromptCache, PromptInput};
 pub use record::{device_name, layout_name, record_path, ModelIdentity, Record};
 pub use resume::{output_bytes, output_state, OutputState};
 pub use settings::{
-    Sampler, SettingOverrides, Settings, SettingsError, Size, SIZE_MULTIPLE, VAE_SPATIAL,
-    VAE_TEMPORAL,
+    parse_timesteps, Sampler, SettingOverrides, Settings, SettingsError, Size, SIZE_MULTIPLE,
+    VAE_SPATIAL, VAE_TEMPORAL,
 };
 pub use sink::{FrameSink, SinkError};

@@ -132,6 +132,10 @@ impl ModelSpec {
             tokenizer: pick(Component::Tokenizer, &self.tokenizer),
             scheduler_config: optional_file("scheduler/scheduler_config.json"),
             generation_config: optional_file("generation_config.json"),
+            pipeline_class: match &folder {
+                Some(folder) => pipeline_class(folder)?,
+                None => None,
+            },
             folder,
         })
     }
@@ -163,7 +167,13 @@ pub struct ModelPaths {
     pub scheduler_config: Option<PathBuf>,
     /// `generation_config.json` (vdit's default settings for the model), if the folder has one.
     pub generation_config: Option<PathBuf>,
+    /// The pipeline class `model_index.json` names (`WanPipeline`, FastVideo's
+    /// `WanDMDPipeline`, ...), if it names one.
+    pub pipeline_class: Option<String>,
 }
+
+/// The pipeline class of FastVideo's DMD-distilled Wan folders (FastWan).
+pub const DMD_PIPELINE_CLASS: &str = "WanDMDPipeline";
 
 impl ModelPaths {
     /// The path of `component`, or a one-line error saying where it was looked for and which
@@ -204,21 +214,31 @@ impl ModelPaths {
         }
     }
 
-    /// The folder's default settings (`generation_config.json`), else none.
-    pub fn generation_defaults(&self) -> Result<SettingOverrides> {
+    /// The folder's default settings: FastWan's for a DMD pipeline folder, under the folder's
+    /// `generation_config.json`; and the default attention that file names, if any.
+    pub fn generation_defaults(&self) -> Result<(SettingOverrides, Option<String>)> {
+        let base = match self.pipeline_class.as_deref() {
+            Some(DMD_PIPELINE_CLASS) => SettingOverrides::fastwan(),
+            _ => SettingOverrides::default(),
+        };
         match &self.generation_config {
-            Some(path) => SettingOverrides::from_file(path),
-            None => Ok(SettingOverrides::default()),
+            Some(path) => {
+                let (file, attention) = SettingOverrides::from_file(path)?;
+                Ok((base.then(&file), attention))
+            }
+            None => Ok((base, None)),
         }
     }
 
-    /// The transformer's configuration and key layout, read without loading its weights (the
-    /// safetensors headers are memory-mapped): `config.json` beside the weights, else inferred.
-    pub fn transformer_config(&self) -> Result<(WanConfig, KeyLayout)> {
+    /// The transformer's configuration and key layout, and whether it has VSA's gate weights,
+    /// read without loading its weights (the safetensors headers are memory-mapped):
+    /// `config.json` beside the weights, else inferred.
+    pub fn transformer_config(&self) -> Result<TransformerInfo> {
         let path = self.get(Component::Transformer)?;
         let checkpoint = vdit_core::Checkpoint::open(path)
             .with_context(|| format!("cannot open the transformer {}", path.display()))?;
         let layout = KeyLayout::detect(&checkpoint)?;
+        let vsa_gates = checkpoint.contains(&layout.rename()(VSA_GATE_PROBE));
         let dir = if path.is_dir() {
             path
         } else {
@@ -230,8 +250,39 @@ impl ModelPaths {
         } else {
             dit::load::infer_config(&checkpoint, &layout)?
         };
-        Ok((config, layout))
+        Ok(TransformerInfo {
+            config,
+            layout,
+            vsa_gates,
+        })
     }
+}
+
+/// A weight only transformers fine-tuned with VSA have (its gate of the coarse branch).
+const VSA_GATE_PROBE: &str = "blocks.0.attn1.to_gate_compress.weight";
+
+/// What a transformer's headers say about it.
+#[derive(Clone, Debug)]
+pub struct TransformerInfo {
+    /// Its configuration.
+    pub config: WanConfig,
+    /// Its key layout.
+    pub layout: KeyLayout,
+    /// Whether it was trained with VSA (it has the gate weights of VSA's coarse branch).
+    pub vsa_gates: bool,
+}
+
+/// The `_class_name` of `folder/model_index.json`, if it names one.
+fn pipeline_class(folder: &Path) -> Result<Option<String>> {
+    let path = folder.join("model_index.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let index: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
+    Ok(index
+        .get("_class_name")
+        .and_then(|c| c.as_str())
+        .map(str::to_string))
 }
 
 /// Checks that `folder` looks like a diffusers pipeline folder.

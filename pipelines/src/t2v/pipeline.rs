@@ -2,7 +2,7 @@
 //! transformer, then the VAE decoding streamed into a [`FrameSink`].
 
 use crate::error::{fail, ResultExt};
-use crate::schedulers::{build_scheduler, SchedulerConfig};
+use crate::schedulers::{build_scheduler, FewStepDmd, Scheduler, SchedulerConfig};
 use crate::t2v::files::{all_finite, read_tensor, save_tensor};
 use crate::t2v::model::{Component, ModelPaths};
 use crate::t2v::noise::seeded_noise;
@@ -12,24 +12,68 @@ use crate::t2v::settings::Settings;
 use crate::t2v::sink::FrameSink;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
-use dit::{LoadedTransformer, Step, WanConfig};
+use dit::{LoadedTransformer, LoraSet, Step, WanConfig};
 use serde::Serialize;
 use sparse::{AttentionRouter, AttentionSchedule, DensityReport, SelfAttention};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vae::{DecodeOptions, WanVae};
 
-/// Where the initial latents come from.
+/// Where the initial latents (and the dmd sampler's re-noising) come from.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NoiseSource {
-    /// Standard normal noise from this seed ([`crate::t2v::noise`]).
+    /// Standard normal noise from this seed ([`crate::t2v::noise`]); re-noising step `i` (from
+    /// 1) draws from the seed `seed + i * 0x9E3779B97F4A7C15` (wrapping).
     Seed(u64),
-    /// The tensor `latents` of this safetensors file, `[1, 16, T, H/8, W/8]`.
+    /// The tensor `latents` of this safetensors file, `[1, 16, T, H/8, W/8]`, and for the dmd
+    /// sampler `step_noises`, `[steps - 1, 1, 16, T, H/8, W/8]`.
     Latents(PathBuf),
 }
 
+/// The noise of one generation: the initial latents and one tensor per re-noising.
+#[derive(Debug)]
+pub struct Noise {
+    /// The initial latents, f32 on the CPU.
+    pub initial: Tensor,
+    /// What the dmd sampler adds after each step but the last (empty for the other samplers).
+    pub renoise: Vec<Tensor>,
+}
+
+/// The odd constant that spaces the seeds of re-noising steps (2^64 over the golden ratio).
+const STEP_SEED_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
+
 impl NoiseSource {
+    /// The initial latents of `shape` and `renoise_steps` tensors to re-noise with.
+    pub fn noise(&self, shape: &[usize], renoise_steps: usize) -> Result<Noise> {
+        let initial = self.initial_latents(shape)?;
+        let renoise = match self {
+            Self::Seed(seed) => (1..=renoise_steps as u64)
+                .map(|i| seeded_noise(seed.wrapping_add(i.wrapping_mul(STEP_SEED_STRIDE)), shape))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            Self::Latents(path) if renoise_steps > 0 => {
+                let all = read_tensor(path, "step_noises")?;
+                let mut want = vec![renoise_steps];
+                want.extend_from_slice(shape);
+                if all.dims() != want {
+                    fail!(
+                        Input,
+                        "`step_noises` in {} has shape {:?}; {renoise_steps} re-noising steps of \
+                         these latents need {want:?}",
+                        path.display(),
+                        all.dims()
+                    );
+                }
+                let all = all.to_dtype(DType::F32)?;
+                (0..renoise_steps)
+                    .map(|i| all.get(i))
+                    .collect::<candle_core::Result<Vec<_>>>()?
+            }
+            Self::Latents(_) => Vec::new(),
+        };
+        Ok(Noise { initial, renoise })
+    }
+
     /// The initial latents of `shape`, f32 on the CPU; a file's tensor must have that shape.
     pub fn initial_latents(&self, shape: &[usize]) -> Result<Tensor> {
         match self {
@@ -63,6 +107,8 @@ pub struct Job {
     pub schedule: AttentionSchedule,
     /// Where to save the denoised latents (`latents`, before VAE decoding), if anywhere.
     pub save_latents: Option<PathBuf>,
+    /// The LoRAs merged into the transformer for it.
+    pub loras: LoraSet,
 }
 
 /// The diffusion transformer and the sampling loop around it.
@@ -72,9 +118,9 @@ pub struct Denoiser {
 }
 
 impl Denoiser {
-    /// Loads the transformer at `path` in `dtype` on `device`.
-    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let transformer = dit::load_transformer(path, dtype, device)
+    /// Loads the transformer at `path` with `loras` merged into it, in `dtype` on `device`.
+    pub fn load(path: &Path, loras: &LoraSet, dtype: DType, device: &Device) -> Result<Self> {
+        let transformer = dit::load_transformer(path, loras, dtype, device)
             .with_context(|| format!("cannot load the transformer from {}", path.display()))?;
         Ok(Self {
             transformer,
@@ -97,14 +143,14 @@ impl Denoiser {
         &self.path
     }
 
-    /// Runs the sampling loop from `noise` (`[1, C, T, H, W]`, any device) and returns the
-    /// denoised latents, f32 on the model's device, with the seconds each step took (the device
+    /// Runs the sampling loop from `noise` (initial latents `[1, C, T, H, W]`, any device) and
+    /// returns the denoised latents, f32 on the model's device, with the seconds each step took (the device
     /// is synchronised after each step, so the times are the device's). With guidance the prompt and the negative
     /// prompt run as one batch of 2 and the velocity is `uncond + guidance * (cond - uncond)`.
     /// Latents and the guidance arithmetic stay in f32 whatever the model's dtype.
     pub fn denoise(
         &self,
-        noise: &Tensor,
+        noise: &Noise,
         text: &Conditioning,
         settings: &Settings,
         scheduler: &SchedulerConfig,
@@ -113,15 +159,21 @@ impl Denoiser {
     ) -> Result<(Tensor, Vec<f64>)> {
         let model = &self.transformer.model;
         let (device, dtype) = (model.device().clone(), model.dtype());
-        let mut scheduler = build_scheduler(
-            settings.scheduler.kind(),
-            &settings.scheduler_config(scheduler),
-            settings.steps,
-            &device,
-        )?;
+        let config = settings.scheduler_config(scheduler);
+        let mut scheduler: Box<dyn Scheduler> =
+            match (settings.scheduler.kind(), &settings.timesteps) {
+                (Some(kind), _) => build_scheduler(kind, &config, settings.steps, &device)?,
+                (None, Some(timesteps)) => Box::new(FewStepDmd::new(
+                    &config,
+                    timesteps,
+                    noise.renoise.clone(),
+                    &device,
+                )?),
+                (None, None) => return Err(crate::t2v::SettingsError::NoTimesteps.into()),
+            };
         let timesteps = scheduler.timesteps().to_vec();
-        let mut latents =
-            (noise.to_device(&device)?.to_dtype(DType::F32)? * scheduler.init_noise_sigma())?;
+        let mut latents = (noise.initial.to_device(&device)?.to_dtype(DType::F32)?
+            * scheduler.init_noise_sigma())?;
         let context = text.batch()?.to_device(&device)?.to_dtype(dtype)?;
         let batch = context.dim(0)?;
         progress.begin(Stage::Denoising, timesteps.len());
@@ -205,9 +257,11 @@ pub struct TextToVideo {
 }
 
 impl TextToVideo {
-    /// Loads the transformer and the VAE of `paths` in `dtype` on `device`.
+    /// Loads the transformer (with `loras` merged into it) and the VAE of `paths` in `dtype` on
+    /// `device`.
     pub fn load(
         paths: &ModelPaths,
+        loras: &LoraSet,
         dtype: DType,
         device: &Device,
         progress: &mut dyn Progress,
@@ -215,7 +269,7 @@ impl TextToVideo {
         paths.require(&[Component::Transformer, Component::Vae])?;
         let scheduler = paths.scheduler_config()?;
         progress.begin(Stage::Loading, 2);
-        let denoiser = Denoiser::load(paths.get(Component::Transformer)?, dtype, device)?;
+        let denoiser = Denoiser::load(paths.get(Component::Transformer)?, loras, dtype, device)?;
         progress.advance();
         let vae_path = paths.get(Component::Vae)?.to_path_buf();
         let vae = WanVae::load(&vae_path, dtype, device)
@@ -235,6 +289,38 @@ impl TextToVideo {
         &self.vae_path
     }
 
+    /// This model with the transformer loaded again with `loras` merged (the old transformer is
+    /// dropped first, so two never share the memory); nothing is loaded when they are the
+    /// LoRAs it has.
+    pub fn with_loras(self, loras: &LoraSet, progress: &mut dyn Progress) -> Result<Self> {
+        if self.denoiser.transformer().loras == *loras {
+            return Ok(self);
+        }
+        let Self {
+            denoiser,
+            vae,
+            scheduler,
+            vae_path,
+        } = self;
+        let model = &denoiser.transformer().model;
+        let (path, dtype, device) = (
+            denoiser.path().to_path_buf(),
+            model.dtype(),
+            model.device().clone(),
+        );
+        drop(denoiser);
+        progress.begin(Stage::Loading, 1);
+        let denoiser = Denoiser::load(&path, loras, dtype, &device)?;
+        progress.advance();
+        progress.end();
+        Ok(Self {
+            denoiser,
+            vae,
+            scheduler,
+            vae_path,
+        })
+    }
+
     /// Runs `job` with the embeddings `text` and the attention `router` (reset first), decoding
     /// into `sink` chunk by chunk.
     pub fn generate(
@@ -248,7 +334,7 @@ impl TextToVideo {
         let shape = job
             .settings
             .latent_shape(self.denoiser.config().in_channels);
-        let noise = job.noise.initial_latents(&shape)?;
+        let noise = job.noise.noise(&shape, job.settings.renoise_steps())?;
         router.reset();
         router.take_report()?;
         let device = self.denoiser.transformer().model.device().clone();

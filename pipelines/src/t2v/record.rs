@@ -8,7 +8,7 @@ use crate::t2v::prompts::PromptInput;
 use crate::t2v::settings::Settings;
 use crate::Result;
 use candle_core::{DType, Device};
-use dit::KeyLayout;
+use dit::{KeyLayout, LoraSet};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -36,6 +36,9 @@ pub struct Record {
     pub settings: Settings,
     /// The model: paths, layouts, configurations, dtype and device.
     pub model: Value,
+    /// The LoRAs merged into the transformer.
+    #[serde(skip_serializing_if = "LoraSet::is_empty")]
+    pub loras: LoraSet,
     /// The attention schedule and the density it computed.
     pub attention: Value,
     /// Most GPU memory in use at once during the generation (GiB; `None` on the CPU).
@@ -69,6 +72,7 @@ impl Record {
             saved_latents: job.save_latents.clone(),
             settings: job.settings.clone(),
             model: model.json.clone(),
+            loras: job.loras.clone(),
             attention: json!({
                 "method": job.schedule.default.name(),
                 "calibration_file": job.schedule.default.calibration_file(),

@@ -55,6 +55,26 @@ pub enum SettingsError {
     /// Zero frame rate.
     #[error("fps must be at least 1: use 16 (Wan's rate)")]
     Fps,
+    /// The dmd sampler without timesteps.
+    #[error("the dmd sampler needs its timesteps: pass --timesteps (FastWan's are 1000,757,522)")]
+    NoTimesteps,
+    /// Timesteps given to a sampler that makes its own.
+    #[error("--timesteps is for --scheduler dmd; the {0} sampler spaces its own (set --steps)")]
+    TimestepsUnused(Sampler),
+    /// Timesteps that are not a decreasing list of whole numbers.
+    #[error("timesteps `{0}` must decrease and each be from 1 to 1000: use e.g. 1000,757,522")]
+    TimestepOrder(String),
+    /// A step count that contradicts the timesteps.
+    #[error(
+        "steps {steps} contradicts the dmd sampler's {count} timesteps: leave --steps out, or \
+         give {steps} --timesteps"
+    )]
+    StepsVersusTimesteps {
+        /// The steps asked for.
+        steps: usize,
+        /// The timesteps given.
+        count: usize,
+    },
 }
 
 /// Frame size in pixels.
@@ -135,29 +155,53 @@ pub enum Sampler {
     Unipc,
     /// First-order flow-matching Euler.
     Euler,
+    /// Few-step sampling of DMD-distilled models over given timesteps (FastWan).
+    Dmd,
 }
 
 impl FromStr for Sampler {
     type Err = String;
 
-    /// `unipc` or `euler`.
+    /// `unipc`, `euler` or `dmd`.
     fn from_str(text: &str) -> Result<Self, String> {
         match text.trim() {
             "unipc" => Ok(Self::Unipc),
             "euler" => Ok(Self::Euler),
-            other => Err(format!("`{other}` is not a sampler: use unipc or euler")),
+            "dmd" => Ok(Self::Dmd),
+            other => Err(format!(
+                "`{other}` is not a sampler: use unipc, euler or dmd"
+            )),
         }
     }
 }
 
+impl fmt::Display for Sampler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unipc => "unipc",
+            Self::Euler => "euler",
+            Self::Dmd => "dmd",
+        })
+    }
+}
+
 impl Sampler {
-    /// The scheduler that implements it.
-    pub fn kind(self) -> SchedulerKind {
+    /// The diffusers scheduler that implements it (`None` for dmd, which is not one).
+    pub fn kind(self) -> Option<SchedulerKind> {
         match self {
-            Self::Unipc => SchedulerKind::UniPc,
-            Self::Euler => SchedulerKind::Euler,
+            Self::Unipc => Some(SchedulerKind::UniPc),
+            Self::Euler => Some(SchedulerKind::Euler),
+            Self::Dmd => None,
         }
     }
+}
+
+/// Parses a comma-separated timestep list such as `1000,757,522`.
+pub fn parse_timesteps(text: &str) -> Result<Vec<u32>, SettingsError> {
+    text.split(',')
+        .map(|t| t.trim().parse::<u32>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| SettingsError::TimestepOrder(text.to_string()))
 }
 
 /// Every setting of one generation, resolved.
@@ -177,6 +221,9 @@ pub struct Settings {
     pub scheduler: Sampler,
     /// Frame rate of the video file.
     pub fps: u32,
+    /// The dmd sampler's timesteps (`None` for the other samplers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timesteps: Option<Vec<u32>>,
 }
 
 impl Settings {
@@ -202,7 +249,23 @@ impl Settings {
         if self.fps == 0 {
             return Err(SettingsError::Fps);
         }
+        match (&self.timesteps, self.scheduler) {
+            (None, Sampler::Dmd) => return Err(SettingsError::NoTimesteps),
+            (Some(_), Sampler::Unipc | Sampler::Euler) => {
+                return Err(SettingsError::TimestepsUnused(self.scheduler))
+            }
+            (Some(timesteps), Sampler::Dmd) => check_timesteps(timesteps)?,
+            (None, _) => {}
+        }
         Ok(())
+    }
+
+    /// How many times the sampler adds fresh noise: once per step but the last for dmd.
+    pub fn renoise_steps(&self) -> usize {
+        match self.scheduler {
+            Sampler::Dmd => self.steps.saturating_sub(1),
+            Sampler::Unipc | Sampler::Euler => 0,
+        }
     }
 
     /// Whether the unconditional (negative prompt) branch runs: guidance above 1, as diffusers.
@@ -251,6 +314,22 @@ pub struct SettingOverrides {
     pub scheduler: Option<Sampler>,
     /// Frame rate.
     pub fps: Option<u32>,
+    /// The dmd sampler's timesteps.
+    pub timesteps: Option<Vec<u32>>,
+}
+
+/// Checks that `timesteps` decrease within the training schedule's 1..=1000 and are not more
+/// than [`MAX_STEPS`].
+fn check_timesteps(timesteps: &[u32]) -> Result<(), SettingsError> {
+    let decreasing = timesteps.windows(2).all(|w| w[0] > w[1]);
+    let in_range = timesteps
+        .iter()
+        .all(|&t| (1..=MAX_STEPS as u32).contains(&t));
+    if timesteps.is_empty() || !decreasing || !in_range {
+        let text: Vec<String> = timesteps.iter().map(u32::to_string).collect();
+        return Err(SettingsError::TimestepOrder(text.join(",")));
+    }
+    Ok(())
 }
 
 impl SettingOverrides {
@@ -268,27 +347,84 @@ impl SettingOverrides {
             shift: None,
             scheduler: None,
             fps: Some(16),
+            timesteps: None,
         }
     }
 
-    /// Reads a model's `generation_config.json` (the same keys, all optional).
-    pub fn from_file(path: &Path) -> crate::Result<Self> {
+    /// FastWan's defaults (FastVideo's DMD pipeline): the dmd sampler at timesteps 1000, 757,
+    /// 522 with flow shift 8, no guidance, 832x448, 61 frames, 16 fps.
+    pub fn fastwan() -> Self {
+        Self {
+            size: Some(Size {
+                width: 832,
+                height: 448,
+            }),
+            frames: Some(61),
+            steps: None,
+            guidance: Some(1.0),
+            shift: Some(8.0),
+            scheduler: Some(Sampler::Dmd),
+            fps: Some(16),
+            timesteps: Some(vec![1000, 757, 522]),
+        }
+    }
+
+    /// Reads a model's `generation_config.json` (the same keys, all optional, and `attention`,
+    /// which is returned apart: the model's default attention method as a spec string such as
+    /// `vsa:sparsity=0.8`).
+    pub fn from_file(path: &Path) -> crate::Result<(Self, Option<String>)> {
         use crate::error::ResultExt;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))
+        let mut value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("cannot parse {}", path.display()))?;
+        let attention = match value.as_object_mut().and_then(|o| o.remove("attention")) {
+            None => None,
+            Some(serde_json::Value::String(spec)) => Some(spec),
+            Some(other) => crate::error::fail!(
+                Input,
+                "`attention` in {} must be a method spec string such as \"vsa:sparsity=0.8\", \
+                 not {other}",
+                path.display()
+            ),
+        };
+        let layer: Self = serde_json::from_value(value)
+            .with_context(|| format!("cannot parse {}", path.display()))?;
+        let layer = layer
+            .checked()
+            .with_context(|| format!("in {}", path.display()))?;
+        Ok((layer, attention))
     }
 
-    /// These settings with every value `over` sets replacing ours.
+    /// This layer, checked on its own: timesteps imply the dmd sampler, and are refused next to
+    /// another sampler.
+    pub fn checked(mut self) -> Result<Self, SettingsError> {
+        if self.timesteps.is_some() {
+            match self.scheduler {
+                None => self.scheduler = Some(Sampler::Dmd),
+                Some(Sampler::Dmd) => {}
+                Some(other) => return Err(SettingsError::TimestepsUnused(other)),
+            }
+        }
+        Ok(self)
+    }
+
+    /// These settings with every value `over` sets replacing ours (timesteps in `over` also
+    /// replace our step count, which they fix).
     pub fn then(&self, over: &SettingOverrides) -> SettingOverrides {
+        let steps = match over.timesteps {
+            Some(_) => over.steps,
+            None => over.steps.or(self.steps),
+        };
         SettingOverrides {
             size: over.size.or(self.size),
             frames: over.frames.or(self.frames),
-            steps: over.steps.or(self.steps),
+            steps,
             guidance: over.guidance.or(self.guidance),
             shift: over.shift.or(self.shift),
             scheduler: over.scheduler.or(self.scheduler),
             fps: over.fps.or(self.fps),
+            timesteps: over.timesteps.clone().or_else(|| self.timesteps.clone()),
         }
     }
 
@@ -300,14 +436,29 @@ impl SettingOverrides {
             Some(SchedulerKind::Euler) => Sampler::Euler,
             _ => Sampler::Unipc,
         };
+        let sampler = all.scheduler.unwrap_or(default_sampler);
+        // Another sampler chosen over a model's dmd default leaves its timesteps behind (a
+        // layer naming both is refused by `checked`).
+        let timesteps = all.timesteps.filter(|_| sampler == Sampler::Dmd);
+        let steps = match (&timesteps, self.steps) {
+            (Some(list), Some(steps)) if steps != list.len() => {
+                return Err(SettingsError::StepsVersusTimesteps {
+                    steps,
+                    count: list.len(),
+                })
+            }
+            (Some(list), _) => list.len(),
+            (None, _) => all.steps.expect("Wan default"),
+        };
         let settings = Settings {
             size: all.size.expect("Wan default"),
             frames: all.frames.expect("Wan default"),
-            steps: all.steps.expect("Wan default"),
+            steps,
             guidance: all.guidance.expect("Wan default"),
             shift: all.shift.unwrap_or(scheduler.shift),
-            scheduler: all.scheduler.unwrap_or(default_sampler),
+            scheduler: sampler,
             fps: all.fps.expect("Wan default"),
+            timesteps,
         };
         settings.validate()?;
         Ok(settings)

@@ -6,7 +6,9 @@
 #   bash pipelines/vdit/bench/gpu_run.sh STEP...
 # Steps: sass, setup, tests, generate, attention, dit, vae, text, write, firstrun, e2e (E2E_STEPS, default 50, and
 # E2E_SIZES, default 832x480, set the whole generations; TESTS picks test binaries by glob, such as
-# vae*).
+# vae*), fixtures (the LoRA and few-step fixture scripts, which need diffusers: their outputs come
+# back in $OUT/fixtures.tgz), fewstep (whole runs of `vdit generate`: 3-step dmd with VSA against
+# 50 steps, on the random Wan 1.3B at 832x480x81).
 set -u
 OUT="${OUT:-/tmp/vdit-bench}"
 WORK="$OUT/work"
@@ -81,6 +83,42 @@ for step in "$@"; do
         CUDA_CACHE_PATH=${run#*:} .gpu/vdit bench e2e --model "$dir" --steps 10 --out "$WORK/firstrun-${run%%:*}" 2>&1 | tail -1
         echo "${run%%:*} process: $(( $(ms) - start )) ms"
       done ;;
+    fixtures)
+      python3 dit/tests/fixtures/make_lora_fixtures.py 2>&1 | tail -6
+      python3 pipelines/vdit/tests/fixtures/t2v/make_dmd_fixtures.py 2>&1 | tail -4
+      tar czf "$OUT/fixtures.tgz" dit/tests/fixtures/lora pipelines/vdit/tests/fixtures/t2v/dmd_io.safetensors ;;
+    fewstep)
+      # Whole `vdit generate` runs as a user makes them (process wall time, the record's stages).
+      dir=$(pipeline 832x480)
+      inputs="$dir/inputs.safetensors"
+      ms() { echo $(( $(date +%s%N) / 1000000 )); }
+      run() {
+        local name=$1; shift
+        local start; start=$(ms)
+        .gpu/vdit generate --model "$dir" --prompt-embeds "$inputs" --seed 1 --overwrite --quiet \
+          --output "$WORK/fewstep-$name.y4m" "$@" >/dev/null
+        echo "$name wall_ms $(( $(ms) - start ))" | tee -a "$WORK/fewstep.txt"
+      }
+      run warmup --timesteps 1000,757,522 --shift 8 --guidance 1 --attention vsa --sparsity 0.8
+      run dmd3-vsa --timesteps 1000,757,522 --shift 8 --guidance 1 --attention vsa --sparsity 0.8
+      run dmd3-dense --timesteps 1000,757,522 --shift 8 --guidance 1 --attention dense
+      run unipc50-vsa --steps 50 --guidance 5 --negative-prompt-embeds "$inputs" --attention vsa --sparsity 0.875
+      run unipc50-dense --steps 50 --guidance 5 --negative-prompt-embeds "$inputs" --attention dense
+      # A rank-32 LoRA in kohya names on every attention and FFN layer, merged as the model loads.
+      python3 -c "
+import torch; from safetensors.torch import save_file
+g = torch.Generator().manual_seed(0); sd = {}
+for i in range(30):
+    for m, (o, n) in {'self_attn_q': (1536, 1536), 'self_attn_k': (1536, 1536), 'self_attn_v': (1536, 1536),
+                      'self_attn_o': (1536, 1536), 'cross_attn_q': (1536, 1536), 'ffn_0': (8960, 1536),
+                      'ffn_2': (1536, 8960)}.items():
+        k = f'lora_unet_blocks_{i}_{m}'
+        sd[k + '.lora_down.weight'] = (torch.randn(32, n, generator=g) / n ** 0.5).bfloat16()
+        sd[k + '.lora_up.weight'] = (torch.randn(o, 32, generator=g) * 1e-3).bfloat16()
+        sd[k + '.alpha'] = torch.tensor(16.0)
+save_file(sd, '/tmp/lora-1.3b.safetensors')"
+      run dmd3-vsa-lora --timesteps 1000,757,522 --shift 8 --guidance 1 --attention vsa --sparsity 0.8 \
+        --lora /tmp/lora-1.3b.safetensors:0.8 ;;
     e2e)
       for size in ${E2E_SIZES:-832x480}; do
         dir=$(pipeline "$size")

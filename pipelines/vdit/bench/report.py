@@ -89,10 +89,31 @@ def e2e(out_dir, steps=50):
           " frames); targets: dense <= 0.85x diffusers, VSA 0.875 <= 0.45x, peak memory <= diffusers'")
 
 
+def fewstep(out_dir):
+    path = os.path.join(out_dir, "fewstep.txt")
+    if not os.path.exists(path):
+        return
+    print()
+    print("| `vdit generate` 832x480x81, random Wan 1.3B | sampler | steps | guidance | attention |"
+          " whole run s (process) | load s | denoise s | decode s | write s | density | peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for line in open(path):
+        name, _, wall_ms = line.split()
+        if name == "warmup":
+            continue
+        record = load(out_dir, f"fewstep-{name}.y4m.json")
+        s, t = record["settings"], record["timings"]
+        print(f"| {name} | {s['scheduler']} | {s['steps']} | {s['guidance']} | {record['attention']['method']} |"
+              f" {int(wall_ms) / 1000:.2f} | {t['loading_s']:.2f} | {t['denoising_s']:.2f} |"
+              f" {t['decoding_s']:.2f} | {t['writing_s']:.2f} | {record['attention']['density']['overall']:.3f} |"
+              f" {record['peak_gpu_gib']:.2f} |")
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
     vae(sys.argv[1])
     e2e(sys.argv[1])
+    fewstep(sys.argv[1])
 
 
 def breakdown(out_dir):

@@ -9,6 +9,7 @@ use super::median;
 use crate::render::{open_writer, render};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
+use dit::LoraSet;
 use pipelines::t2v::{
     output_state, read_tensor, Job, Loaded, ModelContext, ModelSpec, NoiseSource, OutputState,
     PromptCache, PromptInput, SettingOverrides, Silent,
@@ -52,7 +53,7 @@ pub fn run(
     } else {
         None
     };
-    let loaded = Loaded::load(&context, dtype, device, &mut Silent)?;
+    let loaded = Loaded::load(&context, &LoraSet::default(), dtype, device, &mut Silent)?;
     let mut rows = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let label = spec.to_string();
@@ -74,6 +75,7 @@ pub fn run(
             NoiseSource::Latents(inputs.clone()),
             registry.schedule(spec)?,
             Some(latents.clone()),
+            LoraSet::default(),
         )?;
         let video = out.join(format!("e2e-{i}-{name}.y4m"));
         // A benchmark's own outputs from an earlier run are replaced; anything else is refused.

@@ -75,6 +75,11 @@ fn options(registry: &Registry, flag: MethodFlag) -> Vec<(OptionSpec, Vec<&'stat
     all
 }
 
+/// Whether the method flag was given on the command line (not left at its default).
+pub fn named(matches: &ArgMatches, flag: MethodFlag) -> bool {
+    matches.value_source(flag.id()) == Some(clap::parser::ValueSource::CommandLine)
+}
+
 /// The method and option values the flags of `matches` give.
 pub fn spec(matches: &ArgMatches, registry: &Registry, flag: MethodFlag) -> MethodSpec {
     let mut spec = MethodSpec::named(

@@ -8,7 +8,9 @@
 //!
 //! Every job is checked first; then the prompts of all jobs to run are encoded and the text
 //! encoder dropped (the embeddings wait on the CPU without their zero padding), then the
-//! transformer and the VAE are loaded once and the jobs run in order. Videos and records are
+//! transformer and the VAE are loaded once and the jobs run in order (jobs with other LoRAs,
+//! `"lora": "FILE:SCALE"` or a list, run after those of the first set, the transformer loaded
+//! again once per set). Videos and records are
 //! written under temporary names unique to the process and renamed when complete, the record
 //! last. A job is done when its record has the job's fingerprint and its video the size the record
 //! gives ([`pipelines::t2v::output_state`]): a re-run skips it, so a killed batch resumes where it
@@ -19,15 +21,16 @@
 //! the others go on; the exit code is non-zero if any failed.
 
 use super::bars::Bars;
-use super::options::{ModelArgs, RuntimeArgs, SettingArgs};
+use super::options::{warn_ignored, LoraArgs, ModelArgs, RuntimeArgs, SettingArgs};
 use crate::render::{open_writer, render};
 use crate::video::WrittenVideo;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
+use dit::LoraSet;
 use pipelines::t2v::{
-    check_fits, device_name, output_state, Job, Loaded, MemoryNeed, ModelContext, NoiseSource,
-    OutputState, PromptCache, PromptInput, Sampler, SettingOverrides, Size,
+    check_fits, device_name, output_state, parse_timesteps, Job, Loaded, MemoryNeed, ModelContext,
+    NoiseSource, OutputState, PromptCache, PromptInput, Sampler, SettingOverrides, Size,
 };
 use serde::Deserialize;
 use sparse::options::OptionValues;
@@ -65,9 +68,15 @@ pub struct BatchArgs {
     /// registry).
     #[arg(skip)]
     pub attention: MethodSpec,
+    /// Whether `--attention` was given (else the model's default method applies).
+    #[arg(skip)]
+    pub attention_named: bool,
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// LoRAs of every job unless the job names its own (`"lora"`).
+    #[command(flatten)]
+    pub lora: LoraArgs,
     /// Device and dtype.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -154,6 +163,8 @@ struct JobLine {
     shift: Option<f64>,
     scheduler: Option<Sampler>,
     fps: Option<u32>,
+    timesteps: Option<Timesteps>,
+    lora: Option<Loras>,
     /// `attention` and the attention options, and any unknown key (refused by name).
     #[serde(flatten)]
     attention: BTreeMap<String, serde_json::Value>,
@@ -165,12 +176,51 @@ const MAX_ID: usize = 200;
 
 /// The keys of a job line besides the attention method and its options.
 const JOB_KEYS: &str = "prompt, seed, negative_prompt, id, size, frames, steps, guidance, shift, \
-                        scheduler, fps";
+                        scheduler, fps, timesteps, lora";
+
+/// A job's dmd timesteps: `"1000,757,522"` as on the command line, or `[1000, 757, 522]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Timesteps {
+    Text(String),
+    List(Vec<u32>),
+}
+
+/// A job's LoRAs: `"FILE[:SCALE]"`, or a list of them (`[]` for none).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Loras {
+    One(String),
+    List(Vec<String>),
+}
 
 impl JobLine {
+    /// The LoRAs of this job: its own when it names them (replacing the command line's),
+    /// else `base`'s.
+    fn loras(&self, base: &LoraSet) -> Result<LoraSet> {
+        let texts = match &self.lora {
+            None => return Ok(base.clone()),
+            Some(Loras::One(text)) => vec![text.clone()],
+            Some(Loras::List(texts)) => texts.clone(),
+        };
+        let loras = texts
+            .iter()
+            .map(|t| t.parse().map_err(|e: String| anyhow::anyhow!("lora: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LoraSet {
+            loras,
+            lenient: base.lenient,
+        })
+    }
+
     /// The settings this job sets.
-    fn settings(&self) -> SettingOverrides {
-        SettingOverrides {
+    fn settings(&self) -> Result<SettingOverrides> {
+        let timesteps = match &self.timesteps {
+            None => None,
+            Some(Timesteps::List(list)) => Some(list.clone()),
+            Some(Timesteps::Text(text)) => Some(parse_timesteps(text)?),
+        };
+        Ok(SettingOverrides {
             size: self.size,
             frames: self.frames,
             steps: self.steps,
@@ -178,7 +228,9 @@ impl JobLine {
             shift: self.shift,
             scheduler: self.scheduler,
             fps: self.fps,
+            timesteps,
         }
+        .checked()?)
     }
 
     /// The attention of this job: its method (else `base`'s) with `base`'s options that the
@@ -262,14 +314,15 @@ fn plan_line(
 ) -> Result<Ready> {
     let job: JobLine = serde_json::from_str(text).context("not a valid job")?;
     let name = job.name(line)?;
-    let overrides = args.settings.overrides(args.fps).then(&job.settings());
+    let overrides = args.settings.overrides(args.fps)?.then(&job.settings()?);
     let settings = context.settings(&overrides)?;
     let prompts = PromptInput {
         prompt: Some(job.prompt.clone()),
         negative_prompt: job.negative_prompt.clone(),
         ..Default::default()
     };
-    let schedule = registry.schedule(&job.attention(&args.attention, registry)?)?;
+    let base = context.attention(&args.attention, args.attention_named)?;
+    let schedule = registry.schedule(&job.attention(&base, registry)?)?;
     let planned = Job::plan(
         context,
         settings,
@@ -277,6 +330,7 @@ fn plan_line(
         NoiseSource::Seed(job.seed),
         schedule,
         None,
+        job.loras(&args.lora.set())?,
     )?;
     Ok(Ready {
         line,
@@ -398,7 +452,21 @@ fn plan_jobs(
             Err(e) => failures.add(line, &e),
         }
     }
-    pending
+    // Jobs with the same LoRAs run together, so the transformer loads once per set (the sets
+    // in the order they first appear, the jobs of a set in line order).
+    let mut sets: Vec<&LoraSet> = Vec::new();
+    for ready in &pending {
+        if !sets.contains(&&ready.job.loras) {
+            sets.push(&ready.job.loras);
+        }
+    }
+    let order: Vec<usize> = pending
+        .iter()
+        .map(|r| sets.iter().position(|s| **s == r.job.loras).unwrap_or(0))
+        .collect();
+    let mut keyed: Vec<(usize, Ready)> = order.into_iter().zip(pending).collect();
+    keyed.sort_by_key(|(set, _)| *set);
+    keyed.into_iter().map(|(_, ready)| ready).collect()
 }
 
 /// Drops the jobs that cannot fit in `available` bytes (each fails alone), and tells whether
@@ -481,7 +549,8 @@ fn run_jobs(
         tally.interrupted = true;
         return Ok(());
     };
-    let mut loaded = Loaded::load(context, dtype, device, &mut bars)?;
+    let mut loaded = Loaded::load(context, &pending[0].job.loras, dtype, device, &mut bars)?;
+    warn_ignored(loaded.lora_ignored());
     loaded.kernel = args.runtime.kernel()?;
     let total = pending.len();
     let mut start = 0;
@@ -499,6 +568,10 @@ fn run_jobs(
                 return Ok(());
             }
             bars.set_prefix(&format!("[{}/{total}] {}", i + 1, ready.name));
+            if ready.job.loras != loaded.model.denoiser.transformer().loras {
+                loaded = loaded.with_loras(&ready.job.loras, &mut bars)?;
+                warn_ignored(loaded.lora_ignored());
+            }
             match run_job(ready, &loaded, &encoded, &mut bars) {
                 Ok(JobEnd::Made(video)) => {
                     tally.done += 1;

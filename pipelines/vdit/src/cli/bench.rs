@@ -207,7 +207,7 @@ pub fn run(args: BenchArgs, registry: &Registry) -> Result<()> {
             let (device, dtype) = runtime.open()?;
             let rows = bench::e2e::run(
                 &model,
-                &settings.overrides(None),
+                &settings.overrides(None)?,
                 &specs,
                 registry,
                 (&device, dtype),

@@ -80,7 +80,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
 fn paro(args: ParoArgs) -> Result<()> {
     let started = Instant::now();
     let context = ModelContext::new(&args.model.spec())?;
-    let settings = context.settings(&args.settings.overrides(None))?;
+    let settings = context.settings(&args.settings.overrides(None)?)?;
     let text = std::fs::read_to_string(&args.prompts)
         .with_context(|| format!("cannot read the prompts file {}", args.prompts.display()))?;
     let prompts: Vec<PromptInput> = text
@@ -118,12 +118,13 @@ fn paro(args: ParoArgs) -> Result<()> {
         .collect();
     let encoded = context.encode(&texts, dtype, &device, &mut bars)?;
     let transformer = context.paths.get(Component::Transformer)?;
-    let denoiser = Denoiser::load(transformer, dtype, &device)?;
+    let denoiser = Denoiser::load(transformer, &dit::LoraSet::default(), dtype, &device)?;
     let shape = settings.latent_shape(config.in_channels);
     for (i, prompt) in prompts.iter().enumerate() {
         bars.set_prefix(&format!("[{}/{}]", i + 1, prompts.len()));
         let conditioning = prompt.conditioning(settings.guided(), &encoded, config.text_dim)?;
-        let noise = NoiseSource::Seed(args.seed.wrapping_add(i as u64)).initial_latents(&shape)?;
+        let noise = NoiseSource::Seed(args.seed.wrapping_add(i as u64))
+            .noise(&shape, settings.renoise_steps())?;
         denoiser.denoise(
             &noise,
             &conditioning,

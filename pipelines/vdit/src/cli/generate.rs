@@ -1,7 +1,7 @@
 //! `vdit generate`: one prompt to one video, with a JSON record beside it.
 
 use super::bars::Bars;
-use super::options::{ModelArgs, RuntimeArgs, SettingArgs};
+use super::options::{warn_ignored, LoraArgs, ModelArgs, RuntimeArgs, SettingArgs};
 use crate::render::{open_writer, render};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -41,9 +41,15 @@ pub struct GenerateArgs {
     /// Attention method and options (the flags come from the method registry).
     #[arg(skip)]
     pub attention: MethodSpec,
+    /// Whether `--attention` was given (else the model's default method applies).
+    #[arg(skip)]
+    pub attention_named: bool,
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// LoRAs.
+    #[command(flatten)]
+    pub lora: LoraArgs,
     /// Device and dtype.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -89,7 +95,7 @@ fn random_seed() -> u64 {
 pub fn run(args: GenerateArgs, registry: &Registry) -> Result<()> {
     let started = Instant::now();
     let context = ModelContext::new(&args.model.spec())?;
-    let settings = context.settings(&args.settings.overrides(args.fps))?;
+    let settings = context.settings(&args.settings.overrides(args.fps)?)?;
     let noise = match (&args.latents, args.seed) {
         (Some(_), Some(_)) => bail!("give --seed or --latents, not both"),
         (Some(path), None) => NoiseSource::Latents(path.clone()),
@@ -101,7 +107,7 @@ pub fn run(args: GenerateArgs, registry: &Registry) -> Result<()> {
         prompt_embeds: args.prompt_embeds,
         negative_prompt_embeds: args.negative_prompt_embeds,
     };
-    let schedule = registry.schedule(&args.attention)?;
+    let schedule = registry.schedule(&context.attention(&args.attention, args.attention_named)?)?;
     let job = Job::plan(
         &context,
         settings,
@@ -109,6 +115,7 @@ pub fn run(args: GenerateArgs, registry: &Registry) -> Result<()> {
         noise,
         schedule,
         args.save_latents,
+        args.lora.set(),
     )?;
     // Held until the record is written: a second run on the same output stops here.
     let _claim = Claim::acquire(&args.output)?;
@@ -122,7 +129,8 @@ pub fn run(args: GenerateArgs, registry: &Registry) -> Result<()> {
     let writer = open_writer(&job, &args.output, args.overwrite)?;
     let mut bars = Bars::new(args.quiet);
     let encoded = context.encode(&job.texts(), dtype, &device, &mut bars)?;
-    let mut loaded = Loaded::load(&context, dtype, &device, &mut bars)?;
+    let mut loaded = Loaded::load(&context, &job.loras, dtype, &device, &mut bars)?;
+    warn_ignored(loaded.lora_ignored());
     loaded.kernel = args.runtime.kernel()?;
     let (outcome, video) = render(&loaded, &job, &encoded, writer, &args.output, &mut bars)?;
     say!("{video}");

@@ -15,13 +15,18 @@ pub struct InspectArgs {
 
 /// Loads the transformer (memory-mapped, bf16) and prints its layout and configuration as JSON.
 pub fn run(args: InspectArgs) -> Result<()> {
-    let loaded =
-        dit::load_transformer(&args.transformer, DType::BF16, &Device::Cpu).with_context(|| {
-            format!(
-                "cannot load the transformer from {}",
-                args.transformer.display()
-            )
-        })?;
+    let loaded = dit::load_transformer(
+        &args.transformer,
+        &dit::LoraSet::default(),
+        DType::BF16,
+        &Device::Cpu,
+    )
+    .with_context(|| {
+        format!(
+            "cannot load the transformer from {}",
+            args.transformer.display()
+        )
+    })?;
     let parameters = vdit_core::Checkpoint::open(&args.transformer)?.num_parameters();
     let c = &loaded.config;
     let layout = pipelines::t2v::layout_name(&loaded.layout);

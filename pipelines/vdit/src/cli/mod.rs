@@ -82,10 +82,12 @@ where
     let result = match cli.command {
         Command::Generate(mut args) => {
             args.attention = attention_args::spec(sub, registry, MethodFlag::Attention);
+            args.attention_named = attention_args::named(sub, MethodFlag::Attention);
             generate::run(*args, registry)
         }
         Command::Batch(mut args) => {
             args.attention = attention_args::spec(sub, registry, MethodFlag::Attention);
+            args.attention_named = attention_args::named(sub, MethodFlag::Attention);
             batch::run(*args, registry)
         }
         Command::Attention(mut args) => {

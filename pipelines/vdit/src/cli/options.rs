@@ -6,6 +6,7 @@ use crate::device::open_device;
 use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
+use dit::{LoraSet, LoraSpec};
 use pipelines::t2v::{ModelSpec, Sampler, SettingOverrides, Size};
 use sparse::ForwardKernel;
 use std::path::PathBuf;
@@ -44,6 +45,44 @@ impl ModelArgs {
             tokenizer: self.tokenizer.clone(),
         }
     }
+}
+
+/// LoRAs merged into the transformer as it loads.
+#[derive(Args, Clone, Debug, Default)]
+pub struct LoraArgs {
+    /// A LoRA to merge into the transformer, FILE[:SCALE] (scale 1 by default); repeat for
+    /// several, whose updates add up. Reads diffusers/PEFT (lora_A/lora_B), kohya/ComfyUI
+    /// (lora_down/lora_up with alpha) and original Wan key names.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    pub loras: Vec<LoraSpec>,
+    /// Leave out LoRA keys that match no weight of the transformer (they are listed) instead of
+    /// refusing the file.
+    #[arg(long)]
+    pub lora_lenient: bool,
+}
+
+impl LoraArgs {
+    /// The LoRAs as given.
+    pub fn set(&self) -> LoraSet {
+        LoraSet {
+            loras: self.loras.clone(),
+            lenient: self.lora_lenient,
+        }
+    }
+}
+
+/// Tells about LoRA keys left out under `--lora-lenient` on stderr (the first few and a count).
+pub fn warn_ignored(ignored: &[String]) {
+    const SHOWN: usize = 5;
+    if ignored.is_empty() {
+        return;
+    }
+    eprintln!(
+        "warning: {} LoRA keys match no weight and were left out: {}{}",
+        ignored.len(),
+        ignored[..ignored.len().min(SHOWN)].join(", "),
+        if ignored.len() > SHOWN { ", ..." } else { "" }
+    );
 }
 
 /// Weight and activation dtypes on the command line.
@@ -128,15 +167,21 @@ pub struct SettingArgs {
     /// 480p; use 5.0 at 720p).
     #[arg(long, allow_negative_numbers = true)]
     pub shift: Option<f64>,
-    /// Sampler: unipc or euler (default: the model's scheduler config, else unipc).
+    /// Sampler: unipc, euler, or dmd for few-step (DMD-distilled) models (default: the model's:
+    /// dmd for a FastWan folder, else its scheduler config's, else unipc).
     #[arg(long)]
     pub scheduler: Option<Sampler>,
+    /// The dmd sampler's timesteps, decreasing, e.g. 1000,757,522 (FastWan's); implies
+    /// --scheduler dmd, and the step count is their number.
+    #[arg(long, value_name = "T,T,...", value_delimiter = ',')]
+    pub timesteps: Option<Vec<u32>>,
 }
 
 impl SettingArgs {
-    /// The settings these flags set, with the frame rate `fps`.
-    pub fn overrides(&self, fps: Option<u32>) -> SettingOverrides {
-        SettingOverrides {
+    /// The settings these flags set, with the frame rate `fps` (`--timesteps` next to a
+    /// sampler other than dmd is refused).
+    pub fn overrides(&self, fps: Option<u32>) -> Result<SettingOverrides> {
+        Ok(SettingOverrides {
             size: self.size,
             frames: self.frames,
             steps: self.steps,
@@ -144,6 +189,8 @@ impl SettingArgs {
             shift: self.shift,
             scheduler: self.scheduler,
             fps,
+            timesteps: self.timesteps.clone(),
         }
+        .checked()?)
     }
 }
