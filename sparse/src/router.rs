@@ -9,20 +9,52 @@ use crate::seam::{AttentionCall, CallSite, SelfAttention};
 use candle_core::{DType, Device, Result, Tensor};
 use std::sync::{Arc, Mutex};
 
-/// Query-key pairs computed and possible, per layer, summed over calls.
+/// Query-key pairs computed and possible, per layer (and per step and layer), summed over
+/// calls, with the attention FLOPs they cost and, when timed, the seconds attention took.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DensityReport {
     /// `(computed, possible)` per layer.
     pub per_layer: Vec<(f64, f64)>,
+    /// `(computed, possible)` per denoising step, then per layer.
+    pub per_step_layer: Vec<Vec<(f64, f64)>>,
+    /// FLOPs of the pairs computed: `4 * head_dim` per pair (q·k and the weighted sum of v).
+    pub flops: f64,
+    /// Seconds spent in attention calls, the device synchronised around each (`None` unless
+    /// the router times them, [`AttentionRouter::with_timing`]).
+    pub seconds: Option<f64>,
 }
 
 impl DensityReport {
-    fn add(&mut self, layer: usize, computed: f64, possible: f64) {
+    fn add(&mut self, site: CallSite, computed: f64, possible: f64, head_dim: usize) {
+        let layer = site.layer;
         if self.per_layer.len() <= layer {
             self.per_layer.resize(layer + 1, (0.0, 0.0));
         }
         self.per_layer[layer].0 += computed;
         self.per_layer[layer].1 += possible;
+        let step = site.step.index;
+        if self.per_step_layer.len() <= step {
+            self.per_step_layer.resize(step + 1, Vec::new());
+        }
+        let row = &mut self.per_step_layer[step];
+        if row.len() <= layer {
+            row.resize(layer + 1, (0.0, 0.0));
+        }
+        row[layer].0 += computed;
+        row[layer].1 += possible;
+        self.flops += computed * 4.0 * head_dim as f64;
+    }
+
+    /// Fraction of pairs computed in each layer of each step (`[step][layer]`).
+    pub fn step_layer_densities(&self) -> Vec<Vec<f64>> {
+        self.per_step_layer
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|&(c, p)| if p > 0.0 { c / p } else { 1.0 })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Fraction of pairs computed over all calls.
@@ -52,14 +84,14 @@ impl DensityReport {
 #[derive(Default)]
 struct Tally {
     report: DensityReport,
-    pending: Vec<(usize, Tensor, f64)>,
+    pending: Vec<(CallSite, Tensor, f64, usize)>,
 }
 
 impl Tally {
     fn resolve(&mut self) -> Result<()> {
-        for (layer, computed, possible) in self.pending.drain(..) {
+        for (site, computed, possible, head_dim) in self.pending.drain(..) {
             let computed = computed.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            self.report.add(layer, computed, possible);
+            self.report.add(site, computed, possible, head_dim);
         }
         Ok(())
     }
@@ -69,6 +101,7 @@ impl Tally {
 pub struct AttentionRouter {
     schedule: AttentionSchedule,
     kernel: ForwardKernel,
+    timed: bool,
     tally: Mutex<Tally>,
 }
 
@@ -78,6 +111,7 @@ impl AttentionRouter {
         Self {
             schedule,
             kernel: ForwardKernel::Auto,
+            timed: false,
             tally: Mutex::new(Tally::default()),
         }
     }
@@ -85,6 +119,13 @@ impl AttentionRouter {
     /// The same router running the forward kernel family `kernel` on the GPU.
     pub fn with_kernel(mut self, kernel: ForwardKernel) -> Self {
         self.kernel = kernel;
+        self
+    }
+
+    /// The same router timing every call (the device synchronised before and after each, which
+    /// costs a little speed), reported in [`DensityReport::seconds`].
+    pub fn with_timing(mut self, timed: bool) -> Self {
+        self.timed = timed;
         self
     }
 
@@ -141,6 +182,13 @@ impl AttentionRouter {
 
 impl SelfAttention for AttentionRouter {
     fn attend(&self, call: &AttentionCall<'_>) -> Result<Tensor> {
+        let started = match self.timed {
+            true => {
+                call.q.device().synchronize()?;
+                Some(std::time::Instant::now())
+            }
+            false => None,
+        };
         let method = self.schedule.method_at(call.site);
         self.precede_next(method, call)?;
         let attended = method.attend(&MethodCall {
@@ -148,18 +196,27 @@ impl SelfAttention for AttentionRouter {
             since_first: self.since_first(call.site, method.name()),
             kernel: self.kernel,
         })?;
-        let (b, h, s, _) = call.q.dims4()?;
+        let seconds = match started {
+            Some(started) => {
+                attended.out.device().synchronize()?;
+                Some(started.elapsed().as_secs_f64())
+            }
+            None => None,
+        };
+        let (b, h, s, head_dim) = call.q.dims4()?;
         let possible = (b * h) as f64 * (s as f64) * (s as f64);
         let computed = match attended.computed {
             Computed::All => Tensor::new(possible, &Device::Cpu)?,
             Computed::Plan(plan) => plan.pairs_tensor()?,
             Computed::Pairs(pairs) => Tensor::new(pairs, &Device::Cpu)?,
         };
-        self.tally
-            .lock()
-            .expect("tally lock")
+        let mut tally = self.tally.lock().expect("tally lock");
+        tally
             .pending
-            .push((call.site.layer, computed, possible));
+            .push((call.site, computed, possible, head_dim));
+        if let Some(seconds) = seconds {
+            *tally.report.seconds.get_or_insert(0.0) += seconds;
+        }
         Ok(attended.out)
     }
 }

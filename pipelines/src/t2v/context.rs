@@ -239,6 +239,9 @@ pub struct Loaded {
     pub seconds: f64,
     /// Forward attention kernel family on the GPU.
     pub kernel: ForwardKernel,
+    /// Time every attention call (the device synchronised around each), reported in the
+    /// outcome's density report.
+    pub time_attention: bool,
 }
 
 impl Loaded {
@@ -258,6 +261,7 @@ impl Loaded {
             identity,
             seconds: started.elapsed().as_secs_f64(),
             kernel: ForwardKernel::Auto,
+            time_attention: false,
         })
     }
 
@@ -299,7 +303,9 @@ impl Loaded {
                  (Loaded::with_loras)"
             );
         }
-        let router = AttentionRouter::new(job.schedule.clone()).with_kernel(self.kernel);
+        let router = AttentionRouter::new(job.schedule.clone())
+            .with_kernel(self.kernel)
+            .with_timing(self.time_attention);
         let mut outcome = self.model.generate(job, &text, &router, sink, progress)?;
         outcome.timings.text_encoding_s = prompts.seconds(&job.texts());
         outcome.timings.loading_s = prompts.loading_seconds() + self.seconds;

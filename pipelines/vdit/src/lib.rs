@@ -12,6 +12,7 @@ macro_rules! say {
 
 pub mod bench;
 pub mod cli;
+pub mod compare;
 mod device;
 pub mod interrupt;
 mod render;

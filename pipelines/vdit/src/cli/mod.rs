@@ -8,6 +8,7 @@ mod bars;
 mod batch;
 mod bench;
 mod calibrate;
+mod compare;
 mod encode;
 mod generate;
 mod inspect;
@@ -34,6 +35,9 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Generate many videos from a JSON-lines jobs file, loading the model once.
     Batch(Box<batch::BatchArgs>),
+    /// Compare attention methods on prompts and seeds: timings, density, fidelity against
+    /// dense, and a report (report.md, report.html) with side-by-side videos.
+    Compare(Box<compare::CompareArgs>),
     /// Calibrate a sparse attention method on dense generations.
     Calibrate(Box<calibrate::CalibrateArgs>),
     /// Describe a transformer checkpoint: layout, configuration, parameter count.
@@ -94,6 +98,7 @@ where
             args.method = attention_args::spec(sub, registry, MethodFlag::Method);
             attention::run(args, registry)
         }
+        Command::Compare(args) => compare::run(*args, registry),
         Command::Calibrate(args) => calibrate::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Encode(args) => encode::run(args),

@@ -15,6 +15,7 @@ mod gif;
 mod mp4;
 mod output;
 mod png;
+mod quality;
 mod y4m;
 mod yuv;
 
@@ -24,4 +25,5 @@ pub use frame::{frames_from_tensor, psnr, to_u8, Frame, FrameRate};
 pub use mp4::{read_video, DecodedVideo};
 pub use output::{VideoFormat, VideoWriter, WrittenVideo};
 pub use png::PngFolderReader;
+pub use quality::{frame_psnr, frame_ssim, temporal_error, VideoQuality, PSNR_CAP};
 pub use y4m::Y4mReader;
