@@ -171,3 +171,37 @@ fn fused_kernels_match_the_plain_path() -> Result<()> {
     check("rms_rope", &got, &expected.contiguous()?)?;
     Ok(())
 }
+
+/// LoRAs merged on the GPU as the weights load (bf16 model, f32 merge) give the output
+/// diffusers' merge gives (tests/fixtures/make_lora_fixtures.py), within bf16 tolerance.
+#[test]
+fn lora_merged_on_the_gpu_matches_diffusers() -> Result<()> {
+    let gpu = Device::new_cuda(0)?;
+    let io = load(fixture("tiny_h12_io.safetensors"), &Device::Cpu)?;
+    let expected = load(fixture("lora/lora_io.safetensors"), &Device::Cpu)?;
+    for (file, scale, key) in [
+        ("kohya", 1.0, "out_kohya"),
+        ("original", 1.0, "out_original"),
+    ] {
+        let loras = LoraSet {
+            loras: vec![dit::LoraSpec {
+                path: fixture(&format!("lora/{file}.safetensors")),
+                scale,
+            }],
+            lenient: false,
+        };
+        let model = load_transformer(&fixture("tiny_h12"), &loras, DType::BF16, &gpu)?.model;
+        let out = model.forward(
+            &io["latents"].to_dtype(DType::BF16)?.to_device(&gpu)?,
+            &io["timesteps"].to_device(&gpu)?,
+            &io["text"].to_dtype(DType::BF16)?.to_device(&gpu)?,
+            &Dense,
+            Step::SINGLE,
+        )?;
+        let out = out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        let err = relative_l2(&out, &expected[key])?;
+        println!("LoRA {file} merged on the GPU, bf16: relative L2 {err:.2e}");
+        assert!(err <= 2e-2, "{file}: {err:e}");
+    }
+    Ok(())
+}

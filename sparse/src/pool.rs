@@ -80,6 +80,18 @@ fn one_hot(block_of_token: &[u32], blocks: usize, device: &Device) -> Result<Ten
     Tensor::from_vec(data, (block_of_token.len(), blocks), device)
 }
 
+/// Bytes of f32 attention probabilities [`block_attention_mass`] holds at once: 512 MiB on a
+/// GPU, where small chunks would cost one launch sequence per few query rows (at Wan 1.3B's
+/// 480p shape 64 MiB chunks are 21 rows: 1560 rounds per layer, 82 s for SparseD's first step
+/// on an H200), 64 MiB on the CPU.
+fn chunk_bytes(device: &Device) -> usize {
+    if device.is_cpu() {
+        64 << 20
+    } else {
+        512 << 20
+    }
+}
+
 /// Softmax attention mass of `q, k: [B, H, S, D]` summed over (query block, key block) pairs,
 /// for each of several blockings at once (the softmax is computed once): one `[B, H, qb, kb]`
 /// f32 tensor per blocking. Each query row's mass sums to 1, so a query block's row sums to
@@ -108,7 +120,7 @@ pub fn block_attention_mass(
         .iter()
         .map(|bl| Tensor::zeros((b, h, bl.q_blocks, bl.k_blocks), DType::F32, device))
         .collect::<Result<_>>()?;
-    let rows = ((64 << 20) / (4 * b * h * s.max(1))).clamp(1, s.max(1));
+    let rows = (chunk_bytes(device) / (4 * b * h * s.max(1))).clamp(1, s.max(1));
     let mut start = 0;
     while start < s {
         let len = rows.min(s - start);

@@ -83,6 +83,27 @@ for step in "$@"; do
         CUDA_CACHE_PATH=${run#*:} .gpu/vdit bench e2e --model "$dir" --steps 10 --out "$WORK/firstrun-${run%%:*}" 2>&1 | tail -1
         echo "${run%%:*} process: $(( $(ms) - start )) ms"
       done ;;
+    compare)
+      # `vdit compare` at 832x480x81 on the random Wan 1.3B with random UMT5-XXL weights (written
+      # once), COMPARE_STEPS steps (default 5), one prompt and seed: dense, VSA, VMoBA, SparseD
+      # (each command bounded by a timeout, its log kept).
+      dir=$(pipeline 832x480)
+      [ -d /tmp/umt5-xxl-random ] || .gpu/vdit bench text --weights /tmp/umt5-xxl-random \
+        --tokenizer assets/tiny-wan/tokenizer --out "$WORK" >/dev/null 2>&1
+      printf "a red kite over a windy beach\n" >"$WORK/prompts.txt"
+      timeout 300 .gpu/vdit compare --model "$dir" --text-encoder /tmp/umt5-xxl-random \
+        --tokenizer assets/tiny-wan/tokenizer --steps "${COMPARE_STEPS:-5}" --prompts "$WORK/prompts.txt" \
+        --seeds 0 --out-dir /tmp/compare --method vsa:sparsity=0.875 --method vmoba:threshold=0.25 \
+        --method sparsed:select_ratio=0.3 >"$WORK/compare.log" 2>&1
+      echo "compare exit $?"; tail -3 "$WORK/compare.log"
+      start=$(date +%s%N)
+      timeout 200 .gpu/vdit calibrate paro --model "$dir" --text-encoder /tmp/umt5-xxl-random \
+        --tokenizer assets/tiny-wan/tokenizer --steps "${COMPARE_STEPS:-5}" --prompts "$WORK/prompts.txt" \
+        --output /tmp/paro-480p.safetensors --overwrite --quiet >"$WORK/calibrate.log" 2>&1
+      echo "calibrate paro exit $? in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+      cp /tmp/compare/report.md "$WORK/compare-report.md" 2>/dev/null
+      cp /tmp/compare/results.jsonl "$WORK/compare-results.jsonl" 2>/dev/null
+      head -12 "$WORK/compare-report.md" 2>/dev/null ;;
     fixtures)
       python3 dit/tests/fixtures/make_lora_fixtures.py 2>&1 | tail -6
       python3 pipelines/vdit/tests/fixtures/t2v/make_dmd_fixtures.py 2>&1 | tail -4

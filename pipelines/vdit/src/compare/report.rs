@@ -103,7 +103,7 @@ pub fn summarize(runs: &[&RunResult]) -> Vec<Summary> {
 fn summary_table(summaries: &[Summary]) -> String {
     let mut md = String::from(
         "| method | runs | speed-up vs dense | denoise s | attention share | PSNR mean / worst (dB) | \
-         SSIM mean / worst | temporal error | density | attention GFLOP | peak GiB |\n\
+         SSIM mean / worst | temporal error | density | attention TFLOP | peak GiB |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for s in summaries {
@@ -124,7 +124,7 @@ fn summary_table(summaries: &[Summary]) -> String {
             s.ssim.1,
             s.temporal_error,
             s.density,
-            s.attention_flops / 1e9
+            s.attention_flops / 1e12
         );
     }
     md
