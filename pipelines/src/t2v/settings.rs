@@ -431,7 +431,8 @@ impl SettingOverrides {
     /// The settings, taking what is still unset from Wan's defaults and `scheduler` (the
     /// model's scheduler config: its flow shift and class), then validated.
     pub fn resolve(&self, scheduler: &SchedulerConfig) -> Result<Settings, SettingsError> {
-        let all = Self::wan().then(self);
+        let wan = Self::wan();
+        let all = wan.then(self);
         let default_sampler = match scheduler.class {
             Some(SchedulerKind::Euler) => Sampler::Euler,
             _ => Sampler::Unipc,
@@ -448,7 +449,8 @@ impl SettingOverrides {
                 })
             }
             (Some(list), _) => list.len(),
-            (None, _) => all.steps.expect("Wan default"),
+            // timesteps left behind by another sampler took the steps below them along
+            (None, _) => all.steps.or(wan.steps).expect("Wan default"),
         };
         let settings = Settings {
             size: all.size.expect("Wan default"),
@@ -520,6 +522,52 @@ mod tests {
         check(&|s| s.guidance = -1.0, "guidance -1 must be a number >= 0");
         check(&|s| s.shift = 0.0, "shift 0 must be a positive number");
         assert!("83x".parse::<Size>().is_err());
+    }
+
+    /// Timesteps fix the step count of the layers below them; a later explicit step count
+    /// that contradicts them is refused; another sampler leaves them behind.
+    #[test]
+    fn timesteps_layering() {
+        let scheduler = SchedulerConfig::wan_default(3.0);
+        let model = SettingOverrides {
+            steps: Some(20),
+            ..Default::default()
+        };
+        let flags = SettingOverrides {
+            timesteps: Some(vec![1000, 500]),
+            ..Default::default()
+        }
+        .checked()
+        .unwrap();
+        let s = model.then(&flags).resolve(&scheduler).unwrap();
+        assert_eq!((s.scheduler, s.steps), (Sampler::Dmd, 2));
+        assert_eq!(s.renoise_steps(), 1);
+        let steps = SettingOverrides {
+            steps: Some(4),
+            ..Default::default()
+        };
+        let err = SettingOverrides::fastwan()
+            .then(&steps)
+            .resolve(&scheduler)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("contradicts the dmd sampler's 3 timesteps"),
+            "{err}"
+        );
+        let euler = SettingOverrides {
+            scheduler: Some(Sampler::Euler),
+            ..Default::default()
+        };
+        let s = SettingOverrides::fastwan()
+            .then(&euler)
+            .resolve(&scheduler)
+            .unwrap();
+        assert_eq!(
+            (s.scheduler, s.timesteps.clone(), s.steps),
+            (Sampler::Euler, None, 50)
+        );
+        assert_eq!(s.renoise_steps(), 0);
     }
 
     /// The latent shape follows the VAE's compression.

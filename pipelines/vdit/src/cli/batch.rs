@@ -763,4 +763,44 @@ mod tests {
         let plain: JobLine = serde_json::from_str(r#"{"prompt": "a", "seed": 1}"#).unwrap();
         assert_eq!(plain.name(7).unwrap(), "job-0007");
     }
+
+    /// A job's timesteps, as text or a list, imply the dmd sampler; next to another sampler
+    /// they are refused. Its LoRAs replace the command line's, `[]` for none.
+    #[test]
+    fn job_timesteps_and_loras() {
+        for text in [
+            r#"{"prompt": "a", "seed": 1, "timesteps": "1000, 757,522"}"#,
+            r#"{"prompt": "a", "seed": 1, "timesteps": [1000, 757, 522]}"#,
+        ] {
+            let job: JobLine = serde_json::from_str(text).unwrap();
+            let settings = job.settings().unwrap();
+            assert_eq!(settings.timesteps, Some(vec![1000, 757, 522]));
+            assert_eq!(settings.scheduler, Some(Sampler::Dmd));
+        }
+        let job: JobLine = serde_json::from_str(
+            r#"{"prompt": "a", "seed": 1, "scheduler": "euler", "timesteps": "1000,500"}"#,
+        )
+        .unwrap();
+        let err = job.settings().unwrap_err().to_string();
+        assert!(err.contains("--timesteps is for --scheduler dmd"), "{err}");
+        let bad: JobLine =
+            serde_json::from_str(r#"{"prompt": "a", "seed": 1, "timesteps": "1000,x"}"#).unwrap();
+        assert!(bad.settings().is_err());
+
+        let base = LoraSet {
+            loras: vec!["base.safetensors".parse().unwrap()],
+            lenient: true,
+        };
+        let own: JobLine =
+            serde_json::from_str(r#"{"prompt": "a", "seed": 1, "lora": ["a.st:0.5", "b.st"]}"#)
+                .unwrap();
+        let set = own.loras(&base).unwrap();
+        assert_eq!(set.loras.len(), 2);
+        assert_eq!((set.loras[0].scale, set.lenient), (0.5, true));
+        let none: JobLine =
+            serde_json::from_str(r#"{"prompt": "a", "seed": 1, "lora": []}"#).unwrap();
+        assert!(none.loras(&base).unwrap().is_empty());
+        let inherit: JobLine = serde_json::from_str(r#"{"prompt": "a", "seed": 1}"#).unwrap();
+        assert_eq!(inherit.loras(&base).unwrap(), base);
+    }
 }
