@@ -38,17 +38,7 @@ pub fn load_transformer(
 ) -> Result<LoadedTransformer, Error> {
     let checkpoint = Arc::new(Checkpoint::open(path)?);
     let layout = KeyLayout::detect(&checkpoint)?;
-    let dir = if path.is_dir() {
-        path
-    } else {
-        path.parent().unwrap_or(Path::new("."))
-    };
-    let config_path = dir.join("config.json");
-    let (config, config_file) = if config_path.is_file() {
-        (WanConfig::from_file(&config_path)?, Some(config_path))
-    } else {
-        (infer_config(&checkpoint, &layout)?, None)
-    };
+    let (config, config_file) = read_config(path, &checkpoint, &layout)?;
     let merge = match loras.is_empty() {
         true => None,
         false => Some(Arc::new(LoraMerge::plan(loras, &checkpoint, &layout)?)),
@@ -67,6 +57,27 @@ pub fn load_transformer(
         loras: loras.clone(),
         lora_ignored: merge.map(|m| m.ignored().to_vec()).unwrap_or_default(),
     })
+}
+
+/// The configuration of the transformer at `path` (a folder or a file in it): `config.json`
+/// beside the weights when there is one (its path returned too), else inferred from
+/// `checkpoint`'s shapes.
+pub fn read_config(
+    path: &Path,
+    checkpoint: &Checkpoint,
+    layout: &KeyLayout,
+) -> Result<(WanConfig, Option<PathBuf>), Error> {
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
+    let config_path = dir.join("config.json");
+    if config_path.is_file() {
+        Ok((WanConfig::from_file(&config_path)?, Some(config_path)))
+    } else {
+        Ok((infer_config(checkpoint, layout)?, None))
+    }
 }
 
 /// Reads the hyper-parameters off the weight shapes; assumes head dim 128 (all Wan 2.1 sizes).

@@ -29,16 +29,8 @@ fn reduced_vae() -> Result<WanVae> {
 
 /// Peak resident set size of this process, KiB.
 fn peak_rss_kib() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM in /proc/self/status")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed VmHWM")?
-        .parse()?)
+    let bytes = vdit_core::memory::peak_rss_bytes().context("no VmHWM in /proc/self/status")?;
+    Ok(bytes / 1024)
 }
 
 /// The child's job: decode `frames` latent frames, print the peak memory.

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use vdit_core::weights::Checkpoint;
 
 /// What one LoRA tensor is to its module.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Part {
     /// The down projection `A` (`[rank, in]`).
     Down,

@@ -115,33 +115,8 @@ impl std::fmt::Debug for LoraMerge {
     }
 }
 
-/// The LoRA parts of one module of one file, by key.
-#[derive(Default)]
-struct ModuleParts {
-    parts: BTreeMap<PartName, String>,
-}
-
-/// [`Part`] with an order, for one key per part.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum PartName {
-    Down,
-    Up,
-    Alpha,
-    Diff,
-    DiffBias,
-}
-
-impl From<Part> for PartName {
-    fn from(part: Part) -> Self {
-        match part {
-            Part::Down => Self::Down,
-            Part::Up => Self::Up,
-            Part::Alpha => Self::Alpha,
-            Part::Diff => Self::Diff,
-            Part::DiffBias => Self::DiffBias,
-        }
-    }
-}
+/// The LoRA parts of one module of one file: the key of each.
+type ModuleParts = BTreeMap<Part, String>;
 
 impl LoraMerge {
     /// Matches every LoRA of `set` to the weights of the transformer `checkpoint` (stored in
@@ -168,7 +143,7 @@ impl LoraMerge {
                     scale: spec.scale,
                     metadata_alpha,
                 };
-                for (tensor, update) in context.updates(&parts.parts)? {
+                for (tensor, update) in context.updates(&parts)? {
                     if let Some(shape) = index.shape(&tensor) {
                         merge.shapes.insert(tensor.clone(), shape.to_vec());
                     }
@@ -283,8 +258,8 @@ fn group_keys(
         };
         let entry = modules
             .entry(target.module.clone())
-            .or_insert_with(|| (target.clone(), ModuleParts::default()));
-        if let Some(other) = entry.1.parts.insert(part.into(), key.to_string()) {
+            .or_insert_with(|| (target.clone(), ModuleParts::new()));
+        if let Some(other) = entry.1.insert(part, key.to_string()) {
             return Err(Error::Lora(format!(
                 "LoRA {}: keys `{other}` and `{key}` are the same part of `{}`",
                 lora.origin().display(),
@@ -325,17 +300,17 @@ impl LoraContext<'_> {
     }
 
     /// The updates of this module's parts, by the diffusers name of the tensor each changes.
-    fn updates(&self, parts: &BTreeMap<PartName, String>) -> Result<Vec<(String, Update)>> {
+    fn updates(&self, parts: &ModuleParts) -> Result<Vec<(String, Update)>> {
         let weight_shape = self
             .index
             .shape(&self.target.weight)
             .unwrap_or_default()
             .to_vec();
         let mut updates = Vec::new();
-        match (parts.get(&PartName::Down), parts.get(&PartName::Up)) {
+        match (parts.get(&Part::Down), parts.get(&Part::Up)) {
             (Some(down), Some(up)) => {
                 let factor =
-                    self.low_rank_factor(down, up, parts.get(&PartName::Alpha), &weight_shape)?;
+                    self.low_rank_factor(down, up, parts.get(&Part::Alpha), &weight_shape)?;
                 updates.push((
                     self.target.weight.clone(),
                     Update::LowRank {
@@ -353,12 +328,12 @@ impl LoraContext<'_> {
                 )))
             }
             (None, None) => {
-                if let Some(alpha) = parts.get(&PartName::Alpha) {
+                if let Some(alpha) = parts.get(&Part::Alpha) {
                     return Err(self.fail(format!("`{alpha}` has no down/up matrices")));
                 }
             }
         }
-        if let Some(diff) = parts.get(&PartName::Diff) {
+        if let Some(diff) = parts.get(&Part::Diff) {
             self.expect_shape(diff, &weight_shape)?;
             updates.push((
                 self.target.weight.clone(),
@@ -369,7 +344,7 @@ impl LoraContext<'_> {
                 },
             ));
         }
-        if let Some(diff) = parts.get(&PartName::DiffBias) {
+        if let Some(diff) = parts.get(&Part::DiffBias) {
             let Some(bias) = &self.target.bias else {
                 return Err(self.fail(format!(
                     "`{diff}` changes a bias, but `{}` has none",

@@ -34,7 +34,8 @@ pub struct ModelContext {
     pub defaults: SettingOverrides,
     /// The attention method the model's `generation_config.json` names, if any.
     default_attention: Option<MethodSpec>,
-    config: OnceCell<TransformerInfo>,
+    /// What the transformer's headers say, read once.
+    transformer: OnceCell<TransformerInfo>,
     /// The text encoder's parameter count (`None` when it overflows), read once.
     text_parameters: OnceCell<Option<u64>>,
     /// LoRA sets found to fit the transformer.
@@ -57,7 +58,7 @@ impl ModelContext {
             scheduler: paths.scheduler_config()?,
             defaults,
             default_attention,
-            config: OnceCell::new(),
+            transformer: OnceCell::new(),
             text_parameters: OnceCell::new(),
             checked_loras: RefCell::new(Vec::new()),
             paths,
@@ -71,11 +72,11 @@ impl ModelContext {
 
     /// What the transformer's headers say (read once).
     fn transformer_info(&self) -> Result<&TransformerInfo> {
-        if let Some(info) = self.config.get() {
+        if let Some(info) = self.transformer.get() {
             return Ok(info);
         }
         let info = self.paths.transformer_config()?;
-        Ok(self.config.get_or_init(|| info))
+        Ok(self.transformer.get_or_init(|| info))
     }
 
     /// The attention of a run: `given` when the method was named, else the model's default

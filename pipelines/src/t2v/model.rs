@@ -239,17 +239,7 @@ impl ModelPaths {
             .with_context(|| format!("cannot open the transformer {}", path.display()))?;
         let layout = KeyLayout::detect(&checkpoint)?;
         let vsa_gates = checkpoint.contains(&layout.rename()(VSA_GATE_PROBE));
-        let dir = if path.is_dir() {
-            path
-        } else {
-            path.parent().unwrap_or(Path::new("."))
-        };
-        let config_file = dir.join("config.json");
-        let config = if config_file.is_file() {
-            WanConfig::from_file(&config_file)?
-        } else {
-            dit::load::infer_config(&checkpoint, &layout)?
-        };
+        let (config, _) = dit::load::read_config(path, &checkpoint, &layout)?;
         Ok(TransformerInfo {
             config,
             layout,

@@ -22,6 +22,8 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$WORK/gpu.txt"
 bench=pipelines/vdit/bench
+# Milliseconds since the epoch, for wall times of whole processes.
+ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # A random full-size Wan 1.3B pipeline folder at SIZE (WIDTHxHEIGHT), made once.
 pipeline() {
   local dir="/tmp/random-wan-$1"
@@ -75,7 +77,6 @@ for step in "$@"; do
       # First generations with an empty driver kernel cache (a fresh machine), without and after
       # `vdit setup`, against a warm one; each scenario gets its own cache folder.
       dir=$(pipeline 832x480)
-      ms() { echo $(( $(date +%s%N) / 1000000 )); }
       start=$(ms); CUDA_CACHE_PATH=/tmp/cache-setup .gpu/vdit setup
       echo "setup process: $(( $(ms) - start )) ms"
       for run in cold:/tmp/cache-cold after-setup:/tmp/cache-setup warm:/tmp/cache-setup; do
@@ -112,7 +113,6 @@ for step in "$@"; do
       # Whole `vdit generate` runs as a user makes them (process wall time, the record's stages).
       dir=$(pipeline 832x480)
       inputs="$dir/inputs.safetensors"
-      ms() { echo $(( $(date +%s%N) / 1000000 )); }
       run() {
         local name=$1; shift
         local start; start=$(ms)

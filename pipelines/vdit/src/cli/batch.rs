@@ -454,19 +454,15 @@ fn plan_jobs(
     }
     // Jobs with the same LoRAs run together, so the transformer loads once per set (the sets
     // in the order they first appear, the jobs of a set in line order).
-    let mut sets: Vec<&LoraSet> = Vec::new();
+    let mut sets: Vec<LoraSet> = Vec::new();
     for ready in &pending {
-        if !sets.contains(&&ready.job.loras) {
-            sets.push(&ready.job.loras);
+        if !sets.contains(&ready.job.loras) {
+            sets.push(ready.job.loras.clone());
         }
     }
-    let order: Vec<usize> = pending
-        .iter()
-        .map(|r| sets.iter().position(|s| **s == r.job.loras).unwrap_or(0))
-        .collect();
-    let mut keyed: Vec<(usize, Ready)> = order.into_iter().zip(pending).collect();
-    keyed.sort_by_key(|(set, _)| *set);
-    keyed.into_iter().map(|(_, ready)| ready).collect()
+    // a stable sort: line order within a set
+    pending.sort_by_key(|r| sets.iter().position(|s| *s == r.job.loras));
+    pending
 }
 
 /// Drops the jobs that cannot fit in `available` bytes (each fails alone), and tells whether

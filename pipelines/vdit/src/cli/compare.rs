@@ -8,9 +8,7 @@
 //! complete).
 
 use super::options::{LoraArgs, ModelArgs, RuntimeArgs, SettingArgs};
-use crate::compare::{
-    append_result, load_results, measure_fidelity, peak_rss_gib, report, RunResult,
-};
+use crate::compare::{append_result, load_results, measure_fidelity, report, RunResult};
 use crate::render::{open_writer, render};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -172,9 +170,8 @@ fn make_runs(
     results: &mut BTreeMap<String, RunResult>,
 ) -> Result<()> {
     let (device, dtype) = args.runtime.open()?;
-    let mut texts: Vec<&str> = missing.iter().flat_map(|p| p.job.texts()).collect();
-    texts.sort();
-    texts.dedup();
+    // the cache encodes each distinct text once
+    let texts: Vec<&str> = missing.iter().flat_map(|p| p.job.texts()).collect();
     let encoded = context.encode(&texts, dtype, &device, &mut Silent)?;
     let mut loaded = Loaded::load(context, &missing[0].job.loras, dtype, &device, &mut Silent)?;
     loaded.kernel = args.runtime.kernel()?;
@@ -205,7 +202,10 @@ fn make_runs(
         )?;
         let (peak_gib, peak_of) = match outcome.peak_gpu_bytes {
             Some(bytes) => (Some(vdit_core::memory::gib(bytes)), "gpu"),
-            None => (peak_rss_gib(), "cpu_rss"),
+            None => (
+                vdit_core::memory::peak_rss_bytes().map(vdit_core::memory::gib),
+                "cpu_rss",
+            ),
         };
         let result = RunResult {
             key: planned.key.clone(),

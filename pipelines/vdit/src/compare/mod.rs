@@ -183,11 +183,3 @@ pub fn measure_fidelity(
     }
     Ok(())
 }
-
-/// The process's peak resident memory in GiB (Linux `VmHWM`), if the system tells it.
-pub fn peak_rss_gib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / (1024.0 * 1024.0))
-}

@@ -5,7 +5,7 @@
 use super::label;
 use super::plots::{density_map, speed_fidelity, Point};
 use super::{read_frames, RunResult};
-use crate::video::{Frame, FrameRate, VideoWriter};
+use crate::video::{mean, Frame, FrameRate, VideoWriter};
 use anyhow::Result;
 use pipelines::t2v::Settings;
 use std::collections::BTreeMap;
@@ -36,11 +36,6 @@ pub struct Summary {
     pub attention_flops: f64,
     /// Largest peak memory (GiB).
     pub peak_gib: Option<f64>,
-}
-
-fn mean(values: impl Iterator<Item = f64>) -> f64 {
-    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    sum / n.max(1) as f64
 }
 
 /// The summary of each method, in the order the methods first appear.

@@ -99,36 +99,6 @@ fn levels(video: &Tensor) -> Result<Tensor, VideoError> {
         .to_dtype(DType::U8)?)
 }
 
-/// Peak signal-to-noise ratio in dB of `test` against `reference` over all frames and channels
-/// (peak 255); infinite when they are identical. Both must have the same frame count and sizes.
-pub fn psnr(reference: &[Frame], test: &[Frame]) -> Result<f64, VideoError> {
-    let mismatch = || {
-        VideoError::Compare(format!(
-            "{} reference frames against {} test frames of other sizes",
-            reference.len(),
-            test.len()
-        ))
-    };
-    if reference.len() != test.len() || reference.is_empty() {
-        return Err(mismatch());
-    }
-    let (mut squared_error, mut samples) = (0f64, 0usize);
-    for (a, b) in reference.iter().zip(test) {
-        if (a.width, a.height) != (b.width, b.height) {
-            return Err(mismatch());
-        }
-        squared_error += a
-            .rgb
-            .iter()
-            .zip(&b.rgb)
-            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-            .sum::<f64>();
-        samples += a.rgb.len();
-    }
-    let mse = squared_error / samples as f64;
-    Ok(10.0 * (255.0 * 255.0 / mse).log10())
-}
-
 /// Frames per second as a reduced fraction, e.g. 16/1 or 30000/1001.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameRate {
@@ -392,28 +362,6 @@ mod tests {
         .unwrap();
         let err = frames_from_tensor(&nan).unwrap_err().to_string();
         assert!(err.contains("NaN"), "{err}");
-    }
-
-    #[test]
-    fn psnr_follows_its_definition() {
-        // Every sample off by d gives MSE d^2, so PSNR = 20 log10(255 / d).
-        let base: Vec<u8> = (0..4 * 3 * 3).map(|i| (i * 7) as u8).collect();
-        let shifted: Vec<u8> = base.iter().map(|v| v + 5).collect();
-        let a = [
-            Frame::new(4, 3, base.clone()).unwrap(),
-            Frame::new(4, 3, base).unwrap(),
-        ];
-        let b = [
-            Frame::new(4, 3, shifted.clone()).unwrap(),
-            Frame::new(4, 3, shifted).unwrap(),
-        ];
-        let expected = 20.0 * (255.0f64 / 5.0).log10();
-        assert!((psnr(&a, &b).unwrap() - expected).abs() < 1e-9);
-        assert_eq!(psnr(&a, &a).unwrap(), f64::INFINITY);
-        assert!(psnr(&a, &b[..1]).is_err());
-        let other_size = [Frame::new(3, 4, vec![0; 36]).unwrap(), a[1].clone()];
-        let err = psnr(&a, &other_size).unwrap_err().to_string();
-        assert!(err.contains("cannot compare videos"), "{err}");
     }
 
     #[test]

@@ -20,10 +20,10 @@ mod y4m;
 mod yuv;
 
 pub use error::VideoError;
-pub use frame::{frames_from_tensor, psnr, to_u8, Frame, FrameRate};
+pub use frame::{frames_from_tensor, to_u8, Frame, FrameRate};
 #[cfg(feature = "ffmpeg")]
 pub use mp4::{read_video, DecodedVideo};
 pub use output::{VideoFormat, VideoWriter, WrittenVideo};
 pub use png::PngFolderReader;
-pub use quality::{frame_psnr, frame_ssim, temporal_error, VideoQuality, PSNR_CAP};
+pub use quality::{frame_psnr, frame_ssim, mean, psnr, temporal_error, VideoQuality, PSNR_CAP};
 pub use y4m::Y4mReader;

@@ -55,7 +55,7 @@ impl VideoQuality {
 
     /// Mean PSNR over the frames.
     pub fn psnr_mean(&self) -> f64 {
-        mean(&self.psnr)
+        mean(self.psnr.iter().copied())
     }
 
     /// PSNR of the worst frame.
@@ -65,7 +65,7 @@ impl VideoQuality {
 
     /// Mean SSIM over the frames.
     pub fn ssim_mean(&self) -> f64 {
-        mean(&self.ssim)
+        mean(self.ssim.iter().copied())
     }
 
     /// SSIM of the worst frame.
@@ -74,10 +74,15 @@ impl VideoQuality {
     }
 }
 
-fn mean(values: &[f64]) -> f64 {
-    values.iter().sum::<f64>() / values.len().max(1) as f64
+/// The mean of `values` (0 for none).
+pub fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
+    let (sum, n) = values
+        .into_iter()
+        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    sum / n.max(1) as f64
 }
 
+/// Checks that two videos have the same frame count (at least one) and frame sizes.
 fn check_same(reference: &[Frame], test: &[Frame]) -> Result<(), VideoError> {
     let sizes =
         |v: &[Frame]| -> Vec<(u32, u32)> { v.iter().map(|f| (f.width(), f.height())).collect() };
@@ -91,15 +96,33 @@ fn check_same(reference: &[Frame], test: &[Frame]) -> Result<(), VideoError> {
     Ok(())
 }
 
-/// PSNR of one frame against its reference, capped at [`PSNR_CAP`].
-pub fn frame_psnr(reference: &Frame, test: &Frame) -> f64 {
+/// Peak signal-to-noise ratio in dB of `test` against `reference` over all frames and channels
+/// (peak 255); infinite when they are identical. Both must have the same frame count and sizes.
+pub fn psnr(reference: &[Frame], test: &[Frame]) -> Result<f64, VideoError> {
+    check_same(reference, test)?;
     let squared: f64 = reference
+        .iter()
+        .zip(test)
+        .map(|(a, b)| squared_error(a, b))
+        .sum();
+    let samples: usize = reference.iter().map(|f| f.rgb().len()).sum();
+    let mse = squared / samples as f64;
+    Ok(10.0 * (255.0 * 255.0 / mse).log10())
+}
+
+/// The sum of squared sample differences of two frames of one size.
+fn squared_error(reference: &Frame, test: &Frame) -> f64 {
+    reference
         .rgb()
         .iter()
         .zip(test.rgb())
         .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
-        .sum();
-    let mse = squared / reference.rgb().len() as f64;
+        .sum()
+}
+
+/// PSNR of one frame against its reference, capped at [`PSNR_CAP`].
+pub fn frame_psnr(reference: &Frame, test: &Frame) -> f64 {
+    let mse = squared_error(reference, test) / reference.rgb().len() as f64;
     if mse == 0.0 {
         return PSNR_CAP;
     }
@@ -263,6 +286,28 @@ mod tests {
         );
         let e = temporal_error(&[a.clone(), a.clone()], &[a.clone(), shifted]);
         assert!((e - 5.0 / 255.0).abs() < 1e-12, "{e}");
+    }
+
+    #[test]
+    fn psnr_follows_its_definition() {
+        // Every sample off by d gives MSE d^2, so PSNR = 20 log10(255 / d).
+        let base: Vec<u8> = (0..4 * 3 * 3).map(|i| (i * 7) as u8).collect();
+        let shifted: Vec<u8> = base.iter().map(|v| v + 5).collect();
+        let a = [
+            Frame::new(4, 3, base.clone()).unwrap(),
+            Frame::new(4, 3, base).unwrap(),
+        ];
+        let b = [
+            Frame::new(4, 3, shifted.clone()).unwrap(),
+            Frame::new(4, 3, shifted).unwrap(),
+        ];
+        let expected = 20.0 * (255.0f64 / 5.0).log10();
+        assert!((psnr(&a, &b).unwrap() - expected).abs() < 1e-9);
+        assert_eq!(psnr(&a, &a).unwrap(), f64::INFINITY);
+        assert!(psnr(&a, &b[..1]).is_err());
+        let other_size = [Frame::new(3, 4, vec![0; 36]).unwrap(), a[1].clone()];
+        let err = psnr(&a, &other_size).unwrap_err().to_string();
+        assert!(err.contains("cannot compare videos"), "{err}");
     }
 
     /// Reflection at the borders repeats the edge sample, as scipy's `reflect` mode.
