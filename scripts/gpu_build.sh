@@ -34,7 +34,7 @@ cp "$CARGO_TARGET_DIR/release/vdit" .gpu/vdit
 # The CUDA test binaries, named test-CRATE-TEST on the GPU machine.
 cargo test "${cuda[@]}" --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, shutil, sys
-wanted = {("sparse", "cuda"), ("dit", "cuda"), ("vae", "parity")}
+wanted = {("sparse", "cuda"), ("dit", "cuda"), ("vae", "parity"), ("train", "sparse_gradients")}
 for line in sys.stdin:
     m = json.loads(line)
     target = m.get("target", {})
@@ -43,7 +43,7 @@ for line in sys.stdin:
     if m.get("executable") and target.get("kind") == ["test"] and (crate, target.get("name")) in wanted:
         shutil.copy(m["executable"], ".gpu/test-" + crate + "-" + target.get("name"))
 '
-ls .gpu/test-sparse-cuda .gpu/test-dit-cuda .gpu/test-vae-parity >/dev/null
+ls .gpu/test-sparse-cuda .gpu/test-dit-cuda .gpu/test-vae-parity .gpu/test-train-sparse_gradients >/dev/null
 for f in .gpu/*; do
   strip "$f"
 done

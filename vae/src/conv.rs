@@ -76,6 +76,9 @@ fn filter_for(
 #[derive(Clone, Debug)]
 struct TapConv {
     filter: Filter,
+    /// Training (gradients tracked): the weight as `[c_out, kt * c_in * k * k]`
+    /// for [`TapConv::forward_gathered`].
+    gathered: Option<Tensor>,
     /// `[c_out]`.
     bias: Tensor,
     /// Temporal taps `kt`.
@@ -90,7 +93,13 @@ impl TapConv {
     /// `weight` is `[c_out, c_in, kt, k, k]`.
     fn new(weight: &Tensor, bias: Tensor, padding: usize) -> Result<Self> {
         let (_, _, kt, k, _) = weight.dims5()?;
+        let gathered = if weight.track_op() {
+            Some(weight.permute((0, 2, 1, 3, 4))?.flatten_from(1)?)
+        } else {
+            None
+        };
         Ok(Self {
+            gathered,
             taps: kt,
             filter: filter_for(weight, &bias, |w| {
                 w.permute((0, 2, 3, 4, 1))?.flatten_from(1)?.contiguous()
@@ -104,6 +113,13 @@ impl TapConv {
     /// Convolves `window` (`[b, l, ...]` frames, working layout) with temporal stride `stride`
     /// and no temporal padding into `(l - kt) / stride + 1` frames, plus `residual` when given.
     fn forward(&self, window: &Tensor, stride: usize, residual: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(weight) = &self.gathered {
+            let y = self.forward_gathered(weight, window, stride)?;
+            return match residual {
+                Some(r) => y + r,
+                None => Ok(y),
+            };
+        }
         match &self.filter {
             Filter::Columns(columns) => {
                 let y = self.forward_in_blocks(columns, window, stride, column_budget(window))?;
@@ -193,6 +209,61 @@ impl TapConv {
         Ok(())
     }
 
+    /// The training path on channels-first `window` `[b, l, c, h, w]`. On the CPU every
+    /// temporal tap's im2col matrix is gathered by [`gathered_columns`], then one matmul by
+    /// `weight` `[c_out, kt * c_in * k * k]` (columns tap, channel, ky, kx). On CUDA, where
+    /// candle's scatter-add along a last dim runs nearly serially and its convolution backward
+    /// is slow, it is the flat-shift columns of [`TapConv::forward_in_blocks`], whose backward
+    /// pass is zero-padding and additions.
+    fn forward_gathered(&self, weight: &Tensor, window: &Tensor, stride: usize) -> Result<Tensor> {
+        if window.device().is_cuda() {
+            let columns = self.flat_shift_columns(weight, window.dim(2)?)?;
+            return self.forward_in_blocks(&columns, window, stride, column_budget(window));
+        }
+        let (b, l, c, h, w) = window.dims5()?;
+        let (kt, p) = (self.taps, self.padding);
+        self.check(l, h, w)?;
+        let padded = window.pad_with_zeros(3, p, p)?.pad_with_zeros(4, p, p)?;
+        let frames_out = (l - kt) / stride + 1;
+        let n = b * frames_out;
+        let mut taps = Vec::with_capacity(kt);
+        let mut size = (0, 0);
+        for i in 0..kt {
+            let frames = if stride == 1 {
+                padded.narrow(1, i, frames_out)?
+            } else {
+                let ids: Vec<u32> = (0..frames_out).map(|j| (i + j * stride) as u32).collect();
+                padded.index_select(&Tensor::new(ids, window.device())?, 1)?
+            };
+            let (columns, h_out, w_out) = gathered_columns(
+                &frames.reshape((n, c, h + 2 * p, w + 2 * p))?,
+                self.kernel,
+                1,
+            )?;
+            taps.push(columns);
+            size = (h_out, w_out);
+        }
+        let columns = match taps.as_slice() {
+            [one] => one.clone(),
+            _ => Tensor::cat(&taps, 1)?,
+        };
+        let c_out = self.bias.dim(0)?;
+        weight
+            .broadcast_matmul(&columns)?
+            .broadcast_add(&self.bias.reshape((1, c_out, 1))?)?
+            .reshape((b, frames_out, c_out, size.0, size.1))
+    }
+
+    /// The training weight `[c_out, kt * c_in * k * k]` (tap, channel, ky, kx) reordered for
+    /// the flat-shift columns (tap, ky, kx, channel).
+    fn flat_shift_columns(&self, weight: &Tensor, c_in: usize) -> Result<Tensor> {
+        let (c_out, k) = (self.bias.dim(0)?, self.kernel);
+        weight
+            .reshape((c_out, self.taps, c_in, k, k))?
+            .permute((0, 1, 3, 4, 2))?
+            .flatten_from(1)
+    }
+
     /// The CPU path on channels-first `window` `[b, l, c, h, w]`: im2col blocks of at most
     /// `budget` elements (but at least [`MIN_BLOCK`] positions), each one matmul by `columns`.
     fn forward_in_blocks(
@@ -261,6 +332,34 @@ impl TapConv {
     }
 }
 
+/// The im2col matrix of `images` `[n, c, h, w]` for a `k x k` kernel with spatial `stride` and
+/// no padding, gathered by one index select: `[n, c * k * k, h_out * w_out]` (rows channel,
+/// ky, kx) and `(h_out, w_out)`. Training's convolutions use it: the backward pass of the
+/// gather is one scatter-add, much cheaper than candle's CPU convolution backward.
+fn gathered_columns(images: &Tensor, k: usize, stride: usize) -> Result<(Tensor, usize, usize)> {
+    let (n, c, h, w) = images.dims4()?;
+    if h < k || w < k {
+        candle_core::bail!("a {k}x{k} convolution cannot take {h}x{w} images")
+    }
+    let (h_out, w_out) = ((h - k) / stride + 1, (w - k) / stride + 1);
+    let mut index = Vec::with_capacity(k * k * h_out * w_out);
+    for ky in 0..k {
+        for kx in 0..k {
+            for y in 0..h_out {
+                for x in 0..w_out {
+                    index.push(((y * stride + ky) * w + x * stride + kx) as u32);
+                }
+            }
+        }
+    }
+    let index = Tensor::new(index, images.device())?;
+    let columns = images
+        .reshape((n, c, h * w))?
+        .index_select(&index, 2)?
+        .reshape((n, c * k * k, h_out * w_out))?;
+    Ok((columns, h_out, w_out))
+}
+
 /// A stride-1 2D convolution with bias applied to working-layout images.
 #[derive(Clone, Debug)]
 pub struct Conv2d(TapConv);
@@ -292,6 +391,9 @@ impl Conv2d {
 #[derive(Clone, Debug)]
 pub struct StridedConv2d {
     filter: Filter,
+    /// Training (gradients tracked): the weight as `[c_out, c_in * k * k]` for
+    /// [`gathered_columns`].
+    gathered: Option<(Tensor, usize)>,
     /// `[c_out]`.
     bias: Tensor,
     stride: usize,
@@ -308,7 +410,13 @@ impl StridedConv2d {
     ) -> Result<Self> {
         let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
         let bias = vb.get(c_out, "bias")?;
+        let gathered = if weight.track_op() {
+            Some((weight.flatten_from(1)?, kernel))
+        } else {
+            None
+        };
         Ok(Self {
+            gathered,
             filter: filter_for(&weight.unsqueeze(2)?, &bias, |w| w.squeeze(2))?,
             bias,
             stride,
@@ -318,6 +426,17 @@ impl StridedConv2d {
     /// Convolves images `x` (`[n, c_in, h, w]` or `[n, h, w, c_in]`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c_out = self.bias.dim(0)?;
+        if let Some((weight, k)) = &self.gathered {
+            if x.device().is_cuda() {
+                return self.forward_subsampled(weight, *k, x);
+            }
+            let (columns, h_out, w_out) = gathered_columns(x, *k, self.stride)?;
+            let n = x.dim(0)?;
+            return weight
+                .broadcast_matmul(&columns)?
+                .broadcast_add(&self.bias.reshape((1, c_out, 1))?)?
+                .reshape((n, c_out, h_out, w_out));
+        }
         match &self.filter {
             Filter::Columns(weight) => {
                 let y = if x.device().is_cpu() && x.dtype() == DType::BF16 {
@@ -331,6 +450,40 @@ impl StridedConv2d {
             }
             Filter::ChannelsLast { filter, bias } => self.forward_cudnn(filter, bias, x),
         }
+    }
+
+    /// Training on CUDA: the stride-1 convolution through flat-shift columns (see
+    /// [`TapConv::forward_gathered`]), then every `stride`-th output row and column.
+    fn forward_subsampled(&self, weight: &Tensor, k: usize, x: &Tensor) -> Result<Tensor> {
+        let (n, c_in, h, w) = x.dims4()?;
+        let c_out = self.bias.dim(0)?;
+        let columns = weight
+            .reshape((c_out, c_in, k, k))?
+            .permute((0, 2, 3, 1))?
+            .flatten_from(1)?;
+        let dense = TapConv {
+            filter: Filter::Columns(columns.clone()),
+            gathered: None,
+            bias: self.bias.clone(),
+            taps: 1,
+            kernel: k,
+            padding: 0,
+        };
+        let y = dense
+            .forward_in_blocks(&columns, &x.unsqueeze(1)?, 1, column_budget(x))?
+            .squeeze(1)?;
+        let s = self.stride;
+        let (h_out, w_out) = ((h - k) / s + 1, (w - k) / s + 1);
+        let (hy, wy) = (y.dim(2)?, y.dim(3)?);
+        let (hp, wp) = (hy.div_ceil(s), wy.div_ceil(s));
+        y.pad_with_zeros(2, 0, hp * s - hy)?
+            .pad_with_zeros(3, 0, wp * s - wy)?
+            .reshape((n, c_out, hp, s, wp, s))?
+            .narrow(3, 0, 1)?
+            .narrow(5, 0, 1)?
+            .reshape((n, c_out, hp, wp))?
+            .narrow(2, 0, h_out)?
+            .narrow(3, 0, w_out)
     }
 
     #[cfg(feature = "cuda")]
@@ -490,6 +643,83 @@ mod tests {
             weight,
             bias,
         ))
+    }
+
+    /// With tracked (trainable) weights the convolutions take the training path (gathered
+    /// im2col columns), which gives the inference path's outputs, temporal stride 2 and the
+    /// strided 2D convolution included.
+    #[test]
+    fn training_path_matches_inference_path() -> Result<()> {
+        let dev = &Device::Cpu;
+        let weight = Tensor::randn(0f32, 1.0, (4, 3, 3, 3, 3), dev)?;
+        let bias = Tensor::randn(0f32, 1.0, 4, dev)?;
+        let build = |tracked: bool| -> Result<CausalConv3d> {
+            let (w, b) = if tracked {
+                (
+                    candle_core::Var::from_tensor(&weight)?.as_tensor().clone(),
+                    candle_core::Var::from_tensor(&bias)?.as_tensor().clone(),
+                )
+            } else {
+                (weight.clone(), bias.clone())
+            };
+            let tensors = HashMap::from([("weight".to_string(), w), ("bias".to_string(), b)]);
+            CausalConv3d::new(
+                3,
+                4,
+                (3, 3),
+                1,
+                VarBuilder::from_tensors(tensors, DType::F32, dev),
+            )
+        };
+        let x = Tensor::randn(0f32, 1.0, (2, 7, 3, 5, 6), dev)?;
+        for stride in [1, 2] {
+            let a = build(false)?.convolve(&x, stride)?;
+            let tracked = build(true)?;
+            let b = tracked.convolve(&x, stride)?;
+            let err = (&a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-4, "stride {stride}: {err}");
+            // the CUDA training branch: flat-shift columns of the training weight
+            let conv = &tracked.0;
+            let weight = conv.gathered.clone().expect("training path");
+            let columns = conv.flat_shift_columns(&weight, 3)?;
+            let window = join_time(&Tensor::zeros((2, 2, 3, 5, 6), DType::F32, dev)?, &x)?;
+            let c = conv.forward_in_blocks(&columns, &window, stride, 1 << 12)?;
+            let d = build(false)?.0.forward(&window, stride, None)?;
+            let err = (d - c)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-4, "stride {stride}, CUDA's training branch: {err}");
+        }
+        let w2 = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), dev)?;
+        let strided = |tracked: bool| -> Result<StridedConv2d> {
+            let (w, b) = if tracked {
+                (
+                    candle_core::Var::from_tensor(&w2)?.as_tensor().clone(),
+                    candle_core::Var::from_tensor(&bias)?.as_tensor().clone(),
+                )
+            } else {
+                (w2.clone(), bias.clone())
+            };
+            let tensors = HashMap::from([("weight".to_string(), w), ("bias".to_string(), b)]);
+            StridedConv2d::new(
+                3,
+                4,
+                3,
+                2,
+                VarBuilder::from_tensors(tensors, DType::F32, dev),
+            )
+        };
+        let images = Tensor::randn(0f32, 1.0, (3, 3, 9, 8), dev)?;
+        let a = strided(false)?.forward(&images)?;
+        let tracked = strided(true)?;
+        let b = tracked.forward(&images)?;
+        assert_eq!(a.dims(), b.dims());
+        let err = (&a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-4, "strided: {err}");
+        // the CUDA training branch (device-independent arithmetic), run here
+        let (weight, k) = tracked.gathered.clone().expect("training path");
+        let c = tracked.forward_subsampled(&weight, k, &images)?;
+        let err = (&a - c)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-4, "strided, CUDA's training branch: {err}");
+        Ok(())
     }
 
     /// The tap decomposition equals a direct 3D convolution written out as nested sums.

@@ -7,10 +7,21 @@
 //! into the batch.
 
 use candle_core::{Result, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// True when `x` is held channels-last (on CUDA).
+/// Set while the VAE trains: frames stay channels-first on CUDA too, so every operation is one
+/// of candle's differentiable ones (the channels-last kernels have no backward pass).
+static TRAINING_LAYOUT: AtomicBool = AtomicBool::new(false);
+
+/// Makes every VAE built or run afterwards use the differentiable channels-first layout on
+/// CUDA as well (`true`, for training), or the fast channels-last one (`false`, the default).
+pub fn set_training_layout(training: bool) {
+    TRAINING_LAYOUT.store(training, Ordering::Relaxed);
+}
+
+/// True when `x` is held channels-last (on CUDA, outside training).
 pub fn channels_last(x: &Tensor) -> bool {
-    cfg!(feature = "cuda") && x.device().is_cuda()
+    cfg!(feature = "cuda") && x.device().is_cuda() && !TRAINING_LAYOUT.load(Ordering::Relaxed)
 }
 
 /// `[b, t, c, h, w]` frames in the working layout of their device.

@@ -189,11 +189,18 @@ impl WanVae {
     /// `[b, 16, 1 + k, H / 8, W / 8]` (sizes rounded down), in the VAE's dtype. The first frame
     /// is encoded alone, then 4 frames at a time, so memory does not grow with the length.
     pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
+        Ok(self.encode_posterior(video)?.0)
+    }
+
+    /// As [`WanVae::encode`], returning the posterior's mean and log-variance (both
+    /// `[b, z, 1 + k, H / 8, W / 8]`). Differentiable when the weights track gradients, which
+    /// is how the VAE is trained.
+    pub fn encode_posterior(&self, video: &Tensor) -> Result<(Tensor, Tensor)> {
         let frames = self.check_video(video)?;
         let ratio = self.config.temporal_ratio();
         let z = self.config.z_dim;
         let mut cache = TimeCache::new();
-        let mut means = vec![];
+        let mut moments = vec![];
         let mut start = 0;
         while start < frames {
             let len = if start == 0 { 1 } else { ratio };
@@ -205,12 +212,31 @@ impl WanVae {
                 .contiguous()?;
             cache.start_chunk();
             let h = self.encoder.forward(&to_working(&chunk)?, &mut cache)?;
-            // the first z channels of the Gaussian's parameters are its mean
-            let moments = to_standard(&self.quant_conv.convolve(&h, 1)?)?;
-            means.push(moments.narrow(2, 0, z)?);
+            moments.push(to_standard(&self.quant_conv.convolve(&h, 1)?)?);
             start += len;
         }
-        Ok(to_video_layout(&Tensor::cat(&means, 1)?)?)
+        // the first z channels of the Gaussian's parameters are its mean, the rest its log-variance
+        let moments = Tensor::cat(&moments, 1)?;
+        Ok((
+            to_video_layout(&moments.narrow(2, 0, z)?)?,
+            to_video_layout(&moments.narrow(2, z, z)?)?,
+        ))
+    }
+
+    /// Decodes raw `z` `[b, z, t, h, w]` into unclamped frames `[b, 3, 1 + 4 (t - 1), 8h, 8w]`
+    /// in one piece, differentiable when the weights track gradients (training's decode; the
+    /// streaming [`WanVae::decode_streaming`] is inference's).
+    pub fn decode_unclamped(&self, z: &Tensor) -> Result<Tensor> {
+        let (_, _, frames, _, _) = self.check_latents(z)?;
+        let z = z
+            .to_dtype(self.dtype)?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?;
+        let mut cache = TimeCache::new();
+        let chunks = (0..frames)
+            .map(|t| self.decode_chunk(&z.narrow(1, t, 1)?, &mut cache))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(to_video_layout(&Tensor::cat(&chunks, 1)?)?)
     }
 
     /// One latent frame `[b, 1, z, h, w]` of a stream to unclamped frames `[b, n, c, 8h, 8w]`.

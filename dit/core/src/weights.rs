@@ -219,12 +219,13 @@ impl Checkpoint {
     pub fn metadata(&self, key: &str) -> Option<String> {
         self.files
             .iter()
-            .find_map(|file| header_metadata(&file.path, key))
+            .find_map(|file| safetensors_metadata(&file.path)?.remove(key))
     }
 }
 
-/// The string `key` of the `__metadata__` in the header of the safetensors file at `path`.
-fn header_metadata(path: &Path, key: &str) -> Option<String> {
+/// The string entries of the `__metadata__` in the header of the safetensors file at `path`,
+/// when it is one (headers over 100 MiB are not read).
+pub fn safetensors_metadata(path: &Path) -> Option<HashMap<String, String>> {
     use std::io::Read;
     /// Headers past this size are not read for metadata.
     const MAX_HEADER: u64 = 100 << 20;
@@ -238,7 +239,14 @@ fn header_metadata(path: &Path, key: &str) -> Option<String> {
     let mut header = vec![0u8; usize::try_from(length).ok()?];
     file.read_exact(&mut header).ok()?;
     let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    Some(header.get("__metadata__")?.get(key)?.as_str()?.to_string())
+    Some(
+        header
+            .get("__metadata__")?
+            .as_object()?
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect(),
+    )
 }
 
 /// Changes to some weights, added as they load (LoRA merging).

@@ -68,6 +68,13 @@ struct Planned {
 
 /// Runs what is missing, measures fidelity and writes the report.
 pub fn run(args: CompareArgs, registry: &Registry) -> Result<()> {
+    compare(&args, registry)?;
+    Ok(())
+}
+
+/// [`run`]'s work: returns the comparison's runs (frames under `args.out_dir`, fidelity
+/// filled), every prompt x seed x method.
+pub fn compare(args: &CompareArgs, registry: &Registry) -> Result<Vec<RunResult>> {
     let prompts = read_prompts(&args.prompts)?;
     if args.seeds.is_empty() {
         bail!("--seeds names no seed: give e.g. --seeds 0,1");
@@ -118,7 +125,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<()> {
         .filter(|p| !results.contains_key(&p.key))
         .collect();
     if !missing.is_empty() {
-        make_runs(&missing, &args, &context, &mut results)?;
+        make_runs(&missing, args, &context, &mut results)?;
     }
     let dense_keys: BTreeMap<(usize, u64), String> = planned
         .iter()
@@ -139,7 +146,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<()> {
         these.len() - missing.len(),
         written.display()
     );
-    Ok(())
+    Ok(these.into_iter().cloned().collect())
 }
 
 /// The non-blank lines of the prompts file.

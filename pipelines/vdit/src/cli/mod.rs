@@ -10,10 +10,12 @@ mod bench;
 mod calibrate;
 mod compare;
 mod encode;
+mod eval;
 mod generate;
 mod inspect;
 mod options;
 mod setup;
+mod train;
 
 use attention_args::MethodFlag;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -46,11 +48,13 @@ enum Command {
     Attention(attention::AttentionArgs),
     /// Encode a PNG frame folder or a .y4m file as a video (normally .mp4).
     Encode(encode::EncodeArgs),
+    Eval(Box<eval::EvalArgs>),
     /// Latency benchmarks (attention kernels, transformer forward).
     Bench(bench::BenchArgs),
     /// Compile the GPU kernels for this machine once, after installing (about 10 s), so that
     /// the first generation is as fast as later ones.
     Setup(setup::SetupArgs),
+    Train(train::TrainArgs),
     /// Compile some of candle's CUDA kernel modules into the driver's cache (run by vdit
     /// itself).
     #[command(hide = true)]
@@ -102,8 +106,10 @@ where
         Command::Calibrate(args) => calibrate::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Encode(args) => encode::run(args),
+        Command::Eval(args) => eval::run(*args, registry),
         Command::Bench(args) => bench::run(args, registry),
         Command::Setup(args) => setup::run(args),
+        Command::Train(args) => train::run(args, registry),
         Command::CompileKernels(args) => setup::compile(args),
     };
     match result {

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Trains the shipped model on the GPU machine, from the repository root, with what
+# scripts/gpu_build.sh put in .gpu/ (see ../shared/tools/README.md). Runs live in runs/ (carried
+# back and forth between calls: a call may continue the previous one's runs); the shippable
+# results land in $OUT as few files.
+#   bash pipelines/train/gpu_train.sh STEP...
+# Steps:
+#   probe     the CUDA gradient test, then a few steps of each stage and method (timings)
+#   vae       the VAE, VAE_STEPS steps (default: what fits in VAE_SECONDS, 150), batch VAE_BATCH
+#             (8); falls back to a carried runs/vae-cpu                        -> runs/vae
+#   dit       the transformer from scratch over runs/vae/model, DIT_STEPS steps (default: as
+#             many as fit before DEADLINE, epoch seconds, at DIT_RATE s/step), batch DIT_BATCH
+#             (32), DIT_CLIPS (8192) clips, DIT_LR (6e-4)                       -> runs/dit
+#   finetune  runs/dit/model fine-tuned through VSA (sparsity 0.875, ramp FT_RAMP), FT_STEPS
+#             (150) steps                                                      -> runs/ft-vsa
+#   evaldense `vdit eval` of runs/dit/model, dense: EVAL_COUNT (16) held-out and training captions
+#   evalsparse  training-free VSA 0.75/0.875, VMoBA, PARO on runs/dit/model, and the VSA
+#             fine-tune with its method, against dense
+#   pack      model folders and logs into $OUT
+set -u
+OUT="${OUT:-/tmp/vdit-train}"
+mkdir -p "$OUT" runs
+for f in .gpu/*.xz; do [ -e "${f%.xz}" ] || xz -d -k "$f"; done
+chmod +x .gpu/* 2>/dev/null
+[ -e /work/main ] || { mkdir -p /work; ln -s "$(pwd)" /work/main; }
+vdit=.gpu/vdit
+log() { tee -a "$OUT/train.log"; }
+for step in "$@"; do
+  echo "========== $step $(date +%T)" | log
+  case "$step" in
+    probe)
+      .gpu/test-train-sparse_gradients --nocapture 2>&1 | grep -E "^test |seed|panicked|off by" | log
+      rm -rf /tmp/probe
+      $vdit train vae --out /tmp/probe/vae --steps 30 --batch "${VAE_BATCH:-8}" --log-every 10 2>&1 | log
+      $vdit train dit --base /tmp/probe/vae/model --out /tmp/probe/dit --steps 30 --clips 256 \
+        --batch "${DIT_BATCH:-32}" --log-every 10 2>&1 | log
+      for method in "vsa:sparsity=0.875" "vmoba"; do
+        $vdit train dit --base /tmp/probe/dit/model --out "/tmp/probe/ft-${method%%:*}" --steps 20 --clips 256 \
+          --batch "${DIT_BATCH:-32}" --attention "$method" --log-every 10 2>&1 | log
+      done ;;
+    vae)
+      # 20 timed steps, then as many as fit in VAE_SECONDS (default 150)
+      steps="${VAE_STEPS:-}"
+      if [ -z "$steps" ]; then
+        rm -rf /tmp/vae-rate
+        start=$(date +%s%N)
+        $vdit train vae --out /tmp/vae-rate --steps 20 --batch "${VAE_BATCH:-8}" --quiet >/dev/null 2>&1
+        rate=$(python3 -c "print(($(date +%s%N) - $start) / 1e9 / 20)")
+        steps=$(python3 -c "print(max(20, int(${VAE_SECONDS:-150} / $rate)))")
+        echo "vae: $rate s/step (with start-up), $steps steps" | log
+      fi
+      $vdit train vae --out runs/vae --steps "$steps" --batch "${VAE_BATCH:-8}" --lr 1e-3 \
+        --warmup 50 --log-every 100 2>&1 | log
+      if [ ! -d runs/vae/model ] && [ -d runs/vae-cpu/model ]; then
+        echo "vae: using the CPU-trained runs/vae-cpu" | log
+        rm -rf runs/vae; cp -r runs/vae-cpu runs/vae
+      fi ;;
+    dit)
+      steps="${DIT_STEPS:-}"
+      if [ -z "$steps" ]; then
+        # what fits before the deadline, less a minute for rendering and encoding the clips
+        steps=$(python3 -c "import time; print(max(50, int(($DEADLINE - time.time() - 75) / ${DIT_RATE:-0.82})))")
+      fi
+      echo "dit: $steps steps" | log
+      $vdit train dit --base runs/vae/model --out runs/dit --steps "$steps" --lr "${DIT_LR:-6e-4}" --warmup 50 \
+        --batch "${DIT_BATCH:-32}" --clips "${DIT_CLIPS:-8192}" --log-every 50 2>&1 | log ;;
+    finetune)
+      $vdit train dit --base runs/dit/model --out runs/ft-vsa --steps "${FT_STEPS:-150}" --batch "${DIT_BATCH:-32}" \
+        --clips "${FT_CLIPS:-2048}" --attention vsa:sparsity=0.875 --sparsity-ramp "${FT_RAMP:-50}" --lr 2e-4 \
+        --warmup 10 --seed 1 --log-every 25 2>&1 | log ;;
+    evaldense)
+      n="${EVAL_COUNT:-16}"
+      $vdit eval --model runs/dit/model --count "$n" --out-dir runs/eval-dense --quiet 2>&1 | tail -4 | log
+      $vdit eval --model runs/dit/model --count "$n" --split train --out-dir runs/eval-train --quiet 2>&1 | tail -4 | log ;;
+    evalsparse)
+      n="${EVAL_COUNT:-16}"
+      printf "a red circle moves to the right\na blue square moves up on a yellow background\n" >/tmp/paro-prompts.txt
+      $vdit calibrate paro --model runs/dit/model --prompts /tmp/paro-prompts.txt \
+        --output runs/paro.safetensors --overwrite --quiet 2>&1 | tail -1 | log
+      $vdit eval --model runs/dit/model --count "$n" --out-dir runs/eval-sparse --quiet \
+        --method vsa:sparsity=0.75 --method vsa:sparsity=0.875 --method vmoba:dense_steps=0 \
+        --method paro:paro_calibration=runs/paro.safetensors 2>&1 | tail -8 | log
+      if [ -d runs/ft-vsa/model ]; then
+        $vdit eval --model runs/ft-vsa/model --count "$n" --out-dir runs/eval-ft-vsa --quiet \
+          --method vsa:sparsity=0.875,dense_steps=0 2>&1 | tail -5 | log
+      fi ;;
+    pack)
+      for run in vae dit ft-vsa ft-vmoba; do
+        [ -d "runs/$run/model" ] || continue
+        # the transformer's weights alone (a file may be at most 16 MiB), the rest in a tar
+        w="runs/$run/model/transformer/diffusion_pytorch_model.safetensors"
+        [ -f "$w" ] && cp "$w" "$OUT/$run-transformer.safetensors"
+        tar cf "$OUT/$run-model.tar" --exclude=diffusion_pytorch_model.safetensors -C "runs/$run" model loss.csv loss.png
+        tar rf "$OUT/$run-model.tar" -C "runs/$run" model/vae/diffusion_pytorch_model.safetensors
+      done
+      tar czf "$OUT/evals.tgz" runs/eval-*/eval.json runs/eval-*/report.md runs/eval-*/results.jsonl runs/*/loss.csv 2>/dev/null
+      ls -la "$OUT" ;;
+  esac
+done
+echo "========== done $(date +%T)" | log

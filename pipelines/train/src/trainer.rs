@@ -1,0 +1,224 @@
+//! The training loop shared by every stage: one [`Objective`] gives the loss of a step from
+//! the parameters; the loop backpropagates, clips, steps AdamW on the learning-rate schedule,
+//! updates the EMA, logs the step, and checkpoints periodically, on request and at the end.
+
+use crate::error::{Error, Result};
+use crate::optim::{
+    checkpoint_dir, clip_grad_norm, latest, prune, AdamW, AdamWConfig, Checkpoint, Ema, LossLog,
+    LossRow, LrSchedule, Snapshot, DEFAULT_SHARD_BYTES,
+};
+use crate::params::Params;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use pipelines::t2v::noise::NoiseGenerator;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A training objective: the scalar f32 loss of step `step` (from 0) computed by a model
+/// built from `vb`. All its randomness comes from the step (see [`step_rng`]), so a resumed
+/// run repeats an uninterrupted one exactly.
+pub trait Objective {
+    /// The loss of step `step`.
+    fn loss(&mut self, vb: VarBuilder, step: u64) -> Result<Tensor>;
+}
+
+/// The random stream of step `step` of a run seeded `seed`.
+pub fn step_rng(seed: u64, step: u64) -> NoiseGenerator {
+    NoiseGenerator::new(seed ^ step.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// How a run trains.
+#[derive(Clone, Debug)]
+pub struct LoopOptions {
+    /// Steps of the whole run.
+    pub steps: u64,
+    /// The learning rate by step.
+    pub schedule: LrSchedule,
+    /// AdamW's settings.
+    pub adamw: AdamWConfig,
+    /// Global gradient-norm limit.
+    pub clip: f64,
+    /// EMA decay of the weights that are shipped.
+    pub ema_decay: f64,
+    /// Steps between checkpoints (0: only at the end and on interruption).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (older ones are removed).
+    pub keep_checkpoints: usize,
+    /// Compute dtype of the forward pass (masters stay f32).
+    pub dtype: DType,
+    /// The training device.
+    pub device: Device,
+    /// The run folder: `checkpoints/`, `loss.csv`.
+    pub run_dir: PathBuf,
+    /// The run's configuration, stored in every checkpoint; a resumed run must match it.
+    pub config: serde_json::Value,
+}
+
+/// How [`Trainer::run`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Every step ran.
+    Done,
+    /// The caller asked to stop; a checkpoint of the last step was written.
+    Stopped,
+}
+
+/// A run in progress: parameters, optimiser, EMA, log.
+pub struct Trainer {
+    params: Params,
+    adamw: AdamW,
+    ema: Ema,
+    step: u64,
+    log: LossLog,
+    options: LoopOptions,
+}
+
+impl Trainer {
+    /// A fresh run from `params` in `options.run_dir`, which must hold no checkpoint yet.
+    pub fn start(params: Params, options: LoopOptions) -> Result<Self> {
+        check_run_dir(&options.run_dir, false)?;
+        create_dir(&options.run_dir)?;
+        Ok(Self {
+            adamw: AdamW::new(options.adamw)?,
+            ema: Ema::new(options.ema_decay, params.vars())?,
+            step: 0,
+            log: LossLog::start(&options.run_dir)?,
+            params,
+            options,
+        })
+    }
+
+    /// Continues the run in `options.run_dir` from its latest checkpoint; `params` (any
+    /// values, the run's shapes) receive the checkpoint's.
+    pub fn resume(params: Params, options: LoopOptions) -> Result<Self> {
+        let folder = check_run_dir(&options.run_dir, true)?.ok_or_else(|| {
+            Error::Usage(format!("{} holds no checkpoint", options.run_dir.display()))
+        })?;
+        let saved = Checkpoint::load(&folder, &options.device)?;
+        if saved.config != options.config {
+            return Err(Error::Checkpoint(format!(
+                "checkpoint {} was made with other settings ({}); resume with the same ones, or start a new --out",
+                folder.display(),
+                saved.config
+            )));
+        }
+        saved.apply(params.vars())?;
+        let ema = match saved.ema {
+            Some(ema) => ema,
+            None => Ema::new(options.ema_decay, params.vars())?,
+        };
+        Ok(Self {
+            adamw: saved.adamw,
+            ema,
+            step: saved.step,
+            log: LossLog::resume(&options.run_dir, saved.step)?,
+            params,
+            options,
+        })
+    }
+
+    /// Steps taken.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The EMA weights (what is shipped).
+    pub fn ema_weights(&self) -> &BTreeMap<String, Tensor> {
+        self.ema.weights()
+    }
+
+    /// Runs the remaining steps; `on_step` sees each logged row and returns false to stop
+    /// (a checkpoint is then written). A non-finite loss or gradient stops the run with an
+    /// error before the bad update, the last checkpoint intact.
+    pub fn run(
+        &mut self,
+        objective: &mut dyn Objective,
+        on_step: &mut dyn FnMut(&LossRow) -> bool,
+    ) -> Result<Finish> {
+        while self.step < self.options.steps {
+            let started = Instant::now();
+            let step = self.step;
+            let vb = self
+                .params
+                .var_builder(self.options.dtype, &self.options.device);
+            let loss = objective.loss(vb, step)?;
+            let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            let mut grads = loss.backward()?;
+            let norm = clip_grad_norm(self.params.vars(), &mut grads, self.options.clip)?;
+            if !value.is_finite() || !norm.is_finite() {
+                self.log.flush()?;
+                return Err(Error::Usage(format!(
+                    "training diverged at step {step} (loss {value}, gradient norm {norm}); \
+                     resume from the last checkpoint with a lower --lr"
+                )));
+            }
+            let lr = self.options.schedule.lr(step);
+            self.adamw.step(self.params.vars(), &grads, lr)?;
+            self.ema.update(self.params.vars())?;
+            self.step += 1;
+            let row = LossRow {
+                step: self.step,
+                loss: value,
+                lr,
+                grad_norm: norm,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            self.log.append(&row)?;
+            let every = self.options.checkpoint_every;
+            if every > 0 && self.step.is_multiple_of(every) && self.step < self.options.steps {
+                self.checkpoint()?;
+            }
+            if !on_step(&row) {
+                self.checkpoint()?;
+                return Ok(Finish::Stopped);
+            }
+        }
+        self.checkpoint()?;
+        Ok(Finish::Done)
+    }
+
+    /// Writes a checkpoint of the current step (and flushes the log); returns its folder.
+    pub fn checkpoint(&mut self) -> Result<PathBuf> {
+        self.log.flush()?;
+        let folder = checkpoint_dir(&self.options.run_dir, self.step);
+        Snapshot {
+            step: self.step,
+            cursor: 0,
+            schedule: self.options.schedule,
+            config: &self.options.config,
+            params: self.params.vars(),
+            adamw: &self.adamw,
+            ema: Some(&self.ema),
+        }
+        .save(&folder, DEFAULT_SHARD_BYTES)?;
+        prune(&self.options.run_dir, self.options.keep_checkpoints.max(1))?;
+        Ok(folder)
+    }
+}
+
+/// Checks a run folder before any work: a fresh run (`resume` false) needs one without
+/// checkpoints, a resumed run one with; returns the latest checkpoint.
+pub fn check_run_dir(run_dir: &Path, resume: bool) -> Result<Option<PathBuf>> {
+    match (latest(run_dir), resume) {
+        (Some(found), false) => Err(Error::Usage(format!(
+            "{} already holds checkpoint {}: give --resume to continue that run, or another --out",
+            run_dir.display(),
+            found.display()
+        ))),
+        (None, true) => Err(Error::Usage(format!(
+            "{} holds no checkpoint to resume: start without --resume",
+            run_dir.display()
+        ))),
+        (found, _) => Ok(found),
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))
+}

@@ -1,0 +1,141 @@
+//! Training the VAE for reconstruction: random crops of rendered clips (the VAE is
+//! convolutional and causal in time, so crops teach it the whole frame), encoded to the
+//! posterior, sampled, decoded, and compared by L1 distance, with a small KL term that keeps the
+//! latents near a unit Gaussian. After training, the latents' per-channel statistics are
+//! measured and written into the VAE's config (the transformer sees normalised latents).
+
+use crate::clips::{training_clip, video_tensor};
+use crate::error::{Error, Result};
+use crate::trainer::{step_rng, Objective};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use vae::{VaeConfig, WanVae};
+
+/// Settings of the reconstruction objective.
+#[derive(Clone, Debug)]
+pub struct ReconstructionOptions {
+    /// Crops per step.
+    pub batch: usize,
+    /// Side of the square crops, in pixels (a multiple of the VAE's spatial ratio).
+    pub crop: usize,
+    /// Frames per crop (`1 + 4k`).
+    pub crop_frames: usize,
+    /// Frames and side of the clips the crops come from.
+    pub clip: (usize, usize),
+    /// Weight of the KL term (per latent element, next to the per-pixel L1).
+    pub kl_weight: f64,
+    /// Seed of the clips and crops.
+    pub seed: u64,
+}
+
+/// The VAE's training objective.
+pub struct Reconstruction {
+    config: VaeConfig,
+    options: ReconstructionOptions,
+}
+
+impl Reconstruction {
+    /// The objective for a VAE of `config`.
+    pub fn new(config: VaeConfig, options: ReconstructionOptions) -> Result<Self> {
+        let (frames, side) = options.clip;
+        let ratio = config.spatial_ratio();
+        let fits = options.crop > 0
+            && options.crop.is_multiple_of(ratio)
+            && options.crop <= side
+            && options.crop_frames > 0
+            && (options.crop_frames - 1).is_multiple_of(config.temporal_ratio())
+            && options.crop_frames <= frames
+            && options.batch > 0;
+        if !fits {
+            return Err(Error::Usage(format!(
+                "VAE crops of {}x{} pixels and {} frames do not fit {side}x{side} clips of {frames} frames: \
+                 the side must be a multiple of {ratio} and the frames 1 + {}k",
+                options.crop,
+                options.crop,
+                options.crop_frames,
+                config.temporal_ratio()
+            )));
+        }
+        Ok(Self { config, options })
+    }
+
+    /// The crops of step `step`: `[B, 3, F, crop, crop]` on `device`.
+    fn crops(&self, step: u64, device: &Device) -> Result<Tensor> {
+        let o = &self.options;
+        let mut rng = step_rng(o.seed, step);
+        let (frames, side) = o.clip;
+        let mut crops = Vec::with_capacity(o.batch);
+        for i in 0..o.batch {
+            let index = step * o.batch as u64 + i as u64;
+            let clip = training_clip(o.seed, index, frames, side)?;
+            let whole = video_tensor(&[&clip.video], device)?;
+            let pick = |rng: &mut pipelines::t2v::noise::NoiseGenerator, room: usize| {
+                (rng.next_u64() % (room as u64 + 1)) as usize
+            };
+            let t0 = pick(&mut rng, frames - o.crop_frames);
+            let y0 = pick(&mut rng, side - o.crop);
+            let x0 = pick(&mut rng, side - o.crop);
+            crops.push(
+                whole
+                    .narrow(2, t0, o.crop_frames)?
+                    .narrow(3, y0, o.crop)?
+                    .narrow(4, x0, o.crop)?,
+            );
+        }
+        Ok(Tensor::cat(&crops, 0)?)
+    }
+}
+
+impl Objective for Reconstruction {
+    fn loss(&mut self, vb: VarBuilder, step: u64) -> Result<Tensor> {
+        let device = vb.device().clone();
+        let vae = WanVae::new(&self.config, vb)?;
+        let video = self.crops(step, &device)?;
+        let (mean, logvar) = vae.encode_posterior(&video)?;
+        let logvar = logvar.to_dtype(DType::F32)?.clamp(-30f32, 20f32)?;
+        let mean = mean.to_dtype(DType::F32)?;
+        let mut rng = step_rng(self.options.seed ^ 0x5eed, step);
+        let eps = Tensor::from_vec(rng.normals(mean.elem_count()), mean.shape(), &Device::Cpu)?
+            .to_device(&device)?;
+        let z = (&mean + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)?;
+        let recon = vae.decode_unclamped(&z)?.to_dtype(DType::F32)?;
+        let l1 = (recon - &video)?.abs()?.mean_all()?;
+        // KL(N(mean, var) || N(0, 1)) per latent element
+        let kl = (((mean.sqr()? + logvar.exp()?)? - 1.0)? - &logvar)?
+            .affine(0.5, 0.0)?
+            .mean_all()?;
+        Ok(l1.add(&kl.affine(self.options.kl_weight, 0.0)?)?)
+    }
+}
+
+/// Per-channel mean and standard deviation of the posterior means of `clips` training clips
+/// (`(frames, side)`, run `seed`), for the VAE config's `latents_mean` and `latents_std`.
+pub fn latent_statistics(
+    vae: &WanVae,
+    clips: usize,
+    (frames, side): (usize, usize),
+    seed: u64,
+    device: &Device,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut means = vec![];
+    for i in 0..clips {
+        let clip = training_clip(seed, i as u64, frames, side)?;
+        means.push(
+            vae.encode(&video_tensor(&[&clip.video], device)?)?
+                .to_dtype(DType::F32)?,
+        );
+    }
+    // [N, C, T, H, W] -> [C, N*T*H*W]
+    let z = Tensor::cat(&means, 0)?.transpose(0, 1)?.flatten_from(1)?;
+    let mean = z.mean_keepdim(D::Minus1)?;
+    let std = z.broadcast_sub(&mean)?.sqr()?.mean(D::Minus1)?.sqrt()?;
+    let to_f64 = |t: Tensor| -> Result<Vec<f64>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .collect())
+    };
+    let std = to_f64(std)?.into_iter().map(|s| s.max(1e-3)).collect();
+    Ok((to_f64(mean)?, std))
+}

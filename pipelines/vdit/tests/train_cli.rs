@@ -1,0 +1,145 @@
+//! `vdit train` and `vdit eval` on the tiny preset (CPU): a base from `train vae`, a model
+//! from `train dit`, a video from that model, and an evaluation with a table and eval.json.
+
+mod t2v_common;
+
+use t2v_common::vdit;
+
+fn ok(output: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn train_then_generate_then_eval() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |name: &str| dir.path().join(name).display().to_string();
+    let out = ok(&vdit(&[
+        "train",
+        "vae",
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch",
+        "1",
+        "--out",
+        &run("vae"),
+        "--quiet",
+    ]));
+    assert!(out.contains("trained 2 steps"), "{out}");
+    let base = format!("{}/model", run("vae"));
+    let out = ok(&vdit(&[
+        "train",
+        "dit",
+        "--preset",
+        "tiny",
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--clips",
+        "4",
+        "--base",
+        &base,
+        "--out",
+        &run("dit"),
+        "--attention",
+        "vsa:sparsity=0.5",
+        "--sparsity-ramp",
+        "2",
+        "--quiet",
+    ]));
+    assert!(out.contains("trained 3 steps"), "{out}");
+    for file in [
+        "loss.csv",
+        "loss.png",
+        "model/transformer/diffusion_pytorch_model.safetensors",
+    ] {
+        assert!(dir.path().join("dit").join(file).is_file(), "{file}");
+    }
+    // the trained method is the folder's default attention
+    let generation = std::fs::read_to_string(dir.path().join("dit/model/generation_config.json"))
+        .expect("config");
+    assert!(generation.contains("vsa:"), "{generation}");
+
+    // a second run into the same folder is refused unless resumed
+    let again = vdit(&[
+        "train",
+        "dit",
+        "--preset",
+        "tiny",
+        "--steps",
+        "3",
+        "--base",
+        &base,
+        "--out",
+        &run("dit"),
+        "--quiet",
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("--resume") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    let model = format!("{}/model", run("dit"));
+    let video = run("a.gif");
+    ok(&vdit(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "a red circle moves to the right",
+        "--output",
+        &video,
+        "--quiet",
+    ]));
+    assert!(std::path::Path::new(&video).is_file());
+
+    let out = ok(&vdit(&[
+        "eval",
+        "--model",
+        &model,
+        "--count",
+        "2",
+        "--out-dir",
+        &run("eval"),
+        "--method",
+        "vsa:sparsity=0.5",
+        "--quiet",
+    ]));
+    assert!(
+        out.contains("| dense |") && out.contains("| vsa:sparsity=0.5 |"),
+        "{out}"
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("eval/eval.json")).expect("eval.json"),
+    )
+    .expect("json");
+    assert_eq!(report["methods"].as_array().map(Vec::len), Some(2));
+    assert_eq!(report["captions"].as_array().map(Vec::len), Some(2));
+}
+
+/// A bad attention spec or a missing base is one line naming the problem.
+#[test]
+fn bad_training_input_is_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("x").display().to_string();
+    let missing = dir.path().join("nothing").display().to_string();
+    let output = vdit(&[
+        "train", "dit", "--preset", "tiny", "--steps", "1", "--base", &missing, "--out", &out,
+    ]);
+    assert_ne!(output.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("vdit train vae") && err.lines().count() == 1,
+        "{err}"
+    );
+}
