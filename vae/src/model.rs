@@ -133,11 +133,7 @@ impl WanVae {
         on_frames: &mut dyn FnMut(Tensor) -> std::result::Result<(), FrameError>,
     ) -> Result<()> {
         let (_, _, frames, height, width) = self.check_latents(z)?;
-        // [b, t, c, h, w]: a latent frame is then a contiguous slice
-        let z = z
-            .to_dtype(self.dtype)?
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()?;
+        let z = self.frames_first(z)?;
         let tiled = match &opts.tiling {
             Some(tiling) => TiledDecoder::new(
                 height,
@@ -189,16 +185,32 @@ impl WanVae {
     /// `[b, 16, 1 + k, H / 8, W / 8]` (sizes rounded down), in the VAE's dtype. The first frame
     /// is encoded alone, then 4 frames at a time, so memory does not grow with the length.
     pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
-        Ok(self.encode_posterior(video)?.0)
+        // the first z channels of the Gaussian's parameters are its mean
+        let moments = self.posterior_moments(video)?;
+        Ok(to_video_layout(&moments.narrow(
+            2,
+            0,
+            self.config.z_dim,
+        )?)?)
     }
 
     /// As [`WanVae::encode`], returning the posterior's mean and log-variance (both
     /// `[b, z, 1 + k, H / 8, W / 8]`). Differentiable when the weights track gradients, which
     /// is how the VAE is trained.
     pub fn encode_posterior(&self, video: &Tensor) -> Result<(Tensor, Tensor)> {
+        let moments = self.posterior_moments(video)?;
+        let z = self.config.z_dim;
+        Ok((
+            to_video_layout(&moments.narrow(2, 0, z)?)?,
+            to_video_layout(&moments.narrow(2, z, z)?)?,
+        ))
+    }
+
+    /// The posterior's parameters `[b, 1 + k, 2z, H / 8, W / 8]` (mean, then log-variance),
+    /// the first frame encoded alone, then 4 frames at a time.
+    fn posterior_moments(&self, video: &Tensor) -> Result<Tensor> {
         let frames = self.check_video(video)?;
         let ratio = self.config.temporal_ratio();
-        let z = self.config.z_dim;
         let mut cache = TimeCache::new();
         let mut moments = vec![];
         let mut start = 0;
@@ -215,12 +227,7 @@ impl WanVae {
             moments.push(to_standard(&self.quant_conv.convolve(&h, 1)?)?);
             start += len;
         }
-        // the first z channels of the Gaussian's parameters are its mean, the rest its log-variance
-        let moments = Tensor::cat(&moments, 1)?;
-        Ok((
-            to_video_layout(&moments.narrow(2, 0, z)?)?,
-            to_video_layout(&moments.narrow(2, z, z)?)?,
-        ))
+        Ok(Tensor::cat(&moments, 1)?)
     }
 
     /// Decodes raw `z` `[b, z, t, h, w]` into unclamped frames `[b, 3, 1 + 4 (t - 1), 8h, 8w]`
@@ -228,15 +235,20 @@ impl WanVae {
     /// streaming [`WanVae::decode_streaming`] is inference's).
     pub fn decode_unclamped(&self, z: &Tensor) -> Result<Tensor> {
         let (_, _, frames, _, _) = self.check_latents(z)?;
-        let z = z
-            .to_dtype(self.dtype)?
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()?;
+        let z = self.frames_first(z)?;
         let mut cache = TimeCache::new();
         let chunks = (0..frames)
             .map(|t| self.decode_chunk(&z.narrow(1, t, 1)?, &mut cache))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(to_video_layout(&Tensor::cat(&chunks, 1)?)?)
+    }
+
+    /// Latents `[b, z, t, h, w]` as `[b, t, z, h, w]` in the VAE's dtype: a latent frame is
+    /// then a contiguous slice.
+    fn frames_first(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        z.to_dtype(self.dtype)?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
     }
 
     /// One latent frame `[b, 1, z, h, w]` of a stream to unclamped frames `[b, n, c, 8h, 8w]`.

@@ -283,18 +283,15 @@ pub fn train_dit(
     };
     let params = match &start {
         Some(file) => {
+            // VSA's gate, absent from a dense base, starts as a fresh model's (at zero)
             let mut weights = model_folder::read_weights(file)?;
+            let mut rng = pipelines::t2v::noise::NoiseGenerator::new(common.seed);
             for (name, dims) in &shapes {
                 if !weights.contains_key(name) && name.contains("to_gate_compress") {
-                    let n: usize = dims.iter().product();
-                    weights.insert(
-                        name.clone(),
-                        candle_core::Tensor::from_vec(
-                            vec![0f32; n],
-                            dims.as_slice(),
-                            &Device::Cpu,
-                        )?,
-                    );
+                    let values = recipe::dit_init(name, dims, &mut rng);
+                    let tensor =
+                        candle_core::Tensor::from_vec(values, dims.as_slice(), &Device::Cpu)?;
+                    weights.insert(name.clone(), tensor);
                 }
             }
             Params::from_tensors(weights, Some(&shapes), &common.device, file)?
@@ -362,10 +359,7 @@ pub fn train_dit(
     let weights = trainer.ema_weights().clone();
     let transformer = model_folder::transformer_part(&config, &weights);
     let base_parts = Base {
-        vae: model_folder::Part {
-            config: recipe::vae_config_json(&base.vae_config),
-            weights: &base.vae_weights,
-        },
+        vae: model_folder::vae_part(&base.vae_config, &base.vae_weights),
         text_encoder: model_folder::text_part(&base.text_config, &base.text_weights),
         words: &base.words,
     };

@@ -48,12 +48,15 @@ enum Command {
     Attention(attention::AttentionArgs),
     /// Encode a PNG frame folder or a .y4m file as a video (normally .mp4).
     Encode(encode::EncodeArgs),
+    /// Generate held-out captions and read the pixels back: colour, shape and motion
+    /// accuracies next to each method's fidelity to dense.
     Eval(Box<eval::EvalArgs>),
     /// Latency benchmarks (attention kernels, transformer forward).
     Bench(bench::BenchArgs),
     /// Compile the GPU kernels for this machine once, after installing (about 10 s), so that
     /// the first generation is as fast as later ones.
     Setup(setup::SetupArgs),
+    /// Train the engine's own small model on procedural shape videos (VAE, then DiT).
     Train(train::TrainArgs),
     /// Compile some of candle's CUDA kernel modules into the driver's cache (run by vdit
     /// itself).

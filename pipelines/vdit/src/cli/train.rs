@@ -22,7 +22,7 @@ pub struct TrainArgs {
 
 #[derive(Subcommand)]
 enum Stage {
-    /// Train the VAE for reconstruction (CPU); writes a base model folder for `train dit`.
+    /// Train the VAE for reconstruction; writes a base model folder for `train dit`.
     Vae(VaeArgs),
     /// Train the transformer with flow matching over a base folder (CUDA or CPU).
     Dit(DitArgs),
@@ -34,7 +34,7 @@ struct CommonArgs {
     /// Run folder: checkpoints/, loss.csv, loss.png and the trained model/ go here.
     #[arg(long)]
     out: PathBuf,
-    /// Model size: small (the shipped model) or tiny (a seconds-long stand-in for tests).
+    /// Model size: small (128x128x17, 1280 tokens) or tiny (a seconds-long stand-in for tests).
     #[arg(long, default_value = "small", value_parser = parse_preset)]
     preset: Preset,
     /// Training steps of the whole run.
@@ -52,7 +52,7 @@ struct CommonArgs {
     /// Global gradient-norm clipping.
     #[arg(long, default_value_t = 1.0)]
     clip: f64,
-    /// EMA decay of the shipped weights.
+    /// EMA decay of the weights written to model/.
     #[arg(long, default_value_t = 0.999)]
     ema: f64,
     /// Seed of the data and the fresh weights.
