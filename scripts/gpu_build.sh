@@ -10,23 +10,32 @@ cd "$(dirname "$0")/.."
 # shellcheck source=/dev/null
 source ../shared/tools/cuda-env.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
-# The CUDA build links cuDNN 9 (the VAE's convolutions). Where libcudnn.so is missing, as on
-# machines with only the toolkit from cuda-env.sh, a stub of its entry points stands in at link
-# time; the GPU machine's real libcudnn.so.9 is loaded at run time.
-if ! ldconfig -p | grep -q 'libcudnn\.so' && ! ls "${CUDA_PATH}"/lib/libcudnn.so >/dev/null 2>&1; then
-  stub="$CARGO_TARGET_DIR/cudnn-stub"
-  if [ ! -f "$stub/libcudnn.so" ]; then
-    mkdir -p "$stub"
-    cudarc=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-* | sort -V | tail -1)
-    grep -rhoE '\bcudnn[A-Z][A-Za-z0-9_]+\(' "$cudarc/src/cudnn/sys" | tr -d '(' | sort -u \
-      | awk '{print "void "$1"(void){}"}' >"$stub/stub.c"
-    gcc -shared -fPIC -o "$stub/libcudnn.so" -Wl,-soname,libcudnn.so.9 "$stub/stub.c"
+# The CUDA build links cuDNN 9 (the VAE's convolutions) and NCCL 2 (multi-GPU runs). Where a
+# library is missing, as on machines with only the toolkit from cuda-env.sh, a stub of its entry
+# points (listed in cudarc's bindings) stands in at link time; the GPU machine's real library is
+# loaded at run time.
+#   stub LIB SONAME BINDINGS: a stub of libLIB.so named SONAME for the functions in BINDINGS
+stub() {
+  local lib=$1 soname=$2 bindings=$3
+  if ldconfig -p | grep -q "lib$lib\.so" || ls "${CUDA_PATH}/lib/lib$lib.so" >/dev/null 2>&1; then
+    return
   fi
-  export LIBRARY_PATH="$stub:$LIBRARY_PATH"
-fi
+  local dir="$CARGO_TARGET_DIR/$lib-stub"
+  if [ ! -f "$dir/lib$lib.so" ]; then
+    mkdir -p "$dir"
+    local cudarc
+    cudarc=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-* | sort -V | tail -1)
+    grep -rhoE "\\b$lib[A-Z][A-Za-z0-9_]+\\(" "$cudarc/src/$bindings/sys" | tr -d '(' | sort -u \
+      | awk '{print "void "$1"(void){}"}' >"$dir/stub.c"
+    gcc -shared -fPIC -o "$dir/lib$lib.so" -Wl,-soname,"$soname" "$dir/stub.c"
+  fi
+  export LIBRARY_PATH="$dir:$LIBRARY_PATH"
+}
+stub cudnn libcudnn.so.9 cudnn
+stub nccl libnccl.so.2 nccl
 # One workspace-wide build, so that every crate sees the same features (a per-crate build would
 # rebuild candle's kernels).
-cuda=(--release --workspace --no-default-features --features cuda)
+cuda=(--release --workspace --no-default-features --features cuda,vdit/nccl)
 cargo build "${cuda[@]}"
 mkdir -p .gpu
 rm -f .gpu/*
@@ -34,7 +43,8 @@ cp "$CARGO_TARGET_DIR/release/vdit" .gpu/vdit
 # The CUDA test binaries, named test-CRATE-TEST on the GPU machine.
 cargo test "${cuda[@]}" --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, shutil, sys
-wanted = {("sparse", "cuda"), ("dit", "cuda"), ("vae", "parity"), ("train", "sparse_gradients")}
+wanted = {("sparse", "cuda"), ("dit", "cuda"), ("dit", "sequence_parallel"), ("vae", "parity"),
+          ("train", "sparse_gradients")}
 for line in sys.stdin:
     m = json.loads(line)
     target = m.get("target", {})
@@ -43,7 +53,7 @@ for line in sys.stdin:
     if m.get("executable") and target.get("kind") == ["test"] and (crate, target.get("name")) in wanted:
         shutil.copy(m["executable"], ".gpu/test-" + crate + "-" + target.get("name"))
 '
-ls .gpu/test-sparse-cuda .gpu/test-dit-cuda .gpu/test-vae-parity .gpu/test-train-sparse_gradients >/dev/null
+ls .gpu/test-sparse-cuda .gpu/test-dit-cuda .gpu/test-dit-sequence_parallel .gpu/test-vae-parity .gpu/test-train-sparse_gradients >/dev/null
 for f in .gpu/*; do
   strip "$f"
 done

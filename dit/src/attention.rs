@@ -135,6 +135,7 @@ impl VideoSelfAttention {
             gate: gate.as_ref(),
             grid,
             site,
+            first_head: 0,
         };
         self.proj.merge_heads(&attention.attend(&call)?, epilogue)
     }

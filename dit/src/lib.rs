@@ -19,6 +19,7 @@ pub mod lora;
 pub mod model;
 pub mod norm;
 pub mod rope;
+pub mod sequence_parallel;
 
 pub use config::WanConfig;
 pub use error::{Error, Result};

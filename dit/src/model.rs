@@ -5,10 +5,13 @@ use crate::config::WanConfig;
 use crate::embed::{ConditionEmbedder, PatchEmbed};
 use crate::norm::Fp32LayerNorm;
 use crate::rope::Rope3d;
+use crate::sequence_parallel::SequenceParallel;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{linear, Linear, Module, VarBuilder};
 use sparse::SelfAttention;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use vdit_core::parallel::Collective;
 use vdit_core::{Step, TokenGrid};
 
 /// Wan 2.1 DiT: predicts the flow-matching velocity for latents `[B, C, T, H, W]`.
@@ -21,12 +24,21 @@ pub struct WanTransformer {
     norm_out: Fp32LayerNorm,
     proj_out: Linear,
     scale_shift_table: Tensor,
-    /// RoPE tables of the last grid seen (every step of a generation reuses them).
-    rope_cache: Arc<Mutex<Option<RopeForGrid>>>,
+    /// RoPE tables of the last token run seen (every step of a generation reuses them).
+    rope_cache: Arc<Mutex<Option<RopeTables>>>,
 }
 
-/// RoPE tables and the grid they were built for.
-type RopeForGrid = (TokenGrid, Arc<Rope3d>);
+/// RoPE tables and the run of tokens they were built for.
+type RopeTables = (RopeRun, Arc<Rope3d>);
+
+/// What RoPE tables are built for: a grid, the run of its tokens a rank holds (all of them
+/// without sequence parallelism) and the padding after it.
+#[derive(Clone, Debug, PartialEq)]
+struct RopeRun {
+    grid: TokenGrid,
+    rows: Range<usize>,
+    padding: usize,
+}
 
 impl WanTransformer {
     /// Builds the model from weights in diffusers names (see [`crate::load`] for renaming).
@@ -92,36 +104,72 @@ impl WanTransformer {
         attention: &dyn SelfAttention,
         step: Step,
     ) -> Result<Tensor> {
+        self.forward_split(latents, timesteps, text, attention, step, None)
+    }
+
+    /// [`WanTransformer::forward`] with the tokens split over the ranks of `sequence` (Ulysses
+    /// sequence parallelism, [`SequenceParallel`]) when given: every rank passes the same
+    /// inputs and gets the whole output.
+    pub fn forward_split(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        text: &Tensor,
+        attention: &dyn SelfAttention,
+        step: Step,
+        sequence: Option<&dyn Collective>,
+    ) -> Result<Tensor> {
         let grid = self.token_grid(latents.dims())?;
-        let rope = self.rope(grid, latents.device())?;
         let x = self.patch_embedding.forward(latents)?;
         let cond = self.condition_embedder.forward(timesteps, text)?;
-        let inputs = BlockInputs {
-            modulation: &cond.modulation,
-            context: &cond.context,
-            rope: &rope,
-            grid,
-            step,
-            attention,
+        let run = |x: &Tensor, rows, padding, attention: &dyn SelfAttention| -> Result<Tensor> {
+            let run = RopeRun {
+                grid,
+                rows,
+                padding,
+            };
+            let rope = self.rope(run, latents.device())?;
+            let inputs = BlockInputs {
+                modulation: &cond.modulation,
+                context: &cond.context,
+                rope: &rope,
+                grid,
+                step,
+                attention,
+            };
+            let mut x = x.clone();
+            for (layer, block) in self.blocks.iter().enumerate() {
+                x = block.forward(&x, layer, &inputs)?;
+            }
+            self.head(&x, &cond.temb)
         };
-        let mut x = x;
-        for (layer, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, layer, &inputs)?;
-        }
-        let out = self.head(&x, &cond.temb)?;
+        let out = match sequence {
+            None => run(&x, 0..grid.len(), 0, attention)?,
+            Some(comm) => {
+                let sp = SequenceParallel::new(comm, grid.len(), self.cfg.num_heads)?;
+                let (rows, padding) = sp.rows();
+                let part = run(&sp.scatter(&x)?, rows, padding, &sp.attention(attention))?;
+                sp.gather(&part)?
+            }
+        };
         self.unpatchify(&out, grid)
     }
 
-    /// RoPE tables for `grid` on `device`, built once and reused while the grid stays the same.
-    fn rope(&self, grid: TokenGrid, device: &Device) -> Result<Arc<Rope3d>> {
+    /// RoPE tables for `run` on `device`, built once and reused while the run stays the same.
+    fn rope(&self, run: RopeRun, device: &Device) -> Result<Arc<Rope3d>> {
         let mut cache = self.rope_cache.lock().expect("rope cache lock");
         if let Some((cached, rope)) = cache.as_ref() {
-            if *cached == grid && rope.cos().device().same_device(device) {
+            if *cached == run && rope.cos().device().same_device(device) {
                 return Ok(Arc::clone(rope));
             }
         }
-        let rope = Arc::new(Rope3d::new(self.cfg.head_dim, grid, device)?);
-        *cache = Some((grid, Arc::clone(&rope)));
+        let whole = Rope3d::new(self.cfg.head_dim, run.grid, device)?;
+        let rope = match run.rows.len() == run.grid.len() && run.padding == 0 {
+            true => whole,
+            false => whole.rows(run.rows.clone(), run.padding)?,
+        };
+        let rope = Arc::new(rope);
+        *cache = Some((run, Arc::clone(&rope)));
         Ok(rope)
     }
 

@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use sparse::TokenGrid;
+use std::ops::Range;
 
 /// RoPE base.
 const THETA: f64 = 10_000.0;
@@ -80,6 +81,23 @@ impl Rope3d {
         rotated.to_dtype(dtype)
     }
 
+    /// The tables of tokens `rows` followed by `padding` rows that rotate by nothing (a rank's
+    /// share of a sequence-parallel run).
+    pub fn rows(&self, rows: Range<usize>, padding: usize) -> Result<Self> {
+        let part = |t: &Tensor, fill: f64| -> Result<Tensor> {
+            let part = t.narrow(0, rows.start, rows.len())?;
+            if padding == 0 {
+                return part.contiguous();
+            }
+            let pad = (Tensor::ones((padding, t.dim(1)?), t.dtype(), t.device())? * fill)?;
+            Tensor::cat(&[&part, &pad], 0)
+        };
+        let cos = part(&self.cos, 1.0)?;
+        let sin = part(&self.sin, 0.0)?;
+        let cos_sin = Tensor::stack(&[&cos, &sin], 2)?;
+        Ok(Self { cos, sin, cos_sin })
+    }
+
     /// `(cos, sin)` pairs `[S, D/2, 2]`.
     pub fn cos_sin(&self) -> &Tensor {
         &self.cos_sin
@@ -124,6 +142,23 @@ mod tests {
             assert!((cos[i] as f64 - angle.cos()).abs() < 1e-6, "cos pair {i}");
             assert!((sin[i] as f64 - angle.sin()).abs() < 1e-6, "sin pair {i}");
         }
+        Ok(())
+    }
+
+    /// A run of rows is those rows of the whole table; padding rows leave a vector as it is.
+    #[test]
+    fn rows_are_a_run_of_the_table_then_identity() -> Result<()> {
+        let rope = Rope3d::new(12, TokenGrid::new(2, 3, 2), &Device::Cpu)?;
+        let run = rope.rows(7..12, 2)?;
+        let whole: Vec<Vec<f32>> = rope.cos_sin().narrow(0, 7, 5)?.flatten_from(1)?.to_vec2()?;
+        let got: Vec<Vec<f32>> = run.cos_sin().flatten_from(1)?.to_vec2()?;
+        assert_eq!(got[..5], whole[..]);
+        let x = Tensor::randn(0f32, 1., (1, 1, 7, 12), &Device::Cpu)?;
+        let y = run.apply(&x)?;
+        assert_eq!(
+            y.narrow(2, 5, 2)?.flatten_all()?.to_vec1::<f32>()?,
+            x.narrow(2, 5, 2)?.flatten_all()?.to_vec1::<f32>()?
+        );
         Ok(())
     }
 

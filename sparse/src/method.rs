@@ -95,6 +95,13 @@ pub trait AttentionMethod: Send + Sync {
     /// Forgets what one generation learned, before the next one.
     fn reset(&self) {}
 
+    /// The same method with none of what it keeps across calls, for another rank of a
+    /// multi-GPU run (whose heads, batch and device differ); `None`, the default, says the
+    /// method keeps nothing and one instance can serve every rank.
+    fn fresh(&self) -> Option<Arc<dyn AttentionMethod>> {
+        None
+    }
+
     /// The calibration file the method was built from, if any (for records).
     fn calibration_file(&self) -> Option<&Path> {
         None

@@ -45,6 +45,34 @@ impl DensityReport {
         self.flops += computed * 4.0 * head_dim as f64;
     }
 
+    /// Query-key pairs computed over all calls.
+    pub fn computed(&self) -> f64 {
+        self.per_layer.iter().map(|&(c, _)| c).sum()
+    }
+
+    /// Adds the counts of `other`, the report of another rank that attended other heads or the
+    /// other pass of the same steps (the time stays this rank's: ranks attend at once).
+    pub fn merge(&mut self, other: &DensityReport) {
+        let add = |mine: &mut Vec<(f64, f64)>, theirs: &[(f64, f64)]| {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), (0.0, 0.0));
+            }
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                m.0 += t.0;
+                m.1 += t.1;
+            }
+        };
+        add(&mut self.per_layer, &other.per_layer);
+        if self.per_step_layer.len() < other.per_step_layer.len() {
+            self.per_step_layer
+                .resize(other.per_step_layer.len(), Vec::new());
+        }
+        for (mine, theirs) in self.per_step_layer.iter_mut().zip(&other.per_step_layer) {
+            add(mine, theirs);
+        }
+        self.flops += other.flops;
+    }
+
     /// Fraction of pairs computed in each layer of each step (`[step][layer]`).
     pub fn step_layer_densities(&self) -> Vec<Vec<f64>> {
         self.per_step_layer
@@ -127,6 +155,14 @@ impl AttentionRouter {
     pub fn with_timing(mut self, timed: bool) -> Self {
         self.timed = timed;
         self
+    }
+
+    /// A router for another rank of a multi-GPU run: the same schedule with fresh method state
+    /// ([`AttentionSchedule::for_another_rank`]), kernels and timing, and nothing counted yet.
+    pub fn for_another_rank(&self) -> Self {
+        Self::new(self.schedule.for_another_rank())
+            .with_kernel(self.kernel)
+            .with_timing(self.timed)
     }
 
     /// The schedule.

@@ -176,6 +176,33 @@ impl AttentionSchedule {
         Self::new(Arc::new(method))
     }
 
+    /// The same schedule for another rank of a multi-GPU run: every method that keeps state
+    /// across calls replaced by a fresh one ([`AttentionMethod::fresh`]); a method that appears
+    /// in several places stays one instance.
+    pub fn for_another_rank(&self) -> Self {
+        let mut fresh: Vec<(*const (), Arc<dyn AttentionMethod>)> = Vec::new();
+        let mut renew = |method: &Arc<dyn AttentionMethod>| {
+            let key = Arc::as_ptr(method) as *const ();
+            if let Some((_, done)) = fresh.iter().find(|(k, _)| *k == key) {
+                return Arc::clone(done);
+            }
+            let done = method.fresh().unwrap_or_else(|| Arc::clone(method));
+            fresh.push((key, Arc::clone(&done)));
+            done
+        };
+        Self {
+            default: renew(&self.default),
+            rules: self
+                .rules
+                .iter()
+                .map(|rule| Rule {
+                    method: renew(&rule.method),
+                    ..rule.clone()
+                })
+                .collect(),
+        }
+    }
+
     /// Dense attention for the first `steps` steps.
     pub fn dense_steps(self, steps: StepCount) -> Self {
         self.rule(Rule {

@@ -30,7 +30,9 @@ impl CallSite {
 ///
 /// `q`, `k`, `v` are `[batch, heads, tokens, head_dim]` in natural t-h-w token order, after the
 /// projections, q/k normalisation and RoPE; they may be strided views. `gate` is present when the
-/// model has a VSA `to_gate_compress` projection (same shape as `q`).
+/// model has a VSA `to_gate_compress` projection (same shape as `q`). `first_head` is the
+/// model's index of `q`'s first head: 0, except on the ranks of a sequence-parallel run, where
+/// each rank attends a run of the heads.
 pub struct AttentionCall<'a> {
     /// Queries, `[B, H, S, D]`.
     pub q: &'a Tensor,
@@ -44,6 +46,8 @@ pub struct AttentionCall<'a> {
     pub grid: TokenGrid,
     /// Layer and step of this call.
     pub site: CallSite,
+    /// The model's index of the first head in `q` (per-head methods look their head up by it).
+    pub first_head: usize,
 }
 
 /// A self-attention implementation the DiT calls once per block per forward pass.

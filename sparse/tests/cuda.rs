@@ -210,6 +210,7 @@ fn every_method_through_the_router_matches_cpu() -> Result<()> {
                 gate: None,
                 grid,
                 site: CallSite::single(0),
+                first_head: 0,
             };
             recorder.attend(&call)?;
             Arc::new(recorder.finish().unwrap())
@@ -253,6 +254,7 @@ fn every_method_through_the_router_matches_cpu() -> Result<()> {
                             layer: 0,
                             step: Step::new(step, 2),
                         },
+                        first_head: 0,
                     };
                     out = Some(router.attend(&call).unwrap());
                 }

@@ -402,6 +402,7 @@ fn call<'a>(
             layer,
             step: Step::new(step, num_steps),
         },
+        first_head: 0,
     }
 }
 
@@ -542,7 +543,7 @@ fn paro_calibration_round_trips_through_a_file_and_runs_sparse() -> Result<()> {
     calibration.save(&path).unwrap();
     let loaded = sparse::paro::ParoCalibration::load(&path).unwrap();
     assert_eq!(loaded, calibration);
-    let plan = loaded.plan(1, 1, 2)?;
+    let plan = loaded.plan(1, 1, 2, 0..2)?;
     assert!(
         plan.density()? > 0.25 && plan.density()? < 0.5,
         "density {}",
@@ -552,6 +553,13 @@ fn paro_calibration_round_trips_through_a_file_and_runs_sparse() -> Result<()> {
     let (q2, k2, v2) = random_qkv(2, 2, g.len(), 8)?;
     let out = sparse::block_sparse_attention(&q2, &k2, &v2, &plan)?;
     assert!(rel(&out, &masked_attention(&q2, &k2, &v2, &mask)?) < 1e-5);
+    // A rank of a sequence-parallel run plans only its heads: head 1 alone attends as it does
+    // in the plan of both.
+    let head1 = |t: &Tensor| t.narrow(1, 1, 1);
+    let one = loaded.plan(1, 1, 2, 1..2)?;
+    let alone = sparse::block_sparse_attention(&head1(&q2)?, &head1(&k2)?, &head1(&v2)?, &one)?;
+    assert!(rel(&alone, &head1(&out)?) < 1e-6);
+    assert!(loaded.plan(1, 1, 2, 1..3).is_err());
     assert!(sparse::paro::ParoCalibration::load(dir.path()).is_err());
     Ok(())
 }

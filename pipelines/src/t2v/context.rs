@@ -6,6 +6,7 @@ use crate::error::ResultExt;
 use crate::schedulers::SchedulerConfig;
 use crate::t2v::memory::{estimate, text_encoder_parameters, MemoryNeed};
 use crate::t2v::model::TransformerInfo;
+use crate::t2v::parallel::Placement;
 use crate::t2v::{
     check_parent, check_schedule, token_grid, Component, FrameSink, Job, ModelIdentity, ModelPaths,
     ModelSpec, NoiseSource, Outcome, Progress, PromptCache, PromptInput, SettingOverrides,
@@ -254,8 +255,21 @@ impl Loaded {
         device: &Device,
         progress: &mut dyn Progress,
     ) -> Result<Self> {
+        Self::load_on(context, loras, dtype, &Placement::single(device), progress)
+    }
+
+    /// [`Loaded::load`] with the transformer on every device of `placement` (the VAE on rank
+    /// 0's).
+    pub fn load_on(
+        context: &ModelContext,
+        loras: &LoraSet,
+        dtype: DType,
+        placement: &Placement,
+        progress: &mut dyn Progress,
+    ) -> Result<Self> {
         let started = Instant::now();
-        let model = TextToVideo::load(&context.paths, loras, dtype, device, progress)?;
+        let model = TextToVideo::load(&context.paths, loras, dtype, placement, progress)?;
+        let device = placement.main();
         let identity = ModelIdentity::new(&context.paths, &model, dtype, device);
         Ok(Self {
             model,

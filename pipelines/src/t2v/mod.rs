@@ -20,6 +20,7 @@ mod files;
 mod memory;
 mod model;
 pub mod noise;
+pub mod parallel;
 mod pipeline;
 mod progress;
 mod prompts;
@@ -36,6 +37,7 @@ pub use model::{
     default_model_folder, Component, Located, ModelPaths, ModelSpec, TransformerInfo,
     DEFAULT_MODEL_ENV, DMD_PIPELINE_CLASS,
 };
+pub use parallel::ParallelPlan;
 pub use pipeline::{Denoiser, Job, Noise, NoiseSource, Outcome, TextToVideo, Timings};
 pub use progress::{Progress, Silent, Stage};
 pub use prompts::{trim_padding, Conditioning, PromptCache, PromptInput};

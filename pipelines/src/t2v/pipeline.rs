@@ -6,6 +6,7 @@ use crate::schedulers::{build_scheduler, FewStepDmd, Scheduler, SchedulerConfig}
 use crate::t2v::files::{all_finite, read_tensor, save_tensor};
 use crate::t2v::model::{Component, ModelPaths};
 use crate::t2v::noise::seeded_noise;
+use crate::t2v::parallel::{Placement, RankJob, RankLinks, Ranks};
 use crate::t2v::progress::{unit_done, Progress, Stage};
 use crate::t2v::prompts::{Conditioning, PromptInput};
 use crate::t2v::settings::Settings;
@@ -32,7 +33,7 @@ pub enum NoiseSource {
 }
 
 /// The noise of one generation: the initial latents and one tensor per re-noising.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Noise {
     /// The initial latents, f32 on the CPU.
     pub initial: Tensor,
@@ -111,10 +112,16 @@ pub struct Job {
     pub loras: LoraSet,
 }
 
-/// The diffusion transformer and the sampling loop around it.
+/// The diffusion transformer and the sampling loop around it, on one device or as rank 0 of
+/// a multi-device run ([`crate::t2v::parallel`]).
 pub struct Denoiser {
     transformer: LoadedTransformer,
     path: PathBuf,
+    /// This rank's collectives (none on one device).
+    links: RankLinks,
+    /// The other ranks of a multi-device run.
+    ranks: Option<Ranks>,
+    placement: Placement,
 }
 
 impl Denoiser {
@@ -125,7 +132,41 @@ impl Denoiser {
         Ok(Self {
             transformer,
             path: path.to_path_buf(),
+            links: RankLinks::single(),
+            ranks: None,
+            placement: Placement::single(device),
         })
+    }
+
+    /// Loads the transformer on every device of `placement`: rank 0 here, the others on
+    /// threads of their own ([`Ranks`]), all at once.
+    pub fn load_on(
+        path: &Path,
+        loras: &LoraSet,
+        dtype: DType,
+        placement: &Placement,
+    ) -> Result<Self> {
+        if placement.plan.devices == 1 {
+            return Self::load(path, loras, dtype, placement.main());
+        }
+        let mut links = RankLinks::connect(placement)?.into_iter();
+        let mine = links.next().expect("rank 0 links");
+        let others = &placement.devices[1..];
+        // The other ranks load while this one does.
+        let ranks = Ranks::start(links.collect(), others, path, loras, dtype);
+        let loaded = Self::load(path, loras, dtype, placement.main());
+        let ranks = ranks.loaded()?;
+        Ok(Self {
+            links: mine,
+            ranks: Some(ranks),
+            placement: placement.clone(),
+            ..loaded?
+        })
+    }
+
+    /// The devices of the run and how it splits over them.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     /// The transformer's configuration.
@@ -143,11 +184,13 @@ impl Denoiser {
         &self.path
     }
 
-    /// Runs the sampling loop from `noise` (initial latents `[1, C, T, H, W]`, any device) and
-    /// returns the denoised latents, f32 on the model's device, with the seconds each step took (the device
-    /// is synchronised after each step, so the times are the device's). With guidance the prompt and the negative
-    /// prompt run as one batch of 2 and the velocity is `uncond + guidance * (cond - uncond)`.
-    /// Latents and the guidance arithmetic stay in f32 whatever the model's dtype.
+    /// Runs the sampling loop from `noise` (initial latents `[1, C, T, H, W]`, any device) on
+    /// one device and returns the denoised latents, f32 on the model's device, with the seconds
+    /// each step took (the device is synchronised after each step, so the times are the
+    /// device's). With guidance the prompt and the negative prompt run as one batch of 2 and the
+    /// velocity is `uncond + guidance * (cond - uncond)`. Latents and the guidance arithmetic
+    /// stay in f32 whatever the model's dtype. A multi-device denoiser runs through
+    /// [`Denoiser::denoise_routed`].
     pub fn denoise(
         &self,
         noise: &Noise,
@@ -155,6 +198,97 @@ impl Denoiser {
         settings: &Settings,
         scheduler: &SchedulerConfig,
         attention: &dyn SelfAttention,
+        progress: &mut dyn Progress,
+    ) -> Result<(Tensor, Vec<f64>)> {
+        if self.ranks.is_some() {
+            fail!(
+                Usage,
+                "this transformer is spread over {} devices: denoise through denoise_routed",
+                self.placement.plan.devices
+            );
+        }
+        let links = &self.links;
+        self.sample(
+            noise,
+            &text.batch()?,
+            settings,
+            scheduler,
+            attention,
+            links,
+            progress,
+        )
+    }
+
+    /// [`Denoiser::denoise`] on every device of the run: ranks 1.. get fresh copies of
+    /// `router` and their reports are returned (rank 0's is left in `router`); none on one
+    /// device.
+    pub fn denoise_routed(
+        &self,
+        noise: &Noise,
+        text: &Conditioning,
+        settings: &Settings,
+        scheduler: &SchedulerConfig,
+        router: &AttentionRouter,
+        progress: &mut dyn Progress,
+    ) -> Result<(Tensor, Vec<f64>, Vec<DensityReport>)> {
+        let batch = text.batch()?.to_device(&Device::Cpu)?;
+        if let Some(ranks) = &self.ranks {
+            if let Some(failure) = self.links.failure() {
+                fail!(
+                    Model,
+                    "the multi-GPU run failed earlier ({failure}): start it again"
+                );
+            }
+            ranks.dispatch(|| {
+                Ok(RankJob {
+                    noise: noise.clone(),
+                    text: batch.clone(),
+                    settings: settings.clone(),
+                    scheduler: scheduler.clone(),
+                    router: router.for_another_rank(),
+                })
+            })?;
+        }
+        let mine = self.sample(
+            noise,
+            &batch,
+            settings,
+            scheduler,
+            router,
+            &self.links,
+            progress,
+        );
+        let Some(ranks) = &self.ranks else {
+            let (latents, steps) = mine?;
+            return Ok((latents, steps, Vec::new()));
+        };
+        if let Err(e) = &mine {
+            self.links.fail(&format!("rank 0 failed: {e}"));
+        }
+        let theirs = ranks.collect();
+        if let Some(failure) = self.links.failure() {
+            // The first failure is the cause; the other ranks stopped because of it.
+            return match mine {
+                Err(Error::Interrupted) => Err(Error::Interrupted),
+                _ => Err(Error::Model(format!("multi-GPU run stopped: {failure}"))),
+            };
+        }
+        let (latents, steps) = mine?;
+        let theirs = theirs.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok((latents, steps, theirs))
+    }
+
+    /// The sampling loop of one rank: the text batch `[cond; uncond]` or `cond` (any device),
+    /// this rank's part of each forward pass through `links`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sample(
+        &self,
+        noise: &Noise,
+        text: &Tensor,
+        settings: &Settings,
+        scheduler: &SchedulerConfig,
+        attention: &dyn SelfAttention,
+        links: &RankLinks,
         progress: &mut dyn Progress,
     ) -> Result<(Tensor, Vec<f64>)> {
         let model = &self.transformer.model;
@@ -174,7 +308,8 @@ impl Denoiser {
         let timesteps = scheduler.timesteps().to_vec();
         let mut latents = (noise.initial.to_device(&device)?.to_dtype(DType::F32)?
             * scheduler.init_noise_sigma())?;
-        let context = text.batch()?.to_device(&device)?.to_dtype(dtype)?;
+        let guided = text.dim(0)? == 2;
+        let context = links.text(text)?.to_device(&device)?.to_dtype(dtype)?;
         let batch = context.dim(0)?;
         progress.begin(Stage::Denoising, timesteps.len());
         let mut step_seconds = Vec::with_capacity(timesteps.len());
@@ -189,15 +324,16 @@ impl Denoiser {
             let timestep = Tensor::full(t as f32, batch, &device)?;
             let step = Step::new(index, timesteps.len());
             let velocity = model
-                .forward(&input, &timestep, &context, attention, step)?
+                .forward_split(
+                    &input,
+                    &timestep,
+                    &context,
+                    attention,
+                    step,
+                    links.sequence.as_deref(),
+                )?
                 .to_dtype(DType::F32)?;
-            let velocity = if batch == 2 {
-                let cond = velocity.narrow(0, 0, 1)?;
-                let uncond = velocity.narrow(0, 1, 1)?;
-                (&uncond + ((cond - &uncond)? * settings.guidance)?)?
-            } else {
-                velocity
-            };
+            let velocity = links.guide(velocity, guided, settings.guidance)?;
             latents = scheduler.step(&velocity, index, &latents)?;
             if !all_finite(&latents)? {
                 fail!(
@@ -236,6 +372,9 @@ pub struct Timings {
 pub struct Outcome {
     /// Attention density over the sampling loop.
     pub density: DensityReport,
+    /// Query-key pairs each rank computed (one entry on one device): how evenly a
+    /// multi-device run spread the attention.
+    pub rank_pairs: Vec<f64>,
     /// Seconds of each denoising step.
     pub step_seconds: Vec<f64>,
     /// Most GPU memory in use at once during the generation, in bytes (`None` on the CPU).
@@ -257,22 +396,23 @@ pub struct TextToVideo {
 }
 
 impl TextToVideo {
-    /// Loads the transformer (with `loras` merged into it) and the VAE of `paths` in `dtype` on
-    /// `device`.
+    /// Loads the transformer (with `loras` merged into it) and the VAE of `paths` in `dtype`:
+    /// the transformer on every device of `placement`, the VAE on rank 0's.
     pub fn load(
         paths: &ModelPaths,
         loras: &LoraSet,
         dtype: DType,
-        device: &Device,
+        placement: &Placement,
         progress: &mut dyn Progress,
     ) -> Result<Self> {
         paths.require(&[Component::Transformer, Component::Vae])?;
         let scheduler = paths.scheduler_config()?;
         progress.begin(Stage::Loading, 2);
-        let denoiser = Denoiser::load(paths.get(Component::Transformer)?, loras, dtype, device)?;
+        let transformer = paths.get(Component::Transformer)?;
+        let denoiser = Denoiser::load_on(transformer, loras, dtype, placement)?;
         progress.advance();
         let vae_path = paths.get(Component::Vae)?.to_path_buf();
-        let vae = WanVae::load(&vae_path, dtype, device)
+        let vae = WanVae::load(&vae_path, dtype, placement.main())
             .with_context(|| format!("cannot load the VAE from {}", vae_path.display()))?;
         progress.advance();
         progress.end();
@@ -302,15 +442,14 @@ impl TextToVideo {
             scheduler,
             vae_path,
         } = self;
-        let model = &denoiser.transformer().model;
-        let (path, dtype, device) = (
+        let (path, dtype, placement) = (
             denoiser.path().to_path_buf(),
-            model.dtype(),
-            model.device().clone(),
+            denoiser.transformer().model.dtype(),
+            denoiser.placement().clone(),
         );
         drop(denoiser);
         progress.begin(Stage::Loading, 1);
-        let denoiser = Denoiser::load(&path, loras, dtype, &device)?;
+        let denoiser = Denoiser::load_on(&path, loras, dtype, &placement)?;
         progress.advance();
         progress.end();
         Ok(Self {
@@ -340,7 +479,7 @@ impl TextToVideo {
         let device = self.denoiser.transformer().model.device().clone();
         vdit_core::memory::reset_peak(&device)?;
         let started = Instant::now();
-        let (latents, step_seconds) = self.denoiser.denoise(
+        let (latents, step_seconds, others) = self.denoiser.denoise_routed(
             &noise,
             text,
             &job.settings,
@@ -348,7 +487,12 @@ impl TextToVideo {
             router,
             progress,
         )?;
-        let density = router.take_report()?;
+        let mut density = router.take_report()?;
+        let mut rank_pairs = vec![density.computed()];
+        for other in &others {
+            rank_pairs.push(other.computed());
+            density.merge(other);
+        }
         let denoising_s = started.elapsed().as_secs_f64();
         if let Some(path) = &job.save_latents {
             save_tensor(path, "latents", &latents.to_device(&Device::Cpu)?)?;
@@ -358,6 +502,7 @@ impl TextToVideo {
         let decoding_s = started.elapsed().as_secs_f64() - writing_s;
         Ok(Outcome {
             density,
+            rank_pairs,
             step_seconds,
             peak_gpu_bytes: vdit_core::memory::peak_bytes(&device)?,
             timings: Timings {

@@ -3,6 +3,7 @@
 
 use crate::t2v::files::save_text;
 use crate::t2v::model::{Located, ModelPaths};
+use crate::t2v::parallel::Placement;
 use crate::t2v::pipeline::{Job, NoiseSource, Outcome, TextToVideo, Timings};
 use crate::t2v::prompts::PromptInput;
 use crate::t2v::settings::Settings;
@@ -81,6 +82,7 @@ impl Record {
                     "overall": outcome.density.overall(),
                     "per_layer": outcome.density.layer_densities(),
                 },
+                "pairs_per_rank": (outcome.rank_pairs.len() > 1).then_some(&outcome.rank_pairs),
             }),
             peak_gpu_gib: outcome.peak_gpu_bytes.map(vdit_core::memory::gib),
             timings: json!({
@@ -155,12 +157,26 @@ impl ModelIdentity {
             "generation_config": paths.generation_config,
             "dtype": format!("{dtype:?}").to_lowercase(),
             "device": device_name(device),
+            "parallel": parallel_json(model.denoiser.placement()),
         });
         Self {
             json,
             paths: paths.clone(),
         }
     }
+}
+
+/// The devices and split of a multi-device run (`null` on one device).
+fn parallel_json(placement: &Placement) -> Value {
+    if placement.plan.devices == 1 {
+        return Value::Null;
+    }
+    let devices: Vec<String> = placement.devices.iter().map(device_name).collect();
+    json!({
+        "devices": devices,
+        "sequence_parallel": placement.plan.sequence,
+        "guidance_parallel": placement.plan.guidance_split,
+    })
 }
 
 /// `diffusers`, `original`, or `original (prefix ...)`.

@@ -8,7 +8,7 @@
 # E2E_SIZES, default 832x480, set the whole generations; TESTS picks test binaries by glob, such as
 # vae*), fixtures (the LoRA and few-step fixture scripts, which need diffusers: their outputs come
 # back in $OUT/fixtures.tgz), fewstep (whole runs of `vdit generate`: 3-step dmd with VSA against
-# 50 steps, on the random Wan 1.3B at 832x480x81).
+# 50 steps, on the random Wan 1.3B at 832x480x81), multigpu (2 GPUs against 1: multigpu.sh).
 set -u
 OUT="${OUT:-/tmp/vdit-bench}"
 WORK="$OUT/work"
@@ -140,6 +140,9 @@ for i in range(30):
 save_file(sd, '/tmp/lora-1.3b.safetensors')"
       run dmd3-vsa-lora --timesteps 1000,757,522 --shift 8 --guidance 1 --attention vsa --sparsity 0.8 \
         --lora /tmp/lora-1.3b.safetensors:0.8 ;;
+    multigpu)
+      # 2+ GPUs (the nvidia-h200-x2 kind): see multigpu.sh.
+      source $bench/multigpu.sh "$WORK" ;;
     e2e)
       for size in ${E2E_SIZES:-832x480}; do
         dir=$(pipeline "$size")

@@ -16,6 +16,7 @@ use crate::seam::{AttentionCall, SelfAttention};
 use candle_core::{Result, Tensor};
 use safetensors::tensor::{serialize, Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use vdit_core::output::PartialOutput;
@@ -98,8 +99,22 @@ impl ParoCalibration {
         self.orders[layer * self.heads + head]
     }
 
-    /// The block-sparse plan for `layer` in timestep `group`, replicated over `batch`.
-    pub fn plan(&self, layer: usize, group: usize, batch: usize) -> Result<Arc<SparsePlan>> {
+    /// The block-sparse plan for `layer` in timestep `group` over `heads` (the model's head
+    /// indices; all of them, except on a rank of a sequence-parallel run), replicated over
+    /// `batch`.
+    pub fn plan(
+        &self,
+        layer: usize,
+        group: usize,
+        batch: usize,
+        heads: Range<usize>,
+    ) -> Result<Arc<SparsePlan>> {
+        if heads.end > self.heads {
+            candle_core::bail!(
+                "PARO calibration covers {} heads; asked for heads {heads:?}",
+                self.heads
+            )
+        }
         if layer >= self.layers || group >= self.groups {
             candle_core::bail!(
                 "PARO calibration covers {} layers and {} step groups; asked for layer {layer}, group {group}",
@@ -108,13 +123,14 @@ impl ParoCalibration {
             )
         }
         let nb = self.blocks();
-        let orders: Vec<Permutation> = (0..self.heads)
+        let orders: Vec<Permutation> = heads
+            .clone()
             .map(|h| Permutation::axis_order(self.grid, self.order(layer, h)))
             .collect();
         let layout = Arc::new(BlockLayout::per_head(orders, self.block));
-        let mut lists = Vec::with_capacity(batch * self.heads * nb);
+        let mut lists = Vec::with_capacity(batch * heads.len() * nb);
         for _ in 0..batch {
-            for head in 0..self.heads {
+            for head in heads.clone() {
                 let base = ((group * self.layers + layer) * self.heads + head) * nb * nb;
                 for qb in 0..nb {
                     let row = &self.keep[base + qb * nb..base + (qb + 1) * nb];
@@ -122,10 +138,10 @@ impl ParoCalibration {
                 }
             }
         }
-        let mask = BlockMask::from_lists(batch * self.heads, nb, nb, &lists)?;
+        let mask = BlockMask::from_lists(batch * heads.len(), nb, nb, &lists)?;
         Ok(Arc::new(SparsePlan::new(
             batch,
-            self.heads,
+            heads.len(),
             layout.clone(),
             layout,
             mask,
@@ -463,12 +479,15 @@ fn static_mask(mass: &[f64], nb: usize, keep: usize, out: &mut [u8]) {
     }
 }
 
+/// What a PARO plan is built for: layer, step group, batch, first head and head count.
+type PlanKey = (usize, usize, usize, usize, usize);
+
 /// PAROAttention as an attention method: a calibration's per-head orders and masks.
 pub struct Paro {
     calibration: Arc<ParoCalibration>,
     path: Option<PathBuf>,
-    /// Plans by (layer, step group, batch), built once.
-    plans: Mutex<HashMap<(usize, usize, usize), Arc<SparsePlan>>>,
+    /// Plans by (layer, step group, batch, first head, heads), built once.
+    plans: Mutex<HashMap<PlanKey, Arc<SparsePlan>>>,
 }
 
 impl Paro {
@@ -506,14 +525,27 @@ impl Paro {
         Self::load(Path::new(&path))
     }
 
-    fn plan(&self, layer: usize, step: Step, batch: usize) -> Result<Arc<SparsePlan>> {
+    fn plan(&self, call: &AttentionCall<'_>) -> Result<Arc<SparsePlan>> {
         let c = &self.calibration;
-        let key = (layer, step_group(step, c.groups), batch);
+        let (batch, heads) = (call.q.dim(0)?, call.q.dim(1)?);
+        let layer = call.site.layer;
+        let key = (
+            layer,
+            step_group(call.site.step, c.groups),
+            batch,
+            call.first_head,
+            heads,
+        );
         let mut plans = self.plans.lock().expect("PARO plans lock");
         if let Some(plan) = plans.get(&key) {
             return Ok(Arc::clone(plan));
         }
-        let plan = c.plan(key.0, key.1, batch)?;
+        let plan = c.plan(
+            layer,
+            key.1,
+            batch,
+            call.first_head..call.first_head + heads,
+        )?;
         plans.insert(key, Arc::clone(&plan));
         Ok(plan)
     }
@@ -585,11 +617,18 @@ impl AttentionMethod for Paro {
             }
             .into());
         }
-        let plan = self.plan(c.site.layer, c.site.step, c.q.dim(0)?)?;
+        let plan = self.plan(c)?;
         Ok(Attended {
             out: block_sparse_attention_with(c.q, c.k, c.v, &plan, call.kernel)?,
             computed: Computed::Plan(plan),
         })
+    }
+
+    fn fresh(&self) -> Option<Arc<dyn AttentionMethod>> {
+        Some(Arc::new(Self::new(
+            Arc::clone(&self.calibration),
+            self.path.clone(),
+        )))
     }
 
     fn calibration_file(&self) -> Option<&Path> {

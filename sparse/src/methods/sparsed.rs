@@ -178,6 +178,13 @@ impl AttentionMethod for Sparsed {
         Ok(())
     }
 
+    fn fresh(&self) -> Option<Arc<dyn AttentionMethod>> {
+        Some(Arc::new(Self {
+            options: self.options.clone(),
+            frozen: Mutex::new(HashMap::new()),
+        }))
+    }
+
     fn reset(&self) {
         self.frozen().clear();
     }

@@ -76,6 +76,7 @@ pub fn run(args: AttentionArgs, registry: &Registry) -> Result<()> {
         gate: gate.as_ref(),
         grid,
         site: CallSite::single(args.layer),
+        first_head: 0,
     };
     let started = Instant::now();
     let mut out = router.attend(&call)?;

@@ -21,13 +21,14 @@
 //! the others go on; the exit code is non-zero if any failed.
 
 use super::bars::Bars;
-use super::options::{warn_ignored, LoraArgs, ModelArgs, RuntimeArgs, SettingArgs};
+use super::options::{warn_ignored, LoraArgs, ModelArgs, ParallelArgs, RuntimeArgs, SettingArgs};
 use crate::render::{open_writer, render};
 use crate::video::WrittenVideo;
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::{Args, ValueEnum};
 use dit::LoraSet;
+use pipelines::t2v::parallel::Placement;
 use pipelines::t2v::{
     check_fits, device_name, output_state, parse_timesteps, Job, Loaded, MemoryNeed, ModelContext,
     NoiseSource, OutputState, PromptCache, PromptInput, Sampler, SettingOverrides, Size,
@@ -80,6 +81,9 @@ pub struct BatchArgs {
     /// Device and dtype.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// Several GPUs, every job spread over all of them.
+    #[command(flatten)]
+    pub parallel: ParallelArgs,
     /// No progress bars or per-job lines (failures and the summary are still printed).
     #[arg(long)]
     pub quiet: bool,
@@ -528,12 +532,13 @@ fn run_jobs(
     pending: &[Ready],
     args: &BatchArgs,
     context: &ModelContext,
-    (device, dtype): (&Device, DType),
+    (placement, dtype): (&Placement, DType),
     chunked: bool,
     failures: &mut Failures,
     tally: &mut Tally,
 ) -> Result<()> {
     let mut bars = Bars::new(args.quiet);
+    let device = placement.main();
     // An interrupted encoding ends the batch with its summary, as an interrupted job does.
     let encode =
         |jobs: &[Ready], bars: &mut Bars| match context.encode(&texts(jobs), dtype, device, bars) {
@@ -545,7 +550,8 @@ fn run_jobs(
         tally.interrupted = true;
         return Ok(());
     };
-    let mut loaded = Loaded::load(context, &pending[0].job.loras, dtype, device, &mut bars)?;
+    let loras = &pending[0].job.loras;
+    let mut loaded = Loaded::load_on(context, loras, dtype, placement, &mut bars)?;
     warn_ignored(loaded.lora_ignored());
     loaded.kernel = args.runtime.kernel()?;
     let total = pending.len();
@@ -663,8 +669,11 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
     let (mut failures, mut tally) = (Failures(Vec::new()), Tally::default());
     let mut pending = plan_jobs(&lines, &args, &context, registry, &mut failures, &mut tally);
     if !pending.is_empty() {
-        let (device, dtype) = args.runtime.open()?;
-        let available = (available_bytes(&device)?, device_name(&device));
+        let guided = pending.iter().any(|r| r.job.settings.guided());
+        let heads = context.config()?.num_heads;
+        let (placement, dtype) = args.parallel.open(&args.runtime, guided, heads)?;
+        let device = placement.main();
+        let available = (available_bytes(device)?, device_name(device));
         let available = (available.0, available.1.as_str());
         let chunked = keep_jobs_that_fit(&mut pending, &context, dtype, available, &mut failures)?;
         if args.dry_run {
@@ -675,7 +684,7 @@ pub fn run(args: BatchArgs, registry: &Registry) -> Result<()> {
             }
             tally.would_run = Some(pending.len());
         } else if !pending.is_empty() {
-            let runtime = (&device, dtype);
+            let runtime = (&placement, dtype);
             run_jobs(
                 &pending,
                 &args,

@@ -1,7 +1,7 @@
 //! `vdit generate`: one prompt to one video, with a JSON record beside it.
 
 use super::bars::Bars;
-use super::options::{warn_ignored, LoraArgs, ModelArgs, RuntimeArgs, SettingArgs};
+use super::options::{warn_ignored, LoraArgs, ModelArgs, ParallelArgs, RuntimeArgs, SettingArgs};
 use crate::render::{open_writer, render};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -53,6 +53,9 @@ pub struct GenerateArgs {
     /// Device and dtype.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// Several GPUs.
+    #[command(flatten)]
+    pub parallel: ParallelArgs,
     /// Initial latents instead of seeded noise: safetensors with `latents` [1, 16, T, H/8, W/8]
     /// (T = (frames - 1) / 4 + 1).
     #[arg(long, value_name = "FILE")]
@@ -123,13 +126,17 @@ pub fn run(args: GenerateArgs, registry: &Registry) -> Result<()> {
     if let Some(latents) = &job.save_latents {
         check_new(latents, args.overwrite)?;
     }
-    let (device, dtype) = args.runtime.open()?;
+    let heads = context.config()?.num_heads;
+    let (placement, dtype) = args
+        .parallel
+        .open(&args.runtime, job.settings.guided(), heads)?;
+    let device = placement.main().clone();
     let need = context.memory_need(&job.settings, !job.texts().is_empty(), dtype)?;
     check_fits(&need, available_bytes(&device)?, &device_name(&device))?;
     let writer = open_writer(&job, &args.output, args.overwrite)?;
     let mut bars = Bars::new(args.quiet);
     let encoded = context.encode(&job.texts(), dtype, &device, &mut bars)?;
-    let mut loaded = Loaded::load(&context, &job.loras, dtype, &device, &mut bars)?;
+    let mut loaded = Loaded::load_on(&context, &job.loras, dtype, &placement, &mut bars)?;
     warn_ignored(loaded.lora_ignored());
     loaded.kernel = args.runtime.kernel()?;
     let (outcome, video) = render(&loaded, &job, &encoded, writer, &args.output, &mut bars)?;

@@ -168,11 +168,12 @@ fn is_usage(error: &anyhow::Error) -> bool {
 }
 
 /// An error and its causes on one line: `outer: cause: root cause`. A cause whose text its
-/// wrapper already shows (errors that print their source) is not repeated.
+/// wrapper already shows (errors that print their source) is not repeated, and a backtrace
+/// that a library put in its message (candle does for driver errors) is dropped.
 pub fn error_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
-        let text = cause.to_string();
+        let text = without_backtrace(&cause.to_string());
         let text = text.trim();
         if text.is_empty() || line.contains(text) {
             continue;
@@ -187,6 +188,19 @@ pub fn error_line(error: &anyhow::Error) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// `text` up to the first line that is a backtrace frame (`  12: name`).
+fn without_backtrace(text: &str) -> String {
+    let frame = |l: &str| {
+        let l = l.trim_start();
+        let digits = l.chars().take_while(char::is_ascii_digit).count();
+        digits > 0 && l[digits..].starts_with(": ")
+    };
+    text.lines()
+        .take_while(|l| !frame(l))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Exit code of a parse failure: help and version are not errors; anything else is one line
@@ -238,5 +252,18 @@ mod tests {
         );
         let plain = anyhow::anyhow!("root").context("middle\nsecond line");
         assert_eq!(error_line(&plain), "middle; second line: root");
+    }
+
+    #[test]
+    fn backtraces_in_messages_are_dropped() {
+        let error = anyhow::anyhow!(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")\n   0: <unknown>\n   1: \
+             candle_core::error::Error::bt\n             at src/error.rs:1"
+        )
+        .context("cannot load the transformer");
+        assert_eq!(
+            error_line(&error),
+            "cannot load the transformer: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"
+        );
     }
 }

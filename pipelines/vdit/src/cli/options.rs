@@ -1,5 +1,5 @@
 //! Options shared by `vdit generate`, `vdit batch` and `vdit calibrate`: the model, the device
-//! and the generation settings (the attention flags come from the method registry, see
+//! (or GPUs) and the generation settings (the attention flags come from the method registry, see
 //! `attention_args`).
 
 use crate::device::open_device;
@@ -7,7 +7,8 @@ use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use dit::{LoraSet, LoraSpec};
-use pipelines::t2v::{ModelSpec, Sampler, SettingOverrides, Size};
+use pipelines::t2v::parallel::Placement;
+use pipelines::t2v::{ModelSpec, ParallelPlan, Sampler, SettingOverrides, Size};
 use sparse::ForwardKernel;
 use std::path::PathBuf;
 
@@ -120,14 +121,19 @@ impl RuntimeArgs {
             "cpu"
         };
         let device = open_device(self.device.as_deref().unwrap_or(default))?;
-        let dtype = match self.dtype {
+        let dtype = self.dtype_on(&device);
+        Ok((device, dtype))
+    }
+
+    /// The dtype asked for, else f32 on the CPU and bf16 on a GPU.
+    fn dtype_on(&self, device: &Device) -> DType {
+        match self.dtype {
             Some(DTypeArg::F32) => DType::F32,
             Some(DTypeArg::Bf16) => DType::BF16,
             Some(DTypeArg::F16) => DType::F16,
             None if device.is_cpu() => DType::F32,
             None => DType::BF16,
-        };
-        Ok((device, dtype))
+        }
     }
 
     /// The attention kernel family: the flag, else `$VDIT_ATTENTION_KERNEL`, else auto.
@@ -141,6 +147,93 @@ impl RuntimeArgs {
                 .map_err(|e| anyhow::anyhow!("{KERNEL_ENV}: {e}")),
             Err(_) => Ok(ForwardKernel::Auto),
         }
+    }
+}
+
+/// Spreading each generation over several GPUs of this host.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ParallelArgs {
+    /// GPUs to spread each generation over: a count (2: GPUs 0 and 1) or a list of GPU
+    /// numbers (0,2). Each GPU is a thread of this process with its own copy of the
+    /// transformer; they exchange tensors through NCCL. The first encodes the text and decodes.
+    #[arg(long, value_name = "N|LIST", conflicts_with = "device")]
+    pub gpus: Option<GpuList>,
+    /// GPUs that split each forward pass's tokens (Ulysses sequence parallelism; must divide
+    /// the model's attention heads). Default: the GPUs left after --cfg-parallel's split.
+    #[arg(long, value_name = "N", requires = "gpus")]
+    pub sp: Option<usize>,
+    /// Run the prompt's and the negative prompt's passes on different GPUs (default when
+    /// guidance is on and the GPU count is even: the passes need no exchange until the end of
+    /// each step).
+    #[arg(long, requires = "gpus", conflicts_with = "no_cfg_parallel")]
+    pub cfg_parallel: bool,
+    /// Keep both guidance passes on every GPU; split only the sequence.
+    #[arg(long, requires = "gpus")]
+    pub no_cfg_parallel: bool,
+}
+
+/// `--gpus`: a count or a list of GPU numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuList(Vec<usize>);
+
+impl std::str::FromStr for GpuList {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("`{text}` is not a GPU count (2) or a list of GPU numbers (0,1)");
+        let text = text.trim();
+        let gpus: Vec<usize> = if text.contains(',') {
+            text.split(',')
+                .map(|n| n.trim().parse().map_err(|_| bad()))
+                .collect::<std::result::Result<_, _>>()?
+        } else {
+            let count: usize = text.parse().map_err(|_| bad())?;
+            (0..count).collect()
+        };
+        if gpus.is_empty() {
+            return Err("--gpus 0 leaves no GPU: give a count of 1 or more".to_string());
+        }
+        let mut sorted = gpus.clone();
+        sorted.sort_unstable();
+        if let Some(twice) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("GPU {} is listed twice in `{text}`", twice[0]));
+        }
+        Ok(Self(gpus))
+    }
+}
+
+impl ParallelArgs {
+    /// The devices and split of the run (one device, from `runtime`, without --gpus) and the
+    /// dtype; `guided` says whether any generation has guidance, `heads` is the model's
+    /// attention head count.
+    pub fn open(
+        &self,
+        runtime: &RuntimeArgs,
+        guided: bool,
+        heads: usize,
+    ) -> Result<(Placement, DType)> {
+        let Some(GpuList(gpus)) = &self.gpus else {
+            let (device, dtype) = runtime.open()?;
+            return Ok((Placement::single(&device), dtype));
+        };
+        if !cfg!(feature = "nccl") {
+            anyhow::bail!(
+                "--gpus needs a vdit built with NCCL: rebuild with `cargo build --release \
+                 --no-default-features --features cuda,nccl`"
+            );
+        }
+        let cfg = match (self.cfg_parallel, self.no_cfg_parallel) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        };
+        let plan = ParallelPlan::choose(gpus.len(), self.sp, cfg, guided, heads)?;
+        let devices = gpus
+            .iter()
+            .map(|n| open_device(&format!("cuda:{n}")))
+            .collect::<Result<Vec<_>>>()?;
+        let dtype = runtime.dtype_on(&devices[0]);
+        Ok((Placement::new(devices, plan)?, dtype))
     }
 }
 
