@@ -90,6 +90,49 @@ impl Watched {
     }
 }
 
+/// Runs one all-to-all and one all-gather of a few bytes on every communicator at once. NCCL
+/// connects peers lazily, at their first exchange, in a handshake that blocks the host until
+/// the peer takes part: connected now, while every rank is here and memory is free, a rank's
+/// later exchanges only enqueue work, which the watchdog can abort.
+fn connect(comms: &[Comm]) -> Result<()> {
+    let size = comms.len();
+    let buffers = comms
+        .iter()
+        .map(|c| {
+            let stream = c.stream();
+            let zeros = |n| {
+                stream
+                    .alloc_zeros::<f32>(n)
+                    .map_err(|e| nccl_error("buffer", e))
+            };
+            Ok((zeros(size)?, zeros(size)?, zeros(size)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut buffers = buffers;
+    group_start().map_err(|e| nccl_error("group", e))?;
+    for (comm, (send, recv, _)) in comms.iter().zip(buffers.iter_mut()) {
+        for peer in 0..size {
+            comm.send(&send.slice(peer..peer + 1), peer as i32)
+                .map_err(|e| nccl_error("send", e))?;
+            comm.recv(&mut recv.slice_mut(peer..peer + 1), peer as i32)
+                .map_err(|e| nccl_error("receive", e))?;
+        }
+    }
+    group_end().map_err(|e| nccl_error("group", e))?;
+    group_start().map_err(|e| nccl_error("group", e))?;
+    for (comm, (send, _, gathered)) in comms.iter().zip(buffers.iter_mut()) {
+        comm.all_gather(&send.slice(0..1), gathered)
+            .map_err(|e| nccl_error("all-gather", e))?;
+    }
+    group_end().map_err(|e| nccl_error("group", e))?;
+    for comm in comms {
+        comm.stream()
+            .synchronize()
+            .map_err(|e| nccl_error("connection", e))?;
+    }
+    Ok(())
+}
+
 /// One rank of a group of GPUs.
 pub struct NcclGroup {
     watched: Arc<Watched>,
@@ -114,6 +157,7 @@ impl NcclGroup {
             .collect::<Result<Vec<_>>>()?;
         let streams = cuda.iter().map(|c| c.cuda_stream()).collect();
         let comms = Comm::from_devices(streams).map_err(|e| nccl_error("initialisation", e))?;
+        connect(&comms)?;
         let size = cuda.len();
         Ok(comms
             .into_iter()
