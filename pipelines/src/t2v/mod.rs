@@ -7,10 +7,12 @@
 //!    output opened under a temporary name;
 //! 2. the prompt and negative prompt are encoded ([`PromptCache::encode`]), after which the
 //!    text encoder is dropped and its memory freed, or embeddings are read from files;
-//! 3. the transformer and the VAE are loaded ([`TextToVideo::load`]);
+//! 3. the transformer and the VAE are loaded ([`TextToVideo::load`]), the transformer on every
+//!    GPU of a multi-GPU run ([`parallel`]);
 //! 4. initial noise comes from the seed ([`noise`], drawn on the CPU so it does not depend on
 //!    the device) or from a latents file, and the scheduler's loop runs the transformer with the
-//!    prompt and negative prompt as one batch of 2 ([`Denoiser::denoise`]);
+//!    prompt and negative prompt as one batch of 2 ([`Denoiser::denoise`]), or split over the
+//!    GPUs ([`Denoiser::denoise_routed`]);
 //! 5. the VAE decodes one latent frame at a time straight into the video writer, and the
 //!    [`Record`] is written next to the video.
 
