@@ -69,13 +69,14 @@ impl<'a> SequenceParallel<'a> {
             })
             .collect::<Result<Vec<_>>>()?;
         let received = self.comm.all_to_all(&Tensor::stack(&views, 1)?)?;
-        // [source rank, G, B, per, H / n, D]: source rank r held tokens r * per ..
+        // [source rank, G, B, per, H / n, D]: source rank r held tokens r * per .. Each
+        // source's block is contiguous, so putting them side by side is a 2D copy.
         (0..parts.len())
             .map(|g| {
-                received
-                    .narrow(1, g, 1)?
-                    .squeeze(1)?
-                    .transpose(0, 1)?
+                let blocks = (0..n)
+                    .map(|r| received.get(r)?.get(g)?.reshape((b, per * hn * d)))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&blocks, 1)?
                     .reshape((b, n * per, hn, d))?
                     .narrow(1, 0, self.shards.tokens)?
                     .transpose(1, 2)
@@ -88,15 +89,19 @@ impl<'a> SequenceParallel<'a> {
     fn to_tokens(&self, x: &Tensor) -> Result<Tensor> {
         let (n, per) = (self.comm.size(), self.shards.per_rank());
         let (b, hn, s, d) = x.dims4()?;
-        // [n, B, per, H / n, D]: slice r (tokens r * per ..) goes to rank r.
-        let send = pad(&x.transpose(1, 2)?, 1, n * per - s)?
-            .reshape((b, n, per, hn, d))?
-            .transpose(0, 1)?
-            .contiguous()?;
-        // [source rank, B, per, H / n, D]: source rank r held heads r * H / n ..
-        self.comm
-            .all_to_all(&send)?
-            .permute((1, 2, 0, 3, 4))?
+        // [n, B, per, H / n, D]: slice r (tokens r * per ..) goes to rank r; one copy.
+        let x = pad(x, 2, n * per - s)?;
+        let slices = (0..n)
+            .map(|r| x.narrow(2, r * per, per)?.transpose(1, 2))
+            .collect::<Result<Vec<_>>>()?;
+        let send = Tensor::stack(&slices, 0)?;
+        // [source rank, B, per, H / n, D]: source rank r held heads r * H / n .. Each
+        // source's block is contiguous, so putting them side by side is a 2D copy.
+        let received = self.comm.all_to_all(&send)?;
+        let blocks = (0..n)
+            .map(|r| received.get(r)?.reshape((b, per, hn * d)))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&blocks, 2)?
             .reshape((b, per, n * hn, d))?
             .transpose(1, 2)
     }
