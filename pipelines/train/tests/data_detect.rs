@@ -1,25 +1,17 @@
 //! The detector and judge on ground-truth renders: right on clean, noisy and blurred videos,
 //! unmoved by stray pixels, and wrong (so the judge fails) on a video of another scene.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+mod train_common;
 
 use pipelines::t2v::noise::NoiseGenerator;
 use train::data::{
     render, Caption, Colour, Combination, Motion, Object, Scene, SceneOptions, Shape, Split, Video,
 };
 use train::eval::{detect, judge, judge_detections, Accuracy, Judgement};
+use train_common::fresh_seed;
 
 /// Frames, height and width of the test videos.
 const SIZE: (usize, usize, usize) = (17, 64, 64);
-
-/// A base seed that changes every run, printed so that a failure can be replayed.
-fn fresh_seed() -> u64 {
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    println!("base seed {seed}");
-    seed
-}
 
 /// The scene for `seed`: a single object from either split, or two objects.
 fn scene(seed: u64, two_objects: bool) -> Scene {

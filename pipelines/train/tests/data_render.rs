@@ -1,19 +1,11 @@
 //! The rasteriser: layout of the bytes, checked sizes, positions over time, shape areas and
 //! anti-aliased edges.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+mod train_common;
 
 use train::data::{render, Colour, Motion, Object, Scene, SceneOptions, Shape, Split, Video};
 use train::Error;
-
-/// A base seed that changes every run, printed so that a failure can be replayed.
-fn fresh_seed() -> u64 {
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    println!("base seed {seed}");
-    seed
-}
+use train_common::fresh_seed;
 
 /// The pixel at (`x`, `y`) of frame `f`.
 fn pixel(video: &Video, f: usize, y: usize, x: usize) -> [u8; 3] {

@@ -1,23 +1,16 @@
 //! Scene sampling: determinism, the caption round trip, the held-out split, the sampling rates
 //! and the layout guarantees.
 
+mod train_common;
+
 use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
+use train_common::fresh_seed;
 
 use train::data::{
     caption, held_out_combinations, parse, render, Caption, Colour, Combination, Motion, Object,
     Scene, SceneOptions, Shape, Split,
 };
 use train::Error;
-
-/// A base seed that changes every run, printed so that a failure can be replayed.
-fn fresh_seed() -> u64 {
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    println!("base seed {seed}");
-    seed
-}
 
 /// A scene, which must sample.
 fn sample(seed: u64, split: Split, options: &SceneOptions) -> Scene {

@@ -4,9 +4,19 @@
 
 use candle_core::Device;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 use train::optim::LossRow;
 use train::recipe::Preset;
 use train::run::{Common, TrainProgress, VaeStage};
+
+/// A base seed that changes every run, printed so that a failure can be replayed.
+pub fn fresh_seed() -> u64 {
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    println!("base seed {seed}");
+    seed
+}
 
 /// Progress that stops after `stop_after` steps (never when `None`).
 pub struct StopAfter(pub Option<u64>, pub u64);
