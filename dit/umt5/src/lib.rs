@@ -20,7 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 use vdit_core::weights::{same_keys, Checkpoint};
 
-/// Wan's text length: prompts are cut or padded to 512 tokens.
+/// Wan's text length: prompts are cut or padded to 512 tokens (unless the tokenizer names
+/// another, see [`PromptTokenizer::text_len`]).
 pub const WAN_TEXT_LEN: usize = 512;
 
 /// The UMT5 encoder and its tokenizer. Holds its weights on its device until dropped (nothing
@@ -59,6 +60,12 @@ impl TextEncoder {
             encoder,
             device: device.clone(),
         })
+    }
+
+    /// The model's text length (see [`PromptTokenizer::text_len`]): what prompts are cut or
+    /// padded to.
+    pub fn text_len(&self) -> usize {
+        self.tokenizer.text_len()
     }
 
     /// Prompts to `[B, max_len, d_model]` embeddings (the encoder's dtype); rows past each

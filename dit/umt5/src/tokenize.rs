@@ -8,10 +8,11 @@
 //! encodings are tokenized as written.
 
 use crate::error::{Error, Result};
+use crate::WAN_TEXT_LEN;
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use tokenizers::Tokenizer;
+use tokenizers::{PaddingStrategy, Tokenizer};
 
 const EOS: &str = "</s>";
 const PAD: &str = "<pad>";
@@ -54,6 +55,7 @@ pub struct PromptTokenizer {
     tokenizer: Tokenizer,
     eos_id: u32,
     pad_id: u32,
+    text_len: usize,
 }
 
 /// Checks that every `precompiled_charsmap` in a tokenizer's JSON is base64, which the
@@ -97,7 +99,16 @@ impl PromptTokenizer {
         // The tokenizers crate panics on some malformed files; a panic here is a damaged file.
         let parsed = std::panic::catch_unwind(|| Tokenizer::from_str(&text))
             .map_err(|_| damaged("the file is damaged".to_string()))?;
-        let tokenizer = parsed.map_err(|e| damaged(e.to_string()))?;
+        let mut tokenizer = parsed.map_err(|e| damaged(e.to_string()))?;
+        // A fixed padding length is the model's text length; padding itself is done here.
+        let text_len = match tokenizer.get_padding().map(|p| &p.strategy) {
+            Some(PaddingStrategy::Fixed(0)) => {
+                return Err(damaged("its fixed padding length is 0".to_string()))
+            }
+            Some(PaddingStrategy::Fixed(n)) => *n,
+            _ => WAN_TEXT_LEN,
+        };
+        tokenizer.with_padding(None);
         let token_id = |token: &str| {
             tokenizer.token_to_id(token).ok_or_else(|| {
                 Error::Tokenizer(format!(
@@ -112,7 +123,14 @@ impl PromptTokenizer {
             tokenizer,
             eos_id,
             pad_id,
+            text_len,
         })
+    }
+
+    /// The model's text length: the fixed padding length the `tokenizer.json` names (a small
+    /// model trained on short captions), else Wan's [`WAN_TEXT_LEN`].
+    pub fn text_len(&self) -> usize {
+        self.text_len
     }
 
     /// Cleans and tokenizes `prompts` into exactly `max_len` tokens each: the prompt's tokens cut

@@ -188,3 +188,35 @@ fn bad_inputs_are_clear_errors() -> Result<()> {
     assert!(tokenizer.tokenize(&["x"], 0, &Device::Cpu).is_err());
     Ok(())
 }
+
+/// A `tokenizer.json` with fixed padding sets the model's text length and pads nothing itself:
+/// the ids are those of the same tokenizer without padding; without it, Wan's 512 holds.
+#[test]
+fn fixed_padding_sets_the_text_length() -> Result<()> {
+    let plain = PromptTokenizer::open(&fixture("tokenizer"))?;
+    assert_eq!(plain.text_len(), umt5::WAN_TEXT_LEN);
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        fixture("tokenizer").join("tokenizer.json"),
+    )?)?;
+    json["padding"] = serde_json::json!({
+        "strategy": {"Fixed": 24}, "direction": "Right", "pad_to_multiple_of": null,
+        "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"
+    });
+    let dir = std::env::temp_dir().join(format!("vdit-fixed-padding-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("tokenizer.json"), json.to_string())?;
+    let padded = PromptTokenizer::open(&dir)?;
+    std::fs::remove_dir_all(&dir)?;
+    assert_eq!(padded.text_len(), 24);
+    let prompts = [
+        "a cat",
+        "a dog runs across a field of flowers in the morning sun",
+    ];
+    for len in [4, 24, 40] {
+        let a = plain.tokenize(&prompts, len, &Device::Cpu)?;
+        let b = padded.tokenize(&prompts, len, &Device::Cpu)?;
+        assert_eq!(a.input_ids.to_vec2::<u32>()?, b.input_ids.to_vec2::<u32>()?);
+        assert_eq!(a.lengths, b.lengths);
+    }
+    Ok(())
+}

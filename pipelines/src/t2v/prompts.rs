@@ -75,7 +75,7 @@ impl PromptInput {
 
     /// The embeddings, from `encoded` for texts and from files for the rest, checked against
     /// the transformer's text width. Encoded texts are padded to the length of given
-    /// embeddings (else Wan's 512 tokens).
+    /// embeddings (else the text encoder's, see [`PromptCache::text_len`]).
     pub fn conditioning(
         &self,
         guided: bool,
@@ -106,7 +106,7 @@ impl PromptInput {
         let len = cond_file
             .as_ref()
             .or(uncond_file.as_ref())
-            .map_or(Ok(WAN_TEXT_LEN), |t| t.dim(1))?;
+            .map_or(Ok(encoded.text_len()), |t| t.dim(1))?;
         let cond = match (cond_file, &self.prompt) {
             (Some(t), _) => t,
             (None, Some(text)) => encoded.embeddings(text, len)?,
@@ -167,11 +167,13 @@ impl Conditioning {
 pub struct PromptCache {
     rows: HashMap<String, (Tensor, f64)>,
     loading: f64,
+    text_len: Option<usize>,
 }
 
 impl PromptCache {
-    /// Loads the text encoder, encodes every distinct text in `texts` at Wan's 512 tokens, and
-    /// drops the encoder (freeing its memory) before returning.
+    /// Loads the text encoder, encodes every distinct text in `texts` at the model's text length
+    /// (Wan's 512 tokens unless its tokenizer names another), and drops the encoder (freeing its
+    /// memory) before returning.
     pub fn encode(
         encoder_dir: &std::path::Path,
         tokenizer: &std::path::Path,
@@ -194,12 +196,13 @@ impl PromptCache {
         let started = Instant::now();
         let encoder = TextEncoder::load(encoder_dir, tokenizer, dtype, device)?;
         cache.loading = started.elapsed().as_secs_f64();
+        cache.text_len = Some(encoder.text_len());
         progress.end();
         progress.begin(Stage::TextEncoding, distinct.len());
         for text in distinct {
             let started = Instant::now();
             let embeddings = encoder
-                .encode(&[text], WAN_TEXT_LEN)
+                .encode(&[text], encoder.text_len())
                 .with_context(|| format!("cannot encode the prompt {text:?}"))?;
             let rows = trim_padding(&embeddings.i(0)?)?
                 .to_dtype(DType::F32)?
@@ -236,6 +239,12 @@ impl PromptCache {
             Tensor::cat(&[rows, &zeros], 0)?
         };
         Ok(padded.unsqueeze(0)?)
+    }
+
+    /// The length encoded texts are padded to: the text encoder's (Wan's 512 when nothing was
+    /// encoded).
+    pub fn text_len(&self) -> usize {
+        self.text_len.unwrap_or(WAN_TEXT_LEN)
     }
 
     /// Seconds spent loading the text encoder (0 when nothing was encoded).

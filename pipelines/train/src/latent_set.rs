@@ -5,7 +5,7 @@ use crate::clips::{training_clip, video_tensor, Clip};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
-use umt5::{TextEncoder, WAN_TEXT_LEN};
+use umt5::TextEncoder;
 use vae::WanVae;
 
 /// Clips rendered and encoded together.
@@ -61,7 +61,7 @@ impl LatentSet {
             .chunks(TEXT_BATCH)
             .map(|chunk| {
                 let prompts: Vec<&str> = chunk.iter().map(|(c, _)| c.as_str()).collect();
-                text.encode(&prompts, WAN_TEXT_LEN)
+                text.encode(&prompts, text.text_len())
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(Self {

@@ -27,6 +27,10 @@ pub const FRAMES: usize = 17;
 pub const FPS: u32 = 16;
 /// Text width (the UMT5 encoder's `d_model`, the transformer's `text_dim`).
 pub const TEXT_DIM: usize = 64;
+/// Text length of the model, in tokens (its tokenizer's fixed padding): the longest caption of
+/// the grammar with its `</s>` fits. Wan pads to 512, but at this scale 500 identical padding
+/// keys would take almost all of the cross-attention's weight from the dozen caption tokens.
+pub const TEXT_LEN: usize = 32;
 /// Default denoising steps of the shipped model (UniPC).
 pub const STEPS: usize = 12;
 /// Default guidance scale of the shipped model.
@@ -153,7 +157,8 @@ pub fn vocabulary() -> Vec<String> {
 }
 
 /// A `tokenizer.json` (Hugging Face tokenizers format) of a word-level model over `words`
-/// (ids in order): lowercased, split on whitespace and punctuation, unknown words `<unk>`.
+/// (ids in order): lowercased, split on whitespace and punctuation, unknown words `<unk>`,
+/// padded to [`TEXT_LEN`] (which the engine reads as the model's text length).
 pub fn tokenizer_json(words: &[String]) -> Value {
     let vocab: serde_json::Map<String, Value> = words
         .iter()
@@ -171,7 +176,8 @@ pub fn tokenizer_json(words: &[String]) -> Value {
     json!({
         "version": "1.0",
         "truncation": null,
-        "padding": null,
+        "padding": {"strategy": {"Fixed": TEXT_LEN}, "direction": "Right",
+                    "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"},
         "added_tokens": added,
         "normalizer": {"type": "Lowercase"},
         "pre_tokenizer": {"type": "Whitespace"},
@@ -374,3 +380,37 @@ pub fn text_init(name: &str, dims: &[usize], rng: &mut NoiseGenerator) -> Vec<f3
 
 /// The dtype the shipped weights are stored in (bf16 halves the size; the engine upcasts).
 pub const SHIPPED_DTYPE: DType = DType::BF16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest caption the grammar writes (two objects with the longest words, on a named
+    /// background), with its `</s>`, fits the text length.
+    #[test]
+    fn the_longest_caption_fits_the_text_length() {
+        let all: Vec<data::Combination> = data::Combination::all().collect();
+        let words = |c: &data::Combination| {
+            data::Caption::new(vec![*c], data::Colour::Black)
+                .map(|c| c.to_string().split_whitespace().count())
+                .unwrap_or(0)
+        };
+        let longest = all.iter().map(words).max().unwrap_or(0);
+        let caption = |a: &data::Combination, b: &data::Combination, bg| {
+            data::Caption::new(vec![*a, *b], bg).map(|c| c.to_string().split_whitespace().count())
+        };
+        let mut most = 0;
+        for a in all.iter().filter(|c| words(c) == longest) {
+            for b in all.iter().filter(|c| words(c) == longest) {
+                for bg in data::Colour::BACKGROUND {
+                    most = most.max(caption(a, b, bg).unwrap_or(0));
+                }
+            }
+        }
+        assert!(most > 10, "no two-object caption was made");
+        assert!(
+            most < TEXT_LEN,
+            "{most} words and </s> do not fit {TEXT_LEN} tokens"
+        );
+    }
+}

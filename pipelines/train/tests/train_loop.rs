@@ -71,6 +71,16 @@ fn training_lowers_the_loss_and_the_folder_generates() -> anyhow::Result<()> {
     let (early, late) = (mean(&rows[..10]), mean(&rows[70..]));
     assert!(late < 0.85 * early, "loss {early} -> {late}");
     assert!(stage.common.run_dir.join("loss.png").is_file());
+    // the step's phases are timed, and together take no more than the whole step
+    let p = outcome.phases;
+    let phases = [p.forward, p.backward, p.clip, p.optimiser, p.ema];
+    assert!(p.forward > 0.0 && p.backward > 0.0 && phases.iter().all(|&s| s >= 0.0));
+    let sum: f64 = phases.iter().sum();
+    assert!(
+        sum <= outcome.seconds_per_step,
+        "{p:?} against {} s/step",
+        outcome.seconds_per_step
+    );
 
     // the folder is a model the pipeline loads and runs
     let spec = pipelines::t2v::ModelSpec {
@@ -79,5 +89,25 @@ fn training_lowers_the_loss_and_the_folder_generates() -> anyhow::Result<()> {
     };
     let context = pipelines::t2v::ModelContext::new(&spec)?;
     assert_eq!(context.config()?.num_layers, 1);
+    // and pads prompts to the model's text length, as training did, not to Wan's 512
+    let folder = &outcome.model_dir;
+    let cache = pipelines::t2v::PromptCache::encode(
+        &folder.join("text_encoder"),
+        &folder.join("tokenizer"),
+        &["a red circle moves up"],
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+        &mut pipelines::t2v::Silent,
+    )?;
+    let input = pipelines::t2v::PromptInput {
+        prompt: Some("a red circle moves up".into()),
+        ..Default::default()
+    };
+    let text_dim = context.config()?.text_dim;
+    let conditioning = input.conditioning(false, &cache, text_dim)?;
+    assert_eq!(
+        conditioning.cond.dims(),
+        [1, train::recipe::TEXT_LEN, text_dim]
+    );
     Ok(())
 }
