@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Seconds per training step of the transformer on the GPU machine, by batch and attention, from
-# the repository root with what scripts/gpu_build.sh put in .gpu/ and a model folder carried in
-# runs/dit/model (any `vdit train` output; its VAE and text encoder encode the clips). Each line:
-# the whole process's milliseconds and `vdit train`'s own s/step. With Nsight Systems present it
-# also profiles 8 steps (kernel and API summaries).
+# Where a training step's time goes on the GPU machine, from the repository root with what
+# scripts/gpu_build.sh put in .gpu/ and a model folder carried in runs/dit/model (any `vdit
+# train` output; its VAE and text encoder encode the clips). Each timing line: the whole
+# process's milliseconds and `vdit train`'s own s/step. Then, where Nsight Systems is present, a
+# kernel-time summary of a few transformer steps (the GPU machine has only Nsight Compute, whose
+# per-kernel replay of three steps did not finish in five minutes).
 #   bash pipelines/train/gpu_diag.sh
 set -u
 for f in .gpu/*.xz; do [ -e "${f%.xz}" ] || xz -d -k "$f"; done
@@ -13,17 +14,21 @@ base=runs/dit/model
 timed() {
   local name=$1; shift
   local start; start=$(date +%s%N)
-  $vdit train dit --base "$base" --out "/tmp/diag-$name" --clips 64 --quiet "$@" >"/tmp/diag-$name.log" 2>&1
+  $vdit train "$@" --out "/tmp/diag-$name" --quiet >"/tmp/diag-$name.log" 2>&1
   echo "$name $(( ($(date +%s%N) - start) / 1000000 )) ms: $(tail -1 "/tmp/diag-$name.log")"
 }
-timed b32-dense --steps 12 --batch 32
-timed b8-dense --steps 12 --batch 8
-timed b32-vsa --steps 12 --batch 32 --attention vsa:sparsity=0.875
+timed dit-b32 dit --base "$base" --clips 64 --steps 12 --batch 32
+timed dit-b8 dit --base "$base" --clips 64 --steps 12 --batch 8
+timed dit-b96 dit --base "$base" --clips 128 --steps 8 --batch 96
+timed dit-b32-vsa dit --base "$base" --clips 64 --steps 12 --batch 32 --attention vsa:sparsity=0.875
+timed vae-b8-f5 vae --steps 10 --batch 8 --crop-frames 5
+timed vae-b32-f5 vae --steps 10 --batch 32 --crop-frames 5
+timed vae-b32-f9 vae --steps 10 --batch 32
+timed vae-b32-f5-crop128 vae --steps 10 --batch 32 --crop-frames 5 --crop 128
 if command -v nsys >/dev/null; then
   nsys profile -o /tmp/diag --force-overwrite true $vdit train dit --base "$base" --out /tmp/diag-prof \
-    --clips 64 --steps 8 --batch 32 --quiet >/dev/null 2>&1
+    --clips 16 --steps 3 --batch 32 --quiet >/dev/null 2>&1
   nsys stats --report cuda_gpu_kern_sum --format csv /tmp/diag.nsys-rep 2>/dev/null | head -25
-  nsys stats --report cuda_api_sum --format csv /tmp/diag.nsys-rep 2>/dev/null | head -12
 else
-  echo "no Nsight Systems here: no profile"
+  echo "no Nsight Systems here: no kernel profile"
 fi

@@ -7,10 +7,12 @@
 # Steps:
 #   probe     the CUDA gradient test, then a few steps of each stage and method (timings)
 #   vae       the VAE, VAE_STEPS steps (default: what fits in VAE_SECONDS, 150), batch VAE_BATCH
-#             (8); falls back to a carried runs/vae-cpu                        -> runs/vae
-#   dit       the transformer from scratch over runs/vae/model, DIT_STEPS steps (default: as
-#             many as fit before DEADLINE, epoch seconds, at DIT_RATE s/step), batch DIT_BATCH
-#             (32), DIT_CLIPS (8192) clips, DIT_LR (6e-4)                       -> runs/dit
+#             (32: a step costs the same from 8 to 32 crops), VAE_LR (2e-3); falls back to a
+#             carried runs/vae-cpu                                              -> runs/vae
+#   dit       the transformer over DIT_BASE (runs/vae/model: from scratch; a carried model
+#             folder: continued with a fresh optimiser), DIT_STEPS steps (default: as many as
+#             fit before DEADLINE, epoch seconds, at DIT_RATE s/step), batch DIT_BATCH (32),
+#             DIT_CLIPS (8192) clips of seed DIT_SEED (0), DIT_LR (6e-4)       -> runs/dit
 #   finetune  runs/dit/model fine-tuned through VSA (sparsity 0.875, ramp FT_RAMP), FT_STEPS
 #             (150) steps                                                      -> runs/ft-vsa
 #   evaldense `vdit eval` of runs/dit/model, dense: EVAL_COUNT (16) held-out and training captions
@@ -44,13 +46,13 @@ for step in "$@"; do
       if [ -z "$steps" ]; then
         rm -rf /tmp/vae-rate
         start=$(date +%s%N)
-        $vdit train vae --out /tmp/vae-rate --steps 20 --batch "${VAE_BATCH:-8}" --quiet >/dev/null 2>&1
+        $vdit train vae --out /tmp/vae-rate --steps 20 --batch "${VAE_BATCH:-32}" --quiet >/dev/null 2>&1
         rate=$(python3 -c "print(($(date +%s%N) - $start) / 1e9 / 20)")
         steps=$(python3 -c "print(max(20, int(${VAE_SECONDS:-150} / $rate)))")
         echo "vae: $rate s/step (with start-up), $steps steps" | log
       fi
-      $vdit train vae --out runs/vae --steps "$steps" --batch "${VAE_BATCH:-8}" --lr 1e-3 \
-        --warmup 50 --log-every 100 2>&1 | log
+      $vdit train vae --out runs/vae --steps "$steps" --batch "${VAE_BATCH:-32}" --lr "${VAE_LR:-2e-3}" \
+        --warmup 20 --log-every 50 2>&1 | log
       if [ ! -d runs/vae/model ] && [ -d runs/vae-cpu/model ]; then
         echo "vae: using the CPU-trained runs/vae-cpu" | log
         rm -rf runs/vae; cp -r runs/vae-cpu runs/vae
@@ -62,8 +64,9 @@ for step in "$@"; do
         steps=$(python3 -c "import time; print(max(50, int(($DEADLINE - time.time() - 75) / ${DIT_RATE:-0.82})))")
       fi
       echo "dit: $steps steps" | log
-      $vdit train dit --base runs/vae/model --out runs/dit --steps "$steps" --lr "${DIT_LR:-6e-4}" --warmup 50 \
-        --batch "${DIT_BATCH:-32}" --clips "${DIT_CLIPS:-8192}" --log-every 50 2>&1 | log ;;
+      $vdit train dit --base "${DIT_BASE:-runs/vae/model}" --out runs/dit --steps "$steps" --lr "${DIT_LR:-6e-4}" \
+        --warmup "${DIT_WARMUP:-50}" --batch "${DIT_BATCH:-32}" --clips "${DIT_CLIPS:-8192}" --seed "${DIT_SEED:-0}" \
+        --log-every 50 2>&1 | log ;;
     finetune)
       $vdit train dit --base runs/dit/model --out runs/ft-vsa --steps "${FT_STEPS:-150}" --batch "${DIT_BATCH:-32}" \
         --clips "${FT_CLIPS:-2048}" --attention vsa:sparsity=0.875 --sparsity-ramp "${FT_RAMP:-50}" --lr 2e-4 \

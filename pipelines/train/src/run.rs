@@ -16,8 +16,10 @@ use crate::model_folder::{self, Base};
 use crate::optim::{loss_csv, plot_png, AdamWConfig, LossRow, LrSchedule};
 use crate::params::Params;
 use crate::recipe::{self, Preset};
-use crate::trainer::{check_run_dir, Finish, LoopOptions, Trainer};
-use crate::vae_stage::{latent_statistics, Reconstruction, ReconstructionOptions};
+use crate::trainer::{check_run_dir, Finish, LoopOptions, PhaseSeconds, Trainer};
+use crate::vae_stage::{
+    latent_statistics, reconstruction_psnr, Reconstruction, ReconstructionOptions,
+};
 use candle_core::{DType, Device};
 use dit::WanTransformer;
 use serde_json::json;
@@ -29,6 +31,8 @@ use vae::{VaeConfig, WanVae};
 
 /// Clips whose latents give the VAE's latent statistics.
 const STATISTICS_CLIPS: usize = 64;
+/// Unseen whole clips the trained VAE's reconstruction is measured on.
+const RECONSTRUCTION_CLIPS: usize = 8;
 
 /// What both stages share.
 #[derive(Clone, Debug)]
@@ -118,6 +122,11 @@ pub struct Outcome {
     pub parameters: usize,
     /// Mean seconds per step of this invocation.
     pub seconds_per_step: f64,
+    /// Where those seconds went.
+    pub phases: PhaseSeconds,
+    /// The trained VAE's reconstruction PSNR of each frame of unseen whole clips, in dB
+    /// (empty for the transformer stage, and when stopped early).
+    pub reconstruction_psnr: Vec<f64>,
 }
 
 /// VAE-stage settings.
@@ -163,7 +172,7 @@ pub fn train_vae(stage: &VaeStage, progress: &mut dyn TrainProgress) -> Result<O
         let _layout = TrainingLayout::on();
         run_loop(common, params, options, &mut objective, progress)?
     };
-    let outcome = outcome(common, &trainer, finish, seconds)?;
+    let mut outcome = outcome(common, &trainer, finish, seconds)?;
     if finish == Finish::Stopped {
         return Ok(outcome);
     }
@@ -173,12 +182,19 @@ pub fn train_vae(stage: &VaeStage, progress: &mut dyn TrainProgress) -> Result<O
         &config,
         Params::frozen_var_builder(&weights, DType::F32, &common.device),
     )?;
-    progress.begin("latent statistics", 0);
+    progress.begin("latent statistics and reconstruction", 0);
     let (mean, std) = latent_statistics(
         &vae,
         STATISTICS_CLIPS,
         common.preset.clip(),
         common.seed ^ 1,
+        &common.device,
+    )?;
+    outcome.reconstruction_psnr = reconstruction_psnr(
+        &vae,
+        RECONSTRUCTION_CLIPS,
+        common.preset.clip(),
+        common.seed ^ 3,
         &common.device,
     )?;
     progress.end();
@@ -416,6 +432,8 @@ fn outcome(common: &Common, trainer: &Trainer, finish: Finish, seconds: f64) -> 
         plot: common.run_dir.join("loss.png"),
         parameters: trainer.params().count(),
         seconds_per_step: seconds,
+        phases: trainer.phases(),
+        reconstruction_psnr: vec![],
     })
 }
 

@@ -64,6 +64,36 @@ pub enum Finish {
     Stopped,
 }
 
+/// Seconds spent in each phase of training steps, the device synchronised at each phase's end
+/// so that GPU work is counted where it was queued.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseSeconds {
+    /// The objective: the batch, the forward pass and the loss read back.
+    pub forward: f64,
+    /// Backpropagation.
+    pub backward: f64,
+    /// The gradient norm and clipping.
+    pub clip: f64,
+    /// The AdamW update.
+    pub optimiser: f64,
+    /// The EMA update.
+    pub ema: f64,
+}
+
+impl PhaseSeconds {
+    /// Each phase divided by `steps` (at least 1).
+    fn per_step(&self, steps: u64) -> Self {
+        let n = steps.max(1) as f64;
+        Self {
+            forward: self.forward / n,
+            backward: self.backward / n,
+            clip: self.clip / n,
+            optimiser: self.optimiser / n,
+            ema: self.ema / n,
+        }
+    }
+}
+
 /// A run in progress: parameters, optimiser, EMA, log.
 pub struct Trainer {
     params: Params,
@@ -72,6 +102,9 @@ pub struct Trainer {
     step: u64,
     log: LossLog,
     options: LoopOptions,
+    /// Phase seconds summed over the `timed_steps` steps this trainer ran.
+    phases: PhaseSeconds,
+    timed_steps: u64,
 }
 
 impl Trainer {
@@ -86,6 +119,8 @@ impl Trainer {
             log: LossLog::start(&options.run_dir)?,
             params,
             options,
+            phases: PhaseSeconds::default(),
+            timed_steps: 0,
         })
     }
 
@@ -115,6 +150,8 @@ impl Trainer {
             log: LossLog::resume(&options.run_dir, saved.step)?,
             params,
             options,
+            phases: PhaseSeconds::default(),
+            timed_steps: 0,
         })
     }
 
@@ -126,6 +163,12 @@ impl Trainer {
     /// The parameters.
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// Mean seconds per step in each phase, over the steps this trainer ran (not those before
+    /// a resume).
+    pub fn phases(&self) -> PhaseSeconds {
+        self.phases.per_step(self.timed_steps)
     }
 
     /// The EMA weights (what is shipped).
@@ -149,8 +192,12 @@ impl Trainer {
                 .var_builder(self.options.dtype, &self.options.device);
             let loss = objective.loss(vb, step)?;
             let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            let mut lap = Lap::new(started);
+            self.phases.forward += lap.next(&self.options.device)?;
             let mut grads = loss.backward()?;
+            self.phases.backward += lap.next(&self.options.device)?;
             let norm = clip_grad_norm(self.params.vars(), &mut grads, self.options.clip)?;
+            self.phases.clip += lap.next(&self.options.device)?;
             if !value.is_finite() || !norm.is_finite() {
                 self.log.flush()?;
                 return Err(Error::Usage(format!(
@@ -160,7 +207,10 @@ impl Trainer {
             }
             let lr = self.options.schedule.lr(step);
             self.adamw.step(self.params.vars(), &grads, lr)?;
+            self.phases.optimiser += lap.next(&self.options.device)?;
             self.ema.update(self.params.vars())?;
+            self.phases.ema += lap.next(&self.options.device)?;
+            self.timed_steps += 1;
             self.step += 1;
             let row = LossRow {
                 step: self.step,
@@ -199,6 +249,24 @@ impl Trainer {
         .save(&folder, DEFAULT_SHARD_BYTES)?;
         prune(&self.options.run_dir, self.options.keep_checkpoints.max(1))?;
         Ok(folder)
+    }
+}
+
+/// Consecutive phases of a step: each [`Lap::next`] waits for the device and returns the
+/// seconds since the previous one.
+struct Lap(Instant);
+
+impl Lap {
+    fn new(start: Instant) -> Self {
+        Self(start)
+    }
+
+    fn next(&mut self, device: &Device) -> Result<f64> {
+        device.synchronize()?;
+        let now = Instant::now();
+        let seconds = now.duration_since(self.0).as_secs_f64();
+        self.0 = now;
+        Ok(seconds)
     }
 }
 

@@ -52,7 +52,8 @@ pub fn tiny(dir: &Path, steps: u64, batch: usize, lr: f64) -> Common {
     }
 }
 
-/// A tiny base model folder (one VAE step) under `root`.
+/// A tiny base model folder (one VAE step) under `root`; checks that the stage measured its
+/// reconstruction frame by frame.
 pub fn tiny_base(root: &Path) -> anyhow::Result<PathBuf> {
     let stage = VaeStage {
         common: tiny(&root.join("vae"), 1, 1, 1e-3),
@@ -61,5 +62,14 @@ pub fn tiny_base(root: &Path) -> anyhow::Result<PathBuf> {
         kl_weight: 1e-4,
     };
     let outcome = train::run::train_vae(&stage, &mut StopAfter(None, 0))?;
+    // its reconstruction is measured on every frame of the 5-frame clips, in dB
+    let psnr = &outcome.reconstruction_psnr;
+    anyhow::ensure!(
+        psnr.len() == 5
+            && psnr
+                .iter()
+                .all(|db| db.is_finite() && *db < train::vae_stage::PSNR_CAP),
+        "reconstruction PSNR by frame: {psnr:?}"
+    );
     Ok(outcome.model_dir)
 }

@@ -82,9 +82,11 @@ struct VaeArgs {
     /// frame when smaller).
     #[arg(long)]
     crop: Option<usize>,
-    /// Frames per training crop (1 + 4k).
-    #[arg(long, default_value_t = 5)]
-    crop_frames: usize,
+    /// Frames per training crop (1 + 4k; default 9, or the whole clip when shorter). Nine
+    /// frames are two four-frame chunks after the first frame, so the causal caches are trained
+    /// from chunk to chunk as whole clips use them.
+    #[arg(long)]
+    crop_frames: Option<usize>,
     /// Weight of the KL term.
     #[arg(long, default_value_t = 1e-4)]
     kl_weight: f64,
@@ -114,6 +116,9 @@ struct DitArgs {
     #[arg(long, default_value_t = 0.1)]
     caption_dropout: f64,
 }
+
+/// Frames of a VAE training crop unless given.
+const DEFAULT_CROP_FRAMES: usize = 9;
 
 fn parse_preset(text: &str) -> std::result::Result<Preset, String> {
     Preset::from_name(text).ok_or_else(|| format!("`{text}` is not a preset: use small or tiny"))
@@ -146,7 +151,9 @@ pub fn run(args: TrainArgs, registry: &Registry) -> Result<()> {
             let stage = VaeStage {
                 common: a.common.common(4, 1e-3, 100)?,
                 crop: a.crop.unwrap_or(a.common.preset.clip().1.min(64)),
-                crop_frames: a.crop_frames,
+                crop_frames: a
+                    .crop_frames
+                    .unwrap_or(a.common.preset.clip().0.min(DEFAULT_CROP_FRAMES)),
                 kl_weight: a.kl_weight,
             };
             let mut bar = Bar::new(a.common.quiet, a.common.log_every);
@@ -171,6 +178,23 @@ pub fn run(args: TrainArgs, registry: &Registry) -> Result<()> {
 }
 
 fn report(outcome: &Outcome) {
+    let frames = &outcome.reconstruction_psnr;
+    let worst = frames.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1));
+    if let Some((frame, db)) = worst {
+        say!(
+            "VAE reconstruction of unseen clips: {:.1} dB PSNR (mean over frames), worst frame {frame} at {db:.1} dB",
+            frames.iter().sum::<f64>() / frames.len() as f64
+        );
+    }
+    let p = &outcome.phases;
+    say!(
+        "seconds per step: forward {:.3}, backward {:.3}, gradient clipping {:.3}, AdamW {:.3}, EMA {:.3}",
+        p.forward,
+        p.backward,
+        p.clip,
+        p.optimiser,
+        p.ema
+    );
     if outcome.finished {
         say!(
             "trained {} steps ({} parameters, {:.3} s/step); model: {}; loss plot: {}",
