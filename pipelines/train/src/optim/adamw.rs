@@ -12,6 +12,12 @@
 //!
 //! All arithmetic is f32 on the parameters' device; the moments `m`, `v` are f32 tensors keyed
 //! by parameter name, exposed through [`AdamW::state`] for checkpoints.
+//!
+//! When every parameter has a gradient and all have had the same number of updates (every step
+//! of an ordinary run), the update runs on whole vectors, one for the decayed parameters and one
+//! for the rest, as PyTorch's multi-tensor AdamW does: a dozen operations per group instead of
+//! a dozen per parameter, which on a GPU are a dozen kernel launches instead of thousands. The
+//! arithmetic of each element is the same either way.
 
 use std::collections::BTreeMap;
 
@@ -106,12 +112,23 @@ pub struct AdamWState {
     pub param_steps: BTreeMap<String, u64>,
 }
 
+/// The moments of one group of the last whole-vector update: the parameter names in order and
+/// their moments end to end (the per-parameter moments are views into these).
+#[derive(Clone, Debug)]
+struct FlatGroup {
+    names: Vec<String>,
+    m: Tensor,
+    v: Tensor,
+}
+
 /// The AdamW optimiser over named f32 master parameters.
 #[derive(Clone, Debug)]
 pub struct AdamW {
     config: AdamWConfig,
     step: u64,
     moments: BTreeMap<String, Moments>,
+    /// The groups of the last update when it ran on whole vectors (reused by the next).
+    flat: Vec<FlatGroup>,
 }
 
 impl AdamW {
@@ -122,6 +139,7 @@ impl AdamW {
             config,
             step: 0,
             moments: BTreeMap::new(),
+            flat: vec![],
         })
     }
 
@@ -173,6 +191,7 @@ impl AdamW {
             config,
             step,
             moments,
+            flat: vec![],
         })
     }
 
@@ -217,41 +236,156 @@ impl AdamW {
         let next = self.step.checked_add(1).ok_or_else(|| {
             Error::Usage("AdamW step count overflows u64: start a new run".to_string())
         })?;
-        for (name, var) in params {
-            if let Some(grad) = grads.get(var.as_tensor()) {
-                self.update_one(name, var, grad, lr)?;
+        let every_gradient = params.values().all(|v| grads.get(v.as_tensor()).is_some());
+        let mut counts = params
+            .keys()
+            .map(|name| self.moments.get(name).map_or(0, |m| m.steps));
+        let first = counts.next().unwrap_or(0);
+        if every_gradient && counts.all(|c| c == first) {
+            let groups = [true, false].map(|decayed| {
+                params
+                    .iter()
+                    .filter(|(_, var)| decays(var.as_tensor()) == decayed)
+                    .collect::<Vec<_>>()
+            });
+            let mut flat = Vec::with_capacity(2);
+            for group in groups.iter().filter(|g| !g.is_empty()) {
+                flat.push(self.update_group(group, grads, lr)?);
+            }
+            self.flat = flat;
+        } else {
+            self.flat.clear();
+            for (name, var) in params {
+                if let Some(grad) = grads.get(var.as_tensor()) {
+                    self.update_one(name, var, grad, lr)?;
+                }
             }
         }
         self.step = next;
         Ok(())
     }
 
+    /// The AdamW update of `group` (parameters that all decay or all do not, all with
+    /// gradients and the same update count) on whole vectors; returns the group's moments.
+    fn update_group(
+        &mut self,
+        group: &[(&String, &Var)],
+        grads: &GradStore,
+        lr: f64,
+    ) -> Result<FlatGroup> {
+        let mut flat_grads = Vec::with_capacity(group.len());
+        let mut flat_params = Vec::with_capacity(group.len());
+        for &(name, var) in group {
+            let param = var.as_tensor();
+            let grad = grads.get(param).ok_or_else(|| {
+                Error::Usage(format!("{name} has no gradient for a whole-vector update"))
+            })?;
+            check_gradient(name, grad, param)?;
+            flat_grads.push(grad.detach().to_dtype(DType::F32)?.flatten_all()?);
+            flat_params.push(param.detach().to_dtype(DType::F32)?.flatten_all()?);
+        }
+        let g = Tensor::cat(&flat_grads, 0)?;
+        let p = Tensor::cat(&flat_params, 0)?;
+        let names: Vec<String> = group.iter().map(|(name, _)| (*name).clone()).collect();
+        let steps = self.moments.get(&names[0]).map_or(0, |m| m.steps);
+        let (m, v) = self.group_moments(group, &p)?;
+        let t = steps.checked_add(1).ok_or_else(|| {
+            Error::Usage("AdamW update count overflows: start a new run".to_string())
+        })?;
+        let p = self.decayed(p, lr, decays(group[0].1.as_tensor()))?;
+        let (p, m, v) = self.update(p, (m, v), &g, t, lr)?;
+        let mut offset = 0;
+        for &(name, var) in group {
+            let param = var.as_tensor();
+            let n = param.elem_count();
+            let view = |t: &Tensor| t.narrow(0, offset, n)?.reshape(param.shape());
+            var.set(&view(&p)?.to_dtype(param.dtype())?)?;
+            let moments = Moments {
+                m: view(&m)?,
+                v: view(&v)?,
+                steps: t,
+            };
+            self.moments.insert(name.clone(), moments);
+            offset += n;
+        }
+        Ok(FlatGroup { names, m, v })
+    }
+
+    /// The moments of `group` end to end: the last whole-vector update's when it covered the
+    /// same parameters, else the parameters' own joined (zeros for parameters without any).
+    fn group_moments(&self, group: &[(&String, &Var)], p: &Tensor) -> Result<(Tensor, Tensor)> {
+        let same = |g: &&FlatGroup| g.names.iter().eq(group.iter().map(|(name, _)| *name));
+        if let Some(last) = self.flat.iter().find(same) {
+            return Ok((last.m.clone(), last.v.clone()));
+        }
+        if !group
+            .iter()
+            .any(|(name, _)| self.moments.contains_key(*name))
+        {
+            let zeros = p.zeros_like()?;
+            return Ok((zeros.clone(), zeros));
+        }
+        let mut ms = Vec::with_capacity(group.len());
+        let mut vs = Vec::with_capacity(group.len());
+        for &(name, var) in group {
+            let param = var.as_tensor();
+            let (m, v) = match self.moments.get(name) {
+                Some(old) => {
+                    check_moments(name, &old.m, param)?;
+                    (old.m.flatten_all()?, old.v.flatten_all()?)
+                }
+                None => {
+                    let zeros = Tensor::zeros(param.elem_count(), DType::F32, param.device())?;
+                    (zeros.clone(), zeros)
+                }
+            };
+            ms.push(m);
+            vs.push(v);
+        }
+        Ok((Tensor::cat(&ms, 0)?, Tensor::cat(&vs, 0)?))
+    }
+
+    /// The f32 parameters `p` after the decoupled weight decay, if `decayed`.
+    fn decayed(&self, p: Tensor, lr: f64, decayed: bool) -> Result<Tensor> {
+        let weight_decay = self.config.weight_decay;
+        if decayed && weight_decay != 0.0 {
+            Ok(p.affine(1.0 - lr * weight_decay, 0.0)?)
+        } else {
+            Ok(p)
+        }
+    }
+
+    /// The Adam step at count `t`: the new parameters and moments from the (decayed) f32
+    /// parameters `p`, the moments `m`, `v` and the gradient `g` (any matching shape).
+    fn update(
+        &self,
+        p: Tensor,
+        (m, v): (Tensor, Tensor),
+        g: &Tensor,
+        t: u64,
+        lr: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let AdamWConfig {
+            beta1, beta2, eps, ..
+        } = self.config;
+        let m = (m.affine(beta1, 0.0)? + g.affine(1.0 - beta1, 0.0)?)?;
+        let v = (v.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
+        // `t as f64` is exact up to 2^53 updates; beyond, the corrections are 1 anyway.
+        let bias1 = 1.0 - beta1.powf(t as f64);
+        let bias2 = 1.0 - beta2.powf(t as f64);
+        let denom = v.sqrt()?.affine(1.0 / bias2.sqrt(), eps)?;
+        let p = (p - m.div(&denom)?.affine(lr / bias1, 0.0)?)?;
+        Ok((p, m, v))
+    }
+
     /// The AdamW update of one parameter.
     fn update_one(&mut self, name: &str, var: &Var, grad: &Tensor, lr: f64) -> Result<()> {
         let param = var.as_tensor();
-        if grad.dims() != param.dims() {
-            return Err(Error::Usage(format!(
-                "gradient of {name} has shape {:?} but the parameter has {:?}: pass the gradients \
-                 of these parameters",
-                grad.dims(),
-                param.dims()
-            )));
-        }
-        let AdamWConfig {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.config;
+        check_gradient(name, grad, param)?;
         let (m, v, steps) = match self.moments.get(name) {
-            Some(old) if old.m.dims() == param.dims() => (old.m.clone(), old.v.clone(), old.steps),
             Some(old) => {
-                return Err(Error::Usage(format!(
-                    "AdamW moments of {name} have shape {:?} but the parameter has {:?}: the \
-                     checkpoint belongs to another model",
-                    old.m.dims(),
-                    param.dims()
-                )))
+                check_moments(name, &old.m, param)?;
+                (old.m.clone(), old.v.clone(), old.steps)
             }
             None => {
                 let zeros = Tensor::zeros(param.shape(), DType::F32, param.device())?;
@@ -264,22 +398,37 @@ impl AdamW {
             ))
         })?;
         let g = grad.detach().to_dtype(DType::F32)?;
-        let m = (m.affine(beta1, 0.0)? + g.affine(1.0 - beta1, 0.0)?)?;
-        let v = (v.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
-        // `t as f64` is exact up to 2^53 updates; beyond, the corrections are 1 anyway.
-        let bias1 = 1.0 - beta1.powf(t as f64);
-        let bias2 = 1.0 - beta2.powf(t as f64);
-        let denom = v.sqrt()?.affine(1.0 / bias2.sqrt(), eps)?;
-        let p = param.detach().to_dtype(DType::F32)?;
-        let p = if decays(param) && weight_decay != 0.0 {
-            p.affine(1.0 - lr * weight_decay, 0.0)?
-        } else {
-            p
-        };
-        let p = (p - m.div(&denom)?.affine(lr / bias1, 0.0)?)?;
+        let p = self.decayed(param.detach().to_dtype(DType::F32)?, lr, decays(param))?;
+        let (p, m, v) = self.update(p, (m, v), &g, t, lr)?;
         var.set(&p.to_dtype(param.dtype())?)?;
         self.moments
             .insert(name.to_string(), Moments { m, v, steps: t });
         Ok(())
     }
+}
+
+/// Checks that a gradient has its parameter's shape.
+fn check_gradient(name: &str, grad: &Tensor, param: &Tensor) -> Result<()> {
+    if grad.dims() != param.dims() {
+        return Err(Error::Usage(format!(
+            "gradient of {name} has shape {:?} but the parameter has {:?}: pass the gradients \
+             of these parameters",
+            grad.dims(),
+            param.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that stored moments have their parameter's shape.
+fn check_moments(name: &str, m: &Tensor, param: &Tensor) -> Result<()> {
+    if m.dims() != param.dims() {
+        return Err(Error::Usage(format!(
+            "AdamW moments of {name} have shape {:?} but the parameter has {:?}: the \
+             checkpoint belongs to another model",
+            m.dims(),
+            param.dims()
+        )));
+    }
+    Ok(())
 }

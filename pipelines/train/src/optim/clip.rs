@@ -10,19 +10,24 @@ use crate::{Error, Result};
 /// Added to the norm before dividing, as PyTorch does.
 const CLIP_EPS: f64 = 1e-6;
 
-/// The global L2 norm of the gradients of `params` (those in `grads`), each squared in f64.
+/// The global L2 norm of the gradients of `params` (those in `grads`), squared and summed in
+/// f64 over all of them joined into one vector (a few operations whatever their number).
 pub fn grad_norm(params: &BTreeMap<String, Var>, grads: &GradStore) -> Result<f64> {
-    let mut sums = Vec::new();
+    let mut parts = Vec::new();
     for var in params.values() {
         if let Some(grad) = grads.get(var.as_tensor()) {
-            sums.push(grad.detach().to_dtype(DType::F64)?.sqr()?.sum_all()?);
+            parts.push(grad.detach().to_dtype(DType::F32)?.flatten_all()?);
         }
     }
-    if sums.is_empty() {
+    if parts.is_empty() {
         return Ok(0.0);
     }
     // One transfer from the device for all parameters.
-    let total = Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f64>()?;
+    let total = Tensor::cat(&parts, 0)?
+        .to_dtype(DType::F64)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f64>()?;
     Ok(total.sqrt())
 }
 

@@ -1,4 +1,6 @@
-//! Exponential moving average of the parameters: f32 shadow copies by name.
+//! Exponential moving average of the parameters: f32 shadow copies by name, updated as one
+//! vector (the shadows are views into it), so an update is a few operations whatever the number
+//! of parameters.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,8 @@ pub struct Ema {
     decay: f64,
     updates: u64,
     weights: BTreeMap<String, Tensor>,
+    /// The shadows end to end in name order, once an update has made them so.
+    flat: Option<Tensor>,
 }
 
 /// Checks an EMA decay.
@@ -41,6 +45,7 @@ impl Ema {
             decay,
             updates: 0,
             weights,
+            flat: None,
         })
     }
 
@@ -55,6 +60,7 @@ impl Ema {
             decay,
             updates,
             weights,
+            flat: None,
         })
     }
 
@@ -87,8 +93,12 @@ impl Ema {
         let next = self.updates.checked_add(1).ok_or_else(|| {
             Error::Usage("EMA update count overflows u64: start a new run".to_string())
         })?;
+        if self.weights.is_empty() {
+            self.updates = next;
+            return Ok(());
+        }
         let d = self.current_decay();
-        let mut updated = BTreeMap::new();
+        let mut flat_params = Vec::with_capacity(params.len());
         for (name, shadow) in &self.weights {
             let Some(var) = params.get(name) else {
                 return Err(Error::Usage(format!(
@@ -105,9 +115,32 @@ impl Ema {
                     param.dims()
                 )));
             }
-            let next_shadow = (shadow.affine(d, 0.0)? + param.affine(1.0 - d, 0.0)?)?;
-            updated.insert(name.clone(), next_shadow);
+            flat_params.push(param.flatten_all()?);
         }
+        let shadow = match &self.flat {
+            Some(flat) => flat.clone(),
+            None => {
+                let parts = self
+                    .weights
+                    .values()
+                    .map(|w| w.flatten_all())
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 0)?
+            }
+        };
+        let flat =
+            (shadow.affine(d, 0.0)? + Tensor::cat(&flat_params, 0)?.affine(1.0 - d, 0.0)?)?;
+        let mut updated = BTreeMap::new();
+        let mut offset = 0;
+        for (name, old) in &self.weights {
+            let n = old.elem_count();
+            updated.insert(
+                name.clone(),
+                flat.narrow(0, offset, n)?.reshape(old.shape())?,
+            );
+            offset += n;
+        }
+        self.flat = Some(flat);
         self.weights = updated;
         self.updates = next;
         Ok(())
