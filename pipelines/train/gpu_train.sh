@@ -12,7 +12,8 @@
 #   dit       the transformer over DIT_BASE (runs/vae/model: from scratch; a carried model
 #             folder: continued with a fresh optimiser), DIT_STEPS steps (default: as many as
 #             fit before DEADLINE, epoch seconds, at DIT_RATE s/step), batch DIT_BATCH (32),
-#             DIT_CLIPS (8192) clips of seed DIT_SEED (0), DIT_LR (6e-4)       -> runs/dit
+#             DIT_CLIPS (8192) clips of seed DIT_SEED (0), DIT_LR (6e-4); or DIT_TOTAL steps
+#             over several calls, each stopping at DEADLINE and resuming the last  -> runs/dit
 #   finetune  runs/dit/model fine-tuned through VSA (sparsity 0.875, ramp FT_RAMP), FT_STEPS
 #             (150) steps                                                      -> runs/ft-vsa
 #   evaldense `vdit eval` of runs/dit/model, dense: EVAL_COUNT (16) held-out and training captions
@@ -58,14 +59,22 @@ for step in "$@"; do
         rm -rf runs/vae; cp -r runs/vae-cpu runs/vae
       fi ;;
     dit)
-      steps="${DIT_STEPS:-}"
+      # DIT_TOTAL set: one run of that many steps over several calls on a machine kept warm
+      # between them (runs/ stays there when it is not carried): each call stops at DEADLINE
+      # with a checkpoint (SIGINT) and the next resumes it; the last one writes runs/dit/model.
+      # Otherwise: DIT_STEPS, or as many as fit before DEADLINE at DIT_RATE s/step.
+      steps="${DIT_TOTAL:-${DIT_STEPS:-}}"
       if [ -z "$steps" ]; then
         # what fits before the deadline, less a minute for rendering and encoding the clips
         steps=$(python3 -c "import time; print(max(50, int(($DEADLINE - time.time() - 75) / ${DIT_RATE:-0.82})))")
       fi
-      echo "dit: $steps steps" | log
-      $vdit train dit --base "${DIT_BASE:-runs/vae/model}" --out runs/dit --steps "$steps" --lr "${DIT_LR:-6e-4}" \
-        --warmup "${DIT_WARMUP:-50}" --batch "${DIT_BATCH:-32}" --clips "${DIT_CLIPS:-8192}" --seed "${DIT_SEED:-0}" \
+      resume=()
+      if [ -n "${DIT_TOTAL:-}" ] && [ -d runs/dit/checkpoints ]; then resume=(--resume); fi
+      left=$(( ${DEADLINE:-$(( $(date +%s) + 100000 ))} - $(date +%s) ))
+      echo "dit: $steps steps ${resume[*]}, stopping in $left s at the latest" | log
+      timeout -s INT -k 60 "$left" $vdit train dit --base "${DIT_BASE:-runs/vae/model}" --out runs/dit \
+        --steps "$steps" "${resume[@]}" --lr "${DIT_LR:-6e-4}" --warmup "${DIT_WARMUP:-50}" \
+        --batch "${DIT_BATCH:-32}" --clips "${DIT_CLIPS:-8192}" --seed "${DIT_SEED:-0}" --checkpoint-every 100 \
         --log-every 50 2>&1 | log ;;
     finetune)
       $vdit train dit --base runs/dit/model --out runs/ft-vsa --steps "${FT_STEPS:-150}" --batch "${DIT_BATCH:-32}" \
