@@ -33,6 +33,8 @@ fn train_then_generate_then_eval() {
         "--quiet",
     ]));
     assert!(out.contains("trained 2 steps"), "{out}");
+    assert!(out.contains("VAE reconstruction of unseen clips"), "{out}");
+    assert!(out.contains("seconds per step: forward"), "{out}");
     let base = format!("{}/model", run("vae"));
     let out = ok(&vdit(&[
         "train",
