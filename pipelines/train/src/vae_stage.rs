@@ -109,12 +109,10 @@ impl Objective for Reconstruction {
     }
 }
 
-/// PSNR of a reconstruction whose error is zero (reported instead of infinity).
-pub const PSNR_CAP: f64 = 100.0;
-
 /// How well `vae` reconstructs `clips` whole clips it never saw (`(frames, side)`, run
 /// `seed`): the PSNR of each frame in dB (pixels in [-1, 1], so a peak-to-peak range of 2),
-/// from the mean squared error over the clips, at most [`PSNR_CAP`]. Frames after the first
+/// from the mean squared error over the clips, at most
+/// [`PSNR_CAP`](vdit_core::metrics::PSNR_CAP). Frames after the first
 /// four-frame chunk show whether the VAE carries its causal caches across chunks.
 pub fn reconstruction_psnr(
     vae: &WanVae,
@@ -140,15 +138,10 @@ pub fn reconstruction_psnr(
             *sum += f64::from(e) / clips.max(1) as f64;
         }
     }
-    Ok(squared.into_iter().map(psnr_of_mse).collect())
-}
-
-/// PSNR in dB of a mean squared error over pixels in [-1, 1], at most [`PSNR_CAP`].
-pub fn psnr_of_mse(mse: f64) -> f64 {
-    if mse <= 0.0 {
-        return PSNR_CAP;
-    }
-    (10.0 * (4.0 / mse).log10()).min(PSNR_CAP)
+    Ok(squared
+        .into_iter()
+        .map(|mse| vdit_core::metrics::capped_psnr(mse, 2.0))
+        .collect())
 }
 
 /// Per-channel mean and standard deviation of the posterior means of `clips` training clips
@@ -181,18 +174,4 @@ pub fn latent_statistics(
     };
     let std = to_f64(std)?.into_iter().map(|s| s.max(1e-3)).collect();
     Ok((to_f64(mean)?, std))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A zero error is capped; the error of a full-range square wave against its negation
-    /// (every pixel off by 2, mse 4) is 0 dB; an error of 0.02 per pixel is 40 dB.
-    #[test]
-    fn psnr_of_known_errors() {
-        assert_eq!(psnr_of_mse(0.0), PSNR_CAP);
-        assert!(psnr_of_mse(4.0).abs() < 1e-12);
-        assert!((psnr_of_mse(0.02f64.powi(2)) - 40.0).abs() < 1e-9);
-    }
 }

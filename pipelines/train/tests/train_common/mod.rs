@@ -68,7 +68,7 @@ pub fn tiny_base(root: &Path) -> anyhow::Result<PathBuf> {
         psnr.len() == 5
             && psnr
                 .iter()
-                .all(|db| db.is_finite() && *db < train::vae_stage::PSNR_CAP),
+                .all(|db| db.is_finite() && *db < vdit_core::metrics::PSNR_CAP),
         "reconstruction PSNR by frame: {psnr:?}"
     );
     Ok(outcome.model_dir)

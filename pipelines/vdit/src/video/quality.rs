@@ -15,8 +15,7 @@
 use super::{Frame, VideoError};
 use serde::Serialize;
 
-/// PSNR given to identical frames, in dB.
-pub const PSNR_CAP: f64 = 100.0;
+pub use vdit_core::metrics::PSNR_CAP;
 
 /// Gaussian window of the SSIM, as scikit-image's default with `gaussian_weights`.
 const SIGMA: f64 = 1.5;
@@ -123,10 +122,7 @@ fn squared_error(reference: &Frame, test: &Frame) -> f64 {
 /// PSNR of one frame against its reference, capped at [`PSNR_CAP`].
 pub fn frame_psnr(reference: &Frame, test: &Frame) -> f64 {
     let mse = squared_error(reference, test) / reference.rgb().len() as f64;
-    if mse == 0.0 {
-        return PSNR_CAP;
-    }
-    (10.0 * (255.0 * 255.0 / mse).log10()).min(PSNR_CAP)
+    vdit_core::metrics::capped_psnr(mse, 255.0)
 }
 
 /// SSIM of one frame against its reference (see the module notes).
