@@ -25,6 +25,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::flat;
 use crate::{Error, Result};
 
 /// Hyper-parameters of [`AdamW`]; the learning rate is given to each [`AdamW::step`].
@@ -110,6 +111,14 @@ pub struct AdamWState {
     pub v: BTreeMap<String, Tensor>,
     /// Updates each parameter has had (its bias-correction count).
     pub param_steps: BTreeMap<String, u64>,
+}
+
+/// A parameter with its gradient in this step, and its moments so far.
+struct Entry<'a> {
+    name: &'a String,
+    var: &'a Var,
+    grad: &'a Tensor,
+    moments: Option<Moments>,
 }
 
 /// The moments of one group of the last whole-vector update: the parameter names in order and
@@ -236,113 +245,91 @@ impl AdamW {
         let next = self.step.checked_add(1).ok_or_else(|| {
             Error::Usage("AdamW step count overflows u64: start a new run".to_string())
         })?;
-        let every_gradient = params.values().all(|v| grads.get(v.as_tensor()).is_some());
-        let mut counts = params
-            .keys()
-            .map(|name| self.moments.get(name).map_or(0, |m| m.steps));
-        let first = counts.next().unwrap_or(0);
-        if every_gradient && counts.all(|c| c == first) {
-            let groups = [true, false].map(|decayed| {
-                params
-                    .iter()
-                    .filter(|(_, var)| decays(var.as_tensor()) == decayed)
-                    .collect::<Vec<_>>()
-            });
+        let entries: Vec<Entry> = params
+            .iter()
+            .filter_map(|(name, var)| {
+                grads.get(var.as_tensor()).map(|grad| Entry {
+                    name,
+                    var,
+                    grad,
+                    moments: self.moments.get(name).cloned(),
+                })
+            })
+            .collect();
+        let count = |e: &Entry| e.moments.as_ref().map_or(0, |m| m.steps);
+        let first = entries.first().map_or(0, count);
+        if entries.len() == params.len() && entries.iter().all(|e| count(e) == first) {
             let mut flat = Vec::with_capacity(2);
-            for group in groups.iter().filter(|g| !g.is_empty()) {
-                flat.push(self.update_group(group, grads, lr)?);
+            for decayed in [true, false] {
+                let group: Vec<&Entry> = entries
+                    .iter()
+                    .filter(|e| decays(e.var.as_tensor()) == decayed)
+                    .collect();
+                if !group.is_empty() {
+                    flat.push(self.update_group(&group, first, lr)?);
+                }
             }
             self.flat = flat;
         } else {
             self.flat.clear();
-            for (name, var) in params {
-                if let Some(grad) = grads.get(var.as_tensor()) {
-                    self.update_one(name, var, grad, lr)?;
-                }
+            for e in &entries {
+                self.update_one(e.name, e.var, e.grad, lr)?;
             }
         }
         self.step = next;
         Ok(())
     }
 
-    /// The AdamW update of `group` (parameters that all decay or all do not, all with
-    /// gradients and the same update count) on whole vectors; returns the group's moments.
-    fn update_group(
-        &mut self,
-        group: &[(&String, &Var)],
-        grads: &GradStore,
-        lr: f64,
-    ) -> Result<FlatGroup> {
-        let mut flat_grads = Vec::with_capacity(group.len());
-        let mut flat_params = Vec::with_capacity(group.len());
-        for &(name, var) in group {
-            let param = var.as_tensor();
-            let grad = grads.get(param).ok_or_else(|| {
-                Error::Usage(format!("{name} has no gradient for a whole-vector update"))
-            })?;
-            check_gradient(name, grad, param)?;
-            flat_grads.push(grad.detach().to_dtype(DType::F32)?.flatten_all()?);
-            flat_params.push(param.detach().to_dtype(DType::F32)?.flatten_all()?);
+    /// The AdamW update of `group` (parameters that all decay or all do not, all with `steps`
+    /// updates so far) on whole vectors; returns the group's moments.
+    fn update_group(&mut self, group: &[&Entry], steps: u64, lr: f64) -> Result<FlatGroup> {
+        for e in group {
+            check_gradient(e.name, e.grad, e.var.as_tensor())?;
         }
-        let g = Tensor::cat(&flat_grads, 0)?;
-        let p = Tensor::cat(&flat_params, 0)?;
-        let names: Vec<String> = group.iter().map(|(name, _)| (*name).clone()).collect();
-        let steps = self.moments.get(&names[0]).map_or(0, |m| m.steps);
+        let g = flat::join(group.iter().map(|e| e.grad))?;
+        let p = flat::join(group.iter().map(|e| e.var.as_tensor()))?;
         let (m, v) = self.group_moments(group, &p)?;
         let t = steps.checked_add(1).ok_or_else(|| {
             Error::Usage("AdamW update count overflows: start a new run".to_string())
         })?;
-        let p = self.decayed(p, lr, decays(group[0].1.as_tensor()))?;
+        let p = self.decayed(p, lr, decays(group[0].var.as_tensor()))?;
         let (p, m, v) = self.update(p, (m, v), &g, t, lr)?;
-        let mut offset = 0;
-        for &(name, var) in group {
-            let param = var.as_tensor();
-            let n = param.elem_count();
-            let view = |t: &Tensor| t.narrow(0, offset, n)?.reshape(param.shape());
-            var.set(&view(&p)?.to_dtype(param.dtype())?)?;
-            let moments = Moments {
-                m: view(&m)?,
-                v: view(&v)?,
-                steps: t,
-            };
-            self.moments.insert(name.clone(), moments);
-            offset += n;
+        let shapes = || group.iter().map(|e| e.var.as_tensor().shape());
+        let views = flat::split(&p, shapes())?
+            .into_iter()
+            .zip(flat::split(&m, shapes())?)
+            .zip(flat::split(&v, shapes())?);
+        for (e, ((p, m), v)) in group.iter().zip(views) {
+            e.var.set(&p.to_dtype(e.var.dtype())?)?;
+            self.moments
+                .insert(e.name.clone(), Moments { m, v, steps: t });
         }
+        let names = group.iter().map(|e| e.name.clone()).collect();
         Ok(FlatGroup { names, m, v })
     }
 
     /// The moments of `group` end to end: the last whole-vector update's when it covered the
-    /// same parameters, else the parameters' own joined (zeros for parameters without any).
-    fn group_moments(&self, group: &[(&String, &Var)], p: &Tensor) -> Result<(Tensor, Tensor)> {
-        let same = |g: &&FlatGroup| g.names.iter().eq(group.iter().map(|(name, _)| *name));
+    /// same parameters, else the parameters' own joined, or zeros before their first update.
+    fn group_moments(&self, group: &[&Entry], p: &Tensor) -> Result<(Tensor, Tensor)> {
+        let same = |g: &&FlatGroup| g.names.iter().eq(group.iter().map(|e| e.name));
         if let Some(last) = self.flat.iter().find(same) {
             return Ok((last.m.clone(), last.v.clone()));
         }
-        if !group
+        let Some(old) = group
             .iter()
-            .any(|(name, _)| self.moments.contains_key(*name))
-        {
+            .map(|e| e.moments.as_ref())
+            .collect::<Option<Vec<&Moments>>>()
+        else {
             let zeros = p.zeros_like()?;
             return Ok((zeros.clone(), zeros));
+        };
+        for (e, moments) in group.iter().zip(&old) {
+            check_moments(e.name, &moments.m, e.var.as_tensor())?;
         }
-        let mut ms = Vec::with_capacity(group.len());
-        let mut vs = Vec::with_capacity(group.len());
-        for &(name, var) in group {
-            let param = var.as_tensor();
-            let (m, v) = match self.moments.get(name) {
-                Some(old) => {
-                    check_moments(name, &old.m, param)?;
-                    (old.m.flatten_all()?, old.v.flatten_all()?)
-                }
-                None => {
-                    let zeros = Tensor::zeros(param.elem_count(), DType::F32, param.device())?;
-                    (zeros.clone(), zeros)
-                }
-            };
-            ms.push(m);
-            vs.push(v);
-        }
-        Ok((Tensor::cat(&ms, 0)?, Tensor::cat(&vs, 0)?))
+        Ok((
+            flat::join(old.iter().map(|o| &o.m))?,
+            flat::join(old.iter().map(|o| &o.v))?,
+        ))
     }
 
     /// The f32 parameters `p` after the decoupled weight decay, if `decayed`.

@@ -13,17 +13,15 @@ const CLIP_EPS: f64 = 1e-6;
 /// The global L2 norm of the gradients of `params` (those in `grads`), squared and summed in
 /// f64 over all of them joined into one vector (a few operations whatever their number).
 pub fn grad_norm(params: &BTreeMap<String, Var>, grads: &GradStore) -> Result<f64> {
-    let mut parts = Vec::new();
-    for var in params.values() {
-        if let Some(grad) = grads.get(var.as_tensor()) {
-            parts.push(grad.detach().to_dtype(DType::F32)?.flatten_all()?);
-        }
-    }
-    if parts.is_empty() {
+    let present: Vec<&Tensor> = params
+        .values()
+        .filter_map(|var| grads.get(var.as_tensor()))
+        .collect();
+    if present.is_empty() {
         return Ok(0.0);
     }
     // One transfer from the device for all parameters.
-    let total = Tensor::cat(&parts, 0)?
+    let total = super::flat::join(present)?
         .to_dtype(DType::F64)?
         .sqr()?
         .sum_all()?

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor, Var};
 
+use super::flat;
 use crate::{Error, Result};
 
 /// Shadow weights following the parameters: at its `n`-th update (from 0),
@@ -98,7 +99,7 @@ impl Ema {
             return Ok(());
         }
         let d = self.current_decay();
-        let mut flat_params = Vec::with_capacity(params.len());
+        let mut current = Vec::with_capacity(params.len());
         for (name, shadow) in &self.weights {
             let Some(var) = params.get(name) else {
                 return Err(Error::Usage(format!(
@@ -106,40 +107,23 @@ impl Ema {
                      from the same parameters"
                 )));
             };
-            let param = var.as_tensor().detach().to_dtype(DType::F32)?;
-            if param.dims() != shadow.dims() {
+            if var.dims() != shadow.dims() {
                 return Err(Error::Usage(format!(
                     "EMA shadow of {name} has shape {:?} but the parameter has {:?}: build the \
                      EMA from the same parameters",
                     shadow.dims(),
-                    param.dims()
+                    var.dims()
                 )));
             }
-            flat_params.push(param.flatten_all()?);
+            current.push(var.as_tensor());
         }
         let shadow = match &self.flat {
             Some(flat) => flat.clone(),
-            None => {
-                let parts = self
-                    .weights
-                    .values()
-                    .map(|w| w.flatten_all())
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Tensor::cat(&parts, 0)?
-            }
+            None => flat::join(self.weights.values())?,
         };
-        let flat =
-            (shadow.affine(d, 0.0)? + Tensor::cat(&flat_params, 0)?.affine(1.0 - d, 0.0)?)?;
-        let mut updated = BTreeMap::new();
-        let mut offset = 0;
-        for (name, old) in &self.weights {
-            let n = old.elem_count();
-            updated.insert(
-                name.clone(),
-                flat.narrow(0, offset, n)?.reshape(old.shape())?,
-            );
-            offset += n;
-        }
+        let flat = (shadow.affine(d, 0.0)? + flat::join(current)?.affine(1.0 - d, 0.0)?)?;
+        let views = flat::split(&flat, self.weights.values().map(|w| w.shape()))?;
+        let updated = self.weights.keys().cloned().zip(views).collect();
         self.flat = Some(flat);
         self.weights = updated;
         self.updates = next;

@@ -24,6 +24,7 @@ mod adamw;
 mod checkpoint;
 mod clip;
 mod ema;
+mod flat;
 mod font;
 mod log;
 mod plot;
