@@ -13,6 +13,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
+mod full_backward;
 #[cfg(feature = "cuda")]
 mod kernel_params;
 pub mod layout;

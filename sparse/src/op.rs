@@ -2,7 +2,8 @@
 //! or the CUDA kernels, and row-wise top-k for block selection.
 
 use crate::cpu::{self, Dims};
-use crate::plan::SparsePlan;
+use crate::full_backward::{full_attention_backward, CHUNK_BYTES};
+use crate::plan::{KeyBlocks, SparsePlan};
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D,
 };
@@ -226,6 +227,11 @@ impl CustomOp3 for BlockSparseOp {
         out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if let KeyBlocks::All = self.plan.keys {
+            let (dq, dk, dv) =
+                full_attention_backward(q, k, v, out, grad, self.scale, CHUNK_BYTES)?;
+            return Ok((Some(dq), Some(dk), Some(dv)));
+        }
         // delta = rowsum(dout * out), [B, H, S] f32, as the kernels index the log-sum-exp.
         let delta = (grad.to_dtype(DType::F32)? * out.to_dtype(DType::F32)?)?
             .sum(D::Minus1)?
