@@ -43,7 +43,7 @@ cp "$CARGO_TARGET_DIR/release/vdit" .gpu/vdit
 # The CUDA test binaries, named test-CRATE-TEST on the GPU machine.
 cargo test "${cuda[@]}" --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, shutil, sys
-wanted = {("sparse", "cuda"), ("dit", "cuda"), ("dit", "sequence_parallel"), ("vae", "parity"),
+wanted = {("sparse", "cuda"), ("dit", "cuda"), ("dit", "sequence_parallel"), ("vae", "parity"), ("vae", "columns"),
           ("train", "sparse_gradients")}
 for line in sys.stdin:
     m = json.loads(line)

@@ -13,6 +13,7 @@
 //! processed chunk by chunk with each layer keeping the trailing frames of its input
 //! ([`TimeCache`]).
 
+use crate::columns::ShiftColumns;
 use crate::frames::{join_time, last_frames};
 use crate::profile;
 use candle_core::{DType, Result, Tensor};
@@ -213,8 +214,8 @@ impl TapConv {
     /// temporal tap's im2col matrix is gathered by [`gathered_columns`], then one matmul by
     /// `weight` `[c_out, kt * c_in * k * k]` (columns tap, channel, ky, kx). On CUDA, where
     /// candle's scatter-add along a last dim runs nearly serially and its convolution backward
-    /// is slow, it is the flat-shift columns of [`TapConv::forward_in_blocks`], whose backward
-    /// pass is zero-padding and additions.
+    /// is slow, it is the flat-shift columns of [`TapConv::forward_in_blocks`], gathered and
+    /// scattered back by one kernel each.
     fn forward_gathered(&self, weight: &Tensor, window: &Tensor, stride: usize) -> Result<Tensor> {
         if window.device().is_cuda() {
             let columns = self.flat_shift_columns(weight, window.dim(2)?)?;
@@ -264,8 +265,10 @@ impl TapConv {
             .flatten_from(1)
     }
 
-    /// The CPU path on channels-first `window` `[b, l, c, h, w]`: im2col blocks of at most
-    /// `budget` elements (but at least [`MIN_BLOCK`] positions), each one matmul by `columns`.
+    /// Channels-first `window` `[b, l, c, h, w]` convolved in im2col blocks of at most `budget`
+    /// elements (but at least [`MIN_BLOCK`] positions), each one matmul by `columns`: on the
+    /// CPU a block's columns are its contiguous shifted slices joined, on CUDA (training) one
+    /// [`ShiftColumns`] gather.
     fn forward_in_blocks(
         &self,
         columns: &Tensor,
@@ -286,6 +289,35 @@ impl TapConv {
             .reshape((b, l, c, (h + 2 * p + spare) * row))?;
         let frames_out = (l - kt) / stride + 1;
         let n = b * frames_out;
+        let total = h_out * row;
+        let block = (budget / (n * columns.dim(1)?)).max(MIN_BLOCK).min(total);
+        let c_out = self.bias.dim(0)?;
+        let finish = |outs: Vec<Tensor>| {
+            Tensor::cat(&outs, 2)?
+                .reshape((n, c_out, h_out, row))?
+                .narrow(3, 0, w_out)?
+                .broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)?
+                .reshape((b, frames_out, c_out, h_out, w_out))
+        };
+        if padded.device().is_cuda() {
+            // training: one gather per block, whose backward is one gather-sum
+            let outs = (0..total)
+                .step_by(block)
+                .map(|start| {
+                    let gather = ShiftColumns {
+                        taps: kt,
+                        kernel: k,
+                        row,
+                        stride,
+                        frames_out,
+                        start,
+                        len: block.min(total - start),
+                    };
+                    columns.broadcast_matmul(&gather.gather(&padded)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return finish(outs);
+        }
         // each temporal tap's frames, [n, c, padded pixels]
         let taps = (0..kt)
             .map(|i| {
@@ -298,8 +330,6 @@ impl TapConv {
                 frames.flatten_to(1)
             })
             .collect::<Result<Vec<_>>>()?;
-        let total = h_out * row;
-        let block = (budget / (n * columns.dim(1)?)).max(MIN_BLOCK).min(total);
         let mut outs = vec![];
         for start in (0..total).step_by(block) {
             let len = block.min(total - start);
@@ -315,20 +345,9 @@ impl TapConv {
                 [one] => one.contiguous()?,
                 _ => Tensor::cat(&slices, 1)?,
             };
-            // cuBLAS needs row-major columns; the CPU's gemm reads the strided view as is.
-            let cols = if cols.device().is_cuda() {
-                cols.contiguous()?
-            } else {
-                cols
-            };
             outs.push(columns.broadcast_matmul(&cols)?);
         }
-        let c_out = self.bias.dim(0)?;
-        Tensor::cat(&outs, 2)?
-            .reshape((n, c_out, h_out, row))?
-            .narrow(3, 0, w_out)?
-            .broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)?
-            .reshape((b, frames_out, c_out, h_out, w_out))
+        finish(outs)
     }
 }
 

@@ -21,6 +21,7 @@
 //! slices of the padded, flattened frames (see [`conv`]).
 
 pub mod blocks;
+pub mod columns;
 pub mod config;
 pub mod conv;
 #[cfg(feature = "cuda")]
@@ -29,6 +30,8 @@ pub mod decoder;
 pub mod encoder;
 mod error;
 pub mod frames;
+#[cfg(feature = "cuda")]
+mod kernel_params;
 #[cfg(feature = "cuda")]
 mod kernels;
 pub mod layout;
