@@ -177,7 +177,7 @@ pub fn train_vae(stage: &VaeStage, progress: &mut dyn TrainProgress) -> Result<O
         return Ok(outcome);
     }
     // the shipped VAE is the EMA one; its latents' statistics go into its config
-    let weights = trainer.ema_weights().clone();
+    let weights = trainer.ema_weights()?;
     let vae = WanVae::new(
         &config,
         Params::frozen_var_builder(&weights, DType::F32, &common.device),
@@ -372,7 +372,7 @@ pub fn train_dit(
     if trained.name != "dense" {
         generation["attention"] = json!(trained.to_string());
     }
-    let weights = trainer.ema_weights().clone();
+    let weights = trainer.ema_weights()?;
     let transformer = model_folder::transformer_part(&config, &weights);
     let base_parts = Base {
         vae: model_folder::vae_part(&base.vae_config, &base.vae_weights),

@@ -171,9 +171,10 @@ impl Trainer {
         self.phases.per_step(self.timed_steps)
     }
 
-    /// The EMA weights (what is shipped).
-    pub fn ema_weights(&self) -> &BTreeMap<String, Tensor> {
-        self.ema.weights()
+    /// The EMA weights (what is shipped), each in its own allocation: the EMA holds views into
+    /// one vector, whose offsets the kernels that need aligned operands reject.
+    pub fn ema_weights(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.ema.standalone_weights()
     }
 
     /// Runs the remaining steps; `on_step` sees each logged row and returns false to stop

@@ -130,8 +130,15 @@ impl Ema {
         Ok(())
     }
 
-    /// The shadow weights by name (f32).
+    /// The shadow weights by name (f32): after an update, views into one vector.
     pub fn weights(&self) -> &BTreeMap<String, Tensor> {
         &self.weights
+    }
+
+    /// Copies of the shadow weights by name, each in its own allocation (for kernels that
+    /// need aligned operands, which views at odd offsets are not).
+    pub fn standalone_weights(&self) -> Result<BTreeMap<String, Tensor>> {
+        let copies = flat::standalone(self.weights.values())?;
+        Ok(self.weights.keys().cloned().zip(copies).collect())
     }
 }

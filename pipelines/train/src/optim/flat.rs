@@ -30,6 +30,14 @@ pub(crate) fn split<'a>(
     Ok(views)
 }
 
+/// Copies of `views`, each in its own allocation at offset 0.
+pub(crate) fn standalone<'a>(views: impl IntoIterator<Item = &'a Tensor>) -> Result<Vec<Tensor>> {
+    Ok(views
+        .into_iter()
+        .map(Tensor::force_contiguous)
+        .collect::<candle_core::Result<_>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +53,29 @@ mod tests {
         let back = split(&flat, [a.shape(), b.shape()])?;
         assert_eq!(back[0].to_vec2::<f32>()?, a.to_vec2::<f32>()?);
         assert_eq!(back[1].to_vec1::<f32>()?, [7f32, 8.]);
+        Ok(())
+    }
+
+    /// Standalone copies of views start at offset 0 of storage of their own size, with the
+    /// views' values.
+    #[test]
+    fn standalone_copies_own_their_storage() -> Result<()> {
+        let flat = Tensor::arange(0f32, 7.0, &Device::Cpu)?;
+        let views = split(&flat, [&Shape::from(3), &Shape::from((2, 2))])?;
+        assert_eq!(views[1].layout().start_offset(), 3);
+        let copies = standalone(&views)?;
+        for (copy, view) in copies.iter().zip(&views) {
+            assert_eq!(copy.layout().start_offset(), 0);
+            let owned = match &*copy.storage_and_layout().0 {
+                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v.len(),
+                _ => 0,
+            };
+            assert_eq!(owned, view.elem_count());
+            assert_eq!(
+                copy.flatten_all()?.to_vec1::<f32>()?,
+                view.flatten_all()?.to_vec1::<f32>()?
+            );
+        }
         Ok(())
     }
 }
