@@ -10,21 +10,18 @@ set -u
 for f in .gpu/*.xz; do [ -e "${f%.xz}" ] || xz -d -k "$f"; done
 chmod +x .gpu/*
 vdit=.gpu/vdit
-base=runs/dit/model
+base=${DIAG_BASE:-runs/dit/model}
 timed() {
   local name=$1; shift
   local start; start=$(date +%s%N)
   $vdit train "$@" --out "/tmp/diag-$name" --quiet >"/tmp/diag-$name.log" 2>&1
-  echo "$name $(( ($(date +%s%N) - start) / 1000000 )) ms: $(tail -1 "/tmp/diag-$name.log")"
+  echo "$name $(( ($(date +%s%N) - start) / 1000000 )) ms:"; tail -2 "/tmp/diag-$name.log"
 }
 timed dit-b32 dit --base "$base" --clips 64 --steps 12 --batch 32
 timed dit-b8 dit --base "$base" --clips 64 --steps 12 --batch 8
-timed dit-b96 dit --base "$base" --clips 128 --steps 8 --batch 96
-timed dit-b32-vsa dit --base "$base" --clips 64 --steps 12 --batch 32 --attention vsa:sparsity=0.875
-timed vae-b8-f5 vae --steps 10 --batch 8 --crop-frames 5
-timed vae-b32-f5 vae --steps 10 --batch 32 --crop-frames 5
+timed dit-b64 dit --base "$base" --clips 128 --steps 8 --batch 64
 timed vae-b32-f9 vae --steps 10 --batch 32
-timed vae-b32-f5-crop128 vae --steps 10 --batch 32 --crop-frames 5 --crop 128
+timed vae-b64-f9 vae --steps 10 --batch 64
 if command -v nsys >/dev/null; then
   nsys profile -o /tmp/diag --force-overwrite true $vdit train dit --base "$base" --out /tmp/diag-prof \
     --clips 16 --steps 3 --batch 32 --quiet >/dev/null 2>&1

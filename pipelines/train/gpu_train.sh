@@ -7,13 +7,18 @@
 # Steps:
 #   probe     the CUDA gradient test, then a few steps of each stage and method (timings)
 #   vae       the VAE, VAE_STEPS steps (default: what fits in VAE_SECONDS, 150), batch VAE_BATCH
-#             (32: a step costs the same from 8 to 32 crops), VAE_LR (2e-3); falls back to a
-#             carried runs/vae-cpu                                              -> runs/vae
+#             (16), VAE_FRAMES frames per crop (9), VAE_LR (2e-3); a failed process (e.g. out
+#             of memory) is resumed from its last checkpoint; falls back to a carried
+#             runs/vae-cpu                                                     -> runs/vae
+#   steptime  seconds per transformer step (batch DIT_BATCH) of .gpu/vdit and, when present,
+#             .gpu/vdit-old (an earlier build, side by side); the first goes to runs/dit-rate
 #   dit       the transformer over DIT_BASE (runs/vae/model: from scratch; a carried model
 #             folder: continued with a fresh optimiser), DIT_STEPS steps (default: as many as
 #             fit before DEADLINE, epoch seconds, at DIT_RATE s/step), batch DIT_BATCH (32),
 #             DIT_CLIPS (8192) clips of seed DIT_SEED (0), DIT_LR (6e-4); or DIT_TOTAL steps
-#             over several calls, each stopping at DEADLINE and resuming the last  -> runs/dit
+#             over several calls, each stopping at DEADLINE and resuming the last (DIT_TOTAL=auto:
+#             what DIT_SECONDS of stepping take at the rate in runs/dit-rate, fixed in
+#             runs/dit-total by the first call)                                -> runs/dit
 #   finetune  runs/dit/model fine-tuned through VSA (sparsity 0.875, ramp FT_RAMP), FT_STEPS
 #             (150) steps                                                      -> runs/ft-vsa
 #   evaldense `vdit eval` of runs/dit/model, dense: EVAL_COUNT (16) held-out and training captions
@@ -28,6 +33,29 @@ chmod +x .gpu/* 2>/dev/null
 [ -e /work/main ] || { mkdir -p /work; ln -s "$(pwd)" /work/main; }
 vdit=.gpu/vdit
 log() { tee -a "$OUT/train.log"; }
+# the GPU's memory in use every 10 s, for the whole call
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader -l 10 >>"$OUT/gpu-memory.csv" 2>/dev/null &
+  memory_log=$!
+  trap 'kill $memory_log 2>/dev/null' EXIT
+fi
+# `vdit train ARGS`, stopped with a checkpoint (SIGINT) at DEADLINE; a process that fails
+# otherwise is resumed from its last checkpoint, twice at most. RESUME=1: resume from the start.
+train() {
+  local resume=() tries=0 rc left
+  [ "${RESUME:-0}" = 1 ] && resume=(--resume)
+  while :; do
+    left=$(( ${DEADLINE:-$(( $(date +%s) + 100000 ))} - $(date +%s) ))
+    [ "$left" -gt 30 ] || { echo "no time left before DEADLINE" | log; return 124; }
+    timeout -s INT -k 60 "$left" $vdit train "$@" "${resume[@]}" 2>&1 | log
+    rc=${PIPESTATUS[0]}
+    case "$rc" in 0|124) return "$rc" ;; esac
+    tries=$((tries + 1))
+    [ "$tries" -le 2 ] || return "$rc"
+    echo "vdit train failed (exit $rc): resuming from the last checkpoint" | log
+    resume=(--resume)
+  done
+}
 for step in "$@"; do
   echo "========== $step $(date +%T)" | log
   case "$step" in
@@ -47,13 +75,13 @@ for step in "$@"; do
       if [ -z "$steps" ]; then
         rm -rf /tmp/vae-rate
         start=$(date +%s%N)
-        $vdit train vae --out /tmp/vae-rate --steps 20 --batch "${VAE_BATCH:-32}" --quiet >/dev/null 2>&1
+        $vdit train vae --out /tmp/vae-rate --steps 20 --batch "${VAE_BATCH:-16}" --quiet >/dev/null 2>&1
         rate=$(python3 -c "print(($(date +%s%N) - $start) / 1e9 / 20)")
         steps=$(python3 -c "print(max(20, int(${VAE_SECONDS:-150} / $rate)))")
         echo "vae: $rate s/step (with start-up), $steps steps" | log
       fi
-      $vdit train vae --out runs/vae --steps "$steps" --batch "${VAE_BATCH:-32}" --lr "${VAE_LR:-2e-3}" \
-        --warmup 20 --log-every 50 2>&1 | log
+      train vae --out runs/vae --steps "$steps" --batch "${VAE_BATCH:-16}" --crop-frames "${VAE_FRAMES:-9}" --lr "${VAE_LR:-2e-3}" \
+        --warmup 20 --log-every 50 --checkpoint-every 25
       if [ ! -d runs/vae/model ] && [ -d runs/vae-cpu/model ]; then
         echo "vae: using the CPU-trained runs/vae-cpu" | log
         rm -rf runs/vae; cp -r runs/vae-cpu runs/vae
@@ -64,18 +92,31 @@ for step in "$@"; do
       # with a checkpoint (SIGINT) and the next resumes it; the last one writes runs/dit/model.
       # Otherwise: DIT_STEPS, or as many as fit before DEADLINE at DIT_RATE s/step.
       steps="${DIT_TOTAL:-${DIT_STEPS:-}}"
+      if [ "$steps" = auto ]; then
+        [ -f runs/dit-total ] || python3 -c "print(int(${DIT_SECONDS:-600} / $(cat runs/dit-rate 2>/dev/null || echo 0.8)))" >runs/dit-total
+        steps=$(cat runs/dit-total)
+      fi
       if [ -z "$steps" ]; then
         # what fits before the deadline, less a minute for rendering and encoding the clips
         steps=$(python3 -c "import time; print(max(50, int(($DEADLINE - time.time() - 75) / ${DIT_RATE:-0.82})))")
       fi
-      resume=()
-      if [ -n "${DIT_TOTAL:-}" ] && [ -d runs/dit/checkpoints ]; then resume=(--resume); fi
-      left=$(( ${DEADLINE:-$(( $(date +%s) + 100000 ))} - $(date +%s) ))
-      echo "dit: $steps steps ${resume[*]}, stopping in $left s at the latest" | log
-      timeout -s INT -k 60 "$left" $vdit train dit --base "${DIT_BASE:-runs/vae/model}" --out runs/dit \
-        --steps "$steps" "${resume[@]}" --lr "${DIT_LR:-6e-4}" --warmup "${DIT_WARMUP:-50}" \
+      resume=0
+      if [ -n "${DIT_TOTAL:-}" ] && [ -d runs/dit/checkpoints ]; then resume=1; fi
+      echo "dit: $steps steps (resume: $resume), stopping at DEADLINE at the latest" | log
+      RESUME=$resume train dit --base "${DIT_BASE:-runs/vae/model}" --out runs/dit \
+        --steps "$steps" --lr "${DIT_LR:-6e-4}" --warmup "${DIT_WARMUP:-50}" \
         --batch "${DIT_BATCH:-32}" --clips "${DIT_CLIPS:-8192}" --seed "${DIT_SEED:-0}" --checkpoint-every 100 \
-        --log-every 50 2>&1 | log ;;
+        --log-every 50 ;;
+    steptime)
+      for build in vdit vdit-old; do
+        [ -x ".gpu/$build" ] || continue
+        rm -rf "/tmp/steptime-$build"
+        line=$(".gpu/$build" train dit --base "${DIT_BASE:-runs/vae/model}" --out "/tmp/steptime-$build" \
+          --clips 64 --steps 16 --batch "${DIT_BATCH:-32}" --quiet 2>&1 | tail -2 | tr '\n' ' ')
+        echo "$build: $line" | log
+        rate=$(echo "$line" | sed -n 's/.* \([0-9.]*\) s\/step.*/\1/p')
+        [ "$build" = vdit ] && [ -n "$rate" ] && echo "$rate" >runs/dit-rate
+      done ;;
     finetune)
       $vdit train dit --base runs/dit/model --out runs/ft-vsa --steps "${FT_STEPS:-150}" --batch "${DIT_BATCH:-32}" \
         --clips "${FT_CLIPS:-2048}" --attention vsa:sparsity=0.875 --sparsity-ramp "${FT_RAMP:-50}" --lr 2e-4 \

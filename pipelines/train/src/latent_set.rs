@@ -9,7 +9,7 @@ use umt5::TextEncoder;
 use vae::WanVae;
 
 /// Clips rendered and encoded together.
-const ENCODE_BATCH: usize = 16;
+const ENCODE_BATCH: usize = 32;
 /// Captions encoded together.
 const TEXT_BATCH: usize = 32;
 
