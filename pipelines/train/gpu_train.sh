@@ -7,7 +7,7 @@
 # Steps:
 #   probe     the CUDA gradient test, then a few steps of each stage and method (timings)
 #   vae       the VAE, VAE_STEPS steps (default: what fits in VAE_SECONDS, 150), batch VAE_BATCH
-#             (16), VAE_FRAMES frames per crop (9), VAE_LR (2e-3); a failed process (e.g. out
+#             (16), VAE_FRAMES frames per crop (17), VAE_LR (2e-3); a failed process (e.g. out
 #             of memory) is resumed from its last checkpoint; falls back to a carried
 #             runs/vae-cpu                                                     -> runs/vae
 #   steptime  seconds per transformer step (batch DIT_BATCH) of .gpu/vdit and, when present,
@@ -80,7 +80,7 @@ for step in "$@"; do
         steps=$(python3 -c "print(max(20, int(${VAE_SECONDS:-150} / $rate)))")
         echo "vae: $rate s/step (with start-up), $steps steps" | log
       fi
-      train vae --out runs/vae --steps "$steps" --batch "${VAE_BATCH:-16}" --crop-frames "${VAE_FRAMES:-9}" --lr "${VAE_LR:-2e-3}" \
+      train vae --out runs/vae --steps "$steps" --batch "${VAE_BATCH:-16}" --crop-frames "${VAE_FRAMES:-17}" --lr "${VAE_LR:-2e-3}" \
         --warmup 20 --log-every 50 --checkpoint-every 25
       if [ ! -d runs/vae/model ] && [ -d runs/vae-cpu/model ]; then
         echo "vae: using the CPU-trained runs/vae-cpu" | log

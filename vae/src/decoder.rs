@@ -86,8 +86,9 @@ impl Decoder {
         })
     }
 
-    /// Decodes one latent frame `[b, 1, z_dim, h, w]` of a stream into `[b, n, c, 8h, 8w]`
-    /// frames: `n = 1` for the stream's first latent frame, 4 after.
+    /// Decodes latent frames `[b, t, z_dim, h, w]` of a stream (one at a time, or the whole
+    /// stream at once) into `[b, n, c, 8h, 8w]` frames: one for the stream's first latent
+    /// frame, 4 for each other.
     pub fn forward(&self, z: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
         let x = self.conv_in.forward(z, cache.slot())?;
         let mut x = self.mid_block.forward(&x, cache)?;

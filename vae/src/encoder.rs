@@ -61,7 +61,8 @@ impl Encoder {
     }
 
     /// Encodes one chunk `[b, t, c, h, w]` of a stream (the first frame alone, then 4 frames at
-    /// a time) into `[b, t', 2 z_dim, h / 8, w / 8]`, `t' = 1` per chunk.
+    /// a time, or the whole stream at once) into `[b, t', 2 z_dim, h / 8, w / 8]`: one latent
+    /// frame for the stream's first frame and one for each 4 after.
     pub fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
         let mut x = self.conv_in.forward(x, cache.slot())?;
         for layer in &self.down_blocks {

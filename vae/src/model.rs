@@ -10,6 +10,15 @@ use crate::layout::KeyLayout;
 use crate::profile;
 use crate::tiling::{TiledDecoder, Tiling};
 use candle_core::{DType, Device, Tensor};
+
+/// How an encode walks the video's frames (both give the same result).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunks {
+    /// The first frame alone, then 4 at a time: memory does not grow with the length.
+    Streamed,
+    /// Every frame in one pass: fewer, larger operations.
+    Whole,
+}
 use candle_nn::VarBuilder;
 use std::path::Path;
 use std::sync::Arc;
@@ -186,7 +195,7 @@ impl WanVae {
     /// is encoded alone, then 4 frames at a time, so memory does not grow with the length.
     pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
         // the first z channels of the Gaussian's parameters are its mean
-        let moments = self.posterior_moments(video)?;
+        let moments = self.posterior_moments(video, Chunks::Streamed)?;
         Ok(to_video_layout(&moments.narrow(
             2,
             0,
@@ -195,10 +204,11 @@ impl WanVae {
     }
 
     /// As [`WanVae::encode`], returning the posterior's mean and log-variance (both
-    /// `[b, z, 1 + k, H / 8, W / 8]`). Differentiable when the weights track gradients, which
-    /// is how the VAE is trained.
+    /// `[b, z, 1 + k, H / 8, W / 8]`), with the whole video in one pass (the same function;
+    /// fewer, larger operations, and memory that grows with the length). Differentiable when the
+    /// weights track gradients, which is how the VAE is trained.
     pub fn encode_posterior(&self, video: &Tensor) -> Result<(Tensor, Tensor)> {
-        let moments = self.posterior_moments(video)?;
+        let moments = self.posterior_moments(video, Chunks::Whole)?;
         let z = self.config.z_dim;
         Ok((
             to_video_layout(&moments.narrow(2, 0, z)?)?,
@@ -207,15 +217,19 @@ impl WanVae {
     }
 
     /// The posterior's parameters `[b, 1 + k, 2z, H / 8, W / 8]` (mean, then log-variance),
-    /// the first frame encoded alone, then 4 frames at a time.
-    fn posterior_moments(&self, video: &Tensor) -> Result<Tensor> {
+    /// in `chunks`.
+    fn posterior_moments(&self, video: &Tensor, chunks: Chunks) -> Result<Tensor> {
         let frames = self.check_video(video)?;
         let ratio = self.config.temporal_ratio();
         let mut cache = TimeCache::new();
         let mut moments = vec![];
         let mut start = 0;
         while start < frames {
-            let len = if start == 0 { 1 } else { ratio };
+            let len = match chunks {
+                Chunks::Whole => frames,
+                Chunks::Streamed if start == 0 => 1,
+                Chunks::Streamed => ratio,
+            };
             // [b, t, c, h, w], one chunk at a time
             let chunk = video
                 .narrow(2, start, len)?
@@ -231,16 +245,13 @@ impl WanVae {
     }
 
     /// Decodes raw `z` `[b, z, t, h, w]` into unclamped frames `[b, 3, 1 + 4 (t - 1), 8h, 8w]`
-    /// in one piece, differentiable when the weights track gradients (training's decode; the
-    /// streaming [`WanVae::decode_streaming`] is inference's).
+    /// in one pass, differentiable when the weights track gradients (training's decode: the
+    /// same function as the streaming [`WanVae::decode_streaming`], inference's, in fewer and
+    /// larger operations).
     pub fn decode_unclamped(&self, z: &Tensor) -> Result<Tensor> {
-        let (_, _, frames, _, _) = self.check_latents(z)?;
-        let z = self.frames_first(z)?;
-        let mut cache = TimeCache::new();
-        let chunks = (0..frames)
-            .map(|t| self.decode_chunk(&z.narrow(1, t, 1)?, &mut cache))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(to_video_layout(&Tensor::cat(&chunks, 1)?)?)
+        self.check_latents(z)?;
+        let frames = self.decode_chunk(&self.frames_first(z)?, &mut TimeCache::new())?;
+        Ok(to_video_layout(&frames)?)
     }
 
     /// Latents `[b, z, t, h, w]` as `[b, t, z, h, w]` in the VAE's dtype: a latent frame is
@@ -251,7 +262,8 @@ impl WanVae {
             .contiguous()
     }
 
-    /// One latent frame `[b, 1, z, h, w]` of a stream to unclamped frames `[b, n, c, 8h, 8w]`.
+    /// Latent frames `[b, t, z, h, w]` of a stream (one at a time when streaming, or all) to
+    /// unclamped frames `[b, n, c, 8h, 8w]`.
     fn decode_chunk(&self, latent: &Tensor, cache: &mut TimeCache) -> candle_core::Result<Tensor> {
         cache.start_chunk();
         let x = self.post_quant_conv.convolve(&to_working(latent)?, 1)?;

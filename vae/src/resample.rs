@@ -37,24 +37,31 @@ impl Upsample {
         })
     }
 
-    /// Runs one chunk `[b, t, c, h, w]` to `[b, t', c_out, 2h, 2w]`: `t' = 2t`, except on the
-    /// stream's first chunk, which keeps its frames (the first frame is not doubled) and does not
-    /// enter the time conv's history. Uses one cache slot when temporal.
+    /// Runs one chunk `[b, t, c, h, w]` to `[b, t', c_out, 2h, 2w]`: every frame doubled in time
+    /// but the stream's first, which is kept once and does not enter the time conv's history
+    /// (`t' = 2t`, or `2t - 1` on the first chunk, which may be the whole stream). Uses one
+    /// cache slot when temporal.
     pub fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
         let x = match &self.time_conv {
             Some(time_conv) => {
-                let first = cache.is_first_chunk();
+                let kept = usize::from(cache.is_first_chunk());
                 let history = cache.slot();
-                if first {
+                let t = x.dim(1)?;
+                if t == kept {
                     x.clone()
                 } else {
-                    let doubled = time_conv.forward(x, history)?;
-                    profile::timed(
+                    let rest = x.narrow(1, kept, t - kept)?;
+                    let doubled = time_conv.forward(&rest, history)?;
+                    let doubled = profile::timed(
                         x.device(),
                         || "channel halves to frames".into(),
                         0.0,
                         || halves_to_frames(&doubled),
-                    )?
+                    )?;
+                    match kept {
+                        0 => doubled,
+                        _ => join_time(&x.narrow(1, 0, kept)?, &doubled)?,
+                    }
                 }
             }
             None => x.clone(),
@@ -101,8 +108,10 @@ impl Downsample {
     }
 
     /// Runs one chunk `[b, t, c, h, w]` to `[b, t', c, h', w']` with `h' = floor(h / 2)`.
-    /// Temporal: the stream's first chunk passes through unchanged in time; later chunks (of
-    /// even length) come out at half length. Uses one cache slot when temporal.
+    /// Temporal: the stream's first frame passes through unchanged; every later pair of frames
+    /// becomes one, convolved with the frame before it (a first chunk of `1 + 2m` frames, which
+    /// may be the whole stream, gives `1 + m`; a later chunk of `2m` frames `m`). Uses one cache
+    /// slot when temporal.
     pub fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
         let b = x.dim(0)?;
         let frames = self.conv.forward(&pad_bottom_right(&fold_time(x)?)?)?;
@@ -112,6 +121,7 @@ impl Downsample {
         };
         let previous = cache.slot();
         let out = match previous.take() {
+            None if x.dim(1)? >= 3 => join_time(&x.narrow(1, 0, 1)?, &time_conv.convolve(&x, 2)?)?,
             None => x.clone(),
             Some(last) => time_conv.convolve(&join_time(&last, &x)?, 2)?,
         };
