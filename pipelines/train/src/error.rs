@@ -49,5 +49,18 @@ impl Error {
     }
 }
 
+impl From<vdit_core::output::OutputError> for Error {
+    /// A failed write is an I/O error on its path; a refusal (a link, a file vdit did not
+    /// write) keeps its own one-line message.
+    fn from(e: vdit_core::output::OutputError) -> Self {
+        match e {
+            vdit_core::output::OutputError::Write { path, reason } => {
+                Error::io("write", path, reason)
+            }
+            other => Error::Usage(other.to_string()),
+        }
+    }
+}
+
 /// Result with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

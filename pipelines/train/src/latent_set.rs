@@ -1,17 +1,26 @@
 //! The transformer's training set: clips rendered once, encoded by the frozen VAE into
-//! normalised latents, and their captions encoded by the frozen text encoder.
+//! normalised latents, and their captions encoded by the frozen text encoder. A run keeps it in
+//! its folder ([`CACHE_FILE`]), labelled with what it was built from, so that a resumed run
+//! reads it back instead of encoding every clip again.
 
 use crate::clips::{training_clip, video_tensor, Clip};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
+use std::path::Path;
 use umt5::TextEncoder;
 use vae::WanVae;
+use vdit_core::output::PartialOutput;
 
 /// Clips rendered and encoded together.
 const ENCODE_BATCH: usize = 32;
 /// Captions encoded together.
 const TEXT_BATCH: usize = 32;
+
+/// The file in a run folder that holds its encoded training set.
+pub const CACHE_FILE: &str = "latents.safetensors";
+/// The header metadata key of the set's label.
+const LABEL_KEY: &str = "vdit_latent_set";
 
 /// Encoded clips and captions, all on the training device.
 pub struct LatentSet {
@@ -71,6 +80,50 @@ impl LatentSet {
         })
     }
 
+    /// Writes the set to `path` (through a temporary file renamed into place) with `label` in
+    /// its header: the latents in `dtype` (that of the VAE that encoded them, so nothing is
+    /// lost), the text embeddings and each clip's caption index as they are.
+    pub fn save(&self, path: &Path, label: &str, dtype: DType) -> Result<()> {
+        let caption_of = Tensor::new(self.caption_of.as_slice(), &Device::Cpu)?;
+        let latents = self.latents.to_dtype(dtype)?;
+        let tensors = [
+            ("latents", &latents),
+            ("texts", &self.texts),
+            ("caption_of", &caption_of),
+        ];
+        let metadata = HashMap::from([(LABEL_KEY.to_string(), label.to_string())]);
+        let partial = PartialOutput::new(path)?;
+        safetensors::serialize_to_file(tensors, Some(metadata), partial.temp())
+            .map_err(|e| Error::io("write", path, e))?;
+        partial.commit()?;
+        Ok(())
+    }
+
+    /// The set saved at `path` with `label`, on `device`; `None` when there is no file there or
+    /// it holds a set built from something else.
+    pub fn load(path: &Path, label: &str, device: &Device) -> Result<Option<Self>> {
+        let saved =
+            vdit_core::weights::safetensors_metadata(path).and_then(|m| m.get(LABEL_KEY).cloned());
+        if saved.as_deref() != Some(label) {
+            return Ok(None);
+        }
+        let mut tensors = candle_core::safetensors::load(path, device)?;
+        let mut take = |name: &str| {
+            tensors.remove(name).ok_or_else(|| {
+                Error::Usage(format!(
+                    "{} has no `{name}`: delete it and the run encodes its clips again",
+                    path.display()
+                ))
+            })
+        };
+        let (latents, texts, caption_of) = (take("latents")?, take("texts")?, take("caption_of")?);
+        Ok(Some(Self {
+            latents: latents.to_dtype(DType::F32)?,
+            caption_of: caption_of.to_device(&Device::Cpu)?.to_vec1()?,
+            texts,
+        }))
+    }
+
     /// Number of clips.
     pub fn len(&self) -> usize {
         self.caption_of.len()
@@ -118,4 +171,39 @@ fn render_parallel(
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(t: &Tensor) -> Result<Vec<f32>> {
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+    }
+
+    /// A saved set loads back equal under its label (its latents through bf16 when they were
+    /// bf16-valued, as the GPU's VAE makes them), and not at all under another label or from a
+    /// missing file.
+    #[test]
+    fn a_saved_set_loads_back_only_under_its_label() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("write", "a temporary folder", e))?;
+        let path = dir.path().join(CACHE_FILE);
+        let dev = Device::Cpu;
+        let set = LatentSet {
+            latents: Tensor::randn(0f32, 1.0, (3, 2, 2, 2, 2), &dev)?
+                .to_dtype(DType::BF16)?
+                .to_dtype(DType::F32)?,
+            caption_of: vec![1, 2, 1],
+            texts: Tensor::randn(0f32, 1.0, (3, 4, 5), &dev)?,
+        };
+        set.save(&path, "label a", DType::BF16)?;
+        let back = LatentSet::load(&path, "label a", &dev)?.expect("the saved set");
+        assert_eq!(values(&back.latents)?, values(&set.latents)?);
+        assert_eq!(back.latents.dtype(), DType::F32);
+        assert_eq!(values(&back.texts)?, values(&set.texts)?);
+        assert_eq!(back.caption_of, set.caption_of);
+        assert!(LatentSet::load(&path, "label b", &dev)?.is_none());
+        assert!(LatentSet::load(&dir.path().join("none"), "label a", &dev)?.is_none());
+        Ok(())
+    }
 }

@@ -1,17 +1,18 @@
 //! The two training stages end to end, from options to a model folder:
 //!
-//! 1. [`train_vae`]: the VAE for reconstruction (on the CPU), then its latent statistics; the
+//! 1. [`train_vae`]: the VAE for reconstruction, then its latent statistics; the
 //!    folder it writes (VAE, a frozen random text encoder, the word-level tokenizer) is the
 //!    base of the next stage.
 //! 2. [`train_dit`]: the transformer with flow matching over a base, through any attention
 //!    method; from scratch, or fine-tuning the base's own transformer.
 //!
 //! Both write `<run>/loss.csv`, `<run>/loss.png`, `<run>/checkpoints/step-N/` and
-//! `<run>/model/` (EMA weights), and resume from their latest checkpoint when asked.
+//! `<run>/model/` (EMA weights), and resume from their latest checkpoint when asked; the
+//! transformer stage keeps its encoded clips in `<run>/latents.safetensors`.
 
 use crate::dit_stage::{AttentionPlan, FlowMatching, FlowMatchingOptions};
 use crate::error::{Error, Result};
-use crate::latent_set::LatentSet;
+use crate::latent_set::{LatentSet, CACHE_FILE};
 use crate::model_folder::{self, Base};
 use crate::optim::{loss_csv, plot_png, AdamWConfig, LossRow, LrSchedule};
 use crate::params::Params;
@@ -232,6 +233,58 @@ pub fn train_vae(stage: &VaeStage, progress: &mut dyn TrainProgress) -> Result<O
     Ok(outcome)
 }
 
+/// The run's encoded clips: read back from the run folder when it holds the same set (a resumed
+/// run), otherwise rendered and encoded, then kept there.
+fn training_set(
+    stage: &DitStage,
+    base: &BaseFolder,
+    dtype: DType,
+    progress: &mut dyn TrainProgress,
+) -> Result<LatentSet> {
+    let common = &stage.common;
+    let (frames, size) = common.preset.clip();
+    let label = json!({
+        "clips": stage.clips,
+        "seed": common.seed,
+        "frames": frames,
+        "size": size,
+        "base": base.fingerprint,
+        "dtype": format!("{dtype:?}"),
+    })
+    .to_string();
+    let cache = common.run_dir.join(CACHE_FILE);
+    if let Some(set) = LatentSet::load(&cache, &label, &common.device)? {
+        return Ok(set);
+    }
+    let vae = WanVae::load(&stage.base.join("vae"), dtype, &common.device)?;
+    let text = TextEncoder::load(
+        &stage.base.join("text_encoder"),
+        &stage.base.join("tokenizer"),
+        dtype,
+        &common.device,
+    )?;
+    progress.begin("encode clips", stage.clips as u64);
+    let mut done = 0;
+    let set = LatentSet::build(
+        stage.clips,
+        common.seed,
+        (frames, size),
+        &vae,
+        &text,
+        &common.device,
+        &mut |n, _| {
+            while done < n {
+                progress.advance(None);
+                done += 1;
+            }
+        },
+    )?;
+    progress.end();
+    std::fs::create_dir_all(&common.run_dir).map_err(|e| Error::io("write", &common.run_dir, e))?;
+    set.save(&cache, &label, dtype)?;
+    Ok(set)
+}
+
 /// The VAE's differentiable layout while it lives (see [`vae::frames::set_training_layout`]).
 struct TrainingLayout;
 
@@ -324,31 +377,7 @@ pub fn train_dit(
     record["caption_dropout"] = json!(stage.caption_dropout);
     let options = common.loop_options(dtype, record)?;
 
-    let vae = WanVae::load(&stage.base.join("vae"), dtype, &common.device)?;
-    let text = TextEncoder::load(
-        &stage.base.join("text_encoder"),
-        &stage.base.join("tokenizer"),
-        dtype,
-        &common.device,
-    )?;
-    progress.begin("encode clips", stage.clips as u64);
-    let mut done = 0;
-    let set = LatentSet::build(
-        stage.clips,
-        common.seed,
-        common.preset.clip(),
-        &vae,
-        &text,
-        &common.device,
-        &mut |n, _| {
-            while done < n {
-                progress.advance(None);
-                done += 1;
-            }
-        },
-    )?;
-    progress.end();
-    drop((vae, text));
+    let set = training_set(stage, &base, dtype, progress)?;
     let mut objective = FlowMatching::new(
         config.clone(),
         &set,
@@ -449,6 +478,8 @@ struct BaseFolder {
     text_weights: BTreeMap<String, candle_core::Tensor>,
     words: Vec<String>,
     transformer: Option<PathBuf>,
+    /// A hash of the files that encode the training set (VAE, text encoder, tokenizer).
+    fingerprint: String,
 }
 
 impl BaseFolder {
@@ -464,12 +495,19 @@ impl BaseFolder {
                 )))
             }
         };
-        let vae_config = VaeConfig::from_file(&need("vae/config.json")?)?;
-        let vae_weights =
-            model_folder::read_weights(&need("vae/diffusion_pytorch_model.safetensors")?)?;
-        let text_config = Umt5Config::from_file(&need("text_encoder/config.json")?)?;
-        let text_weights = model_folder::read_weights(&need("text_encoder/model.safetensors")?)?;
-        let words = read_words(&need("tokenizer/tokenizer.json")?)?;
+        let parts = [
+            need("vae/config.json")?,
+            need("vae/diffusion_pytorch_model.safetensors")?,
+            need("text_encoder/config.json")?,
+            need("text_encoder/model.safetensors")?,
+            need("tokenizer/tokenizer.json")?,
+        ];
+        let vae_config = VaeConfig::from_file(&parts[0])?;
+        let vae_weights = model_folder::read_weights(&parts[1])?;
+        let text_config = Umt5Config::from_file(&parts[2])?;
+        let text_weights = model_folder::read_weights(&parts[3])?;
+        let words = read_words(&parts[4])?;
+        let fingerprint = fingerprint(&parts)?;
         let transformer = dir.join("transformer/diffusion_pytorch_model.safetensors");
         Ok(Self {
             vae_config,
@@ -478,8 +516,21 @@ impl BaseFolder {
             text_weights,
             words,
             transformer: transformer.is_file().then_some(transformer),
+            fingerprint,
         })
     }
+}
+
+/// The 64-bit FNV-1a hash of the files' bytes, one after the other, in hex.
+fn fingerprint(files: &[PathBuf]) -> Result<String> {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for file in files {
+        let bytes = std::fs::read(file).map_err(|e| Error::io("read", file, e))?;
+        for byte in bytes {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(format!("{hash:016x}"))
 }
 
 /// The words of a word-level `tokenizer.json`, in id order.

@@ -20,8 +20,9 @@ fn dit_stage(base: &std::path::Path, dir: &std::path::Path, steps: u64) -> DitSt
     }
 }
 
-/// A run stopped after 3 of 6 steps and resumed gives the same losses, step by step and bit
-/// for bit, as an uninterrupted run, and the same shipped weights.
+/// A run stopped after 3 of 6 steps and resumed (reading its encoded clips back from its
+/// folder) gives the same losses, step by step and bit for bit, as an uninterrupted run, and
+/// the same shipped weights.
 #[test]
 fn resume_repeats_an_uninterrupted_run() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
@@ -32,9 +33,13 @@ fn resume_repeats_an_uninterrupted_run() -> anyhow::Result<()> {
     let mut split = dit_stage(&base, &root.path().join("split"), 6);
     let first = train_dit(&split, &registry, &mut StopAfter(Some(3), 0))?;
     assert!(!first.finished && first.steps == 3, "{first:?}");
+    let cache = split.common.run_dir.join(train::latent_set::CACHE_FILE);
+    let written = std::fs::metadata(&cache)?.modified()?;
     split.common.resume = true;
     let second = train_dit(&split, &registry, &mut StopAfter(None, 0))?;
     assert!(second.finished && second.steps == 6, "{second:?}");
+    // the resumed run read its encoded clips back rather than encoding (and writing) them again
+    assert_eq!(std::fs::metadata(&cache)?.modified()?, written);
     let losses = |dir: &std::path::Path| -> anyhow::Result<Vec<(u64, f64)>> {
         Ok(read_loss_csv(&dir.join("loss.csv"))?
             .into_iter()

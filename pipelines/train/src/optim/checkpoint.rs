@@ -216,7 +216,7 @@ impl Snapshot<'_> {
     pub fn save(&self, folder: &Path, max_file_bytes: u64) -> Result<()> {
         shards::check_limit(max_file_bytes)?;
         self.check()?;
-        output::check_link(folder).map_err(shards::output_error)?;
+        output::check_link(folder)?;
         let replacing = output::is_occupied(folder);
         if replacing && !is_checkpoint(folder) {
             return Err(Error::Usage(format!(
@@ -230,8 +230,8 @@ impl Snapshot<'_> {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(|e| Error::io("write", &parent, e))?;
-        let _claim = Claim::acquire(folder).map_err(shards::output_error)?;
-        let partial = PartialOutput::new(folder).map_err(shards::output_error)?;
+        let _claim = Claim::acquire(folder)?;
+        let partial = PartialOutput::new(folder)?;
         let temp = partial.temp().to_path_buf();
         std::fs::create_dir(&temp).map_err(|e| Error::io("write", &temp, e))?;
 
@@ -305,11 +305,11 @@ impl Snapshot<'_> {
             std::fs::rename(folder, &aside).map_err(|e| Error::io("write", folder, e))?;
             if let Err(e) = partial.commit() {
                 let _ = std::fs::rename(&aside, folder);
-                return Err(shards::output_error(e));
+                return Err(e.into());
             }
             let _ = std::fs::remove_dir_all(&aside);
         } else {
-            partial.commit().map_err(shards::output_error)?;
+            partial.commit()?;
         }
         sync_dir(&parent);
         Ok(())

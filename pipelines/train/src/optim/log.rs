@@ -140,7 +140,7 @@ impl LossLog {
     pub fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self> {
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io("write", run_dir, e))?;
         let path = loss_csv(run_dir);
-        vdit_core::output::check_link(&path).map_err(shards::output_error)?;
+        vdit_core::output::check_link(&path)?;
         let kept = if path.exists() {
             if !path.is_file() {
                 return Err(Error::Usage(format!(
@@ -161,9 +161,9 @@ impl LossLog {
         for row in &kept {
             text.push_str(&row.line());
         }
-        let partial = PartialOutput::new(&path).map_err(shards::output_error)?;
+        let partial = PartialOutput::new(&path)?;
         shards::write_synced(partial.temp(), text.as_bytes())?;
-        partial.commit().map_err(shards::output_error)?;
+        partial.commit()?;
         let file = OpenOptions::new()
             .append(true)
             .open(&path)

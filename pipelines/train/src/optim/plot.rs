@@ -9,7 +9,6 @@ use vdit_core::output::PartialOutput;
 
 use super::font::{draw_text, text_width, GLYPH_HEIGHT};
 use super::log::{read_loss_csv, LossRow};
-use super::shards;
 use crate::{Error, Result};
 
 /// Colour of the raw loss curve.
@@ -69,10 +68,10 @@ pub fn plot_png_with(csv: &Path, png: &Path, title: &str, options: &PlotOptions)
             png.display()
         )));
     }
-    let partial = PartialOutput::new(png).map_err(shards::output_error)?;
+    let partial = PartialOutput::new(png)?;
     img.save_with_format(partial.temp(), ImageFormat::Png)
         .map_err(|e| Error::io("write", png, e))?;
-    partial.commit().map_err(shards::output_error)
+    partial.commit().map_err(Error::from)
 }
 
 /// True when the file at `path` starts with the PNG signature.

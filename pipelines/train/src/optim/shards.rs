@@ -322,14 +322,6 @@ pub(crate) fn serialize(
     })
 }
 
-/// The crate error for a failure of the engine's safe-output helpers.
-pub(crate) fn output_error(e: vdit_core::output::OutputError) -> Error {
-    match e {
-        vdit_core::output::OutputError::Write { path, reason } => Error::io("write", path, reason),
-        other => Error::Usage(other.to_string()),
-    }
-}
-
 /// Writes `bytes` to a new file at `path` and makes it durable.
 pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = std::fs::File::create(path).map_err(|e| Error::io("write", path, e))?;

@@ -84,7 +84,7 @@ fn shards_of_index(index: &Path, folder: &Path) -> Vec<PathBuf> {
 
 /// Refuses to write over `path` unless nothing is there or it is a file of ours.
 fn check_replaceable(path: &Path) -> Result<()> {
-    vdit_core::output::check_link(path).map_err(shards::output_error)?;
+    vdit_core::output::check_link(path)?;
     match std::fs::symlink_metadata(path) {
         Err(_) => Ok(()),
         Ok(meta) if meta.is_file() && is_ours(path) => Ok(()),
@@ -97,9 +97,9 @@ fn check_replaceable(path: &Path) -> Result<()> {
 
 /// Writes `bytes` at `path` through a temporary beside it, so a reader never sees half a file.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let partial = PartialOutput::new(path).map_err(shards::output_error)?;
+    let partial = PartialOutput::new(path)?;
     shards::write_synced(partial.temp(), bytes)?;
-    partial.commit().map_err(shards::output_error)
+    partial.commit().map_err(Error::from)
 }
 
 /// Writes `weights` for shipping at `path` (a `.safetensors` name; its folder is created) in
