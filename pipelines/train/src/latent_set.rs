@@ -82,8 +82,18 @@ impl LatentSet {
 
     /// Writes the set to `path` (through a temporary file renamed into place) with `label` in
     /// its header: the latents in `dtype` (that of the VAE that encoded them, so nothing is
-    /// lost), the text embeddings and each clip's caption index as they are.
+    /// lost), the text embeddings and each clip's caption index as they are. Replaces only a
+    /// set saved before; anything else at `path` is an error.
     pub fn save(&self, path: &Path, label: &str, dtype: DType) -> Result<()> {
+        vdit_core::output::check_link(path)?;
+        let ours = vdit_core::weights::safetensors_metadata(path)
+            .is_some_and(|m| m.contains_key(LABEL_KEY));
+        if std::fs::symlink_metadata(path).is_ok() && !ours {
+            return Err(Error::Usage(format!(
+                "{} exists and was not written by vdit train: move it away or choose another --out",
+                path.display()
+            )));
+        }
         let caption_of = Tensor::new(self.caption_of.as_slice(), &Device::Cpu)?;
         let latents = self.latents.to_dtype(dtype)?;
         let tensors = [
@@ -183,7 +193,7 @@ mod tests {
 
     /// A saved set loads back equal under its label (its latents through bf16 when they were
     /// bf16-valued, as the GPU's VAE makes them), and not at all under another label or from a
-    /// missing file.
+    /// missing file; saving replaces an earlier set but never a file vdit did not write.
     #[test]
     fn a_saved_set_loads_back_only_under_its_label() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| Error::io("write", "a temporary folder", e))?;
@@ -204,6 +214,23 @@ mod tests {
         assert_eq!(back.caption_of, set.caption_of);
         assert!(LatentSet::load(&path, "label b", &dev)?.is_none());
         assert!(LatentSet::load(&dir.path().join("none"), "label a", &dev)?.is_none());
+        // a set saved before is replaced; a file vdit did not write is refused and kept
+        set.save(&path, "label b", DType::BF16)?;
+        assert!(LatentSet::load(&path, "label b", &dev)?.is_some());
+        let foreign = dir.path().join("foreign.safetensors");
+        std::fs::write(&foreign, b"not ours").map_err(|e| Error::io("write", &foreign, e))?;
+        let err = set
+            .save(&foreign, "label a", DType::BF16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not written by vdit") && !err.contains('\n'),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&foreign).ok().as_deref(),
+            Some(&b"not ours"[..])
+        );
         Ok(())
     }
 }
