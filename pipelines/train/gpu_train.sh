@@ -8,8 +8,9 @@
 #   probe     the CUDA gradient test, then a few steps of each stage and method (timings)
 #   vae       the VAE, VAE_STEPS steps (default: what fits in VAE_SECONDS, 150), batch VAE_BATCH
 #             (16), VAE_FRAMES frames per crop (17), VAE_LR (2e-3); a failed process (e.g. out
-#             of memory) is resumed from its last checkpoint; falls back to a carried
-#             runs/vae-cpu                                                     -> runs/vae
+#             of memory) is resumed from its last checkpoint; VAE_FROM: continue a carried
+#             model folder's VAE (fresh optimiser); falls back to a carried runs/vae-cpu
+#                                                                              -> runs/vae
 #   steptime  seconds per transformer step (batch DIT_BATCH) of .gpu/vdit and, when present,
 #             .gpu/vdit-old (an earlier build, side by side); the first goes to runs/dit-rate
 #   dit       the transformer over DIT_BASE (runs/vae/model: from scratch; a carried model
@@ -81,7 +82,7 @@ for step in "$@"; do
         echo "vae: $rate s/step (with start-up), $steps steps" | log
       fi
       train vae --out runs/vae --steps "$steps" --batch "${VAE_BATCH:-16}" --crop-frames "${VAE_FRAMES:-17}" --lr "${VAE_LR:-2e-3}" \
-        --warmup 20 --log-every 50 --checkpoint-every 25
+        --warmup 20 --log-every 50 --checkpoint-every 25 ${VAE_FROM:+--from "$VAE_FROM"}
       if [ ! -d runs/vae/model ] && [ -d runs/vae-cpu/model ]; then
         echo "vae: using the CPU-trained runs/vae-cpu" | log
         rm -rf runs/vae; cp -r runs/vae-cpu runs/vae

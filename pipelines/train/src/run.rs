@@ -141,6 +141,9 @@ pub struct VaeStage {
     pub crop_frames: usize,
     /// KL weight.
     pub kl_weight: f64,
+    /// A model folder (`vdit train vae`'s `model/`, or a trained model) whose VAE the run
+    /// starts from, with a fresh optimiser; fresh weights when `None`.
+    pub from: Option<PathBuf>,
 }
 
 /// Trains the VAE and writes the base model folder.
@@ -152,9 +155,22 @@ pub fn train_vae(stage: &VaeStage, progress: &mut dyn TrainProgress) -> Result<O
         WanVae::new(&config, vb)?;
         Ok(())
     })?;
-    let params = Params::initialised(&shapes, &recipe::vae_init, common.seed, &common.device)?;
+    let params = match &stage.from {
+        Some(folder) => {
+            let file = folder.join("vae/diffusion_pytorch_model.safetensors");
+            if !file.is_file() {
+                return Err(Error::Usage(format!(
+                    "{} has no vae/diffusion_pytorch_model.safetensors: give --from a model folder written by `vdit train`",
+                    folder.display()
+                )));
+            }
+            Params::load(&file, Some(&shapes), &common.device)?
+        }
+        None => Params::initialised(&shapes, &recipe::vae_init, common.seed, &common.device)?,
+    };
     let mut record = common.record();
     record["stage"] = json!("vae");
+    record["from"] = json!(stage.from.as_ref().map(|f| f.display().to_string()));
     record["crop"] = json!([stage.crop, stage.crop_frames]);
     record["kl_weight"] = json!(stage.kl_weight);
     let options = common.loop_options(DType::F32, record)?;

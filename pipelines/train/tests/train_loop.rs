@@ -116,3 +116,43 @@ fn training_lowers_the_loss_and_the_folder_generates() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A VAE run `from` a model folder starts from its VAE: one step at the warm-up's learning
+/// rate of 0 leaves the weights as they were, so the folder it writes holds the base's VAE
+/// tensor for tensor; a folder without a VAE is a one-line error.
+#[test]
+fn a_vae_run_from_a_folder_starts_from_its_weights() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let base = tiny_base(root.path())?;
+    let stage = train::run::VaeStage {
+        common: tiny(&root.path().join("again"), 1, 1, 1e-3),
+        crop: 32,
+        crop_frames: 5,
+        kl_weight: 1e-4,
+        from: Some(base.clone()),
+    };
+    let outcome = train::run::train_vae(&stage, &mut StopAfter(None, 0))?;
+    let file = "vae/diffusion_pytorch_model.safetensors";
+    let read = |dir: &std::path::Path| {
+        candle_core::safetensors::load(dir.join(file), &candle_core::Device::Cpu)
+    };
+    let (before, after) = (read(&base)?, read(&outcome.model_dir)?);
+    assert_eq!(before.len(), after.len());
+    for (name, tensor) in &before {
+        let same = (tensor.to_dtype(candle_core::DType::F32)?
+            - after[name].to_dtype(candle_core::DType::F32)?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+        assert_eq!(same, 0.0, "{name} changed");
+    }
+    let mut missing = stage.clone();
+    missing.common.run_dir = root.path().join("missing");
+    missing.from = Some(root.path().join("nowhere"));
+    let err = train::run::train_vae(&missing, &mut StopAfter(None, 0))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--from") && !err.contains('\n'), "{err}");
+    Ok(())
+}

@@ -60,6 +60,7 @@ pub fn tiny_base(root: &Path) -> anyhow::Result<PathBuf> {
         crop: 32,
         crop_frames: 5,
         kl_weight: 1e-4,
+        from: None,
     };
     let outcome = train::run::train_vae(&stage, &mut StopAfter(None, 0))?;
     // its reconstruction is measured on every frame of the 5-frame clips, in dB

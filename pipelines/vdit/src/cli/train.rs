@@ -90,6 +90,10 @@ struct VaeArgs {
     /// Weight of the KL term.
     #[arg(long, default_value_t = 1e-4)]
     kl_weight: f64,
+    /// Start from the VAE of this model folder (an earlier run's model/), with a fresh
+    /// optimiser, instead of fresh weights.
+    #[arg(long)]
+    from: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -150,6 +154,7 @@ pub fn run(args: TrainArgs, registry: &Registry) -> Result<()> {
                 crop: a.crop.unwrap_or(a.common.preset.clip().1.min(64)),
                 crop_frames: a.crop_frames.unwrap_or(a.common.preset.clip().0),
                 kl_weight: a.kl_weight,
+                from: a.from,
             };
             let mut bar = Bar::new(a.common.quiet, a.common.log_every);
             run::train_vae(&stage, &mut bar).context("vdit train vae")?
