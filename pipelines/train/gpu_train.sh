@@ -76,13 +76,21 @@ for step in "$@"; do
       if [ -z "$steps" ]; then
         rm -rf /tmp/vae-rate
         start=$(date +%s%N)
-        $vdit train vae --out /tmp/vae-rate --steps 20 --batch "${VAE_BATCH:-16}" --quiet >/dev/null 2>&1
+        $vdit train vae --out /tmp/vae-rate --steps 20 --batch "${VAE_BATCH:-16}" --crop-frames "${VAE_FRAMES:-17}" \
+          --quiet >/dev/null 2>&1
         rate=$(python3 -c "print(($(date +%s%N) - $start) / 1e9 / 20)")
         steps=$(python3 -c "print(max(20, int(${VAE_SECONDS:-150} / $rate)))")
         echo "vae: $rate s/step (with start-up), $steps steps" | log
       fi
+      # continuing: the previous run moves aside (its model/ is what VAE_FROM usually names)
+      from="${VAE_FROM:-}"
+      if [ -n "$from" ] && [ -d runs/vae ]; then
+        aside="runs/vae-$(date +%s)"
+        mv runs/vae "$aside"
+        from="${from/#runs\/vae\//$aside/}"
+      fi
       train vae --out runs/vae --steps "$steps" --batch "${VAE_BATCH:-16}" --crop-frames "${VAE_FRAMES:-17}" --lr "${VAE_LR:-2e-3}" \
-        --warmup 20 --log-every 50 --checkpoint-every 25 ${VAE_FROM:+--from "$VAE_FROM"}
+        --warmup 20 --log-every 50 --checkpoint-every 25 ${from:+--from "$from"}
       if [ ! -d runs/vae/model ] && [ -d runs/vae-cpu/model ]; then
         echo "vae: using the CPU-trained runs/vae-cpu" | log
         rm -rf runs/vae; cp -r runs/vae-cpu runs/vae
