@@ -5,6 +5,7 @@
 
 use crate::clips::{training_clip, video_tensor, Clip};
 use crate::error::{Error, Result};
+use crate::optim::check_replaceable;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -85,15 +86,9 @@ impl LatentSet {
     /// lost), the text embeddings and each clip's caption index as they are. Replaces only a
     /// set saved before; anything else at `path` is an error.
     pub fn save(&self, path: &Path, label: &str, dtype: DType) -> Result<()> {
-        vdit_core::output::check_link(path)?;
-        let ours = vdit_core::weights::safetensors_metadata(path)
-            .is_some_and(|m| m.contains_key(LABEL_KEY));
-        if std::fs::symlink_metadata(path).is_ok() && !ours {
-            return Err(Error::Usage(format!(
-                "{} exists and was not written by vdit train: move it away or choose another --out",
-                path.display()
-            )));
-        }
+        check_replaceable(path, |p| {
+            vdit_core::weights::safetensors_metadata(p).is_some_and(|m| m.contains_key(LABEL_KEY))
+        })?;
         let caption_of = Tensor::new(self.caption_of.as_slice(), &Device::Cpu)?;
         let latents = self.latents.to_dtype(dtype)?;
         let tensors = [

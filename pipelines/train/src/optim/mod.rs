@@ -44,4 +44,5 @@ pub use plot::{
 };
 pub use schedule::LrSchedule;
 pub use shards::{WeightDtype, DEFAULT_SHARD_BYTES, MIN_SHARD_BYTES};
+pub(crate) use weights::check_replaceable;
 pub use weights::{save_weights, WeightsOptions, FORMAT_KEY, WEIGHTS_FORMAT};

@@ -82,12 +82,13 @@ fn shards_of_index(index: &Path, folder: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Refuses to write over `path` unless nothing is there or it is a file of ours.
-fn check_replaceable(path: &Path) -> Result<()> {
+/// Refuses to write over `path` unless nothing is there or it is a file that `ours` accepts
+/// (one vdit train wrote, by its header).
+pub(crate) fn check_replaceable(path: &Path, ours: impl FnOnce(&Path) -> bool) -> Result<()> {
     vdit_core::output::check_link(path)?;
     match std::fs::symlink_metadata(path) {
         Err(_) => Ok(()),
-        Ok(meta) if meta.is_file() && is_ours(path) => Ok(()),
+        Ok(meta) if meta.is_file() && ours(path) => Ok(()),
         Ok(_) => Err(Error::Usage(format!(
             "{} exists and was not written by vdit train: move it away or choose another path",
             path.display()
@@ -169,7 +170,7 @@ pub fn save_weights(
         targets.push(index.clone());
     }
     for target in &targets {
-        check_replaceable(target)?;
+        check_replaceable(target, is_ours)?;
     }
 
     let mut weight_map = serde_json::Map::new();
