@@ -39,6 +39,12 @@ struct FrameDims {
     pixels: usize,
 }
 
+impl FrameDims {
+    fn shape(&self) -> Shape {
+        Shape::from((self.b, self.l, self.c, self.pixels))
+    }
+}
+
 impl ShiftColumns {
     /// The columns of `frames` `[b, l, c, P]`: `[b * frames_out, taps * k * k * c, len]`, with a
     /// backward pass.
@@ -150,14 +156,11 @@ impl CustomOp1 for Adjoint {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let columns = f32_values(s, l, "shift columns adjoint")?;
         let f = self.frames;
-        let mut frames = vec![0f32; f.b * f.l * f.c * f.pixels];
+        let mut frames = vec![0f32; f.shape().elem_count()];
         for (value, i) in columns.iter().zip(self.of.sources(f)) {
             frames[i] += value;
         }
-        Ok((
-            CpuStorage::F32(frames),
-            Shape::from((f.b, f.l, f.c, f.pixels)),
-        ))
+        Ok((CpuStorage::F32(frames), f.shape()))
     }
 
     #[cfg(feature = "cuda")]
@@ -166,10 +169,9 @@ impl CustomOp1 for Adjoint {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let f = self.frames;
-        let shape = Shape::from((f.b, f.l, f.c, f.pixels));
+        let shape = self.frames.shape();
         let name = "shift_columns_adjoint";
-        let out = cuda::launch(&self.of, f, name, s, l, shape.elem_count())?;
+        let out = cuda::launch(&self.of, self.frames, name, s, l, shape.elem_count())?;
         Ok((out, shape))
     }
 }

@@ -10,6 +10,10 @@ use crate::layout::KeyLayout;
 use crate::profile;
 use crate::tiling::{TiledDecoder, Tiling};
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use std::path::Path;
+use std::sync::Arc;
+use vdit_core::weights::Checkpoint;
 
 /// How an encode walks the video's frames (both give the same result).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,10 +23,6 @@ enum Chunks {
     /// Every frame in one pass: fewer, larger operations.
     Whole,
 }
-use candle_nn::VarBuilder;
-use std::path::Path;
-use std::sync::Arc;
-use vdit_core::weights::Checkpoint;
 
 /// How to decode.
 #[derive(Clone, Debug, Default)]
