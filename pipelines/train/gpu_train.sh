@@ -15,9 +15,11 @@
 #             .gpu/vdit-old (an earlier build, side by side); the first goes to runs/dit-rate
 #   dit       the transformer over DIT_BASE (runs/vae/model: from scratch; a carried model
 #             folder: continued with a fresh optimiser), DIT_STEPS steps (default: as many as
-#             fit before DEADLINE, epoch seconds, at DIT_RATE s/step), batch DIT_BATCH (32),
-#             DIT_CLIPS (8192) clips of seed DIT_SEED (0), DIT_LR (6e-4); or DIT_TOTAL steps
-#             over several calls, each stopping at DEADLINE and resuming the last (DIT_TOTAL=auto:
+#             fit before DEADLINE, epoch seconds, at DIT_RATE s/step, default runs/dit-rate),
+#             batch DIT_BATCH (32), DIT_CLIPS (8192) clips of seed DIT_SEED (0), DIT_LR (6e-4);
+#             DIT_FROM: continue a model folder's transformer (fresh optimiser; a previous
+#             runs/dit moves aside and lends its encoded clips); or DIT_TOTAL steps over
+#             several calls, each stopping at DEADLINE and resuming the last (DIT_TOTAL=auto:
 #             what DIT_SECONDS of stepping take at the rate in runs/dit-rate, fixed in
 #             runs/dit-total by the first call)                                -> runs/dit
 #   finetune  runs/dit/model fine-tuned through VSA (sparsity 0.875, ramp FT_RAMP), FT_STEPS
@@ -29,6 +31,9 @@
 set -u
 OUT="${OUT:-/tmp/vdit-train}"
 mkdir -p "$OUT" runs
+# this call's scratch runs (a folder of its own: two calls may run side by side, gpu_lanes.sh)
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 for f in .gpu/*.xz; do [ -e "${f%.xz}" ] || xz -d -k "$f"; done
 chmod +x .gpu/* 2>/dev/null
 [ -e /work/main ] || { mkdir -p /work; ln -s "$(pwd)" /work/main; }
@@ -38,7 +43,7 @@ log() { tee -a "$OUT/train.log"; }
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader -l 10 >>"$OUT/gpu-memory.csv" 2>/dev/null &
   memory_log=$!
-  trap 'kill $memory_log 2>/dev/null' EXIT
+  trap 'kill $memory_log 2>/dev/null; rm -rf "$scratch"' EXIT
 fi
 # `vdit train ARGS`, stopped with a checkpoint (SIGINT) at DEADLINE; a process that fails
 # otherwise is resumed from its last checkpoint, twice at most. RESUME=1: resume from the start.
@@ -62,25 +67,24 @@ for step in "$@"; do
   case "$step" in
     probe)
       .gpu/test-train-sparse_gradients --nocapture 2>&1 | grep -E "^test |seed|panicked|off by" | log
-      rm -rf /tmp/probe
-      $vdit train vae --out /tmp/probe/vae --steps 30 --batch "${VAE_BATCH:-8}" --log-every 10 2>&1 | log
-      $vdit train dit --base /tmp/probe/vae/model --out /tmp/probe/dit --steps 30 --clips 256 \
+      $vdit train vae --out $scratch/probe/vae --steps 30 --batch "${VAE_BATCH:-8}" --log-every 10 2>&1 | log
+      $vdit train dit --base $scratch/probe/vae/model --out $scratch/probe/dit --steps 30 --clips 256 \
         --batch "${DIT_BATCH:-32}" --log-every 10 2>&1 | log
       for method in "vsa:sparsity=0.875" "vmoba"; do
-        $vdit train dit --base /tmp/probe/dit/model --out "/tmp/probe/ft-${method%%:*}" --steps 20 --clips 256 \
+        $vdit train dit --base $scratch/probe/dit/model --out "$scratch/probe/ft-${method%%:*}" --steps 20 --clips 256 \
           --batch "${DIT_BATCH:-32}" --attention "$method" --log-every 10 2>&1 | log
       done ;;
     vae)
-      # 20 timed steps, then as many as fit in VAE_SECONDS (default 150)
+      # 30 timed steps, then as many as fit in VAE_SECONDS (default 150) at their rate (the
+      # run's own s/step: the process's start-up and final measurements took 3/4 of the wall
+      # time of such a probe, which cut a run to a quarter of its steps)
       steps="${VAE_STEPS:-}"
       if [ -z "$steps" ]; then
-        rm -rf /tmp/vae-rate
-        start=$(date +%s%N)
-        $vdit train vae --out /tmp/vae-rate --steps 20 --batch "${VAE_BATCH:-16}" --crop-frames "${VAE_FRAMES:-17}" \
-          --quiet >/dev/null 2>&1
-        rate=$(python3 -c "print(($(date +%s%N) - $start) / 1e9 / 20)")
-        steps=$(python3 -c "print(max(20, int(${VAE_SECONDS:-150} / $rate)))")
-        echo "vae: $rate s/step (with start-up), $steps steps" | log
+        line=$($vdit train vae --out "$scratch/vae-rate" --steps 30 --batch "${VAE_BATCH:-16}" \
+          --crop-frames "${VAE_FRAMES:-17}" --quiet 2>&1 | tail -1)
+        rate=$(echo "$line" | sed -n 's/.* \([0-9.]*\) s\/step.*/\1/p')
+        steps=$(python3 -c "print(max(20, int(${VAE_SECONDS:-150} / (${rate:-1.0} * 1.05))))")
+        echo "vae: ${rate:-1.0 (assumed)} s/step, $steps steps" | log
       fi
       # continuing: the previous run moves aside (its model/ is what VAE_FROM usually names)
       from="${VAE_FROM:-}"
@@ -105,22 +109,39 @@ for step in "$@"; do
         [ -f runs/dit-total ] || python3 -c "print(int(${DIT_SECONDS:-600} / $(cat runs/dit-rate 2>/dev/null || echo 0.8)))" >runs/dit-total
         steps=$(cat runs/dit-total)
       fi
+      # continuing: the previous run moves aside and lends the new one its encoded clips
+      # (same VAE and text encoder, so the cache's label matches)
+      from="${DIT_FROM:-}"
+      if [ -n "$from" ] && [ -d runs/dit ]; then
+        aside="runs/dit-$(date +%s)"
+        mv runs/dit "$aside"
+        from="${from/#runs\/dit\//$aside/}"
+        mkdir -p runs/dit
+        [ -f "$aside/latents.safetensors" ] && cp "$aside/latents.safetensors" runs/dit/
+      fi
+      if [ -n "$from" ] && [ ! -d "$from" ]; then
+        echo "dit: no $from (the previous call stopped before its model): starting from DIT_BASE" | log
+        from=""
+      fi
       if [ -z "$steps" ]; then
-        # what fits before the deadline, less a minute for rendering and encoding the clips
-        steps=$(python3 -c "import time; print(max(50, int(($DEADLINE - time.time() - 75) / ${DIT_RATE:-0.82})))")
+        # what fits before the deadline at the measured rate (5% spare for checkpoints), less
+        # time for rendering and encoding the clips when they are not cached
+        rate="${DIT_RATE:-$(cat runs/dit-rate 2>/dev/null || echo 0.82)}"
+        setup=40
+        [ -f runs/dit/latents.safetensors ] || setup="${DIT_ENCODE_SECONDS:-120}"
+        steps=$(python3 -c "import time; print(max(50, int(($DEADLINE - time.time() - $setup) / ($rate * 1.05))))")
       fi
       resume=0
       if [ -n "${DIT_TOTAL:-}" ] && [ -d runs/dit/checkpoints ]; then resume=1; fi
       echo "dit: $steps steps (resume: $resume), stopping at DEADLINE at the latest" | log
-      RESUME=$resume train dit --base "${DIT_BASE:-runs/vae/model}" --out runs/dit \
+      RESUME=$resume train dit --base "${from:-${DIT_BASE:-runs/vae/model}}" --out runs/dit \
         --steps "$steps" --lr "${DIT_LR:-6e-4}" --warmup "${DIT_WARMUP:-50}" \
         --batch "${DIT_BATCH:-32}" --clips "${DIT_CLIPS:-8192}" --seed "${DIT_SEED:-0}" --checkpoint-every 100 \
         --log-every 50 ;;
     steptime)
       for build in vdit vdit-old; do
         [ -x ".gpu/$build" ] || continue
-        rm -rf "/tmp/steptime-$build"
-        line=$(".gpu/$build" train dit --base "${DIT_BASE:-runs/vae/model}" --out "/tmp/steptime-$build" \
+        line=$(".gpu/$build" train dit --base "${DIT_BASE:-runs/vae/model}" --out "$scratch/steptime-$build" \
           --clips 64 --steps 16 --batch "${DIT_BATCH:-32}" --quiet 2>&1 | tail -2 | tr '\n' ' ')
         echo "$build: $line" | log
         rate=$(echo "$line" | sed -n 's/.* \([0-9.]*\) s\/step.*/\1/p')
@@ -136,8 +157,8 @@ for step in "$@"; do
       $vdit eval --model runs/dit/model --count "$n" --split train --out-dir runs/eval-train --quiet 2>&1 | tail -4 | log ;;
     evalsparse)
       n="${EVAL_COUNT:-16}"
-      printf "a red circle moves to the right\na blue square moves up on a yellow background\n" >/tmp/paro-prompts.txt
-      $vdit calibrate paro --model runs/dit/model --prompts /tmp/paro-prompts.txt \
+      printf "a red circle moves to the right\na blue square moves up on a yellow background\n" >$scratch/paro-prompts.txt
+      $vdit calibrate paro --model runs/dit/model --prompts $scratch/paro-prompts.txt \
         --output runs/paro.safetensors --overwrite --quiet 2>&1 | tail -1 | log
       $vdit eval --model runs/dit/model --count "$n" --out-dir runs/eval-sparse --quiet \
         --method vsa:sparsity=0.75 --method vsa:sparsity=0.875 --method vmoba:dense_steps=0 \

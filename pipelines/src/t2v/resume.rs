@@ -3,7 +3,7 @@
 //! job only when both still match; it regenerates one whose settings changed, and it never
 //! touches an output that no vdit record describes.
 
-use crate::t2v::model::ModelPaths;
+use crate::t2v::model::{Located, ModelPaths};
 use crate::t2v::pipeline::Job;
 use crate::t2v::record::record_path;
 use serde_json::{json, Value};
@@ -26,10 +26,62 @@ impl Job {
             "settings": self.settings,
             "attention": self.schedule.describe(),
             "model": format!("{model:?}"),
+            "model_files": model_files(model),
             "save_latents": self.save_latents,
         });
         format!("{:016x}", fnv1a(decides.to_string().as_bytes()))
     }
+}
+
+/// The model's files as they are now: each one's path, size and modification time (ns since
+/// the epoch), in path order. A model retrained or replaced at the same paths changes them, and
+/// with them every fingerprint, without a byte of its weights being read.
+fn model_files(model: &ModelPaths) -> Vec<(String, u64, u128)> {
+    let located = [
+        &model.transformer,
+        &model.vae,
+        &model.text_encoder,
+        &model.tokenizer,
+    ];
+    let mut roots: Vec<&Path> = located
+        .into_iter()
+        .filter_map(|l| match l {
+            Located::Found(path) => Some(path.as_path()),
+            Located::Missing(_) => None,
+        })
+        .collect();
+    roots.extend(model.scheduler_config.as_deref());
+    roots.extend(model.generation_config.as_deref());
+    let mut files = vec![];
+    for root in roots {
+        collect_files(root, &mut files);
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// `path` (a file) or the files below it (a folder), as (path, size, modification time);
+/// what cannot be read is left out (loading the model reports it).
+fn collect_files(path: &Path, files: &mut Vec<(String, u64, u128)>) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.is_dir() {
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            collect_files(&entry.path(), files);
+        }
+        return;
+    }
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    files.push((path.display().to_string(), meta.len(), modified));
 }
 
 /// Bytes of an output: a file's length, or the total of a folder's files.

@@ -9,7 +9,9 @@ mod t2v_common;
 use common::names_in;
 use std::path::Path;
 use std::process::Command;
-use t2v_common::{batch_args, fails, read_json, small, spawn, succeeds, tiny_wan, write_kite_jobs};
+use t2v_common::{
+    batch_args, copy_tree, fails, read_json, small, spawn, succeeds, tiny_wan, write_kite_jobs,
+};
 use vdit::video::Y4mReader;
 
 /// Frames of a `.y4m`, all of which must read.
@@ -345,5 +347,44 @@ fn messages_say_what_is_really_wrong() {
     assert!(
         !dir.path().join("out").exists(),
         "a dry run creates nothing"
+    );
+}
+
+/// A model retrained in place (same paths, new files) makes a re-run redo every job: the
+/// fingerprint follows the model's files, not only their paths.
+#[test]
+fn a_rerun_after_the_model_changed_redoes_its_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_tree(&tiny_wan(), &model);
+    let jobs = dir.path().join("jobs.jsonl");
+    let out = dir.path().join("out");
+    write_kite_jobs(&jobs, 2);
+    let mut args = batch(&jobs, &out);
+    let at = args.iter().position(|a| a == "--model").unwrap();
+    args[at + 1] = model.to_str().unwrap().to_string();
+    let first = succeeds(&args);
+    assert_eq!(summary_count(&first, "done"), 2, "{first}");
+    let second = succeeds(&args);
+    assert_eq!(summary_count(&second, "skipped"), 2, "{second}");
+    // the same weights written again, an hour later
+    let weights = model.join("transformer/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let third = succeeds(&args);
+    assert_eq!(
+        (
+            summary_count(&third, "done"),
+            summary_count(&third, "skipped")
+        ),
+        (2, 0),
+        "{third}"
     );
 }

@@ -6,7 +6,7 @@ mod t2v_common;
 
 use candle_core::{safetensors, Device};
 use std::path::{Path, PathBuf};
-use t2v_common::{fails, read_json, small, succeeds, tiny_wan};
+use t2v_common::{copy_tree, fails, read_json, small, succeeds, tiny_wan};
 
 /// A copy of the tiny model whose weight files are all garbage: anything that opens a weight
 /// file fails.
@@ -22,19 +22,6 @@ fn model_with_broken_weights(dir: &Path) -> PathBuf {
         }
     }
     copy
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_tree(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
 
 /// `small(output)` with `--model model` and `flag value` replaced or added.
