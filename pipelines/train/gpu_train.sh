@@ -11,12 +11,14 @@
 #             of memory) is resumed from its last checkpoint; VAE_FROM: continue a carried
 #             model folder's VAE (fresh optimiser); falls back to a carried runs/vae-cpu
 #                                                                              -> runs/vae
-#   steptime  seconds per transformer step (batch DIT_BATCH) of .gpu/vdit and, when present,
-#             .gpu/vdit-old (an earlier build, side by side); the first goes to runs/dit-rate
+#   steptime  seconds per transformer step (batch DIT_BATCH, GPUs DIT_GPUS) of .gpu/vdit and,
+#             when present, .gpu/vdit-old (an earlier build, side by side); the first goes to
+#             runs/dit-rate
 #   dit       the transformer over DIT_BASE (runs/vae/model: from scratch; a carried model
 #             folder: continued with a fresh optimiser), DIT_STEPS steps (default: as many as
 #             fit before DEADLINE, epoch seconds, at DIT_RATE s/step, default runs/dit-rate),
-#             batch DIT_BATCH (32), DIT_CLIPS (8192) clips of seed DIT_SEED (0), DIT_LR (6e-4);
+#             batch DIT_BATCH (32, split over the GPUs DIT_GPUS when given, e.g. 2: data
+#             parallelism), DIT_CLIPS (8192) clips of seed DIT_SEED (0), DIT_LR (6e-4);
 #             DIT_FROM: continue a model folder's transformer (fresh optimiser; a previous
 #             runs/dit moves aside and lends its encoded clips); or DIT_TOTAL steps over
 #             several calls, each stopping at DEADLINE and resuming the last (DIT_TOTAL=auto:
@@ -137,12 +139,13 @@ for step in "$@"; do
       RESUME=$resume train dit --base "${from:-${DIT_BASE:-runs/vae/model}}" --out runs/dit \
         --steps "$steps" --lr "${DIT_LR:-6e-4}" --warmup "${DIT_WARMUP:-50}" \
         --batch "${DIT_BATCH:-32}" --clips "${DIT_CLIPS:-8192}" --seed "${DIT_SEED:-0}" --checkpoint-every 100 \
-        --log-every 50 ;;
+        --log-every 50 ${DIT_GPUS:+--gpus "$DIT_GPUS"} ;;
     steptime)
       for build in vdit vdit-old; do
         [ -x ".gpu/$build" ] || continue
         line=$(".gpu/$build" train dit --base "${DIT_BASE:-runs/vae/model}" --out "$scratch/steptime-$build" \
-          --clips 64 --steps 16 --batch "${DIT_BATCH:-32}" --quiet 2>&1 | tail -2 | tr '\n' ' ')
+          --clips 64 --steps 16 --batch "${DIT_BATCH:-32}" ${DIT_GPUS:+--gpus "$DIT_GPUS"} --quiet 2>&1 \
+          | tail -2 | tr '\n' ' ')
         echo "$build: $line" | log
         rate=$(echo "$line" | sed -n 's/.* \([0-9.]*\) s\/step.*/\1/p')
         [ "$build" = vdit ] && [ -n "$rate" ] && echo "$rate" >runs/dit-rate

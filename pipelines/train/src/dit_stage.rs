@@ -63,11 +63,28 @@ impl AttentionPlan {
     }
 }
 
+/// The share of each step's batch one replica computes (data parallelism): the `rank`-th of
+/// `ranks` equal, consecutive parts of what a single device would draw for the whole batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This replica, from 0.
+    pub rank: usize,
+    /// Replicas.
+    pub ranks: usize,
+}
+
+impl Shard {
+    /// The whole batch, on one device.
+    pub const WHOLE: Self = Self { rank: 0, ranks: 1 };
+}
+
 /// Settings of the flow-matching objective.
 #[derive(Clone, Debug)]
 pub struct FlowMatchingOptions {
-    /// Clips per step.
+    /// Clips per step on this replica (the step's batch is `batch * shard.ranks`).
     pub batch: usize,
+    /// This replica's share of the batch.
+    pub shard: Shard,
     /// Flow shift applied to the drawn noise levels (the sampler's `flow_shift`).
     pub shift: f64,
     /// Share of captions replaced by the empty caption.
@@ -99,9 +116,11 @@ impl<'a> FlowMatching<'a> {
         if options.batch == 0
             || !(0.0..1.0).contains(&options.caption_dropout)
             || options.shift <= 0.0
+            || options.shard.rank >= options.shard.ranks
         {
             return Err(Error::Usage(
-                "the batch must be at least 1, the caption dropout in [0, 1) and the shift positive"
+                "the batch must be at least 1, the caption dropout in [0, 1), the shift positive \
+                 and the replica one of the run's"
                     .to_string(),
             ));
         }
@@ -125,18 +144,26 @@ impl Objective for FlowMatching<'_> {
         let device: Device = vb.device().clone();
         let model = WanTransformer::new(&self.config, vb)?;
         let mut rng = step_rng(self.options.seed, step);
+        // the whole batch's draws, in the order one device draws them; this replica's share
         let b = self.options.batch;
+        let Shard { rank, ranks } = self.options.shard;
+        let whole = b * ranks;
+        let mine = rank * b..(rank + 1) * b;
         let n = self.set.len() as u64;
-        let clips: Vec<u32> = (0..b).map(|_| (rng.next_u64() % n) as u32).collect();
-        let dropped: Vec<bool> = (0..b)
+        let clips: Vec<u32> = (0..whole).map(|_| (rng.next_u64() % n) as u32).collect();
+        let dropped: Vec<bool> = (0..whole)
             .map(|_| unit(&mut rng) < self.options.caption_dropout)
             .collect();
-        let sigmas: Vec<f32> = (0..b)
+        let sigmas: Vec<f32> = (0..whole)
             .map(|_| shifted_sigma(unit(&mut rng), self.options.shift) as f32)
             .collect();
-        let (x0, text) = self.set.batch(&clips, &dropped)?;
-        let noise = Tensor::from_vec(rng.normals(x0.elem_count()), x0.shape(), &Device::Cpu)?
-            .to_device(&device)?;
+        let (clips, dropped) = (&clips[mine.clone()], &dropped[mine.clone()]);
+        let sigmas = sigmas[mine.clone()].to_vec();
+        let (x0, text) = self.set.batch(clips, dropped)?;
+        let per_clip = x0.elem_count() / b;
+        let noise =
+            rng.normals(per_clip * whole)[mine.start * per_clip..mine.end * per_clip].to_vec();
+        let noise = Tensor::from_vec(noise, x0.shape(), &Device::Cpu)?.to_device(&device)?;
         let sigma = Tensor::from_vec(sigmas.clone(), (b, 1, 1, 1, 1), &device)?;
         let noisy = (x0.broadcast_mul(&(1.0 - &sigma)?)? + noise.broadcast_mul(&sigma)?)?;
         let target = (&noise - &x0)?;

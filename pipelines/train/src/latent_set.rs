@@ -129,6 +129,15 @@ impl LatentSet {
         }))
     }
 
+    /// The same set on `device` (for a replica of the run there).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            latents: self.latents.to_device(device)?,
+            caption_of: self.caption_of.clone(),
+            texts: self.texts.to_device(device)?,
+        })
+    }
+
     /// Number of clips.
     pub fn len(&self) -> usize {
         self.caption_of.len()

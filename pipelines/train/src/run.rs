@@ -10,7 +10,7 @@
 //! `<run>/model/` (EMA weights), and resume from their latest checkpoint when asked; the
 //! transformer stage keeps its encoded clips in `<run>/latents.safetensors`.
 
-use crate::dit_stage::{AttentionPlan, FlowMatching, FlowMatchingOptions};
+use crate::dit_stage::{AttentionPlan, FlowMatching, FlowMatchingOptions, Shard};
 use crate::error::{Error, Result};
 use crate::latent_set::{LatentSet, CACHE_FILE};
 use crate::model_folder::{self, Base};
@@ -22,13 +22,14 @@ use crate::vae_stage::{
     latent_statistics, reconstruction_psnr, Reconstruction, ReconstructionOptions,
 };
 use candle_core::{DType, Device};
-use dit::WanTransformer;
+use dit::{WanConfig, WanTransformer};
 use serde_json::json;
 use sparse::Registry;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use umt5::{TextEncoder, Umt5Config, Umt5Encoder};
 use vae::{VaeConfig, WanVae};
+use vdit_core::parallel::{Collective, GroupHealth};
 
 /// Clips whose latents give the VAE's latent statistics.
 const STATISTICS_CLIPS: usize = 64;
@@ -187,7 +188,7 @@ pub fn train_vae(stage: &VaeStage, progress: &mut dyn TrainProgress) -> Result<O
     )?;
     let (trainer, finish, seconds) = {
         let _layout = TrainingLayout::on();
-        run_loop(common, params, options, &mut objective, progress)?
+        run_loop(common, params, options, &mut objective, progress, None)?
     };
     let mut outcome = outcome(common, &trainer, finish, seconds)?;
     if finish == Finish::Stopped {
@@ -335,6 +336,9 @@ pub struct DitStage {
     pub sparsity_ramp: u64,
     /// Share of captions dropped for classifier-free guidance.
     pub caption_dropout: f64,
+    /// More devices, each training a replica of the transformer on its share of every step's
+    /// batch next to `common.device`'s (data parallelism; empty: `common.device` alone).
+    pub replica_devices: Vec<Device>,
 }
 
 /// Trains the transformer over a base and writes the full model folder.
@@ -366,23 +370,14 @@ pub fn train_dit(
         (Some(file), false) => Some(file.clone()),
         _ => None,
     };
-    let params = match &start {
-        Some(file) => {
-            // VSA's gate, absent from a dense base, starts as a fresh model's (at zero)
-            let mut weights = model_folder::read_weights(file)?;
-            let mut rng = pipelines::t2v::noise::NoiseGenerator::new(common.seed);
-            for (name, dims) in &shapes {
-                if !weights.contains_key(name) && name.contains("to_gate_compress") {
-                    let values = recipe::dit_init(name, dims, &mut rng);
-                    let tensor =
-                        candle_core::Tensor::from_vec(values, dims.as_slice(), &Device::Cpu)?;
-                    weights.insert(name.clone(), tensor);
-                }
-            }
-            Params::from_tensors(weights, Some(&shapes), &common.device, file)?
-        }
-        None => Params::initialised(&shapes, &recipe::dit_init, common.seed, &common.device)?,
-    };
+    // the step's batch, split evenly over the replicas
+    let replicas = 1 + stage.replica_devices.len();
+    if !common.batch.is_multiple_of(replicas) {
+        return Err(Error::Usage(format!(
+            "a batch of {} does not split evenly over {replicas} devices: give a multiple of {replicas}",
+            common.batch
+        )));
+    }
     let mut record = common.record();
     record["stage"] = json!("dit");
     record["base"] = json!(stage.base.display().to_string());
@@ -391,23 +386,35 @@ pub fn train_dit(
     record["attention"] = json!(stage.attention.to_string());
     record["sparsity_ramp"] = json!(stage.sparsity_ramp);
     record["caption_dropout"] = json!(stage.caption_dropout);
-    let options = common.loop_options(dtype, record)?;
-
+    if replicas > 1 {
+        record["replicas"] = json!(replicas);
+    }
     let set = training_set(stage, &base, dtype, progress)?;
-    let mut objective = FlowMatching::new(
-        config.clone(),
-        &set,
-        FlowMatchingOptions {
-            batch: common.batch,
-            shift: recipe::FLOW_SHIFT,
-            caption_dropout: stage.caption_dropout,
-            seed: common.seed,
-            dtype,
-        },
-        plan,
+    let run = TransformerRun {
+        stage,
+        config: &config,
+        shapes: &shapes,
+        start: start.as_deref(),
+        plan: &plan,
         registry,
-    )?;
-    let (trainer, finish, seconds) = run_loop(common, params, options, &mut objective, progress)?;
+        dtype,
+        replicas,
+        options: common.loop_options(dtype, record)?,
+    };
+    let (trainer, finish, seconds) = if replicas == 1 {
+        let objective = &mut run.objective(&set, 0)?;
+        let params = run.params(&common.device)?;
+        run_loop(
+            common,
+            params,
+            run.options.clone(),
+            objective,
+            progress,
+            None,
+        )?
+    } else {
+        run.with_replicas(&set, progress)?
+    };
     let outcome = outcome(common, &trainer, finish, seconds)?;
     if finish == Finish::Stopped {
         return Ok(outcome);
@@ -434,6 +441,159 @@ pub fn train_dit(
     Ok(outcome)
 }
 
+/// What every replica of a transformer run shares.
+struct TransformerRun<'a> {
+    stage: &'a DitStage,
+    config: &'a WanConfig,
+    shapes: &'a BTreeMap<String, Vec<usize>>,
+    /// The transformer weights it starts from (none: fresh ones).
+    start: Option<&'a Path>,
+    plan: &'a AttentionPlan,
+    registry: &'a Registry,
+    dtype: DType,
+    replicas: usize,
+    options: LoopOptions,
+}
+
+impl TransformerRun<'_> {
+    /// The starting parameters on `device`: the start's weights, or fresh ones from the seed
+    /// (the same on every device).
+    fn params(&self, device: &Device) -> Result<Params> {
+        let seed = self.stage.common.seed;
+        let Some(file) = self.start else {
+            return Params::initialised(self.shapes, &recipe::dit_init, seed, device);
+        };
+        // VSA's gate, absent from a dense base, starts as a fresh model's (at zero)
+        let mut weights = model_folder::read_weights(file)?;
+        let mut rng = pipelines::t2v::noise::NoiseGenerator::new(seed);
+        for (name, dims) in self.shapes {
+            if !weights.contains_key(name) && name.contains("to_gate_compress") {
+                let values = recipe::dit_init(name, dims, &mut rng);
+                let tensor = candle_core::Tensor::from_vec(values, dims.as_slice(), &Device::Cpu)?;
+                weights.insert(name.clone(), tensor);
+            }
+        }
+        Params::from_tensors(weights, Some(self.shapes), device, file)
+    }
+
+    /// Replica `rank`'s objective over `set`.
+    fn objective<'s>(&'s self, set: &'s LatentSet, rank: usize) -> Result<FlowMatching<'s>> {
+        FlowMatching::new(
+            self.config.clone(),
+            set,
+            FlowMatchingOptions {
+                batch: self.stage.common.batch / self.replicas,
+                shard: Shard {
+                    rank,
+                    ranks: self.replicas,
+                },
+                shift: recipe::FLOW_SHIFT,
+                caption_dropout: self.stage.caption_dropout,
+                seed: self.stage.common.seed,
+                dtype: self.dtype,
+            },
+            self.plan.clone(),
+            self.registry,
+        )
+    }
+
+    /// Replica `rank` (from 1) on `device`: its copy of the set, parameters and trainer, run
+    /// to the end in step with the others.
+    fn replica(
+        &self,
+        set: &LatentSet,
+        rank: usize,
+        device: &Device,
+        group: Box<dyn Collective>,
+    ) -> Result<()> {
+        let set = set.to_device(device)?;
+        let params = self.params(device)?;
+        let options = LoopOptions {
+            device: device.clone(),
+            ..self.options.clone()
+        };
+        let mut trainer = if self.stage.common.resume {
+            Trainer::resume(params, options, Some(group))?
+        } else {
+            Trainer::start(params, options, Some(group))?
+        };
+        trainer.run(&mut self.objective(&set, rank)?, &mut |_| true)?;
+        Ok(())
+    }
+
+    /// Trains with replica 0 on this thread (with the progress) and the others on threads of
+    /// their own; a replica that fails stops the others, and its error is the run's.
+    fn with_replicas(
+        &self,
+        set: &LatentSet,
+        progress: &mut dyn TrainProgress,
+    ) -> Result<(Trainer, Finish, f64)> {
+        let common = &self.stage.common;
+        let devices: Vec<Device> = std::iter::once(common.device.clone())
+            .chain(self.stage.replica_devices.iter().cloned())
+            .collect();
+        let health = GroupHealth::new();
+        let mut groups = pipelines::t2v::parallel::collectives(&devices, &health)
+            .map_err(|e| Error::Usage(format!("cannot connect the training devices: {e}")))?
+            .into_iter();
+        let first_group = groups.next();
+        std::thread::scope(|scope| {
+            let others: Vec<_> = groups
+                .zip(&devices[1..])
+                .enumerate()
+                .map(|(i, (group, device))| {
+                    let health = health.clone();
+                    scope.spawn(move || {
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.replica(set, i + 1, device, group)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(Error::Usage(format!("training replica {} panicked", i + 1)))
+                        });
+                        if let Err(e) = &result {
+                            health.fail(&format!("replica {} failed: {e}", i + 1));
+                        }
+                        result
+                    })
+                })
+                .collect();
+            let first = self.objective(set, 0).and_then(|mut objective| {
+                let params = self.params(&common.device)?;
+                let options = self.options.clone();
+                run_loop(
+                    common,
+                    params,
+                    options,
+                    &mut objective,
+                    progress,
+                    first_group,
+                )
+            });
+            if let Err(e) = &first {
+                health.fail(&format!("replica 0 failed: {e}"));
+            }
+            let mut failed = vec![];
+            for (i, handle) in others.into_iter().enumerate() {
+                if let Ok(Err(e)) = handle.join() {
+                    failed.push((i + 1, e));
+                }
+            }
+            // the replica that failed first says why; the others stopped because it did
+            let first_failure = health.failure().unwrap_or_default();
+            match first {
+                Err(e) if failed.is_empty() || first_failure.starts_with("replica 0 ") => Err(e),
+                first => match failed
+                    .into_iter()
+                    .find(|(rank, _)| first_failure.starts_with(&format!("replica {rank} ")))
+                {
+                    Some((_, e)) => Err(e),
+                    None => first,
+                },
+            }
+        })
+    }
+}
+
 /// Starts or resumes the run and runs it with progress; returns the trainer, how it ended and
 /// the seconds per step of this invocation.
 fn run_loop(
@@ -442,11 +602,12 @@ fn run_loop(
     options: LoopOptions,
     objective: &mut dyn crate::trainer::Objective,
     progress: &mut dyn TrainProgress,
+    group: Option<Box<dyn Collective>>,
 ) -> Result<(Trainer, Finish, f64)> {
     let mut trainer = if common.resume {
-        Trainer::resume(params, options)?
+        Trainer::resume(params, options, group)?
     } else {
-        Trainer::start(params, options)?
+        Trainer::start(params, options, group)?
     };
     let first = trainer.step();
     progress.begin("train", common.steps);

@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::optim::{
-    checkpoint_dir, clip_grad_norm, latest, prune, AdamW, AdamWConfig, Checkpoint, Ema, LossLog,
-    LossRow, LrSchedule, Snapshot, DEFAULT_SHARD_BYTES,
+    average_gradients, checkpoint_dir, clip_grad_norm, latest, prune, AdamW, AdamWConfig,
+    Checkpoint, Ema, LossLog, LossRow, LrSchedule, Snapshot, DEFAULT_SHARD_BYTES,
 };
 use crate::params::Params;
 use candle_core::{DType, Device, Tensor};
@@ -14,6 +14,7 @@ use pipelines::t2v::noise::NoiseGenerator;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use vdit_core::parallel::Collective;
 
 /// A training objective: the scalar f32 loss of step `step` (from 0) computed by a model
 /// built from `vb`. All its randomness comes from the step (see [`step_rng`]), so a resumed
@@ -95,38 +96,65 @@ impl PhaseSeconds {
 }
 
 /// A run in progress: parameters, optimiser, EMA, log.
+///
+/// With a `group`, the trainer is one replica of several that train one model on different
+/// devices (data parallelism): each computes the gradient of its share of the batch, the
+/// replicas average their gradients every step, and all apply the same update. Only replica 0
+/// writes the log and the checkpoints; a stop asked of any replica takes effect on all of them
+/// one step later.
 pub struct Trainer {
     params: Params,
     adamw: AdamW,
     ema: Ema,
     step: u64,
-    log: LossLog,
+    /// The loss log (`None` on replicas other than 0).
+    log: Option<LossLog>,
     options: LoopOptions,
+    group: Option<Box<dyn Collective>>,
+    /// A stop was asked and waits for the next exchange with the other replicas.
+    stop_asked: bool,
     /// Phase seconds summed over the `timed_steps` steps this trainer ran.
     phases: PhaseSeconds,
     timed_steps: u64,
 }
 
 impl Trainer {
-    /// A fresh run from `params` in `options.run_dir`, which must hold no checkpoint yet.
-    pub fn start(params: Params, options: LoopOptions) -> Result<Self> {
+    /// A fresh run from `params` in `options.run_dir`, which must hold no checkpoint yet; with
+    /// `group`, as one replica of it.
+    pub fn start(
+        params: Params,
+        options: LoopOptions,
+        group: Option<Box<dyn Collective>>,
+    ) -> Result<Self> {
         check_run_dir(&options.run_dir, false)?;
-        create_dir(&options.run_dir)?;
+        let writes = group.as_ref().is_none_or(|g| g.rank() == 0);
+        let log = if writes {
+            create_dir(&options.run_dir)?;
+            Some(LossLog::start(&options.run_dir)?)
+        } else {
+            None
+        };
         Ok(Self {
             adamw: AdamW::new(options.adamw)?,
             ema: Ema::new(options.ema_decay, params.vars())?,
             step: 0,
-            log: LossLog::start(&options.run_dir)?,
+            log,
             params,
             options,
+            group,
+            stop_asked: false,
             phases: PhaseSeconds::default(),
             timed_steps: 0,
         })
     }
 
     /// Continues the run in `options.run_dir` from its latest checkpoint; `params` (any
-    /// values, the run's shapes) receive the checkpoint's.
-    pub fn resume(params: Params, options: LoopOptions) -> Result<Self> {
+    /// values, the run's shapes) receive the checkpoint's. With `group`, as one replica of it.
+    pub fn resume(
+        params: Params,
+        options: LoopOptions,
+        group: Option<Box<dyn Collective>>,
+    ) -> Result<Self> {
         let folder = check_run_dir(&options.run_dir, true)?.ok_or_else(|| {
             Error::Usage(format!("{} holds no checkpoint", options.run_dir.display()))
         })?;
@@ -143,13 +171,21 @@ impl Trainer {
             Some(ema) => ema,
             None => Ema::new(options.ema_decay, params.vars())?,
         };
+        let writes = group.as_ref().is_none_or(|g| g.rank() == 0);
+        let log = if writes {
+            Some(LossLog::resume(&options.run_dir, saved.step)?)
+        } else {
+            None
+        };
         Ok(Self {
             adamw: saved.adamw,
             ema,
             step: saved.step,
-            log: LossLog::resume(&options.run_dir, saved.step)?,
+            log,
             params,
             options,
+            group,
+            stop_asked: false,
             phases: PhaseSeconds::default(),
             timed_steps: 0,
         })
@@ -179,8 +215,21 @@ impl Trainer {
 
     /// Runs the remaining steps; `on_step` sees each logged row and returns false to stop
     /// (a checkpoint is then written). A non-finite loss or gradient stops the run with an
-    /// error before the bad update, the last checkpoint intact.
+    /// error before the bad update, the last checkpoint intact. A replica that fails marks its
+    /// group failed, so that the others stop at their next exchange instead of waiting.
     pub fn run(
+        &mut self,
+        objective: &mut dyn Objective,
+        on_step: &mut dyn FnMut(&LossRow) -> bool,
+    ) -> Result<Finish> {
+        let finish = self.run_steps(objective, on_step);
+        if let (Err(e), Some(group)) = (&finish, &self.group) {
+            group.abort(&format!("replica {} failed: {e}", group.rank()));
+        }
+        finish
+    }
+
+    fn run_steps(
         &mut self,
         objective: &mut dyn Objective,
         on_step: &mut dyn FnMut(&LossRow) -> bool,
@@ -192,15 +241,29 @@ impl Trainer {
                 .params
                 .var_builder(self.options.dtype, &self.options.device);
             let loss = objective.loss(vb, step)?;
-            let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            let mut value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
             let mut lap = Lap::new(started);
             self.phases.forward += lap.next(&self.options.device)?;
             let mut grads = loss.backward()?;
+            let mut stop = false;
+            if let Some(group) = &self.group {
+                let agreed = average_gradients(
+                    group.as_ref(),
+                    self.params.vars(),
+                    &mut grads,
+                    value,
+                    self.stop_asked,
+                )?;
+                value = agreed.loss;
+                stop = agreed.stop;
+            }
             self.phases.backward += lap.next(&self.options.device)?;
             let norm = clip_grad_norm(self.params.vars(), &mut grads, self.options.clip)?;
             self.phases.clip += lap.next(&self.options.device)?;
             if !value.is_finite() || !norm.is_finite() {
-                self.log.flush()?;
+                if let Some(log) = &mut self.log {
+                    log.flush()?;
+                }
                 return Err(Error::Usage(format!(
                     "training diverged at step {step} (loss {value}, gradient norm {norm}); \
                      resume from the last checkpoint with a lower --lr"
@@ -220,12 +283,21 @@ impl Trainer {
                 grad_norm: norm,
                 seconds: started.elapsed().as_secs_f64(),
             };
-            self.log.append(&row)?;
+            if let Some(log) = &mut self.log {
+                log.append(&row)?;
+            }
             let every = self.options.checkpoint_every;
             if every > 0 && self.step.is_multiple_of(every) && self.step < self.options.steps {
                 self.checkpoint()?;
             }
-            if !on_step(&row) {
+            // alone, a stop takes effect now; among replicas, at the exchange that agrees on it
+            self.stop_asked |= !on_step(&row);
+            let stop = if self.group.is_some() {
+                stop
+            } else {
+                self.stop_asked
+            };
+            if stop {
                 self.checkpoint()?;
                 return Ok(Finish::Stopped);
             }
@@ -235,9 +307,13 @@ impl Trainer {
     }
 
     /// Writes a checkpoint of the current step (and flushes the log); returns its folder.
+    /// Replicas other than 0 write nothing (replica 0's checkpoint holds the same weights).
     pub fn checkpoint(&mut self) -> Result<PathBuf> {
-        self.log.flush()?;
         let folder = checkpoint_dir(&self.options.run_dir, self.step);
+        let Some(log) = &mut self.log else {
+            return Ok(folder);
+        };
+        log.flush()?;
         Snapshot {
             step: self.step,
             cursor: 0,

@@ -145,3 +145,29 @@ fn bad_training_input_is_one_line() {
         "{err}"
     );
 }
+
+/// `--gpus` on a build without NCCL says how to get one, in one line; next to `--device` it is
+/// refused as a conflict.
+#[test]
+#[cfg(not(feature = "nccl"))]
+fn training_on_several_gpus_needs_nccl() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("x").display().to_string();
+    let base = dir.path().display().to_string();
+    let args = [
+        "train", "dit", "--preset", "tiny", "--steps", "1", "--base", &base, "--out", &out,
+        "--gpus", "2",
+    ];
+    let output = vdit(&args);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && err.contains("built with NCCL") && err.lines().count() == 1,
+        "{err}"
+    );
+    let output = vdit(&[&args[..], &["--device", "cpu"]].concat());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && err.contains("cannot be used with"),
+        "{err}"
+    );
+}

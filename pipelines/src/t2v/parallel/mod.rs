@@ -12,4 +12,4 @@ mod plan;
 mod ranks;
 
 pub use plan::{ParallelPlan, Placement};
-pub use ranks::{RankJob, RankLinks, Ranks};
+pub use ranks::{collectives, RankJob, RankLinks, Ranks};

@@ -119,9 +119,15 @@ fn group(
     health: &GroupHealth,
 ) -> Result<Vec<Box<dyn Collective>>> {
     let devices: Vec<Device> = ranks.iter().map(|&r| devices[r].clone()).collect();
+    collectives(&devices, health)
+}
+
+/// One collective per device, in order: NCCL between GPUs (in a build with it), otherwise
+/// threads of this process exchanging through host memory.
+pub fn collectives(devices: &[Device], health: &GroupHealth) -> Result<Vec<Box<dyn Collective>>> {
     #[cfg(feature = "nccl")]
     if devices.iter().all(Device::is_cuda) {
-        let comms = vdit_core::parallel::NcclGroup::new(&devices, DEFAULT_TIMEOUT, health.clone())?;
+        let comms = vdit_core::parallel::NcclGroup::new(devices, DEFAULT_TIMEOUT, health.clone())?;
         return Ok(comms
             .into_iter()
             .map(|c| Box::new(c) as Box<dyn Collective>)

@@ -5,7 +5,8 @@
 //! `BTreeMap<String, Var>`. One training step:
 //!
 //! 1. forward (possibly in bf16 through `to_dtype` on the vars) and the loss;
-//! 2. `let mut grads = loss.backward()?;`
+//! 2. `let mut grads = loss.backward()?;` (with replicas on several devices, then
+//!    [`average_gradients`] over them);
 //! 3. `let norm = clip_grad_norm(&params, &mut grads, max_norm)?;` — when `norm` is not finite,
 //!    skip steps 4–5 (the gradients are left as they were);
 //! 4. `adamw.step(&params, &grads, schedule.lr(step))?;` with `step` the steps taken so far;
@@ -28,6 +29,7 @@ mod flat;
 mod font;
 mod log;
 mod plot;
+mod replicas;
 mod schedule;
 mod shards;
 mod weights;
@@ -42,6 +44,7 @@ pub use log::{loss_csv, read_loss_csv, LossLog, LossRow, LOSS_HEADER};
 pub use plot::{
     plot_png, plot_png_with, render as render_plot, PlotOptions, AVERAGE_COLOR, RAW_COLOR,
 };
+pub use replicas::{average_gradients, Agreement};
 pub use schedule::LrSchedule;
 pub use shards::{WeightDtype, DEFAULT_SHARD_BYTES, MIN_SHARD_BYTES};
 pub(crate) use weights::check_replaceable;

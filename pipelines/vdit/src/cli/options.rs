@@ -202,6 +202,22 @@ impl std::str::FromStr for GpuList {
     }
 }
 
+impl GpuList {
+    /// The GPUs, opened in order (a build with NCCL is needed to exchange between them).
+    pub fn open(&self) -> Result<Vec<Device>> {
+        if !cfg!(feature = "nccl") {
+            anyhow::bail!(
+                "--gpus needs a vdit built with NCCL: rebuild with `cargo build --release \
+                 --no-default-features --features cuda,nccl`"
+            );
+        }
+        self.0
+            .iter()
+            .map(|n| open_device(&format!("cuda:{n}")))
+            .collect()
+    }
+}
+
 impl ParallelArgs {
     /// The devices and split of the run (one device, from `runtime`, without --gpus) and the
     /// dtype; `guided` says whether any generation has guidance, `heads` is the model's
@@ -212,26 +228,17 @@ impl ParallelArgs {
         guided: bool,
         heads: usize,
     ) -> Result<(Placement, DType)> {
-        let Some(GpuList(gpus)) = &self.gpus else {
+        let Some(gpus) = &self.gpus else {
             let (device, dtype) = runtime.open()?;
             return Ok((Placement::single(&device), dtype));
         };
-        if !cfg!(feature = "nccl") {
-            anyhow::bail!(
-                "--gpus needs a vdit built with NCCL: rebuild with `cargo build --release \
-                 --no-default-features --features cuda,nccl`"
-            );
-        }
+        let devices = gpus.open()?;
         let cfg = match (self.cfg_parallel, self.no_cfg_parallel) {
             (true, _) => Some(true),
             (_, true) => Some(false),
             _ => None,
         };
-        let plan = ParallelPlan::choose(gpus.len(), self.sp, cfg, guided, heads)?;
-        let devices = gpus
-            .iter()
-            .map(|n| open_device(&format!("cuda:{n}")))
-            .collect::<Result<Vec<_>>>()?;
+        let plan = ParallelPlan::choose(devices.len(), self.sp, cfg, guided, heads)?;
         let dtype = runtime.dtype_on(&devices[0]);
         Ok((Placement::new(devices, plan)?, dtype))
     }

@@ -2,7 +2,7 @@
 //! on procedurally rendered clips (see the `train` crate), with a progress bar showing the
 //! loss and throughput, a CSV loss log, its PNG plot, checkpoints and `--resume`.
 
-use crate::cli::options::RuntimeArgs;
+use crate::cli::options::{GpuList, RuntimeArgs};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -119,6 +119,11 @@ struct DitArgs {
     /// Share of captions replaced by the empty caption (for classifier-free guidance).
     #[arg(long, default_value_t = 0.1)]
     caption_dropout: f64,
+    /// GPUs that train together, a count (2) or a list (0,1): each trains a replica of the
+    /// transformer on its share of every step's batch, which --batch gives whole (data
+    /// parallelism). Needs a build with NCCL.
+    #[arg(long, conflicts_with = "device")]
+    gpus: Option<GpuList>,
 }
 
 fn parse_preset(text: &str) -> std::result::Result<Preset, String> {
@@ -160,14 +165,24 @@ pub fn run(args: TrainArgs, registry: &Registry) -> Result<()> {
             run::train_vae(&stage, &mut bar).context("vdit train vae")?
         }
         Stage::Dit(a) => {
+            let mut common = a.common.common(16, 3e-4, 200)?;
+            let mut replica_devices = vec![];
+            if let Some(gpus) = &a.gpus {
+                let mut devices = gpus.open()?.into_iter();
+                if let Some(first) = devices.next() {
+                    common.device = first;
+                }
+                replica_devices = devices.collect();
+            }
             let stage = DitStage {
-                common: a.common.common(16, 3e-4, 200)?,
+                common,
                 base: a.base,
                 from_scratch: a.from_scratch,
                 clips: a.clips,
                 attention: a.attention,
                 sparsity_ramp: a.sparsity_ramp,
                 caption_dropout: a.caption_dropout,
+                replica_devices,
             };
             let mut bar = Bar::new(a.common.quiet, a.common.log_every);
             run::train_dit(&stage, registry, &mut bar).context("vdit train dit")?
