@@ -44,7 +44,7 @@ cp "$CARGO_TARGET_DIR/release/vdit" .gpu/vdit
 cargo test "${cuda[@]}" --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, shutil, sys
 wanted = {("sparse", "cuda"), ("dit", "cuda"), ("dit", "sequence_parallel"), ("vae", "parity"), ("vae", "columns"),
-          ("train", "sparse_gradients")}
+          ("train", "sparse_gradients"), ("train", "train_loop")}
 for line in sys.stdin:
     m = json.loads(line)
     target = m.get("target", {})
