@@ -4,7 +4,8 @@
 //!    folder it writes (VAE, a frozen random text encoder, the word-level tokenizer) is the
 //!    base of the next stage.
 //! 2. [`train_dit`]: the transformer with flow matching over a base, through any attention
-//!    method; from scratch, or fine-tuning the base's own transformer.
+//!    method; from scratch, or fine-tuning the base's own transformer; on one device, or on
+//!    several that each take a share of every batch and average their gradients.
 //!
 //! Both write `<run>/loss.csv`, `<run>/loss.png`, `<run>/checkpoints/step-N/` and
 //! `<run>/model/` (EMA weights), and resume from their latest checkpoint when asked; the
