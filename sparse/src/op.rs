@@ -9,6 +9,7 @@ use candle_core::{
 };
 use std::str::FromStr;
 use std::sync::Arc;
+use vdit_core::storage::contiguous_f32;
 
 /// The family of forward attention kernels on the GPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,7 +128,7 @@ impl CustomOp1 for TopK {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, n) = l.shape().dims2()?;
-        let scores = f32_slice(s, l)?;
+        let scores = contiguous_f32(s, l, "top-k rows")?;
         let k = self.k.min(n);
         let mut out = Vec::with_capacity(rows * k);
         for row in scores.chunks_exact(n) {
@@ -153,13 +154,6 @@ struct BlockSparseOp {
     plan: Arc<SparsePlan>,
     scale: f32,
     kernel: ForwardKernel,
-}
-
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("expected contiguous f32 data"),
-    }
 }
 
 fn dims_of(q: &Shape, k: &Shape) -> Result<Dims> {
@@ -193,7 +187,12 @@ impl CustomOp3 for BlockSparseOp {
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims_of(l1.shape(), l2.shape())?;
         let mask = self.plan.host_mask()?;
-        let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let op = "block-sparse attention";
+        let (q, k, v) = (
+            contiguous_f32(s1, l1, op)?,
+            contiguous_f32(s2, l2, op)?,
+            contiguous_f32(s3, l3, op)?,
+        );
         let fwd = cpu::forward(&self.plan, &mask, dims, q, k, v, self.scale);
         Ok((CpuStorage::F32(fwd.out), bshd(dims)))
     }
@@ -300,7 +299,12 @@ impl CustomOp3 for BackwardOp {
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims_of(l1.shape(), l2.shape())?;
         let mask = self.plan.host_mask()?;
-        let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let op = "block-sparse attention backward";
+        let (q, k, v) = (
+            contiguous_f32(s1, l1, op)?,
+            contiguous_f32(s2, l2, op)?,
+            contiguous_f32(s3, l3, op)?,
+        );
         let lse = cpu::forward(&self.plan, &mask, dims, q, k, v, self.scale).lse;
         let (delta, dout) = (host_vec(&self.delta)?, host_vec(&self.dout)?);
         let g = cpu::backward(

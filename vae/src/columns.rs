@@ -8,6 +8,7 @@
 //! (`kernels/columns.cu`) and their gradient one gather-sum, the exact adjoint.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use vdit_core::storage::contiguous_f32;
 
 /// Which columns to gather from channels-first frames `[b, l, c, P]` (`P` padded pixels per
 /// frame, flattened rows of `row` pixels): entry `(b', fo)`, row `((tap * k + ky) * k + kx) * c
@@ -101,20 +102,13 @@ impl ShiftColumns {
     }
 }
 
-fn f32_values<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{op}: the CPU version takes contiguous f32 tensors"),
-    }
-}
-
 impl CustomOp1 for ShiftColumns {
     fn name(&self) -> &'static str {
         "shift-columns"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let frames = f32_values(s, l, "shift columns")?;
+        let frames = contiguous_f32(s, l, "shift columns")?;
         let dims = self.frames(l.shape())?;
         let columns = self.sources(dims).map(|i| frames[i]).collect();
         Ok((CpuStorage::F32(columns), self.columns_shape(dims)))
@@ -154,7 +148,7 @@ impl CustomOp1 for Adjoint {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let columns = f32_values(s, l, "shift columns adjoint")?;
+        let columns = contiguous_f32(s, l, "shift columns adjoint")?;
         let f = self.frames;
         let mut frames = vec![0f32; f.shape().elem_count()];
         for (value, i) in columns.iter().zip(self.of.sources(f)) {

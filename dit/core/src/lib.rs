@@ -2,7 +2,7 @@
 //! latent token grid ([`TokenGrid`]), the place of a forward pass in the sampling loop
 //! ([`Step`]), error measures ([`metrics`]), a bitmap font for labels ([`font`]), peak GPU
 //! memory ([`memory`]), safe output files ([`output`]), the collectives and splits of
-//! multi-device runs ([`parallel`]) and, with the `cuda` feature, the helpers that launch the
+//! multi-device runs ([`parallel`]), custom operations' CPU inputs ([`storage`]) and, with the `cuda` feature, the helpers that launch the
 //! engine's CUDA kernels on candle's storage ([`cuda`]).
 
 #[cfg(feature = "cuda")]
@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod output;
 pub mod parallel;
 mod step;
+pub mod storage;
 pub mod weights;
 
 pub use grid::TokenGrid;

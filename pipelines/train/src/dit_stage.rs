@@ -73,11 +73,6 @@ pub struct Shard {
     pub ranks: usize,
 }
 
-impl Shard {
-    /// The whole batch, on one device.
-    pub const WHOLE: Self = Self { rank: 0, ranks: 1 };
-}
-
 /// Settings of the flow-matching objective.
 #[derive(Clone, Debug)]
 pub struct FlowMatchingOptions {

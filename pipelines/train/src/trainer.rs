@@ -127,8 +127,7 @@ impl Trainer {
         group: Option<Box<dyn Collective>>,
     ) -> Result<Self> {
         check_run_dir(&options.run_dir, false)?;
-        let writes = group.as_ref().is_none_or(|g| g.rank() == 0);
-        let log = if writes {
+        let log = if writes_files(&group) {
             create_dir(&options.run_dir)?;
             Some(LossLog::start(&options.run_dir)?)
         } else {
@@ -171,8 +170,7 @@ impl Trainer {
             Some(ema) => ema,
             None => Ema::new(options.ema_decay, params.vars())?,
         };
-        let writes = group.as_ref().is_none_or(|g| g.rank() == 0);
-        let log = if writes {
+        let log = if writes_files(&group) {
             Some(LossLog::resume(&options.run_dir, saved.step)?)
         } else {
             None
@@ -362,6 +360,11 @@ pub fn check_run_dir(run_dir: &Path, resume: bool) -> Result<Option<PathBuf>> {
         ))),
         (found, _) => Ok(found),
     }
+}
+
+/// Whether a trainer in `group` writes the run's files: alone, or as replica 0.
+fn writes_files(group: &Option<Box<dyn Collective>>) -> bool {
+    group.as_ref().is_none_or(|g| g.rank() == 0)
 }
 
 fn create_dir(dir: &Path) -> Result<()> {

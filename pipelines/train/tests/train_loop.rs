@@ -3,6 +3,7 @@
 
 mod train_common;
 
+use candle_core::{DType, Device, Tensor};
 use sparse::Registry;
 use train::optim::read_loss_csv;
 use train::run::{train_dit, DitStage};
@@ -29,23 +30,47 @@ fn losses(dir: &std::path::Path) -> anyhow::Result<Vec<(u64, f64)>> {
         .collect())
 }
 
-/// The shipped transformer weights of a finished run, by name.
-fn shipped(dir: &std::path::Path) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
-    let file = dir.join("model/transformer/diffusion_pytorch_model.safetensors");
-    let mut tensors: Vec<_> = candle_core::safetensors::load(file, &candle_core::Device::Cpu)?
-        .into_iter()
-        .collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    tensors
-        .into_iter()
-        .map(|(name, t)| {
-            let values = t
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1()?;
-            Ok((name, values))
-        })
-        .collect()
+/// Checks that two finished runs of `steps` steps agree: each step's loss within `loss_tol`
+/// (relative), every shipped transformer weight within `weight_tol`; prints both measures.
+fn assert_runs_agree(
+    one: &std::path::Path,
+    other: &std::path::Path,
+    steps: usize,
+    loss_tol: f64,
+    weight_tol: f32,
+) -> anyhow::Result<()> {
+    let (a, b) = (losses(one)?, losses(other)?);
+    assert_eq!((a.len(), b.len()), (steps, steps));
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        eprintln!("step {step}: loss {x} and {y}");
+        assert!(
+            (x - y).abs() <= loss_tol * x.abs(),
+            "step {step}: loss {x} against {y}"
+        );
+    }
+    let shipped = |dir: &std::path::Path| -> anyhow::Result<Vec<(String, Tensor)>> {
+        let file = dir.join("model/transformer/diffusion_pytorch_model.safetensors");
+        let mut tensors: Vec<_> = candle_core::safetensors::load(file, &Device::Cpu)?
+            .into_iter()
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(tensors)
+    };
+    let mut worst = 0f32;
+    for ((name, x), (_, y)) in shipped(one)?.iter().zip(shipped(other)?) {
+        let difference = (x.to_dtype(DType::F32)? - y.to_dtype(DType::F32)?)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(
+            difference <= weight_tol,
+            "{name}: weights differ by {difference}"
+        );
+        worst = worst.max(difference);
+    }
+    eprintln!("shipped weights differ by at most {worst}");
+    Ok(())
 }
 
 /// A run stopped after 3 of 6 steps and resumed (reading its encoded clips back from its
@@ -182,8 +207,8 @@ fn a_vae_run_from_a_folder_starts_from_its_weights() -> anyhow::Result<()> {
 /// Two replicas (threads on the CPU, exchanging through host memory) that split a batch of 4
 /// train as one device with the whole batch: the same loss at every step and the same shipped
 /// weights, up to the order of floating-point sums (relative 1e-5 on the losses, 1e-5 on the
-/// weights after 4 AdamW steps; measured: 1e-7 and 0). A stop asked after step 2 takes effect at the next exchange,
-/// on both replicas, and resuming finishes the same run.
+/// weights after 4 AdamW steps; measured: 1e-7 and 0). A stop asked after step 2 takes effect
+/// at the next exchange, on both replicas, and resuming finishes the same run.
 #[test]
 fn two_replicas_train_as_one_device_with_the_whole_batch() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
@@ -192,39 +217,17 @@ fn two_replicas_train_as_one_device_with_the_whole_batch() -> anyhow::Result<()>
     let whole = dit_stage(&base, &root.path().join("whole"), 4);
     train_dit(&whole, &registry, &mut StopAfter(None, 0))?;
     let mut pair = dit_stage(&base, &root.path().join("pair"), 4);
-    pair.replica_devices = vec![candle_core::Device::Cpu];
+    pair.replica_devices = vec![Device::Cpu];
     let stopped = train_dit(&pair, &registry, &mut StopAfter(Some(2), 0))?;
     assert!(!stopped.finished && stopped.steps == 3, "{stopped:?}");
     pair.common.resume = true;
     let done = train_dit(&pair, &registry, &mut StopAfter(None, 0))?;
     assert!(done.finished && done.steps == 4, "{done:?}");
-    let (a, b) = (
-        losses(&whole.common.run_dir)?,
-        losses(&pair.common.run_dir)?,
-    );
-    assert_eq!(a.len(), 4);
-    assert_eq!(b.len(), 4);
-    for ((step, x), (_, y)) in a.iter().zip(&b) {
-        assert!(
-            (x - y).abs() <= 1e-5 * x.abs(),
-            "step {step}: loss {x} alone, {y} in pairs"
-        );
-    }
-    for ((name, x), (_, y)) in shipped(&whole.common.run_dir)?
-        .iter()
-        .zip(shipped(&pair.common.run_dir)?)
-    {
-        let worst = x
-            .iter()
-            .zip(&y)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0f32, f32::max);
-        assert!(worst <= 1e-5, "{name}: weights differ by {worst}");
-    }
+    assert_runs_agree(&whole.common.run_dir, &pair.common.run_dir, 4, 1e-5, 1e-5)?;
     // a batch the replicas cannot share evenly is refused in one line
     let mut odd = dit_stage(&base, &root.path().join("odd"), 1);
     odd.common.batch = 3;
-    odd.replica_devices = vec![candle_core::Device::Cpu];
+    odd.replica_devices = vec![Device::Cpu];
     let err = train_dit(&odd, &registry, &mut StopAfter(None, 0))
         .unwrap_err()
         .to_string();
@@ -242,7 +245,6 @@ fn two_replicas_train_as_one_device_with_the_whole_batch() -> anyhow::Result<()>
 #[test]
 #[cfg(feature = "cuda")]
 fn two_gpus_train_as_one_with_the_whole_batch() -> anyhow::Result<()> {
-    use candle_core::Device;
     let Ok(second) = Device::new_cuda(1) else {
         eprintln!("skipped: this machine has one GPU");
         return Ok(());
@@ -260,28 +262,5 @@ fn two_gpus_train_as_one_with_the_whole_batch() -> anyhow::Result<()> {
     pair.replica_devices = vec![second];
     let done = train_dit(&pair, &registry, &mut StopAfter(None, 0))?;
     assert!(done.finished && done.steps == 4, "{done:?}");
-    let (a, b) = (
-        losses(&whole.common.run_dir)?,
-        losses(&pair.common.run_dir)?,
-    );
-    assert_eq!((a.len(), b.len()), (4, 4));
-    for ((step, x), (_, y)) in a.iter().zip(&b) {
-        eprintln!("step {step}: loss {x} on one GPU, {y} on two");
-        assert!((x - y).abs() <= 1e-2 * x.abs(), "step {step}: {x} vs {y}");
-    }
-    let mut worst_of_all = 0f32;
-    for ((name, x), (_, y)) in shipped(&whole.common.run_dir)?
-        .iter()
-        .zip(shipped(&pair.common.run_dir)?)
-    {
-        let worst = x
-            .iter()
-            .zip(&y)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0f32, f32::max);
-        assert!(worst <= 1e-2, "{name}: weights differ by {worst}");
-        worst_of_all = worst_of_all.max(worst);
-    }
-    eprintln!("shipped weights differ by at most {worst_of_all}");
-    Ok(())
+    assert_runs_agree(&whole.common.run_dir, &pair.common.run_dir, 4, 1e-2, 1e-2)
 }
