@@ -13,11 +13,13 @@
 #                                                                              -> runs/vae
 #   steptime  seconds per transformer step (batch DIT_BATCH, GPUs DIT_GPUS) of .gpu/vdit and,
 #             when present, .gpu/vdit-old (an earlier build, side by side); the first goes to
-#             runs/dit-rate
+#             runs/dit-rate. DIT_BATCHES="64 128 ...": each of those batches with .gpu/vdit;
+#             the one with the most clips per second goes to runs/dit-batch (the `dit` step's
+#             batch when DIT_BATCH is not given) and its rate to runs/dit-rate
 #   dit       the transformer over DIT_BASE (runs/vae/model: from scratch; a carried model
 #             folder: continued with a fresh optimiser), DIT_STEPS steps (default: as many as
 #             fit before DEADLINE, epoch seconds, at DIT_RATE s/step, default runs/dit-rate),
-#             batch DIT_BATCH (32, split over the GPUs DIT_GPUS when given, e.g. 2: data
+#             batch DIT_BATCH (runs/dit-batch, else 32; split over the GPUs DIT_GPUS when given, e.g. 2: data
 #             parallelism), DIT_CLIPS (8192) clips of seed DIT_SEED (0), DIT_LR (6e-4);
 #             DIT_FROM: continue a model folder's transformer (fresh optimiser; a previous
 #             runs/dit moves aside and lends its encoded clips); or DIT_TOTAL steps over
@@ -138,9 +140,25 @@ for step in "$@"; do
       echo "dit: $steps steps (resume: $resume), stopping at DEADLINE at the latest" | log
       RESUME=$resume train dit --base "${from:-${DIT_BASE:-runs/vae/model}}" --out runs/dit \
         --steps "$steps" --lr "${DIT_LR:-6e-4}" --warmup "${DIT_WARMUP:-50}" \
-        --batch "${DIT_BATCH:-32}" --clips "${DIT_CLIPS:-8192}" --seed "${DIT_SEED:-0}" --checkpoint-every 100 \
+        --batch "${DIT_BATCH:-$(cat runs/dit-batch 2>/dev/null || echo 32)}" --clips "${DIT_CLIPS:-8192}" --seed "${DIT_SEED:-0}" --checkpoint-every 100 \
         --log-every 50 ${DIT_GPUS:+--gpus "$DIT_GPUS"} ;;
     steptime)
+      if [ -n "${DIT_BATCHES:-}" ]; then
+        best=0
+        for batch in $DIT_BATCHES; do
+          line=$($vdit train dit --base "${DIT_BASE:-runs/vae/model}" --out "$scratch/steptime-b$batch" \
+            --clips 64 --steps 16 --batch "$batch" ${DIT_GPUS:+--gpus "$DIT_GPUS"} --quiet 2>&1 | tail -2 | tr '\n' ' ')
+          echo "batch $batch: $line" | log
+          rate=$(echo "$line" | sed -n 's/.* \([0-9.]*\) s\/step.*/\1/p')
+          [ -n "$rate" ] || continue
+          speed=$(python3 -c "print(int($batch / $rate))")
+          if [ "$speed" -gt "$best" ]; then
+            best=$speed; echo "$batch" >runs/dit-batch; echo "$rate" >runs/dit-rate
+          fi
+        done
+        echo "steptime: batch $(cat runs/dit-batch 2>/dev/null), $best clips/s" | log
+        continue
+      fi
       for build in vdit vdit-old; do
         [ -x ".gpu/$build" ] || continue
         line=$(".gpu/$build" train dit --base "${DIT_BASE:-runs/vae/model}" --out "$scratch/steptime-$build" \
