@@ -1,7 +1,10 @@
-//! The pipeline as a library, without the command line: a generation on the embedded tiny
+//! The pipeline as a library, without the command line: a generation on the tiny random
 //! model with a sparse method chosen by name, decoded into a sink of our own.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::tiny;
 use dit::LoraSet;
 use pipelines::t2v::{
     FrameSink, Job, Loaded, ModelContext, ModelSpec, NoiseSource, PromptInput, SettingOverrides,
@@ -35,7 +38,7 @@ impl FrameSink for Counter {
 
 #[test]
 fn a_generation_runs_into_a_sink_of_our_own() -> anyhow::Result<()> {
-    let context = ModelContext::new(&ModelSpec::default())?; // the embedded tiny model
+    let context = ModelContext::new(&tiny())?;
     let settings = context.settings(&SettingOverrides {
         size: Some("128x128".parse()?), // 3 x 8 x 8 tokens: 4 cubes of 4 x 4 x 4
         frames: Some(9),
@@ -85,7 +88,7 @@ fn a_failing_sink_ends_the_generation_with_its_own_error() -> anyhow::Result<()>
             Err("the disk is full".into())
         }
     }
-    let context = ModelContext::new(&ModelSpec::default())?;
+    let context = ModelContext::new(&tiny())?;
     let settings = context.settings(&SettingOverrides {
         size: Some("64x48".parse()?),
         frames: Some(5),
@@ -124,24 +127,24 @@ fn a_failing_sink_ends_the_generation_with_its_own_error() -> anyhow::Result<()>
 /// sparsity 0.8 unless a method is named; option flags apply over that default.
 #[test]
 fn a_vsa_trained_transformer_defaults_to_vsa() -> anyhow::Result<()> {
-    let tiny = pipelines::t2v::default_model_folder()?;
+    let folder = tiny().folder.expect("a folder");
     let dir = tempfile::tempdir()?;
     for part in ["vae", "text_encoder", "tokenizer", "scheduler"] {
-        std::os::unix::fs::symlink(tiny.join(part), dir.path().join(part))?;
+        std::os::unix::fs::symlink(folder.join(part), dir.path().join(part))?;
     }
     std::fs::copy(
-        tiny.join("model_index.json"),
+        folder.join("model_index.json"),
         dir.path().join("model_index.json"),
     )?;
     let transformer = dir.path().join("transformer");
     std::fs::create_dir(&transformer)?;
     std::fs::copy(
-        tiny.join("transformer/config.json"),
+        folder.join("transformer/config.json"),
         transformer.join("config.json"),
     )?;
     let weights = "diffusion_pytorch_model.safetensors";
     let mut tensors =
-        candle_core::safetensors::load(tiny.join("transformer").join(weights), &Device::Cpu)?;
+        candle_core::safetensors::load(folder.join("transformer").join(weights), &Device::Cpu)?;
     for block in 0..2 {
         let gate = format!("blocks.{block}.attn1.to_gate_compress");
         tensors.insert(
@@ -168,7 +171,7 @@ fn a_vsa_trained_transformer_defaults_to_vsa() -> anyhow::Result<()> {
     );
     assert_eq!(context.attention(&flags, true)?, flags);
     // the plain tiny model keeps dense
-    let plain = ModelContext::new(&ModelSpec::default())?;
+    let plain = ModelContext::new(&tiny())?;
     assert_eq!(
         plain.attention(&MethodSpec::named("dense"), false)?.name,
         "dense"

@@ -3,12 +3,15 @@
 //! runs in CI. The latents must match a one-device run and the density must count every head
 //! and pass once.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::tiny;
 use dit::LoraSet;
 use pipelines::t2v::parallel::Placement;
 use pipelines::t2v::{
-    read_tensor, FrameSink, Job, Loaded, ModelContext, ModelSpec, NoiseSource, Outcome,
-    ParallelPlan, PromptCache, PromptInput, SettingOverrides, Silent, SinkError,
+    read_tensor, FrameSink, Job, Loaded, ModelContext, NoiseSource, Outcome, ParallelPlan,
+    PromptCache, PromptInput, SettingOverrides, Silent, SinkError,
 };
 use sparse::{MethodSpec, Registry};
 use std::path::Path;
@@ -23,7 +26,7 @@ impl FrameSink for Discard {
     }
 }
 
-/// A 2-step generation of the embedded model (2 heads) at 112x112, 9 frames: 3x7x7 = 147
+/// A 2-step generation of the tiny model (2 heads) at 112x112, 9 frames: 3x7x7 = 147
 /// tokens, which do not divide among 2 ranks.
 fn job(context: &ModelContext, method: &str, latents: &Path) -> anyhow::Result<Job> {
     let settings = context.settings(&SettingOverrides {
@@ -70,7 +73,7 @@ fn run(
 
 #[test]
 fn every_split_matches_one_device() -> anyhow::Result<()> {
-    let context = ModelContext::new(&ModelSpec::default())?;
+    let context = ModelContext::new(&tiny())?;
     let dir = tempfile::tempdir()?;
     let probe = job(&context, "dense", &dir.path().join("probe"))?;
     let prompts = context.encode(&probe.texts(), DType::F32, &Device::Cpu, &mut Silent)?;
@@ -144,7 +147,7 @@ impl sparse::AttentionMethod for FailsPastHeadZero {
 
 #[test]
 fn a_failing_rank_ends_the_run_with_its_error() -> anyhow::Result<()> {
-    let context = ModelContext::new(&ModelSpec::default())?;
+    let context = ModelContext::new(&tiny())?;
     let dir = tempfile::tempdir()?;
     let mut job = job(&context, "dense", &dir.path().join("latents.safetensors"))?;
     job.schedule = sparse::AttentionSchedule::of(FailsPastHeadZero);

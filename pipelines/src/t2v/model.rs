@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_MODEL_ENV: &str = "VDIT_DEFAULT_MODEL";
 
 /// The embedded default model's folder name under `assets/`.
-const DEFAULT_MODEL_DIR: &str = "tiny-wan";
+const DEFAULT_MODEL_DIR: &str = "shapes-wan";
 
 /// The parts of a Wan text-to-video pipeline that are loaded from disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,7 +312,7 @@ fn check_pipeline_folder(folder: &Path) -> Result<PathBuf> {
     Ok(folder.to_path_buf())
 }
 
-/// The default model: `$VDIT_DEFAULT_MODEL`, else `assets/tiny-wan` found next to the
+/// The default model: `$VDIT_DEFAULT_MODEL`, else `assets/shapes-wan` found next to the
 /// executable (`assets/` beside it, or the source tree two or three levels up, as for
 /// `target/release/vdit`), else in the source tree this binary was built from.
 pub fn default_model_folder() -> Result<PathBuf> {
@@ -407,7 +407,11 @@ mod tests {
     fn default_model_is_found() {
         let paths = ModelSpec::default().resolve().unwrap();
         let folder = paths.folder.clone().unwrap();
-        assert!(folder.ends_with("assets/tiny-wan"), "{}", folder.display());
+        assert!(
+            folder.ends_with("assets/shapes-wan"),
+            "{}",
+            folder.display()
+        );
         paths
             .require(&[
                 Component::Transformer,

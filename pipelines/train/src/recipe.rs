@@ -1,7 +1,7 @@
-//! The small text-to-video model this project trains (to become the embedded default): every
-//! part a Wan 2.1 family member of the engine's own model code, sized so that a generation runs
-//! on a 2-core CPU in under a minute (35 s measured for 12 guided steps) while the transformer
-//! still sees more than a thousand tokens.
+//! The small text-to-video model this project trains (the embedded default,
+//! assets/shapes-wan): every part a Wan 2.1 family member of the engine's own model code, sized
+//! so that a generation runs on a 2-core CPU in under a minute (about 30 s for 12 guided steps)
+//! while the transformer still sees more than a thousand tokens.
 //!
 //! | part | shape |
 //! | --- | --- |

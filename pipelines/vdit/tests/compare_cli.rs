@@ -1,4 +1,4 @@
-//! `vdit compare` on the embedded tiny model: dense, VSA, VMoBA, PARO (calibrated here) and
+//! `vdit compare` on the tiny random model: dense, VSA, VMoBA, PARO (calibrated here) and
 //! SparseD on two prompts and two seeds; every method reported with finite numbers, dense
 //! against itself exact, and a re-run computing nothing new.
 

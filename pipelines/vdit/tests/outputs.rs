@@ -213,7 +213,7 @@ fn limited(args: &[String]) -> std::process::Output {
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_vdit"))
         .args(args)
-        .env_remove("VDIT_DEFAULT_MODEL")
+        .env("VDIT_DEFAULT_MODEL", tiny_wan())
         .output()
         .unwrap()
 }

@@ -1,4 +1,4 @@
-//! `vdit batch` on the embedded tiny model: failing jobs are reported by line while the others
+//! `vdit batch` on the tiny random model: failing jobs are reported by line while the others
 //! run, a re-run skips finished jobs, and a batch killed mid-way resumes without redoing
 //! finished jobs or leaving half-written files under final names.
 

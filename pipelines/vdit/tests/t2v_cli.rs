@@ -1,4 +1,4 @@
-//! `vdit generate` and `vdit calibrate paro` on the embedded tiny model: validation before any
+//! `vdit generate` and `vdit calibrate paro` on the tiny random model: validation before any
 //! heavy work, missing parts, the record next to the video, seeds, the default model, and PARO
 //! calibration at one size used at that size only.
 
@@ -211,7 +211,8 @@ fn record_describes_the_generation() {
 }
 
 /// The saved latents of a seed are reproducible, and another seed gives others; without
-/// --model the embedded default model is used.
+/// --model the default model is used (`VDIT_DEFAULT_MODEL`, which the test helpers set to the
+/// tiny one).
 #[test]
 fn seeds_reproduce_and_the_default_model_is_used() {
     let dir = tempfile::tempdir().unwrap();

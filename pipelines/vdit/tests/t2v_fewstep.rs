@@ -1,6 +1,6 @@
 //! Few-step (DMD) sampling: `vdit generate` against FastVideo's sampling loop written over
-//! diffusers' transformer (fixture from tests/fixtures/t2v/make_dmd_fixtures.py: the embedded
-//! tiny model, 3 timesteps, given initial and re-noising noise, f32), and a FastWan-style folder
+//! diffusers' transformer (fixture from tests/fixtures/t2v/make_dmd_fixtures.py: the tiny
+//! random model, 3 timesteps, given initial and re-noising noise, f32), and a FastWan-style folder
 //! taking its defaults.
 //!
 //! Tolerance: the sampled latents within relative L2 1e-4 and max abs 1e-4.

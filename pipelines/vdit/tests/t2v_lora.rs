@@ -1,4 +1,4 @@
-//! `--lora` on `vdit generate` and a job's `lora` key in `vdit batch`, on the embedded tiny
+//! `--lora` on `vdit generate` and a job's `lora` key in `vdit batch`, on the tiny random
 //! model with LoRA files made here (the merge itself is checked against diffusers in
 //! dit/tests/lora.rs).
 

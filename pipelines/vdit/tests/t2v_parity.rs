@@ -1,5 +1,5 @@
-//! The text-to-video pipeline against diffusers' WanPipeline end to end, on the embedded tiny
-//! random model (fixtures from tests/fixtures/t2v/make_t2v_fixtures.py: fixed initial latents and
+//! The text-to-video pipeline against diffusers' WanPipeline end to end, on the tiny random
+//! model (fixtures from tests/fixtures/t2v/make_t2v_fixtures.py: fixed initial latents and
 //! prompt embeddings, 64x48 pixels, 9 frames, f32).
 //!
 //! Tolerances: denoised latents (`--save-latents`, diffusers' output_type="latent") within

@@ -1,5 +1,6 @@
 //! `vdit train` and `vdit eval` on the tiny preset (CPU): a base from `train vae`, a model
-//! from `train dit`, a video from that model, and an evaluation with a table and eval.json.
+//! from `train dit`, the two runs' loss logs as one plot, a video from that model, and an
+//! evaluation with a table and eval.json.
 
 mod t2v_common;
 
@@ -58,6 +59,27 @@ fn train_then_generate_then_eval() {
         "--quiet",
     ]));
     assert!(out.contains("trained 3 steps"), "{out}");
+    // the two runs' logs as one curve; an existing plot is kept unless --overwrite
+    let plot = run("joined.png");
+    let args = [
+        "train",
+        "plot",
+        &run("vae"),
+        &format!("{}/loss.csv", run("dit")),
+        "--out",
+        &plot,
+    ];
+    let out = ok(&vdit(&args));
+    assert!(out.contains("plotted 2 runs, 5 steps"), "{out}");
+    let first = std::fs::read(&plot).expect("plot");
+    assert_eq!(&first[..4], b"\x89PNG");
+    let again = vdit(&args);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("already exists"),
+        "{err}"
+    );
+    ok(&vdit(&[&args[..], &["--overwrite"]].concat()));
     for file in [
         "loss.csv",
         "loss.png",
@@ -127,6 +149,29 @@ fn train_then_generate_then_eval() {
     .expect("json");
     assert_eq!(report["methods"].as_array().map(Vec::len), Some(2));
     assert_eq!(report["captions"].as_array().map(Vec::len), Some(2));
+    // the comparison report's summary carries the same accuracies, as its last columns
+    let summary = std::fs::read_to_string(dir.path().join("eval/report.md")).expect("report.md");
+    let header = summary
+        .lines()
+        .find(|l| l.starts_with("| method |"))
+        .expect("summary");
+    assert!(
+        header.ends_with("| colour | shape | motion | all three |"),
+        "{header}"
+    );
+    let dense = summary
+        .lines()
+        .find(|l| l.starts_with("| dense |"))
+        .expect("dense row");
+    let cells: Vec<&str> = dense.trim_matches('|').split('|').map(str::trim).collect();
+    let colour = report["methods"][0]["colour"].as_f64().expect("colour");
+    assert_eq!(cells.len(), 15, "{dense}");
+    assert_eq!(cells[11], format!("{colour:.3}"), "{dense}");
+    let html = std::fs::read_to_string(dir.path().join("eval/report.html")).expect("report.html");
+    assert!(
+        html.contains("<th>all three</th>"),
+        "summary without accuracies"
+    );
 }
 
 /// A bad attention spec or a missing base is one line naming the problem.

@@ -42,7 +42,8 @@ pub use clip::{clip_grad_norm, grad_norm};
 pub use ema::Ema;
 pub use log::{loss_csv, read_loss_csv, LossLog, LossRow, LOSS_HEADER};
 pub use plot::{
-    plot_png, plot_png_with, render as render_plot, PlotOptions, AVERAGE_COLOR, RAW_COLOR,
+    plot_png, plot_png_with, plot_runs_png, render as render_plot, PlotOptions, AVERAGE_COLOR,
+    RAW_COLOR,
 };
 pub use replicas::{average_gradients, Agreement};
 pub use schedule::LrSchedule;

@@ -62,6 +62,39 @@ pub fn plot_png_with(csv: &Path, png: &Path, title: &str, options: &PlotOptions)
         Error::Usage(msg) => Error::Usage(format!("{}: {msg}", csv.display())),
         other => other,
     })?;
+    save_png(&img, png)
+}
+
+/// Plots several runs' loss logs end to end as one curve (a run continued from the one before
+/// it: each log's steps are counted on from the last step of the previous log) to the PNG
+/// `png`, as [`plot_png_with`] does; returns the joined rows.
+pub fn plot_runs_png(
+    csvs: &[&Path],
+    png: &Path,
+    title: &str,
+    options: &PlotOptions,
+) -> Result<Vec<LossRow>> {
+    let mut joined: Vec<LossRow> = Vec::new();
+    for csv in csvs {
+        let offset = joined.last().map_or(0, |row| row.step);
+        for row in read_loss_csv(csv)? {
+            let step = row.step.checked_add(offset).ok_or_else(|| {
+                Error::Usage(format!(
+                    "{}: step {} overflows once the runs before it are counted",
+                    csv.display(),
+                    row.step
+                ))
+            })?;
+            joined.push(LossRow { step, ..row });
+        }
+    }
+    save_png(&render(&joined, title, options)?, png)?;
+    Ok(joined)
+}
+
+/// Writes `img` to `png` under a temporary name, then renames it; an existing file that is
+/// not a PNG is refused.
+fn save_png(img: &RgbImage, png: &Path) -> Result<()> {
     if png.exists() && !is_png(png) {
         return Err(Error::Usage(format!(
             "{} exists and is not a PNG image: move it away or choose another plot path",
@@ -459,6 +492,36 @@ mod tests {
         let avg = moving_average(&[1.0, 3.0, 5.0, 7.0, 9.0], 3);
         assert_eq!(avg, vec![2.0, 3.0, 5.0, 7.0, 8.0]);
         assert_eq!(moving_average(&[4.0, 8.0], 1), vec![4.0, 8.0]);
+    }
+
+    /// Two logs of 3 and 2 steps join as steps 1-5 in order, every other field kept; the
+    /// plot is a PNG, and a file that is not one is not replaced.
+    #[test]
+    fn runs_join_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, losses: &[f64]| {
+            let path = dir.path().join(name);
+            let mut text = format!("{}\n", crate::optim::LOSS_HEADER);
+            for (i, loss) in losses.iter().enumerate() {
+                text += &format!("{},{loss},0.001,{},0.5\n", i + 1, 2.0 * loss);
+            }
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let first = write("a.csv", &[0.9, 0.8, 0.7]);
+        let second = write("b.csv", &[0.6, 0.5]);
+        let png = dir.path().join("joined.png");
+        let rows = plot_runs_png(&[&first, &second], &png, "T", &PlotOptions::default()).unwrap();
+        let steps: Vec<u64> = rows.iter().map(|r| r.step).collect();
+        let losses: Vec<f64> = rows.iter().map(|r| r.loss).collect();
+        assert_eq!(steps, vec![1, 2, 3, 4, 5]);
+        assert_eq!(losses, vec![0.9, 0.8, 0.7, 0.6, 0.5]);
+        assert!(rows.iter().all(|r| r.grad_norm == 2.0 * r.loss));
+        assert!(is_png(&png));
+        let text = dir.path().join("notes.png");
+        std::fs::write(&text, "not an image").unwrap();
+        assert!(plot_runs_png(&[&first], &text, "T", &PlotOptions::default()).is_err());
+        assert_eq!(std::fs::read_to_string(&text).unwrap(), "not an image");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! complete).
 
 use super::options::{LoraArgs, ModelArgs, RuntimeArgs, SettingArgs};
-use crate::compare::{append_result, load_results, measure_fidelity, report, RunResult};
+use crate::compare::report::{self, ExtraColumns};
+use crate::compare::{append_result, load_results, measure_fidelity, RunResult};
 use crate::render::{open_writer, render};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -68,13 +69,18 @@ struct Planned {
 
 /// Runs what is missing, measures fidelity and writes the report.
 pub fn run(args: CompareArgs, registry: &Registry) -> Result<()> {
-    compare(&args, registry)?;
+    compare(&args, registry, &mut |_| Ok(ExtraColumns::default()))?;
     Ok(())
 }
 
 /// [`run`]'s work: returns the comparison's runs (frames under `args.out_dir`, fidelity
-/// filled), every prompt x seed x method.
-pub fn compare(args: &CompareArgs, registry: &Registry) -> Result<Vec<RunResult>> {
+/// filled), every prompt x seed x method. `extra` sees those runs before the report is
+/// written and gives the summary's added columns.
+pub fn compare(
+    args: &CompareArgs,
+    registry: &Registry,
+    extra: &mut dyn FnMut(&[&RunResult]) -> Result<ExtraColumns>,
+) -> Result<Vec<RunResult>> {
     let prompts = read_prompts(&args.prompts)?;
     if args.seeds.is_empty() {
         bail!("--seeds names no seed: give e.g. --seeds 0,1");
@@ -138,7 +144,8 @@ pub fn compare(args: &CompareArgs, registry: &Registry) -> Result<Vec<RunResult>
     let these: Vec<&RunResult> = planned.iter().filter_map(|p| results.get(&p.key)).collect();
     let kept: Vec<&RunResult> = results.values().collect();
     crate::compare::save_results(&args.out_dir, &kept)?;
-    let written = report::write(&args.out_dir, &these, &settings)?;
+    let columns = extra(&these)?;
+    let written = report::write(&args.out_dir, &these, &settings, &columns)?;
     say!(
         "compare: {} runs ({} made now, {} from earlier); report in {}",
         these.len(),

@@ -6,6 +6,7 @@
 
 use super::compare::{compare, CompareArgs};
 use super::options::{LoraArgs, ModelArgs, RuntimeArgs, SettingArgs};
+use crate::compare::report::ExtraColumns;
 use crate::compare::{read_frames, RunResult};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -74,6 +75,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
     let prompts = args.out_dir.join(PROMPTS_FILE);
     write_prompts(&prompts, &captions)?;
+    let mut accuracies: BTreeMap<String, Accuracy> = BTreeMap::new();
     let runs = compare(
         &CompareArgs {
             prompts,
@@ -91,6 +93,15 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
             quiet: args.quiet,
         },
         registry,
+        &mut |runs| {
+            for run in runs {
+                let asked = parse(&run.prompt)?;
+                let video = video_of(&args.out_dir, run)?;
+                let accuracy = accuracies.entry(run.method.clone()).or_default();
+                accuracy.extend(&judge(&asked, &video));
+            }
+            Ok(accuracy_columns(&accuracies))
+        },
     )?;
     let mut scores: BTreeMap<String, Score> = BTreeMap::new();
     let mut order = vec![];
@@ -99,9 +110,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
             order.push(run.method.clone());
         }
         let score = scores.entry(run.method.clone()).or_default();
-        let asked = parse(&run.prompt)?;
-        let video = video_of(&args.out_dir, run)?;
-        score.accuracy.extend(&judge(&asked, &video));
+        score.accuracy = accuracies.get(&run.method).copied().unwrap_or_default();
         score.runs.push(run);
     }
     let rows: Vec<serde_json::Value> = order.iter().map(|m| scores[m].json(m)).collect();
@@ -126,6 +135,27 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
         args.out_dir.display()
     );
     Ok(())
+}
+
+/// The accuracies as the comparison report's added summary columns.
+fn accuracy_columns(accuracies: &BTreeMap<String, Accuracy>) -> ExtraColumns {
+    ExtraColumns {
+        names: ["colour", "shape", "motion", "all three"]
+            .map(String::from)
+            .to_vec(),
+        values: accuracies
+            .iter()
+            .map(|(method, a)| {
+                let rates = vec![
+                    a.colour_rate(),
+                    a.shape_rate(),
+                    a.motion_rate(),
+                    a.all_rate(),
+                ];
+                (method.clone(), rates)
+            })
+            .collect(),
+    }
 }
 
 /// One method's judgements and runs.

@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate a video from a text prompt (default model: the embedded tiny random one).
+    /// Generate a video from a text prompt (default model: the embedded shapes model).
     Generate(Box<generate::GenerateArgs>),
     /// Generate many videos from a JSON-lines jobs file, loading the model once.
     Batch(Box<batch::BatchArgs>),

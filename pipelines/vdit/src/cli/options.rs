@@ -16,8 +16,8 @@ use std::path::PathBuf;
 #[derive(Args, Clone, Debug, Default)]
 pub struct ModelArgs {
     /// A diffusers Wan pipeline folder (model_index.json, transformer/, vae/, text_encoder/,
-    /// tokenizer/, scheduler/). Default: the embedded tiny RANDOM model, assets/tiny-wan (its
-    /// videos are noise).
+    /// tokenizer/, scheduler/). Default: the embedded small model trained on shape videos,
+    /// assets/shapes-wan (128x128, 17 frames; see assets/README.md).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Transformer weights (folder or .safetensors, diffusers or original Wan keys); overrides

@@ -1,6 +1,7 @@
 //! `vdit train vae` and `vdit train dit`: train the engine's own small text-to-video model
 //! on procedurally rendered clips (see the `train` crate), with a progress bar showing the
-//! loss and throughput, a CSV loss log, its PNG plot, checkpoints and `--resume`.
+//! loss and throughput, a CSV loss log, its PNG plot, checkpoints and `--resume`; `vdit train
+//! plot` draws the logs of runs that continued one another as one curve.
 
 use crate::cli::options::{GpuList, RuntimeArgs};
 use anyhow::{Context, Result};
@@ -26,6 +27,29 @@ enum Stage {
     Vae(VaeArgs),
     /// Train the transformer with flow matching over a base folder (CUDA or CPU).
     Dit(DitArgs),
+    /// Plot the loss logs of runs that continued one another (each `--base` the one before) as
+    /// one curve, steps counted on from run to run.
+    Plot(PlotArgs),
+}
+
+/// Arguments of `vdit train plot`.
+#[derive(Args)]
+struct PlotArgs {
+    /// The runs' loss logs (`RUN/loss.csv`) or run folders, in training order.
+    #[arg(required = true, value_name = "LOG")]
+    logs: Vec<PathBuf>,
+    /// The PNG to write.
+    #[arg(long, value_name = "PNG")]
+    out: PathBuf,
+    /// Title drawn above the plot.
+    #[arg(long, default_value = "TRAINING LOSS")]
+    title: String,
+    /// A logarithmic loss axis.
+    #[arg(long)]
+    log_y: bool,
+    /// Replace an existing `--out`.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// Settings both stages take.
@@ -187,8 +211,57 @@ pub fn run(args: TrainArgs, registry: &Registry) -> Result<()> {
             let mut bar = Bar::new(a.common.quiet, a.common.log_every);
             run::train_dit(&stage, registry, &mut bar).context("vdit train dit")?
         }
+        Stage::Plot(a) => return plot(&a),
     };
     report(&outcome);
+    Ok(())
+}
+
+/// `vdit train plot`: the joined curve, and a line on what it holds.
+fn plot(args: &PlotArgs) -> Result<()> {
+    if args.out.exists() && !args.overwrite {
+        return Err(train::Error::Usage(format!(
+            "{} already exists: add --overwrite or give another --out",
+            args.out.display()
+        ))
+        .into());
+    }
+    let logs: Vec<PathBuf> = args
+        .logs
+        .iter()
+        .map(|p| {
+            if p.is_dir() {
+                train::optim::loss_csv(p)
+            } else {
+                p.clone()
+            }
+        })
+        .collect();
+    let paths: Vec<&std::path::Path> = logs.iter().map(PathBuf::as_path).collect();
+    let rows = train::optim::plot_runs_png(
+        &paths,
+        &args.out,
+        &args.title,
+        &train::optim::PlotOptions {
+            log_y: args.log_y,
+            ..Default::default()
+        },
+    )
+    .context("vdit train plot")?;
+    let last = rows
+        .iter()
+        .rev()
+        .take(50)
+        .map(|r| r.loss)
+        .collect::<Vec<_>>();
+    say!(
+        "plotted {} runs, {} steps (loss {:.4} over the last {}) to {}",
+        logs.len(),
+        rows.last().map_or(0, |r| r.step),
+        last.iter().sum::<f64>() / last.len().max(1) as f64,
+        last.len(),
+        args.out.display()
+    );
     Ok(())
 }
 

@@ -38,6 +38,16 @@ pub struct Summary {
     pub peak_gib: Option<f64>,
 }
 
+/// Summary columns a caller adds per method (`vdit eval`'s accuracies): their names, and each
+/// method's values in that order (a method without values shows dashes).
+#[derive(Clone, Debug, Default)]
+pub struct ExtraColumns {
+    /// Column headers.
+    pub names: Vec<String>,
+    /// Values by method spec; `None` where a value is undefined.
+    pub values: BTreeMap<String, Vec<Option<f64>>>,
+}
+
 /// The summary of each method, in the order the methods first appear.
 pub fn summarize(runs: &[&RunResult]) -> Vec<Summary> {
     let mut order: Vec<&str> = Vec::new();
@@ -94,13 +104,16 @@ pub fn summarize(runs: &[&RunResult]) -> Vec<Summary> {
         .collect()
 }
 
-/// The summary table in Markdown (also the HTML page's table).
-fn summary_table(summaries: &[Summary]) -> String {
+/// The summary table in Markdown (also the HTML page's table), `extra`'s columns last.
+fn summary_table(summaries: &[Summary], extra: &ExtraColumns) -> String {
     let mut md = String::from(
         "| method | runs | speed-up vs dense | denoise s | attention share | PSNR mean / worst (dB) | \
-         SSIM mean / worst | temporal error | density | attention TFLOP | peak GiB |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+         SSIM mean / worst | temporal error | density | attention TFLOP | peak GiB |",
     );
+    for name in &extra.names {
+        let _ = write!(md, " {name} |");
+    }
+    md += &format!("\n|{}\n", " --- |".repeat(11 + extra.names.len()));
     for s in summaries {
         let share = s
             .attention_share
@@ -121,15 +134,31 @@ fn summary_table(summaries: &[Summary]) -> String {
             s.density,
             s.attention_flops / 1e12
         );
+        if !extra.names.is_empty() {
+            md.pop(); // the newline: the extra cells go on the same row
+            let values = extra.values.get(&s.method);
+            for i in 0..extra.names.len() {
+                let cell = values
+                    .and_then(|v| v.get(i).copied().flatten())
+                    .map_or("-".to_string(), |v| format!("{v:.3}"));
+                let _ = write!(md, " {cell} |");
+            }
+            md.push('\n');
+        }
     }
     md
 }
 
-/// Writes `report.md`, `report.html` and the side-by-side videos under `dir`; returns the
-/// HTML page's path.
-pub fn write(dir: &Path, runs: &[&RunResult], settings: &Settings) -> Result<PathBuf> {
+/// Writes `report.md`, `report.html` and the side-by-side videos under `dir` (the summary with
+/// `extra`'s columns); returns the HTML page's path.
+pub fn write(
+    dir: &Path,
+    runs: &[&RunResult],
+    settings: &Settings,
+    extra: &ExtraColumns,
+) -> Result<PathBuf> {
     let summaries = summarize(runs);
-    let table = summary_table(&summaries);
+    let table = summary_table(&summaries, extra);
     let heading = format!(
         "{} frames of {}, {} steps ({} sampler), guidance {}; PSNR, SSIM and temporal error \
          against the dense run of the same prompt and seed (identical frames: PSNR 100 dB).",

@@ -1,5 +1,5 @@
-//! Shared helpers of the CLI tests: running `vdit` and checking its one-line errors, the
-//! embedded tiny model, text-to-video fixtures.
+//! Shared helpers of the CLI tests: running `vdit` (on the tiny random model unless a test
+//! names another) and checking its one-line errors, text-to-video fixtures.
 
 #![allow(dead_code)] // each test file uses its own subset
 
@@ -7,7 +7,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-/// The embedded default model, assets/tiny-wan.
+/// The tiny random model the CLI tests run on, assets/tiny-wan: [`vdit`] and [`spawn`] make it
+/// the default (`VDIT_DEFAULT_MODEL`), so a command without `--model` stays fast.
 pub fn tiny_wan() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/tiny-wan")
 }
@@ -38,7 +39,7 @@ pub fn vdit<S: AsRef<OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vdit"))
         .args(args)
         .env("RUST_BACKTRACE", "1")
-        .env_remove("VDIT_DEFAULT_MODEL")
+        .env("VDIT_DEFAULT_MODEL", tiny_wan())
         .output()
         .expect("vdit runs")
 }
@@ -47,7 +48,7 @@ pub fn vdit<S: AsRef<OsStr>>(args: &[S]) -> Output {
 pub fn spawn(args: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_vdit"))
         .args(args)
-        .env_remove("VDIT_DEFAULT_MODEL")
+        .env("VDIT_DEFAULT_MODEL", tiny_wan())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
