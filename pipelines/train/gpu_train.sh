@@ -26,11 +26,13 @@
 #             several calls, each stopping at DEADLINE and resuming the last (DIT_TOTAL=auto:
 #             what DIT_SECONDS of stepping take at the rate in runs/dit-rate, fixed in
 #             runs/dit-total by the first call)                                -> runs/dit
-#   finetune  runs/dit/model fine-tuned through VSA (sparsity 0.875, ramp FT_RAMP), FT_STEPS
-#             (150) steps                                                      -> runs/ft-vsa
+#   finetune  runs/dit/model (or FT_BASE) fine-tuned through each method of FT_METHODS (default
+#             "vsa vmoba": VSA at sparsity 0.875 reached over FT_RAMP (50) steps; VMoBA),
+#             FT_STEPS (150) steps each at batch FT_BATCH (DIT_BATCH, else 32) on DIT_GPUS
+#                                                              -> runs/ft-vsa, runs/ft-vmoba
 #   evaldense `vdit eval` of runs/dit/model, dense: EVAL_COUNT (16) held-out and training captions
-#   evalsparse  training-free VSA 0.75/0.875, VMoBA, PARO on runs/dit/model, and the VSA
-#             fine-tune with its method, against dense
+#   evalsparse  training-free VSA 0.75/0.875, VMoBA, PARO on runs/dit/model, and each
+#             fine-tune with its method, against its dense
 #   pack      model folders and logs into $OUT
 set -u
 OUT="${OUT:-/tmp/vdit-train}"
@@ -169,9 +171,16 @@ for step in "$@"; do
         [ "$build" = vdit ] && [ -n "$rate" ] && echo "$rate" >runs/dit-rate
       done ;;
     finetune)
-      $vdit train dit --base runs/dit/model --out runs/ft-vsa --steps "${FT_STEPS:-150}" --batch "${DIT_BATCH:-32}" \
-        --clips "${FT_CLIPS:-2048}" --attention vsa:sparsity=0.875 --sparsity-ramp "${FT_RAMP:-50}" --lr 2e-4 \
-        --warmup 10 --seed 1 --log-every 25 2>&1 | log ;;
+      for method in ${FT_METHODS:-vsa vmoba}; do
+        case "$method" in
+          vsa) attention=(--attention vsa:sparsity=0.875 --sparsity-ramp "${FT_RAMP:-50}") ;;
+          vmoba) attention=(--attention vmoba) ;;
+          *) echo "finetune: unknown method $method (vsa or vmoba)" | log; continue ;;
+        esac
+        train dit --base "${FT_BASE:-runs/dit/model}" --out "runs/ft-$method" --steps "${FT_STEPS:-150}" \
+          --batch "${FT_BATCH:-${DIT_BATCH:-32}}" --clips "${FT_CLIPS:-2048}" "${attention[@]}" --lr 2e-4 \
+          --warmup 10 --seed 1 --log-every 25 ${DIT_GPUS:+--gpus "$DIT_GPUS"}
+      done ;;
     evaldense)
       n="${EVAL_COUNT:-16}"
       $vdit eval --model runs/dit/model --count "$n" --out-dir runs/eval-dense --quiet 2>&1 | tail -4 | log
@@ -184,10 +193,13 @@ for step in "$@"; do
       $vdit eval --model runs/dit/model --count "$n" --out-dir runs/eval-sparse --quiet \
         --method vsa:sparsity=0.75 --method vsa:sparsity=0.875 --method vmoba:dense_steps=0 \
         --method paro:paro_calibration=runs/paro.safetensors 2>&1 | tail -8 | log
-      if [ -d runs/ft-vsa/model ]; then
-        $vdit eval --model runs/ft-vsa/model --count "$n" --out-dir runs/eval-ft-vsa --quiet \
-          --method vsa:sparsity=0.875,dense_steps=0 2>&1 | tail -5 | log
-      fi ;;
+      # each fine-tune with the method it trained through, against its own dense
+      for ft in "vsa vsa:sparsity=0.875,dense_steps=0" "vmoba vmoba:dense_steps=0"; do
+        read -r name spec <<<"$ft"
+        [ -d "runs/ft-$name/model" ] || continue
+        $vdit eval --model "runs/ft-$name/model" --count "$n" --out-dir "runs/eval-ft-$name" --quiet \
+          --method "$spec" 2>&1 | tail -5 | log
+      done ;;
     pack)
       for run in vae dit ft-vsa ft-vmoba; do
         [ -d "runs/$run/model" ] || continue

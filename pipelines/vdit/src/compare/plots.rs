@@ -9,27 +9,29 @@ pub struct Point {
     pub label: String,
     /// Speed-up over dense (x).
     pub speedup: f64,
-    /// Mean PSNR against dense, dB (y).
-    pub psnr: f64,
+    /// Mean SSIM against dense (y): bounded by 1 (dense itself), where the PSNR of identical
+    /// frames is a cap that would squash every other point to the bottom.
+    pub ssim: f64,
 }
 
 fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("cannot draw the plot: {e:?}")
 }
 
-/// Speed-up over dense against mean PSNR, one labelled point per method.
+/// Speed-up over dense against mean SSIM, one labelled point per method.
 pub fn speed_fidelity(points: &[Point]) -> Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (640, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
         let max_x = points.iter().map(|p| p.speedup).fold(1.0, f64::max) * 1.15;
-        let ys = points.iter().map(|p| p.psnr);
+        let ys = points.iter().map(|p| p.ssim);
         let (min_y, max_y) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
             (a.min(y), b.max(y))
         });
         let (min_y, max_y) = if min_y.is_finite() {
-            (min_y - 2.0, max_y + 2.0)
+            let pad = ((max_y - min_y) * 0.1).max(0.01);
+            (min_y - pad, max_y + pad)
         } else {
             (0.0, 1.0)
         };
@@ -46,12 +48,12 @@ pub fn speed_fidelity(points: &[Point]) -> Result<String> {
         chart
             .configure_mesh()
             .x_desc("speed-up over dense (denoising time)")
-            .y_desc("mean PSNR vs dense (dB)")
+            .y_desc("mean SSIM vs dense")
             .draw()
             .map_err(plot_error)?;
         chart
             .draw_series(points.iter().map(|p| {
-                EmptyElement::at((p.speedup, p.psnr))
+                EmptyElement::at((p.speedup, p.ssim))
                     + Circle::new((0, 0), 5, BLUE.filled())
                     + Text::new(p.label.clone(), (8, -6), ("sans-serif", 12))
             }))

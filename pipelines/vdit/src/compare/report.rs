@@ -194,7 +194,7 @@ pub fn write(
         .map(|s| Point {
             label: s.method.clone(),
             speedup: s.speedup,
-            psnr: s.psnr.0,
+            ssim: s.ssim.0,
         })
         .collect();
     let mut html = format!(
