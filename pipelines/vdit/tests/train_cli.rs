@@ -149,6 +149,16 @@ fn train_then_generate_then_eval() {
     .expect("json");
     assert_eq!(report["methods"].as_array().map(Vec::len), Some(2));
     assert_eq!(report["captions"].as_array().map(Vec::len), Some(2));
+    // every video's verdict, per asked object, adding up to the dense row's counts
+    let videos = report["videos"].as_array().expect("videos");
+    assert_eq!(videos.len(), 4, "2 captions x 2 methods");
+    let dense_colour: u64 = videos
+        .iter()
+        .filter(|v| v["method"] == "dense")
+        .flat_map(|v| v["objects"].as_array().expect("objects"))
+        .map(|o| u64::from(o["colour"].as_bool().expect("colour")))
+        .sum();
+    assert_eq!(report["methods"][0]["accuracy"]["colour"], dense_colour);
     // the comparison report's summary carries the same accuracies, as its last columns
     let summary = std::fs::read_to_string(dir.path().join("eval/report.md")).expect("report.md");
     let header = summary

@@ -2,7 +2,8 @@
 //! training never saw) with each attention method through `vdit compare`'s machinery, then
 //! reads the pixels back: is the asked colour there, with the asked shape, moving the asked
 //! way? Reports those accuracies next to each method's PSNR/SSIM against the dense video from
-//! the same seed, in a table and in `eval.json`.
+//! the same seed, in a table, in the comparison report's summary and in `eval.json` (with each
+//! video's verdict per asked object).
 
 use super::compare::{compare, CompareArgs};
 use super::options::{LoraArgs, ModelArgs, RuntimeArgs, SettingArgs};
@@ -76,6 +77,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
     let prompts = args.out_dir.join(PROMPTS_FILE);
     write_prompts(&prompts, &captions)?;
     let mut accuracies: BTreeMap<String, Accuracy> = BTreeMap::new();
+    let mut videos: Vec<serde_json::Value> = Vec::new();
     let runs = compare(
         &CompareArgs {
             prompts,
@@ -97,8 +99,17 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
             for run in runs {
                 let asked = parse(&run.prompt)?;
                 let video = video_of(&args.out_dir, run)?;
+                let judgements = judge(&asked, &video);
                 let accuracy = accuracies.entry(run.method.clone()).or_default();
-                accuracy.extend(&judge(&asked, &video));
+                accuracy.extend(&judgements);
+                videos.push(json!({
+                    "caption": run.prompt,
+                    "seed": run.seed,
+                    "method": run.method,
+                    "objects": judgements.iter().map(|j| json!({
+                        "colour": j.colour, "shape": j.shape, "motion": j.motion,
+                    })).collect::<Vec<_>>(),
+                }));
             }
             Ok(accuracy_columns(&accuracies))
         },
@@ -119,6 +130,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
         "captions": captions,
         "seeds": args.seeds,
         "methods": rows,
+        "videos": videos,
     });
     let path = args.out_dir.join("eval.json");
     pipelines::t2v::save_text(&path, &(serde_json::to_string_pretty(&report)? + "\n"))?;
