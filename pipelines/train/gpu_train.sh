@@ -68,6 +68,14 @@ train() {
     resume=(--resume)
   done
 }
+# The s/step in `vdit train`'s final line $1.
+rate_of() { sed -n 's/.* \([0-9.]*\) s\/step.*/\1/p' <<<"$1"; }
+# 16 timed transformer steps of build $1 (.gpu/$1) at batch $2 over DIT_GPUS: its last two lines
+# on one line.
+time_steps() {
+  ".gpu/$1" train dit --base "${DIT_BASE:-runs/vae/model}" --out "$scratch/steptime-$1-b$2" \
+    --clips 64 --steps 16 --batch "$2" ${DIT_GPUS:+--gpus "$DIT_GPUS"} --quiet 2>&1 | tail -2 | tr '\n' ' '
+}
 for step in "$@"; do
   echo "========== $step $(date +%T)" | log
   case "$step" in
@@ -88,7 +96,7 @@ for step in "$@"; do
       if [ -z "$steps" ]; then
         line=$($vdit train vae --out "$scratch/vae-rate" --steps 30 --batch "${VAE_BATCH:-16}" \
           --crop-frames "${VAE_FRAMES:-17}" --quiet 2>&1 | tail -1)
-        rate=$(echo "$line" | sed -n 's/.* \([0-9.]*\) s\/step.*/\1/p')
+        rate=$(rate_of "$line")
         steps=$(python3 -c "print(max(20, int(${VAE_SECONDS:-150} / (${rate:-1.0} * 1.05))))")
         echo "vae: ${rate:-1.0 (assumed)} s/step, $steps steps" | log
       fi
@@ -148,10 +156,9 @@ for step in "$@"; do
       if [ -n "${DIT_BATCHES:-}" ]; then
         best=0
         for batch in $DIT_BATCHES; do
-          line=$($vdit train dit --base "${DIT_BASE:-runs/vae/model}" --out "$scratch/steptime-b$batch" \
-            --clips 64 --steps 16 --batch "$batch" ${DIT_GPUS:+--gpus "$DIT_GPUS"} --quiet 2>&1 | tail -2 | tr '\n' ' ')
+          line=$(time_steps vdit "$batch")
           echo "batch $batch: $line" | log
-          rate=$(echo "$line" | sed -n 's/.* \([0-9.]*\) s\/step.*/\1/p')
+          rate=$(rate_of "$line")
           [ -n "$rate" ] || continue
           speed=$(python3 -c "print(int($batch / $rate))")
           if [ "$speed" -gt "$best" ]; then
@@ -163,11 +170,9 @@ for step in "$@"; do
       fi
       for build in vdit vdit-old; do
         [ -x ".gpu/$build" ] || continue
-        line=$(".gpu/$build" train dit --base "${DIT_BASE:-runs/vae/model}" --out "$scratch/steptime-$build" \
-          --clips 64 --steps 16 --batch "${DIT_BATCH:-32}" ${DIT_GPUS:+--gpus "$DIT_GPUS"} --quiet 2>&1 \
-          | tail -2 | tr '\n' ' ')
+        line=$(time_steps "$build" "${DIT_BATCH:-32}")
         echo "$build: $line" | log
-        rate=$(echo "$line" | sed -n 's/.* \([0-9.]*\) s\/step.*/\1/p')
+        rate=$(rate_of "$line")
         [ "$build" = vdit ] && [ -n "$rate" ] && echo "$rate" >runs/dit-rate
       done ;;
     finetune)

@@ -117,11 +117,13 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
     let mut scores: BTreeMap<String, Score> = BTreeMap::new();
     let mut order = vec![];
     for run in &runs {
-        if !scores.contains_key(&run.method) {
+        let score = scores.entry(run.method.clone()).or_insert_with(|| {
             order.push(run.method.clone());
-        }
-        let score = scores.entry(run.method.clone()).or_default();
-        score.accuracy = accuracies.get(&run.method).copied().unwrap_or_default();
+            Score {
+                accuracy: accuracies.get(&run.method).copied().unwrap_or_default(),
+                runs: vec![],
+            }
+        });
         score.runs.push(run);
     }
     let rows: Vec<serde_json::Value> = order.iter().map(|m| scores[m].json(m)).collect();
@@ -171,7 +173,6 @@ fn accuracy_columns(accuracies: &BTreeMap<String, Accuracy>) -> ExtraColumns {
 }
 
 /// One method's judgements and runs.
-#[derive(Default)]
 struct Score<'a> {
     accuracy: Accuracy,
     runs: Vec<&'a RunResult>,

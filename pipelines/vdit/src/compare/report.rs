@@ -119,7 +119,7 @@ fn summary_table(summaries: &[Summary], extra: &ExtraColumns) -> String {
             .attention_share
             .map_or("-".to_string(), |v| format!("{:.0} %", 100.0 * v));
         let peak = s.peak_gib.map_or("-".to_string(), |v| format!("{v:.2}"));
-        let _ = writeln!(
+        let _ = write!(
             md,
             "| {} | {} | {:.2}x | {:.2} | {share} | {:.2} / {:.2} | {:.4} / {:.4} | {:.4} | {:.3} | {:.2} | {peak} |",
             s.method,
@@ -134,17 +134,14 @@ fn summary_table(summaries: &[Summary], extra: &ExtraColumns) -> String {
             s.density,
             s.attention_flops / 1e12
         );
-        if !extra.names.is_empty() {
-            md.pop(); // the newline: the extra cells go on the same row
-            let values = extra.values.get(&s.method);
-            for i in 0..extra.names.len() {
-                let cell = values
-                    .and_then(|v| v.get(i).copied().flatten())
-                    .map_or("-".to_string(), |v| format!("{v:.3}"));
-                let _ = write!(md, " {cell} |");
-            }
-            md.push('\n');
+        let values = extra.values.get(&s.method);
+        for i in 0..extra.names.len() {
+            let cell = values
+                .and_then(|v| v.get(i).copied().flatten())
+                .map_or("-".to_string(), |v| format!("{v:.3}"));
+            let _ = write!(md, " {cell} |");
         }
+        md.push('\n');
     }
     md
 }
