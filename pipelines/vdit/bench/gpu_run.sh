@@ -8,7 +8,9 @@
 # E2E_SIZES, default 832x480, set the whole generations; TESTS picks test binaries by glob, such as
 # vae*), fixtures (the LoRA and few-step fixture scripts, which need diffusers: their outputs come
 # back in $OUT/fixtures.tgz), fewstep (whole runs of `vdit generate`: 3-step dmd with VSA against
-# 50 steps, on the random Wan 1.3B at 832x480x81), multigpu (2 GPUs against 1: multigpu.sh).
+# 50 steps, on the random Wan 1.3B at 832x480x81), compare (`vdit compare` of attention methods
+# on the random Wan 1.3B at 832x480x81: COMPARE_STEPS, COMPARE_METHODS, COMPARE_PARO), multigpu
+# (2 GPUs against 1: multigpu.sh).
 set -u
 OUT="${OUT:-/tmp/vdit-bench}"
 WORK="$OUT/work"
@@ -86,22 +88,27 @@ for step in "$@"; do
       done ;;
     compare)
       # `vdit compare` at 832x480x81 on the random Wan 1.3B with random UMT5-XXL weights (written
-      # once), COMPARE_STEPS steps (default 5), one prompt and seed: dense, VSA, VMoBA, SparseD
-      # (each command bounded by a timeout, its log kept).
+      # once), COMPARE_STEPS steps (default 5), one prompt and seed: dense and COMPARE_METHODS
+      # (default VSA 0.875 and VMoBA with no dense steps, so that it is sparse from the first
+      # step); COMPARE_PARO=1 also times PARO's calibration (each command bounded by a timeout,
+      # its log kept).
       dir=$(pipeline 832x480)
       [ -d /tmp/umt5-xxl-random ] || .gpu/vdit bench text --weights /tmp/umt5-xxl-random \
         --tokenizer assets/tiny-wan/tokenizer --out "$WORK" >/dev/null 2>&1
       printf "a red kite over a windy beach\n" >"$WORK/prompts.txt"
       timeout 300 .gpu/vdit compare --model "$dir" --text-encoder /tmp/umt5-xxl-random \
         --tokenizer assets/tiny-wan/tokenizer --steps "${COMPARE_STEPS:-5}" --prompts "$WORK/prompts.txt" \
-        --seeds 0 --out-dir /tmp/compare --method vsa:sparsity=0.875 --method vmoba:threshold=0.25 \
-        --method sparsed:select_ratio=0.3 >"$WORK/compare.log" 2>&1
+        --seeds 0 --out-dir /tmp/compare \
+        $(printf -- "--method %s " ${COMPARE_METHODS:-vsa:sparsity=0.875 vmoba:threshold=0.25,dense_steps=0}) \
+        >"$WORK/compare.log" 2>&1
       echo "compare exit $?"; tail -3 "$WORK/compare.log"
-      start=$(date +%s%N)
-      timeout 200 .gpu/vdit calibrate paro --model "$dir" --text-encoder /tmp/umt5-xxl-random \
-        --tokenizer assets/tiny-wan/tokenizer --steps "${COMPARE_STEPS:-5}" --prompts "$WORK/prompts.txt" \
-        --output /tmp/paro-480p.safetensors --overwrite --quiet >"$WORK/calibrate.log" 2>&1
-      echo "calibrate paro exit $? in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+      if [ "${COMPARE_PARO:-0}" = 1 ]; then
+        start=$(date +%s%N)
+        timeout 200 .gpu/vdit calibrate paro --model "$dir" --text-encoder /tmp/umt5-xxl-random \
+          --tokenizer assets/tiny-wan/tokenizer --steps "${COMPARE_STEPS:-5}" --prompts "$WORK/prompts.txt" \
+          --output /tmp/paro-480p.safetensors --overwrite --quiet >"$WORK/calibrate.log" 2>&1
+        echo "calibrate paro exit $? in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+      fi
       cp /tmp/compare/report.md "$WORK/compare-report.md" 2>/dev/null
       cp /tmp/compare/results.jsonl "$WORK/compare-results.jsonl" 2>/dev/null
       head -12 "$WORK/compare-report.md" 2>/dev/null ;;
