@@ -1,5 +1,6 @@
 """Times PyTorch SDPA (cuDNN, flash backends) and FlexAttention at the shape and on the exact
-block masks that `vdit bench attention` used, on the same GPU.
+block masks that `vdit bench attention` used, on the same GPU: forward alone, and forward with
+backward (SDPA cuDNN, FlexAttention) as `vdit bench attention` times its trainable paths.
 
     python3 attention_peers.py BENCH_OUT_DIR      # reads masks.safetensors + attention.json, writes peers.json
 """
@@ -49,6 +50,24 @@ def main(out_dir):
     q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     flops = 4.0 * b * h * s * s * d
     rows = []
+    # forward and backward: gradients of leaf copies for a fixed output gradient
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    dout = torch.randn_like(q)
+
+    def forward_backward(attend):
+        def step():
+            for t in leaves:
+                t.grad = None
+            attend(*leaves).backward(dout)
+        return step
+
+    def fb_row(name, density, ms):
+        return {"impl": name, "pass": "forward+backward", "density": density, "ms": ms,
+                "tflops_effective": 3.5 * flops / ms * 1e-9}
+
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        ms = median_ms(forward_backward(torch.nn.functional.scaled_dot_product_attention), runs=runs)
+    rows.append(fb_row("SDPA cuDNN fwd+bwd", 1.0, ms))
     for name, backend in [("SDPA cuDNN", SDPBackend.CUDNN_ATTENTION), ("SDPA flash", SDPBackend.FLASH_ATTENTION)]:
         with sdpa_kernel([backend]):
             ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), runs=runs)
@@ -67,6 +86,8 @@ def main(out_dir):
         actual = bits.float().mean().item()
         rows.append({"impl": "FlexAttention", "density": actual, "target_density": density, "ms": ms,
                      "tflops_effective": flops / ms * 1e-9, "tflops_actual": flops * actual / ms * 1e-9})
+        ms = median_ms(forward_backward(lambda q, k, v: flex(q, k, v, block_mask=block_mask)), runs=runs)
+        rows.append(fb_row("FlexAttention fwd+bwd", actual, ms))
     json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": rows},
               open(os.path.join(out_dir, "peers.json"), "w"), indent=2)
     for row in rows:

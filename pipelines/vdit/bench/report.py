@@ -16,12 +16,20 @@ def main(out_dir):
     ours, peers = load(out_dir, "attention.json"), load(out_dir, "peers.json")
     if ours:
         rows = ours["results"] + (peers["results"] if peers else [])
-        cudnn = next((r["ms"] for r in rows if r["impl"] == "SDPA cuDNN"), None)
-        dense = min((r["ms"] for r in rows if r["impl"].startswith("vdit dense")), default=None)
+        for r in [r for r in rows if "error" in r]:
+            print(f"{r['impl']}: failed: {r['error']}")
+        rows = [r for r in rows if "error" not in r]
+        # forward rows against the forward references, forward+backward rows against theirs
+        def references(backward):
+            same = [r for r in rows if (r.get("pass") == "forward+backward") == backward]
+            cudnn = next((r["ms"] for r in same if r["impl"].startswith("SDPA cuDNN")), None)
+            dense = min((r["ms"] for r in same if r["impl"].startswith("vdit dense")), default=None)
+            return cudnn, dense
         print(f"attention, {ours['shape']}, {ours['dtype']}, {peers['device'] if peers else ours['device']}")
         print("| implementation | density | ms | effective TFLOP/s | vs SDPA cuDNN time | vs vdit dense time |")
         print("| --- | --- | --- | --- | --- | --- |")
         for r in rows:
+            cudnn, dense = references(r.get("pass") == "forward+backward")
             c = f"{r['ms'] / cudnn:.2f}x" if cudnn else "-"
             o = f"{r['ms'] / dense:.3f}" if dense else "-"
             print(f"| {r['impl']} | {r['density']:.3f} | {r['ms']:.2f} | {r['tflops_effective']:.0f} | {c} | {o} |")

@@ -1,10 +1,11 @@
 //! `vdit bench attention`: our dense and block-sparse attention against density at the Wan
-//! 1.3B 480p shape. Writes the block masks it used so that FlexAttention can be timed on the
-//! same ones (`pipelines/vdit/bench/attention_peers.py`).
+//! 1.3B 480p shape, forward alone and forward with backward (what a training step pays). Writes
+//! the block masks it used so that FlexAttention can be timed on the same ones
+//! (`pipelines/vdit/bench/attention_peers.py`).
 
 use super::median_ms;
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use serde_json::json;
 use sparse::vmoba::{vmoba_attention, vmoba_plan, ChunkKind, Selection, VmobaOptions};
 use sparse::vsa::{vsa_attention, VsaOptions};
@@ -48,6 +49,7 @@ impl Shape {
         head_dim: 128,
     };
 
+    /// FLOPs of dense attention's forward (its backward does 2.5 times as many).
     fn dense_flops(&self) -> f64 {
         let s = self.grid.len() as f64;
         4.0 * (self.batch * self.heads) as f64 * s * s * self.head_dim as f64
@@ -144,6 +146,94 @@ fn vmoba_rows(
     Ok(rows)
 }
 
+/// Forward then backward of one attention path, as training runs it: gradients of `inputs`
+/// for the output gradient `dout` (`[B, H, S, D]` f32). Fails when an input got no gradient,
+/// so that a path that silently detaches is not timed as cheap.
+fn forward_backward(inputs: &[&Var], dout: &Tensor, out: Tensor) -> Result<()> {
+    let grads = (out.to_dtype(DType::F32)? * dout)?.sum_all()?.backward()?;
+    for (i, var) in inputs.iter().enumerate() {
+        grads
+            .get(var.as_tensor())
+            .with_context(|| format!("attention input {i} got no gradient"))?;
+    }
+    Ok(())
+}
+
+/// One trainable attention path: its output and the density it computed.
+type Attend<'a> = &'a dyn Fn() -> Result<(Tensor, f64)>;
+
+/// Forward plus backward of every trainable path: dense (the backward that keeps every key),
+/// the block-sparse kernels at each of `plans`' densities, VSA at sparsity 0.875 (gate and
+/// coarse branch included) and VMoBA's spatio-temporal top-k (the plan path that training
+/// takes). `tflops_effective` counts dense attention's forward and backward FLOPs (3.5 times
+/// the forward's). A case that fails (e.g. out of memory) gets a row with its `error`, and the
+/// others still run.
+fn backward_rows(
+    device: &Device,
+    shape: Shape,
+    [q, k, v, gate]: [&Tensor; 4],
+    plans: &[(f64, Arc<SparsePlan>)],
+    runs: usize,
+) -> Result<Vec<serde_json::Value>> {
+    let flops = 3.5 * shape.dense_flops();
+    let [q, k, v, gate] = [q, k, v, gate].map(Var::from_tensor);
+    let (q, k, v, gate) = (q?, k?, v?, gate?);
+    let qkv = [&q, &k, &v];
+    let dout = Tensor::randn(0f32, 1.0, q.shape(), device)?;
+    let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+    let mut rows = Vec::new();
+    let mut time = |name: String, inputs: &[&Var], attend: Attend| {
+        let measured = attend().and_then(|(_, density)| {
+            let ms = median_ms(device, 1, runs.min(5), || {
+                forward_backward(inputs, &dout, attend()?.0)
+            })?;
+            Ok((density, ms))
+        });
+        let row = match measured {
+            Ok((density, ms)) => json!({"impl": name, "pass": "forward+backward",
+                "density": density, "ms": ms, "tflops_effective": flops / ms * 1e-9}),
+            Err(e) => json!({"impl": name, "pass": "forward+backward", "error": format!("{e:#}")}),
+        };
+        rows.push(row);
+    };
+    time("vdit dense fwd+bwd".into(), &qkv, &|| {
+        Ok((sparse::dense::attention(qt, kt, vt)?, 1.0))
+    });
+    for (_, plan) in plans {
+        time("vdit block-sparse fwd+bwd".into(), &qkv, &|| {
+            Ok((block_sparse_attention(qt, kt, vt, plan)?, plan.density()?))
+        });
+    }
+    let vsa = VsaOptions {
+        sparsity: 0.875,
+        ..Default::default()
+    };
+    time(
+        "vdit VSA fwd+bwd (coarse + top-k + fine, gate)".into(),
+        &[&q, &k, &v, &gate],
+        &|| {
+            let run = vsa_attention(qt, kt, vt, Some(gate.as_tensor()), shape.grid, &vsa)?;
+            Ok((run.out, run.plan.density()?))
+        },
+    );
+    let kind = ChunkKind::Spatiotemporal;
+    let vmoba = VmobaOptions {
+        kind: Some(kind),
+        selection: Selection::TopK(None),
+        ..Default::default()
+    };
+    time(
+        format!("vdit VMoBA {kind} fwd+bwd (plan path)"),
+        &qkv,
+        &|| {
+            let run = vmoba_attention(qt, kt, vt, shape.grid, kind, &vmoba)?;
+            let density = run.density();
+            Ok((run.out, density))
+        },
+    );
+    Ok(rows)
+}
+
 /// Runs the benchmark and writes `attention.json` and `masks.safetensors` into `out_dir`.
 pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(out_dir)
@@ -206,6 +296,13 @@ pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &P
     })?;
     rows.push(json!({"impl": "vdit VSA (coarse + top-k + fine)", "density": vsa_density, "ms": ms, "tflops_effective": flops / ms * 1e-9}));
     rows.extend(vmoba_rows(device, shape, [&q, &k, &v], runs)?);
+    rows.extend(backward_rows(
+        device,
+        shape,
+        [&q, &k, &v, &gate],
+        &plans,
+        runs,
+    )?);
 
     let report = json!({
         "shape": {"batch": b, "heads": h, "tokens": s, "head_dim": d, "grid": shape.grid.dims(), "block": BLOCK},
@@ -220,4 +317,42 @@ pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &P
         say!("{row}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole benchmark on a small grid on the CPU: every case runs, and each trainable path
+    /// also runs forward and backward with gradients reaching its inputs (`forward_backward`
+    /// fails otherwise), with a finite positive time.
+    #[test]
+    fn every_case_runs_forward_and_backward_on_a_small_grid() -> Result<()> {
+        let shape = Shape {
+            batch: 1,
+            heads: 2,
+            grid: TokenGrid { t: 8, h: 8, w: 8 },
+            head_dim: 32,
+        };
+        let dir = std::env::temp_dir().join(format!("vdit-bench-attention-{}", std::process::id()));
+        run(&Device::Cpu, shape, DType::F32, 1, &dir)?;
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("attention.json"))?)?;
+        std::fs::remove_dir_all(&dir)?;
+        let rows = report["results"].as_array().context("no results")?;
+        let backward: Vec<&serde_json::Value> = rows
+            .iter()
+            .filter(|r| r["pass"] == "forward+backward")
+            .collect();
+        // dense, one per density, VSA, VMoBA
+        assert_eq!(backward.len(), 1 + DENSITIES.len() + 2, "{backward:?}");
+        for row in backward {
+            assert!(row.get("error").is_none(), "{row}");
+            let ms = row["ms"].as_f64().context("no time")?;
+            let density = row["density"].as_f64().context("no density")?;
+            assert!(ms.is_finite() && ms > 0.0, "{row}");
+            assert!(density > 0.0 && density <= 1.0, "{row}");
+        }
+        Ok(())
+    }
 }
