@@ -159,8 +159,11 @@ fn forward_backward(inputs: &[&Var], dout: &Tensor, out: Tensor) -> Result<()> {
     Ok(())
 }
 
-/// One trainable attention path: its output and the density it computed.
-type Attend<'a> = &'a dyn Fn() -> Result<(Tensor, f64)>;
+/// One trainable attention path's output.
+type Attend<'a> = &'a dyn Fn() -> Result<Tensor>;
+/// The density that path computes, read once before it is timed (reading a plan's density
+/// walks its mask on the host, which must stay out of the timed calls).
+type Density<'a> = &'a dyn Fn() -> Result<f64>;
 
 /// Forward plus backward of every trainable path: dense (the backward that keeps every key),
 /// the block-sparse kernels at each of `plans`' densities, VSA at sparsity 0.875 (gate and
@@ -182,10 +185,10 @@ fn backward_rows(
     let dout = Tensor::randn(0f32, 1.0, q.shape(), device)?;
     let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
     let mut rows = Vec::new();
-    let mut time = |name: String, inputs: &[&Var], attend: Attend| {
-        let measured = attend().and_then(|(_, density)| {
+    let mut time = |name: String, inputs: &[&Var], density: Density, attend: Attend| {
+        let measured = density().and_then(|density| {
             let ms = median_ms(device, 1, runs.min(5), || {
-                forward_backward(inputs, &dout, attend()?.0)
+                forward_backward(inputs, &dout, attend()?)
             })?;
             Ok((density, ms))
         });
@@ -196,25 +199,27 @@ fn backward_rows(
         };
         rows.push(row);
     };
-    time("vdit dense fwd+bwd".into(), &qkv, &|| {
-        Ok((sparse::dense::attention(qt, kt, vt)?, 1.0))
+    time("vdit dense fwd+bwd".into(), &qkv, &|| Ok(1.0), &|| {
+        Ok(sparse::dense::attention(qt, kt, vt)?)
     });
     for (_, plan) in plans {
-        time("vdit block-sparse fwd+bwd".into(), &qkv, &|| {
-            Ok((block_sparse_attention(qt, kt, vt, plan)?, plan.density()?))
-        });
+        time(
+            "vdit block-sparse fwd+bwd".into(),
+            &qkv,
+            &|| Ok(plan.density()?),
+            &|| Ok(block_sparse_attention(qt, kt, vt, plan)?),
+        );
     }
     let vsa = VsaOptions {
         sparsity: 0.875,
         ..Default::default()
     };
+    let run_vsa = || vsa_attention(qt, kt, vt, Some(gate.as_tensor()), shape.grid, &vsa);
     time(
         "vdit VSA fwd+bwd (coarse + top-k + fine, gate)".into(),
         &[&q, &k, &v, &gate],
-        &|| {
-            let run = vsa_attention(qt, kt, vt, Some(gate.as_tensor()), shape.grid, &vsa)?;
-            Ok((run.out, run.plan.density()?))
-        },
+        &|| Ok(run_vsa()?.plan.density()?),
+        &|| Ok(run_vsa()?.out),
     );
     let kind = ChunkKind::Spatiotemporal;
     let vmoba = VmobaOptions {
@@ -222,14 +227,12 @@ fn backward_rows(
         selection: Selection::TopK(None),
         ..Default::default()
     };
+    let run_vmoba = || vmoba_attention(qt, kt, vt, shape.grid, kind, &vmoba);
     time(
         format!("vdit VMoBA {kind} fwd+bwd (plan path)"),
         &qkv,
-        &|| {
-            let run = vmoba_attention(qt, kt, vt, shape.grid, kind, &vmoba)?;
-            let density = run.density();
-            Ok((run.out, density))
-        },
+        &|| Ok(run_vmoba()?.density()),
+        &|| Ok(run_vmoba()?.out),
     );
     Ok(rows)
 }
