@@ -22,9 +22,7 @@ pub(crate) const CHUNK_BYTES: usize = 256 << 20;
 /// `q: [B, H, S, D]` and `k, v: [B, H, Sk, D]`, given the output `out` and its gradient `dout`,
 /// both `[B, S, H, D]`, over chunks of query rows whose f32 scores take at most `chunk_bytes`
 /// (one row at least). The arithmetic is f32; each gradient has its input's dtype. The inputs
-/// may be tracked (autograd hands a custom op's backward the forward's own tensors): they are
-/// detached first, so that no chunk's scores stay referenced by a graph nobody differentiates
-/// (at 32 k tokens those would add up to the whole `S x Sk` matrix several times over).
+/// must be untracked (detached), or every chunk's scores stay referenced by their graph.
 pub(crate) fn full_attention_backward(
     q: &Tensor,
     k: &Tensor,
@@ -34,14 +32,13 @@ pub(crate) fn full_attention_backward(
     scale: f32,
     chunk_bytes: usize,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (q, k, v, out) = (q.detach(), k.detach(), v.detach(), out.detach());
     let (b, h, s, _) = q.dims4()?;
     let row_bytes = [b, h, k.dim(2)?]
         .iter()
         .fold(4usize, |n, &x| n.saturating_mul(x));
     let rows = (chunk_bytes / row_bytes.max(1)).clamp(1, s.max(1));
     let f32_bhsd = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-    let (qf, kf, vf) = (f32_bhsd(&q)?, f32_bhsd(&k)?, f32_bhsd(&v)?);
+    let (qf, kf, vf) = (f32_bhsd(q)?, f32_bhsd(k)?, f32_bhsd(v)?);
     let dout = f32_bhsd(&dout.transpose(1, 2)?)?;
     let delta = (&dout * out.to_dtype(DType::F32)?.transpose(1, 2)?)?.sum_keepdim(D::Minus1)?;
     let kt = kf.transpose(2, 3)?.contiguous()?;
@@ -143,29 +140,6 @@ mod tests {
                     "{name} in chunks of {rows} off by {worst} (peak {peak})"
                 );
             }
-        }
-        Ok(())
-    }
-
-    /// Autograd calls the backward with the forward's tracked inputs (here variables); the
-    /// gradients must come back untracked, or each chunk's scores would stay alive in their
-    /// graph until the step ends.
-    #[test]
-    fn tracked_inputs_give_untracked_gradients() -> Result<()> {
-        let dev = Device::Cpu;
-        let (b, h, s, d) = (1, 2, 24, 8);
-        let var = |seed: f32| -> Result<candle_core::Var> {
-            candle_core::Var::from_tensor(
-                &(Tensor::randn(0f32, 1.0, (b, h, s, d), &dev)? + seed as f64)?,
-            )
-        };
-        let (q, k, v) = (var(0.0)?, var(0.1)?, var(0.2)?);
-        let out = (q.as_tensor() * 2.0)?.transpose(1, 2)?; // tracked, [B, S, H, D]
-        let dout = Tensor::randn(0f32, 1.0, (b, s, h, d), &dev)?;
-        let bytes = 4 * b * h * s * 5; // chunks of 5 rows
-        let (dq, dk, dv) = full_attention_backward(&q, &k, &v, &out, &dout, 0.3, bytes)?;
-        for (name, g) in [("dq", &dq), ("dk", &dk), ("dv", &dv)] {
-            assert!(!g.track_op(), "{name} is tracked");
         }
         Ok(())
     }

@@ -226,6 +226,10 @@ impl CustomOp3 for BlockSparseOp {
         out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Autograd hands the backward the forward's own (tracked) tensors: computing on them
+        // would record a graph nobody differentiates, keeping every intermediate (the dense
+        // path's per-chunk f32 scores: several full S x Sk matrices at 32 k tokens) alive.
+        let (q, k, v, out) = (&q.detach(), &k.detach(), &v.detach(), &out.detach());
         if let KeyBlocks::All = self.plan.keys {
             let (dq, dk, dv) =
                 full_attention_backward(q, k, v, out, grad, self.scale, CHUNK_BYTES)?;

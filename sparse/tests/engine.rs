@@ -93,6 +93,44 @@ fn full_plan_equals_dense_attention() -> Result<()> {
     Ok(())
 }
 
+/// The backward runs on detached copies of the forward's tensors, so the gradients it returns
+/// carry no graph: one that did would keep every intermediate of the backward (the dense
+/// path's per-chunk scores) alive until the step ends. Both backward paths: every block kept
+/// (matrix products over query chunks) and random key-block lists (the block engine).
+#[test]
+fn gradients_carry_no_graph() -> Result<()> {
+    let grid = TokenGrid::new(5, 3, 5);
+    let (b, h, d) = (1, 2, 8);
+    let layout = Arc::new(BlockLayout::tiled(grid, [4, 4, 4]));
+    let mut rng = Lcg(5);
+    let plans = [
+        ("every block", SparsePlan::dense(b, h, layout.clone())),
+        (
+            "random lists",
+            random_plan(b, h, layout.clone(), layout, &mut rng)?,
+        ),
+    ];
+    for (name, plan) in plans {
+        let (q, k, v) = random_qkv(b, h, grid.len(), d)?;
+        let vars = [
+            Var::from_tensor(&q)?,
+            Var::from_tensor(&k)?,
+            Var::from_tensor(&v)?,
+        ];
+        let [vq, vk, vv] = &vars;
+        let out = block_sparse_attention(vq, vk, vv, &Arc::new(plan))?;
+        let store = out.sum_all()?.backward()?;
+        for (input, var) in ["q", "k", "v"].iter().zip(&vars) {
+            let grad = store.get(var).expect("a gradient");
+            assert!(
+                !grad.track_op(),
+                "{name}: the gradient of {input} carries a graph"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn gradients_match_autograd_of_the_masked_reference() -> Result<()> {
     let mut rng = Lcg(11);
