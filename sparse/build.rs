@@ -16,7 +16,9 @@ fn main() {
         .kernel("topk", Target::Portable)
         .kernel("pool", Target::Portable)
         .kernel("vmoba", Target::Portable)
+        .kernel("lists", Target::Portable)
         .params::<kernel_params::AttnParams>()
         .params::<kernel_params::BwdParams>()
+        .params::<kernel_params::ListShape>()
         .build();
 }

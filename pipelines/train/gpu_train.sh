@@ -12,7 +12,8 @@
 #             model folder's VAE (fresh optimiser); falls back to a carried runs/vae-cpu
 #                                                                              -> runs/vae
 #   steptime  seconds per transformer step (batch DIT_BATCH, GPUs DIT_GPUS) of .gpu/vdit and,
-#             when present, .gpu/vdit-old (an earlier build, side by side); the first goes to
+#             when present, .gpu/vdit-old (an earlier build, side by side), for each attention
+#             of STEPTIME_ATTENTION (default "dense"; e.g. "dense vsa:sparsity=0.875 vmoba"); the first goes to
 #             runs/dit-rate. DIT_BATCHES="64 128 ...": each of those batches with .gpu/vdit;
 #             the one with the most clips per second goes to runs/dit-batch (the `dit` step's
 #             batch when DIT_BATCH is not given) and its rate to runs/dit-rate
@@ -70,11 +71,12 @@ train() {
 }
 # The s/step in `vdit train`'s final line $1.
 rate_of() { sed -n 's/.* \([0-9.]*\) s\/step.*/\1/p' <<<"$1"; }
-# 16 timed transformer steps of build $1 (.gpu/$1) at batch $2 over DIT_GPUS: its last two lines
-# on one line.
+# 16 timed transformer steps of build $1 (.gpu/$1) at batch $2 over DIT_GPUS, through attention
+# $3 (default dense): its last two lines on one line.
 time_steps() {
-  ".gpu/$1" train dit --base "${DIT_BASE:-runs/vae/model}" --out "$scratch/steptime-$1-b$2" \
-    --clips 64 --steps 16 --batch "$2" ${DIT_GPUS:+--gpus "$DIT_GPUS"} --quiet 2>&1 | tail -2 | tr '\n' ' '
+  ".gpu/$1" train dit --base "${DIT_BASE:-runs/vae/model}" --out "$scratch/steptime-$1-b$2-${3:-dense}" \
+    --clips 64 --steps 16 --batch "$2" ${DIT_GPUS:+--gpus "$DIT_GPUS"} --attention "${3:-dense}" --quiet 2>&1 \
+    | tail -2 | tr '\n' ' '
 }
 for step in "$@"; do
   echo "========== $step $(date +%T)" | log
@@ -168,12 +170,14 @@ for step in "$@"; do
         echo "steptime: batch $(cat runs/dit-batch 2>/dev/null), $best clips/s" | log
         continue
       fi
-      for build in vdit vdit-old; do
-        [ -x ".gpu/$build" ] || continue
-        line=$(time_steps "$build" "${DIT_BATCH:-32}")
-        echo "$build: $line" | log
-        rate=$(rate_of "$line")
-        [ "$build" = vdit ] && [ -n "$rate" ] && echo "$rate" >runs/dit-rate
+      for attention in ${STEPTIME_ATTENTION:-dense}; do
+        for build in vdit vdit-old; do
+          [ -x ".gpu/$build" ] || continue
+          line=$(time_steps "$build" "${DIT_BATCH:-32}" "$attention")
+          echo "$build $attention: $line" | log
+          rate=$(rate_of "$line")
+          [ "$build" = vdit ] && [ "$attention" = dense ] && [ -n "$rate" ] && echo "$rate" >runs/dit-rate
+        done
       done ;;
     finetune)
       for method in ${FT_METHODS:-vsa vmoba}; do

@@ -24,7 +24,7 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
   const T* vbase = reinterpret_cast<const T*>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
 
   auto off = [](int r, int c) { return swz<CH>(r, c) * (int)sizeof(T); };
-  load_q_tile<T, BM, CH, THREADS>(p, q_ord, qs, nq, qbase, reinterpret_cast<unsigned char*>(sQ), off, tid);
+  load_row_tile<T, BM, CH, THREADS>(p.q_strides[2], q_ord, qs, nq, qbase, reinterpret_cast<unsigned char*>(sQ), off, tid);
   cp_async_commit();
 
   // Tile j's copies are issued at the start of iteration j - 1, from key tokens looked up

@@ -149,7 +149,7 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
   const int tid = threadIdx.x - 128, warp = (tid >> 5) & 3, lane = tid & 31;
   const T* qbase = reinterpret_cast<const T*>(p.q) + qt.b * p.q_strides[0] + qt.h * p.q_strides[1];
   auto off_q = [](int r, int ch) { return tile_off(BM, r, ch); };
-  load_q_tile<T, BM, CH, 128 * WG>(p, qt.q_ord, qt.qs, qt.nq, qbase, sQ, off_q, tid);
+  load_row_tile<T, BM, CH, 128 * WG>(p.q_strides[2], qt.q_ord, qt.qs, qt.nq, qbase, sQ, off_q, tid);
   cp_async_commit();
   cp_async_wait<0>();
   fence_async_shared();

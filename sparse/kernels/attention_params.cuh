@@ -246,15 +246,16 @@ __device__ __forceinline__ void load_kv_tile(const AttnParams& p, KeyStream s, i
   copy_kv_tile<T, BN, CH, THREADS>(p, tok, rows, kbase, vbase, dk, dv, off);
 }
 
-// Issues the asynchronous copies of a query tile of BM rows (`nq` of them real, zeros below)
-// read through the query order from slot `qs`, shared by THREADS threads of which this is `t`.
+// Issues the asynchronous copies of a tile of BM rows (`nq` of them real, zeros below) read
+// through the token order `ord` from slot `qs` (rows `stride` elements apart), shared by
+// THREADS threads of which this is `t`.
 template <typename T, int BM, int CH, int THREADS, typename Off>
-__device__ __forceinline__ void load_q_tile(const AttnParams& p, const uint32_t* q_ord, int qs, int nq,
-                                            const T* qbase, unsigned char* dq, Off off, int t) {
+__device__ __forceinline__ void load_row_tile(long long stride, const uint32_t* ord, int qs, int nq,
+                                              const T* base, unsigned char* dst, Off off, int t) {
   for (int i = t; i < BM * CH; i += THREADS) {
     const int r = i / CH, c = i % CH;
     const bool valid = r < nq;
-    const T* src = qbase + (valid ? (long long)q_ord[qs + r] * p.q_strides[2] : 0) + c * 8;
-    cp_async16(dq + off(r, c), src, valid);
+    const T* src = base + (valid ? (long long)ord[qs + r] * stride : 0) + c * 8;
+    cp_async16(dst + off(r, c), src, valid);
   }
 }

@@ -2,7 +2,7 @@
 //! layout and per plan), and kernel launches on candle's stream. Kernels live in `kernels/`
 //! and are compiled to PTX by `build.rs`.
 
-pub(crate) use crate::kernel_params::{AttnParams, BwdParams};
+pub(crate) use crate::kernel_params::{AttnParams, BwdParams, ListShape};
 use crate::layout::BlockLayout;
 use crate::op::ForwardKernel;
 use crate::plan::{KeyBlocks, SparsePlan};
@@ -21,9 +21,19 @@ const FWD_SM90: Module = kernel_module!("attention_fwd_sm90");
 const BWD: Module = kernel_module!("attention_bwd");
 const TOPK: Module = kernel_module!("topk");
 const POOL: Module = kernel_module!("pool");
+const LISTS_KERNELS: Module = kernel_module!("lists");
 
 /// Largest query block the forward kernels take (8 warps of 16 rows).
 const MAX_Q_BLOCK: usize = 128;
+/// Rows of one backward CTA (`RM` in attention_bwd.cu).
+const BWD_ROWS: usize = 64;
+/// Query rows per chunk of the uniform-list transpose (`lists.cu`).
+const LIST_CHUNK_ROWS: usize = 256;
+/// Query blocks below this size get dq from the dk/dv pass by atomics (`bsattn_bwd_dkdvdq`).
+const BWD_ATOMIC_DQ_BELOW: usize = 16;
+/// Columns per tile of the backward's dq and dk/dv passes (`INSTANTIATE_BWD`).
+const BWD_DQ_COLUMNS: usize = 64;
+const BWD_DKDV_COLUMNS: usize = 32;
 /// Longest row the sorting top-k kernel takes (for k above `SMALL_TOPK`).
 const MAX_TOPK_COLUMNS: usize = 4096;
 /// Largest k of the warp-per-row top-k kernel (`SMALL_K` in topk.cu).
@@ -71,6 +81,8 @@ pub fn supports(dtype: DType, head_dim: usize, plan: &SparsePlan) -> bool {
 unsafe impl DeviceRepr for AttnParams {}
 // SAFETY: as for AttnParams.
 unsafe impl DeviceRepr for BwdParams {}
+// SAFETY: as for AttnParams.
+unsafe impl DeviceRepr for ListShape {}
 
 /// A block layout's token orders and block starts on one device.
 pub(crate) struct DeviceLayout {
@@ -333,7 +345,12 @@ pub(crate) fn launch_forward(
     }
 }
 
-/// Runs the backward kernels; returns dq, dk, dv flattened one after the other (f32).
+/// A forward's log-sum-exp `[B * H, S]` kept for its backward.
+#[derive(Clone)]
+pub(crate) struct SavedLse(pub(crate) Arc<CudaSlice<f32>>);
+
+/// Runs the backward kernels (recomputing the log-sum-exp unless `saved` has it); returns dq,
+/// dk, dv flattened one after the other (f32).
 pub(crate) fn attention_backward(
     plan: &Arc<SparsePlan>,
     inputs: [(&CudaStorage, &Layout); 3],
@@ -341,13 +358,20 @@ pub(crate) fn attention_backward(
     delta: &Tensor,
     scale: f32,
     kernel: ForwardKernel,
+    saved: Option<&SavedLse>,
 ) -> Result<CudaStorage> {
     let dev = inputs[0].0.device().clone();
     let dtype = inputs[0].0.dtype();
     let (b, h, s, d) = inputs[0].1.shape().dims4()?;
     let sk = inputs[1].1.shape().dims4()?.2;
-    let (_, lse) = attention_forward(plan, inputs, scale, true, kernel)?;
-    let lse = lse.expect("log-sum-exp requested");
+    let lse = match saved {
+        Some(saved) => Arc::clone(&saved.0),
+        None => Arc::new(
+            attention_forward(plan, inputs, scale, true, kernel)?
+                .1
+                .expect("log-sum-exp requested"),
+        ),
+    };
     let (q, k, v) = (
         view(inputs[0].0, inputs[0].1)?,
         view(inputs[1].0, inputs[1].1)?,
@@ -357,18 +381,29 @@ pub(crate) fn attention_backward(
         layout_on(&dev, &plan.q_layout)?,
         layout_on(&dev, &plan.k_layout)?,
     );
-    let mask = plan.host_mask()?;
-    let transposed = mask.transpose();
-    let forward_lists = (
-        dev.clone_htod(mask.offsets())?,
-        dev.clone_htod(mask.indices())?,
-    );
-    let backward_lists = (
-        dev.clone_htod(transposed.offsets())?,
-        dev.clone_htod(transposed.indices())?,
-    );
+    // Each pass walks its row blocks' column lists: the forward's key lists for dq, their
+    // transpose for dk/dv (none for a dense plan; uniform lists are transposed on the device).
+    let (nqb, nkb) = (plan.q_layout.num_blocks(), plan.k_layout.num_blocks());
+    let forward_lists = key_lists(&dev, plan)?;
+    let transposed = match &plan.keys {
+        KeyBlocks::All => None,
+        KeyBlocks::Uniform(t) => Some(transpose_uniform(&dev, &t.contiguous()?, b * h, nqb, nkb)?),
+        KeyBlocks::Lists(mask) => {
+            let t = mask.transpose();
+            Some((dev.clone_htod(t.offsets())?, dev.clone_htod(t.indices())?))
+        }
+    };
     let (nq, nk) = (b * h * s * d, b * h * sk * d);
-    let packed = dev.alloc_zeros::<f32>(nq + 2 * nk)?;
+    // Query blocks too small to fill a CTA's rows: the dk/dv pass adds dq with atomics (into
+    // zeros), and no dq pass runs.
+    let dq_by_atomics = plan.q_layout.tile() < BWD_ATOMIC_DQ_BELOW;
+    let packed = if dq_by_atomics {
+        dev.alloc_zeros::<f32>(nq + 2 * nk)?
+    } else {
+        // SAFETY: every element is written: each pass writes every row of every block, and the
+        // layouts' blocks cover every token (rows without columns get zeros).
+        unsafe { dev.alloc::<f32>(nq + 2 * nk) }?
+    };
     let base = ptr(&dev, &packed);
     let dout = dout.to_dtype(dtype)?.contiguous()?;
     let mut params = BwdParams {
@@ -380,7 +415,7 @@ pub(crate) fn attention_backward(
         k_strides: k.1,
         v_strides: v.1,
         o_strides: [(s * h * d) as i64, d as i64, (h * d) as i64],
-        lse: ptr(&dev, &lse),
+        lse: ptr(&dev, lse.as_ref()),
         delta: tensor_ptr(&delta.contiguous()?)?,
         dq: base,
         dk: base + 4 * nq as u64,
@@ -389,37 +424,128 @@ pub(crate) fn attention_backward(
         q_starts: ptr(&dev, &ql.starts),
         k_order: ptr(&dev, &kl.order),
         k_starts: ptr(&dev, &kl.starts),
-        offsets: ptr(&dev, &forward_lists.0),
-        indices: ptr(&dev, &forward_lists.1),
+        offsets: 0,
+        indices: 0,
         b: b as i32,
         h: h as i32,
         s: s as i32,
         sk: sk as i32,
         q_per_head: ql.per_head as i32,
         k_per_head: kl.per_head as i32,
-        rows_blocks: plan.q_layout.num_blocks() as i32,
+        rows_blocks: 0,
+        row_chunks: 0,
+        all_cols: 0,
+        uniform_cols: 0,
         scale,
     };
     let t = dtype_suffix(dtype)?;
-    let block = (128, 1, 1);
-    let cfg = LaunchConfig {
-        grid_dim: (plan.q_layout.num_blocks() as u32, (b * h) as u32, 1),
-        block_dim: block,
-        shared_mem_bytes: 0,
-    };
-    BWD.launch(&dev, &format!("bsattn_bwd_dq_{t}_d{d}"), cfg, &params)?;
-    params.offsets = ptr(&dev, &backward_lists.0);
-    params.indices = ptr(&dev, &backward_lists.1);
-    params.rows_blocks = plan.k_layout.num_blocks() as i32;
-    let cfg = LaunchConfig {
-        grid_dim: (plan.k_layout.num_blocks() as u32, (b * h) as u32, 1),
-        block_dim: block,
-        shared_mem_bytes: 0,
-    };
-    BWD.launch(&dev, &format!("bsattn_bwd_dkdv_{t}_d{d}"), cfg, &params)?;
+    // (pass, row blocks, largest row block, column blocks, columns per tile)
+    let passes = [
+        ("dq", nqb, plan.q_layout.tile(), nkb, BWD_DQ_COLUMNS),
+        (
+            if dq_by_atomics { "dkdvdq" } else { "dkdv" },
+            nkb,
+            plan.k_layout.tile(),
+            nqb,
+            BWD_DKDV_COLUMNS,
+        ),
+    ];
+    let first = usize::from(dq_by_atomics);
+    for (i, (pass, row_blocks, largest, col_blocks, columns)) in
+        passes.into_iter().enumerate().skip(first)
+    {
+        let chunks = largest.div_ceil(BWD_ROWS);
+        params.rows_blocks = row_blocks as i32;
+        params.row_chunks = chunks as i32;
+        if i == 0 {
+            params.offsets = forward_lists.offsets;
+            params.indices = forward_lists.indices;
+            params.uniform_cols = forward_lists.uniform_k;
+            params.all_cols = forward_lists.all_keys;
+        } else {
+            params.uniform_cols = 0;
+            match &transposed {
+                Some((offsets, indices)) => {
+                    params.offsets = ptr(&dev, offsets);
+                    params.indices = ptr(&dev, indices);
+                    params.all_cols = 0;
+                }
+                None => params.all_cols = col_blocks as i32,
+            }
+        }
+        // Two row tiles, two buffers of two column tiles, the columns' lse, delta and tokens
+        // (two buffers each), and the dk/dv pass's dS tile (padded rows).
+        let cfg = LaunchConfig {
+            grid_dim: ((row_blocks * chunks) as u32, (b * h) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: ((2 * BWD_ROWS + 4 * columns) * d * 2
+                + 6 * columns * 4
+                + BWD_ROWS * (columns + 8) * 2) as u32,
+        };
+        BWD.launch(&dev, &format!("bsattn_bwd_{pass}_{t}_d{d}"), cfg, &params)?;
+    }
     // Keep the temporaries alive until the kernels are queued (the stream orders their use).
-    drop((forward_lists, backward_lists, dout));
+    drop((forward_lists, transposed, dout));
     Ok(CudaStorage::wrap_cuda_slice(packed, dev))
+}
+
+/// The transpose of uniform lists `indices: [groups * nq, k]` (u32, contiguous) of key blocks
+/// out of `nk`, on the device: CSR offsets `[groups * nk + 1]` and query blocks, each list in
+/// ascending order (as [`crate::plan::BlockMask::transpose`] makes it).
+fn transpose_uniform(
+    dev: &CudaDevice,
+    indices: &Tensor,
+    groups: usize,
+    nq: usize,
+    nk: usize,
+) -> Result<(CudaSlice<u32>, CudaSlice<u32>)> {
+    let k = indices.dim(1)?;
+    let chunks = nq.div_ceil(LIST_CHUNK_ROWS);
+    let shape = ListShape {
+        groups: groups as i32,
+        nq: nq as i32,
+        k: k as i32,
+        nk: nk as i32,
+        chunk_rows: LIST_CHUNK_ROWS as i32,
+        chunks: chunks as i32,
+    };
+    let counts = dev.alloc_zeros::<u32>(groups * chunks * nk)?;
+    let offsets = dev.alloc_zeros::<u32>(groups * nk + 1)?;
+    // SAFETY: chunk_fill writes each of the groups * nq * k entries once.
+    let out = unsafe { dev.alloc::<u32>(groups * nq * k) }?;
+    let (src, counts_ptr, offsets_ptr, out_ptr) = (
+        tensor_ptr(indices)?,
+        ptr(dev, &counts),
+        ptr(dev, &offsets),
+        ptr(dev, &out),
+    );
+    let stream = dev.cuda_stream();
+    let grid = (chunks as u32, groups as u32, 1);
+    let launch = |name: &str, grid_dim, threads, args: &[&u64]| -> Result<()> {
+        let func = LISTS_KERNELS.function(dev, name)?;
+        let mut builder = stream.launch_builder(&func);
+        builder.arg(args[0]).arg(&shape);
+        for a in &args[1..] {
+            builder.arg(*a);
+        }
+        let cfg = LaunchConfig {
+            grid_dim,
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernels of lists.cu, whose sizes `shape` gives.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok(())
+    };
+    launch("chunk_counts", grid, 256, &[&src, &counts_ptr])?;
+    launch("chunk_bases", (1, 1, 1), 1024, &[&counts_ptr, &offsets_ptr])?;
+    launch(
+        "chunk_fill",
+        grid,
+        32,
+        &[&src, &counts_ptr, &offsets_ptr, &out_ptr],
+    )?;
+    Ok((offsets, out))
 }
 
 /// Row-wise top-k on the GPU; see [`crate::op::top_k`].

@@ -1,5 +1,5 @@
 //! The parameter structs of the attention kernels, defined once: the build checks that the C
-//! structs of the same names (`attention_params.cuh`, `attention_bwd.cu`) have this size and
+//! structs of the same names (`attention_params.cuh`, `attention_bwd.cu`, `lists.cu`) have this size and
 //! these field offsets (see `kernel_build::kernel_params!`).
 
 kernel_build::kernel_params! {
@@ -64,6 +64,20 @@ kernel_build::kernel_params! {
         pub q_per_head: i32,
         pub k_per_head: i32,
         pub rows_blocks: i32,
+        pub row_chunks: i32,
+        pub all_cols: i32,
+        pub uniform_cols: i32,
         pub scale: f32,
+    }
+
+    /// The shape of a uniform-list transpose (`kernels/lists.cu`): `groups * nq` lists of `k`
+    /// key blocks out of `nk`, query rows cut into `chunks` chunks of `chunk_rows` per group.
+    pub struct ListShape {
+        pub groups: i32,
+        pub nq: i32,
+        pub k: i32,
+        pub nk: i32,
+        pub chunk_rows: i32,
+        pub chunks: i32,
     }
 }

@@ -83,6 +83,8 @@ pub fn block_sparse_attention_with(
         plan: Arc::clone(plan),
         scale: (1.0 / (d as f64).sqrt()) as f32,
         kernel,
+        #[cfg(feature = "cuda")]
+        saved_lse: (q.track_op() || k.track_op() || v.track_op()).then(Default::default),
     };
     if on_kernels(q, plan)? {
         return q.apply_op3(k, v, op)?.transpose(1, 2);
@@ -154,6 +156,10 @@ struct BlockSparseOp {
     plan: Arc<SparsePlan>,
     scale: f32,
     kernel: ForwardKernel,
+    /// Where a differentiated forward on the GPU keeps its log-sum-exp for the backward
+    /// (`None`: nothing will differentiate this call).
+    #[cfg(feature = "cuda")]
+    saved_lse: Option<std::sync::Mutex<Option<crate::cuda::SavedLse>>>,
 }
 
 fn dims_of(q: &Shape, k: &Shape) -> Result<Dims> {
@@ -208,13 +214,17 @@ impl CustomOp3 for BlockSparseOp {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let dims = dims_of(l1.shape(), l2.shape())?;
-        let (out, _) = crate::cuda::attention_forward(
+        let (out, lse) = crate::cuda::attention_forward(
             &self.plan,
             [(s1, l1), (s2, l2), (s3, l3)],
             self.scale,
-            false,
+            self.saved_lse.is_some(),
             self.kernel,
         )?;
+        if let (Some(saved), Some(lse)) = (&self.saved_lse, lse) {
+            *saved.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(crate::cuda::SavedLse(Arc::new(lse)));
+        }
         Ok((out, bshd(dims)))
     }
 
@@ -230,7 +240,9 @@ impl CustomOp3 for BlockSparseOp {
         // would record a graph nobody differentiates, keeping every intermediate (the dense
         // path's per-chunk f32 scores: several full S x Sk matrices at 32 k tokens) alive.
         let (q, k, v, out) = (&q.detach(), &k.detach(), &v.detach(), &out.detach());
-        if let KeyBlocks::All = self.plan.keys {
+        // Dense attention on the CPU (or where the kernels do not run) takes chunked
+        // matrix products; the kernels' backward runs every plan.
+        if matches!(self.plan.keys, KeyBlocks::All) && !on_kernels(q, &self.plan)? {
             let (dq, dk, dv) =
                 full_attention_backward(q, k, v, out, grad, self.scale, CHUNK_BYTES)?;
             return Ok((Some(dq), Some(dk), Some(dv)));
@@ -244,6 +256,11 @@ impl CustomOp3 for BlockSparseOp {
             plan: Arc::clone(&self.plan),
             scale: self.scale,
             kernel: self.kernel,
+            #[cfg(feature = "cuda")]
+            lse: self
+                .saved_lse
+                .as_ref()
+                .and_then(|saved| saved.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             dout: grad.contiguous()?,
             delta,
         };
@@ -271,9 +288,13 @@ impl CustomOp3 for BlockSparseOp {
 struct BackwardOp {
     plan: Arc<SparsePlan>,
     scale: f32,
-    /// Forward kernel family (the backward recomputes the log-sum-exp with it).
+    /// Forward kernel family (the backward recomputes the log-sum-exp with it when the
+    /// forward kept none).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     kernel: ForwardKernel,
+    /// The forward's log-sum-exp, when it kept it.
+    #[cfg(feature = "cuda")]
+    lse: Option<crate::cuda::SavedLse>,
     /// Output gradient, `[B, S, H, D]`.
     dout: Tensor,
     /// `rowsum(dout * out)`, `[B, H, S]` f32.
@@ -338,6 +359,7 @@ impl CustomOp3 for BackwardOp {
             &self.delta,
             self.scale,
             self.kernel,
+            self.lse.as_ref(),
         )?;
         let len = l1.shape().elem_count() + 2 * l2.shape().elem_count();
         Ok((packed, Shape::from(len)))

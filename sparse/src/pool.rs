@@ -12,23 +12,29 @@ pub fn block_index(layout: &BlockLayout, device: &Device) -> Result<Tensor> {
 }
 
 /// Mean over each block's tokens of `x: [B, H, S, D]`, in f32: `[B, H, blocks, D]`.
-/// Differentiable (on the GPU without tracked gradients it is one kernel). The layout must be
-/// shared by all heads.
+/// Differentiable: on the GPU one kernel, whose backward hands each token its block's gradient
+/// divided by the block's size. The layout must be shared by all heads.
 pub fn block_means(x: &Tensor, layout: &Arc<BlockLayout>) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if x.device().is_cuda() && !x.track_op() && x.dim(3)? <= 256 {
-        return x.apply_op1_no_bwd(&BlockMeans {
+    if x.device().is_cuda() && x.dim(3)? <= 256 {
+        return x.apply_op1(BlockMeans {
             layout: Arc::clone(layout),
         });
     }
-    let (b, h, _, d) = x.dims4()?;
-    let n = layout.num_blocks();
     let index = block_index(layout, x.device())?;
     let x = x.to_dtype(DType::F32)?.contiguous()?;
-    let sums = Tensor::zeros((b, h, n, d), DType::F32, x.device())?.index_add(&index, &x, 2)?;
-    let counts: Vec<f32> = (0..n).map(|i| layout.block_len(i) as f32).collect();
-    let counts = Tensor::from_vec(counts, (n, 1), x.device())?;
-    sums.broadcast_div(&counts)
+    let (b, h, _, d) = x.dims4()?;
+    let sums = Tensor::zeros((b, h, layout.num_blocks(), d), DType::F32, x.device())?
+        .index_add(&index, &x, 2)?;
+    sums.broadcast_div(&block_sizes(layout, x.device())?)
+}
+
+/// The number of tokens of each block, `[blocks, 1]` f32.
+fn block_sizes(layout: &BlockLayout, device: &Device) -> Result<Tensor> {
+    let sizes: Vec<f32> = (0..layout.num_blocks())
+        .map(|i| layout.block_len(i) as f32)
+        .collect();
+    Tensor::from_vec(sizes, (layout.num_blocks(), 1), device)
 }
 
 /// The GPU block-mean kernel as a candle operation (no CPU form: the CPU uses `index_add`).
@@ -57,6 +63,77 @@ impl candle_core::CustomOp1 for BlockMeans {
         l: &candle_core::Layout,
     ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
         crate::cuda::block_means(s, l, &self.layout)
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let per_block = grad.broadcast_div(&block_sizes(&self.layout, grad.device())?)?;
+        let per_token = per_block.index_select(&block_index(&self.layout, grad.device())?, 2)?;
+        Ok(Some(per_token.to_dtype(x.dtype())?))
+    }
+}
+
+/// Each token's row of its block, `[B, H, S, D]` for `x: [B, H, blocks, D]` (how VSA's coarse
+/// output reaches the tokens). Differentiable: the backward sums each block's token gradients
+/// with [`block_means`] rather than a scatter-add (which candle runs one thread per channel).
+pub fn spread_to_tokens(x: &Tensor, layout: &Arc<BlockLayout>) -> Result<Tensor> {
+    x.apply_op2(
+        &block_index(layout, x.device())?,
+        Spread {
+            layout: Arc::clone(layout),
+        },
+    )
+}
+
+struct Spread {
+    layout: Arc<BlockLayout>,
+}
+
+impl Spread {
+    fn shape(x: &candle_core::Layout, index: &candle_core::Layout) -> candle_core::Shape {
+        let mut dims = x.dims().to_vec();
+        dims[2] = index.dims()[0];
+        candle_core::Shape::from(dims)
+    }
+}
+
+impl candle_core::CustomOp2 for Spread {
+    fn name(&self) -> &'static str {
+        "spread-to-tokens"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        index: &candle_core::CpuStorage,
+        il: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        Ok((x.index_select(index, xl, il, 2)?, Self::shape(xl, il)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &candle_core::Layout,
+        index: &candle_core::CudaStorage,
+        il: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        Ok((x.index_select(index, xl, il, 2)?, Self::shape(xl, il)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let sums = block_means(grad, &self.layout)?
+            .broadcast_mul(&block_sizes(&self.layout, grad.device())?)?;
+        Ok((Some(sums.to_dtype(x.dtype())?), None))
     }
 }
 
@@ -160,6 +237,33 @@ mod tests {
         let x = Tensor::new(&[1f32, 3.0, 5.0, 9.0, 7.0], &Device::Cpu)?.reshape((1, 1, 5, 1))?;
         let m: Vec<f32> = block_means(&x, &layout)?.flatten_all()?.to_vec1()?;
         assert_eq!(m, vec![2.0, 7.0, 7.0]);
+        Ok(())
+    }
+
+    /// Spreading blocks to tokens is an index selection: the custom operation's gradient
+    /// (block sums through `block_means`) equals candle's (a scatter-add), exactly.
+    #[test]
+    fn spread_differentiates_as_index_select() -> Result<()> {
+        let grid = TokenGrid::new(3, 2, 5);
+        let layout = BlockLayout::tiled_shared(grid, [2, 2, 2]);
+        let x = candle_core::Var::randn(0f32, 1.0, (2, 2, layout.num_blocks(), 4), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 1.0, (2, 2, grid.len(), 4), &Device::Cpu)?;
+        let spread = spread_to_tokens(x.as_tensor(), &layout)?;
+        let selected = x
+            .as_tensor()
+            .index_select(&block_index(&layout, &Device::Cpu)?, 2)?;
+        assert_eq!(
+            spread.flatten_all()?.to_vec1::<f32>()?,
+            selected.flatten_all()?.to_vec1::<f32>()?
+        );
+        let grad = |y: Tensor| -> Result<Vec<f32>> {
+            let grads = (y * &w)?.sum_all()?.backward()?;
+            grads.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1()
+        };
+        let (ours, theirs) = (grad(spread)?, grad(selected)?);
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
         Ok(())
     }
 

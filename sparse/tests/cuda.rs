@@ -115,39 +115,54 @@ fn dense_kernel_matches_cpu_for_head_dims_partial_blocks_strides_and_cross_lengt
     })
 }
 
-/// Key tiles are windows of the key stream: with key blocks of 20 tokens (the last partial),
-/// per-head token orders and random lists (some empty), every tile spans several blocks.
-#[test]
-fn key_tiles_span_small_partial_and_permuted_key_blocks() -> Result<()> {
+/// A generator seeded from the clock (the seed is printed, to replay a failure).
+fn seeded_rng() -> Lcg {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |t| t.as_nanos() as u64);
     println!("plan seed {seed}");
-    let mut rng = Lcg(seed);
+    Lcg(seed)
+}
+
+/// A uniformly random order of `s` tokens.
+fn random_permutation(rng: &mut Lcg, s: usize) -> Permutation {
+    let mut order: Vec<u32> = (0..s as u32).collect();
+    for i in (1..s).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    Permutation::from_order(order).unwrap()
+}
+
+/// `lists` sorted lists of distinct key blocks out of `nk`, of random lengths (some empty).
+fn random_lists(rng: &mut Lcg, lists: usize, nk: usize) -> Vec<Vec<u32>> {
+    (0..lists)
+        .map(|_| {
+            let len = rng.below(nk + 1);
+            (0..len)
+                .map(|_| rng.below(nk) as u32)
+                .collect::<std::collections::BTreeSet<u32>>()
+                .into_iter()
+                .collect()
+        })
+        .collect()
+}
+
+/// Key tiles are windows of the key stream: with key blocks of 20 tokens (the last partial),
+/// per-head token orders and random lists (some empty), every tile spans several blocks.
+#[test]
+fn key_tiles_span_small_partial_and_permuted_key_blocks() -> Result<()> {
+    let mut rng = seeded_rng();
     let (b, h, s) = (2, 3, 310);
-    let permutation = |rng: &mut Lcg| {
-        let mut order: Vec<u32> = (0..s as u32).collect();
-        for i in (1..s).rev() {
-            order.swap(i, rng.below(i + 1));
-        }
-        Permutation::from_order(order).unwrap()
-    };
-    let k_orders = (0..h).map(|_| permutation(&mut rng)).collect();
+    let k_orders = (0..h).map(|_| random_permutation(&mut rng, s)).collect();
     let k_layout = Arc::new(BlockLayout::per_head(k_orders, 20));
     each_kernel(|kernel| {
         for (d, q_block) in [(64, 64), (128, 128), (128, 64)] {
-            let q_layout = Arc::new(BlockLayout::from_order(permutation(&mut rng), q_block));
+            let q_layout = Arc::new(BlockLayout::from_order(
+                random_permutation(&mut rng, s),
+                q_block,
+            ));
             let (nq, nk) = (q_layout.num_blocks(), k_layout.num_blocks());
-            let lists: Vec<Vec<u32>> = (0..b * h * nq)
-                .map(|_| {
-                    let len = rng.below(nk + 1);
-                    (0..len)
-                        .map(|_| rng.below(nk) as u32)
-                        .collect::<std::collections::BTreeSet<u32>>()
-                        .into_iter()
-                        .collect()
-                })
-                .collect();
+            let lists = random_lists(&mut rng, b * h * nq, nk);
             let mask = BlockMask::from_lists(b * h, nq, nk, &lists)?;
             let plan = Arc::new(SparsePlan::new(b, h, q_layout, k_layout.clone(), mask)?);
             let shape = (b, h, s, d);
@@ -274,6 +289,33 @@ fn every_method_through_the_router_matches_cpu() -> Result<()> {
 
 /// VMoBA's GPU path (selection on the device, gathered-query kernel, log-sum-exp merge) against
 /// the CPU path, for every chunk kind (partial chunks included) and both selection rules.
+/// VMoBA's options for small test grids: every chunk kind (chunks of 2 frames, 3x4 and
+/// 2x3x4 tokens) under each selection rule.
+fn small_chunk_options() -> Vec<(ChunkKind, VmobaOptions)> {
+    let kinds = [
+        ChunkKind::Temporal,
+        ChunkKind::Spatial,
+        ChunkKind::Spatiotemporal,
+    ];
+    let rules = [Selection::TopK(Some(3)), Selection::Threshold(0.25)];
+    kinds
+        .into_iter()
+        .flat_map(|kind| {
+            rules.map(|selection| {
+                let opts = VmobaOptions {
+                    kind: Some(kind),
+                    temporal_chunk: 2,
+                    spatial_chunk: [3, 4],
+                    st_chunk: [2, 3, 4],
+                    selection,
+                    ..Default::default()
+                };
+                (kind, opts)
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn vmoba_gathered_path_matches_cpu() -> Result<()> {
     each_kernel(|kernel| {
@@ -283,34 +325,20 @@ fn vmoba_gathered_path_matches_cpu() -> Result<()> {
         ] {
             let shape = (2, 3, grid.len(), d);
             let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
-            for kind in [
-                ChunkKind::Temporal,
-                ChunkKind::Spatial,
-                ChunkKind::Spatiotemporal,
-            ] {
-                for selection in [Selection::TopK(Some(3)), Selection::Threshold(0.25)] {
-                    let opts = VmobaOptions {
-                        kind: Some(kind),
-                        temporal_chunk: 2,
-                        spatial_chunk: [3, 4],
-                        st_chunk: [2, 3, 4],
-                        selection,
-                        ..Default::default()
-                    };
-                    let g = vmoba_attention_with(&qg, &kg, &vg, grid, kind, &opts, kernel)?;
-                    let c = vmoba_attention(&qc, &kc, &vc, grid, kind, &opts)?;
-                    check(
-                        &format!("vmoba {grid} d{d} {kind} {selection:?}"),
-                        &g.out,
-                        &c.out,
-                    )?;
-                    assert!(
-                        (g.density() - c.density()).abs() < 0.01,
-                        "selections differ: density {} on the GPU, {} on the CPU",
-                        g.density(),
-                        c.density()
-                    );
-                }
+            for (kind, opts) in small_chunk_options() {
+                let g = vmoba_attention_with(&qg, &kg, &vg, grid, kind, &opts, kernel)?;
+                let c = vmoba_attention(&qc, &kc, &vc, grid, kind, &opts)?;
+                check(
+                    &format!("vmoba {grid} d{d} {kind} {:?}", opts.selection),
+                    &g.out,
+                    &c.out,
+                )?;
+                assert!(
+                    (g.density() - c.density()).abs() < 0.01,
+                    "selections differ: density {} on the GPU, {} on the CPU",
+                    g.density(),
+                    c.density()
+                );
             }
         }
         Ok(())
@@ -332,52 +360,241 @@ fn top_k_kernel_equals_the_cpu_rule_with_ties() -> Result<()> {
     Ok(())
 }
 
+/// Gradients of `sum(attention(q, k, v) * w)` with respect to q, k and v, as f32 on the host.
+fn gradients(
+    attention: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+    [q, k, v, w]: [&Tensor; 4],
+) -> Result<Vec<Tensor>> {
+    let vars = [q, k, v].map(|t| Var::from_tensor(t).unwrap());
+    let out = attention(
+        vars[0].as_tensor(),
+        vars[1].as_tensor(),
+        vars[2].as_tensor(),
+    )?;
+    let store = (out.to_dtype(DType::F32)? * w.to_dtype(DType::F32)?)?
+        .sum_all()?
+        .backward()?;
+    vars.iter()
+        .map(|x| {
+            store
+                .get(x.as_tensor())
+                .expect("every input gets a gradient")
+                .to_device(&Device::Cpu)?
+                .to_dtype(DType::F32)
+        })
+        .collect()
+}
+
+/// The GPU's gradients against the CPU's: within 3e-2 relative L2 (bf16 inputs, bf16 P and dS
+/// in the products, f32 accumulation).
+fn check_gradients(name: &str, gpu: &[Tensor], cpu: &[Tensor]) {
+    for (grad, (a, b)) in ["dq", "dk", "dv"].iter().zip(gpu.iter().zip(cpu)) {
+        let err = rel(a, b);
+        println!("{name} {grad}: relative L2 {err:.2e}");
+        assert!(err <= 3e-2, "{name} {grad}: {err:.3e} > 3e-2");
+    }
+}
+
+/// q, k, v, w as CPU/GPU pairs for queries of `shape` and `k_tokens` keys.
+type Inputs = ([Tensor; 4], [Tensor; 4]);
+fn grad_inputs(shape: (usize, usize, usize, usize), k_tokens: usize) -> Result<Inputs> {
+    let kshape = (shape.0, shape.1, k_tokens, shape.3);
+    let ((qc, qg), (kc, kg), (vc, vg), (wc, wg)) =
+        (pair(shape)?, pair(kshape)?, pair(kshape)?, pair(shape)?);
+    Ok(([qc, kc, vc, wc], [qg, kg, vg, wg]))
+}
+
+fn refs(t: &[Tensor; 4]) -> [&Tensor; 4] {
+    [&t[0], &t[1], &t[2], &t[3]]
+}
+
+/// Block-sparse attention's gradients through `kernel` on the GPU plan against the CPU's on
+/// the CPU plan (the same lists, held where each side reads them).
+fn check_plan_gradients(
+    name: &str,
+    kernel: ForwardKernel,
+    [gpu_plan, cpu_plan]: [&Arc<SparsePlan>; 2],
+    (c, g): &Inputs,
+) -> Result<()> {
+    check_gradients(
+        name,
+        &gradients(
+            |q, k, v| block_sparse_attention_with(q, k, v, gpu_plan, kernel),
+            refs(g),
+        )?,
+        &gradients(|q, k, v| block_sparse_attention(q, k, v, cpu_plan), refs(c))?,
+    );
+    Ok(())
+}
+
 #[test]
 fn gradients_on_gpu_match_cpu() -> Result<()> {
     each_kernel(|kernel| {
         let grid = TokenGrid::new(5, 6, 10);
         let shape = (1, 2, grid.len(), 64);
         let layout = BlockLayout::tiled_shared(grid, [4, 4, 4]);
-        let ((qc, qg), (kc, kg), (vc, vg), (wc, wg)) =
-            (pair(shape)?, pair(shape)?, pair(shape)?, pair(shape)?);
         let n = layout.num_blocks();
         let lists: Vec<Vec<u32>> = (0..2 * n)
             .map(|i| vec![(i % n) as u32, ((i * 7 + 3) % n) as u32])
             .collect();
         let mask = sparse::BlockMask::from_lists(2, n, n, &lists)?;
         let plan = Arc::new(SparsePlan::new(1, 2, layout.clone(), layout, mask)?);
-        let grads = |q: &Tensor, k: &Tensor, v: &Tensor, w: &Tensor| -> Result<Vec<Tensor>> {
-            let vars = [q, k, v].map(|t| Var::from_tensor(t).unwrap());
-            let out = block_sparse_attention_with(
-                vars[0].as_tensor(),
-                vars[1].as_tensor(),
-                vars[2].as_tensor(),
-                &plan,
-                kernel,
-            )?;
-            let store = (out.to_dtype(DType::F32)? * w.to_dtype(DType::F32)?)?
-                .sum_all()?
-                .backward()?;
-            Ok(vars
-                .iter()
-                .map(|x| {
-                    store
-                        .get(x.as_tensor())
-                        .unwrap()
-                        .to_device(&Device::Cpu)
-                        .unwrap()
-                        .to_dtype(DType::F32)
-                        .unwrap()
+        let inputs = grad_inputs(shape, grid.len())?;
+        check_plan_gradients("cubes", kernel, [&plan, &plan], &inputs)
+    })
+}
+
+/// Dense attention's backward on the GPU (the kernels' two passes over every block) against
+/// candle's differentiated matrix products on the CPU: both head dims, a partial last block,
+/// query blocks of 128 rows (two CTAs each) and cross-attention to 77 keys.
+#[test]
+fn dense_gradients_match_cpu_for_head_dims_partial_blocks_and_cross_lengths() -> Result<()> {
+    each_kernel(|kernel| {
+        for (d, keys) in [(64, 300), (128, 300), (128, 77)] {
+            let (c, g) = grad_inputs((2, 3, 300, d), keys)?;
+            check_gradients(
+                &format!("dense d{d} {keys} keys"),
+                &gradients(
+                    |q, k, v| sparse::dense::attention_with(q, k, v, kernel),
+                    refs(&g),
+                )?,
+                &gradients(sparse::dense::attention, refs(&c))?,
+            );
+        }
+        Ok(())
+    })
+}
+
+/// The backward at the real shape's tiling: VSA's 4x4x4 cubes on a grid whose frames, height
+/// and width leave partial cubes (21 x 30 x 52 has remainders 1, 2, 0; so does 5 x 6 x 12), with
+/// random lists and with uniform ones (whose transpose the device makes), and
+/// the key-stream case of small, partial, per-head permuted key blocks with random lists (some
+/// empty) under query blocks of 64 and 128, and of 8 (whose dq the dk/dv pass adds by atomics);
+/// both head dims.
+#[test]
+fn gradients_at_real_tiling_match_cpu() -> Result<()> {
+    let mut rng = seeded_rng();
+    let (b, h) = (1, 2);
+    let grid = TokenGrid::new(5, 6, 12);
+    let cubes = BlockLayout::tiled_shared(grid, [4, 4, 4]);
+    let s = grid.len();
+    let small_keys = Arc::new(BlockLayout::per_head(
+        (0..h).map(|_| random_permutation(&mut rng, s)).collect(),
+        20,
+    ));
+    each_kernel(|kernel| {
+        for d in [64, 128] {
+            let layouts = [
+                ("cubes", cubes.clone(), cubes.clone()),
+                (
+                    "64-row query blocks, 20-token keys",
+                    Arc::new(BlockLayout::from_order(random_permutation(&mut rng, s), 64)),
+                    small_keys.clone(),
+                ),
+                (
+                    "128-row query blocks, 20-token keys",
+                    Arc::new(BlockLayout::from_order(
+                        random_permutation(&mut rng, s),
+                        128,
+                    )),
+                    small_keys.clone(),
+                ),
+                (
+                    "8-row query blocks (dq by atomics), 20-token keys",
+                    Arc::new(BlockLayout::from_order(random_permutation(&mut rng, s), 8)),
+                    small_keys.clone(),
+                ),
+            ];
+            // Uniform lists (as VSA's and VMoBA's top-k make them, transposed on the device
+            // for dk/dv): 3 distinct random cubes per query cube.
+            let n = cubes.num_blocks();
+            let picks: Vec<u32> = (0..b * h * n)
+                .flat_map(|_| {
+                    let mut row: Vec<u32> = Vec::new();
+                    while row.len() < 3 {
+                        let c = rng.below(n) as u32;
+                        if !row.contains(&c) {
+                            row.push(c);
+                        }
+                    }
+                    row
                 })
-                .collect())
+                .collect();
+            let uniform = |device: &Device| -> Result<Arc<SparsePlan>> {
+                let indices = Tensor::from_vec(picks.clone(), (b * h * n, 3), device)?;
+                let plan = SparsePlan::uniform(b, h, cubes.clone(), cubes.clone(), indices)?;
+                Ok(Arc::new(plan))
+            };
+            check_plan_gradients(
+                &format!("uniform lists on cubes d{d}"),
+                kernel,
+                [&uniform(&gpu())?, &uniform(&Device::Cpu)?],
+                &grad_inputs((b, h, s, d), s)?,
+            )?;
+            for (name, q_layout, k_layout) in layouts {
+                let (nq, nk) = (q_layout.num_blocks(), k_layout.num_blocks());
+                let lists = random_lists(&mut rng, b * h * nq, nk);
+                let mask = BlockMask::from_lists(b * h, nq, nk, &lists)?;
+                let plan = Arc::new(SparsePlan::new(b, h, q_layout, k_layout, mask)?);
+                check_plan_gradients(
+                    &format!("{name} d{d}"),
+                    kernel,
+                    [&plan, &plan],
+                    &grad_inputs((b, h, s, d), s)?,
+                )?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// VSA's gradients with its gate (the pooling and spreading operations' backward, the coarse
+/// branch, the fine stage) on the GPU against candle's index operations on the CPU; sparsity 0
+/// keeps every cube, so that no near-tie in the selection can differ between the two.
+#[test]
+fn vsa_gradients_with_gate_match_cpu_on_partial_cubes() -> Result<()> {
+    each_kernel(|kernel| {
+        let grid = TokenGrid::new(5, 6, 12);
+        let shape = (1, 2, grid.len(), 64);
+        let (c, g) = grad_inputs(shape, grid.len())?;
+        let (gate_c, gate_g) = pair(shape)?;
+        let opts = VsaOptions {
+            sparsity: 0.0,
+            ..Default::default()
         };
-        let (g, c) = (grads(&qg, &kg, &vg, &wg)?, grads(&qc, &kc, &vc, &wc)?);
-        for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(g.iter().zip(&c)) {
-            let err = rel(a, b);
-            println!("gradient {name}: relative L2 {err:.2e}");
-            assert!(
-                err <= 3e-2,
-                "{name}: {err:.3e} (bf16 gradients, tolerance 3e-2)"
+        check_gradients(
+            "vsa with gate",
+            &gradients(
+                |q, k, v| Ok(vsa_attention_with(q, k, v, Some(&gate_g), grid, &opts, kernel)?.out),
+                refs(&g),
+            )?,
+            &gradients(
+                |q, k, v| Ok(vsa_attention(q, k, v, Some(&gate_c), grid, &opts)?.out),
+                refs(&c),
+            )?,
+        );
+        Ok(())
+    })
+}
+
+/// VMoBA's plan path (the one training takes: selection on the device for top-k, host rules
+/// otherwise), forward and gradients, against the CPU's host selection, for every chunk kind.
+#[test]
+fn vmoba_plan_path_gradients_match_cpu() -> Result<()> {
+    each_kernel(|kernel| {
+        let grid = TokenGrid::new(5, 6, 10);
+        let (c, g) = grad_inputs((1, 2, grid.len(), 64), grid.len())?;
+        for (kind, opts) in small_chunk_options() {
+            check_gradients(
+                &format!("vmoba plan path {kind} {:?}", opts.selection),
+                &gradients(
+                    |q, k, v| Ok(vmoba_attention_with(q, k, v, grid, kind, &opts, kernel)?.out),
+                    refs(&g),
+                )?,
+                &gradients(
+                    |q, k, v| Ok(vmoba_attention(q, k, v, grid, kind, &opts)?.out),
+                    refs(&c),
+                )?,
             );
         }
         Ok(())

@@ -1,6 +1,9 @@
 """Times PyTorch SDPA (cuDNN, flash backends) and FlexAttention at the shape and on the exact
 block masks that `vdit bench attention` used, on the same GPU: forward alone, and forward with
-backward (SDPA cuDNN, FlexAttention) as `vdit bench attention` times its trainable paths.
+backward (SDPA cuDNN, FlexAttention) as `vdit bench attention` times its trainable paths; and,
+where `fastvideo_kernel` imports (scripts/fetch_peers.sh), FastVideo's VSA on the same video grid
+padded to whole 4x4x4 cubes, at the same sparsity and with a gate, forward and forward+backward
+(its Triton backend: the ThunderKittens one fails on this machine's PyTorch).
 
     python3 attention_peers.py BENCH_OUT_DIR      # reads masks.safetensors + attention.json, writes peers.json
 """
@@ -40,6 +43,44 @@ def median_ms(fn, warmup=3, runs=20):
         times.append(begin.elapsed_time(end))
     times.sort()
     return times[len(times) // 2]
+
+
+def fastvideo_vsa_rows(ours, runs):
+    """FastVideo's `video_sparse_attn` at the bench's grid and VSA sparsity (0.875), or nothing
+    when its package is missing (the reason is printed)."""
+    os.environ["FASTVIDEO_VSA_TRITON"] = "1"
+    try:
+        from fastvideo_kernel import construct_variable_block_sizes, video_sparse_attn
+    except ImportError as e:
+        print(f"FastVideo VSA skipped: {e}")
+        return []
+    shape = ours["shape"]
+    b, h, d = shape["batch"], shape["heads"], shape["head_dim"]
+    grid = shape["grid"]
+    cubes = [-(-n // 4) for n in grid]
+    blocks = cubes[0] * cubes[1] * cubes[2]
+    s = blocks * 64
+    sizes = construct_variable_block_sizes(tuple(grid), tuple(cubes), torch.device("cuda"))
+    topk = round(blocks * (1 - 0.875))
+    q, k, v, gate = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    attend = lambda q, k, v, gate: video_sparse_attn(q, k, v, sizes, sizes, topk, (4, 4, 4), gate)
+    density = topk / blocks
+    # the real tokens' dense FLOPs, as `vdit bench attention` counts them
+    flops = 4.0 * b * h * shape["tokens"] ** 2 * d
+    ms = median_ms(lambda: attend(q, k, v, gate), runs=runs)
+    rows = [{"impl": f"FastVideo VSA (Triton; {s} padded tokens, top-{topk} of {blocks} cubes, gate)",
+             "density": density, "ms": ms, "tflops_effective": flops / ms * 1e-9}]
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, gate)]
+    dout = torch.randn_like(q)
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        attend(*leaves).backward(dout)
+    ms = median_ms(step, runs=runs)
+    rows.append({"impl": "FastVideo VSA fwd+bwd (Triton, gate)", "pass": "forward+backward", "density": density,
+                 "ms": ms, "tflops_effective": 3.5 * flops / ms * 1e-9})
+    return rows
 
 
 def main(out_dir):
@@ -88,6 +129,7 @@ def main(out_dir):
                      "tflops_effective": flops / ms * 1e-9, "tflops_actual": flops * actual / ms * 1e-9})
         ms = median_ms(forward_backward(lambda q, k, v: flex(q, k, v, block_mask=block_mask)), runs=runs)
         rows.append(fb_row("FlexAttention fwd+bwd", actual, ms))
+    rows.extend(fastvideo_vsa_rows(ours, runs))
     json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": rows},
               open(os.path.join(out_dir, "peers.json"), "w"), indent=2)
     for row in rows:

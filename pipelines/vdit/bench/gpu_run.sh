@@ -18,9 +18,12 @@ mkdir -p "$WORK" /work
 [ -e /work/main ] || ln -s "$(pwd)" /work/main   # the test binaries were built in /work/main
 for f in .gpu/*.xz; do [ -e "${f%.xz}" ] || xz -d -k "$f"; done
 chmod +x .gpu/* 2>/dev/null
+# Peers fetched by scripts/fetch_peers.sh: wheels, and Python packages kept from source
+# distributions (*-python.tar.gz).
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
+for f in .whl/*-python.tar.gz; do [ -e "$f" ] && mkdir -p /tmp/site && tar -xzf "$f" -C /tmp/site && export PYTHONPATH=/tmp/site; done
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$WORK/gpu.txt"
 bench=pipelines/vdit/bench

@@ -11,7 +11,7 @@ use crate::options::{parse_sizes, OptionSpec, OptionValues};
 use crate::plan::{BlockMask, SparsePlan};
 use crate::pool::block_means;
 use crate::registry::MethodEntry;
-use crate::TokenGrid;
+use crate::{top_k, TokenGrid};
 use candle_core::{DType, Result, Tensor};
 use std::fmt;
 use std::str::FromStr;
@@ -385,16 +385,59 @@ pub fn vmoba_plan(
     opts: &VmobaOptions,
 ) -> Result<Arc<SparsePlan>> {
     let (b, h, s, _) = q.dims4()?;
+    let singletons = Arc::new(BlockLayout::singletons(s));
+    if let (Scope::QueryHead, Budget::Count(keep), false) =
+        (opts.scope, opts.budget(kind), q.device().is_cpu())
+    {
+        let indices = top_chunks_on_device(q, k, chunks, keep)?;
+        return Ok(Arc::new(SparsePlan::uniform(
+            b,
+            h,
+            singletons,
+            chunks.clone(),
+            indices,
+        )?));
+    }
     let selection = select_chunks(q, k, chunks, kind, opts)?;
     let mask = BlockMask::from_lists(b * h, s, chunks.num_blocks(), &selection.lists)?;
     Ok(Arc::new(SparsePlan::new(
         b,
         h,
-        Arc::new(BlockLayout::singletons(s)),
+        singletons,
         chunks.clone(),
         mask,
     )?))
 }
+
+/// Top-k selection per query on the device, as [`select_row`] makes it: the query's own chunk
+/// first (its score lifted above every other), then the `keep - 1` best by `q · mean(k)` (the
+/// rule's min-max normalisation keeps the order), ties to the lower chunk. `[B * H * S, keep]`.
+fn top_chunks_on_device(
+    q: &Tensor,
+    k: &Tensor,
+    chunks: &Arc<BlockLayout>,
+    keep: usize,
+) -> Result<Tensor> {
+    let (b, h, s, _) = q.dims4()?;
+    let n = chunks.num_blocks();
+    let device = q.device();
+    let keys = block_means(&k.detach(), chunks)?; // [B, H, n, D]
+    let scores = q
+        .detach()
+        .to_dtype(DType::F32)?
+        .matmul(&keys.transpose(2, 3)?)?; // [B, H, S, n]
+    let own = Tensor::from_vec(chunks.block_of_token(0), (s, 1), device)?;
+    let is_own = Tensor::arange(0u32, n as u32, device)?
+        .unsqueeze(0)?
+        .broadcast_eq(&own)?
+        .to_dtype(DType::F32)?; // [S, n]
+    let lifted = scores.broadcast_add(&(is_own * OWN_LIFT)?)?;
+    top_k(&lifted.reshape((b * h * s, n))?, keep.clamp(1, n))
+}
+
+/// Added to a query's own chunk's score so that top-k keeps it first (scores are dot products
+/// of activations, far below this).
+const OWN_LIFT: f64 = 1e30;
 
 /// Scores every chunk for every query (`q · mean(k over chunk)`, f32) and applies the
 /// selection rule; the query's own chunk is always kept.

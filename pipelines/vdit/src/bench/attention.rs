@@ -96,7 +96,7 @@ fn families(device: &Device) -> Vec<(&'static str, ForwardKernel)> {
 }
 
 /// VMoBA per chunk kind with its published top-k (selection on the device, gathered-query
-/// kernel, log-sum-exp merge). The spatio-temporal row also runs the plan path (host selection,
+/// kernel, log-sum-exp merge). The spatio-temporal row also runs the plan path (its selection,
 /// block-sparse kernel with one query per block) once and reports how far the two agree.
 fn vmoba_rows(
     device: &Device,
@@ -148,9 +148,12 @@ fn vmoba_rows(
 
 /// Forward then backward of one attention path, as training runs it: gradients of `inputs`
 /// for the output gradient `dout` (`[B, H, S, D]` f32). Fails when an input got no gradient,
-/// so that a path that silently detaches is not timed as cheap.
+/// so that a path that silently detaches is not timed as cheap. The backward starts from the
+/// product `out * dout` itself (candle seeds a root with ones), so that `out` receives exactly
+/// `dout` without a loss reduction (candle sums all elements in one CUDA block: slow at 32 k
+/// tokens, and not the attention's cost); the peers pass `dout` to `backward` the same way.
 fn forward_backward(inputs: &[&Var], dout: &Tensor, out: Tensor) -> Result<()> {
-    let grads = (out.to_dtype(DType::F32)? * dout)?.sum_all()?.backward()?;
+    let grads = (out.to_dtype(DType::F32)? * dout)?.backward()?;
     for (i, var) in inputs.iter().enumerate() {
         grads
             .get(var.as_tensor())
@@ -168,9 +171,10 @@ type Density<'a> = &'a dyn Fn() -> Result<f64>;
 /// Forward plus backward of every trainable path: dense (the backward that keeps every key),
 /// the block-sparse kernels at each of `plans`' densities, VSA at sparsity 0.875 (gate and
 /// coarse branch included) and VMoBA's spatio-temporal top-k (the plan path that training
-/// takes). `tflops_effective` counts dense attention's forward and backward FLOPs (3.5 times
-/// the forward's). A case that fails (e.g. out of memory) gets a row with its `error`, and the
-/// others still run.
+/// takes), each of the last two also with its chosen plan alone (no selection, no coarse
+/// branch), which splits the method's time. `tflops_effective` counts dense attention's
+/// forward and backward FLOPs (3.5 times the forward's). A case that fails (e.g. out of
+/// memory) gets a row with its `error`, and the others still run.
 fn backward_rows(
     device: &Device,
     shape: Shape,
@@ -221,6 +225,14 @@ fn backward_rows(
         &|| Ok(run_vsa()?.plan.density()?),
         &|| Ok(run_vsa()?.out),
     );
+    // The fine stage alone on the plan VSA chose, to split the whole call's time.
+    let vsa_plan = run_vsa()?.plan;
+    time(
+        "vdit VSA fine stage alone fwd+bwd (its plan)".into(),
+        &qkv,
+        &|| Ok(vsa_plan.density()?),
+        &|| Ok(block_sparse_attention(qt, kt, vt, &vsa_plan)?),
+    );
     let kind = ChunkKind::Spatiotemporal;
     let vmoba = VmobaOptions {
         kind: Some(kind),
@@ -233,6 +245,14 @@ fn backward_rows(
         &qkv,
         &|| Ok(run_vmoba()?.density()),
         &|| Ok(run_vmoba()?.out),
+    );
+    let chunks = BlockLayout::tiled_shared(shape.grid, vmoba.tile(kind, shape.grid));
+    let chosen = vmoba_plan(qt, kt, &chunks, kind, &vmoba)?;
+    time(
+        format!("vdit VMoBA {kind} plan alone fwd+bwd (one query per block)"),
+        &qkv,
+        &|| Ok(chosen.density()?),
+        &|| Ok(block_sparse_attention(qt, kt, vt, &chosen)?),
     );
     Ok(rows)
 }
@@ -347,8 +367,8 @@ mod tests {
             .iter()
             .filter(|r| r["pass"] == "forward+backward")
             .collect();
-        // dense, one per density, VSA, VMoBA
-        assert_eq!(backward.len(), 1 + DENSITIES.len() + 2, "{backward:?}");
+        // dense, one per density, VSA and its fine stage alone, VMoBA and its plan alone
+        assert_eq!(backward.len(), 1 + DENSITIES.len() + 4, "{backward:?}");
         for row in backward {
             assert!(row.get("error").is_none(), "{row}");
             let ms = row["ms"].as_f64().context("no time")?;
