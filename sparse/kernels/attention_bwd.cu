@@ -1,5 +1,6 @@
 // Block-sparse flash attention, backward, on tensor cores (warp MMAs, sm_80 and later). Two
-// passes of one kernel, each owning the rows it writes, so no gradient needs atomics:
+// passes of one kernel, each owning the rows it writes (so, but for the case at the end, no
+// gradient needs atomics):
 // - the dq pass runs 64 rows of a query block (16 per warp) against the block's key stream;
 // - the dk/dv pass runs 64 rows of a key block against the block's query stream (the
 //   transposed lists).

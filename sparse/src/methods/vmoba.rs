@@ -412,28 +412,40 @@ pub fn vmoba_plan(
 /// Top-k selection per query on the device, as [`select_row`] makes it: the query's own chunk
 /// first (its score lifted above every other), then the `keep - 1` best by `q · mean(k)` (the
 /// rule's min-max normalisation keeps the order), ties to the lower chunk. `[B * H * S, keep]`.
+/// Scores are made for a few (batch, head) groups at a time, at most [`SCORE_BYTES`] of them.
 fn top_chunks_on_device(
     q: &Tensor,
     k: &Tensor,
     chunks: &Arc<BlockLayout>,
     keep: usize,
 ) -> Result<Tensor> {
-    let (b, h, s, _) = q.dims4()?;
+    let (b, h, s, d) = q.dims4()?;
     let n = chunks.num_blocks();
     let device = q.device();
-    let keys = block_means(&k.detach(), chunks)?; // [B, H, n, D]
-    let scores = q
-        .detach()
-        .to_dtype(DType::F32)?
-        .matmul(&keys.transpose(2, 3)?)?; // [B, H, S, n]
+    let keys = block_means(&k.detach(), chunks)?.reshape((b * h, n, d))?;
+    let q = q.detach().reshape((b * h, s, d))?;
     let own = Tensor::from_vec(chunks.block_of_token(0), (s, 1), device)?;
-    let is_own = Tensor::arange(0u32, n as u32, device)?
+    let lift = (Tensor::arange(0u32, n as u32, device)?
         .unsqueeze(0)?
         .broadcast_eq(&own)?
-        .to_dtype(DType::F32)?; // [S, n]
-    let lifted = scores.broadcast_add(&(is_own * OWN_LIFT)?)?;
-    top_k(&lifted.reshape((b * h * s, n))?, keep.clamp(1, n))
+        .to_dtype(DType::F32)?
+        * OWN_LIFT)?; // [S, n]
+    let per_call = (SCORE_BYTES / (4 * s * n).max(1)).clamp(1, b * h);
+    let mut picked = Vec::with_capacity((b * h).div_ceil(per_call));
+    for first in (0..b * h).step_by(per_call) {
+        let groups = per_call.min(b * h - first);
+        let scores = q
+            .narrow(0, first, groups)?
+            .to_dtype(DType::F32)?
+            .matmul(&keys.narrow(0, first, groups)?.transpose(1, 2)?)?; // [groups, S, n]
+        let lifted = scores.broadcast_add(&lift)?;
+        picked.push(top_k(&lifted.reshape((groups * s, n))?, keep.clamp(1, n))?);
+    }
+    Tensor::cat(&picked, 0)
 }
+
+/// Most bytes of f32 chunk scores [`top_chunks_on_device`] holds at once.
+const SCORE_BYTES: usize = 1 << 30;
 
 /// Added to a query's own chunk's score so that top-k keeps it first (scores are dot products
 /// of activations, far below this).
