@@ -320,13 +320,14 @@ __device__ __forceinline__ void bwd_pass(const BwdParams& p) {
   }
 }
 
-// The dq pass takes 64-column tiles; the dk/dv pass, which keeps two accumulators, 32.
+// 64-column tiles, but 32 where the dk/dv pass also adds dq (its dS tile is split 2 x 2 over
+// the warps).
 #define INSTANTIATE_BWD(T, NAME, D)                                                                     \
   extern "C" __global__ void __launch_bounds__(128) bsattn_bwd_dq_##NAME##_d##D(const BwdParams p) {   \
     bwd_pass<T, D, 64, false, false>(p);                                                                \
   }                                                                                                     \
   extern "C" __global__ void __launch_bounds__(128) bsattn_bwd_dkdv_##NAME##_d##D(const BwdParams p) { \
-    bwd_pass<T, D, 32, true, false>(p);                                                                 \
+    bwd_pass<T, D, 64, true, false>(p);                                                                 \
   }                                                                                                     \
   extern "C" __global__ void __launch_bounds__(128) bsattn_bwd_dkdvdq_##NAME##_d##D(const BwdParams p) { \
     bwd_pass<T, D, 32, true, true>(p);                                                                  \

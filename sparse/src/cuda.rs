@@ -31,9 +31,10 @@ const BWD_ROWS: usize = 64;
 const LIST_CHUNK_ROWS: usize = 256;
 /// Query blocks below this size get dq from the dk/dv pass by atomics (`bsattn_bwd_dkdvdq`).
 const BWD_ATOMIC_DQ_BELOW: usize = 16;
-/// Columns per tile of the backward's dq and dk/dv passes (`INSTANTIATE_BWD`).
-const BWD_DQ_COLUMNS: usize = 64;
-const BWD_DKDV_COLUMNS: usize = 32;
+/// Columns per tile of the backward's passes (`INSTANTIATE_BWD`): dq and dk/dv, and dk/dv with
+/// dq by atomics.
+const BWD_COLUMNS: usize = 64;
+const BWD_ATOMIC_DQ_COLUMNS: usize = 32;
 /// Longest row the sorting top-k kernel takes (for k above `SMALL_TOPK`).
 const MAX_TOPK_COLUMNS: usize = 4096;
 /// Largest k of the warp-per-row top-k kernel (`SMALL_K` in topk.cu).
@@ -441,14 +442,18 @@ pub(crate) fn attention_backward(
     let t = dtype_suffix(dtype)?;
     // (pass, row blocks, largest row block, column blocks, columns per tile)
     let passes = [
-        ("dq", nqb, plan.q_layout.tile(), nkb, BWD_DQ_COLUMNS),
-        (
-            if dq_by_atomics { "dkdvdq" } else { "dkdv" },
-            nkb,
-            plan.k_layout.tile(),
-            nqb,
-            BWD_DKDV_COLUMNS,
-        ),
+        ("dq", nqb, plan.q_layout.tile(), nkb, BWD_COLUMNS),
+        if dq_by_atomics {
+            (
+                "dkdvdq",
+                nkb,
+                plan.k_layout.tile(),
+                nqb,
+                BWD_ATOMIC_DQ_COLUMNS,
+            )
+        } else {
+            ("dkdv", nkb, plan.k_layout.tile(), nqb, BWD_COLUMNS)
+        },
     ];
     let first = usize::from(dq_by_atomics);
     for (i, (pass, row_blocks, largest, col_blocks, columns)) in
