@@ -440,44 +440,19 @@ pub(crate) fn attention_backward(
         scale,
     };
     let t = dtype_suffix(dtype)?;
-    // (pass, row blocks, largest row block, column blocks, columns per tile)
-    let passes = [
-        ("dq", nqb, plan.q_layout.tile(), nkb, BWD_COLUMNS),
-        if dq_by_atomics {
-            (
-                "dkdvdq",
-                nkb,
-                plan.k_layout.tile(),
-                nqb,
-                BWD_ATOMIC_DQ_COLUMNS,
-            )
-        } else {
-            ("dkdv", nkb, plan.k_layout.tile(), nqb, BWD_COLUMNS)
-        },
-    ];
-    let first = usize::from(dq_by_atomics);
-    for (i, (pass, row_blocks, largest, col_blocks, columns)) in
-        passes.into_iter().enumerate().skip(first)
-    {
+    // One pass over `row_blocks` row blocks of at most `largest` rows, against column tiles of
+    // `columns` listed by (offsets, indices, uniform list length, all column blocks).
+    let mut run_pass = |pass: &str,
+                        row_blocks: usize,
+                        largest: usize,
+                        columns: usize,
+                        (offsets, indices, uniform, all): (u64, u64, i32, i32)|
+     -> Result<()> {
         let chunks = largest.div_ceil(BWD_ROWS);
         params.rows_blocks = row_blocks as i32;
         params.row_chunks = chunks as i32;
-        if i == 0 {
-            params.offsets = forward_lists.offsets;
-            params.indices = forward_lists.indices;
-            params.uniform_cols = forward_lists.uniform_k;
-            params.all_cols = forward_lists.all_keys;
-        } else {
-            params.uniform_cols = 0;
-            match &transposed {
-                Some((offsets, indices)) => {
-                    params.offsets = ptr(&dev, offsets);
-                    params.indices = ptr(&dev, indices);
-                    params.all_cols = 0;
-                }
-                None => params.all_cols = col_blocks as i32,
-            }
-        }
+        (params.offsets, params.indices) = (offsets, indices);
+        (params.uniform_cols, params.all_cols) = (uniform, all);
         // Two row tiles, two buffers of two column tiles, the columns' lse, delta and tokens
         // (two buffers each), and the dk/dv pass's dS tile (padded rows).
         let cfg = LaunchConfig {
@@ -487,7 +462,22 @@ pub(crate) fn attention_backward(
                 + 6 * columns * 4
                 + BWD_ROWS * (columns + 8) * 2) as u32,
         };
-        BWD.launch(&dev, &format!("bsattn_bwd_{pass}_{t}_d{d}"), cfg, &params)?;
+        BWD.launch(&dev, &format!("bsattn_bwd_{pass}_{t}_d{d}"), cfg, &params)
+    };
+    let (q_tile, k_tile) = (plan.q_layout.tile(), plan.k_layout.tile());
+    if !dq_by_atomics {
+        let f = &forward_lists;
+        let lists = (f.offsets, f.indices, f.uniform_k, f.all_keys);
+        run_pass("dq", nqb, q_tile, BWD_COLUMNS, lists)?;
+    }
+    let lists = match &transposed {
+        Some((offsets, indices)) => (ptr(&dev, offsets), ptr(&dev, indices), 0, 0),
+        None => (0, 0, 0, nqb as i32),
+    };
+    if dq_by_atomics {
+        run_pass("dkdvdq", nkb, k_tile, BWD_ATOMIC_DQ_COLUMNS, lists)?;
+    } else {
+        run_pass("dkdv", nkb, k_tile, BWD_COLUMNS, lists)?;
     }
     // Keep the temporaries alive until the kernels are queued (the stream orders their use).
     drop((forward_lists, transposed, dout));
