@@ -35,14 +35,112 @@ __device__ __forceinline__ int warp_best(const float* vals, int n) {
   return bc;
 }
 
+// Count rule for one warp's row: the own chunk plus the `keep` best others, ranked as the CPU
+// rule ranks them (vmoba.rs: by (x - lo) in f32, ties to the lower chunk). The keys are the
+// bits of x - lo (never negative, so bit order is value order). A radix select (four 8-bit
+// passes over a shared histogram) finds the keep-th largest key T; one pass over the chunks in
+// order then takes the keys above T and the first ties at T, and writes the mask words.
+__device__ __forceinline__ int select_by_count(const float* vals, float lo, int n, int own, int keep,
+                                               uint32_t* hist, uint32_t* mask_row, int words) {
+  const int lane = threadIdx.x & 31;
+  auto key = [&](int c) { return __float_as_uint(vals[c] - lo); };
+  uint32_t prefix = 0u, fixed = 0u, want = (uint32_t)keep, threshold = 0xffffffffu;
+  if (keep > 0) {
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (int i = lane; i < 256; i += 32) hist[i] = 0u;
+      __syncwarp();
+      for (int c = lane; c < n; c += 32) {
+        const uint32_t u = key(c);
+        if (c != own && (u & fixed) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1u);
+      }
+      __syncwarp();
+      // Lane l sums bins 255 - 8l down to 248 - 8l; a scan over lanes counts from the top.
+      uint32_t local = 0u;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) local += hist[255 - 8 * lane - j];
+      uint32_t inclusive = local;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const uint32_t t = __shfl_up_sync(0xffffffff, inclusive, o);
+        if (lane >= o) inclusive += t;
+      }
+      const int src = __ffs(__ballot_sync(0xffffffff, inclusive >= want)) - 1;
+      int bin = 0;
+      uint32_t above = inclusive - local;
+      if (lane == src) {
+        int j = 0;
+        for (; j < 7 && above + hist[255 - 8 * lane - j] < want; ++j) above += hist[255 - 8 * lane - j];
+        bin = 255 - 8 * lane - j;
+      }
+      bin = __shfl_sync(0xffffffff, bin, src);
+      above = __shfl_sync(0xffffffff, above, src);
+      want -= above;
+      prefix |= (uint32_t)bin << shift;
+      fixed |= 255u << shift;
+      __syncwarp();
+    }
+    threshold = prefix;
+  }
+  uint32_t ties_seen = 0u;
+  for (int w = 0; w < words; ++w) {
+    const int c = w * 32 + lane;
+    bool take = c == own, tie = false;
+    if (c < n && c != own) {
+      const uint32_t u = key(c);
+      take = u > threshold;
+      tie = u == threshold;
+    }
+    const uint32_t ties = __ballot_sync(0xffffffff, tie);
+    if (tie && ties_seen + __popc(ties & ((1u << lane) - 1u)) < want) take = true;
+    ties_seen += __popc(ties);
+    const uint32_t word = __ballot_sync(0xffffffff, take);
+    if (lane == 0) mask_row[w] = word;
+  }
+  return keep + 1;
+}
+
+// Share rule for one warp's row: after min-max normalising the row, the own chunk then the best
+// others until the kept mass reaches `tau` of the total (the CPU rule of vmoba.rs). `vals` is
+// consumed (taken chunks become -inf); the kept chunks are set in `bits`.
+__device__ __forceinline__ int select_by_share(float* vals, const float* src, float lo, float hi, int n, int own,
+                                               double tau, uint32_t* bits) {
+  const int lane = threadIdx.x & 31;
+  const double range = (double)(hi - lo);
+  auto norm = [&](float v) { return range > 0.0 ? (double)(v - lo) / range : 1.0; };
+  double total = 0.0;
+  for (int c = lane; c < n; c += 32) total += norm(vals[c]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffff, total, o);
+  __syncwarp();
+  double mass = norm(vals[own]);
+  int kept = 1;
+  auto take = [&](int c) {
+    if (lane == 0) {
+      bits[c >> 5] |= 1u << (c & 31);
+      vals[c] = -INFINITY;
+    }
+    __syncwarp();
+  };
+  take(own);
+  while (kept < n && mass < tau * total) {
+    const int c = warp_best(vals, n);
+    if (c < 0) break;
+    mass += norm(src[c]);
+    take(c);
+    ++kept;
+  }
+  return kept;
+}
+
 // One warp per row of `scores` ([rows, n] f32, q . chunk mean): keeps the query's own chunk,
-// then the best others, either `topk - 1` of them (topk > 0) or, after min-max normalising the
-// row, until the kept mass reaches `tau` of the total (the CPU rule of vmoba.rs). Writes the
-// kept chunks as a bitmask [rows, words] and their number.
+// then the best others, either `topk - 1` of them (topk > 0) or, with topk 0, until the kept
+// mass reaches `tau` of the total. Writes the kept chunks as a bitmask [rows, words] and their
+// number.
 extern "C" __global__ void __launch_bounds__(128) vmoba_select(const float* scores, const uint32_t* chunk_of,
                                                               uint32_t* mask, uint32_t* count, int rows, int S,
                                                               int n, int words, int topk, double tau) {
   extern __shared__ float vals_all[];
+  __shared__ uint32_t hist_all[4][256];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row = blockIdx.x * 4 + warp;
   if (row >= rows) return;
@@ -56,40 +154,23 @@ extern "C" __global__ void __launch_bounds__(128) vmoba_select(const float* scor
     lo = fminf(lo, v);
     hi = fmaxf(hi, v);
   }
-  for (int w = lane; w < words; w += 32) bits[w] = 0u;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     lo = fminf(lo, __shfl_xor_sync(0xffffffff, lo, o));
     hi = fmaxf(hi, __shfl_xor_sync(0xffffffff, hi, o));
   }
-  const double range = (double)(hi - lo);
-  auto norm = [&](float v) { return range > 0.0 ? (double)(v - lo) / range : 1.0; };
-  double total = 0.0;
-  for (int c = lane; c < n; c += 32) total += norm(vals[c]);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffff, total, o);
   __syncwarp();
-
   const int own = (int)chunk_of[row % S];
-  double mass = norm(vals[own]);
-  int kept = 1;
-  auto take = [&](int c) {
-    if (lane == 0) {
-      bits[c >> 5] |= 1u << (c & 31);
-      vals[c] = -INFINITY;
-    }
+  uint32_t* mask_row = mask + (size_t)row * words;
+  int kept;
+  if (topk > 0) {
+    kept = select_by_count(vals, lo, n, own, min(topk, n) - 1, hist_all[warp], mask_row, words);
+  } else {
+    for (int w = lane; w < words; w += 32) bits[w] = 0u;
     __syncwarp();
-  };
-  take(own);
-  while (kept < n) {
-    if (topk > 0 ? kept >= topk : mass >= tau * total) break;
-    const int c = warp_best(vals, n);
-    if (c < 0) break;
-    mass += norm(src[c]);
-    take(c);
-    ++kept;
+    kept = select_by_share(vals, src, lo, hi, n, own, tau, bits);
+    for (int w = lane; w < words; w += 32) mask_row[w] = bits[w];
   }
-  for (int w = lane; w < words; w += 32) mask[(size_t)row * words + w] = bits[w];
   if (lane == 0) count[row] = kept;
 }
 
@@ -169,16 +250,17 @@ extern "C" __global__ void vmoba_fill(const uint32_t* mask, const uint32_t* row_
   }
 }
 
-// The work tiles: (batch * head, chunk, first slot, queries) for each 64-query slice of each
-// chunk's list.
+// The work tiles: (batch * head, chunk, first slot, queries) for each `rows`-query slice of
+// each chunk's list.
 extern "C" __global__ void vmoba_tiles(const uint32_t* counts, const uint32_t* chunk_offsets,
-                                       const uint32_t* tile_offsets, uint4* tiles, int len, int n, int bh0) {
+                                       const uint32_t* tile_offsets, uint4* tiles, int len, int n, int bh0,
+                                       uint32_t rows) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= len) return;
   const uint32_t cnt = counts[i];
-  for (uint32_t t = 0; t * 64u < cnt; ++t) {
-    tiles[tile_offsets[i] + t] =
-        make_uint4((uint32_t)(bh0 + i / n), (uint32_t)(i % n), chunk_offsets[i] + 64u * t, min(64u, cnt - 64u * t));
+  for (uint32_t t = 0; t * rows < cnt; ++t) {
+    tiles[tile_offsets[i] + t] = make_uint4((uint32_t)(bh0 + i / n), (uint32_t)(i % n), chunk_offsets[i] + rows * t,
+                                            min(rows, cnt - rows * t));
   }
 }
 

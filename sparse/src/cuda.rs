@@ -632,15 +632,99 @@ pub(crate) fn block_means(
         .arg(&h32)
         .arg(&nb32)
         .arg(&d32);
+    // One thread per channel and token lane: D x L threads, at most 1024 (the kernel's
+    // shared partial sums).
+    if d == 0 || d > 1024 {
+        candle_core::bail!("block means: head dim {d} is outside 1..=1024")
+    }
     let cfg = LaunchConfig {
         grid_dim: (nb as u32, (b * h) as u32, 1),
-        block_dim: (d.min(256) as u32, 1, 1),
+        block_dim: (d as u32, (1024 / d) as u32, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: arguments match `block_mean_*`; the layout covers S tokens of x.
+    // SAFETY: arguments match `block_mean_*`; the layout covers S tokens of x; D x L <= 1024.
     unsafe { builder.launch(cfg) }.w()?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev),
         Shape::from((b, h, nb, d)),
     ))
+}
+
+/// VSA's output `fine + gate * coarse[block of token]` for `fine, gate: [B, H, S, D]` views
+/// (bf16 or f16, one dtype, unit channel stride, 16-byte aligned rows) and `coarse: [B, H,
+/// blocks, D]` f32 contiguous, summed in f32: `[B, S, H, D]` in `fine`'s dtype.
+pub(crate) fn gated_add(
+    (fine, fl): (&CudaStorage, &Layout),
+    (gate, gl): (&CudaStorage, &Layout),
+    (coarse, cl): (&CudaStorage, &Layout),
+    layout: &Arc<BlockLayout>,
+) -> Result<(CudaStorage, Shape)> {
+    let (b, h, s, d) = fl.shape().dims4()?;
+    let nb = layout.num_blocks();
+    if gl.shape().dims4()? != (b, h, s, d)
+        || cl.shape().dims4()? != (b, h, nb, d)
+        || !cl.is_contiguous()
+        || coarse.dtype() != DType::F32
+        || gate.dtype() != fine.dtype()
+        || d % 8 != 0
+        || layout.tokens() != s
+    {
+        candle_core::bail!(
+            "gated add: fine {:?}, gate {:?}, coarse {:?} f32 over {nb} blocks do not fit",
+            fl.shape(),
+            gl.shape(),
+            cl.shape()
+        )
+    }
+    let dev = fine.device().clone();
+    let ((fp, fs), (gp, gs)) = (view(fine, fl)?, view(gate, gl)?);
+    let cp = storage_ptr(coarse, cl)?;
+    let strides_aligned = fs.iter().chain(&gs).all(|x| x % 8 == 0);
+    vdit_core::cuda::check_aligned(&[fp, gp, cp], "gated add")?;
+    if !strides_aligned {
+        candle_core::bail!("gated add: token rows must start 16-byte aligned")
+    }
+    let block_of = block_of_on(&dev, layout)?;
+    let (out, op) = output(&dev, fine.dtype(), b * s * h * d)?;
+    let vectors = b * h * s * d / 8; // the elements of an existing tensor, / 8
+    let Ok(grid) = u32::try_from(vectors.div_ceil(256)) else {
+        candle_core::bail!("gated add: {vectors} vectors exceed one launch")
+    };
+    let vectors = vectors as i64;
+    let (bp, s32, h32, nb32, d32) = (
+        ptr(&dev, &block_of),
+        s as i32,
+        h as i32,
+        nb as i32,
+        d as i32,
+    );
+    let func = POOL.function(&dev, &format!("gated_add_{}", dtype_suffix(fine.dtype())?))?;
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&fp)
+        .arg(&fs[0])
+        .arg(&fs[1])
+        .arg(&fs[2])
+        .arg(&gp)
+        .arg(&gs[0])
+        .arg(&gs[1])
+        .arg(&gs[2])
+        .arg(&cp)
+        .arg(&bp)
+        .arg(&op)
+        .arg(&s32)
+        .arg(&h32)
+        .arg(&nb32)
+        .arg(&d32)
+        .arg(&vectors);
+    let cfg = LaunchConfig {
+        grid_dim: (grid.max(1), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `gated_add_*`; shapes and alignment checked above; the output
+    // holds B x S x H x D elements, each written once.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok((out, Shape::from((b, s, h, d))))
 }

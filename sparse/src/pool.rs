@@ -137,6 +137,92 @@ impl candle_core::CustomOp2 for Spread {
     }
 }
 
+/// `fine + gate * spread_to_tokens(coarse)` in `fine`'s dtype, summed in f32: VSA's output
+/// for `fine, gate: [B, H, S, D]` and its coarse branch `coarse: [B, H, blocks, D]` (f32).
+/// On the GPU one kernel reads each operand once and writes `[B, S, H, D]` (returned as a
+/// `[B, H, S, D]` view), in place of casts, a spread, a product and a sum; differentiable.
+pub fn add_gated_blocks(
+    fine: &Tensor,
+    gate: &Tensor,
+    coarse: &Tensor,
+    layout: &Arc<BlockLayout>,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if fine.device().is_cuda()
+        && matches!(fine.dtype(), DType::BF16 | DType::F16)
+        && gate.dtype() == fine.dtype()
+        && fine.dim(3)? % 8 == 0
+        && fine.stride()[3] == 1
+        && gate.stride()[3] == 1
+    {
+        let coarse = coarse.to_dtype(DType::F32)?.contiguous()?;
+        let op = GatedAdd {
+            layout: Arc::clone(layout),
+        };
+        return fine.apply_op3(gate, &coarse, op)?.transpose(1, 2);
+    }
+    let gated = (spread_to_tokens(coarse, layout)? * gate.to_dtype(DType::F32)?)?;
+    (fine.to_dtype(DType::F32)? + gated)?.to_dtype(fine.dtype())
+}
+
+/// The GPU kernel of [`add_gated_blocks`] as a candle operation; its output is `[B, S, H, D]`.
+#[cfg(feature = "cuda")]
+struct GatedAdd {
+    layout: Arc<BlockLayout>,
+}
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp3 for GatedAdd {
+    fn name(&self) -> &'static str {
+        "gated-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("gated-add kernel runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        fine: &candle_core::CudaStorage,
+        fl: &candle_core::Layout,
+        gate: &candle_core::CudaStorage,
+        gl: &candle_core::Layout,
+        coarse: &candle_core::CudaStorage,
+        cl: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        crate::cuda::gated_add((fine, fl), (gate, gl), (coarse, cl), &self.layout)
+    }
+
+    /// With `g` the output gradient: `d fine = g`, `d gate = g * spread(coarse)`, and
+    /// `d coarse` each block's sum of `g * gate`.
+    fn bwd(
+        &self,
+        fine: &Tensor,
+        gate: &Tensor,
+        coarse: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad.transpose(1, 2)?.to_dtype(DType::F32)?;
+        let d_gate = (&g * spread_to_tokens(coarse, &self.layout)?)?;
+        let d_coarse = block_means(&(&g * gate.to_dtype(DType::F32)?)?, &self.layout)?
+            .broadcast_mul(&block_sizes(&self.layout, grad.device())?)?;
+        Ok((
+            Some(g.to_dtype(fine.dtype())?),
+            Some(d_gate.to_dtype(gate.dtype())?),
+            Some(d_coarse),
+        ))
+    }
+}
+
 /// One assignment of tokens to blocks for [`block_attention_mass`].
 pub struct Blocking<'a> {
     /// Block of every natural query token.

@@ -345,6 +345,29 @@ fn vmoba_gathered_path_matches_cpu() -> Result<()> {
     })
 }
 
+/// VMoBA's device selection breaks ties as the CPU rule does: with every key the same vector,
+/// each query scores all chunks equally, so both rules keep the lowest-numbered chunks (after
+/// the own chunk); a different tie-break would average other values.
+#[test]
+fn vmoba_selection_breaks_ties_like_cpu() -> Result<()> {
+    let grid = TokenGrid::new(5, 6, 10);
+    let shape = (1, 2, grid.len(), 64);
+    let ((qc, qg), (vc, vg)) = (pair(shape)?, pair(shape)?);
+    let (row_c, row_g) = pair((1, 2, 1, 64))?;
+    let (kc, kg) = (
+        row_c.broadcast_as(shape)?.contiguous()?,
+        row_g.broadcast_as(shape)?.contiguous()?,
+    );
+    for (kind, opts) in small_chunk_options() {
+        let g = vmoba_attention(&qg, &kg, &vg, grid, kind, &opts)?;
+        let c = vmoba_attention(&qc, &kc, &vc, grid, kind, &opts)?;
+        let name = format!("vmoba ties {kind} {:?}", opts.selection);
+        check(&name, &g.out, &c.out)?;
+        assert_eq!(g.density(), c.density(), "{name}: selections differ");
+    }
+    Ok(())
+}
+
 #[test]
 fn top_k_kernel_equals_the_cpu_rule_with_ties() -> Result<()> {
     // Many ties, and both zeros (-0.0 ranks below 0.0, as f32::total_cmp has it).
@@ -599,4 +622,62 @@ fn vmoba_plan_path_gradients_match_cpu() -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// VSA's output kernel (`fine + gate * coarse` per cube, one pass) against its composed form
+/// on the CPU: `fine` and `gate` as `[B, H, S, D]` views of `[B, S, H, D]` buffers (how the
+/// attention kernels and the DiT's projections hand them over), partial cubes, and the
+/// gradients of all three operands. Also the cube means at blocks of 3,120 tokens (VMoBA's
+/// temporal chunks), where the pooling kernel splits each block over token lanes.
+#[test]
+fn gated_add_and_block_means_match_cpu() -> Result<()> {
+    let grid = TokenGrid::new(5, 6, 10);
+    let layout = BlockLayout::tiled_shared(grid, [4, 4, 4]);
+    let (b, h, s, d) = (2, 3, grid.len(), 64);
+    let ((fc, fg), (gc, gg), (wc, wg)) = (
+        pair((b, s, h, d))?,
+        pair((b, s, h, d))?,
+        pair((b, h, s, d))?,
+    );
+    let coarse_c = Tensor::randn(0f32, 1.0, (b, h, layout.num_blocks(), d), &Device::Cpu)?;
+    let coarse_g = coarse_c.to_device(&gpu())?;
+    let run = |fine: &Tensor, gate: &Tensor, coarse: &Tensor, w: &Tensor| -> Result<Vec<Tensor>> {
+        let vars = [fine, gate, coarse].map(|t| Var::from_tensor(t).unwrap());
+        let out = sparse::pool::add_gated_blocks(
+            &vars[0].as_tensor().transpose(1, 2)?,
+            &vars[1].as_tensor().transpose(1, 2)?,
+            vars[2].as_tensor(),
+            &layout,
+        )?;
+        let store = (out.to_dtype(DType::F32)? * w.to_dtype(DType::F32)?)?
+            .sum_all()?
+            .backward()?;
+        let mut all = vec![out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?];
+        for var in &vars {
+            let grad = store
+                .get(var.as_tensor())
+                .expect("every operand gets a gradient");
+            all.push(grad.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
+        }
+        Ok(all)
+    };
+    let (ours, reference) = (
+        run(&fg, &gg, &coarse_g, &wg)?,
+        run(&fc, &gc, &coarse_c, &wc)?,
+    );
+    for (name, (a, r)) in ["out", "d fine", "d gate", "d coarse"]
+        .iter()
+        .zip(ours.iter().zip(&reference))
+    {
+        check(&format!("gated add {name}"), a, r)?;
+    }
+
+    let grid = TokenGrid::new(4, 30, 52);
+    let chunks = BlockLayout::tiled_shared(grid, [2, 30, 52]);
+    let (xc, xg) = pair((1, 2, grid.len(), 128))?;
+    check(
+        "block means of 3120-token blocks",
+        &sparse::pool::block_means(&xg, &chunks)?,
+        &sparse::pool::block_means(&xc, &chunks)?,
+    )
 }

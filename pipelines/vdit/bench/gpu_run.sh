@@ -10,7 +10,7 @@
 # back in $OUT/fixtures.tgz), fewstep (whole runs of `vdit generate`: 3-step dmd with VSA against
 # 50 steps, on the random Wan 1.3B at 832x480x81), compare (`vdit compare` of attention methods
 # on the random Wan 1.3B at 832x480x81: COMPARE_STEPS, COMPARE_METHODS, COMPARE_PARO), multigpu
-# (2 GPUs against 1: multigpu.sh).
+# (2 GPUs against 1: multigpu.sh), profile (kernel times under Nsight Compute: PROFILE_CASES).
 set -u
 OUT="${OUT:-/tmp/vdit-bench}"
 WORK="$OUT/work"
@@ -62,6 +62,16 @@ for step in "$@"; do
     attention)
       .gpu/vdit bench attention --out "$WORK" >"$WORK/attention.log" 2>&1
       python3 $bench/attention_peers.py "$WORK" >"$WORK/peers.log" 2>&1 ;;
+    profile)
+      # Kernel times by name (Nsight Compute, one metric, boost clocks) over the first
+      # PROFILE_LAUNCHES launches (default 600) of `vdit bench attention --case C` for each C in
+      # PROFILE_CASES (default vsa vmoba).
+      for c in ${PROFILE_CASES:-vsa vmoba}; do
+        /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --csv --clock-control none \
+          --launch-count "${PROFILE_LAUNCHES:-600}" .gpu/vdit bench attention --case "$c" --runs 1 \
+          --out "$WORK/profile-$c" >"$WORK/profile-$c.csv" 2>"$WORK/profile-$c.log"
+        python3 $bench/ncu_summary.py "$WORK/profile-$c.csv" | tee -a "$WORK/profile.md"
+      done ;;
     dit)
       .gpu/vdit bench dit --out "$WORK" >"$WORK/dit.log" 2>&1
       python3 $bench/dit_diffusers.py "$WORK" 2>&1 | tail -1 ;;

@@ -1,6 +1,6 @@
 //! VMoBA on the GPU without host round trips per query: chunk scores by cuBLAS, then the
 //! kernels of `kernels/vmoba.cu` select chunks, list each chunk's (query, chunk) pairs and cut
-//! them into 64-query work tiles; the attention kernel runs in its gathered mode (one partial
+//! them into 64- or 128-query work tiles; the attention kernel runs in its gathered mode (one partial
 //! output and log-sum-exp per pair) and a merge kernel combines each query's partials exactly.
 //! Forward only: training takes the plan path, whose backward exists. Heads run in groups so
 //! that scores and partial outputs stay within a memory budget; the host reads back only the
@@ -27,8 +27,9 @@ pub(crate) const MAX_CHUNKS: usize = 2048;
 const SCORE_BYTES: usize = 512 << 20;
 /// Budget for one head group's partial outputs.
 const PARTIAL_BYTES: usize = 1 << 30;
-/// Queries per work tile (the attention kernel's 64-row query tiles).
-const TILE: u32 = 64;
+/// Chunks of at least this many tokens (on average) get 128-query work tiles (two consumer
+/// warpgroups sharing each key tile); smaller chunks keep 64-query tiles.
+const LARGE_CHUNK: usize = 128;
 
 /// True when the GPU path takes these inputs and chunks.
 pub(crate) fn supports(q: &Tensor, chunks: &BlockLayout) -> bool {
@@ -183,8 +184,9 @@ fn select(
 ) -> Result<Selection> {
     let heads = scores.dim(0)?;
     let rows = heads * s;
-    let mask = dev.alloc_zeros::<u32>(rows * words)?;
-    let row_counts = dev.alloc_zeros::<u32>(rows)?;
+    // SAFETY: `vmoba_select` writes every row's mask words and count.
+    let mask = unsafe { dev.alloc::<u32>(rows * words)? };
+    let row_counts = unsafe { dev.alloc::<u32>(rows)? };
     let chunk_counts = dev.alloc_zeros::<u32>(heads * n)?;
     let stream = dev.cuda_stream();
     let (scores_ptr, chunk_ptr, mask_ptr, rc_ptr, cc_ptr) = (
@@ -305,8 +307,10 @@ fn run_pairs(
     let ([q, k, v], chunks, out, kernel) = (call.qkv, call.chunks, call.out, call.kernel);
     let (s, n, words, d) = (span.s, span.n, span.words, q.dim(3)?);
     let rows = span.heads * s;
+    // Query rows per work tile: 128 when the chunks' key streams are long enough to share.
+    let tile_rows: u32 = if s / n.max(1) >= LARGE_CHUNK { 128 } else { 64 };
     let (chunk_offsets, pairs) = offsets_of(counts.iter().copied());
-    let (tile_offsets, tiles) = offsets_of(counts.iter().map(|&c| c.div_ceil(TILE)));
+    let (tile_offsets, tiles) = offsets_of(counts.iter().map(|&c| c.div_ceil(tile_rows)));
     if pairs == 0 {
         return Ok(());
     }
@@ -318,7 +322,10 @@ fn run_pairs(
         ptr(dev, &sel.chunk_counts) + (span.g0 * n * 4) as u64,
     );
     // Row offsets: each row's first pair, row-major.
-    let mut row_offsets = dev.alloc_zeros::<u32>(rows)?;
+    // SAFETY (this and the uninitialised buffers below): a kernel or copy writes every element
+    // before any read: the row counts' copy, `vmoba_fill` (every counted pair),
+    // `vmoba_tiles` (every tile) and the attention kernel (every pair's row and LSE).
+    let mut row_offsets = unsafe { dev.alloc::<u32>(rows)? };
     dev.memcpy_dtod(&sel.row_counts.slice(row0..row0 + rows), &mut row_offsets)?;
     let ro_ptr = ptr(dev, &row_offsets);
     exclusive_scan(dev, ro_ptr, rows)?;
@@ -326,9 +333,10 @@ fn run_pairs(
     let chunk_offsets = dev.clone_htod(&chunk_offsets)?;
     let tile_offsets = dev.clone_htod(&tile_offsets)?;
     let cursor = dev.alloc_zeros::<u32>(span.heads * n)?;
-    let pair_query = dev.alloc_zeros::<u32>(pairs)?;
-    let pair_row = dev.alloc_zeros::<u32>(pairs)?;
-    let tile_list = dev.alloc_zeros::<u32>(tiles * 4)?;
+    // SAFETY: see above (these three).
+    let pair_query = unsafe { dev.alloc::<u32>(pairs)? };
+    let pair_row = unsafe { dev.alloc::<u32>(pairs)? };
+    let tile_list = unsafe { dev.alloc::<u32>(tiles * 4)? };
     let (co_ptr, to_ptr, cur_ptr, pq_ptr, pr_ptr, tl_ptr) = (
         ptr(dev, &chunk_offsets),
         ptr(dev, &tile_offsets),
@@ -370,7 +378,8 @@ fn run_pairs(
         .arg(&tl_ptr)
         .arg(&len32)
         .arg(&n32)
-        .arg(&bh0);
+        .arg(&bh0)
+        .arg(&tile_rows);
     let cfg = LaunchConfig {
         grid_dim: (blocks(span.heads * n, 256), 1, 1),
         block_dim: (256, 1, 1),
@@ -380,8 +389,9 @@ fn run_pairs(
     unsafe { builder.launch(cfg) }.w()?;
 
     // Gathered attention: one partial output row and log-sum-exp per pair.
-    let partial = dev.alloc_zeros::<f32>(pairs * d)?;
-    let partial_lse = dev.alloc_zeros::<f32>(pairs)?;
+    // SAFETY: see above (these two).
+    let partial = unsafe { dev.alloc::<f32>(pairs * d)? };
+    let partial_lse = unsafe { dev.alloc::<f32>(pairs)? };
     let (qv, kv, vv) = (tensor_view(q)?, tensor_view(k)?, tensor_view(v)?);
     let (b, h) = (q.dim(0)?, q.dim(1)?);
     let kl = layout_on(dev, chunks)?;
@@ -418,7 +428,7 @@ fn run_pairs(
         dev,
         q.dtype(),
         d,
-        true,
+        tile_rows == 64,
         (tiles as u32, 1, 1),
         &params,
         kernel,

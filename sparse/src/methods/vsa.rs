@@ -8,10 +8,10 @@ use crate::method::{Attended, AttentionMethod, Computed, MethodCall};
 use crate::op::{block_sparse_attention_with, ForwardKernel};
 use crate::options::{OptionSpec, OptionValues};
 use crate::plan::SparsePlan;
-use crate::pool::{block_means, softmax_last, spread_to_tokens};
+use crate::pool::{add_gated_blocks, block_means, softmax_last};
 use crate::registry::MethodEntry;
 use crate::{top_k, TokenGrid};
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
 /// Settings of VSA.
@@ -139,9 +139,7 @@ pub fn vsa_attention_with(
     let out = match gate {
         Some(gate) => {
             let coarse = softmax_last(&coarse_scores)?.matmul(&block_means(v, &layout)?)?;
-            let per_token = spread_to_tokens(&coarse, &layout)?;
-            let gated = (per_token * gate.to_dtype(DType::F32)?)?;
-            (fine.to_dtype(DType::F32)? + gated)?.to_dtype(q.dtype())?
+            add_gated_blocks(&fine, gate, &coarse, &layout)?
         }
         None => fine,
     };

@@ -23,6 +23,19 @@ pub const DENSITIES: [f64; 4] = [1.0, 0.5, 0.25, 0.125];
 /// Block size of the random masks (FlexAttention's default).
 pub const BLOCK: usize = 128;
 
+/// A group of the benchmark's rows, to time a part of it (e.g. under a profiler).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Case {
+    /// Dense and block-sparse forwards at every density, per kernel family.
+    Dense,
+    /// VSA's whole forward.
+    Vsa,
+    /// VMoBA's forward per chunk kind.
+    Vmoba,
+    /// Forward+backward of every trainable path.
+    Backward,
+}
+
 /// Shape of the benchmark.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
@@ -257,8 +270,17 @@ fn backward_rows(
     Ok(rows)
 }
 
-/// Runs the benchmark and writes `attention.json` and `masks.safetensors` into `out_dir`.
-pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &Path) -> Result<()> {
+/// Runs the benchmark's `cases` (all when empty) and writes `attention.json` and
+/// `masks.safetensors` into `out_dir`.
+pub fn run(
+    device: &Device,
+    shape: Shape,
+    dtype: DType,
+    runs: usize,
+    out_dir: &Path,
+    cases: &[Case],
+) -> Result<()> {
+    let wanted = |case: Case| cases.is_empty() || cases.contains(&case);
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let (b, h, s, d) = (shape.batch, shape.heads, shape.grid.len(), shape.head_dim);
@@ -289,7 +311,12 @@ pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &P
         );
     }
     let mut rows = Vec::new();
-    for (label, family) in families(device) {
+    let families = if wanted(Case::Dense) {
+        families(device)
+    } else {
+        Vec::new()
+    };
+    for (label, family) in families {
         let dense_ms = median_ms(device, 3, runs, || {
             Ok(sparse::dense::attention_with(&q, &k, &v, family).map(|_| ())?)
         })?;
@@ -312,20 +339,26 @@ pub fn run(device: &Device, shape: Shape, dtype: DType, runs: usize, out_dir: &P
         sparsity: 0.875,
         ..Default::default()
     };
-    let vsa = vsa_attention(&q, &k, &v, Some(&gate), shape.grid, &opts)?;
-    let vsa_density = vsa.plan.density()?;
-    let ms = median_ms(device, 3, runs, || {
-        Ok(vsa_attention(&q, &k, &v, Some(&gate), shape.grid, &opts).map(|_| ())?)
-    })?;
-    rows.push(json!({"impl": "vdit VSA (coarse + top-k + fine)", "density": vsa_density, "ms": ms, "tflops_effective": flops / ms * 1e-9}));
-    rows.extend(vmoba_rows(device, shape, [&q, &k, &v], runs)?);
-    rows.extend(backward_rows(
-        device,
-        shape,
-        [&q, &k, &v, &gate],
-        &plans,
-        runs,
-    )?);
+    if wanted(Case::Vsa) {
+        let vsa = vsa_attention(&q, &k, &v, Some(&gate), shape.grid, &opts)?;
+        let vsa_density = vsa.plan.density()?;
+        let ms = median_ms(device, 3, runs, || {
+            Ok(vsa_attention(&q, &k, &v, Some(&gate), shape.grid, &opts).map(|_| ())?)
+        })?;
+        rows.push(json!({"impl": "vdit VSA (coarse + top-k + fine)", "density": vsa_density, "ms": ms, "tflops_effective": flops / ms * 1e-9}));
+    }
+    if wanted(Case::Vmoba) {
+        rows.extend(vmoba_rows(device, shape, [&q, &k, &v], runs)?);
+    }
+    if wanted(Case::Backward) {
+        rows.extend(backward_rows(
+            device,
+            shape,
+            [&q, &k, &v, &gate],
+            &plans,
+            runs,
+        )?);
+    }
 
     let report = json!({
         "shape": {"batch": b, "heads": h, "tokens": s, "head_dim": d, "grid": shape.grid.dims(), "block": BLOCK},
@@ -358,7 +391,7 @@ mod tests {
             head_dim: 32,
         };
         let dir = std::env::temp_dir().join(format!("vdit-bench-attention-{}", std::process::id()));
-        run(&Device::Cpu, shape, DType::F32, 1, &dir)?;
+        run(&Device::Cpu, shape, DType::F32, 1, &dir, &[])?;
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("attention.json"))?)?;
         std::fs::remove_dir_all(&dir)?;

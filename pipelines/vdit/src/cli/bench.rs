@@ -35,6 +35,10 @@ enum What {
         /// Folder for attention.json and the masks used (masks.safetensors).
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
+        /// Cases to time (repeatable; default all): dense (dense and block-sparse forward),
+        /// vsa, vmoba (their forwards), backward (every trainable path's forward+backward).
+        #[arg(long = "case", value_enum)]
+        cases: Vec<bench::attention::Case>,
     },
     /// One forward pass of the Wan 2.1 1.3B transformer (random weights, bf16) per attention
     /// method: dense, VSA at sparsity 0.875, and none.
@@ -216,12 +220,18 @@ pub fn run(args: BenchArgs, registry: &Registry) -> Result<()> {
             std::fs::write(out.join("e2e.json"), serde_json::to_string_pretty(&rows)?)?;
             Ok(())
         }
-        What::Attention { device, runs, out } => bench::attention::run(
+        What::Attention {
+            device,
+            runs,
+            out,
+            cases,
+        } => bench::attention::run(
             &open_device(&device)?,
             Shape::WAN_1_3B_480P,
             DType::BF16,
             runs,
             &out,
+            &cases,
         ),
         What::Dit {
             device,
