@@ -15,6 +15,7 @@ __device__ __forceinline__ void bsattn_fwd(const AttnParams& p) {
   T* sV = sK + 2 * BN * D;   // two buffers of BN x D
 
   const QueryTile qt = query_tile(p);
+  if (qt.nq == 0) return;  // a spare work tile of the gathered mode
   const int b = qt.b, h = qt.h, qs = qt.qs, nq = qt.nq;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const uint32_t* q_ord = qt.q_ord;

@@ -240,6 +240,7 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
   }
   __syncthreads();
   const QueryTile qt = query_tile(p);
+  if (qt.nq == 0) return;  // a spare work tile of the gathered mode
   using Regs = RegisterSplit<WG>;
   if (threadIdx.x < 128) {
     regs_shrink<Regs::PRODUCER>();

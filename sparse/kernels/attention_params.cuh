@@ -30,6 +30,7 @@ struct AttnParams {
   // Gathered mode (VMoBA) when non-null: CTA i runs work tile tiles[i] = (batch * head, key
   // block, first slot, queries); `q_order` lists the pairs' query tokens slot by slot, and slot
   // s's output row and LSE go to pair `out_rows[s]`. `all_keys` > 0 (key blocks by number).
+  // Tiles of no queries (spare entries of a list sized by a bound) do nothing.
   const uint4* tiles;
   const uint32_t* out_rows;
   int k_natural;  // > 0: the key order is the identity (slots are tokens; no lookups)

@@ -250,6 +250,12 @@ extern "C" __global__ void vmoba_fill(const uint32_t* mask, const uint32_t* row_
   }
 }
 
+// Work tiles per (head in group, chunk): ceil(pairs / rows).
+extern "C" __global__ void vmoba_tile_counts(const uint32_t* counts, uint32_t* tiles, int len, uint32_t rows) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < len) tiles[i] = (counts[i] + rows - 1u) / rows;
+}
+
 // The work tiles: (batch * head, chunk, first slot, queries) for each `rows`-query slice of
 // each chunk's list.
 extern "C" __global__ void vmoba_tiles(const uint32_t* counts, const uint32_t* chunk_offsets,

@@ -47,8 +47,8 @@ pub enum Computed {
     All,
     /// The pairs of a plan (counted on the device, read back only for a report).
     Plan(Arc<SparsePlan>),
-    /// This many pairs.
-    Pairs(f64),
+    /// This many pairs: an f32 scalar, possibly on the device (read back only for a report).
+    Pairs(Tensor),
 }
 
 /// A method's output `[B, H, S, D]` (natural token order) and what it computed.

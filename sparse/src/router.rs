@@ -244,7 +244,7 @@ impl SelfAttention for AttentionRouter {
         let computed = match attended.computed {
             Computed::All => Tensor::new(possible, &Device::Cpu)?,
             Computed::Plan(plan) => plan.pairs_tensor()?,
-            Computed::Pairs(pairs) => Tensor::new(pairs, &Device::Cpu)?,
+            Computed::Pairs(pairs) => pairs,
         };
         let mut tally = self.tally.lock().expect("tally lock");
         tally

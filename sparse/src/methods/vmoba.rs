@@ -303,20 +303,22 @@ impl VmobaOptions {
 pub struct VmobaOutput {
     /// Attention output `[B, H, S, D]`, natural order.
     pub out: Tensor,
-    /// Query-key pairs computed, over batch and heads.
-    pub pairs: f64,
+    /// Query-key pairs computed, over batch and heads: an f32 scalar, on the device where the
+    /// GPU path counted them (read it only when needed: reading waits for the call).
+    pub pairs: Tensor,
 }
 
 impl VmobaOutput {
     /// Fraction of all query-key pairs (`B * H * S * S`) computed.
-    pub fn density(&self) -> f64 {
+    pub fn density(&self) -> Result<f64> {
         let dims = self.out.dims();
         let possible = dims[..3].iter().product::<usize>() as f64 * dims[2] as f64;
-        if possible > 0.0 {
-            self.pairs / possible
+        let pairs = self.pairs.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        Ok(if possible > 0.0 {
+            pairs / possible
         } else {
             0.0
-        }
+        })
     }
 }
 
@@ -371,7 +373,7 @@ pub fn vmoba_attention_with(
     let out = block_sparse_attention_with(q, k, v, &plan, kernel)?;
     Ok(VmobaOutput {
         out,
-        pairs: plan.pairs()? as f64,
+        pairs: plan.pairs_tensor()?,
     })
 }
 

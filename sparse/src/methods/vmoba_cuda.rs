@@ -41,7 +41,9 @@ pub(crate) fn supports(q: &Tensor, chunks: &BlockLayout) -> bool {
 }
 
 /// VMoBA attention of `q, k, v: [B, H, S, D]` over `chunks`, keeping `budget` per query: the
-/// `[B, H, S, D]` output and the number of query-key pairs computed.
+/// `[B, H, S, D]` output and the number of query-key pairs computed (an f32 scalar on the
+/// device, counted there). A count budget runs without any read-back (its pairs per head are
+/// `S * min(count, chunks)`); a share budget reads back the pairs per head, to size buffers.
 pub(crate) fn vmoba_forward(
     q: &Tensor,
     k: &Tensor,
@@ -49,7 +51,7 @@ pub(crate) fn vmoba_forward(
     chunks: &Arc<BlockLayout>,
     budget: Budget,
     kernel: ForwardKernel,
-) -> Result<(Tensor, f64)> {
+) -> Result<(Tensor, Tensor)> {
     let Device::Cuda(dev) = q.device() else {
         candle_core::bail!("VMoBA on the GPU needs CUDA tensors")
     };
@@ -58,10 +60,11 @@ pub(crate) fn vmoba_forward(
     let words = n.div_ceil(32);
     let means = block_means(&k.detach(), chunks)?; // [B, H, n, D] f32
     let chunk_of = block_of_on(dev, chunks)?;
-    let lens: Vec<f64> = (0..n).map(|c| chunks.block_len(c) as f64).collect();
+    let lens: Vec<f32> = (0..n).map(|c| chunks.block_len(c) as f32).collect();
+    let lens = Tensor::from_vec(lens, (1, n), q.device())?;
     let out = Output::new(dev, q.dtype(), b * s * h * d)?;
     let group = (SCORE_BYTES / (s * (n + d) * 4).max(1)).clamp(1, h);
-    let mut pairs = 0.0;
+    let mut pairs = Tensor::zeros((), DType::F32, q.device())?;
     for bi in 0..b {
         for h0 in (0..h).step_by(group) {
             let heads = group.min(h - h0);
@@ -72,17 +75,21 @@ pub(crate) fn vmoba_forward(
             drop(q32);
             let sel = select(dev, &scores, &chunk_of, s, n, words, budget)?;
             drop(scores);
-            let counts = dev.clone_dtoh(&sel.chunk_counts)?;
-            pairs += counts
-                .iter()
-                .enumerate()
-                .map(|(i, &c)| c as f64 * lens[i % n])
-                .sum::<f64>();
+            let per_chunk = counts_tensor(dev, &sel.chunk_counts, (heads, n))?;
+            pairs = (pairs
+                + per_chunk
+                    .to_dtype(DType::F32)?
+                    .broadcast_mul(&lens)?
+                    .sum_all()?)?;
+            let per_head: Vec<usize> = match budget {
+                Budget::Count(keep) => vec![s * keep.clamp(1, n); heads],
+                Budget::Share(_) => dev
+                    .clone_dtoh(&sel.chunk_counts)?
+                    .chunks(n)
+                    .map(|c| c.iter().map(|&x| x as usize).sum())
+                    .collect(),
+            };
             // Pair buffers per sub-group of heads, within the partial-output budget.
-            let per_head: Vec<usize> = counts
-                .chunks(n)
-                .map(|c| c.iter().map(|&x| x as usize).sum())
-                .collect();
             let mut g0 = 0;
             while g0 < heads {
                 let mut g1 = g0 + 1;
@@ -105,7 +112,7 @@ pub(crate) fn vmoba_forward(
                     out: &out,
                     kernel,
                 };
-                run_pairs(dev, &span, &sel, &counts[g0 * n..g1 * n], &call)?;
+                run_pairs(dev, &span, &sel, total, &call)?;
                 g0 = g1;
             }
         }
@@ -113,6 +120,24 @@ pub(crate) fn vmoba_forward(
     let storage = Storage::Cuda(out.into_storage(dev));
     let t = Tensor::from_storage(storage, (b, s, h, d), BackpropOp::none(), false);
     Ok((t.transpose(1, 2)?, pairs))
+}
+
+/// A copy of device counts as a u32 tensor of `shape`.
+fn counts_tensor(
+    dev: &CudaDevice,
+    counts: &CudaSlice<u32>,
+    shape: (usize, usize),
+) -> Result<Tensor> {
+    // SAFETY: the copy below writes every element.
+    let mut copy = unsafe { dev.alloc::<u32>(counts.len())? };
+    dev.memcpy_dtod(counts, &mut copy)?;
+    let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(copy, dev.clone()));
+    Ok(Tensor::from_storage(
+        storage,
+        shape,
+        BackpropOp::none(),
+        false,
+    ))
 }
 
 /// The output buffer, `[B, S, H, D]` in the inputs' dtype.
@@ -274,19 +299,6 @@ fn exclusive_scan(dev: &CudaDevice, x: u64, len: usize) -> Result<()> {
     Ok(())
 }
 
-/// Exclusive prefix sums on the host.
-fn offsets_of(values: impl Iterator<Item = u32>) -> (Vec<u32>, usize) {
-    let mut total = 0usize;
-    let offs = values
-        .map(|v| {
-            let o = total as u32;
-            total += v as usize;
-            o
-        })
-        .collect();
-    (offs, total)
-}
-
 /// What every span of one call shares: the inputs, the chunks, the output and the kernels.
 struct Gathered<'a> {
     qkv: [&'a Tensor; 3],
@@ -295,13 +307,14 @@ struct Gathered<'a> {
     kernel: ForwardKernel,
 }
 
-/// Builds the pair lists and tiles of a span of heads, runs the gathered attention and merges
-/// its partial outputs into the call's output.
+/// Builds the pair lists and tiles of a span of heads (`pairs` of them), runs the gathered
+/// attention and merges its partial outputs into the call's output. Offsets are scanned on the
+/// device; the tile list is sized by a bound and its spare entries stay empty.
 fn run_pairs(
     dev: &CudaDevice,
     span: &Span,
     sel: &Selection,
-    counts: &[u32],
+    pairs: usize,
     call: &Gathered<'_>,
 ) -> Result<()> {
     let ([q, k, v], chunks, out, kernel) = (call.qkv, call.chunks, call.out, call.kernel);
@@ -309,11 +322,12 @@ fn run_pairs(
     let rows = span.heads * s;
     // Query rows per work tile: 128 when the chunks' key streams are long enough to share.
     let tile_rows: u32 = if s / n.max(1) >= LARGE_CHUNK { 128 } else { 64 };
-    let (chunk_offsets, pairs) = offsets_of(counts.iter().copied());
-    let (tile_offsets, tiles) = offsets_of(counts.iter().map(|&c| c.div_ceil(tile_rows)));
     if pairs == 0 {
         return Ok(());
     }
+    let lists = span.heads * n;
+    // Each list's tiles round its pairs up by less than one tile.
+    let tiles = pairs / tile_rows as usize + lists;
     let stream = dev.cuda_stream();
     let row0 = span.g0 * s;
     let (mask_ptr, counts_ptr, cd_ptr) = (
@@ -323,23 +337,46 @@ fn run_pairs(
     );
     // Row offsets: each row's first pair, row-major.
     // SAFETY (this and the uninitialised buffers below): a kernel or copy writes every element
-    // before any read: the row counts' copy, `vmoba_fill` (every counted pair),
-    // `vmoba_tiles` (every tile) and the attention kernel (every pair's row and LSE).
+    // before any read: the counts' copies (row and chunk offsets), `vmoba_tile_counts`,
+    // `vmoba_fill` (every counted pair) and the attention kernel (every pair's row and LSE).
     let mut row_offsets = unsafe { dev.alloc::<u32>(rows)? };
     dev.memcpy_dtod(&sel.row_counts.slice(row0..row0 + rows), &mut row_offsets)?;
     let ro_ptr = ptr(dev, &row_offsets);
     exclusive_scan(dev, ro_ptr, rows)?;
 
-    let chunk_offsets = dev.clone_htod(&chunk_offsets)?;
-    let tile_offsets = dev.clone_htod(&tile_offsets)?;
-    let cursor = dev.alloc_zeros::<u32>(span.heads * n)?;
-    // SAFETY: see above (these three).
+    // SAFETY: see above.
+    let mut chunk_offsets = unsafe { dev.alloc::<u32>(lists)? };
+    dev.memcpy_dtod(
+        &sel.chunk_counts.slice(span.g0 * n..span.g0 * n + lists),
+        &mut chunk_offsets,
+    )?;
+    exclusive_scan(dev, ptr(dev, &chunk_offsets), lists)?;
+    // SAFETY: see above.
+    let tile_offsets = unsafe { dev.alloc::<u32>(lists)? };
+    let (to_ptr, len32) = (ptr(dev, &tile_offsets), lists as i32);
+    let func = function(dev, "vmoba_tile_counts")?;
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&cd_ptr)
+        .arg(&to_ptr)
+        .arg(&len32)
+        .arg(&tile_rows);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(lists, 256), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `vmoba_tile_counts`; both buffers hold `lists` entries.
+    unsafe { builder.launch(cfg) }.w()?;
+    exclusive_scan(dev, to_ptr, lists)?;
+    let cursor = dev.alloc_zeros::<u32>(lists)?;
+    // SAFETY: see above (these two).
     let pair_query = unsafe { dev.alloc::<u32>(pairs)? };
     let pair_row = unsafe { dev.alloc::<u32>(pairs)? };
-    let tile_list = unsafe { dev.alloc::<u32>(tiles * 4)? };
-    let (co_ptr, to_ptr, cur_ptr, pq_ptr, pr_ptr, tl_ptr) = (
+    // Zeroed: spare tiles have no queries.
+    let tile_list = dev.alloc_zeros::<u32>(tiles * 4)?;
+    let (co_ptr, cur_ptr, pq_ptr, pr_ptr, tl_ptr) = (
         ptr(dev, &chunk_offsets),
-        ptr(dev, &tile_offsets),
         ptr(dev, &cursor),
         ptr(dev, &pair_query),
         ptr(dev, &pair_row),
@@ -367,7 +404,6 @@ fn run_pairs(
     // SAFETY: arguments match `vmoba_fill`; pair buffers hold the counted pairs.
     unsafe { builder.launch(cfg) }.w()?;
 
-    let len32 = (span.heads * n) as i32;
     let bh0 = span.bh0 as i32;
     let func = function(dev, "vmoba_tiles")?;
     let mut builder = stream.launch_builder(&func);
@@ -381,7 +417,7 @@ fn run_pairs(
         .arg(&bh0)
         .arg(&tile_rows);
     let cfg = LaunchConfig {
-        grid_dim: (blocks(span.heads * n, 256), 1, 1),
+        grid_dim: (blocks(lists, 256), 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };

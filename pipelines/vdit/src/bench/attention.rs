@@ -138,7 +138,7 @@ fn vmoba_rows(
         })?;
         let mut row = json!({
             "impl": format!("vdit VMoBA {kind} top-{} (gathered)", opts.topk[i]),
-            "density": first.density(), "ms": ms, "tflops_effective": flops / ms * 1e-9,
+            "density": first.density()?, "ms": ms, "tflops_effective": flops / ms * 1e-9,
         });
         if kind == ChunkKind::Spatiotemporal {
             let chunks = BlockLayout::tiled_shared(shape.grid, opts.tile(kind, shape.grid));
@@ -256,7 +256,7 @@ fn backward_rows(
     time(
         format!("vdit VMoBA {kind} fwd+bwd (plan path)"),
         &qkv,
-        &|| Ok(run_vmoba()?.density()),
+        &|| Ok(run_vmoba()?.density()?),
         &|| Ok(run_vmoba()?.out),
     );
     let chunks = BlockLayout::tiled_shared(shape.grid, vmoba.tile(kind, shape.grid));
