@@ -1,151 +1,157 @@
 // VMoBA on the GPU, around the gathered-query attention kernel (attention_fwd_sm90.cu and
 // attention_fwd.cu in gathered mode): chunk selection per (head, query) row, the lists of
-// (query, chunk) pairs grouped by chunk, their 64-query work tiles, and the exact
+// (query, chunk) pairs grouped by chunk, their 64- or 128-query work tiles, and the exact
 // log-sum-exp merge of each query's per-chunk partial outputs. Rows are numbered
 // g * S + query for the heads g of one group (batch * heads, a range at a time).
 #include <stdint.h>
 
 #include "common.cuh"
 
-// True when (va, ca) ranks before (vb, cb): higher score first, then lower chunk.
-__device__ __forceinline__ bool ranks_before(float va, int ca, float vb, int cb) {
-  return va > vb || (va == vb && ca < cb);
-}
+// Chunk selection ranks a row's chunks as the CPU rule does (vmoba.rs): by (x - lo) in f32,
+// ties to the lower chunk. The keys are the bits of x - lo (never negative, so bit order is
+// value order). A radix select (four 8-bit passes over shared histograms of the candidates'
+// counts and normalised masses) finds the key T of the last chunk taken; one pass over the
+// chunks in order then takes the own chunk, every key above T and the first `ties` keys at T.
 
-// The best remaining chunk of a warp's row (value -inf marks a taken chunk); -1 when none.
-__device__ __forceinline__ int warp_best(const float* vals, int n) {
-  const int lane = threadIdx.x & 31;
-  float bv = -INFINITY;
-  int bc = -1;
-  for (int c = lane; c < n; c += 32) {
-    if (vals[c] > bv) {
-      bv = vals[c];
-      bc = c;
-    }
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffff, bv, o);
-    const int oc = __shfl_xor_sync(0xffffffff, bc, o);
-    if (oc >= 0 && (bc < 0 || ranks_before(ov, oc, bv, bc))) {
-      bv = ov;
-      bc = oc;
-    }
-  }
-  return bc;
-}
+// A warp's histograms: candidates and their mass per 8-bit digit.
+struct Histogram {
+  uint32_t count[256];
+  double mass[256];
+};
 
-// Count rule for one warp's row: the own chunk plus the `keep` best others, ranked as the CPU
-// rule ranks them (vmoba.rs: by (x - lo) in f32, ties to the lower chunk). The keys are the
-// bits of x - lo (never negative, so bit order is value order). A radix select (four 8-bit
-// passes over a shared histogram) finds the keep-th largest key T; one pass over the chunks in
-// order then takes the keys above T and the first ties at T, and writes the mask words.
-__device__ __forceinline__ int select_by_count(const float* vals, float lo, int n, int own, int keep,
-                                               uint32_t* hist, uint32_t* mask_row, int words) {
+// What the radix select found: keys above `threshold` are taken, and `ties` of those equal to it.
+struct Cut {
+  uint32_t threshold, ties;
+};
+
+// Writes a row's mask words for `cut` (chunks in order, so that ties go to the lower chunk) and
+// returns the number of chunks kept.
+__device__ __forceinline__ int write_mask(const float* vals, float lo, int n, int own, Cut cut, uint32_t* mask_row,
+                                          int words) {
   const int lane = threadIdx.x & 31;
-  auto key = [&](int c) { return __float_as_uint(vals[c] - lo); };
-  uint32_t prefix = 0u, fixed = 0u, want = (uint32_t)keep, threshold = 0xffffffffu;
-  if (keep > 0) {
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      for (int i = lane; i < 256; i += 32) hist[i] = 0u;
-      __syncwarp();
-      for (int c = lane; c < n; c += 32) {
-        const uint32_t u = key(c);
-        if (c != own && (u & fixed) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1u);
-      }
-      __syncwarp();
-      // Lane l sums bins 255 - 8l down to 248 - 8l; a scan over lanes counts from the top.
-      uint32_t local = 0u;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) local += hist[255 - 8 * lane - j];
-      uint32_t inclusive = local;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const uint32_t t = __shfl_up_sync(0xffffffff, inclusive, o);
-        if (lane >= o) inclusive += t;
-      }
-      const int src = __ffs(__ballot_sync(0xffffffff, inclusive >= want)) - 1;
-      int bin = 0;
-      uint32_t above = inclusive - local;
-      if (lane == src) {
-        int j = 0;
-        for (; j < 7 && above + hist[255 - 8 * lane - j] < want; ++j) above += hist[255 - 8 * lane - j];
-        bin = 255 - 8 * lane - j;
-      }
-      bin = __shfl_sync(0xffffffff, bin, src);
-      above = __shfl_sync(0xffffffff, above, src);
-      want -= above;
-      prefix |= (uint32_t)bin << shift;
-      fixed |= 255u << shift;
-      __syncwarp();
-    }
-    threshold = prefix;
-  }
   uint32_t ties_seen = 0u;
+  int kept = 0;
   for (int w = 0; w < words; ++w) {
     const int c = w * 32 + lane;
     bool take = c == own, tie = false;
     if (c < n && c != own) {
-      const uint32_t u = key(c);
-      take = u > threshold;
-      tie = u == threshold;
+      const uint32_t u = __float_as_uint(vals[c] - lo);
+      take = u > cut.threshold;
+      tie = u == cut.threshold;
     }
     const uint32_t ties = __ballot_sync(0xffffffff, tie);
-    if (tie && ties_seen + __popc(ties & ((1u << lane) - 1u)) < want) take = true;
+    if (tie && ties_seen + __popc(ties & ((1u << lane) - 1u)) < cut.ties) take = true;
     ties_seen += __popc(ties);
     const uint32_t word = __ballot_sync(0xffffffff, take);
+    kept += __popc(word);
     if (lane == 0) mask_row[w] = word;
-  }
-  return keep + 1;
-}
-
-// Share rule for one warp's row: after min-max normalising the row, the own chunk then the best
-// others until the kept mass reaches `tau` of the total (the CPU rule of vmoba.rs). `vals` is
-// consumed (taken chunks become -inf); the kept chunks are set in `bits`.
-__device__ __forceinline__ int select_by_share(float* vals, const float* src, float lo, float hi, int n, int own,
-                                               double tau, uint32_t* bits) {
-  const int lane = threadIdx.x & 31;
-  const double range = (double)(hi - lo);
-  auto norm = [&](float v) { return range > 0.0 ? (double)(v - lo) / range : 1.0; };
-  double total = 0.0;
-  for (int c = lane; c < n; c += 32) total += norm(vals[c]);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffff, total, o);
-  __syncwarp();
-  double mass = norm(vals[own]);
-  int kept = 1;
-  auto take = [&](int c) {
-    if (lane == 0) {
-      bits[c >> 5] |= 1u << (c & 31);
-      vals[c] = -INFINITY;
-    }
-    __syncwarp();
-  };
-  take(own);
-  while (kept < n && mass < tau * total) {
-    const int c = warp_best(vals, n);
-    if (c < 0) break;
-    mass += norm(src[c]);
-    take(c);
-    ++kept;
   }
   return kept;
 }
 
+// The cut of one warp's row. Count rule (BY_MASS false): the `keep` best others. Share rule:
+// the fewest best others whose summed normalised mass reaches `need` (all when it never does),
+// with `range` the row's max - min (the CPU rule's normalisation: (x - lo) / range, or 1).
+template <bool BY_MASS>
+__device__ __forceinline__ Cut radix_cut(const float* vals, float lo, double range, int n, int own, uint32_t keep,
+                                         double need, Histogram& hist) {
+  const int lane = threadIdx.x & 31;
+  if (n <= 1) return Cut{0xffffffffu, 0u};
+  auto norm = [&](float d) { return range > 0.0 ? (double)d / range : 1.0; };
+  uint32_t prefix = 0u, fixed = 0u, want = keep;
+  double want_mass = need;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = lane; i < 256; i += 32) {
+      hist.count[i] = 0u;
+      if (BY_MASS) hist.mass[i] = 0.0;
+    }
+    __syncwarp();
+    for (int c = lane; c < n; c += 32) {
+      const float d = vals[c] - lo;
+      const uint32_t u = __float_as_uint(d);
+      if (c != own && (u & fixed) == prefix) {
+        atomicAdd(&hist.count[(u >> shift) & 255u], 1u);
+        if (BY_MASS) atomicAdd(&hist.mass[(u >> shift) & 255u], norm(d));
+      }
+    }
+    __syncwarp();
+    // Lane l holds bins 255 - 8l down to 248 - 8l; scans over lanes sum from the top.
+    uint32_t count = 0u;
+    double mass = 0.0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      count += hist.count[255 - 8 * lane - j];
+      if (BY_MASS) mass += hist.mass[255 - 8 * lane - j];
+    }
+    uint32_t count_incl = count;
+    double mass_incl = mass;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t t = __shfl_up_sync(0xffffffff, count_incl, o);
+      const double tm = __shfl_up_sync(0xffffffff, mass_incl, o);
+      if (lane >= o) {
+        count_incl += t;
+        mass_incl += tm;
+      }
+    }
+    // The first lane whose bins reach the target; with none (a share never reached, or
+    // rounding), the lowest non-empty bin, so that every candidate above it is taken.
+    const bool reached = BY_MASS ? count > 0u && mass_incl >= want_mass : count_incl >= want;
+    const uint32_t reaching = __ballot_sync(0xffffffff, reached);
+    const uint32_t nonempty = __ballot_sync(0xffffffff, count > 0u);
+    const int src = reaching != 0u ? __ffs(reaching) - 1 : 31 - __clz(nonempty);
+    uint32_t above = count_incl - count;
+    double above_mass = mass_incl - mass;
+    int stop = 7;
+    if (lane == src) {
+      if (reaching != 0u) {
+        for (int j = 0; j < 7; ++j) {
+          const int b = 255 - 8 * lane - j;
+          const bool here = BY_MASS ? hist.count[b] > 0u && above_mass + hist.mass[b] >= want_mass
+                                    : above + hist.count[b] >= want;
+          if (here) {
+            stop = j;
+            break;
+          }
+          above += hist.count[b];
+          if (BY_MASS) above_mass += hist.mass[b];
+        }
+      } else {
+        while (stop > 0 && hist.count[255 - 8 * lane - stop] == 0u) --stop;
+        for (int j = 0; j < stop; ++j) {
+          above += hist.count[255 - 8 * lane - j];
+          if (BY_MASS) above_mass += hist.mass[255 - 8 * lane - j];
+        }
+      }
+    }
+    const int bin = __shfl_sync(0xffffffff, 255 - 8 * lane - stop, src);
+    want -= __shfl_sync(0xffffffff, above, src);
+    want_mass -= __shfl_sync(0xffffffff, above_mass, src);
+    prefix |= (uint32_t)bin << shift;
+    fixed |= 255u << shift;
+    __syncwarp();
+  }
+  if (!BY_MASS) return Cut{prefix, want};
+  // Ties at T share one mass v: the CPU rule takes them while the kept mass is short.
+  if (want_mass <= 0.0) return Cut{prefix, 0u};
+  const double v = norm(__uint_as_float(prefix));
+  const double ties = v > 0.0 ? ceil(want_mass / v) : 4294967295.0;
+  return Cut{prefix, (uint32_t)fmin(ties, 4294967295.0)};
+}
+
 // One warp per row of `scores` ([rows, n] f32, q . chunk mean): keeps the query's own chunk,
 // then the best others, either `topk - 1` of them (topk > 0) or, with topk 0, until the kept
-// mass reaches `tau` of the total. Writes the kept chunks as a bitmask [rows, words] and their
-// number.
+// mass reaches `tau` of the total (after min-max normalising the row). Writes the kept chunks
+// as a bitmask [rows, words] and their number.
 extern "C" __global__ void __launch_bounds__(128) vmoba_select(const float* scores, const uint32_t* chunk_of,
                                                               uint32_t* mask, uint32_t* count, int rows, int S,
                                                               int n, int words, int topk, double tau) {
   extern __shared__ float vals_all[];
-  __shared__ uint32_t hist_all[4][256];
+  __shared__ Histogram hists[4];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row = blockIdx.x * 4 + warp;
   if (row >= rows) return;
   float* vals = vals_all + warp * n;
-  uint32_t* bits = reinterpret_cast<uint32_t*>(vals_all + 4 * n) + warp * words;
   const float* src = scores + (size_t)row * n;
   float lo = INFINITY, hi = -INFINITY;
   for (int c = lane; c < n; c += 32) {
@@ -161,16 +167,19 @@ extern "C" __global__ void __launch_bounds__(128) vmoba_select(const float* scor
   }
   __syncwarp();
   const int own = (int)chunk_of[row % S];
-  uint32_t* mask_row = mask + (size_t)row * words;
-  int kept;
+  const double range = (double)(hi - lo);
+  Cut cut;
   if (topk > 0) {
-    kept = select_by_count(vals, lo, n, own, min(topk, n) - 1, hist_all[warp], mask_row, words);
+    cut = radix_cut<false>(vals, lo, range, n, own, (uint32_t)(min(topk, n) - 1), 0.0, hists[warp]);
   } else {
-    for (int w = lane; w < words; w += 32) bits[w] = 0u;
-    __syncwarp();
-    kept = select_by_share(vals, src, lo, hi, n, own, tau, bits);
-    for (int w = lane; w < words; w += 32) mask_row[w] = bits[w];
+    auto norm = [&](float v) { return range > 0.0 ? (double)(v - lo) / range : 1.0; };
+    double total = 0.0;
+    for (int c = lane; c < n; c += 32) total += norm(vals[c]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffff, total, o);
+    cut = radix_cut<true>(vals, lo, range, n, own, 0u, tau * total - norm(vals[own]), hists[warp]);
   }
+  const int kept = write_mask(vals, lo, n, own, cut, mask + (size_t)row * words, words);
   if (lane == 0) count[row] = kept;
 }
 
@@ -307,3 +316,27 @@ MERGE(__nv_bfloat16, bf16, 64)
 MERGE(__nv_bfloat16, bf16, 128)
 MERGE(__half, f16, 64)
 MERGE(__half, f16, 128)
+
+// The queries of heads h0.. of batch element b as f32 rows ([heads, S, D] contiguous) for the
+// chunk scores; each thread widens 8 channels (16-byte loads).
+template <typename T>
+__device__ __forceinline__ void widen_rows(const T* q, long long sb, long long sh, long long ss, int b, int h0, int S,
+                                           int D, long long vectors, float* out) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= vectors) return;
+  const int per_row = D / VEC;
+  const int c = (int)(i % per_row) * VEC;
+  const long long row = i / per_row;  // g * S + s
+  const int s = (int)(row % S), g = (int)(row / S);
+  float v[VEC];
+  load8(q + b * sb + (h0 + g) * sh + s * ss + c, v);
+  store8(out + row * D + c, v);
+}
+
+#define WIDEN(T, NAME)                                                                                        \
+  extern "C" __global__ void widen_rows_##NAME(const T* q, long long sb, long long sh, long long ss, int b,   \
+                                               int h0, int S, int D, long long vectors, float* out) {          \
+    widen_rows<T>(q, sb, sh, ss, b, h0, S, D, vectors, out);                                                   \
+  }
+WIDEN(__nv_bfloat16, bf16)
+WIDEN(__half, f16)

@@ -28,6 +28,29 @@ pub fn reset_peak(device: &Device) -> Result<()> {
     Ok(())
 }
 
+/// Keeps memory freed to `device`'s pool for later allocations instead of handing it back to
+/// the driver at every synchronisation (the pool's default): a call that allocates large
+/// buffers after a synchronisation then reuses them rather than mapping new pages (about a
+/// millisecond per call at the Wan 1.3B shape). No-op on the CPU.
+pub fn retain_freed_memory(device: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(_) = device {
+        let pool = pool(device)?;
+        let mut keep = u64::MAX;
+        // SAFETY: a valid pool; the release threshold is a u64.
+        unsafe {
+            pools::set_attribute(
+                pool,
+                Attr::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep as *mut u64).cast(),
+            )
+        }
+        .map_err(candle_core::Error::wrap)?;
+    }
+    let _ = device;
+    Ok(())
+}
+
 /// Bytes at the high-water mark since the last reset (`None` on the CPU).
 pub fn peak_bytes(device: &Device) -> Result<Option<u64>> {
     #[cfg(feature = "cuda")]
@@ -50,8 +73,9 @@ pub fn used_bytes(device: &Device) -> Result<Option<u64>> {
     }
 }
 
-/// Bytes a new allocation could get on `device` now: free GPU memory on CUDA, the kernel's
-/// `MemAvailable` on Linux for the CPU; `None` where this is not known.
+/// Bytes a new allocation could get on `device` now: free GPU memory plus what the pool holds
+/// unused on CUDA, the kernel's `MemAvailable` on Linux for the CPU; `None` where this is not
+/// known.
 pub fn available_bytes(device: &Device) -> Result<Option<u64>> {
     match device {
         #[cfg(feature = "cuda")]
@@ -61,7 +85,10 @@ pub fn available_bytes(device: &Device) -> Result<Option<u64>> {
                 .context()
                 .mem_get_info()
                 .map_err(candle_core::Error::wrap)?;
-            Ok(Some(free as u64))
+            let reserved = pool_bytes(device, Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
+            let used = pool_bytes(device, Attr::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+            let idle = reserved.unwrap_or(0).saturating_sub(used.unwrap_or(0));
+            Ok(Some((free as u64).saturating_add(idle)))
         }
         Device::Cpu => Ok(std::fs::read_to_string("/proc/meminfo")
             .ok()

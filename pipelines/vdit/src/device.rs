@@ -3,7 +3,8 @@
 use anyhow::{bail, Result};
 use candle_core::Device;
 
-/// Parses a `--device` value and opens the device.
+/// Parses a `--device` value and opens the device (on CUDA, with a memory pool that keeps
+/// freed memory for reuse, as caching allocators do).
 pub fn open_device(spec: &str) -> Result<Device> {
     let spec = spec.trim().to_ascii_lowercase();
     if spec == "cpu" {
@@ -23,12 +24,14 @@ pub fn open_device(spec: &str) -> Result<Device> {
              `cargo build --release --no-default-features --features cuda`, or use --device cpu"
         );
     }
-    Device::new_cuda(ordinal).map_err(|e| {
+    let device = Device::new_cuda(ordinal).map_err(|e| {
         anyhow::anyhow!(
             "cannot open CUDA device {ordinal}: {} (check the driver and the GPU index)",
             e
         )
-    })
+    })?;
+    vdit_core::memory::retain_freed_memory(&device)?;
+    Ok(device)
 }
 
 #[cfg(test)]

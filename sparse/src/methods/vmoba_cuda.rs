@@ -21,7 +21,8 @@ use std::sync::Arc;
 use vdit_core::cuda::{dtype_suffix, ptr, tensor_ptr, Module};
 
 const VMOBA: Module = vdit_core::kernel_module!("vmoba");
-/// Most chunks the selection kernel takes (each of its warps keeps a row in shared memory).
+/// Most chunks the selection kernel takes (each of its four warps keeps a row of scores in
+/// shared memory, beside 12 KiB of histograms).
 pub(crate) const MAX_CHUNKS: usize = 2048;
 /// Budget for one head group's scores (and query copy in f32).
 const SCORE_BYTES: usize = 512 << 20;
@@ -68,7 +69,7 @@ pub(crate) fn vmoba_forward(
     for bi in 0..b {
         for h0 in (0..h).step_by(group) {
             let heads = group.min(h - h0);
-            let q32 = q.i((bi, h0..h0 + heads))?.detach().to_dtype(DType::F32)?;
+            let q32 = widen_queries(dev, q, bi, h0..h0 + heads)?;
             let scores = q32
                 .matmul(&means.i((bi, h0..h0 + heads))?.t()?)?
                 .contiguous()?; // [heads, S, n]
@@ -120,6 +121,55 @@ pub(crate) fn vmoba_forward(
     let storage = Storage::Cuda(out.into_storage(dev));
     let t = Tensor::from_storage(storage, (b, s, h, d), BackpropOp::none(), false);
     Ok((t.transpose(1, 2)?, pairs))
+}
+
+/// Queries `heads` of batch element `b` as contiguous f32 `[heads, S, D]`: one kernel moving 16
+/// bytes per thread where rows are 16-byte aligned (candle's cast otherwise).
+fn widen_queries(
+    dev: &CudaDevice,
+    q: &Tensor,
+    b: usize,
+    heads: std::ops::Range<usize>,
+) -> Result<Tensor> {
+    let (_, _, s, d) = q.dims4()?;
+    let (base, strides) = tensor_view(q)?;
+    if d % 8 != 0 || strides.iter().any(|x| x % 8 != 0) || base % 16 != 0 {
+        return q.i((b, heads))?.detach().to_dtype(DType::F32);
+    }
+    let (g, n) = (heads.len(), heads.len() * s * d);
+    // SAFETY: the kernel writes every element (one thread per 8 of them).
+    let out = unsafe { dev.alloc::<f32>(n)? };
+    let (out_ptr, vectors) = (ptr(dev, &out), (n / 8) as i64);
+    let (b32, h32, s32, d32) = (b as i32, heads.start as i32, s as i32, d as i32);
+    let func = function(dev, &format!("widen_rows_{}", dtype_suffix(q.dtype())?))?;
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&base)
+        .arg(&strides[0])
+        .arg(&strides[1])
+        .arg(&strides[2])
+        .arg(&b32)
+        .arg(&h32)
+        .arg(&s32)
+        .arg(&d32)
+        .arg(&vectors)
+        .arg(&out_ptr);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(n / 8, 256), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `widen_rows_*`; rows are 16-byte aligned (checked above) and
+    // heads `b, heads` lie inside q; `out` holds heads x S x D floats.
+    unsafe { builder.launch(cfg) }.w()?;
+    let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev.clone()));
+    Ok(Tensor::from_storage(
+        storage,
+        (g, s, d),
+        BackpropOp::none(),
+        false,
+    ))
 }
 
 /// A copy of device counts as a u32 tensor of `shape`.
@@ -243,7 +293,7 @@ fn select(
     let cfg = LaunchConfig {
         grid_dim: (blocks(rows, 4), 1, 1),
         block_dim: (128, 1, 1),
-        shared_mem_bytes: (4 * (n + words) * 4) as u32,
+        shared_mem_bytes: (4 * n * 4) as u32,
     };
     // SAFETY: arguments match `vmoba_select`; buffers hold rows x n scores, rows x words
     // mask words and rows counts.
