@@ -1,41 +1,86 @@
 // Per-block statistics of token rows and their way back to tokens:
-// - block_mean_*: mean of each block's tokens, per (batch, head): out[(b*H + h) * nb + block][d]
-//   (f32) for x[b, h, token, d] read through a shared token order. One CTA per (block,
-//   batch*head) of D x L threads: thread (d, l) sums every L-th token of the block in channel d
-//   (a token row's reads are coalesced), then the L partial sums are added in a fixed order, so
-//   the result does not depend on scheduling.
-// - gated_add_*: VSA's output, out = fine + gate * coarse[block of token], summed in f32, with
-//   `out` written [B, S, H, D]; each thread moves 8 channels (16-byte loads and stores).
+// - block_reduce_*: sum or mean of each block's tokens (of x, or of x * y), per (batch, head):
+//   out[(b*H + h) * nb + block][d] (f32) for x[b, h, token, d] read through a shared token
+//   order. One CTA per (block, batch*head) of D x L threads: thread (d, l) sums every L-th
+//   token of the block in channel d (a token row's reads are coalesced), then the L partial
+//   sums are added in a fixed order, so the result does not depend on scheduling.
+// - spread_blocks_*: each token's row of its block (the backward of the means).
+// - gated_add_*: VSA's output, out = fine + gate * coarse[block of token] (fine may be null:
+//   zero), summed in f32, with `out` written [B, S, H, D]; each thread moves 8 channels
+//   (16-byte loads and stores).
 #include "common.cuh"
 
 template <typename T>
-__device__ __forceinline__ void block_mean(const T* x, long long sb, long long sh, long long ss, const uint32_t* order,
-                                           const uint32_t* starts, float* out, int H, int nb, int D) {
+__device__ __forceinline__ void block_reduce(const T* x, long long sb, long long sh, long long ss, const T* y,
+                                             long long yb, long long yh, long long ys, int mean,
+                                             const uint32_t* order, const uint32_t* starts, float* out, int H, int nb,
+                                             int D) {
   __shared__ float partial[1024];
   const int block = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
   const int d = threadIdx.x, lane = threadIdx.y, lanes = blockDim.y;
-  const T* base = x + b * sb + h * sh;
+  const T* xb = x + b * sb + h * sh;
+  const T* yb_ = y != nullptr ? y + b * yb + h * yh : nullptr;
   const uint32_t beg = starts[block], end = starts[block + 1];
   float acc = 0.f;
-  for (uint32_t s = beg + lane; s < end; s += lanes) acc += to_f32<T>(base[(long long)order[s] * ss + d]);
+  for (uint32_t s = beg + lane; s < end; s += lanes) {
+    const long long t = order[s];
+    const float v = to_f32<T>(xb[t * ss + d]);
+    acc += yb_ != nullptr ? v * to_f32<T>(yb_[t * ys + d]) : v;
+  }
   partial[lane * D + d] = acc;
   __syncthreads();
   if (lane == 0) {
     float sum = 0.f;
     for (int l = 0; l < lanes; ++l) sum += partial[l * D + d];
-    out[((size_t)bh * nb + block) * D + d] = sum / (float)(end - beg);
+    out[((size_t)bh * nb + block) * D + d] = mean ? sum / (float)(end - beg) : sum;
   }
 }
 
-#define BLOCK_MEAN(T, NAME)                                                                                     \
-  extern "C" __global__ void block_mean_##NAME(const T* x, long long sb, long long sh, long long ss,            \
-                                               const uint32_t* order, const uint32_t* starts, float* out, int H, \
-                                               int nb, int D) {                                                 \
-    block_mean<T>(x, sb, sh, ss, order, starts, out, H, nb, D);                                                 \
+// Sum (mean when `mean`) over each block of x, or of x * y when y is not null.
+#define BLOCK_REDUCE(T, NAME)                                                                                   \
+  extern "C" __global__ void block_reduce_##NAME(const T* x, long long sb, long long sh, long long ss,         \
+                                                 const T* y, long long yb, long long yh, long long ys,         \
+                                                 int mean, const uint32_t* order, const uint32_t* starts,      \
+                                                 float* out, int H, int nb, int D) {                           \
+    block_reduce<T>(x, sb, sh, ss, y, yb, yh, ys, mean, order, starts, out, H, nb, D);                         \
   }
-BLOCK_MEAN(__nv_bfloat16, bf16)
-BLOCK_MEAN(__half, f16)
-BLOCK_MEAN(float, f32)
+BLOCK_REDUCE(__nv_bfloat16, bf16)
+BLOCK_REDUCE(__half, f16)
+BLOCK_REDUCE(float, f32)
+
+// Each token's row of its block: out[b, h, t, :] (T, [B, H, S, D] contiguous) =
+// x[b, h, block_of[t], :] (f32 [B, H, nb, D]), divided by the block's length when `mean` (the
+// backward of block means). One thread per 8 channels.
+template <typename T>
+__device__ __forceinline__ void spread_blocks(const float* x, const uint32_t* block_of, const uint32_t* starts,
+                                              int mean, T* out, int S, int nb, int D, long long vectors) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= vectors) return;
+  const int per_row = D / VEC;
+  const int c = (int)(i % per_row) * VEC;
+  const long long row = i / per_row;  // bh * S + t
+  const int t = (int)(row % S);
+  const long long bh = row / S;
+  const uint32_t block = block_of[t];
+  float v[VEC];
+  load8(x + ((size_t)bh * nb + block) * D + c, v);
+  if (mean) {
+    const float inv = 1.f / (float)(starts[block + 1] - starts[block]);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) v[k] *= inv;
+  }
+  store8(out + row * D + c, v);
+}
+
+#define SPREAD_BLOCKS(T, NAME)                                                                                \
+  extern "C" __global__ void spread_blocks_##NAME(const float* x, const uint32_t* block_of,                   \
+                                                  const uint32_t* starts, int mean, T* out, int S, int nb,     \
+                                                  int D, long long vectors) {                                  \
+    spread_blocks<T>(x, block_of, starts, mean, out, S, nb, D, vectors);                                       \
+  }
+SPREAD_BLOCKS(__nv_bfloat16, bf16)
+SPREAD_BLOCKS(__half, f16)
+SPREAD_BLOCKS(float, f32)
 
 template <typename T>
 __device__ __forceinline__ void gated_add(const T* fine, long long fb, long long fh, long long fs, const T* gate,
@@ -50,8 +95,8 @@ __device__ __forceinline__ void gated_add(const T* fine, long long fb, long long
   const int h = (int)(row % H);
   row /= H;
   const int s = (int)(row % S), b = (int)(row / S);
-  float f[VEC], g[VEC], cv[VEC];
-  load8(fine + b * fb + h * fh + s * fs + c, f);
+  float f[VEC] = {0.f}, g[VEC], cv[VEC];
+  if (fine != nullptr) load8(fine + b * fb + h * fh + s * fs + c, f);
   load8(gate + b * gb + h * gh + s * gs + c, g);
   load8(coarse + (((size_t)b * H + h) * nb + block_of[s]) * D + c, cv);
 #pragma unroll

@@ -62,13 +62,17 @@ impl candle_core::CustomOp1 for BlockMeans {
         s: &candle_core::CudaStorage,
         l: &candle_core::Layout,
     ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        crate::cuda::block_means(s, l, &self.layout)
+        crate::cuda::block_reduce((s, l), None, true, &self.layout)
     }
 
+    /// Each token gets its block's gradient divided by the block's size, in one kernel.
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let per_block = grad.broadcast_div(&block_sizes(&self.layout, grad.device())?)?;
-        let per_token = per_block.index_select(&block_index(&self.layout, grad.device())?, 2)?;
-        Ok(Some(per_token.to_dtype(x.dtype())?))
+        Ok(Some(crate::cuda::spread_blocks(
+            grad,
+            &self.layout,
+            true,
+            x.dtype(),
+        )?))
     }
 }
 
@@ -131,6 +135,11 @@ impl candle_core::CustomOp2 for Spread {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if grad.device().is_cuda() {
+            let sums = crate::cuda::block_sums(&grad.contiguous()?, None, &self.layout)?;
+            return Ok((Some(sums.to_dtype(x.dtype())?), None));
+        }
         let sums = block_means(grad, &self.layout)?
             .broadcast_mul(&block_sizes(&self.layout, grad.device())?)?;
         Ok((Some(sums.to_dtype(x.dtype())?), None))
@@ -198,11 +207,11 @@ impl candle_core::CustomOp3 for GatedAdd {
         coarse: &candle_core::CudaStorage,
         cl: &candle_core::Layout,
     ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        crate::cuda::gated_add((fine, fl), (gate, gl), (coarse, cl), &self.layout)
+        crate::cuda::gated_add(Some((fine, fl)), (gate, gl), (coarse, cl), &self.layout)
     }
 
-    /// With `g` the output gradient: `d fine = g`, `d gate = g * spread(coarse)`, and
-    /// `d coarse` each block's sum of `g * gate`.
+    /// With `g` the output gradient: `d fine = g`, `d gate = g * spread(coarse)` (the forward
+    /// kernel without `fine`), and `d coarse` each block's sum of `g * gate`.
     fn bwd(
         &self,
         fine: &Tensor,
@@ -211,10 +220,21 @@ impl candle_core::CustomOp3 for GatedAdd {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = grad.transpose(1, 2)?.to_dtype(DType::F32)?;
-        let d_gate = (&g * spread_to_tokens(coarse, &self.layout)?)?;
-        let d_coarse = block_means(&(&g * gate.to_dtype(DType::F32)?)?, &self.layout)?
-            .broadcast_mul(&block_sizes(&self.layout, grad.device())?)?;
+        use vdit_core::cuda::with_storage;
+        let g = grad.contiguous()?.transpose(1, 2)?; // [B, H, S, D]
+        let (storage, shape) = with_storage(&g, |gs, gl| {
+            with_storage(coarse, |cs, cl| {
+                crate::cuda::gated_add(None, (gs, gl), (cs, cl), &self.layout)
+            })
+        })?;
+        let d_gate = Tensor::from_storage(
+            candle_core::Storage::Cuda(storage),
+            shape,
+            candle_core::op::BackpropOp::none(),
+            false,
+        )
+        .transpose(1, 2)?;
+        let d_coarse = crate::cuda::block_sums(&g, Some(&gate.to_dtype(g.dtype())?), &self.layout)?;
         Ok((
             Some(g.to_dtype(fine.dtype())?),
             Some(d_gate.to_dtype(gate.dtype())?),
