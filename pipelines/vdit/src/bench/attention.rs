@@ -411,4 +411,28 @@ mod tests {
         }
         Ok(())
     }
+
+    /// `--case` keeps only the rows asked for (here VSA's forward).
+    #[test]
+    fn a_case_filter_times_only_its_rows() -> Result<()> {
+        let shape = Shape {
+            batch: 1,
+            heads: 1,
+            grid: TokenGrid { t: 4, h: 4, w: 8 },
+            head_dim: 16,
+        };
+        let dir = std::env::temp_dir().join(format!("vdit-bench-case-{}", std::process::id()));
+        run(&Device::Cpu, shape, DType::F32, 1, &dir, &[Case::Vsa])?;
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("attention.json"))?)?;
+        std::fs::remove_dir_all(&dir)?;
+        let names: Vec<&str> = report["results"]
+            .as_array()
+            .context("no results")?
+            .iter()
+            .filter_map(|r| r["impl"].as_str())
+            .collect();
+        assert_eq!(names, ["vdit VSA (coarse + top-k + fine)"]);
+        Ok(())
+    }
 }
