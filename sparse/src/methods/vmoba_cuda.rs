@@ -155,11 +155,7 @@ fn widen_queries(
         .arg(&d32)
         .arg(&vectors)
         .arg(&out_ptr);
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(n / 8, 256), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = one_thread_each(n / 8);
     // SAFETY: arguments match `widen_rows_*`; rows are 16-byte aligned (checked above) and
     // heads `b, heads` lie inside q; `out` holds heads x S x D floats.
     unsafe { builder.launch(cfg) }.w()?;
@@ -245,6 +241,15 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
 
 fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per).max(1) as u32
+}
+
+/// One thread per item, in CTAs of 256.
+fn one_thread_each(items: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks(items, 256), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Selects chunks for every row of `scores` ([heads, S, n] f32) and counts pairs per chunk.
@@ -411,11 +416,7 @@ fn run_pairs(
         .arg(&to_ptr)
         .arg(&len32)
         .arg(&tile_rows);
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(lists, 256), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = one_thread_each(lists);
     // SAFETY: arguments match `vmoba_tile_counts`; both buffers hold `lists` entries.
     unsafe { builder.launch(cfg) }.w()?;
     exclusive_scan(dev, to_ptr, lists)?;
@@ -446,11 +447,7 @@ fn run_pairs(
         .arg(&s32)
         .arg(&n32)
         .arg(&w32);
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(rows, 256), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = one_thread_each(rows);
     // SAFETY: arguments match `vmoba_fill`; pair buffers hold the counted pairs.
     unsafe { builder.launch(cfg) }.w()?;
 
@@ -466,11 +463,7 @@ fn run_pairs(
         .arg(&n32)
         .arg(&bh0)
         .arg(&tile_rows);
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(lists, 256), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = one_thread_each(lists);
     // SAFETY: arguments match `vmoba_tiles`; the tile list holds `tiles` entries.
     unsafe { builder.launch(cfg) }.w()?;
 
