@@ -65,14 +65,16 @@ impl candle_core::CustomOp1 for BlockMeans {
         crate::cuda::block_reduce((s, l), None, true, &self.layout)
     }
 
-    /// Each token gets its block's gradient divided by the block's size, in one kernel.
+    /// Each token gets its block's gradient divided by the block's size: one kernel where the
+    /// head dim is a multiple of 8 (its 16-byte vectors), candle's index selection otherwise.
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(crate::cuda::spread_blocks(
-            grad,
-            &self.layout,
-            true,
-            x.dtype(),
-        )?))
+        if grad.dim(3)? % 8 == 0 {
+            let per_token = crate::cuda::spread_blocks(grad, &self.layout, true, x.dtype())?;
+            return Ok(Some(per_token));
+        }
+        let per_block = grad.broadcast_div(&block_sizes(&self.layout, grad.device())?)?;
+        let per_token = per_block.index_select(&block_index(&self.layout, grad.device())?, 2)?;
+        Ok(Some(per_token.to_dtype(x.dtype())?))
     }
 }
 
@@ -161,8 +163,8 @@ pub fn add_gated_blocks(
         && matches!(fine.dtype(), DType::BF16 | DType::F16)
         && gate.dtype() == fine.dtype()
         && fine.dim(3)? % 8 == 0
-        && fine.stride()[3] == 1
-        && gate.stride()[3] == 1
+        && rows_aligned(fine)
+        && rows_aligned(gate)
     {
         let coarse = coarse.to_dtype(DType::F32)?.contiguous()?;
         let op = GatedAdd {
@@ -172,6 +174,16 @@ pub fn add_gated_blocks(
     }
     let gated = (spread_to_tokens(coarse, layout)? * gate.to_dtype(DType::F32)?)?;
     (fine.to_dtype(DType::F32)? + gated)?.to_dtype(fine.dtype())
+}
+
+/// True when every token row of a 16-bit `[B, H, S, D]` view starts 16-byte aligned (the
+/// gated-add kernel moves 16-byte vectors).
+#[cfg(feature = "cuda")]
+fn rows_aligned(t: &Tensor) -> bool {
+    let l = t.layout();
+    l.stride()[3] == 1
+        && l.stride()[..3].iter().all(|x| x.is_multiple_of(8))
+        && l.start_offset().is_multiple_of(8)
 }
 
 /// The GPU kernel of [`add_gated_blocks`] as a candle operation; its output is `[B, S, H, D]`.
