@@ -23,6 +23,8 @@ mod op;
 pub mod options;
 pub mod plan;
 pub mod pool;
+#[cfg(feature = "cuda")]
+mod pool_cuda;
 mod registry;
 mod router;
 mod schedule;

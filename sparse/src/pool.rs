@@ -62,14 +62,14 @@ impl candle_core::CustomOp1 for BlockMeans {
         s: &candle_core::CudaStorage,
         l: &candle_core::Layout,
     ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        crate::cuda::block_reduce((s, l), None, true, &self.layout)
+        crate::pool_cuda::block_reduce((s, l), None, true, &self.layout)
     }
 
     /// Each token gets its block's gradient divided by the block's size: one kernel where the
     /// head dim is a multiple of 8 (its 16-byte vectors), candle's index selection otherwise.
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         if grad.dim(3)? % 8 == 0 {
-            let per_token = crate::cuda::spread_blocks(grad, &self.layout, true, x.dtype())?;
+            let per_token = crate::pool_cuda::spread_blocks(grad, &self.layout, true, x.dtype())?;
             return Ok(Some(per_token));
         }
         let per_block = grad.broadcast_div(&block_sizes(&self.layout, grad.device())?)?;
@@ -139,7 +139,7 @@ impl candle_core::CustomOp2 for Spread {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         #[cfg(feature = "cuda")]
         if grad.device().is_cuda() {
-            let sums = crate::cuda::block_sums(&grad.contiguous()?, None, &self.layout)?;
+            let sums = crate::pool_cuda::block_sums(&grad.contiguous()?, None, &self.layout)?;
             return Ok((Some(sums.to_dtype(x.dtype())?), None));
         }
         let sums = block_means(grad, &self.layout)?
@@ -219,7 +219,7 @@ impl candle_core::CustomOp3 for GatedAdd {
         coarse: &candle_core::CudaStorage,
         cl: &candle_core::Layout,
     ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        crate::cuda::gated_add(Some((fine, fl)), (gate, gl), (coarse, cl), &self.layout)
+        crate::pool_cuda::gated_add(Some((fine, fl)), (gate, gl), (coarse, cl), &self.layout)
     }
 
     /// With `g` the output gradient: `d fine = g`, `d gate = g * spread(coarse)` (the forward
@@ -236,7 +236,7 @@ impl candle_core::CustomOp3 for GatedAdd {
         let g = grad.contiguous()?.transpose(1, 2)?; // [B, H, S, D]
         let (storage, shape) = with_storage(&g, |gs, gl| {
             with_storage(coarse, |cs, cl| {
-                crate::cuda::gated_add(None, (gs, gl), (cs, cl), &self.layout)
+                crate::pool_cuda::gated_add(None, (gs, gl), (cs, cl), &self.layout)
             })
         })?;
         let d_gate = Tensor::from_storage(
@@ -246,7 +246,8 @@ impl candle_core::CustomOp3 for GatedAdd {
             false,
         )
         .transpose(1, 2)?;
-        let d_coarse = crate::cuda::block_sums(&g, Some(&gate.to_dtype(g.dtype())?), &self.layout)?;
+        let d_coarse =
+            crate::pool_cuda::block_sums(&g, Some(&gate.to_dtype(g.dtype())?), &self.layout)?;
         Ok((
             Some(g.to_dtype(fine.dtype())?),
             Some(d_gate.to_dtype(gate.dtype())?),

@@ -1,0 +1,243 @@
+//! The pooling kernels of `kernels/pool.cu` on the host: per-block sums and means of token
+//! rows (VSA's cubes, VMoBA's chunk keys), their way back to tokens, and VSA's gated output.
+
+use crate::cuda::{block_of_on, layout_on, view};
+use crate::layout::BlockLayout;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
+use vdit_core::cuda::{dtype_suffix, output, ptr, storage_ptr, tensor_ptr, with_storage, Module};
+
+const POOL: Module = vdit_core::kernel_module!("pool");
+
+/// Sum of each block's tokens of `x: [B, H, S, D]` (any strides with a unit channel stride),
+/// or of `x * y` for a `y` of the same shape and dtype, divided by the block's length when
+/// `mean`: `[B, H, blocks, D]` f32. The layout must be shared by all heads.
+pub(crate) fn block_reduce(
+    (s, l): (&CudaStorage, &Layout),
+    y: Option<(&CudaStorage, &Layout)>,
+    mean: bool,
+    layout: &Arc<BlockLayout>,
+) -> Result<(CudaStorage, Shape)> {
+    let (b, h, _, d) = l.shape().dims4()?;
+    let dev = s.device().clone();
+    let (x, strides) = view(s, l)?;
+    let (yp, ys) = match y {
+        Some((ys, yl)) => {
+            if yl.shape() != l.shape() || ys.dtype() != s.dtype() {
+                candle_core::bail!("block sums: the factors differ in shape or dtype")
+            }
+            view(ys, yl)?
+        }
+        None => (0, [0; 3]),
+    };
+    let device_layout = layout_on(&dev, layout)?;
+    let nb = layout.num_blocks();
+    // SAFETY: the kernel writes every element (one thread per channel of each block).
+    let out = unsafe { dev.alloc::<f32>(b * h * nb * d)? };
+    let func = POOL.function(&dev, &format!("block_reduce_{}", dtype_suffix(s.dtype())?))?;
+    let stream = dev.cuda_stream();
+    let (order, starts, out_ptr) = (
+        ptr(&dev, &device_layout.order),
+        ptr(&dev, &device_layout.starts),
+        ptr(&dev, &out),
+    );
+    let (mean32, h32, nb32, d32) = (mean as i32, h as i32, nb as i32, d as i32);
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&x)
+        .arg(&strides[0])
+        .arg(&strides[1])
+        .arg(&strides[2])
+        .arg(&yp)
+        .arg(&ys[0])
+        .arg(&ys[1])
+        .arg(&ys[2])
+        .arg(&mean32)
+        .arg(&order)
+        .arg(&starts)
+        .arg(&out_ptr)
+        .arg(&h32)
+        .arg(&nb32)
+        .arg(&d32);
+    // One thread per channel and token lane: D x L threads, at most 1024 (the kernel's
+    // shared partial sums).
+    if d == 0 || d > 1024 {
+        candle_core::bail!("block sums: head dim {d} is outside 1..=1024")
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (nb as u32, (b * h) as u32, 1),
+        block_dim: (d as u32, (1024 / d) as u32, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `block_reduce_*`; the layout covers S tokens of x (and y, of the
+    // same shape); D x L <= 1024.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev),
+        Shape::from((b, h, nb, d)),
+    ))
+}
+
+/// [`block_reduce`]'s sums (no division) of a tensor, or of the product of two, as a tensor.
+pub(crate) fn block_sums(
+    x: &Tensor,
+    y: Option<&Tensor>,
+    layout: &Arc<BlockLayout>,
+) -> Result<Tensor> {
+    let (storage, shape) = with_storage(x, |s, l| match y {
+        Some(y) => with_storage(y, |ys, yl| {
+            block_reduce((s, l), Some((ys, yl)), false, layout)
+        }),
+        None => block_reduce((s, l), None, false, layout),
+    })?;
+    Ok(Tensor::from_storage(
+        candle_core::Storage::Cuda(storage),
+        shape,
+        candle_core::op::BackpropOp::none(),
+        false,
+    ))
+}
+
+/// Each token's row of its block, `[B, H, S, D]` contiguous in `dtype`, for block rows
+/// `x: [B, H, blocks, D]` (f32), divided by the block's length when `mean` (the backward of
+/// block means).
+pub(crate) fn spread_blocks(
+    x: &Tensor,
+    layout: &Arc<BlockLayout>,
+    mean: bool,
+    dtype: DType,
+) -> Result<Tensor> {
+    let candle_core::Device::Cuda(dev) = x.device() else {
+        candle_core::bail!("spread blocks runs on CUDA")
+    };
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let (b, h, nb, d) = x.dims4()?;
+    let s = layout.tokens();
+    if nb != layout.num_blocks() || d % 8 != 0 {
+        candle_core::bail!(
+            "spread blocks: {nb} rows of {d} channels do not fit {} blocks",
+            layout.num_blocks()
+        )
+    }
+    let (block_of, device_layout) = (block_of_on(dev, layout)?, layout_on(dev, layout)?);
+    let (out, out_ptr) = vdit_core::cuda::output_tensor(dev, dtype, &[b, h, s, d])?;
+    let vectors = b * h * s * d / 8; // the elements of an existing tensor, / 8
+    let Ok(grid) = u32::try_from(vectors.div_ceil(256)) else {
+        candle_core::bail!("spread blocks: {vectors} vectors exceed one launch")
+    };
+    let (xp, bp, sp) = (
+        tensor_ptr(&x)?,
+        ptr(dev, &block_of),
+        ptr(dev, &device_layout.starts),
+    );
+    let (mean32, s32, nb32, d32, vectors) =
+        (mean as i32, s as i32, nb as i32, d as i32, vectors as i64);
+    let func = POOL.function(dev, &format!("spread_blocks_{}", dtype_suffix(dtype)?))?;
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&xp)
+        .arg(&bp)
+        .arg(&sp)
+        .arg(&mean32)
+        .arg(&out_ptr)
+        .arg(&s32)
+        .arg(&nb32)
+        .arg(&d32)
+        .arg(&vectors);
+    let cfg = LaunchConfig {
+        grid_dim: (grid.max(1), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `spread_blocks_*`; x holds B x H x nb x D floats and the output
+    // B x H x S x D elements, each written once.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(out)
+}
+
+/// VSA's output `fine + gate * coarse[block of token]` for `fine, gate: [B, H, S, D]` views
+/// (bf16 or f16, one dtype, unit channel stride, 16-byte aligned rows; no `fine` adds zero) and
+/// `coarse: [B, H, blocks, D]` f32 contiguous, summed in f32: `[B, S, H, D]` in `gate`'s dtype.
+pub(crate) fn gated_add(
+    fine: Option<(&CudaStorage, &Layout)>,
+    (gate, gl): (&CudaStorage, &Layout),
+    (coarse, cl): (&CudaStorage, &Layout),
+    layout: &Arc<BlockLayout>,
+) -> Result<(CudaStorage, Shape)> {
+    let (b, h, s, d) = gl.shape().dims4()?;
+    let nb = layout.num_blocks();
+    let fine_fits =
+        fine.is_none_or(|(f, fl)| fl.shape() == gl.shape() && f.dtype() == gate.dtype());
+    if !fine_fits
+        || cl.shape().dims4()? != (b, h, nb, d)
+        || !cl.is_contiguous()
+        || coarse.dtype() != DType::F32
+        || d % 8 != 0
+        || layout.tokens() != s
+    {
+        candle_core::bail!(
+            "gated add: gate {:?}, coarse {:?} f32 over {nb} blocks and fine do not fit",
+            gl.shape(),
+            cl.shape()
+        )
+    }
+    let dev = gate.device().clone();
+    let (fp, fs) = match fine {
+        Some((f, fl)) => view(f, fl)?,
+        None => (0, [0; 3]),
+    };
+    let (gp, gs) = view(gate, gl)?;
+    let cp = storage_ptr(coarse, cl)?;
+    let strides_aligned = fs.iter().chain(&gs).all(|x| x % 8 == 0);
+    vdit_core::cuda::check_aligned(&[fp, gp, cp], "gated add")?;
+    if !strides_aligned {
+        candle_core::bail!("gated add: token rows must start 16-byte aligned")
+    }
+    let block_of = block_of_on(&dev, layout)?;
+    let (out, op) = output(&dev, gate.dtype(), b * s * h * d)?;
+    let vectors = b * h * s * d / 8; // the elements of an existing tensor, / 8
+    let Ok(grid) = u32::try_from(vectors.div_ceil(256)) else {
+        candle_core::bail!("gated add: {vectors} vectors exceed one launch")
+    };
+    let vectors = vectors as i64;
+    let (bp, s32, h32, nb32, d32) = (
+        ptr(&dev, &block_of),
+        s as i32,
+        h as i32,
+        nb as i32,
+        d as i32,
+    );
+    let func = POOL.function(&dev, &format!("gated_add_{}", dtype_suffix(gate.dtype())?))?;
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    builder
+        .arg(&fp)
+        .arg(&fs[0])
+        .arg(&fs[1])
+        .arg(&fs[2])
+        .arg(&gp)
+        .arg(&gs[0])
+        .arg(&gs[1])
+        .arg(&gs[2])
+        .arg(&cp)
+        .arg(&bp)
+        .arg(&op)
+        .arg(&s32)
+        .arg(&h32)
+        .arg(&nb32)
+        .arg(&d32)
+        .arg(&vectors);
+    let cfg = LaunchConfig {
+        grid_dim: (grid.max(1), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `gated_add_*`; shapes and alignment checked above; the output
+    // holds B x S x H x D elements, each written once.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok((out, Shape::from((b, s, h, d))))
+}
