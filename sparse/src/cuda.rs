@@ -8,7 +8,7 @@ use crate::op::ForwardKernel;
 use crate::plan::{KeyBlocks, SparsePlan};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor};
@@ -163,8 +163,12 @@ pub(crate) fn layout_on(dev: &CudaDevice, layout: &Arc<BlockLayout>) -> Result<A
     })
 }
 
+/// A `[B, H, S, D]` view as the kernels take it: the device address of its first element and
+/// its (batch, head, token) strides in elements (the channel stride is 1).
+pub(crate) type View = (u64, [i64; 3]);
+
 /// Device address of a tensor view's first element and its (batch, head, token) strides.
-pub(crate) fn view(s: &CudaStorage, l: &Layout) -> Result<(u64, [i64; 3])> {
+pub(crate) fn view(s: &CudaStorage, l: &Layout) -> Result<View> {
     let stride = l.stride();
     if stride.len() != 4 || stride[3] != 1 {
         candle_core::bail!(
@@ -178,8 +182,23 @@ pub(crate) fn view(s: &CudaStorage, l: &Layout) -> Result<(u64, [i64; 3])> {
 }
 
 /// Device address of a CUDA tensor view's first element and its (batch, head, token) strides.
-pub(crate) fn tensor_view(t: &Tensor) -> Result<(u64, [i64; 3])> {
+pub(crate) fn tensor_view(t: &Tensor) -> Result<View> {
     with_storage(t, view)
+}
+
+/// True when every token row of a 16-bit view starts 16-byte aligned, as kernels that move
+/// 16-byte vectors need.
+pub(crate) fn rows_16_byte_aligned((base, strides): &View) -> bool {
+    base % 16 == 0 && strides.iter().all(|s| s % 8 == 0)
+}
+
+/// Pushes a view as the kernels take it: its address, then its batch, head and token strides.
+pub(crate) fn arg_view<'a>(builder: &mut LaunchArgs<'a>, (base, strides): &'a View) {
+    builder
+        .arg(base)
+        .arg(&strides[0])
+        .arg(&strides[1])
+        .arg(&strides[2]);
 }
 
 /// Key lists of a plan for the kernel, and whatever keeps their device buffers alive.

@@ -80,7 +80,8 @@ impl candle_core::CustomOp1 for BlockMeans {
 
 /// Each token's row of its block, `[B, H, S, D]` for `x: [B, H, blocks, D]` (how VSA's coarse
 /// output reaches the tokens). Differentiable: the backward sums each block's token gradients
-/// with [`block_means`] rather than a scatter-add (which candle runs one thread per channel).
+/// (one block-sum kernel on the GPU, [`block_means`] times the sizes on the CPU) rather than a
+/// scatter-add (which candle runs one thread per channel).
 pub fn spread_to_tokens(x: &Tensor, layout: &Arc<BlockLayout>) -> Result<Tensor> {
     x.apply_op2(
         &block_index(layout, x.device())?,
@@ -163,8 +164,9 @@ pub fn add_gated_blocks(
         && matches!(fine.dtype(), DType::BF16 | DType::F16)
         && gate.dtype() == fine.dtype()
         && fine.dim(3)? % 8 == 0
-        && rows_aligned(fine)
-        && rows_aligned(gate)
+        && [fine, gate].iter().all(|t| {
+            crate::cuda::tensor_view(t).is_ok_and(|v| crate::cuda::rows_16_byte_aligned(&v))
+        })
     {
         let coarse = coarse.to_dtype(DType::F32)?.contiguous()?;
         let op = GatedAdd {
@@ -174,16 +176,6 @@ pub fn add_gated_blocks(
     }
     let gated = (spread_to_tokens(coarse, layout)? * gate.to_dtype(DType::F32)?)?;
     (fine.to_dtype(DType::F32)? + gated)?.to_dtype(fine.dtype())
-}
-
-/// True when every token row of a 16-bit `[B, H, S, D]` view starts 16-byte aligned (the
-/// gated-add kernel moves 16-byte vectors).
-#[cfg(feature = "cuda")]
-fn rows_aligned(t: &Tensor) -> bool {
-    let l = t.layout();
-    l.stride()[3] == 1
-        && l.stride()[..3].iter().all(|x| x.is_multiple_of(8))
-        && l.start_offset().is_multiple_of(8)
 }
 
 /// The GPU kernel of [`add_gated_blocks`] as a candle operation; its output is `[B, S, H, D]`.
@@ -239,13 +231,7 @@ impl candle_core::CustomOp3 for GatedAdd {
                 crate::pool_cuda::gated_add(None, (gs, gl), (cs, cl), &self.layout)
             })
         })?;
-        let d_gate = Tensor::from_storage(
-            candle_core::Storage::Cuda(storage),
-            shape,
-            candle_core::op::BackpropOp::none(),
-            false,
-        )
-        .transpose(1, 2)?;
+        let d_gate = vdit_core::cuda::untracked_tensor(storage, shape).transpose(1, 2)?;
         let d_coarse =
             crate::pool_cuda::block_sums(&g, Some(&gate.to_dtype(g.dtype())?), &self.layout)?;
         Ok((

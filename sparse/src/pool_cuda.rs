@@ -1,14 +1,16 @@
 //! The pooling kernels of `kernels/pool.cu` on the host: per-block sums and means of token
 //! rows (VSA's cubes, VMoBA's chunk keys), their way back to tokens, and VSA's gated output.
 
-use crate::cuda::{block_of_on, layout_on, view};
+use crate::cuda::{arg_view, block_of_on, layout_on, rows_16_byte_aligned, view};
 use crate::layout::BlockLayout;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
-use vdit_core::cuda::{dtype_suffix, output, ptr, storage_ptr, tensor_ptr, with_storage, Module};
+use vdit_core::cuda::{
+    dtype_suffix, output, ptr, storage_ptr, tensor_ptr, untracked_tensor, with_storage, Module,
+};
 
 const POOL: Module = vdit_core::kernel_module!("pool");
 
@@ -22,9 +24,14 @@ pub(crate) fn block_reduce(
     layout: &Arc<BlockLayout>,
 ) -> Result<(CudaStorage, Shape)> {
     let (b, h, _, d) = l.shape().dims4()?;
+    // One thread per channel and token lane: D x L threads, at most 1024 (the kernel's
+    // shared partial sums).
+    if d == 0 || d > 1024 {
+        candle_core::bail!("block sums: head dim {d} is outside 1..=1024")
+    }
     let dev = s.device().clone();
-    let (x, strides) = view(s, l)?;
-    let (yp, ys) = match y {
+    let x = view(s, l)?;
+    let y = match y {
         Some((ys, yl)) => {
             if yl.shape() != l.shape() || ys.dtype() != s.dtype() {
                 candle_core::bail!("block sums: the factors differ in shape or dtype")
@@ -46,15 +53,9 @@ pub(crate) fn block_reduce(
     );
     let (mean32, h32, nb32, d32) = (mean as i32, h as i32, nb as i32, d as i32);
     let mut builder = stream.launch_builder(&func);
+    arg_view(&mut builder, &x);
+    arg_view(&mut builder, &y);
     builder
-        .arg(&x)
-        .arg(&strides[0])
-        .arg(&strides[1])
-        .arg(&strides[2])
-        .arg(&yp)
-        .arg(&ys[0])
-        .arg(&ys[1])
-        .arg(&ys[2])
         .arg(&mean32)
         .arg(&order)
         .arg(&starts)
@@ -62,11 +63,6 @@ pub(crate) fn block_reduce(
         .arg(&h32)
         .arg(&nb32)
         .arg(&d32);
-    // One thread per channel and token lane: D x L threads, at most 1024 (the kernel's
-    // shared partial sums).
-    if d == 0 || d > 1024 {
-        candle_core::bail!("block sums: head dim {d} is outside 1..=1024")
-    }
     let cfg = LaunchConfig {
         grid_dim: (nb as u32, (b * h) as u32, 1),
         block_dim: (d as u32, (1024 / d) as u32, 1),
@@ -93,12 +89,7 @@ pub(crate) fn block_sums(
         }),
         None => block_reduce((s, l), None, false, layout),
     })?;
-    Ok(Tensor::from_storage(
-        candle_core::Storage::Cuda(storage),
-        shape,
-        candle_core::op::BackpropOp::none(),
-        false,
-    ))
+    Ok(untracked_tensor(storage, shape))
 }
 
 /// Each token's row of its block, `[B, H, S, D]` contiguous in `dtype`, for block rows
@@ -186,17 +177,16 @@ pub(crate) fn gated_add(
         )
     }
     let dev = gate.device().clone();
-    let (fp, fs) = match fine {
+    let fine = match fine {
         Some((f, fl)) => view(f, fl)?,
         None => (0, [0; 3]),
     };
-    let (gp, gs) = view(gate, gl)?;
-    let cp = storage_ptr(coarse, cl)?;
-    let strides_aligned = fs.iter().chain(&gs).all(|x| x % 8 == 0);
-    vdit_core::cuda::check_aligned(&[fp, gp, cp], "gated add")?;
-    if !strides_aligned {
+    let gate_view = view(gate, gl)?;
+    if !rows_16_byte_aligned(&fine) || !rows_16_byte_aligned(&gate_view) {
         candle_core::bail!("gated add: token rows must start 16-byte aligned")
     }
+    let cp = storage_ptr(coarse, cl)?;
+    vdit_core::cuda::check_aligned(&[cp], "gated add")?;
     let block_of = block_of_on(&dev, layout)?;
     let (out, op) = output(&dev, gate.dtype(), b * s * h * d)?;
     let vectors = b * h * s * d / 8; // the elements of an existing tensor, / 8
@@ -214,15 +204,9 @@ pub(crate) fn gated_add(
     let func = POOL.function(&dev, &format!("gated_add_{}", dtype_suffix(gate.dtype())?))?;
     let stream = dev.cuda_stream();
     let mut builder = stream.launch_builder(&func);
+    arg_view(&mut builder, &fine);
+    arg_view(&mut builder, &gate_view);
     builder
-        .arg(&fp)
-        .arg(&fs[0])
-        .arg(&fs[1])
-        .arg(&fs[2])
-        .arg(&gp)
-        .arg(&gs[0])
-        .arg(&gs[1])
-        .arg(&gs[2])
         .arg(&cp)
         .arg(&bp)
         .arg(&op)

@@ -211,13 +211,17 @@ pub fn output(dev: &CudaDevice, dtype: DType, n: usize) -> Result<(CudaStorage, 
 /// its address; the kernel that gets it must write every element.
 pub fn output_tensor(dev: &CudaDevice, dtype: DType, dims: &[usize]) -> Result<(Tensor, u64)> {
     let (storage, p) = output(dev, dtype, dims.iter().product())?;
-    let tensor = Tensor::from_storage(
+    Ok((untracked_tensor(storage, dims), p))
+}
+
+/// A contiguous tensor of `shape` over a kernel's output storage, outside any graph.
+pub fn untracked_tensor(storage: CudaStorage, shape: impl Into<candle_core::Shape>) -> Tensor {
+    Tensor::from_storage(
         Storage::Cuda(storage),
-        dims,
+        shape,
         candle_core::op::BackpropOp::none(),
         false,
-    );
-    Ok((tensor, p))
+    )
 }
 
 /// Fails unless every address is 16-byte aligned (for kernels that move 16-byte vectors).

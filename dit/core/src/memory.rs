@@ -11,21 +11,12 @@ pub fn gib(bytes: u64) -> f64 {
 /// Forgets the high-water mark of `device`'s memory pool (no-op on the CPU).
 pub fn reset_peak(device: &Device) -> Result<()> {
     #[cfg(feature = "cuda")]
-    if let Device::Cuda(_) = device {
-        let pool = pool(device)?;
-        let mut zero: u64 = 0;
-        // SAFETY: a valid pool; the attribute takes a u64.
-        unsafe {
-            pools::set_attribute(
-                pool,
-                Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                (&mut zero as *mut u64).cast(),
-            )
-        }
-        .map_err(candle_core::Error::wrap)?;
+    return set_pool_u64(device, Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        Ok(())
     }
-    let _ = device;
-    Ok(())
 }
 
 /// Keeps memory freed to `device`'s pool for later allocations instead of handing it back to
@@ -34,21 +25,12 @@ pub fn reset_peak(device: &Device) -> Result<()> {
 /// millisecond per call at the Wan 1.3B shape). No-op on the CPU.
 pub fn retain_freed_memory(device: &Device) -> Result<()> {
     #[cfg(feature = "cuda")]
-    if let Device::Cuda(_) = device {
-        let pool = pool(device)?;
-        let mut keep = u64::MAX;
-        // SAFETY: a valid pool; the release threshold is a u64.
-        unsafe {
-            pools::set_attribute(
-                pool,
-                Attr::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                (&mut keep as *mut u64).cast(),
-            )
-        }
-        .map_err(candle_core::Error::wrap)?;
+    return set_pool_u64(device, Attr::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, u64::MAX);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        Ok(())
     }
-    let _ = device;
-    Ok(())
 }
 
 /// Bytes at the high-water mark since the last reset (`None` on the CPU).
@@ -85,9 +67,10 @@ pub fn available_bytes(device: &Device) -> Result<Option<u64>> {
                 .context()
                 .mem_get_info()
                 .map_err(candle_core::Error::wrap)?;
-            let reserved = pool_bytes(device, Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
-            let used = pool_bytes(device, Attr::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
-            let idle = reserved.unwrap_or(0).saturating_sub(used.unwrap_or(0));
+            device.synchronize()?;
+            let reserved = pool_u64(device, Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
+            let idle =
+                reserved.saturating_sub(pool_u64(device, Attr::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?);
             Ok(Some((free as u64).saturating_add(idle)))
         }
         Device::Cpu => Ok(std::fs::read_to_string("/proc/meminfo")
@@ -124,12 +107,31 @@ fn pool_bytes(device: &Device, attribute: Attr) -> Result<Option<u64>> {
         return Ok(None);
     };
     device.synchronize()?;
+    pool_u64(device, attribute).map(Some)
+}
+
+/// A u64 attribute of `device`'s pool (the byte counts and the release threshold), as it
+/// stands now.
+#[cfg(feature = "cuda")]
+fn pool_u64(device: &Device, attribute: Attr) -> Result<u64> {
     let pool = pool(device)?;
     let mut value: u64 = 0;
-    // SAFETY: a valid pool; both byte-count attributes are u64.
+    // SAFETY: a valid pool; these attributes are u64.
     unsafe { pools::get_attribute(pool, attribute, (&mut value as *mut u64).cast()) }
         .map_err(candle_core::Error::wrap)?;
-    Ok(Some(value))
+    Ok(value)
+}
+
+/// Sets a u64 attribute of `device`'s pool (no-op off CUDA).
+#[cfg(feature = "cuda")]
+fn set_pool_u64(device: &Device, attribute: Attr, mut value: u64) -> Result<()> {
+    let Device::Cuda(_) = device else {
+        return Ok(());
+    };
+    let pool = pool(device)?;
+    // SAFETY: a valid pool; these attributes are u64.
+    unsafe { pools::set_attribute(pool, attribute, (&mut value as *mut u64).cast()) }
+        .map_err(candle_core::Error::wrap)
 }
 
 #[cfg(feature = "cuda")]

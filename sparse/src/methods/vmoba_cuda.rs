@@ -7,7 +7,9 @@
 //! pair counts per (head, chunk), to size the pair buffers.
 
 use super::vmoba::Budget;
-use crate::cuda::{block_of_on, launch_forward, layout_on, tensor_view, AttnParams};
+use crate::cuda::{
+    arg_view, block_of_on, launch_forward, layout_on, rows_16_byte_aligned, tensor_view, AttnParams,
+};
 use crate::layout::BlockLayout;
 use crate::op::ForwardKernel;
 use crate::pool::block_means;
@@ -15,10 +17,9 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::WrapErr;
-use candle_core::op::BackpropOp;
-use candle_core::{CudaDevice, CudaStorage, DType, Device, IndexOp, Result, Storage, Tensor};
+use candle_core::{CudaDevice, CudaStorage, DType, Device, IndexOp, Result, Tensor};
 use std::sync::Arc;
-use vdit_core::cuda::{dtype_suffix, ptr, tensor_ptr, Module};
+use vdit_core::cuda::{dtype_suffix, ptr, tensor_ptr, untracked_tensor, Module};
 
 const VMOBA: Module = vdit_core::kernel_module!("vmoba");
 /// Most chunks the selection kernel takes (each of its four warps keeps a row of scores in
@@ -118,8 +119,7 @@ pub(crate) fn vmoba_forward(
             }
         }
     }
-    let storage = Storage::Cuda(out.into_storage(dev));
-    let t = Tensor::from_storage(storage, (b, s, h, d), BackpropOp::none(), false);
+    let t = untracked_tensor(out.into_storage(dev), (b, s, h, d));
     Ok((t.transpose(1, 2)?, pairs))
 }
 
@@ -132,8 +132,8 @@ fn widen_queries(
     heads: std::ops::Range<usize>,
 ) -> Result<Tensor> {
     let (_, _, s, d) = q.dims4()?;
-    let (base, strides) = tensor_view(q)?;
-    if d % 8 != 0 || strides.iter().any(|x| x % 8 != 0) || base % 16 != 0 {
+    let queries = tensor_view(q)?;
+    if d % 8 != 0 || !rows_16_byte_aligned(&queries) {
         return q.i((b, heads))?.detach().to_dtype(DType::F32);
     }
     let (g, n) = (heads.len(), heads.len() * s * d);
@@ -144,11 +144,8 @@ fn widen_queries(
     let func = function(dev, &format!("widen_rows_{}", dtype_suffix(q.dtype())?))?;
     let stream = dev.cuda_stream();
     let mut builder = stream.launch_builder(&func);
+    arg_view(&mut builder, &queries);
     builder
-        .arg(&base)
-        .arg(&strides[0])
-        .arg(&strides[1])
-        .arg(&strides[2])
         .arg(&b32)
         .arg(&h32)
         .arg(&s32)
@@ -159,13 +156,8 @@ fn widen_queries(
     // SAFETY: arguments match `widen_rows_*`; rows are 16-byte aligned (checked above) and
     // heads `b, heads` lie inside q; `out` holds heads x S x D floats.
     unsafe { builder.launch(cfg) }.w()?;
-    let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev.clone()));
-    Ok(Tensor::from_storage(
-        storage,
-        (g, s, d),
-        BackpropOp::none(),
-        false,
-    ))
+    let storage = CudaStorage::wrap_cuda_slice(out, dev.clone());
+    Ok(untracked_tensor(storage, (g, s, d)))
 }
 
 /// A copy of device counts as a u32 tensor of `shape`.
@@ -177,13 +169,8 @@ fn counts_tensor(
     // SAFETY: the copy below writes every element.
     let mut copy = unsafe { dev.alloc::<u32>(counts.len())? };
     dev.memcpy_dtod(counts, &mut copy)?;
-    let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(copy, dev.clone()));
-    Ok(Tensor::from_storage(
-        storage,
-        shape,
-        BackpropOp::none(),
-        false,
-    ))
+    let storage = CudaStorage::wrap_cuda_slice(copy, dev.clone());
+    Ok(untracked_tensor(storage, shape))
 }
 
 /// The output buffer, `[B, S, H, D]` in the inputs' dtype.

@@ -9,7 +9,6 @@ use super::collective::{Collective, GroupHealth};
 use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaSlice, DeviceRepr};
 use candle_core::cuda_backend::cudarc::nccl::safe::{group_end, group_start, Comm, NcclType};
 use candle_core::cuda_backend::CudaDType;
-use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Result, Storage, Tensor};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -276,12 +275,7 @@ impl NcclGroup {
     fn tensor<T: CudaDType>(&self, out: Mutex<CudaSlice<T>>, dims: &[usize]) -> Result<Tensor> {
         let slice = out.into_inner().unwrap_or_else(|e| e.into_inner());
         let storage = CudaStorage::wrap_cuda_slice(slice, self.device.clone());
-        Ok(Tensor::from_storage(
-            Storage::Cuda(storage),
-            dims,
-            BackpropOp::none(),
-            false,
-        ))
+        Ok(crate::cuda::untracked_tensor(storage, dims))
     }
 
     fn check(&self, x: &Tensor, what: &str) -> Result<Tensor> {
