@@ -66,6 +66,7 @@ for step in "$@"; do
       # Kernel times by name (Nsight Compute, one metric, boost clocks) over the first
       # PROFILE_LAUNCHES launches (default 600) of `vdit bench attention --case C` for each C in
       # PROFILE_CASES (default vsa vmoba).
+      rm -f "$WORK/profile.md"
       for c in ${PROFILE_CASES:-vsa vmoba}; do
         /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --csv --clock-control none \
           --launch-count "${PROFILE_LAUNCHES:-600}" .gpu/vdit bench attention --case "$c" --runs 1 \

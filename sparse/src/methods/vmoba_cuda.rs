@@ -3,8 +3,9 @@
 //! them into 64- or 128-query work tiles; the attention kernel runs in its gathered mode (one partial
 //! output and log-sum-exp per pair) and a merge kernel combines each query's partials exactly.
 //! Forward only: training takes the plan path, whose backward exists. Heads run in groups so
-//! that scores and partial outputs stay within a memory budget; the host reads back only the
-//! pair counts per (head, chunk), to size the pair buffers.
+//! that scores and partial outputs stay within a memory budget. The top-k rule runs without a
+//! read-back (its pairs per head are known); the share rule reads back the pair counts per
+//! (head, chunk), to size the pair buffers.
 
 use super::vmoba::Budget;
 use crate::cuda::{
