@@ -58,7 +58,9 @@ for f in .gpu/*; do
   strip "$f"
 done
 # The Hopper attention kernels, for gpu_run.sh's check of their machine code (sass step).
-sm90=$(ls -t "$CARGO_TARGET_DIR"/release/build/sparse-*/out/attention_fwd_sm90.fatbin | head -1)
-cp "$sm90" .gpu/
+for kernels in attention_fwd_sm90 attention_bwd_sm90; do
+  sm90=$(ls -t "$CARGO_TARGET_DIR"/release/build/sparse-*/out/$kernels.fatbin | head -1)
+  cp "$sm90" .gpu/
+done
 xz -9 -T0 .gpu/*
 ls -la .gpu

@@ -13,6 +13,7 @@ fn main() {
         .kernel("attention_fwd", Target::Portable)
         .kernel("attention_fwd_sm90", Target::Hopper)
         .kernel("attention_bwd", Target::Portable)
+        .kernel("attention_bwd_sm90", Target::Hopper)
         .kernel("topk", Target::Portable)
         .kernel("pool", Target::Portable)
         .kernel("vmoba", Target::Portable)

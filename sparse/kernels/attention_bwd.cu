@@ -9,60 +9,11 @@
 // partial blocks exactly as the forward's key streams do (attention_params.cuh), in double-
 // buffered tiles. Where query blocks are too small to fill a CTA (VMoBA's one-token blocks),
 // the dk/dv pass also adds each tile's dS K into dq with atomics, and no dq pass runs.
-// Gradients are f32, [B, H, S, D] contiguous.
+// Gradients are [B, H, S, D] contiguous, in the inputs' type (f32 where dq is added by
+// atomics). Also here: delta = rowsum(dout * out), which both passes read.
 #include "attention_params.cuh"
+#include "bwd_params.cuh"
 #include "common.cuh"
-
-struct BwdParams {
-  const void* q;
-  const void* k;
-  const void* v;
-  const void* dout;
-  long long q_strides[3];
-  long long k_strides[3];
-  long long v_strides[3];
-  long long o_strides[3];
-  const float* lse;    // [B * H, S] (natural log)
-  const float* delta;  // [B * H, S]: sum over channels of dout * out
-  float* dq;           // [B, H, S, D]
-  float* dk;           // [B, H, SK, D]
-  float* dv;
-  const uint32_t* q_order;
-  const uint32_t* q_starts;
-  const uint32_t* k_order;
-  const uint32_t* k_starts;
-  const uint32_t* offsets;  // CSR: (b*H+h)*nqb + qb -> key blocks (dq pass) or
-  const uint32_t* indices;  //      (b*H+h)*nkb + kb -> query blocks (dk/dv pass)
-  int b, h, s, sk;  // s query tokens, sk key tokens
-  int q_per_head, k_per_head;
-  int rows_blocks;  // nqb for the dq pass, nkb for the dk/dv pass
-  int row_chunks;   // 64-row chunks of the largest row block: CTA x = block * row_chunks + chunk
-  int all_cols;     // > 0: every row block runs against all `all_cols` column blocks (no lists)
-  int uniform_cols;  // > 0: every list has this length and `offsets` is unused
-  float scale;
-};
-#include "abi/BwdParams.h"  // checks the layout against sparse/src/kernel_params.rs
-
-constexpr float LOG2E = 1.4426950408889634f;
-
-// The column side of a pass seen as a forward kernel's key side, so that the key-stream walk
-// and tile copies of attention_params.cuh serve it: blocks, lists, and the two column tensors
-// (K and V for the dq pass, Q and dO for the dk/dv pass) in the K and V places.
-template <bool KV>
-__device__ __forceinline__ AttnParams column_view(const BwdParams& p) {
-  AttnParams c = {};
-  c.k_starts = KV ? p.q_starts : p.k_starts;
-  c.offsets = p.offsets;
-  c.indices = p.indices;
-  c.all_keys = p.all_cols;
-  c.uniform_k = p.uniform_cols;
-#pragma unroll
-  for (int i = 0; i < 3; ++i) {
-    c.k_strides[i] = KV ? p.q_strides[i] : p.k_strides[i];
-    c.v_strides[i] = KV ? p.o_strides[i] : p.v_strides[i];
-  }
-  return c;
-}
 
 // Row stride (elements) of the dk/dv pass's dS tile in shared memory: padded so that
 // ldmatrix's eight 16-byte rows fall in distinct banks.
@@ -74,7 +25,7 @@ template <int BC> __host__ __device__ constexpr int ds_stride() { return BC + 8;
 template <typename T, int D, int BC>
 __device__ __forceinline__ void add_dq_tile(const BwdParams& p, const T* ds, const T* k, const uint32_t* tok, int cols,
                                             int bh) {
-  constexpr int CH = D / 8, RM = 64;
+  constexpr int CH = D / 8, RM = BWD_ROWS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int q0 = (warp & 1) * 16, c0 = (warp >> 1) * (D / 2);
   float acc[D / 16][4];
@@ -97,7 +48,7 @@ __device__ __forceinline__ void add_dq_tile(const BwdParams& p, const T* ds, con
   for (int half = 0; half < 2; ++half) {
     const int c = q0 + (lane >> 2) + half * 8;
     if (c >= cols) continue;
-    float* dst = p.dq + ((size_t)bh * p.s + tok[c]) * D + c0 + (lane & 3) * 2;
+    float* dst = reinterpret_cast<float*>(p.dq) + ((size_t)bh * p.s + tok[c]) * D + c0 + (lane & 3) * 2;
 #pragma unroll
     for (int nt = 0; nt < D / 16; ++nt) {
       atomicAdd(dst + nt * 8, acc[nt][half * 2] * p.scale);
@@ -111,7 +62,7 @@ __device__ __forceinline__ void add_dq_tile(const BwdParams& p, const T* ds, con
 // dS K into dq.
 template <typename T, int D, int BC, bool KV, bool DQ_ATOMIC>
 __device__ __forceinline__ void bwd_pass(const BwdParams& p) {
-  constexpr int RM = 64, CH = D / 8, THREADS = 128;
+  constexpr int RM = BWD_ROWS, CH = D / 8, THREADS = 128;
   static_assert(!DQ_ATOMIC || (KV && BC == 32), "dq by atomics: dk/dv pass, 32-column tiles (2 x 2 warps)");
   using Rows = TileRows<BC, CH, THREADS>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -124,22 +75,17 @@ __device__ __forceinline__ void bwd_pass(const BwdParams& p) {
   uint32_t* sTok = reinterpret_cast<uint32_t*>(sDelta + 2 * BC);  // dk/dv pass: columns' tokens
   T* sDS = reinterpret_cast<T*>(sTok + 2 * BC);                    // DQ_ATOMIC: dS^T, RM x BC
 
-  const int bh = blockIdx.y, b = bh / p.h, h = bh % p.h;
-  const int blk = blockIdx.x / p.row_chunks, chunk = blockIdx.x % p.row_chunks;
+  const RowChunk rc = row_chunk<KV>(p);
+  const int bh = rc.bh, blk = rc.blk, first = rc.first, nr = rc.nr;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const uint32_t* row_starts = KV ? p.k_starts : p.q_starts;
-  const int first = (int)row_starts[blk] + chunk * RM;
-  const int nr = min(RM, (int)row_starts[blk + 1] - first);
   if (nr <= 0) return;
 
-  const uint32_t* q_ord = p.q_order + (p.q_per_head ? (size_t)h * p.s : 0);
-  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)h * p.sk : 0);
-  const uint32_t* row_ord = KV ? k_ord : q_ord;
-  const uint32_t* col_ord = KV ? q_ord : k_ord;
-  const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
-  const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
-  const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
-  const T* dout = reinterpret_cast<const T*>(p.dout) + b * p.o_strides[0] + h * p.o_strides[1];
+  const uint32_t* row_ord = rc.ord;
+  const uint32_t* col_ord = column_order<KV>(p, rc.h);
+  const T* q = head_base<T>(p.q, p.q_strides, rc.b, rc.h);
+  const T* k = head_base<T>(p.k, p.k_strides, rc.b, rc.h);
+  const T* v = head_base<T>(p.v, p.v_strides, rc.b, rc.h);
+  const T* dout = head_base<T>(p.dout, p.o_strides, rc.b, rc.h);
   const float* lse = p.lse + (size_t)bh * p.s;
   const float* delta = p.delta + (size_t)bh * p.s;
 
@@ -303,21 +249,12 @@ __device__ __forceinline__ void bwd_pass(const BwdParams& p) {
     rows = next_rows;
   }
 
-  // Rows in natural token order: dq (or dk) scaled by the softmax scale, and dv.
-  float* g1 = (KV ? p.dk : p.dq) + (size_t)bh * (KV ? p.sk : p.s) * D;
-  float* g2 = p.dv + (size_t)bh * p.sk * D;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = warp * 16 + (lane >> 2) + half * 8;
-    if (r >= nr) continue;
-    const size_t at = (size_t)row_ord[first + r] * D + (lane & 3) * 2;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      *reinterpret_cast<float2*>(g1 + at + dt * 8) =
-          make_float2(acc1[dt][half * 2] * p.scale, acc1[dt][half * 2 + 1] * p.scale);
-      if (KV) *reinterpret_cast<float2*>(g2 + at + dt * 8) = make_float2(acc2[dt][half * 2], acc2[dt][half * 2 + 1]);
-    }
-  }
+  // Rows in natural token order: dq (or dk) scaled by the softmax scale, and dv; f32 with dq by
+  // atomics, the inputs' type otherwise.
+  using G = std::conditional_t<DQ_ATOMIC, float, T>;
+  G* g1 = reinterpret_cast<G*>(KV ? p.dk : p.dq) + (size_t)bh * (KV ? p.sk : p.s) * D;
+  G* g2 = reinterpret_cast<G*>(p.dv) + (size_t)bh * p.sk * D;
+  store_row_grads<G, D, KV>(g1, g2, &acc1[0][0], &acc2[0][0], p.scale, row_ord, first, nr);
 }
 
 // 64-column tiles, but 32 where the dk/dv pass also adds dq (its dS tile is split 2 x 2 over
@@ -336,3 +273,40 @@ INSTANTIATE_BWD(__nv_bfloat16, bf16, 64)
 INSTANTIATE_BWD(__nv_bfloat16, bf16, 128)
 INSTANTIATE_BWD(__half, f16, 64)
 INSTANTIATE_BWD(__half, f16, 128)
+
+// delta[(b * H + h) * S + s] = sum over channels of x[b, h, s, :] * y[b, h, s, :] (f32), for
+// views with unit channel stride whose rows start 16-byte aligned: D / 8 threads per row, one
+// 16-byte vector each.
+template <typename T, int D>
+__device__ __forceinline__ void row_dots(const T* x, long long xb, long long xh, long long xs, const T* y,
+                                         long long yb, long long yh, long long ys, float* delta, int h, int s,
+                                         long long rows) {
+  constexpr int LANES = D / 8;
+  static_assert(32 % LANES == 0, "a row's lanes stay in one warp");
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x, r = i / LANES;
+  const int c = (int)(i % LANES) * 8;
+  float acc = 0.f;
+  if (r < rows) {
+    const long long bh = r / s, b = bh / h;
+    const int hh = (int)(bh % h), tok = (int)(r % s);
+    float a[8], bv[8];
+    load8(x + b * xb + hh * xh + tok * xs + c, a);
+    load8(y + b * yb + hh * yh + tok * ys + c, bv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc = fmaf(a[e], bv[e], acc);
+  }
+#pragma unroll
+  for (int o = LANES / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
+  if (r < rows && c == 0) delta[r] = acc;
+}
+
+#define INSTANTIATE_DELTA(T, NAME, D)                                                                       \
+  extern "C" __global__ void bsattn_bwd_delta_##NAME##_d##D(const T* x, long long xb, long long xh, long long xs, \
+                                                            const T* y, long long yb, long long yh, long long ys, \
+                                                            float* delta, int h, int s, long long rows) {     \
+    row_dots<T, D>(x, xb, xh, xs, y, yb, yh, ys, delta, h, s, rows);                                          \
+  }
+INSTANTIATE_DELTA(__nv_bfloat16, bf16, 64)
+INSTANTIATE_DELTA(__nv_bfloat16, bf16, 128)
+INSTANTIATE_DELTA(__half, f16, 64)
+INSTANTIATE_DELTA(__half, f16, 128)

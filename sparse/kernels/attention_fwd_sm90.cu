@@ -9,87 +9,29 @@
 // from registers, V read MN-major from the same tile layout as K), and the softmax of S runs
 // while the P V product is still on the tensor cores. Two consumers also take turns issuing
 // (named barriers), so that one's softmax runs while the other's products do.
-#include <type_traits>
-
 #include "attention_params.cuh"
 #include "common.cuh"
 #include "softmax.cuh"
 #include "sync_sm90.cuh"
-#include "wgmma.cuh"
-
-// Byte offset of 16-byte chunk `c` (of D/8) of row `r` in a tile of `rows` rows stored as D/64
-// column blocks of [rows][128 bytes], each 8-row atom 128-byte swizzled (wgmma's canonical
-// layout; tile bases are 1024-byte aligned).
-__device__ __forceinline__ int tile_off(int rows, int r, int c) {
-  return (c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4);
-}
-
-// One k16 step of S (+)= Q K^T for this type and key tile width.
-template <typename T, int BN>
-__device__ __forceinline__ void mma_qk(float* s, uint64_t a, uint64_t b, int accumulate) {
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    if constexpr (BN == 128) wgmma_ss_m64n128k16_bf16(s, a, b, accumulate);
-    else wgmma_ss_m64n64k16_bf16(s, a, b, accumulate);
-  } else {
-    if constexpr (BN == 128) wgmma_ss_m64n128k16_f16(s, a, b, accumulate);
-    else wgmma_ss_m64n64k16_f16(s, a, b, accumulate);
-  }
-}
-
-// One k16 step of O += P V for this type and head dim.
-template <typename T, int D>
-__device__ __forceinline__ void mma_pv(float* o, const uint32_t* a, uint64_t b) {
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    if constexpr (D == 128) wgmma_rs_m64n128k16_bf16(o, a, b, 1);
-    else wgmma_rs_m64n64k16_bf16(o, a, b, 1);
-  } else {
-    if constexpr (D == 128) wgmma_rs_m64n128k16_f16(o, a, b, 1);
-    else wgmma_rs_m64n64k16_f16(o, a, b, 1);
-  }
-}
+#include "tiles_sm90.cuh"
 
 // Named barriers: the consumers' query tile is in shared memory; consumer c's turn to issue.
 constexpr int BAR_Q_READY = 1, BAR_TURN = 2;
 
-// Keeps the registers of an RS wgmma's A operand alive (unreused) until this point: the tensor
-// cores read them after the instruction has issued.
-__device__ __forceinline__ void wg_keep(const uint32_t (&a)[4]) {
-  asm volatile("" ::"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]) : "memory");
-}
-
-// Issues S = Q K^T for consumer c's 64 rows over the head dim, 16 channels per wgmma (32 bytes
-// inside a swizzle atom), as one commit group.
+// Issues S = Q K^T for consumer c's 64 rows as one commit group.
 template <typename T, int D, int BM, int BN>
 __device__ __forceinline__ void issue_qk(float* s, const unsigned char* sQ, const unsigned char* tk, int c) {
   wg_fence();
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    const int block = kk >> 2, within = (kk & 3) * 32;
-    const uint64_t da = smem_desc(sQ + block * BM * 128 + c * 64 * 128 + within, 16, 1024);
-    const uint64_t db = smem_desc(tk + block * BN * 128 + within, 16, 1024);
-    mma_qk<T, BN>(s, da, db, kk > 0);
-  }
+  mma_ss_tile<T, D, BN>(s, sQ + c * 64 * 128, BM, tk);
   wg_commit();
 }
 
-// Issues O += P V (P's register layout is wgmma's A layout, 16 keys per wgmma) as one commit
-// group.
+// Issues O += P V (P's register layout is wgmma's A layout) as one commit group.
 template <typename T, int D, int BN>
 __device__ __forceinline__ void issue_pv(float* o, const uint32_t (&a)[BN / 16][4], const unsigned char* tv) {
   wg_fence();
-#pragma unroll
-  for (int t = 0; t < BN / 16; ++t) mma_pv<T, D>(o, a[t], smem_desc(tv + t * 16 * 128, BN * 128, 1024));
+  mma_rs_tile<T, D, BN>(o, a, tv);
   wg_commit();
-}
-
-// P (probabilities in `s`) packed to T as wgmma A fragments.
-template <typename T, int BN>
-__device__ __forceinline__ void pack_p(uint32_t (&a)[BN / 16][4], const float* s) {
-#pragma unroll
-  for (int t = 0; t < BN / 16; ++t) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) a[t][i] = pack2<T>(s[8 * t + 2 * i], s[8 * t + 2 * i + 1]);
-  }
 }
 
 // Consumer c's turn to issue wgmmas (two consumers alternate), and the end of it: the other
@@ -103,41 +45,6 @@ __device__ __forceinline__ void turn_end(int c, bool more) {
   if constexpr (WG == 2) {
     if (c == 0 || more) named_arrive(BAR_TURN + (c ^ 1), 256);
   }
-}
-
-// The producer warpgroup: copies the key stream's K and V tiles into the ring, waiting for the
-// consumers to release a buffer before refilling it; the tile's row count goes to `tile_rows`
-// (negated for the stream's last tile). A tile's key tokens are looked up, and the next tile
-// found, before the wait.
-template <typename T, int D, int BN, int STAGES>
-__device__ __forceinline__ void produce_kv(const AttnParams& p, const QueryTile& qt, unsigned char* sK,
-                                           unsigned char* sV, int* tile_rows, uint64_t* full, uint64_t* empty) {
-  constexpr int CH = D / 8, KV_BYTES = BN * D * 2;
-  const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)qt.h * p.sk : 0);
-  const T* kbase = reinterpret_cast<const T*>(p.k) + qt.b * p.k_strides[0] + qt.h * p.k_strides[1];
-  const T* vbase = reinterpret_cast<const T*>(p.v) + qt.b * p.v_strides[0] + qt.h * p.v_strides[1];
-  auto off_kv = [](int r, int c) { return tile_off(BN, r, c); };
-  KeyStream cur = qt.keys;
-  int rows = 0;
-  KeyStream nxt = stream_advance(p, cur, BN, rows);
-  for (int j = 0; cur.item < cur.end; ++j) {
-    const int stage = j % STAGES;
-    uint32_t tok[TileRows<BN, CH, 128>::PER_THREAD];
-    tile_tokens<BN, CH, 128>(p, cur, rows, k_ord, tok);
-    int next_rows = 0;
-    const KeyStream after = stream_advance(p, nxt, BN, next_rows);
-    if (j >= STAGES) mbar_wait(&empty[stage], ((j / STAGES) & 1) ^ 1);
-    copy_kv_tile<T, BN, CH, 128>(p, tok, rows, kbase, vbase, sK + stage * KV_BYTES, sV + stage * KV_BYTES, off_kv);
-    mbar_arrive_after_copies(&full[stage]);
-    if (threadIdx.x == 0) {
-      tile_rows[stage] = nxt.item < nxt.end ? rows : -rows;
-      mbar_arrive(&full[stage]);
-    }
-    cur = nxt;
-    nxt = after;
-    rows = next_rows;
-  }
-  cp_async_wait<0>();
 }
 
 // Consumer warpgroup c: its 64 query rows against every tile of the key stream.
@@ -176,7 +83,7 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
     wg_wait<0>();
     wg_pin<BN / 2>(s);
     softmax_tile<BN>(s, abs(rows), p.scale_log2, m, l, alpha);
-    pack_p<T, BN>(a, s);
+    pack_a<T, BN>(a, s);
     int j = 1;
     for (; more; ++j) {
       const int stage = j % STAGES, prev = (j - 1) % STAGES;
@@ -193,17 +100,15 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
       softmax_tile<BN>(s, abs(rows), p.scale_log2, m, l, alpha);
       wg_wait<0>();
       wg_pin<D / 2>(o);
-#pragma unroll
-      for (int t = 0; t < BN / 16; ++t) wg_keep(a[t]);
+      wg_keep(a);
       if (lane == 0) mbar_arrive(&empty[prev]);
       rescale<D>(o, alpha);
-      pack_p<T, BN>(a, s);
+      pack_a<T, BN>(a, s);
     }
     issue_pv<T, D, BN>(o, a, sV + ((j - 1) % STAGES) * KV_BYTES);
     wg_wait<0>();
     wg_pin<D / 2>(o);
-#pragma unroll
-    for (int t = 0; t < BN / 16; ++t) wg_keep(a[t]);
+    wg_keep(a);
   }
 
   // Normalise and write rows (and the log-sum-exp) in natural token order, or to their pairs.
@@ -244,7 +149,11 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
   using Regs = RegisterSplit<WG>;
   if (threadIdx.x < 128) {
     regs_shrink<Regs::PRODUCER>();
-    produce_kv<T, D, BN, STAGES>(p, qt, sK, sV, tile_rows, full, empty);
+    const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)qt.h * p.sk : 0);
+    const T* kbase = reinterpret_cast<const T*>(p.k) + qt.b * p.k_strides[0] + qt.h * p.k_strides[1];
+    const T* vbase = reinterpret_cast<const T*>(p.v) + qt.b * p.v_strides[0] + qt.h * p.v_strides[1];
+    produce_tiles<T, D, BN, STAGES>(p, qt.keys, k_ord, kbase, vbase, sK, sV, tile_rows, full, empty,
+                                    [](int, const auto&, int) {});
   } else {
     regs_grow<Regs::CONSUMER>();
     consume<T, D, WG, BN, STAGES>(p, qt, (threadIdx.x >> 7) - 1, sQ, sK, sV, tile_rows, full, empty);

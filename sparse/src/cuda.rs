@@ -13,18 +13,21 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex, Weak};
-use vdit_core::cuda::{dtype_suffix, output, ptr, storage_ptr, tensor_ptr, with_storage, Module};
+use vdit_core::cuda::{
+    dtype_suffix, output, output_tensor, ptr, storage_ptr, tensor_ptr, with_storage, Module,
+};
 use vdit_core::kernel_module;
 
 const FWD: Module = kernel_module!("attention_fwd");
 const FWD_SM90: Module = kernel_module!("attention_fwd_sm90");
 const BWD: Module = kernel_module!("attention_bwd");
+const BWD_SM90: Module = kernel_module!("attention_bwd_sm90");
 const TOPK: Module = kernel_module!("topk");
 const LISTS_KERNELS: Module = kernel_module!("lists");
 
 /// Largest query block the forward kernels take (8 warps of 16 rows).
 const MAX_Q_BLOCK: usize = 128;
-/// Rows of one backward CTA (`RM` in attention_bwd.cu).
+/// Rows of one backward CTA (`BWD_ROWS` in bwd_params.cuh).
 const BWD_ROWS: usize = 64;
 /// Query rows per chunk of the uniform-list transpose (`lists.cu`).
 const LIST_CHUNK_ROWS: usize = 256;
@@ -34,6 +37,8 @@ const BWD_ATOMIC_DQ_BELOW: usize = 16;
 /// dq by atomics.
 const BWD_COLUMNS: usize = 64;
 const BWD_ATOMIC_DQ_COLUMNS: usize = 32;
+/// Column tiles in the ring of the Hopper backward's passes (`INSTANTIATE_BWD_SM90`).
+const BWD_SM90_STAGES: usize = 2;
 /// Longest row the sorting top-k kernel takes (for k above `SMALL_TOPK`).
 const MAX_TOPK_COLUMNS: usize = 4096;
 /// Largest k of the warp-per-row top-k kernel (`SMALL_K` in topk.cu).
@@ -369,7 +374,8 @@ pub(crate) fn launch_forward(
 pub(crate) struct SavedLse(pub(crate) Arc<CudaSlice<f32>>);
 
 /// Runs the backward kernels (recomputing the log-sum-exp unless `saved` has it); returns dq,
-/// dk, dv flattened one after the other (f32).
+/// dk, dv flattened one after the other, in the inputs' dtype (f32 where dq is added by
+/// atomics).
 pub(crate) fn attention_backward(
     plan: &Arc<SparsePlan>,
     inputs: [(&CudaStorage, &Layout); 3],
@@ -413,17 +419,23 @@ pub(crate) fn attention_backward(
         }
     };
     let (nq, nk) = (b * h * s * d, b * h * sk * d);
+    let len = nk
+        .checked_mul(2)
+        .and_then(|n| n.checked_add(nq))
+        .ok_or_else(|| candle_core::Error::Msg("attention backward: gradients too large".into()))?;
     // Query blocks too small to fill a CTA's rows: the dk/dv pass adds dq with atomics (into
-    // zeros), and no dq pass runs.
+    // f32 zeros), and no dq pass runs. Otherwise each pass writes every row of every block in
+    // the inputs' dtype, and the layouts' blocks cover every token (rows without columns get
+    // zeros), so the buffer needs no initialisation.
     let dq_by_atomics = plan.q_layout.tile() < BWD_ATOMIC_DQ_BELOW;
-    let packed = if dq_by_atomics {
-        dev.alloc_zeros::<f32>(nq + 2 * nk)?
+    let (packed, base, elem) = if dq_by_atomics {
+        let zeros = dev.alloc_zeros::<f32>(len)?;
+        let base = ptr(&dev, &zeros);
+        (CudaStorage::wrap_cuda_slice(zeros, dev.clone()), base, 4)
     } else {
-        // SAFETY: every element is written: each pass writes every row of every block, and the
-        // layouts' blocks cover every token (rows without columns get zeros).
-        unsafe { dev.alloc::<f32>(nq + 2 * nk) }?
+        let (storage, base) = output(&dev, dtype, len)?;
+        (storage, base, dtype.size_in_bytes() as u64)
     };
-    let base = ptr(&dev, &packed);
     let dout = dout.to_dtype(dtype)?.contiguous()?;
     let mut params = BwdParams {
         q: q.0,
@@ -437,8 +449,8 @@ pub(crate) fn attention_backward(
         lse: ptr(&dev, lse.as_ref()),
         delta: tensor_ptr(&delta.contiguous()?)?,
         dq: base,
-        dk: base + 4 * nq as u64,
-        dv: base + 4 * (nq + nk) as u64,
+        dk: base + elem * nq as u64,
+        dv: base + elem * (nq + nk) as u64,
         q_order: ptr(&dev, &ql.order),
         q_starts: ptr(&dev, &ql.starts),
         k_order: ptr(&dev, &kl.order),
@@ -458,6 +470,9 @@ pub(crate) fn attention_backward(
         scale,
     };
     let t = dtype_suffix(dtype)?;
+    // The Hopper passes (a producer warpgroup and a consumer of 64 rows) where wgmma runs,
+    // except with dq by atomics, which only the warp-MMA kernel does.
+    let hopper = !dq_by_atomics && hopper_kernel(&dev, kernel)?.is_some();
     // One pass over `row_blocks` row blocks of at most `largest` rows, against column tiles of
     // `columns` listed by (offsets, indices, uniform list length, all column blocks).
     let mut run_pass = |pass: &str,
@@ -471,10 +486,27 @@ pub(crate) fn attention_backward(
         params.row_chunks = chunks as i32;
         (params.offsets, params.indices) = (offsets, indices);
         (params.uniform_cols, params.all_cols) = (uniform, all);
+        let grid_dim = ((row_blocks * chunks) as u32, (b * h) as u32, 1);
+        if hopper {
+            // Two row tiles and a ring of two column tiles per stage, plus 1 KiB to align the
+            // tiles for the 128-byte swizzle.
+            let cfg = LaunchConfig {
+                grid_dim,
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: ((2 * BWD_ROWS + 2 * BWD_SM90_STAGES * columns) * d * 2 + 1024)
+                    as u32,
+            };
+            return BWD_SM90.launch(
+                &dev,
+                &format!("bsattn_bwd_sm90_{pass}_{t}_d{d}"),
+                cfg,
+                &params,
+            );
+        }
         // Two row tiles, two buffers of two column tiles, the columns' lse, delta and tokens
         // (two buffers each), and the dk/dv pass's dS tile (padded rows).
         let cfg = LaunchConfig {
-            grid_dim: ((row_blocks * chunks) as u32, (b * h) as u32, 1),
+            grid_dim,
             block_dim: (128, 1, 1),
             shared_mem_bytes: ((2 * BWD_ROWS + 4 * columns) * d * 2
                 + 6 * columns * 4
@@ -499,7 +531,58 @@ pub(crate) fn attention_backward(
     }
     // Keep the temporaries alive until the kernels are queued (the stream orders their use).
     drop((forward_lists, transposed, dout));
-    Ok(CudaStorage::wrap_cuda_slice(packed, dev))
+    Ok(packed)
+}
+
+/// `rowsum(x * y)` over the head dim, `[B, H, S]` f32, for `[B, S, H, D]` tensors on a CUDA
+/// device, in one kernel; `None` where the kernel does not apply (another device, differing
+/// shapes or dtypes, a dtype other than bf16/f16, a head dim other than 64 or 128, rows not
+/// 16-byte aligned).
+pub(crate) fn row_dots(x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
+    let candle_core::Device::Cuda(dev) = x.device() else {
+        return Ok(None);
+    };
+    let (b, s, h, d) = x.dims4()?;
+    if y.dims() != x.dims()
+        || y.dtype() != x.dtype()
+        || !matches!(x.dtype(), DType::BF16 | DType::F16)
+        || !matches!(d, 64 | 128)
+    {
+        return Ok(None);
+    }
+    // The kernel reads [B, H, S, D] views.
+    let (xt, yt) = (x.transpose(1, 2)?, y.transpose(1, 2)?);
+    let (xv, yv) = (tensor_view(&xt)?, tensor_view(&yt)?);
+    if !rows_16_byte_aligned(&xv) || !rows_16_byte_aligned(&yv) {
+        return Ok(None);
+    }
+    let rows = b * h * s;
+    let too_large = || candle_core::Error::Msg("attention backward: too many rows".into());
+    let blocks = rows
+        .checked_mul(d / 8)
+        .map(|threads| threads.div_ceil(256))
+        .and_then(|blocks| u32::try_from(blocks).ok())
+        .ok_or_else(too_large)?;
+    let (delta, delta_ptr) = output_tensor(dev, DType::F32, &[b, h, s])?;
+    let func = BWD.function(
+        dev,
+        &format!("bsattn_bwd_delta_{}_d{d}", dtype_suffix(x.dtype())?),
+    )?;
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    arg_view(&mut builder, &xv);
+    arg_view(&mut builder, &yv);
+    let (heads, tokens, rows) = (h as i32, s as i32, rows as i64);
+    builder.arg(&delta_ptr).arg(&heads).arg(&tokens).arg(&rows);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the arguments match `row_dots`' (two views, the output, sizes); every row the
+    // kernel reads lies in `x` and `y`, and it writes `rows` floats of `delta`.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(Some(delta))
 }
 
 /// The transpose of uniform lists `indices: [groups * nq, k]` (u32, contiguous) of key blocks

@@ -1,5 +1,5 @@
 //! The parameter structs of the attention kernels, defined once: the build checks that the C
-//! structs of the same names (`attention_params.cuh`, `attention_bwd.cu`, `lists.cu`) have this size and
+//! structs of the same names (`attention_params.cuh`, `bwd_params.cuh`, `lists.cu`) have this size and
 //! these field offsets (see `kernel_build::kernel_params!`).
 
 kernel_build::kernel_params! {

@@ -60,6 +60,48 @@ pub fn block_sparse_attention_with(
     plan: &Arc<SparsePlan>,
     kernel: ForwardKernel,
 ) -> Result<Tensor> {
+    let op = checked_op(q, k, v, plan, kernel)?;
+    if on_kernels(q, plan)? {
+        return q.apply_op3(k, v, op)?.transpose(1, 2);
+    }
+    // The CPU engine works on contiguous f32 host buffers.
+    let (dtype, device) = (q.dtype(), q.device().clone());
+    let prep = |t: &Tensor| {
+        t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .contiguous()
+    };
+    let out = prep(q)?.apply_op3(&prep(k)?, &prep(v)?, op)?;
+    out.to_dtype(dtype)?.to_device(&device)?.transpose(1, 2)
+}
+
+/// Block-sparse attention where the CUDA kernels run it, in their own `[B, S, H, D]` layout:
+/// no transpose in the graph, so that a consumer taking that layout hands back a contiguous
+/// gradient (candle adds every gradient into fresh zeros, and an addition with a transposed
+/// operand costs several times a contiguous one). `None` where the kernels do not run.
+pub(crate) fn kernel_attention_bshd(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    plan: &Arc<SparsePlan>,
+    kernel: ForwardKernel,
+) -> Result<Option<Tensor>> {
+    let op = checked_op(q, k, v, plan, kernel)?;
+    if !on_kernels(q, plan)? {
+        return Ok(None);
+    }
+    Ok(Some(q.apply_op3(k, v, op)?))
+}
+
+/// The forward operation for `q, k, v` under `plan`, once their shapes are checked against
+/// each other and the plan.
+fn checked_op(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    plan: &Arc<SparsePlan>,
+    kernel: ForwardKernel,
+) -> Result<BlockSparseOp> {
     let (b, h, s, d) = q.dims4()?;
     let sk = k.dim(2)?;
     if k.dims4()? != (b, h, sk, d) || v.dims4()? != (b, h, sk, d) {
@@ -79,25 +121,13 @@ pub fn block_sparse_attention_with(
             plan.q_layout.tokens()
         )
     }
-    let op = BlockSparseOp {
+    Ok(BlockSparseOp {
         plan: Arc::clone(plan),
         scale: (1.0 / (d as f64).sqrt()) as f32,
         kernel,
         #[cfg(feature = "cuda")]
         saved_lse: (q.track_op() || k.track_op() || v.track_op()).then(Default::default),
-    };
-    if on_kernels(q, plan)? {
-        return q.apply_op3(k, v, op)?.transpose(1, 2);
-    }
-    // The CPU engine works on contiguous f32 host buffers.
-    let (dtype, device) = (q.dtype(), q.device().clone());
-    let prep = |t: &Tensor| {
-        t.to_device(&Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .contiguous()
-    };
-    let out = prep(q)?.apply_op3(&prep(k)?, &prep(v)?, op)?;
-    out.to_dtype(dtype)?.to_device(&device)?.transpose(1, 2)
+    })
 }
 
 /// True when the CUDA kernels can run this call as is.
@@ -247,11 +277,7 @@ impl CustomOp3 for BlockSparseOp {
                 full_attention_backward(q, k, v, out, grad, self.scale, CHUNK_BYTES)?;
             return Ok((Some(dq), Some(dk), Some(dv)));
         }
-        // delta = rowsum(dout * out), [B, H, S] f32, as the kernels index the log-sum-exp.
-        let delta = (grad.to_dtype(DType::F32)? * out.to_dtype(DType::F32)?)?
-            .sum(D::Minus1)?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let delta = output_dots(grad, out)?;
         let op = BackwardOp {
             plan: Arc::clone(&self.plan),
             scale: self.scale,
@@ -264,7 +290,7 @@ impl CustomOp3 for BlockSparseOp {
             dout: grad.contiguous()?,
             delta,
         };
-        let packed = q.apply_op3_no_bwd(k, v, &op)?; // dq, dk, dv flattened, f32
+        let packed = q.apply_op3_no_bwd(k, v, &op)?; // dq, dk, dv flattened
         let (nq, nk) = (q.elem_count(), k.elem_count());
         let dq = packed
             .narrow(0, 0, nq)?
@@ -282,9 +308,23 @@ impl CustomOp3 for BlockSparseOp {
     }
 }
 
+/// delta = rowsum(dout * out), `[B, H, S]` f32 (as the kernels index the log-sum-exp), for
+/// `[B, S, H, D]` tensors: one kernel on CUDA where it applies, composed operations elsewhere.
+fn output_dots(grad: &Tensor, out: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(delta) = crate::cuda::row_dots(grad, out)? {
+        return Ok(delta);
+    }
+    (grad.to_dtype(DType::F32)? * out.to_dtype(DType::F32)?)?
+        .sum(D::Minus1)?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
 /// The backward pass as an operation on (q, k, v) producing dq, dk, dv (`[B, H, S, D]`,
-/// `[B, H, Sk, D]`, `[B, H, Sk, D]`) flattened one after the other, f32. The log-sum-exp is
-/// recomputed (as flash attention does).
+/// `[B, H, Sk, D]`, `[B, H, Sk, D]`) flattened one after the other (f32 on the CPU; on CUDA the
+/// inputs' dtype, or f32 where the kernels add dq by atomics). The log-sum-exp is recomputed
+/// unless the forward kept it (as flash attention does).
 struct BackwardOp {
     plan: Arc<SparsePlan>,
     scale: f32,

@@ -160,28 +160,67 @@ pub fn add_gated_blocks(
     layout: &Arc<BlockLayout>,
 ) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if fine.device().is_cuda()
+    if gated_kernel_applies(fine, gate)? {
+        return gated_kernel(fine, false, gate, coarse, layout);
+    }
+    let gated = (spread_to_tokens(coarse, layout)? * gate.to_dtype(DType::F32)?)?;
+    (fine.to_dtype(DType::F32)? + gated)?.to_dtype(fine.dtype())
+}
+
+/// [`add_gated_blocks`] for `fine_bshd: [B, S, H, D]`, the block-sparse kernels' own output
+/// layout: the kernel takes it as is, so that no transpose sits between the two operations
+/// and `fine`'s gradient goes back contiguous.
+pub(crate) fn add_gated_blocks_bshd(
+    fine_bshd: &Tensor,
+    gate: &Tensor,
+    coarse: &Tensor,
+    layout: &Arc<BlockLayout>,
+) -> Result<Tensor> {
+    let fine = fine_bshd.transpose(1, 2)?;
+    #[cfg(feature = "cuda")]
+    if gated_kernel_applies(&fine, gate)? {
+        return gated_kernel(fine_bshd, true, gate, coarse, layout);
+    }
+    add_gated_blocks(&fine, gate, coarse, layout)
+}
+
+/// True when the gated kernel takes `fine, gate: [B, H, S, D]`: CUDA, bf16 or f16 in one
+/// dtype, a head dim that is a multiple of 8 and 16-byte aligned token rows.
+#[cfg(feature = "cuda")]
+fn gated_kernel_applies(fine: &Tensor, gate: &Tensor) -> Result<bool> {
+    Ok(fine.device().is_cuda()
         && matches!(fine.dtype(), DType::BF16 | DType::F16)
         && gate.dtype() == fine.dtype()
         && fine.dim(3)? % 8 == 0
         && [fine, gate].iter().all(|t| {
             crate::cuda::tensor_view(t).is_ok_and(|v| crate::cuda::rows_16_byte_aligned(&v))
-        })
-    {
-        let coarse = coarse.to_dtype(DType::F32)?.contiguous()?;
-        let op = GatedAdd {
-            layout: Arc::clone(layout),
-        };
-        return fine.apply_op3(gate, &coarse, op)?.transpose(1, 2);
-    }
-    let gated = (spread_to_tokens(coarse, layout)? * gate.to_dtype(DType::F32)?)?;
-    (fine.to_dtype(DType::F32)? + gated)?.to_dtype(fine.dtype())
+        }))
+}
+
+/// The gated kernel as a graph operation on `fine` (`[B, S, H, D]` when `fine_bshd`,
+/// `[B, H, S, D]` otherwise): `[B, H, S, D]`.
+#[cfg(feature = "cuda")]
+fn gated_kernel(
+    fine: &Tensor,
+    fine_bshd: bool,
+    gate: &Tensor,
+    coarse: &Tensor,
+    layout: &Arc<BlockLayout>,
+) -> Result<Tensor> {
+    let coarse = coarse.to_dtype(DType::F32)?.contiguous()?;
+    let op = GatedAdd {
+        layout: Arc::clone(layout),
+        fine_bshd,
+    };
+    fine.apply_op3(gate, &coarse, op)?.transpose(1, 2)
 }
 
 /// The GPU kernel of [`add_gated_blocks`] as a candle operation; its output is `[B, S, H, D]`.
 #[cfg(feature = "cuda")]
 struct GatedAdd {
     layout: Arc<BlockLayout>,
+    /// `fine` is `[B, S, H, D]` (else `[B, H, S, D]`, like `gate`).
+    fine_bshd: bool,
 }
 
 #[cfg(feature = "cuda")]
@@ -211,11 +250,17 @@ impl candle_core::CustomOp3 for GatedAdd {
         coarse: &candle_core::CudaStorage,
         cl: &candle_core::Layout,
     ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        crate::pool_cuda::gated_add(Some((fine, fl)), (gate, gl), (coarse, cl), &self.layout)
+        let fl = if self.fine_bshd {
+            fl.transpose(1, 2)?
+        } else {
+            fl.clone()
+        };
+        crate::pool_cuda::gated_add(Some((fine, &fl)), (gate, gl), (coarse, cl), &self.layout)
     }
 
-    /// With `g` the output gradient: `d fine = g`, `d gate = g * spread(coarse)` (the forward
-    /// kernel without `fine`), and `d coarse` each block's sum of `g * gate`.
+    /// With `g` the output gradient: `d fine = g` (in `fine`'s layout), `d gate = g *
+    /// spread(coarse)` (the forward kernel without `fine`), and `d coarse` each block's sum of
+    /// `g * gate`.
     fn bwd(
         &self,
         fine: &Tensor,
@@ -225,7 +270,8 @@ impl candle_core::CustomOp3 for GatedAdd {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         use vdit_core::cuda::with_storage;
-        let g = grad.contiguous()?.transpose(1, 2)?; // [B, H, S, D]
+        let grad = grad.contiguous()?; // [B, S, H, D]
+        let g = grad.transpose(1, 2)?; // [B, H, S, D]
         let (storage, shape) = with_storage(&g, |gs, gl| {
             with_storage(coarse, |cs, cl| {
                 crate::pool_cuda::gated_add(None, (gs, gl), (cs, cl), &self.layout)
@@ -234,8 +280,9 @@ impl candle_core::CustomOp3 for GatedAdd {
         let d_gate = vdit_core::cuda::untracked_tensor(storage, shape).transpose(1, 2)?;
         let d_coarse =
             crate::pool_cuda::block_sums(&g, Some(&gate.to_dtype(g.dtype())?), &self.layout)?;
+        let d_fine = if self.fine_bshd { grad } else { g };
         Ok((
-            Some(g.to_dtype(fine.dtype())?),
+            Some(d_fine.to_dtype(fine.dtype())?),
             Some(d_gate.to_dtype(gate.dtype())?),
             Some(d_coarse),
         ))
@@ -321,13 +368,72 @@ pub fn block_attention_mass(
     Ok(totals)
 }
 
-/// Softmax over the last dim: the fused kernel when no gradient is tracked, the composed
-/// (differentiable) form otherwise.
+/// Softmax over the last dim in candle's fused kernel; differentiable (f32 where a gradient is
+/// tracked: its backward is `y * (g - rowsum(g * y))` on the saved output, a few operations in
+/// place of the composed form's max, subtraction, exponential, sum and division and their
+/// backwards). Other dtypes that track a gradient take the composed form.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        candle_nn::ops::softmax(x, D::Minus1)
+    if !x.track_op() {
+        return candle_nn::ops::softmax_last_dim(x);
+    }
+    if x.dtype() != DType::F32 {
+        return candle_nn::ops::softmax(x, D::Minus1);
+    }
+    // On a GPU the fused kernel runs here and the operation hands its output over; the CPU
+    // forward computes it itself.
+    let fused = if x.device().is_cpu() {
+        None
     } else {
-        candle_nn::ops::softmax_last_dim(x)
+        Some(candle_nn::ops::softmax_last_dim(&x.detach())?)
+    };
+    x.apply_op1(SavedSoftmax(fused))
+}
+
+/// Softmax over the last dim as a graph operation whose backward needs only its output; on a
+/// GPU `.0` holds that output, computed beforehand by the fused kernel.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct SavedSoftmax(Option<Tensor>);
+
+impl candle_core::CustomOp1 for SavedSoftmax {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim-saved"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = vdit_core::storage::contiguous_f32(s, l, "softmax")?;
+        let n = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut y = Vec::with_capacity(x.len());
+        for row in x.chunks(n) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let start = y.len();
+            y.extend(row.iter().map(|v| (v - max).exp()));
+            let sum: f32 = y[start..].iter().sum();
+            y[start..].iter_mut().for_each(|v| *v /= sum);
+        }
+        Ok((candle_core::CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let Some(y) = &self.0 else {
+            candle_core::bail!("softmax: no output computed for the GPU")
+        };
+        let storage = vdit_core::cuda::with_storage(y, |s, l| s.try_clone(l))?;
+        Ok((storage, y.shape().clone()))
+    }
+
+    fn bwd(&self, _: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((y * g.broadcast_sub(&dot)?)?))
     }
 }
 
@@ -335,6 +441,33 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::TokenGrid;
+
+    /// The saved-output softmax equals candle's composed one, forward and backward, on fresh
+    /// random rows (f32, 1e-5 relative).
+    #[test]
+    fn saved_softmax_differentiates_as_the_composed_form() -> Result<()> {
+        let x = candle_core::Var::randn(0f32, 3.0, (2, 3, 7, 11), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 1.0, (2, 3, 7, 11), &Device::Cpu)?;
+        let run = |y: Tensor| -> Result<(Vec<f32>, Vec<f32>)> {
+            let out = y.flatten_all()?.to_vec1()?;
+            let grads = (y * &w)?.sum_all()?.backward()?;
+            Ok((
+                out,
+                grads.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1()?,
+            ))
+        };
+        let ours = run(softmax_last(x.as_tensor())?)?;
+        let theirs = run(candle_nn::ops::softmax(x.as_tensor(), D::Minus1)?)?;
+        for (a, b) in ours
+            .0
+            .iter()
+            .chain(&ours.1)
+            .zip(theirs.0.iter().chain(&theirs.1))
+        {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn block_means_average_only_real_tokens() -> Result<()> {

@@ -46,7 +46,8 @@ for step in "$@"; do
         grep -E "relative L2|^test .*FAILED|test result|panicked" "$WORK/$(basename "$t").log" | grep -v " ok$" | tail -15
       done ;;
     sass)
-      # The Hopper kernel must use warpgroup MMAs (HGMMA), not the warp-level HMMA path.
+      # The Hopper kernels (forward and backward) must use warpgroup MMAs (HGMMA), not the
+      # warp-level HMMA path.
       for c in .gpu/*.fatbin; do
         echo "$c: $(cuobjdump --dump-sass "$c" | grep -c HGMMA) HGMMA, $(cuobjdump --dump-sass "$c" | grep -c 'HMMA') HMMA"
       done ;;
@@ -65,10 +66,12 @@ for step in "$@"; do
     profile)
       # Kernel times by name (Nsight Compute, one metric, boost clocks) over the first
       # PROFILE_LAUNCHES launches (default 600) of `vdit bench attention --case C` for each C in
-      # PROFILE_CASES (default vsa vmoba).
+      # PROFILE_CASES (default vsa vmoba), counting only kernels whose names match the regular
+      # expression PROFILE_KERNELS where it is set.
       rm -f "$WORK/profile.md"
       for c in ${PROFILE_CASES:-vsa vmoba}; do
         /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --csv --clock-control none \
+          ${PROFILE_KERNELS:+--kernel-name "regex:$PROFILE_KERNELS"} \
           --launch-count "${PROFILE_LAUNCHES:-600}" .gpu/vdit bench attention --case "$c" --runs 1 \
           --out "$WORK/profile-$c" >"$WORK/profile-$c.csv" 2>"$WORK/profile-$c.log"
         python3 $bench/ncu_summary.py "$WORK/profile-$c.csv" | tee -a "$WORK/profile.md"

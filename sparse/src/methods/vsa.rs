@@ -5,10 +5,10 @@
 use crate::error::Error;
 use crate::layout::BlockLayout;
 use crate::method::{Attended, AttentionMethod, Computed, MethodCall};
-use crate::op::{block_sparse_attention_with, ForwardKernel};
+use crate::op::{block_sparse_attention_with, kernel_attention_bshd, ForwardKernel};
 use crate::options::{OptionSpec, OptionValues};
 use crate::plan::SparsePlan;
-use crate::pool::{add_gated_blocks, block_means, softmax_last};
+use crate::pool::{add_gated_blocks, add_gated_blocks_bshd, block_means, softmax_last};
 use crate::registry::MethodEntry;
 use crate::{top_k, TokenGrid};
 use candle_core::{Result, Tensor};
@@ -134,14 +134,22 @@ pub fn vsa_attention_with(
         indices,
     )?);
 
-    // Fine stage: exact attention over the selected cubes.
-    let fine = block_sparse_attention_with(q, k, v, &plan, kernel)?;
+    // Fine stage: exact attention over the selected cubes; where the kernels run, in their
+    // own [B, S, H, D] layout, which the gated sum takes as is.
+    let fine_bshd = kernel_attention_bshd(q, k, v, &plan, kernel)?;
+    let fine = || match &fine_bshd {
+        Some(fine) => fine.transpose(1, 2),
+        None => block_sparse_attention_with(q, k, v, &plan, kernel),
+    };
     let out = match gate {
         Some(gate) => {
             let coarse = softmax_last(&coarse_scores)?.matmul(&block_means(v, &layout)?)?;
-            add_gated_blocks(&fine, gate, &coarse, &layout)?
+            match &fine_bshd {
+                Some(fine) => add_gated_blocks_bshd(fine, gate, &coarse, &layout)?,
+                None => add_gated_blocks(&fine()?, gate, &coarse, &layout)?,
+            }
         }
-        None => fine,
+        None => fine()?,
     };
     Ok(VsaOutput { out, plan })
 }

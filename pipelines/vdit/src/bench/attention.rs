@@ -32,8 +32,10 @@ pub enum Case {
     Vsa,
     /// VMoBA's forward per chunk kind.
     Vmoba,
-    /// Forward+backward of every trainable path.
+    /// Forward+backward of dense attention and the block-sparse kernels.
     Backward,
+    /// Forward+backward of VSA and VMoBA.
+    MethodBackward,
 }
 
 /// Shape of the benchmark.
@@ -159,14 +161,51 @@ fn vmoba_rows(
     Ok(rows)
 }
 
+/// The root of a backward that hands `dout` to its input as that input's gradient, whatever
+/// gradient it gets itself (its forward is one zero), as PyTorch's `out.backward(dout)` does:
+/// candle seeds a root with ones, and a product `out * dout` as the root would add elementwise
+/// work on full-size tensors that is not the attention's cost.
+struct SeedGradient(Tensor);
+
+impl candle_core::CustomOp1 for SeedGradient {
+    fn name(&self) -> &'static str {
+        "seed-gradient"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        Ok((candle_core::CpuStorage::F32(vec![0.0]), 1.into()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let dev = storage.device();
+        let zero = dev.alloc_zeros::<f32>(1)?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(zero, dev.clone()),
+            1.into(),
+        ))
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
 /// Forward then backward of one attention path, as training runs it: gradients of `inputs`
-/// for the output gradient `dout` (`[B, H, S, D]` f32). Fails when an input got no gradient,
-/// so that a path that silently detaches is not timed as cheap. The backward starts from the
-/// product `out * dout` itself (candle seeds a root with ones), so that `out` receives exactly
-/// `dout` without a loss reduction (candle sums all elements in one CUDA block: slow at 32 k
-/// tokens, and not the attention's cost); the peers pass `dout` to `backward` the same way.
+/// for the output gradient `dout` (`[B, H, S, D]`, the output's dtype), passed to the output
+/// as the peers pass it to `backward`. Fails when an input got no gradient, so that a path that
+/// silently detaches is not timed as cheap.
 fn forward_backward(inputs: &[&Var], dout: &Tensor, out: Tensor) -> Result<()> {
-    let grads = (out.to_dtype(DType::F32)? * dout)?.backward()?;
+    let grads = out.apply_op1(SeedGradient(dout.clone()))?.backward()?;
     for (i, var) in inputs.iter().enumerate() {
         grads
             .get(var.as_tensor())
@@ -181,58 +220,100 @@ type Attend<'a> = &'a dyn Fn() -> Result<Tensor>;
 /// walks its mask on the host, which must stay out of the timed calls).
 type Density<'a> = &'a dyn Fn() -> Result<f64>;
 
-/// Forward plus backward of every trainable path: dense (the backward that keeps every key),
-/// the block-sparse kernels at each of `plans`' densities, VSA at sparsity 0.875 (gate and
-/// coarse branch included) and VMoBA's spatio-temporal top-k (the plan path that training
-/// takes), each of the last two also with its chosen plan alone (no selection, no coarse
-/// branch), which splits the method's time. `tflops_effective` counts dense attention's
-/// forward and backward FLOPs (3.5 times the forward's). A case that fails (e.g. out of
-/// memory) gets a row with its `error`, and the others still run.
-fn backward_rows(
-    device: &Device,
-    shape: Shape,
-    [q, k, v, gate]: [&Tensor; 4],
-    plans: &[(f64, Arc<SparsePlan>)],
+/// Times trainable paths forward plus backward for one fixed output gradient, collecting one
+/// row per path. `tflops_effective` counts dense attention's forward and backward FLOPs (3.5
+/// times the forward's). A path that fails (e.g. out of memory) gets a row with its `error`,
+/// and the others still run.
+struct BackwardTimer<'a> {
+    device: &'a Device,
+    dout: Tensor,
+    flops: f64,
     runs: usize,
-) -> Result<Vec<serde_json::Value>> {
-    let flops = 3.5 * shape.dense_flops();
-    let [q, k, v, gate] = [q, k, v, gate].map(Var::from_tensor);
-    let (q, k, v, gate) = (q?, k?, v?, gate?);
-    let qkv = [&q, &k, &v];
-    let dout = Tensor::randn(0f32, 1.0, q.shape(), device)?;
-    let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
-    let mut rows = Vec::new();
-    let mut time = |name: String, inputs: &[&Var], density: Density, attend: Attend| {
+    rows: Vec<serde_json::Value>,
+}
+
+impl<'a> BackwardTimer<'a> {
+    fn new(device: &'a Device, shape: Shape, dtype: DType, runs: usize) -> Result<Self> {
+        let (b, h, s, d) = (shape.batch, shape.heads, shape.grid.len(), shape.head_dim);
+        Ok(Self {
+            device,
+            dout: Tensor::randn(0f32, 1.0, (b, h, s, d), device)?.to_dtype(dtype)?,
+            flops: 3.5 * shape.dense_flops(),
+            runs,
+            rows: Vec::new(),
+        })
+    }
+
+    fn time(&mut self, name: String, inputs: &[&Var], density: Density, attend: Attend) {
         let measured = density().and_then(|density| {
-            let ms = median_ms(device, 1, runs.min(5), || {
-                forward_backward(inputs, &dout, attend()?)
+            let ms = median_ms(self.device, 1, self.runs.min(5), || {
+                forward_backward(inputs, &self.dout, attend()?)
             })?;
             Ok((density, ms))
         });
-        let row = match measured {
+        self.rows.push(match measured {
             Ok((density, ms)) => json!({"impl": name, "pass": "forward+backward",
-                "density": density, "ms": ms, "tflops_effective": flops / ms * 1e-9}),
+                "density": density, "ms": ms, "tflops_effective": self.flops / ms * 1e-9}),
             Err(e) => json!({"impl": name, "pass": "forward+backward", "error": format!("{e:#}")}),
-        };
-        rows.push(row);
-    };
-    time("vdit dense fwd+bwd".into(), &qkv, &|| Ok(1.0), &|| {
-        Ok(sparse::dense::attention(qt, kt, vt)?)
-    });
+        });
+    }
+}
+
+/// Forward plus backward of the kernels themselves: dense (per kernel family, so that the
+/// Hopper backward is timed next to the warp-MMA one) and the block-sparse kernels at each of
+/// `plans`' densities.
+fn kernel_backward_rows(
+    device: &Device,
+    shape: Shape,
+    [q, k, v]: [&Tensor; 3],
+    plans: &[(f64, Arc<SparsePlan>)],
+    runs: usize,
+) -> Result<Vec<serde_json::Value>> {
+    let [q, k, v] = [q, k, v].map(Var::from_tensor);
+    let (q, k, v) = (q?, k?, v?);
+    let qkv = [&q, &k, &v];
+    let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+    let mut timer = BackwardTimer::new(device, shape, q.dtype(), runs)?;
+    for (label, family) in families(device) {
+        timer.time(
+            format!("vdit dense fwd+bwd ({label})"),
+            &qkv,
+            &|| Ok(1.0),
+            &|| Ok(sparse::dense::attention_with(qt, kt, vt, family)?),
+        );
+    }
     for (_, plan) in plans {
-        time(
+        timer.time(
             "vdit block-sparse fwd+bwd".into(),
             &qkv,
             &|| Ok(plan.density()?),
             &|| Ok(block_sparse_attention(qt, kt, vt, plan)?),
         );
     }
+    Ok(timer.rows)
+}
+
+/// Forward plus backward of the trainable methods: VSA at sparsity 0.875 (gate and coarse
+/// branch included) and VMoBA's spatio-temporal top-k (the plan path that training takes),
+/// each also with its chosen plan alone (no selection, no coarse branch; VSA's per kernel
+/// family), which splits the method's time.
+fn method_backward_rows(
+    device: &Device,
+    shape: Shape,
+    [q, k, v, gate]: [&Tensor; 4],
+    runs: usize,
+) -> Result<Vec<serde_json::Value>> {
+    let [q, k, v, gate] = [q, k, v, gate].map(Var::from_tensor);
+    let (q, k, v, gate) = (q?, k?, v?, gate?);
+    let qkv = [&q, &k, &v];
+    let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+    let mut timer = BackwardTimer::new(device, shape, q.dtype(), runs)?;
     let vsa = VsaOptions {
         sparsity: 0.875,
         ..Default::default()
     };
     let run_vsa = || vsa_attention(qt, kt, vt, Some(gate.as_tensor()), shape.grid, &vsa);
-    time(
+    timer.time(
         "vdit VSA fwd+bwd (coarse + top-k + fine, gate)".into(),
         &[&q, &k, &v, &gate],
         &|| Ok(run_vsa()?.plan.density()?),
@@ -240,12 +321,14 @@ fn backward_rows(
     );
     // The fine stage alone on the plan VSA chose, to split the whole call's time.
     let vsa_plan = run_vsa()?.plan;
-    time(
-        "vdit VSA fine stage alone fwd+bwd (its plan)".into(),
-        &qkv,
-        &|| Ok(vsa_plan.density()?),
-        &|| Ok(block_sparse_attention(qt, kt, vt, &vsa_plan)?),
-    );
+    for (label, family) in families(device) {
+        timer.time(
+            format!("vdit VSA fine stage alone fwd+bwd (its plan, {label})"),
+            &qkv,
+            &|| Ok(vsa_plan.density()?),
+            &|| Ok(block_sparse_attention_with(qt, kt, vt, &vsa_plan, family)?),
+        );
+    }
     let kind = ChunkKind::Spatiotemporal;
     let vmoba = VmobaOptions {
         kind: Some(kind),
@@ -253,7 +336,7 @@ fn backward_rows(
         ..Default::default()
     };
     let run_vmoba = || vmoba_attention(qt, kt, vt, shape.grid, kind, &vmoba);
-    time(
+    timer.time(
         format!("vdit VMoBA {kind} fwd+bwd (plan path)"),
         &qkv,
         &|| Ok(run_vmoba()?.density()?),
@@ -261,13 +344,13 @@ fn backward_rows(
     );
     let chunks = BlockLayout::tiled_shared(shape.grid, vmoba.tile(kind, shape.grid));
     let chosen = vmoba_plan(qt, kt, &chunks, kind, &vmoba)?;
-    time(
+    timer.time(
         format!("vdit VMoBA {kind} plan alone fwd+bwd (one query per block)"),
         &qkv,
         &|| Ok(chosen.density()?),
         &|| Ok(block_sparse_attention(qt, kt, vt, &chosen)?),
     );
-    Ok(rows)
+    Ok(timer.rows)
 }
 
 /// Runs the benchmark's `cases` (all when empty) and writes `attention.json` and
@@ -351,11 +434,19 @@ pub fn run(
         rows.extend(vmoba_rows(device, shape, [&q, &k, &v], runs)?);
     }
     if wanted(Case::Backward) {
-        rows.extend(backward_rows(
+        rows.extend(kernel_backward_rows(
+            device,
+            shape,
+            [&q, &k, &v],
+            &plans,
+            runs,
+        )?);
+    }
+    if wanted(Case::MethodBackward) {
+        rows.extend(method_backward_rows(
             device,
             shape,
             [&q, &k, &v, &gate],
-            &plans,
             runs,
         )?);
     }
@@ -400,7 +491,8 @@ mod tests {
             .iter()
             .filter(|r| r["pass"] == "forward+backward")
             .collect();
-        // dense, one per density, VSA and its fine stage alone, VMoBA and its plan alone
+        // dense, one per density, VSA and its fine stage alone, VMoBA and its plan alone (one
+        // kernel family on the CPU)
         assert_eq!(backward.len(), 1 + DENSITIES.len() + 4, "{backward:?}");
         for row in backward {
             assert!(row.get("error").is_none(), "{row}");

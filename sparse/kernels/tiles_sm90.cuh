@@ -1,0 +1,120 @@
+// Tiles and tensor-core steps shared by the Hopper (sm_90a) attention kernels: the 128-byte-
+// swizzled shared-memory tile layout wgmma reads, the two product shapes they issue (SS: both
+// operands K-major in shared memory; RS: A from registers, B read MN-major from the same tile
+// layout), and the producer warpgroup that fills a ring of column tiles from a key stream.
+#pragma once
+#include <type_traits>
+
+#include "attention_params.cuh"
+#include "common.cuh"
+#include "sync_sm90.cuh"
+#include "wgmma.cuh"
+
+// Byte offset of 16-byte chunk `c` (of D/8) of row `r` in a tile of `rows` rows stored as D/64
+// column blocks of [rows][128 bytes], each 8-row atom 128-byte swizzled (wgmma's canonical
+// layout; tile bases are 1024-byte aligned).
+__device__ __forceinline__ int tile_off(int rows, int r, int c) {
+  return (c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4);
+}
+
+// One k16 step of C[64 x N] (+)= A B^T, both operands K-major in shared memory.
+template <typename T, int N>
+__device__ __forceinline__ void mma_ss(float* c, uint64_t a, uint64_t b, int accumulate) {
+  static_assert(N == 64 || N == 128, "wgmma shapes of wgmma.cuh");
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    if constexpr (N == 128) wgmma_ss_m64n128k16_bf16(c, a, b, accumulate);
+    else wgmma_ss_m64n64k16_bf16(c, a, b, accumulate);
+  } else {
+    if constexpr (N == 128) wgmma_ss_m64n128k16_f16(c, a, b, accumulate);
+    else wgmma_ss_m64n64k16_f16(c, a, b, accumulate);
+  }
+}
+
+// One k16 step of C[64 x N] += A B, A in registers, B MN-major in shared memory.
+template <typename T, int N>
+__device__ __forceinline__ void mma_rs(float* c, const uint32_t* a, uint64_t b) {
+  static_assert(N == 64 || N == 128, "wgmma shapes of wgmma.cuh");
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    if constexpr (N == 128) wgmma_rs_m64n128k16_bf16(c, a, b, 1);
+    else wgmma_rs_m64n64k16_bf16(c, a, b, 1);
+  } else {
+    if constexpr (N == 128) wgmma_rs_m64n128k16_f16(c, a, b, 1);
+    else wgmma_rs_m64n64k16_f16(c, a, b, 1);
+  }
+}
+
+// C[64 x BN] = A B^T over the head dim D: A is 64 rows starting at `a` of a tile of `a_rows`
+// rows, B a tile of BN rows; 16 channels per wgmma (32 bytes inside a swizzle atom). Issues
+// only: the caller fences and commits.
+template <typename T, int D, int BN>
+__device__ __forceinline__ void mma_ss_tile(float* c, const unsigned char* a, int a_rows, const unsigned char* b) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const int block = kk >> 2, within = (kk & 3) * 32;
+    const uint64_t da = smem_desc(a + block * a_rows * 128 + within, 16, 1024);
+    const uint64_t db = smem_desc(b + block * BN * 128 + within, 16, 1024);
+    mma_ss<T, BN>(c, da, db, kk > 0);
+  }
+}
+
+// C[64 x D] += A B over a tile's BN rows: A (64 x BN) as wgmma A fragments in registers, 16
+// rows per wgmma, B a tile of BN rows of D channels. Issues only.
+template <typename T, int D, int BN>
+__device__ __forceinline__ void mma_rs_tile(float* c, const uint32_t (&a)[BN / 16][4], const unsigned char* b) {
+#pragma unroll
+  for (int t = 0; t < BN / 16; ++t) mma_rs<T, D>(c, a[t], smem_desc(b + t * 16 * 128, BN * 128, 1024));
+}
+
+// Accumulator values `c` (a 64 x BN product's layout) packed to T as wgmma A fragments.
+template <typename T, int BN>
+__device__ __forceinline__ void pack_a(uint32_t (&a)[BN / 16][4], const float* c) {
+#pragma unroll
+  for (int t = 0; t < BN / 16; ++t) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[t][i] = pack2<T>(c[8 * t + 2 * i], c[8 * t + 2 * i + 1]);
+  }
+}
+
+// Keeps the registers of an RS wgmma's A operand alive (unreused) until this point: the tensor
+// cores read them after the instruction has issued.
+template <int N>
+__device__ __forceinline__ void wg_keep(const uint32_t (&a)[N][4]) {
+#pragma unroll
+  for (int t = 0; t < N; ++t) asm volatile("" ::"r"(a[t][0]), "r"(a[t][1]), "r"(a[t][2]), "r"(a[t][3]) : "memory");
+}
+
+// The producer warpgroup: copies the stream `cur`'s tiles of BN rows of two tensors (A and B,
+// read through the token order `ord`) into a ring of STAGES buffers each, waiting for the
+// consumers to release a buffer before refilling it, and signals each through `full`; the
+// tile's row count goes to `tile_rows` (negated for the stream's last tile). `extra(stage, tok,
+// rows)` may issue more asynchronous copies of the tile (this thread's row tokens `tok`),
+// which the same signal covers. A tile's tokens are looked up, and the next tile found, before
+// the wait.
+template <typename T, int D, int BN, int STAGES, typename Extra>
+__device__ __forceinline__ void produce_tiles(const AttnParams& p, KeyStream cur, const uint32_t* ord, const T* abase,
+                                              const T* bbase, unsigned char* sA, unsigned char* sB, int* tile_rows,
+                                              uint64_t* full, uint64_t* empty, Extra extra) {
+  constexpr int CH = D / 8, TILE_BYTES = BN * D * 2;
+  auto off = [](int r, int c) { return tile_off(BN, r, c); };
+  int rows = 0;
+  KeyStream nxt = stream_advance(p, cur, BN, rows);
+  for (int j = 0; cur.item < cur.end; ++j) {
+    const int stage = j % STAGES;
+    uint32_t tok[TileRows<BN, CH, 128>::PER_THREAD];
+    tile_tokens<BN, CH, 128>(p, cur, rows, ord, tok);
+    int next_rows = 0;
+    const KeyStream after = stream_advance(p, nxt, BN, next_rows);
+    if (j >= STAGES) mbar_wait(&empty[stage], ((j / STAGES) & 1) ^ 1);
+    copy_kv_tile<T, BN, CH, 128>(p, tok, rows, abase, bbase, sA + stage * TILE_BYTES, sB + stage * TILE_BYTES, off);
+    extra(stage, tok, rows);
+    mbar_arrive_after_copies(&full[stage]);
+    if (threadIdx.x == 0) {
+      tile_rows[stage] = nxt.item < nxt.end ? rows : -rows;
+      mbar_arrive(&full[stage]);
+    }
+    cur = nxt;
+    nxt = after;
+    rows = next_rows;
+  }
+  cp_async_wait<0>();
+}
