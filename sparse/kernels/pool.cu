@@ -1,48 +1,83 @@
 // Per-block statistics of token rows and their way back to tokens:
 // - block_reduce_*: sum or mean of each block's tokens (of x, or of x * y), per (batch, head):
 //   out[(b*H + h) * nb + block][d] (f32) for x[b, h, token, d] read through a shared token
-//   order. One CTA per (block, batch*head) of D x L threads: thread (d, l) sums every L-th
-//   token of the block in channel d (a token row's reads are coalesced), then the L partial
-//   sums are added in a fixed order, so the result does not depend on scheduling.
+//   order. One CTA per (block, batch*head) of (D / V) x L threads: thread (c, l) sums every
+//   L-th token of the block in channels c * V .. c * V + V - 1 (a token row's reads are
+//   coalesced; block_reduce_vec_* moves V = 8 channels per 16-byte load, block_reduce_* one),
+//   then the L partial sums are added in a fixed order, so the result does not depend on
+//   scheduling.
 // - spread_blocks_*: each token's row of its block (the backward of the means).
 // - gated_add_*: VSA's output, out = fine + gate * coarse[block of token] (fine may be null:
 //   zero), summed in f32, with `out` written [B, S, H, D]; each thread moves 8 channels
 //   (16-byte loads and stores).
 #include "common.cuh"
 
-template <typename T>
+// V elements at `p` as floats (V = 8: one 16-byte load).
+template <typename T, int V>
+__device__ __forceinline__ void load_channels(const T* p, float* f) {
+  if constexpr (V == VEC) {
+    load8(p, f);
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) f[k] = to_f32<T>(p[k]);
+  }
+}
+
+template <typename T, int V>
 __device__ __forceinline__ void block_reduce(const T* x, long long sb, long long sh, long long ss, const T* y,
                                              long long yb, long long yh, long long ys, int mean,
                                              const uint32_t* order, const uint32_t* starts, float* out, int H, int nb,
                                              int D) {
-  __shared__ float partial[1024];
+  __shared__ float partial[8192];  // L x D partial sums (the launch keeps L * D within)
   const int block = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
-  const int d = threadIdx.x, lane = threadIdx.y, lanes = blockDim.y;
+  const int c = threadIdx.x * V, lane = threadIdx.y, lanes = blockDim.y;
   const T* xb = x + b * sb + h * sh;
   const T* yb_ = y != nullptr ? y + b * yb + h * yh : nullptr;
   const uint32_t beg = starts[block], end = starts[block + 1];
-  float acc = 0.f;
+  float acc[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) acc[k] = 0.f;
   for (uint32_t s = beg + lane; s < end; s += lanes) {
     const long long t = order[s];
-    const float v = to_f32<T>(xb[t * ss + d]);
-    acc += yb_ != nullptr ? v * to_f32<T>(yb_[t * ys + d]) : v;
+    float v[V];
+    load_channels<T, V>(xb + t * ss + c, v);
+    if (yb_ != nullptr) {
+      float w[V];
+      load_channels<T, V>(yb_ + t * ys + c, w);
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[k] += v[k] * w[k];
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[k] += v[k];
+    }
   }
-  partial[lane * D + d] = acc;
+#pragma unroll
+  for (int k = 0; k < V; ++k) partial[lane * D + c + k] = acc[k];
   __syncthreads();
   if (lane == 0) {
-    float sum = 0.f;
-    for (int l = 0; l < lanes; ++l) sum += partial[l * D + d];
-    out[((size_t)bh * nb + block) * D + d] = mean ? sum / (float)(end - beg) : sum;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      float sum = 0.f;
+      for (int l = 0; l < lanes; ++l) sum += partial[l * D + c + k];
+      out[((size_t)bh * nb + block) * D + c + k] = mean ? sum / (float)(end - beg) : sum;
+    }
   }
 }
 
-// Sum (mean when `mean`) over each block of x, or of x * y when y is not null.
+// Sum (mean when `mean`) over each block of x, or of x * y when y is not null: one channel per
+// thread, or (vec) eight, for rows that start 16-byte aligned.
 #define BLOCK_REDUCE(T, NAME)                                                                                   \
   extern "C" __global__ void block_reduce_##NAME(const T* x, long long sb, long long sh, long long ss,         \
                                                  const T* y, long long yb, long long yh, long long ys,         \
                                                  int mean, const uint32_t* order, const uint32_t* starts,      \
                                                  float* out, int H, int nb, int D) {                           \
-    block_reduce<T>(x, sb, sh, ss, y, yb, yh, ys, mean, order, starts, out, H, nb, D);                         \
+    block_reduce<T, 1>(x, sb, sh, ss, y, yb, yh, ys, mean, order, starts, out, H, nb, D);                      \
+  }                                                                                                             \
+  extern "C" __global__ void block_reduce_vec_##NAME(const T* x, long long sb, long long sh, long long ss,     \
+                                                     const T* y, long long yb, long long yh, long long ys,     \
+                                                     int mean, const uint32_t* order, const uint32_t* starts,  \
+                                                     float* out, int H, int nb, int D) {                       \
+    block_reduce<T, VEC>(x, sb, sh, ss, y, yb, yh, ys, mean, order, starts, out, H, nb, D);                    \
   }
 BLOCK_REDUCE(__nv_bfloat16, bf16)
 BLOCK_REDUCE(__half, f16)

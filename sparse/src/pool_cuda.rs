@@ -24,8 +24,8 @@ pub(crate) fn block_reduce(
     layout: &Arc<BlockLayout>,
 ) -> Result<(CudaStorage, Shape)> {
     let (b, h, _, d) = l.shape().dims4()?;
-    // One thread per channel and token lane: D x L threads, at most 1024 (the kernel's
-    // shared partial sums).
+    // One thread per channel (or per eight) and token lane, at most 1024 threads, and at most
+    // 8192 partial sums (L x D, the kernel's shared memory).
     if d == 0 || d > 1024 {
         candle_core::bail!("block sums: head dim {d} is outside 1..=1024")
     }
@@ -44,7 +44,16 @@ pub(crate) fn block_reduce(
     let nb = layout.num_blocks();
     // SAFETY: the kernel writes every element (one thread per channel of each block).
     let out = unsafe { dev.alloc::<f32>(b * h * nb * d)? };
-    let func = POOL.function(&dev, &format!("block_reduce_{}", dtype_suffix(s.dtype())?))?;
+    // Eight channels per thread (16-byte loads) where rows allow, with about four tokens per
+    // lane of the largest block; else one channel per thread over 1024 / D lanes.
+    let vectors = d % 8 == 0 && rows_16_byte_aligned(&x) && (y.0 == 0 || rows_16_byte_aligned(&y));
+    let (kernel, threads_x, lanes) = if vectors {
+        let lanes = layout.tile().div_ceil(4).clamp(1, 8192 / d);
+        ("block_reduce_vec", d / 8, lanes)
+    } else {
+        ("block_reduce", d, 1024 / d)
+    };
+    let func = POOL.function(&dev, &format!("{kernel}_{}", dtype_suffix(s.dtype())?))?;
     let stream = dev.cuda_stream();
     let (order, starts, out_ptr) = (
         ptr(&dev, &device_layout.order),
@@ -65,11 +74,12 @@ pub(crate) fn block_reduce(
         .arg(&d32);
     let cfg = LaunchConfig {
         grid_dim: (nb as u32, (b * h) as u32, 1),
-        block_dim: (d as u32, (1024 / d) as u32, 1),
+        block_dim: (threads_x as u32, lanes as u32, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: arguments match `block_reduce_*`; the layout covers S tokens of x (and y, of the
-    // same shape); D x L <= 1024.
+    // same shape); at most 1024 threads and L x D <= 8192 partial sums; the vector kernel only
+    // on 16-byte aligned rows of a head dim that is a multiple of 8.
     unsafe { builder.launch(cfg) }.w()?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev),
