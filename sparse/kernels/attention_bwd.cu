@@ -190,7 +190,7 @@ __device__ __forceinline__ void bwd_pass(const BwdParams& p) {
     for (int nt = 0; nt < BC / 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int col = nt * 8 + (lane & 3) * 2 + (e & 1);
+        const int col = fragment_column(4 * nt + e, lane);
         const float l = KV ? sL[buf * BC + col] : row_l[e >> 1];
         const float dl = KV ? sDelta[buf * BC + col] : row_delta[e >> 1];
         const float pr = col < rows ? exp2f(s[nt][e] * scale_log2 - l) : 0.f;

@@ -98,7 +98,7 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
     // past the tile's end get zeros.
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) {
-      const int col = (i / 4) * 8 + (lane & 3) * 2 + (i & 1);
+      const int col = fragment_column(i, lane);
       const float l = KV ? col_l[stage * BN + col] * LOG2E : row_l[(i >> 1) & 1];
       s[i] = col < rows ? exp2f(s[i] * scale_log2 - l) : 0.f;
     }
@@ -115,7 +115,7 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
     // dS = P (dP - delta), with the delta of each row or column.
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) {
-      const int col = (i / 4) * 8 + (lane & 3) * 2 + (i & 1);
+      const int col = fragment_column(i, lane);
       const float dl = KV ? col_delta[stage * BN + col] : row_delta[(i >> 1) & 1];
       dp[i] = col < rows ? s[i] * (dp[i] - dl) : 0.f;
     }

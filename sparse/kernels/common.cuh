@@ -31,6 +31,11 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem)
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
 
+// Column of accumulator value `i` of lane `lane` in an MMA fragment: mma.sync's m16n8 tiles
+// and wgmma's m64 accumulators place a lane's values alike, value i in row lane / 4 (+ 8 for
+// i % 4 >= 2) and this column.
+__device__ __forceinline__ int fragment_column(int i, int lane) { return (i / 4) * 8 + (lane & 3) * 2 + (i & 1); }
+
 // 16-byte asynchronous global->shared copy; copies zeros when !valid.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));

@@ -3,6 +3,7 @@
 // A thread's scores are s[4 * chunk + e] = row lane/4 (+8 for e >= 2), column
 // 8 * chunk + 2 * (lane % 4) + (e & 1); its output accumulators o[4 * chunk + e] likewise.
 #pragma once
+#include "common.cuh"
 
 // Online softmax of one S tile of BN keys in the log2 domain. Keys past the tile's `rows` are
 // masked, the scale is folded into the exponent's FMA; `s` becomes P, the row maxima `m` and
@@ -13,7 +14,7 @@ __device__ __forceinline__ void softmax_tile(float* s, int rows, float scale_log
   if (rows < BN) {
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) {
-      const int key = (i / 4) * 8 + (lane & 3) * 2 + (i & 1);
+      const int key = fragment_column(i, lane);
       s[i] = key < rows ? s[i] : -INFINITY;
     }
   }

@@ -206,6 +206,22 @@ pub(crate) fn arg_view<'a>(builder: &mut LaunchArgs<'a>, (base, strides): &'a Vi
         .arg(&strides[2]);
 }
 
+/// CTAs of `per` threads that cover `items` threads (at least one), or an error naming `what`
+/// where they exceed one launch's grid.
+pub(crate) fn grid_blocks(items: usize, per: usize, what: &str) -> Result<u32> {
+    u32::try_from(items.div_ceil(per).max(1))
+        .map_err(|_| candle_core::Error::Msg(format!("{what}: {items} threads exceed one launch")))
+}
+
+/// One thread per item, in CTAs of 256.
+pub(crate) fn one_thread_each(items: usize, what: &str) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (grid_blocks(items, 256, what)?, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 /// Key lists of a plan for the kernel, and whatever keeps their device buffers alive.
 struct KernelLists {
     offsets: u64,
@@ -557,12 +573,10 @@ pub(crate) fn row_dots(x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let rows = b * h * s;
-    let too_large = || candle_core::Error::Msg("attention backward: too many rows".into());
-    let blocks = rows
+    let threads = rows
         .checked_mul(d / 8)
-        .map(|threads| threads.div_ceil(256))
-        .and_then(|blocks| u32::try_from(blocks).ok())
-        .ok_or_else(too_large)?;
+        .ok_or_else(|| candle_core::Error::Msg("attention backward: too many rows".into()))?;
+    let cfg = one_thread_each(threads, "attention backward's delta")?;
     let (delta, delta_ptr) = output_tensor(dev, DType::F32, &[b, h, s])?;
     let func = BWD.function(
         dev,
@@ -574,11 +588,6 @@ pub(crate) fn row_dots(x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
     arg_view(&mut builder, &yv);
     let (heads, tokens, rows) = (h as i32, s as i32, rows as i64);
     builder.arg(&delta_ptr).arg(&heads).arg(&tokens).arg(&rows);
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: the arguments match `row_dots`' (two views, the output, sizes); every row the
     // kernel reads lies in `x` and `y`, and it writes `rows` floats of `delta`.
     unsafe { builder.launch(cfg) }.w()?;

@@ -1,7 +1,7 @@
 //! The pooling kernels of `kernels/pool.cu` on the host: per-block sums and means of token
 //! rows (VSA's cubes, VMoBA's chunk keys), their way back to tokens, and VSA's gated output.
 
-use crate::cuda::{arg_view, block_of_on, layout_on, rows_16_byte_aligned, view};
+use crate::cuda::{arg_view, block_of_on, layout_on, one_thread_each, rows_16_byte_aligned, view};
 use crate::layout::BlockLayout;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -126,9 +126,7 @@ pub(crate) fn spread_blocks(
     let (block_of, device_layout) = (block_of_on(dev, layout)?, layout_on(dev, layout)?);
     let (out, out_ptr) = vdit_core::cuda::output_tensor(dev, dtype, &[b, h, s, d])?;
     let vectors = b * h * s * d / 8; // the elements of an existing tensor, / 8
-    let Ok(grid) = u32::try_from(vectors.div_ceil(256)) else {
-        candle_core::bail!("spread blocks: {vectors} vectors exceed one launch")
-    };
+    let cfg = one_thread_each(vectors, "spread blocks")?;
     let (xp, bp, sp) = (
         tensor_ptr(&x)?,
         ptr(dev, &block_of),
@@ -149,11 +147,6 @@ pub(crate) fn spread_blocks(
         .arg(&nb32)
         .arg(&d32)
         .arg(&vectors);
-    let cfg = LaunchConfig {
-        grid_dim: (grid.max(1), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: arguments match `spread_blocks_*`; x holds B x H x nb x D floats and the output
     // B x H x S x D elements, each written once.
     unsafe { builder.launch(cfg) }.w()?;
@@ -200,9 +193,7 @@ pub(crate) fn gated_add(
     let block_of = block_of_on(&dev, layout)?;
     let (out, op) = output(&dev, gate.dtype(), b * s * h * d)?;
     let vectors = b * h * s * d / 8; // the elements of an existing tensor, / 8
-    let Ok(grid) = u32::try_from(vectors.div_ceil(256)) else {
-        candle_core::bail!("gated add: {vectors} vectors exceed one launch")
-    };
+    let cfg = one_thread_each(vectors, "gated add")?;
     let vectors = vectors as i64;
     let (bp, s32, h32, nb32, d32) = (
         ptr(&dev, &block_of),
@@ -225,11 +216,6 @@ pub(crate) fn gated_add(
         .arg(&nb32)
         .arg(&d32)
         .arg(&vectors);
-    let cfg = LaunchConfig {
-        grid_dim: (grid.max(1), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: arguments match `gated_add_*`; shapes and alignment checked above; the output
     // holds B x S x H x D elements, each written once.
     unsafe { builder.launch(cfg) }.w()?;

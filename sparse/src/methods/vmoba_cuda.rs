@@ -9,7 +9,8 @@
 
 use super::vmoba::Budget;
 use crate::cuda::{
-    arg_view, block_of_on, launch_forward, layout_on, rows_16_byte_aligned, tensor_view, AttnParams,
+    arg_view, block_of_on, grid_blocks, launch_forward, layout_on, one_thread_each,
+    rows_16_byte_aligned, tensor_view, AttnParams,
 };
 use crate::layout::BlockLayout;
 use crate::op::ForwardKernel;
@@ -153,7 +154,7 @@ fn widen_queries(
         .arg(&d32)
         .arg(&vectors)
         .arg(&out_ptr);
-    let cfg = one_thread_each(n / 8);
+    let cfg = one_thread_each(n / 8, "VMoBA query widening")?;
     // SAFETY: arguments match `widen_rows_*`; rows are 16-byte aligned (checked above) and
     // heads `b, heads` lie inside q; `out` holds heads x S x D floats.
     unsafe { builder.launch(cfg) }.w()?;
@@ -227,19 +228,6 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     VMOBA.function(dev, name)
 }
 
-fn blocks(n: usize, per: usize) -> u32 {
-    n.div_ceil(per).max(1) as u32
-}
-
-/// One thread per item, in CTAs of 256.
-fn one_thread_each(items: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks(items, 256), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// Selects chunks for every row of `scores` ([heads, S, n] f32) and counts pairs per chunk.
 fn select(
     dev: &CudaDevice,
@@ -284,7 +272,7 @@ fn select(
         .arg(&topk32)
         .arg(&tau);
     let cfg = LaunchConfig {
-        grid_dim: (blocks(rows, 4), 1, 1),
+        grid_dim: (grid_blocks(rows, 4, "VMoBA selection")?, 1, 1),
         block_dim: (128, 1, 1),
         shared_mem_bytes: (4 * n * 4) as u32,
     };
@@ -301,7 +289,7 @@ fn select(
         .arg(&n32)
         .arg(&w32);
     let cfg = LaunchConfig {
-        grid_dim: (blocks(s, 256), heads as u32, 1),
+        grid_dim: (grid_blocks(s, 256, "VMoBA chunk counts")?, heads as u32, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: (n * 4) as u32,
     };
@@ -404,7 +392,7 @@ fn run_pairs(
         .arg(&to_ptr)
         .arg(&len32)
         .arg(&tile_rows);
-    let cfg = one_thread_each(lists);
+    let cfg = one_thread_each(lists, "VMoBA tile counts")?;
     // SAFETY: arguments match `vmoba_tile_counts`; both buffers hold `lists` entries.
     unsafe { builder.launch(cfg) }.w()?;
     exclusive_scan(dev, to_ptr, lists)?;
@@ -435,7 +423,7 @@ fn run_pairs(
         .arg(&s32)
         .arg(&n32)
         .arg(&w32);
-    let cfg = one_thread_each(rows);
+    let cfg = one_thread_each(rows, "VMoBA pair lists")?;
     // SAFETY: arguments match `vmoba_fill`; pair buffers hold the counted pairs.
     unsafe { builder.launch(cfg) }.w()?;
 
@@ -451,7 +439,7 @@ fn run_pairs(
         .arg(&n32)
         .arg(&bh0)
         .arg(&tile_rows);
-    let cfg = one_thread_each(lists);
+    let cfg = one_thread_each(lists, "VMoBA tiles")?;
     // SAFETY: arguments match `vmoba_tiles`; the tile list holds `tiles` entries.
     unsafe { builder.launch(cfg) }.w()?;
 
@@ -523,7 +511,7 @@ fn run_pairs(
         .arg(&h32)
         .arg(&bh0);
     let cfg = LaunchConfig {
-        grid_dim: (blocks(rows, 4), 1, 1),
+        grid_dim: (grid_blocks(rows, 4, "VMoBA merge")?, 1, 1),
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };
