@@ -5,10 +5,11 @@
 // key blocks where they are small or partial) into a ring of STAGES K/V buffers and signalling
 // each through an mbarrier; it hands most of its registers to the WG consumer warpgroups, each of
 // which owns 64 query rows. A consumer overlaps its tensor-core work with its softmax: tile j's
-// S = Q K^T (SS wgmma, both K-major) is issued together with tile j-1's O += P V (RS wgmma, P
-// from registers, V read MN-major from the same tile layout as K), and the softmax of S runs
-// while the P V product is still on the tensor cores. Two consumers also take turns issuing
-// (named barriers), so that one's softmax runs while the other's products do.
+// S = Q K^T (SS wgmma, both K-major; RS from Q in registers where one consumer takes 64-key
+// tiles) is issued together with tile j-1's O += P V (RS wgmma, P from registers, V read
+// MN-major from the same tile layout as K), and the softmax of S runs while the P V product is
+// still on the tensor cores. Two consumers also take turns issuing (named barriers), so that
+// one's softmax runs while the other's products do.
 #include "attention_params.cuh"
 #include "common.cuh"
 #include "softmax.cuh"
@@ -18,11 +19,20 @@
 // Named barriers: the consumers' query tile is in shared memory; consumer c's turn to issue.
 constexpr int BAR_Q_READY = 1, BAR_TURN = 2;
 
+// Consumer c's 64 query rows: in shared memory, and for 64-key tiles also in registers (an SS
+// product of 64 columns reads twice the shared memory per flop that a 128-column one does).
+template <int D, int BN> struct QueryRows {
+  static constexpr bool IN_REGS = BN == 64;
+  const unsigned char* smem;  // the CTA's query tile
+  uint32_t frag[IN_REGS ? D / 16 : 1][4];
+};
+
 // Issues S = Q K^T for consumer c's 64 rows as one commit group.
 template <typename T, int D, int BM, int BN>
-__device__ __forceinline__ void issue_qk(float* s, const unsigned char* sQ, const unsigned char* tk, int c) {
+__device__ __forceinline__ void issue_qk(float* s, const QueryRows<D, BN>& q, const unsigned char* tk, int c) {
   wg_fence();
-  mma_ss_tile<T, D, BN>(s, sQ + c * 64 * 128, BM, tk);
+  if constexpr (QueryRows<D, BN>::IN_REGS) mma_rs_kmajor_tile<T, D, BN>(s, q.frag, tk);
+  else mma_ss_tile<T, D, BN>(s, q.smem + c * 64 * 128, BM, tk);
   wg_commit();
 }
 
@@ -61,6 +71,10 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
   cp_async_wait<0>();
   fence_async_shared();
   named_sync(BAR_Q_READY, 128 * WG);
+  QueryRows<D, BN> q{sQ, {}};
+  if constexpr (QueryRows<D, BN>::IN_REGS) {
+    load_a_rows<D>(q.frag, sQ, BM, c * 64);
+  }
 
   float o[D / 2];
 #pragma unroll
@@ -78,7 +92,7 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
     int rows = tile_rows[0];
     bool more = rows > 0;
     turn_begin<WG>(c);
-    issue_qk<T, D, BM, BN>(s, sQ, sK, c);
+    issue_qk<T, D, BM, BN>(s, q, sK, c);
     turn_end<WG>(c, more);
     wg_wait<0>();
     wg_pin<BN / 2>(s);
@@ -92,7 +106,7 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
       rows = tile_rows[stage];
       more = rows > 0;
       turn_begin<WG>(c);
-      issue_qk<T, D, BM, BN>(s, sQ, sK + stage * KV_BYTES, c);
+      issue_qk<T, D, BM, BN>(s, q, sK + stage * KV_BYTES, c);
       issue_pv<T, D, BN>(o, a, sV + prev * KV_BYTES);
       turn_end<WG>(c, more);
       wg_wait<1>();
@@ -120,9 +134,9 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
 }
 
 // Registers per thread at launch (the launch bounds' share of the register file), and after
-// the producer hands its surplus to the consumers.
+// the producer hands its surplus to the consumers (one consumer holds its query rows too).
 template <int WG> struct RegisterSplit {
-  static constexpr int LAUNCH = WG == 2 ? 168 : 128, PRODUCER = 88;
+  static constexpr int LAUNCH = WG == 2 ? 168 : 128, PRODUCER = WG == 2 ? 88 : 56;
   static constexpr int CONSUMER = LAUNCH + (LAUNCH - PRODUCER) / WG;
 };
 

@@ -10,7 +10,7 @@ struct AttnParams {
   const void* q;
   const void* k;
   const void* v;
-  void* out;           // [B, S, H, D], contiguous (gathered mode: f32 [pairs, D])
+  void* out;           // [B, S, H, D], contiguous (gathered mode: [pairs, D])
   float* lse;          // [B * H, S] (natural log), or null (gathered mode: [pairs])
   long long q_strides[3];  // element strides of q over batch, head, token
   long long k_strides[3];
@@ -125,37 +125,27 @@ __device__ __forceinline__ QueryTile query_tile(const AttnParams& p) {
   return t;
 }
 
-// Where row r of a query tile goes: a T row of out[b, token, h, :], or an f32 row of the
-// gathered mode's partial outputs; and the index of its log-sum-exp.
+// Where row r of a query tile goes: a row of out[b, token, h, :], or of the gathered mode's
+// partial outputs (in the inputs' dtype); and the index of its log-sum-exp.
 template <typename T>
 struct RowOut {
-  T* typed;
-  float* f32;
+  T* row;
   size_t lse_at;
 
   // Stores columns c and c + 1.
   __device__ __forceinline__ void store2(int c, float a, float b) const {
-    if (f32 != nullptr) {
-      *reinterpret_cast<float2*>(f32 + c) = make_float2(a, b);
-    } else {
-      *reinterpret_cast<uint32_t*>(typed + c) = pack2<T>(a, b);
-    }
+    *reinterpret_cast<uint32_t*>(row + c) = pack2<T>(a, b);
   }
 };
 
 template <typename T, int D>
 __device__ __forceinline__ RowOut<T> row_out(const AttnParams& p, const QueryTile& t, int r) {
-  RowOut<T> o{nullptr, nullptr, 0};
   if (p.tiles != nullptr) {
     const size_t pair = p.out_rows[t.qs + r];
-    o.f32 = reinterpret_cast<float*>(p.out) + pair * D;
-    o.lse_at = pair;
-  } else {
-    const long long tok = t.q_ord[t.qs + r];
-    o.typed = reinterpret_cast<T*>(p.out) + (((long long)t.b * p.s + tok) * p.h + t.h) * D;
-    o.lse_at = (size_t)t.bh * p.s + tok;
+    return {reinterpret_cast<T*>(p.out) + pair * D, pair};
   }
-  return o;
+  const long long tok = t.q_ord[t.qs + r];
+  return {reinterpret_cast<T*>(p.out) + (((long long)t.b * p.s + tok) * p.h + t.h) * D, (size_t)t.bh * p.s + tok};
 }
 
 // Finishes row r of a query tile for this lane: sums the row's softmax denominator over the

@@ -48,15 +48,16 @@ __device__ __forceinline__ void wgmma_ss_m64n{n}k16_{ty}(float* d, uint64_t a, u
 """
 
 
-def rs(ty, n):
+def rs(ty, n, mn_major=True):
     regs = n // 2
     dl, cons = operands(regs)
     a = ",".join(f"%{regs + i}" for i in range(4))
-    return f"""// RS: D[64 x {n}] (+)= A[64 x 16] (registers) * B[16 x {n}], B MN-major (transposed) in shared memory
-__device__ __forceinline__ void wgmma_rs_m64n{n}k16_{ty}(float* d, const uint32_t* a, uint64_t b, int accumulate) {{
+    name, major, trans = ("rs", "MN-major (transposed)", 1) if mn_major else ("rs_kmajor", "K-major", 0)
+    return f"""// RS: D[64 x {n}] (+)= A[64 x 16] (registers) * B[16 x {n}], B {major} in shared memory
+__device__ __forceinline__ void wgmma_{name}_m64n{n}k16_{ty}(float* d, const uint32_t* a, uint64_t b, int accumulate) {{
   asm volatile(
       "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 5}, 0;\\n"
-      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{dl}}}, {{{a}}}, %{regs + 4}, p, 1, 1, 1;\\n}}\\n"
+      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{dl}}}, {{{a}}}, %{regs + 4}, p, 1, 1, {trans};\\n}}\\n"
       : {cons}
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
 }}
@@ -68,4 +69,5 @@ if __name__ == "__main__":
     for ty in ("bf16", "f16"):
         parts += [ss(ty, n) for n in (64, 128)]
         parts += [rs(ty, n) for n in (64, 128)]
+        parts += [rs(ty, 64, mn_major=False)]
     open("wgmma.cuh", "w").write("\n".join(parts))

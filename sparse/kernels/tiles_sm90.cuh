@@ -43,6 +43,14 @@ __device__ __forceinline__ void mma_rs(float* c, const uint32_t* a, uint64_t b) 
   }
 }
 
+// One k16 step of C[64 x N] (+)= A B^T, A in registers, B K-major in shared memory.
+template <typename T, int N>
+__device__ __forceinline__ void mma_rs_kmajor(float* c, const uint32_t* a, uint64_t b, int accumulate) {
+  static_assert(N == 64, "wgmma shapes of wgmma.cuh");
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) wgmma_rs_kmajor_m64n64k16_bf16(c, a, b, accumulate);
+  else wgmma_rs_kmajor_m64n64k16_f16(c, a, b, accumulate);
+}
+
 // C[64 x BN] = A B^T over the head dim D: A is 64 rows starting at `a` of a tile of `a_rows`
 // rows, B a tile of BN rows; 16 channels per wgmma (32 bytes inside a swizzle atom). Issues
 // only: the caller fences and commits.
@@ -55,6 +63,28 @@ __device__ __forceinline__ void mma_ss_tile(float* c, const unsigned char* a, in
     const uint64_t db = smem_desc(b + block * BN * 128 + within, 16, 1024);
     mma_ss<T, BN>(c, da, db, kk > 0);
   }
+}
+
+// C[64 x BN] = A B^T over the head dim D with A's 64 rows in registers (see `load_a_rows`): B
+// is read once per k16 step and A not at all, which halves the shared-memory reads of a
+// 64-column product. Issues only.
+template <typename T, int D, int BN>
+__device__ __forceinline__ void mma_rs_kmajor_tile(float* c, const uint32_t (&a)[D / 16][4], const unsigned char* b) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const int block = kk >> 2, within = (kk & 3) * 32;
+    mma_rs_kmajor<T, BN>(c, a[kk], smem_desc(b + block * BN * 128 + within, 16, 1024), kk > 0);
+  }
+}
+
+// Warpgroup rows [row0, row0 + 64) of a tile of `rows` rows (D channels) as wgmma A fragments,
+// one k16 step per entry: warp w takes its 16 rows with one ldmatrix.x4 per step (matrices: rows
+// 0-7 and 8-15 of the step's first 8 channels, then of its second 8).
+template <int D>
+__device__ __forceinline__ void load_a_rows(uint32_t (&a)[D / 16][4], const unsigned char* tile, int rows, int row0) {
+  const int lane = threadIdx.x & 31, r = row0 + ((threadIdx.x >> 5) & 3) * 16 + (lane & 15);
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(a[kk], tile + tile_off(rows, r, 2 * kk + (lane >> 4)));
 }
 
 // C[64 x D] += A B over a tile's BN rows: A (64 x BN) as wgmma A fragments in registers, 16

@@ -279,35 +279,45 @@ extern "C" __global__ void vmoba_tiles(const uint32_t* counts, const uint32_t* c
   }
 }
 
+// N consecutive elements, aligned so that they move as one load or store.
+template <typename T, int N> struct alignas(sizeof(T) * N) Elems {
+  T e[N];
+};
+
 // One warp per row: out[b, query, h, :] = sum_j exp(lse_j - lse) o_j over the row's partial
-// outputs (`partial` [pairs, D] f32 and `partial_lse`, natural log, at row_offsets[row]..+count),
-// lse = log sum_j exp(lse_j). Rows without keys get zeros.
+// outputs (`partial` [pairs, D] in the output's dtype and `partial_lse`, natural log, at
+// row_offsets[row]..+count), lse = log sum_j exp(lse_j); each lane owns D / 32 consecutive
+// columns. Rows without keys get zeros.
 template <typename T, int D>
-__device__ __forceinline__ void merge_rows(const float* partial, const float* partial_lse, const uint32_t* row_offsets,
+__device__ __forceinline__ void merge_rows(const T* partial, const float* partial_lse, const uint32_t* row_offsets,
                                            const uint32_t* count, T* out, int rows, int S, int H, int bh0) {
+  constexpr int N = D / 32;
+  using Row = Elems<T, N>;
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (row >= rows) return;
   const uint32_t first = row_offsets[row], last = first + count[row];
   float mx = -INFINITY;
   for (uint32_t j = first; j < last; ++j) mx = fmaxf(mx, partial_lse[j]);
-  float acc[D / 32] = {0.f}, wsum = 0.f;
+  float acc[N] = {0.f}, wsum = 0.f;
   if (mx > -INFINITY) {
     for (uint32_t j = first; j < last; ++j) {
       const float w = __expf(partial_lse[j] - mx);
+      const Row o = reinterpret_cast<const Row*>(partial + (size_t)j * D)[lane];
       wsum += w;
 #pragma unroll
-      for (int i = 0; i < D / 32; ++i) acc[i] += w * partial[(size_t)j * D + lane + 32 * i];
+      for (int i = 0; i < N; ++i) acc[i] += w * to_f32<T>(o.e[i]);
     }
   }
   const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
   const int bh = bh0 + row / S, b = bh / H, h = bh % H, query = row % S;
-  T* dst = out + (((size_t)b * S + query) * H + h) * D;
+  Row r;
 #pragma unroll
-  for (int i = 0; i < D / 32; ++i) dst[lane + 32 * i] = from_f32<T>(acc[i] * inv);
+  for (int i = 0; i < N; ++i) r.e[i] = from_f32<T>(acc[i] * inv);
+  reinterpret_cast<Row*>(out + (((size_t)b * S + query) * H + h) * D)[lane] = r;
 }
 
 #define MERGE(T, NAME, D)                                                                                 \
-  extern "C" __global__ void vmoba_merge_##NAME##_d##D(const float* partial, const float* partial_lse,     \
+  extern "C" __global__ void vmoba_merge_##NAME##_d##D(const T* partial, const float* partial_lse,         \
                                                        const uint32_t* row_offsets, const uint32_t* count, \
                                                        T* out, int rows, int S, int H, int bh0) {          \
     merge_rows<T, D>(partial, partial_lse, row_offsets, count, out, rows, S, H, bh0);                     \

@@ -31,6 +31,10 @@ pub(crate) const MAX_CHUNKS: usize = 2048;
 const SCORE_BYTES: usize = 512 << 20;
 /// Budget for one head group's partial outputs.
 const PARTIAL_BYTES: usize = 1 << 30;
+/// Bytes of one pair's partial output (a row in the inputs' 16-bit dtype) and log-sum-exp (f32).
+fn partial_bytes_per_pair(d: usize) -> usize {
+    d * 2 + 4
+}
 /// Chunks of at least this many tokens (on average) get 128-query work tiles (two consumer
 /// warpgroups sharing each key tile); smaller chunks keep 64-query tiles.
 const LARGE_CHUNK: usize = 128;
@@ -98,7 +102,9 @@ pub(crate) fn vmoba_forward(
             while g0 < heads {
                 let mut g1 = g0 + 1;
                 let mut total = per_head[g0];
-                while g1 < heads && (total + per_head[g1]) * (d + 1) * 4 <= PARTIAL_BYTES {
+                while g1 < heads
+                    && (total + per_head[g1]) * partial_bytes_per_pair(d) <= PARTIAL_BYTES
+                {
                     total += per_head[g1];
                     g1 += 1;
                 }
@@ -443,9 +449,9 @@ fn run_pairs(
     // SAFETY: arguments match `vmoba_tiles`; the tile list holds `tiles` entries.
     unsafe { builder.launch(cfg) }.w()?;
 
-    // Gathered attention: one partial output row and log-sum-exp per pair.
+    // Gathered attention: one partial output row (in the inputs' dtype) and log-sum-exp per pair.
     // SAFETY: see above (these two).
-    let partial = unsafe { dev.alloc::<f32>(pairs * d)? };
+    let partial = unsafe { dev.alloc::<u16>(pairs * d)? };
     let partial_lse = unsafe { dev.alloc::<f32>(pairs)? };
     let (qv, kv, vv) = (tensor_view(q)?, tensor_view(k)?, tensor_view(v)?);
     let (b, h) = (q.dim(0)?, q.dim(1)?);
