@@ -10,7 +10,8 @@
 # back in $OUT/fixtures.tgz), fewstep (whole runs of `vdit generate`: 3-step dmd with VSA against
 # 50 steps, on the random Wan 1.3B at 832x480x81), compare (`vdit compare` of attention methods
 # on the random Wan 1.3B at 832x480x81: COMPARE_STEPS, COMPARE_METHODS, COMPARE_PARO), multigpu
-# (2 GPUs against 1: multigpu.sh), profile (kernel times under Nsight Compute: PROFILE_CASES).
+# (2 GPUs against 1: multigpu.sh), profile (kernel times under Nsight Compute: PROFILE_CASES), ab
+# (.gpu/vdit-base against .gpu/vdit, side by side: AB_CASES, AB_ROUNDS).
 set -u
 OUT="${OUT:-/tmp/vdit-bench}"
 WORK="$OUT/work"
@@ -167,6 +168,18 @@ save_file(sd, '/tmp/lora-1.3b.safetensors')"
     multigpu)
       # 2+ GPUs (the nvidia-h200-x2 kind): see multigpu.sh.
       source $bench/multigpu.sh "$WORK" ;;
+    ab)
+      # Two builds side by side: .gpu/vdit-base (the build before a change) and .gpu/vdit take
+      # turns AB_ROUNDS times (default 2) at `vdit bench attention` with the cases AB_CASES
+      # (default vsa vmoba dense); ab.py prints each row's medians and their ratio.
+      for round in $(seq "${AB_ROUNDS:-2}"); do
+        for build in vdit-base vdit; do
+          # shellcheck disable=SC2046
+          .gpu/$build bench attention $(printf -- "--case %s " ${AB_CASES:-vsa vmoba dense}) \
+            --out "$WORK/ab-$build-$round" >"$WORK/ab-$build-$round.log" 2>&1 || tail -3 "$WORK/ab-$build-$round.log"
+        done
+      done
+      python3 $bench/ab.py "$WORK" | tee "$WORK/ab.md" ;;
     e2e)
       for size in ${E2E_SIZES:-832x480}; do
         dir=$(pipeline "$size")
