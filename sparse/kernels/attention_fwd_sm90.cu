@@ -9,7 +9,8 @@
 // tiles) is issued together with tile j-1's O += P V (RS wgmma, P from registers, V read
 // MN-major from the same tile layout as K), and the softmax of S runs while the P V product is
 // still on the tensor cores. Two consumers also take turns issuing (named barriers), so that
-// one's softmax runs while the other's products do.
+// one's softmax runs while the other's products do. Where the key order is the identity, the
+// producer copies whole runs of keys by TMA (tma_sm90.cuh).
 #include "attention_params.cuh"
 #include "common.cuh"
 #include "softmax.cuh"
@@ -141,7 +142,8 @@ template <int WG> struct RegisterSplit {
 };
 
 template <typename T, int D, int WG, int BN, int STAGES>
-__device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
+__device__ __forceinline__ void bsattn_fwd_sm90(const FwdSm90Args& args) {
+  const AttnParams& p = args.p;
   constexpr int BM = 64 * WG, Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ uint64_t full[STAGES], empty[STAGES];
@@ -166,8 +168,10 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
     const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)qt.h * p.sk : 0);
     const T* kbase = reinterpret_cast<const T*>(p.k) + qt.b * p.k_strides[0] + qt.h * p.k_strides[1];
     const T* vbase = reinterpret_cast<const T*>(p.v) + qt.b * p.v_strides[0] + qt.h * p.v_strides[1];
-    produce_tiles<T, D, BN, STAGES>(p, qt.keys, k_ord, kbase, vbase, sK, sV, tile_rows, full, empty,
-                                    [](int, const auto&, int) {});
+    // Bulk copies for 128-key tiles (dense and block-sparse runs); the one-consumer kernel's
+    // keys are mostly permuted (VSA's cubes) and it keeps the chunk copies alone.
+    produce_tiles<T, D, BN, STAGES, BN == 128>(p, qt.keys, k_ord, kbase, vbase, sK, sV, tile_rows, full, empty,
+                                               [](int, const auto&, int) {}, KvTma{&args.maps, qt.b, qt.h});
   } else {
     regs_grow<Regs::CONSUMER>();
     consume<T, D, WG, BN, STAGES>(p, qt, (threadIdx.x >> 7) - 1, sQ, sK, sV, tile_rows, full, empty);
@@ -177,8 +181,9 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const AttnParams& p) {
 // WG consumer warpgroups plus the producer; one CTA per SM with two consumers, two with one.
 #define INSTANTIATE_SM90(T, NAME, D, WG, BN, STAGES)                                         \
   extern "C" __global__ void __launch_bounds__((WG + 1) * 128, 3 - WG)                       \
-      bsattn_fwd_sm90_##NAME##_d##D##_wg##WG##_bn##BN##_st##STAGES(const AttnParams p) {     \
-    bsattn_fwd_sm90<T, D, WG, BN, STAGES>(p);                                                \
+      bsattn_fwd_sm90_##NAME##_d##D##_wg##WG##_bn##BN##_st##STAGES(                         \
+          const __grid_constant__ FwdSm90Args args) {                                        \
+    bsattn_fwd_sm90<T, D, WG, BN, STAGES>(args);                                             \
   }
 // Query tiles of 64 (one consumer) or 128 rows (two); key tiles of 64 or 128; the ring holds
 // two or three K/V tiles.

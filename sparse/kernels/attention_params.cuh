@@ -95,6 +95,16 @@ __device__ __forceinline__ KeyStream stream_advance(const AttnParams& p, KeyStre
   return stream_settle(p, s);
 }
 
+// True when the tile of `rows` stream rows from `s` is one run of consecutive key slots that
+// is either BN long or ends at the last key (`first` gets its first slot), so that with an
+// identity key order it can be copied as a box whose rows past the keys read as zeros.
+__device__ __forceinline__ bool tile_is_run(const AttnParams& p, KeyStream s, int rows, int bn, int& first) {
+  const uint32_t kb = stream_block(p, s.item);
+  first = (int)(p.k_starts[kb] + s.offset);
+  const int len = (int)p.k_starts[kb + 1] - first;
+  return rows <= len && (rows == bn || first + rows == p.sk);
+}
+
 // The query rows a CTA runs and the key stream they attend to.
 struct QueryTile {
   int b, h, bh;

@@ -8,6 +8,7 @@
 #include "attention_params.cuh"
 #include "common.cuh"
 #include "sync_sm90.cuh"
+#include "tma_sm90.cuh"
 #include "wgmma.cuh"
 
 // Byte offset of 16-byte chunk `c` (of D/8) of row `r` in a tile of `rows` rows stored as D/64
@@ -120,10 +121,15 @@ __device__ __forceinline__ void wg_keep(const uint32_t (&a)[N][4]) {
 // rows)` may issue more asynchronous copies of the tile (this thread's row tokens `tok`),
 // which the same signal covers. A tile's tokens are looked up, and the next tile found, before
 // the wait.
-template <typename T, int D, int BN, int STAGES, typename Extra>
+//
+// With BULK and `tma.maps` enabled, a tile of BN contiguous tokens (or fewer, ending at the
+// last token) is copied by thread 0 through the tensor maps instead (no `extra` copies then);
+// the other threads only arrive.
+template <typename T, int D, int BN, int STAGES, bool BULK = false, typename Extra>
 __device__ __forceinline__ void produce_tiles(const AttnParams& p, KeyStream cur, const uint32_t* ord, const T* abase,
                                               const T* bbase, unsigned char* sA, unsigned char* sB, int* tile_rows,
-                                              uint64_t* full, uint64_t* empty, Extra extra) {
+                                              uint64_t* full, uint64_t* empty, Extra extra, KvTma tma = {nullptr, 0, 0}) {
+  const bool maps = BULK && tma.maps->enabled;
   constexpr int CH = D / 8, TILE_BYTES = BN * D * 2;
   auto off = [](int r, int c) { return tile_off(BN, r, c); };
   int rows = 0;
@@ -135,9 +141,15 @@ __device__ __forceinline__ void produce_tiles(const AttnParams& p, KeyStream cur
     int next_rows = 0;
     const KeyStream after = stream_advance(p, nxt, BN, next_rows);
     if (j >= STAGES) mbar_wait(&empty[stage], ((j / STAGES) & 1) ^ 1);
-    copy_kv_tile<T, BN, CH, 128>(p, tok, rows, abase, bbase, sA + stage * TILE_BYTES, sB + stage * TILE_BYTES, off);
-    extra(stage, tok, rows);
-    mbar_arrive_after_copies(&full[stage]);
+    int first = 0;
+    if (BULK && maps && tile_is_run(p, cur, rows, BN, first)) {
+      if (threadIdx.x == 0) tma.load<D, BN>(first, sA + stage * TILE_BYTES, sB + stage * TILE_BYTES, &full[stage]);
+      else mbar_arrive(&full[stage]);
+    } else {
+      copy_kv_tile<T, BN, CH, 128>(p, tok, rows, abase, bbase, sA + stage * TILE_BYTES, sB + stage * TILE_BYTES, off);
+      extra(stage, tok, rows);
+      mbar_arrive_after_copies(&full[stage]);
+    }
     if (threadIdx.x == 0) {
       tile_rows[stage] = nxt.item < nxt.end ? rows : -rows;
       mbar_arrive(&full[stage]);

@@ -6,6 +6,7 @@ pub(crate) use crate::kernel_params::{AttnParams, BwdParams, ListShape};
 use crate::layout::BlockLayout;
 use crate::op::ForwardKernel;
 use crate::plan::{KeyBlocks, SparsePlan};
+use crate::tma::{FwdSm90Args, KvMaps};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
@@ -372,7 +373,11 @@ pub(crate) fn launch_forward(
             shared_mem_bytes: ((64 * groups + 2 * stages * key_tile) * d * 2 + 1024) as u32,
         };
         let name = format!("{prefix}_{t}_d{d}_wg{groups}_bn{key_tile}_st{stages}");
-        FWD_SM90.launch(dev, &name, cfg, params)
+        let args = FwdSm90Args {
+            attn: *params,
+            maps: KvMaps::for_keys(params, dtype, d, key_tile),
+        };
+        FWD_SM90.launch(dev, &name, cfg, &args)
     } else {
         let warps = if small { 4 } else { 8 };
         let cfg = LaunchConfig {

@@ -29,6 +29,8 @@ mod registry;
 mod router;
 mod schedule;
 mod seam;
+#[cfg(feature = "cuda")]
+mod tma;
 
 pub use dense::Dense;
 pub use error::{Error, Result};

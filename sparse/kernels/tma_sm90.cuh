@@ -1,0 +1,65 @@
+// Tensor-memory-accelerator (TMA) copies of key tiles for the Hopper forward: where the key
+// order is the identity, a tile of contiguous tokens is two bulk tensor copies per tensor (one
+// per 64-channel column block), issued by one producer thread and counted by the tile's
+// mbarrier in bytes, instead of a cp.async per 16-byte chunk from every producer thread. The
+// 128-byte swizzle of the copies is the layout `tile_off` describes.
+#pragma once
+#include <cuda.h>
+#include <stdint.h>
+
+#include "sync_sm90.cuh"
+
+// K and V as 4-d tensor maps (channels, then the three outer dims ordered by stride), boxes of
+// 64 channels x BN tokens; `role[i]` says what map dim i + 1 is (0 batch, 1 head, 2 token).
+// `enabled` is 0 where the maps are not set (a permuted key order, other dtypes, strides TMA
+// cannot take).
+struct KvMaps {
+  CUtensorMap k, v;
+  int role[3];
+  int enabled;
+};
+static_assert(sizeof(KvMaps) == 384 && alignof(KvMaps) == 128, "KvMaps layout (sparse/src/cuda.rs)");
+
+// The forward kernel's parameters: the plan walk's and the key tiles' maps.
+struct FwdSm90Args {
+  AttnParams p;
+  KvMaps maps;
+};
+
+// Makes one arrival on `bar` and raises the bytes its phase waits for by `bytes`.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_addr(bar)), "r"(bytes)
+               : "memory");
+}
+
+// Copies the box at (c0, c1, c2, c3) of `map` to `dst`, completing its bytes on `bar`.
+__device__ __forceinline__ void tma_load_4d(void* dst, const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                            uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(shared_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(shared_addr(bar))
+      : "memory");
+}
+
+// Where a CTA's key tiles come from by TMA: the maps, and the batch and head of its keys.
+struct KvTma {
+  const KvMaps* maps;  // null: no TMA (the backward's producers)
+  int b, h;
+
+  // Issues the copies of K and V rows [token, token + BN) (rows past the tensor's end read as
+  // zeros) into tiles of BN rows, D / 64 column blocks each, and expects their bytes on `bar`
+  // (this thread's arrival).
+  template <int D, int BN>
+  __device__ __forceinline__ void load(int token, unsigned char* dk, unsigned char* dv, uint64_t* bar) const {
+    int c[3];
+#pragma unroll
+    for (int i = 0; i < 3; ++i) c[i] = maps->role[i] == 0 ? b : maps->role[i] == 1 ? h : token;
+    mbar_arrive_expect_tx(bar, 2 * BN * D * 2);
+#pragma unroll
+    for (int blk = 0; blk < D / 64; ++blk) {
+      tma_load_4d(dk + blk * BN * 128, &maps->k, blk * 64, c[0], c[1], c[2], bar);
+      tma_load_4d(dv + blk * BN * 128, &maps->v, blk * 64, c[0], c[1], c[2], bar);
+    }
+  }
+};

@@ -1,0 +1,114 @@
+//! TMA tensor maps of K and V for the Hopper forward (`KvMaps` in `kernels/tma_sm90.cuh`):
+//! where the key order is the identity, the kernel's producer copies each run of contiguous
+//! keys as bulk tensor copies. Maps are encoded on the host for every launch (a driver call,
+//! no device work); inputs TMA cannot describe get disabled maps and the per-chunk copies.
+
+use crate::kernel_params::AttnParams;
+use candle_core::cuda_backend::cudarc::driver::sys::{
+    self, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
+    CUtensorMapL2promotion, CUtensorMapSwizzle,
+};
+use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
+use candle_core::DType;
+
+/// `KvMaps` of tma_sm90.cuh: two 128-byte tensor maps, what map dims 1..3 are (0 batch, 1
+/// head, 2 token) and whether the maps are set.
+#[repr(C, align(128))]
+#[derive(Clone, Copy)]
+pub(crate) struct KvMaps {
+    k: [u64; 16],
+    v: [u64; 16],
+    role: [i32; 3],
+    enabled: i32,
+}
+const _: () = assert!(std::mem::size_of::<KvMaps>() == 384);
+
+/// `FwdSm90Args` of tma_sm90.cuh: the Hopper forward kernel's one parameter.
+#[repr(C)]
+pub(crate) struct FwdSm90Args {
+    pub(crate) attn: AttnParams,
+    pub(crate) maps: KvMaps,
+}
+// SAFETY: plain old data with the C layout of `FwdSm90Args` (AttnParams is checked by the
+// build, KvMaps by the size assertions on both sides).
+unsafe impl DeviceRepr for FwdSm90Args {}
+
+impl KvMaps {
+    /// Maps that tell the kernel to copy chunk by chunk.
+    pub(crate) fn disabled() -> Self {
+        KvMaps {
+            k: [0; 16],
+            v: [0; 16],
+            role: [0; 3],
+            enabled: 0,
+        }
+    }
+
+    /// Maps of `params`' K and V for tiles of `key_tile` tokens of `d` channels, or disabled
+    /// ones where the key order is permuted or TMA cannot take the tensors.
+    pub(crate) fn for_keys(params: &AttnParams, dtype: DType, d: usize, key_tile: usize) -> Self {
+        let data_type = match dtype {
+            DType::BF16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            DType::F16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+            _ => return Self::disabled(),
+        };
+        if params.k_natural <= 0 || !d.is_multiple_of(64) {
+            return Self::disabled();
+        }
+        let mut maps = Self::disabled();
+        let tensors = [
+            (params.k, params.k_strides, &mut maps.k),
+            (params.v, params.v_strides, &mut maps.v),
+        ];
+        let mut roles = Vec::with_capacity(2);
+        for (address, strides, map) in tensors {
+            // Outer dims (batch, head, token) by increasing stride, as TMA walks them.
+            let extents = [params.b, params.h, params.sk];
+            let mut dims = [0usize, 1, 2];
+            dims.sort_by_key(|&i| strides[i]);
+            let global_dim: [u64; 4] = [
+                d as u64,
+                extents[dims[0]] as u64,
+                extents[dims[1]] as u64,
+                extents[dims[2]] as u64,
+            ];
+            let global_strides: [u64; 3] = dims.map(|i| (strides[i] * 2) as u64);
+            let boxed = |i: usize| if dims[i] == 2 { key_tile as u32 } else { 1 };
+            let box_dim: [u32; 4] = [64, boxed(0), boxed(1), boxed(2)];
+            let element_strides = [1u32; 4];
+            if !address.is_multiple_of(16)
+                || dims.iter().any(|&i| strides[i] <= 0 || strides[i] % 8 != 0)
+            {
+                return Self::disabled();
+            }
+            // SAFETY: `map` is a 128-byte, 128-aligned buffer; the arrays outlive the call.
+            let status = unsafe {
+                sys::cuTensorMapEncodeTiled(
+                    map.as_mut_ptr().cast(),
+                    data_type,
+                    4,
+                    address as *mut std::ffi::c_void,
+                    global_dim.as_ptr(),
+                    global_strides.as_ptr(),
+                    box_dim.as_ptr(),
+                    element_strides.as_ptr(),
+                    CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                    CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                    CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                    CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+                )
+            };
+            if status != sys::CUresult::CUDA_SUCCESS {
+                return Self::disabled();
+            }
+            roles.push(dims.map(|i| i as i32));
+        }
+        // One role list serves both maps.
+        if roles[0] != roles[1] {
+            return Self::disabled();
+        }
+        maps.role = roles[0];
+        maps.enabled = 1;
+        maps
+    }
+}
