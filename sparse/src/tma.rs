@@ -60,12 +60,17 @@ impl KvMaps {
             (params.k, params.k_strides, &mut maps.k),
             (params.v, params.v_strides, &mut maps.v),
         ];
-        let mut roles = Vec::with_capacity(2);
-        for (address, strides, map) in tensors {
-            // Outer dims (batch, head, token) by increasing stride, as TMA walks them.
-            let extents = [params.b, params.h, params.sk];
+        // Outer dims (batch, head, token) by increasing stride, as TMA walks them.
+        let extents = [params.b, params.h, params.sk];
+        let mut roles = [[0i32; 3]; 2];
+        for ((address, strides, map), role) in tensors.into_iter().zip(&mut roles) {
             let mut dims = [0usize, 1, 2];
             dims.sort_by_key(|&i| strides[i]);
+            if !address.is_multiple_of(16)
+                || dims.iter().any(|&i| strides[i] <= 0 || strides[i] % 8 != 0)
+            {
+                return Self::disabled();
+            }
             let global_dim: [u64; 4] = [
                 d as u64,
                 extents[dims[0]] as u64,
@@ -76,11 +81,6 @@ impl KvMaps {
             let boxed = |i: usize| if dims[i] == 2 { key_tile as u32 } else { 1 };
             let box_dim: [u32; 4] = [64, boxed(0), boxed(1), boxed(2)];
             let element_strides = [1u32; 4];
-            if !address.is_multiple_of(16)
-                || dims.iter().any(|&i| strides[i] <= 0 || strides[i] % 8 != 0)
-            {
-                return Self::disabled();
-            }
             // SAFETY: `map` is a 128-byte, 128-aligned buffer; the arrays outlive the call.
             let status = unsafe {
                 sys::cuTensorMapEncodeTiled(
@@ -101,7 +101,7 @@ impl KvMaps {
             if status != sys::CUresult::CUDA_SUCCESS {
                 return Self::disabled();
             }
-            roles.push(dims.map(|i| i as i32));
+            *role = dims.map(|i| i as i32);
         }
         // One role list serves both maps.
         if roles[0] != roles[1] {
