@@ -35,6 +35,13 @@ __device__ __forceinline__ void mbar_arrive_after_copies(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(shared_addr(bar)) : "memory");
 }
 
+// Makes one arrival on `bar` and raises the bytes its phase waits for by `bytes` (a TMA
+// copy's completion counts them down).
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_addr(bar)), "r"(bytes)
+               : "memory");
+}
+
 // Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads: wait, or only arrive.
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");

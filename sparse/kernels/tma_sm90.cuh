@@ -26,12 +26,6 @@ struct FwdSm90Args {
   KvMaps maps;
 };
 
-// Makes one arrival on `bar` and raises the bytes its phase waits for by `bytes`.
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_addr(bar)), "r"(bytes)
-               : "memory");
-}
-
 // Copies the box at (c0, c1, c2, c3) of `map` to `dst`, completing its bytes on `bar`.
 __device__ __forceinline__ void tma_load_4d(void* dst, const CUtensorMap* map, int c0, int c1, int c2, int c3,
                                             uint64_t* bar) {
