@@ -310,3 +310,23 @@ INSTANTIATE_DELTA(__nv_bfloat16, bf16, 64)
 INSTANTIATE_DELTA(__nv_bfloat16, bf16, 128)
 INSTANTIATE_DELTA(__half, f16, 64)
 INSTANTIATE_DELTA(__half, f16, 128)
+
+// dq[i] = scale * acc[i] in the inputs' type, eight values per thread: the one-pass Hopper
+// backward's dq (attention_bwd_sm90.cu), which it adds by atomics into f32 `acc`.
+template <typename T>
+__device__ __forceinline__ void finish_dq(const float* acc, T* dq, float scale, long long groups) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= groups) return;
+  const float4 a = reinterpret_cast<const float4*>(acc)[2 * i];
+  const float4 b = reinterpret_cast<const float4*>(acc)[2 * i + 1];
+  const uint4 out = {pack2<T>(a.x * scale, a.y * scale), pack2<T>(a.z * scale, a.w * scale),
+                     pack2<T>(b.x * scale, b.y * scale), pack2<T>(b.z * scale, b.w * scale)};
+  reinterpret_cast<uint4*>(dq)[i] = out;
+}
+
+#define INSTANTIATE_FINISH_DQ(T, NAME)                                                                 \
+  extern "C" __global__ void bsattn_bwd_finish_dq_##NAME(const float* acc, T* dq, float scale, long long groups) { \
+    finish_dq<T>(acc, dq, scale, groups);                                                            \
+  }
+INSTANTIATE_FINISH_DQ(__nv_bfloat16, bf16)
+INSTANTIATE_FINISH_DQ(__half, f16)

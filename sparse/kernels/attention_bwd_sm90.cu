@@ -9,38 +9,109 @@
 // the column tiles), P = exp(S - lse) and dS = P (dP - delta) in registers, then
 // acc1 += dS A (dq, or dk) and, in the dk/dv pass, acc2 += P B (dv), both with A operands from
 // registers. Gradients are [B, H, S, D] contiguous, in the inputs' type.
+//
+// The one-pass variant (`dkdvdq`, after FlashAttention-3's) runs the dk/dv pass on 128 key
+// rows per CTA, two consumer warpgroups of 64 sharing the query tiles, and adds dq as well:
+// each consumer stores its dS^T to shared memory, and once both have, warpgroup w multiplies
+// the tile's dS (64 queries x 128 keys) by channels [64 w, 64 w + 64) of the 128 key rows and
+// adds the result into an f32 dq with atomics (scaled afterwards by `bsattn_bwd_finish_dq`).
+// No dq pass runs: five products per tile pair where the two passes take seven. (The
+// atomics' volume is what they cost: alternatives measured are in BENCHMARKS.md.)
 #include "attention_params.cuh"
 #include "bwd_params.cuh"
 #include "common.cuh"
 #include "sync_sm90.cuh"
 #include "tiles_sm90.cuh"
 
-// Named barrier: the consumer's row tiles are in shared memory.
-constexpr int BAR_ROWS_READY = 1;
-// Registers per thread at launch (two CTAs of two warpgroups per SM) and after the producer
-// hands its surplus to the consumer: the dk/dv pass's consumer holds two 64 x D accumulators
-// besides S and dP, and needs all but what the producer cannot do without.
-template <bool KV> struct BwdRegisterSplit {
-  static constexpr int LAUNCH = 128, PRODUCER = KV ? 32 : 56, CONSUMER = 2 * LAUNCH - PRODUCER;
+// Named barriers: consumer warpgroup w's row tiles are in shared memory (1 + w); both
+// consumers' dS^T tiles are (the one-pass kernel).
+constexpr int BAR_ROWS_READY = 1, BAR_DS_READY = 3;
+// Registers per thread at launch (two CTAs of two warpgroups per SM; the one-pass kernel: one
+// CTA of three) and after the producer hands its surplus to the consumers: the dk/dv pass's
+// consumer holds two 64 x D accumulators besides S and dP (and in one pass, dq's 64 x 64), and
+// needs all but what the producer cannot do without.
+template <bool KV, bool ONE_PASS> struct BwdRegisterSplit {
+  static constexpr int WARPGROUPS = ONE_PASS ? 3 : 2, LAUNCH = ONE_PASS ? 168 : 128;
+  static constexpr int PRODUCER = KV && !ONE_PASS ? 32 : 56;
+  static constexpr int CONSUMER = (WARPGROUPS * LAUNCH - PRODUCER) / (WARPGROUPS - 1);
 };
 
-// The consumer warpgroup: its 64 rows against every column tile of the stream.
-template <typename T, int D, int BN, int STAGES, bool KV>
-__device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& rc, bool any_tile, unsigned char* sX,
-                                            unsigned char* sY, const unsigned char* sA, const unsigned char* sB,
-                                            const float* col_l, const float* col_delta, const int* tile_rows,
+// Bytes of the one-pass kernel's dS^T tile: both consumers' 64 key rows by BN query columns.
+template <int BN> __host__ __device__ constexpr int ds_tile_bytes() { return 2 * BWD_ROWS * BN * 2; }
+
+// Stores this warpgroup's dS^T (its 64 key rows from `row0`, as the A fragments of dK += dS^T Q)
+// into the dS^T tile `ds` (2 x 64 rows, BN query columns; 128-byte swizzle), from which wgmma
+// reads dS MN-major.
+template <int BN>
+__device__ __forceinline__ void store_ds(unsigned char* ds, const uint32_t (&a)[BN / 16][4], int row0) {
+  const int lane = threadIdx.x & 31, r = row0 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
+#pragma unroll
+  for (int t = 0; t < BN / 16; ++t) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = r + 8 * (i & 1), col = 16 * t + 8 * (i >> 1) + 2 * (lane & 3);
+      *reinterpret_cast<uint32_t*>(ds + tile_off(2 * BWD_ROWS, row, col >> 3) + (col & 7) * 2) = a[t][i];
+    }
+  }
+}
+
+// dq[token, 64 w + c] += (dS K)[q, c] for the tile's BN (= 64) query columns `q` (tokens `tok`
+// of this thread's rows, the first `rows` columns real) and this warpgroup's 64 channels: dS
+// from the dS^T tile `ds`, K from the two consumers' 64-row key tiles `k` (ROW_BYTES apart), both
+// read MN-major; f32 atomics of four channels (lane pairs swap rows so that each holds four).
+template <typename T, int D, int BN>
+__device__ __forceinline__ void add_dq(float* dq, const unsigned char* ds, const unsigned char* k, int w,
+                                       const uint32_t (&tok)[2], int rows) {
+  static_assert(D == 128 && BN == 64, "one consumer's dq channels are one 64-wide column block");
+  constexpr int ROW_BYTES = BWD_ROWS * D * 2;
+  float acc[32];
+  wg_fence();
+#pragma unroll
+  for (int t = 0; t < 2 * BWD_ROWS / 16; ++t) {
+    const unsigned char* kt = k + (t / 4) * ROW_BYTES + w * BWD_ROWS * 128 + (t % 4) * 16 * 128;
+    mma_ss_mn<T>(acc, smem_desc(ds + t * 16 * 128, 2 * BWD_ROWS * 128, 1024), smem_desc(kt, BWD_ROWS * 128, 1024),
+                 t > 0);
+  }
+  wg_commit();
+  wg_wait<0>();
+  wg_pin<32>(acc);
+  // Lane pair (2i, 2i + 1) holds channels 4i..4i+3 of rows g and g + 8 as pairs: the even lane
+  // takes row g's four, the odd lane row g + 8's.
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, odd = lane & 1;
+  const int r = warp * 16 + (lane >> 2) + 8 * odd;
+  float* row = dq + (size_t)tok[odd] * D + w * 64 + (lane & 2) * 2;
+#pragma unroll
+  for (int dt = 0; dt < 8; ++dt) {
+    const float* c = acc + 4 * dt;
+    // Send the pair the partner needs (row g + 8's to the even lane, row g's to the odd one).
+    const float s0 = __shfl_xor_sync(0xffffffff, odd ? c[0] : c[2], 1);
+    const float s1 = __shfl_xor_sync(0xffffffff, odd ? c[1] : c[3], 1);
+    const float4 v = odd ? make_float4(s0, s1, c[2], c[3]) : make_float4(c[0], c[1], s0, s1);
+    if (r < rows) atomicAdd(reinterpret_cast<float4*>(row + dt * 8), v);
+  }
+}
+
+// A consumer warpgroup (w of the one-pass kernel's two): its 64 rows against every column tile
+// of the stream. `sX` and `sY` hold each consumer's row tiles, ROW_BYTES apart.
+template <typename T, int D, int BN, int STAGES, bool KV, bool ONE_PASS>
+__device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& rc, int w, bool any_tile,
+                                            unsigned char* sX, unsigned char* sY, const unsigned char* sA,
+                                            const unsigned char* sB, unsigned char* sDS, const float* col_l,
+                                            const float* col_delta, const uint32_t* col_tok, const int* tile_rows,
                                             uint64_t* full, uint64_t* empty) {
-  constexpr int CH = D / 8, TILE_BYTES = BN * D * 2;
-  const int tid = threadIdx.x - 128, warp = tid >> 5, lane = tid & 31;
+  constexpr int CH = D / 8, TILE_BYTES = BN * D * 2, ROW_BYTES = BWD_ROWS * D * 2;
+  const int tid = threadIdx.x % 128, warp = tid >> 5, lane = tid & 31;
   auto off = [](int r, int c) { return tile_off(BWD_ROWS, r, c); };
+  unsigned char* x = sX + w * ROW_BYTES;
+  unsigned char* y = sY + w * ROW_BYTES;
   load_row_tile<T, BWD_ROWS, CH, 128>(KV ? p.k_strides[2] : p.q_strides[2], rc.ord, rc.first, rc.nr,
                                     KV ? head_base<T>(p.k, p.k_strides, rc.b, rc.h)
                                        : head_base<T>(p.q, p.q_strides, rc.b, rc.h),
-                                    sX, off, tid);
+                                    x, off, tid);
   load_row_tile<T, BWD_ROWS, CH, 128>(KV ? p.v_strides[2] : p.o_strides[2], rc.ord, rc.first, rc.nr,
                                     KV ? head_base<T>(p.v, p.v_strides, rc.b, rc.h)
                                        : head_base<T>(p.dout, p.o_strides, rc.b, rc.h),
-                                    sY, off, tid);
+                                    y, off, tid);
   cp_async_commit();
 
   // The dq pass's rows carry their own lse (log2) and delta: rows g and g + 8 of this warp's 16.
@@ -60,7 +131,9 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
   }
   cp_async_wait<0>();
   fence_async_shared();
-  named_sync(BAR_ROWS_READY, 128);
+  named_sync(BAR_ROWS_READY + w, 128);
+  // The one-pass kernel adds dq into f32 rows of this head.
+  float* dq = reinterpret_cast<float*>(p.dq) + (size_t)rc.bh * p.s * D;
 
   float acc1[D / 2], acc2[KV ? D / 2 : 1];  // dq or dk; dv
 #pragma unroll
@@ -76,6 +149,12 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
     const int signed_rows = tile_rows[stage], rows = abs(signed_rows);
     const unsigned char* ta = sA + stage * TILE_BYTES;
     const unsigned char* tb = sB + stage * TILE_BYTES;
+    // The query tokens of this thread's dq rows (read before the stage is released).
+    uint32_t dq_tok[2] = {0, 0};
+    if constexpr (ONE_PASS) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) dq_tok[half] = col_tok[stage * BN + warp * 16 + (lane >> 2) + half * 8];
+    }
 
     // S and dP. The dk/dv pass issues them as two commit groups, so that P is computed while
     // dP is still on the tensor cores, and issues dV += P^T dO before it computes dS, so that
@@ -83,9 +162,9 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
     // cores are kept busy by the other CTA on the SM.)
     float s[BN / 2], dp[BN / 2];
     wg_fence();
-    mma_ss_tile<T, D, BN>(s, sX, BWD_ROWS, ta);
+    mma_ss_tile<T, D, BN>(s, x, BWD_ROWS, ta);
     if constexpr (KV) wg_commit();
-    mma_ss_tile<T, D, BN>(dp, sY, BWD_ROWS, tb);
+    mma_ss_tile<T, D, BN>(dp, y, BWD_ROWS, tb);
     wg_commit();
     if constexpr (KV) {
       wg_wait<1>();
@@ -124,6 +203,10 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
     wg_fence();
     mma_rs_tile<T, D, BN>(acc1, a_ds, ta);
     wg_commit();
+    // Double-buffered: a consumer writes buffer j % 2 only after both passed tile j - 1's
+    // barrier, by which both finished reading it at tile j - 2.
+    unsigned char* ds = sDS + (j & 1) * ds_tile_bytes<BN>();
+    if constexpr (ONE_PASS) store_ds<BN>(ds, a_ds, w * BWD_ROWS);
     wg_wait<0>();
     wg_pin<D / 2>(acc1);
     wg_keep(a_ds);
@@ -132,6 +215,11 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
       wg_keep(a_p);
     }
     if (lane == 0) mbar_arrive(&empty[stage]);
+    if constexpr (ONE_PASS) {
+      fence_async_shared();
+      named_sync(BAR_DS_READY, 256);
+      add_dq<T, D, BN>(dq, ds, sX, w, dq_tok, rows);
+    }
     if (signed_rows < 0) break;
   }
 
@@ -141,32 +229,40 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
   store_row_grads<T, D, KV>(g1, g2, acc1, acc2, p.scale, rc.ord, rc.first, rc.nr);
 }
 
-template <typename T, int D, int BN, int STAGES, bool KV>
+template <typename T, int D, int BN, int STAGES, bool KV, bool ONE_PASS>
 __device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p) {
+  using Regs = BwdRegisterSplit<KV, ONE_PASS>;
+  constexpr int CONSUMERS = Regs::WARPGROUPS - 1;
   constexpr int ROW_BYTES = BWD_ROWS * D * 2, TILE_BYTES = BN * D * 2, CH = D / 8;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ uint64_t full[STAGES], empty[STAGES];
   __shared__ int tile_rows[STAGES];
   __shared__ float col_l[KV ? STAGES * BN : 1], col_delta[KV ? STAGES * BN : 1];  // dk/dv pass: natural log
+  __shared__ uint32_t col_tok[ONE_PASS ? STAGES * BN : 1];  // one pass: the columns' query tokens
   unsigned char* smem =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  unsigned char* sX = smem;
-  unsigned char* sY = sX + ROW_BYTES;
-  unsigned char* sA = sY + ROW_BYTES;          // STAGES buffers
-  unsigned char* sB = sA + STAGES * TILE_BYTES;  // STAGES buffers
+  unsigned char* sX = smem;                        // CONSUMERS row tiles
+  unsigned char* sY = sX + CONSUMERS * ROW_BYTES;  // likewise
+  unsigned char* sA = sY + CONSUMERS * ROW_BYTES;  // STAGES buffers
+  unsigned char* sB = sA + STAGES * TILE_BYTES;    // STAGES buffers
+  unsigned char* sDS = sB + STAGES * TILE_BYTES;   // one pass: two dS^T tiles
+  // The producer threads that copy the columns' statistics (one per tile row), which in one
+  // pass also store the columns' tokens and then arrive once more on the tile's barrier.
+  constexpr int STATS_THREADS = 128 / CH;
   if (threadIdx.x == 0) {
     for (int i = 0; i < STAGES; ++i) {
-      mbar_init(&full[i], 129);  // every producer thread once its copies land, and the row count
-      mbar_init(&empty[i], 4);   // every consumer warp
+      // Every producer thread once its copies land, the row count (and the column tokens).
+      mbar_init(&full[i], 129 + (ONE_PASS ? STATS_THREADS : 0));
+      mbar_init(&empty[i], 4 * CONSUMERS);  // every consumer warp
     }
   }
   __syncthreads();
-  const RowChunk rc = row_chunk<KV>(p);
+  const RowChunk rc = row_chunk<KV>(p, 0, CONSUMERS);
   if (rc.nr <= 0) return;
   const AttnParams cv = column_view<KV>(p);
   const KeyStream cols = key_stream(cv, (size_t)rc.bh * p.rows_blocks + rc.blk);
   if (threadIdx.x < 128) {
-    regs_shrink<BwdRegisterSplit<KV>::PRODUCER>();
+    regs_shrink<Regs::PRODUCER>();
     const float* lse = p.lse + (size_t)rc.bh * p.s;
     const float* delta = p.delta + (size_t)rc.bh * p.s;
     using Rows = TileRows<BN, CH, 128>;
@@ -179,8 +275,10 @@ __device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p) {
           if (r < rows) {
             cp_async4(&col_l[stage * BN + r], lse + tok[j]);
             cp_async4(&col_delta[stage * BN + r], delta + tok[j]);
+            if (ONE_PASS) col_tok[stage * BN + r] = tok[j];
           }
         }
+        if (ONE_PASS) mbar_arrive(&full[stage]);
       }
     };
     const T* abase = KV ? head_base<T>(p.q, p.q_strides, rc.b, rc.h) : head_base<T>(p.k, p.k_strides, rc.b, rc.h);
@@ -188,9 +286,11 @@ __device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p) {
     produce_tiles<T, D, BN, STAGES>(cv, cols, column_order<KV>(p, rc.h), abase, bbase, sA, sB, tile_rows, full, empty,
                                     copy_stats);
   } else {
-    regs_grow<BwdRegisterSplit<KV>::CONSUMER>();
-    consume_bwd<T, D, BN, STAGES, KV>(p, rc, cols.item < cols.end, sX, sY, sA, sB, col_l, col_delta, tile_rows, full,
-                                      empty);
+    regs_grow<Regs::CONSUMER>();
+    const int w = threadIdx.x / 128 - 1;
+    consume_bwd<T, D, BN, STAGES, KV, ONE_PASS>(p, ONE_PASS ? row_chunk<KV>(p, w, CONSUMERS) : rc, w,
+                                                cols.item < cols.end, sX, sY, sA, sB, sDS, col_l, col_delta, col_tok,
+                                                tile_rows, full, empty);
   }
 }
 
@@ -198,12 +298,22 @@ __device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p) {
 // CTAs per SM.
 #define INSTANTIATE_BWD_SM90(T, NAME, D)                                                          \
   extern "C" __global__ void __launch_bounds__(256, 2) bsattn_bwd_sm90_dq_##NAME##_d##D(const BwdParams p) {   \
-    bsattn_bwd_sm90<T, D, 64, 2, false>(p);                                                       \
+    bsattn_bwd_sm90<T, D, 64, 2, false, false>(p);                                                \
   }                                                                                               \
   extern "C" __global__ void __launch_bounds__(256, 2) bsattn_bwd_sm90_dkdv_##NAME##_d##D(const BwdParams p) { \
-    bsattn_bwd_sm90<T, D, 64, 2, true>(p);                                                        \
+    bsattn_bwd_sm90<T, D, 64, 2, true, false>(p);                                                 \
   }
 INSTANTIATE_BWD_SM90(__nv_bfloat16, bf16, 64)
 INSTANTIATE_BWD_SM90(__nv_bfloat16, bf16, 128)
 INSTANTIATE_BWD_SM90(__half, f16, 64)
 INSTANTIATE_BWD_SM90(__half, f16, 128)
+
+// The one-pass kernel: two consumer warpgroups of 64 key rows plus the producer, 64-column
+// tiles in a ring of two; one CTA per SM. Head dim 128 (a consumer's dq channels are one
+// 64-wide column block).
+#define INSTANTIATE_BWD_SM90_ONE_PASS(T, NAME)                                                    \
+  extern "C" __global__ void __launch_bounds__(384, 1) bsattn_bwd_sm90_dkdvdq_##NAME##_d128(const BwdParams p) { \
+    bsattn_bwd_sm90<T, 128, 64, 2, true, true>(p);                                                \
+  }
+INSTANTIATE_BWD_SM90_ONE_PASS(__nv_bfloat16, bf16)
+INSTANTIATE_BWD_SM90_ONE_PASS(__half, f16)

@@ -63,8 +63,8 @@ __device__ __forceinline__ AttnParams column_view(const BwdParams& p) {
 }
 
 // The rows a CTA runs: blockIdx.y is (batch * H + head), blockIdx.x is row block `blk` times
-// row_chunks plus a chunk of BWD_ROWS rows; the chunk is `nr` slots from `first` of the row
-// side's token order `ord`.
+// row_chunks plus a chunk of `parts` x BWD_ROWS rows; part `part` of the chunk is `nr` slots
+// from `first` of the row side's token order `ord` (`nr` <= 0: past the block's end).
 struct RowChunk {
   int b, h, bh;
   const uint32_t* ord;
@@ -73,14 +73,14 @@ struct RowChunk {
 };
 
 template <bool KV>
-__device__ __forceinline__ RowChunk row_chunk(const BwdParams& p) {
+__device__ __forceinline__ RowChunk row_chunk(const BwdParams& p, int part = 0, int parts = 1) {
   RowChunk r;
   r.bh = blockIdx.y;
   r.b = r.bh / p.h;
   r.h = r.bh % p.h;
   r.blk = blockIdx.x / p.row_chunks;
   const uint32_t* starts = KV ? p.k_starts : p.q_starts;
-  r.first = (int)starts[r.blk] + (blockIdx.x % p.row_chunks) * BWD_ROWS;
+  r.first = (int)starts[r.blk] + ((blockIdx.x % p.row_chunks) * parts + part) * BWD_ROWS;
   r.nr = min(BWD_ROWS, (int)starts[r.blk + 1] - r.first);
   r.ord = KV ? p.k_order + (p.k_per_head ? (size_t)r.h * p.sk : 0)
              : p.q_order + (p.q_per_head ? (size_t)r.h * p.s : 0);

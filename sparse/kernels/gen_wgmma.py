@@ -34,14 +34,15 @@ def operands(regs):
     return ",".join(f"%{i}" for i in range(regs)), ", ".join(f'"+f"(d[{i}])' for i in range(regs))
 
 
-def ss(ty, n):
+def ss(ty, n, mn_major=False):
     regs = n // 2
     dl, cons = operands(regs)
-    return f"""// SS: D[64 x {n}] (+)= A[64 x 16] * B[16 x {n}], both K-major in shared memory
-__device__ __forceinline__ void wgmma_ss_m64n{n}k16_{ty}(float* d, uint64_t a, uint64_t b, int accumulate) {{
+    name, major, trans = ("ss_mn", "both MN-major (transposed)", 1) if mn_major else ("ss", "both K-major", 0)
+    return f"""// SS: D[64 x {n}] (+)= A[64 x 16] * B[16 x {n}], {major} in shared memory
+__device__ __forceinline__ void wgmma_{name}_m64n{n}k16_{ty}(float* d, uint64_t a, uint64_t b, int accumulate) {{
   asm volatile(
       "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 2}, 0;\\n"
-      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{dl}}}, %{regs}, %{regs + 1}, p, 1, 1, 0, 0;\\n}}\\n"
+      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{dl}}}, %{regs}, %{regs + 1}, p, 1, 1, {trans}, {trans};\\n}}\\n"
       : {cons}
       : "l"(a), "l"(b), "r"(accumulate));
 }}
@@ -70,4 +71,5 @@ if __name__ == "__main__":
         parts += [ss(ty, n) for n in (64, 128)]
         parts += [rs(ty, n) for n in (64, 128)]
         parts += [rs(ty, 64, mn_major=False)]
+        parts += [ss(ty, 64, mn_major=True)]
     open("wgmma.cuh", "w").write("\n".join(parts))

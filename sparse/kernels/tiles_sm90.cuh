@@ -1,7 +1,8 @@
 // Tiles and tensor-core steps shared by the Hopper (sm_90a) attention kernels: the 128-byte-
-// swizzled shared-memory tile layout wgmma reads, the two product shapes they issue (SS: both
-// operands K-major in shared memory; RS: A from registers, B read MN-major from the same tile
-// layout), and the producer warpgroup that fills a ring of column tiles from a key stream.
+// swizzled shared-memory tile layout wgmma reads, the product shapes they issue (SS: both
+// operands K-major, or both MN-major, in shared memory; RS: A from registers, B read K-major or
+// MN-major from the same tile layout), and the producer warpgroup that fills a ring of column
+// tiles from a key stream.
 #pragma once
 #include <type_traits>
 
@@ -50,6 +51,14 @@ __device__ __forceinline__ void mma_rs_kmajor(float* c, const uint32_t* a, uint6
   static_assert(N == 64, "wgmma shapes of wgmma.cuh");
   if constexpr (std::is_same<T, __nv_bfloat16>::value) wgmma_rs_kmajor_m64n64k16_bf16(c, a, b, accumulate);
   else wgmma_rs_kmajor_m64n64k16_f16(c, a, b, accumulate);
+}
+
+// One k16 step of C[64 x 64] (+)= A B, both operands MN-major in shared memory (tiles whose
+// rows run along the contraction, as `mma_rs`'s B).
+template <typename T>
+__device__ __forceinline__ void mma_ss_mn(float* c, uint64_t a, uint64_t b, int accumulate) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) wgmma_ss_mn_m64n64k16_bf16(c, a, b, accumulate);
+  else wgmma_ss_mn_m64n64k16_f16(c, a, b, accumulate);
 }
 
 // C[64 x BN] = A B^T over the head dim D: A is 64 rows starting at `a` of a tile of `a_rows`

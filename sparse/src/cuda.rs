@@ -40,6 +40,10 @@ const BWD_COLUMNS: usize = 64;
 const BWD_ATOMIC_DQ_COLUMNS: usize = 32;
 /// Column tiles in the ring of the Hopper backward's passes (`INSTANTIATE_BWD_SM90`).
 const BWD_SM90_STAGES: usize = 2;
+/// Key blocks at least this long (at head dim 128, on Hopper) take the one-pass backward
+/// (`bsattn_bwd_sm90_dkdvdq`: two consumers of `BWD_ROWS` key rows per CTA, dq by atomics);
+/// shorter ones would leave its second consumer idle, and keep the two passes.
+const BWD_ONE_PASS_KEYS: usize = 2 * BWD_ROWS;
 /// Longest row the sorting top-k kernel takes (for k above `SMALL_TOPK`).
 const MAX_TOPK_COLUMNS: usize = 4096;
 /// Largest k of the warp-per-row top-k kernel (`SMALL_K` in topk.cu).
@@ -395,8 +399,8 @@ pub(crate) fn launch_forward(
 pub(crate) struct SavedLse(pub(crate) Arc<CudaSlice<f32>>);
 
 /// Runs the backward kernels (recomputing the log-sum-exp unless `saved` has it); returns dq,
-/// dk, dv flattened one after the other, in the inputs' dtype (f32 where dq is added by
-/// atomics).
+/// dk, dv flattened one after the other, in the inputs' dtype (f32 where the warp-MMA kernel
+/// adds dq by atomics).
 pub(crate) fn attention_backward(
     plan: &Arc<SparsePlan>,
     inputs: [(&CudaStorage, &Layout); 3],
@@ -445,9 +449,10 @@ pub(crate) fn attention_backward(
         .and_then(|n| n.checked_add(nq))
         .ok_or_else(|| candle_core::Error::Msg("attention backward: gradients too large".into()))?;
     // Query blocks too small to fill a CTA's rows: the dk/dv pass adds dq with atomics (into
-    // f32 zeros), and no dq pass runs. Otherwise each pass writes every row of every block in
-    // the inputs' dtype, and the layouts' blocks cover every token (rows without columns get
-    // zeros), so the buffer needs no initialisation.
+    // f32 zeros), and no dq pass runs. Otherwise each pass (or the one-pass kernel, and the
+    // scaling of its dq) writes every row of every block in the inputs' dtype, and the layouts'
+    // blocks cover every token (rows without columns get zeros), so the buffer needs no
+    // initialisation.
     let dq_by_atomics = plan.q_layout.tile() < BWD_ATOMIC_DQ_BELOW;
     let (packed, base, elem) = if dq_by_atomics {
         let zeros = dev.alloc_zeros::<f32>(len)?;
@@ -491,31 +496,51 @@ pub(crate) fn attention_backward(
         scale,
     };
     let t = dtype_suffix(dtype)?;
-    // The Hopper passes (a producer warpgroup and a consumer of 64 rows) where wgmma runs,
+    // The Hopper passes (a producer warpgroup and consumers of 64 rows) where wgmma runs,
     // except with dq by atomics, which only the warp-MMA kernel does.
     let hopper = !dq_by_atomics && hopper_kernel(&dev, kernel)?.is_some();
+    // The one-pass Hopper kernel adds dq into f32 zeros, scaled into `packed` afterwards.
+    let one_pass = hopper && d == 128 && plan.k_layout.tile() >= BWD_ONE_PASS_KEYS;
+    let dq_sum = if one_pass {
+        let sum = dev.alloc_zeros::<f32>(nq)?;
+        params.dq = ptr(&dev, &sum);
+        Some(sum)
+    } else {
+        None
+    };
     // One pass over `row_blocks` row blocks of at most `largest` rows, against column tiles of
-    // `columns` listed by (offsets, indices, uniform list length, all column blocks).
+    // `columns` listed by (offsets, indices, uniform list length, all column blocks); on
+    // Hopper, `consumers` warpgroups of BWD_ROWS rows per CTA.
     let mut run_pass = |pass: &str,
                         row_blocks: usize,
                         largest: usize,
                         columns: usize,
+                        consumers: usize,
                         (offsets, indices, uniform, all): (u64, u64, i32, i32)|
      -> Result<()> {
-        let chunks = largest.div_ceil(BWD_ROWS);
+        let chunks = largest.div_ceil(BWD_ROWS * consumers);
         params.rows_blocks = row_blocks as i32;
         params.row_chunks = chunks as i32;
         (params.offsets, params.indices) = (offsets, indices);
         (params.uniform_cols, params.all_cols) = (uniform, all);
         let grid_dim = ((row_blocks * chunks) as u32, (b * h) as u32, 1);
         if hopper {
-            // Two row tiles and a ring of two column tiles per stage, plus 1 KiB to align the
-            // tiles for the 128-byte swizzle.
+            // Two row tiles per consumer, a ring of two column tiles per stage, the one-pass
+            // kernel's two dS^T tiles (both consumers' rows by the columns), plus 1 KiB to
+            // align the tiles for the 128-byte swizzle.
+            let ds_tiles = if consumers > 1 {
+                2 * consumers * BWD_ROWS * columns * 2
+            } else {
+                0
+            };
             let cfg = LaunchConfig {
                 grid_dim,
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: ((2 * BWD_ROWS + 2 * BWD_SM90_STAGES * columns) * d * 2 + 1024)
-                    as u32,
+                block_dim: (128 * (consumers as u32 + 1), 1, 1),
+                shared_mem_bytes: ((2 * consumers * BWD_ROWS + 2 * BWD_SM90_STAGES * columns)
+                    * d
+                    * 2
+                    + ds_tiles
+                    + 1024) as u32,
             };
             return BWD_SM90.launch(
                 &dev,
@@ -536,23 +561,44 @@ pub(crate) fn attention_backward(
         BWD.launch(&dev, &format!("bsattn_bwd_{pass}_{t}_d{d}"), cfg, &params)
     };
     let (q_tile, k_tile) = (plan.q_layout.tile(), plan.k_layout.tile());
-    if !dq_by_atomics {
+    if !dq_by_atomics && !one_pass {
         let f = &forward_lists;
         let lists = (f.offsets, f.indices, f.uniform_k, f.all_keys);
-        run_pass("dq", nqb, q_tile, BWD_COLUMNS, lists)?;
+        run_pass("dq", nqb, q_tile, BWD_COLUMNS, 1, lists)?;
     }
     let lists = match &transposed {
         Some((offsets, indices)) => (ptr(&dev, offsets), ptr(&dev, indices), 0, 0),
         None => (0, 0, 0, nqb as i32),
     };
     if dq_by_atomics {
-        run_pass("dkdvdq", nkb, k_tile, BWD_ATOMIC_DQ_COLUMNS, lists)?;
+        run_pass("dkdvdq", nkb, k_tile, BWD_ATOMIC_DQ_COLUMNS, 1, lists)?;
+    } else if one_pass {
+        run_pass("dkdvdq", nkb, k_tile, BWD_COLUMNS, 2, lists)?;
     } else {
-        run_pass("dkdv", nkb, k_tile, BWD_COLUMNS, lists)?;
+        run_pass("dkdv", nkb, k_tile, BWD_COLUMNS, 1, lists)?;
+    }
+    if let Some(sum) = &dq_sum {
+        finish_dq(&dev, sum, base, scale, t)?;
     }
     // Keep the temporaries alive until the kernels are queued (the stream orders their use).
-    drop((forward_lists, transposed, dout));
+    drop((forward_lists, transposed, dout, dq_sum));
     Ok(packed)
+}
+
+/// Writes `scale * sum` (f32, a multiple of 8 values) to `dq` (the address of as many values of
+/// the dtype `t`): the one-pass backward's dq.
+fn finish_dq(dev: &CudaDevice, sum: &CudaSlice<f32>, dq: u64, scale: f32, t: &str) -> Result<()> {
+    let groups = sum.len() / 8;
+    let cfg = one_thread_each(groups, "attention backward's dq")?;
+    let func = BWD.function(dev, &format!("bsattn_bwd_finish_dq_{t}"))?;
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    let groups = groups as i64;
+    builder.arg(sum).arg(&dq).arg(&scale).arg(&groups);
+    // SAFETY: the arguments match the kernel's (f32 sum, dq address, scale, groups); it reads
+    // 8 * groups floats of `sum` and writes as many values at `dq`, which the caller sized.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(())
 }
 
 /// `rowsum(x * y)` over the head dim, `[B, H, S]` f32, for `[B, S, H, D]` tensors on a CUDA

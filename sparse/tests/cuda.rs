@@ -467,7 +467,8 @@ fn gradients_on_gpu_match_cpu() -> Result<()> {
     })
 }
 
-/// Dense attention's backward on the GPU (the kernels' two passes over every block) against
+/// Dense attention's backward on the GPU (over every block: on Hopper at head dim 128 the
+/// one-pass kernel, with 300 keys, or the two passes, with 77) against
 /// candle's differentiated matrix products on the CPU: both head dims, a partial last block,
 /// query blocks of 128 rows (two CTAs each) and cross-attention to 77 keys.
 #[test]
@@ -493,7 +494,7 @@ fn dense_gradients_match_cpu_for_head_dims_partial_blocks_and_cross_lengths() ->
 /// random lists and with uniform ones (whose transpose the device makes), and
 /// the key-stream case of small, partial, per-head permuted key blocks with random lists (some
 /// empty) under query blocks of 64 and 128, and of 8 (whose dq the dk/dv pass adds by atomics);
-/// both head dims.
+/// key blocks of 128 and 200 (the one-pass backward at head dim 128); both head dims.
 #[test]
 fn gradients_at_real_tiling_match_cpu() -> Result<()> {
     let mut rng = seeded_rng();
@@ -501,10 +502,16 @@ fn gradients_at_real_tiling_match_cpu() -> Result<()> {
     let grid = TokenGrid::new(5, 6, 12);
     let cubes = BlockLayout::tiled_shared(grid, [4, 4, 4]);
     let s = grid.len();
-    let small_keys = Arc::new(BlockLayout::per_head(
-        (0..h).map(|_| random_permutation(&mut rng, s)).collect(),
-        20,
-    ));
+    let mut per_head_keys = |block: usize| {
+        Arc::new(BlockLayout::per_head(
+            (0..h).map(|_| random_permutation(&mut rng, s)).collect(),
+            block,
+        ))
+    };
+    let small_keys = per_head_keys(20);
+    // Key blocks of 128 and more take the one-pass Hopper backward at head dim 128: two
+    // consumers of 64 key rows per CTA, the second idle or partial at a block's end.
+    let (keys_128, keys_200) = (per_head_keys(128), per_head_keys(200));
     each_kernel(|kernel| {
         for d in [64, 128] {
             let layouts = [
@@ -521,6 +528,19 @@ fn gradients_at_real_tiling_match_cpu() -> Result<()> {
                         128,
                     )),
                     small_keys.clone(),
+                ),
+                (
+                    "128-row query blocks, 128-token keys",
+                    Arc::new(BlockLayout::from_order(
+                        random_permutation(&mut rng, s),
+                        128,
+                    )),
+                    keys_128.clone(),
+                ),
+                (
+                    "64-row query blocks, 200-token keys",
+                    Arc::new(BlockLayout::from_order(random_permutation(&mut rng, s), 64)),
+                    keys_200.clone(),
                 ),
                 (
                     "8-row query blocks (dq by atomics), 20-token keys",
