@@ -469,20 +469,30 @@ fn gradients_on_gpu_match_cpu() -> Result<()> {
 
 /// Dense attention's backward on the GPU (over every block: on Hopper at head dim 128 the
 /// one-pass kernel, with 300 keys, or the two passes, with 77) against
-/// candle's differentiated matrix products on the CPU: both head dims, a partial last block,
-/// query blocks of 128 rows (two CTAs each) and cross-attention to 77 keys.
+/// candle's differentiated matrix products on the CPU: both head dims, bf16 and f16, a partial
+/// last block, query blocks of 128 rows (two CTAs each) and cross-attention to 77 keys.
 #[test]
 fn dense_gradients_match_cpu_for_head_dims_partial_blocks_and_cross_lengths() -> Result<()> {
     each_kernel(|kernel| {
         for (d, keys) in [(64, 300), (128, 300), (128, 77)] {
             let (c, g) = grad_inputs((2, 3, 300, d), keys)?;
-            check_gradients(
-                &format!("dense d{d} {keys} keys"),
-                &gradients(
+            let on_gpu = |inputs: [&Tensor; 4]| {
+                gradients(
                     |q, k, v| sparse::dense::attention_with(q, k, v, kernel),
-                    refs(&g),
-                )?,
-                &gradients(sparse::dense::attention, refs(&c))?,
+                    inputs,
+                )
+            };
+            let cpu = gradients(sparse::dense::attention, refs(&c))?;
+            check_gradients(&format!("dense d{d} {keys} keys"), &on_gpu(refs(&g))?, &cpu);
+            // f16 kernels (bf16 values are exact in f16 at these magnitudes)
+            let f16 = g
+                .iter()
+                .map(|t| t.to_dtype(DType::F16))
+                .collect::<Result<Vec<_>>>()?;
+            check_gradients(
+                &format!("dense f16 d{d} {keys} keys"),
+                &on_gpu([&f16[0], &f16[1], &f16[2], &f16[3]])?,
+                &cpu,
             );
         }
         Ok(())
