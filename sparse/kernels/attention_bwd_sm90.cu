@@ -203,8 +203,8 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
     wg_fence();
     mma_rs_tile<T, D, BN>(acc1, a_ds, ta);
     wg_commit();
-    // Double-buffered: a consumer writes buffer j % 2 only after both passed tile j - 1's
-    // barrier, by which both finished reading it at tile j - 2.
+    // One pass: this tile's dS^T tile, double-buffered: a consumer writes buffer j % 2 only
+    // after both passed tile j - 1's barrier, by which both finished reading it at tile j - 2.
     unsigned char* ds = sDS + (j & 1) * ds_tile_bytes<BN>();
     if constexpr (ONE_PASS) store_ds<BN>(ds, a_ds, w * BWD_ROWS);
     wg_wait<0>();
