@@ -170,8 +170,13 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const FwdSm90Args& args) {
     const T* vbase = reinterpret_cast<const T*>(p.v) + qt.b * p.v_strides[0] + qt.h * p.v_strides[1];
     // Bulk copies for 128-key tiles (dense and block-sparse runs); the one-consumer kernel's
     // keys are mostly permuted (VSA's cubes) and it keeps the chunk copies alone.
-    produce_tiles<T, D, BN, STAGES, BN == 128>(p, qt.keys, k_ord, kbase, vbase, sK, sV, tile_rows, full, empty,
-                                               [](int, const auto&, int) {}, KvTma{&args.maps, qt.b, qt.h});
+    // The 64-key-tile kernel (two CTAs per SM) stages its stream; the 128-key one has no
+    // shared memory left for it and walks keys that are mostly whole runs.
+    StagedStream<STAGED_CAP, BN>* staged = nullptr;
+    if constexpr (BN == 64) staged = staged_storage<BN>();
+    produce_tiles<T, D, BN, STAGES, BN == 128, STAGED_CAP>(p, qt.keys, k_ord, kbase, vbase, sK, sV, tile_rows, full,
+                                                           empty, [](int, const auto&, int) {},
+                                                           KvTma{&args.maps, qt.b, qt.h}, staged);
   } else {
     regs_grow<Regs::CONSUMER>();
     consume<T, D, WG, BN, STAGES>(p, qt, (threadIdx.x >> 7) - 1, sQ, sK, sV, tile_rows, full, empty);

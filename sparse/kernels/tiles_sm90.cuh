@@ -123,36 +123,121 @@ __device__ __forceinline__ void wg_keep(const uint32_t (&a)[N][4]) {
   for (int t = 0; t < N; ++t) asm volatile("" ::"r"(a[t][0]), "r"(a[t][1]), "r"(a[t][2]), "r"(a[t][3]) : "memory");
 }
 
+// Named barrier of the producer warpgroup's 128 threads (the kernels' own barriers are 1-3).
+constexpr int BAR_PRODUCER = 4;
+
+// A key stream staged in shared memory by the producer (streams of at most CAP items): where
+// each item starts in the stream (`pos`; `pos[n]` is the stream's length) and its first slot,
+// so that any row's slot is a binary search in shared memory instead of a walk through the
+// plan in global memory (two dependent loads per key block); and the tokens of the rows of the
+// tiles in flight, one row looked up per thread and shared through `row_tok` (two tiles' worth).
+template <int CAP, int BN> struct StagedStream {
+  uint32_t pos[CAP + 1];
+  uint32_t first[CAP];
+  uint32_t row_tok[2][BN];
+  uint32_t warp_sum[4];
+  int n;
+};
+
+// Stages the stream `s` (fresh: offset 0) into `st`, all 128 producer threads taking part;
+// false (nothing staged) where it has more than CAP items.
+template <int CAP, int BN>
+__device__ __forceinline__ bool stage_stream(const AttnParams& p, KeyStream s, StagedStream<CAP, BN>& st) {
+  const int n = (int)(s.end - s.item), t = threadIdx.x, lane = t & 31, warp = t >> 5;
+  if (n > CAP) return false;
+  uint32_t carry = 0;  // rows of the items before this chunk of 128
+  for (int base = 0; base < n; base += 128) {
+    const int i = base + t;
+    uint32_t first = 0, len = 0;
+    if (i < n) {
+      const uint32_t kb = stream_block(p, s.item + i);
+      first = p.k_starts[kb];
+      len = p.k_starts[kb + 1] - first;
+    }
+    uint32_t incl = len;  // inclusive prefix sum over the warp
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const uint32_t v = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += v;
+    }
+    if (lane == 31) st.warp_sum[warp] = incl;
+    named_sync(BAR_PRODUCER, 128);
+    uint32_t before = carry, chunk = 0;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      if (w < warp) before += st.warp_sum[w];
+      chunk += st.warp_sum[w];
+    }
+    if (i < n) {
+      st.pos[i] = before + incl - len;
+      st.first[i] = first;
+    }
+    carry += chunk;
+    named_sync(BAR_PRODUCER, 128);  // warp_sum is reused
+  }
+  if (t == 0) {
+    st.pos[n] = carry;
+    st.n = n;
+  }
+  named_sync(BAR_PRODUCER, 128);
+  return true;
+}
+
+// The staged item holding stream row `pos` (< the stream's length): the last one starting at
+// or before it (empty items start where the next one does, so they are never picked).
+template <int CAP, int BN>
+__device__ __forceinline__ int staged_item(const StagedStream<CAP, BN>& st, uint32_t pos) {
+  int lo = 0, hi = st.n;  // pos[lo] <= pos < pos[hi]
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (st.pos[mid] <= pos) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Streams a producer stages when its kernel has room: the 64-key-tile kernels' (VSA's cube
+// lists at 720p hold about 180 items; longer lists walk the plan in global memory).
+constexpr int STAGED_CAP = 1024;
+
+// The CTA's staged stream for 64-key tiles (a static shared allocation only in the kernels that
+// call it).
+template <int BN>
+__device__ __forceinline__ StagedStream<STAGED_CAP, BN>* staged_storage() {
+  __shared__ StagedStream<STAGED_CAP, BN> st;
+  return &st;
+}
+
 // The producer warpgroup: copies the stream `cur`'s tiles of BN rows of two tensors (A and B,
 // read through the token order `ord`) into a ring of STAGES buffers each, waiting for the
 // consumers to release a buffer before refilling it, and signals each through `full`; the
 // tile's row count goes to `tile_rows` (negated for the stream's last tile). `extra(stage, tok,
 // rows)` may issue more asynchronous copies of the tile (this thread's row tokens `tok`),
-// which the same signal covers. A tile's tokens are looked up, and the next tile found, before
-// the wait.
+// which the same signal covers. A tile's tokens are looked up before the wait.
+//
+// Where the stream fits `staged` (when given), it is staged there first and each row's token is
+// looked up by one thread; otherwise every thread walks the plan for its own rows, finding the
+// next tile before the wait.
 //
 // With BULK and `tma.maps` enabled, a tile of BN contiguous tokens (or fewer, ending at the
 // last token) is copied by thread 0 through the tensor maps instead (no `extra` copies then);
 // the other threads only arrive.
-template <typename T, int D, int BN, int STAGES, bool BULK = false, typename Extra>
+template <typename T, int D, int BN, int STAGES, bool BULK = false, int CAP = 1, typename Extra>
 __device__ __forceinline__ void produce_tiles(const AttnParams& p, KeyStream cur, const uint32_t* ord, const T* abase,
                                               const T* bbase, unsigned char* sA, unsigned char* sB, int* tile_rows,
-                                              uint64_t* full, uint64_t* empty, Extra extra, KvTma tma = {nullptr, 0, 0}) {
+                                              uint64_t* full, uint64_t* empty, Extra extra, KvTma tma = {nullptr, 0, 0},
+                                              StagedStream<CAP, BN>* staged = nullptr) {
   const bool maps = BULK && tma.maps->enabled;
   constexpr int CH = D / 8, TILE_BYTES = BN * D * 2;
+  using R = TileRows<BN, CH, 128>;
   auto off = [](int r, int c) { return tile_off(BN, r, c); };
-  int rows = 0;
-  KeyStream nxt = stream_advance(p, cur, BN, rows);
-  for (int j = 0; cur.item < cur.end; ++j) {
+  // Fills ring entry j with the tile of `rows` rows whose tokens (this thread's rows) are `tok`,
+  // by TMA from token `run` where that is not negative.
+  auto fill = [&](int j, const uint32_t (&tok)[R::PER_THREAD], int rows, int run, bool last) {
     const int stage = j % STAGES;
-    uint32_t tok[TileRows<BN, CH, 128>::PER_THREAD];
-    tile_tokens<BN, CH, 128>(p, cur, rows, ord, tok);
-    int next_rows = 0;
-    const KeyStream after = stream_advance(p, nxt, BN, next_rows);
     if (j >= STAGES) mbar_wait(&empty[stage], ((j / STAGES) & 1) ^ 1);
-    int first = 0;
-    if (BULK && maps && tile_is_run(p, cur, rows, BN, first)) {
-      if (threadIdx.x == 0) tma.load<D, BN>(first, sA + stage * TILE_BYTES, sB + stage * TILE_BYTES, &full[stage]);
+    if (BULK && run >= 0) {
+      if (threadIdx.x == 0) tma.load<D, BN>(run, sA + stage * TILE_BYTES, sB + stage * TILE_BYTES, &full[stage]);
       else mbar_arrive(&full[stage]);
     } else {
       copy_kv_tile<T, BN, CH, 128>(p, tok, rows, abase, bbase, sA + stage * TILE_BYTES, sB + stage * TILE_BYTES, off);
@@ -160,12 +245,49 @@ __device__ __forceinline__ void produce_tiles(const AttnParams& p, KeyStream cur
       mbar_arrive_after_copies(&full[stage]);
     }
     if (threadIdx.x == 0) {
-      tile_rows[stage] = nxt.item < nxt.end ? rows : -rows;
+      tile_rows[stage] = last ? -rows : rows;
       mbar_arrive(&full[stage]);
     }
-    cur = nxt;
-    nxt = after;
-    rows = next_rows;
+  };
+  if (staged != nullptr && stage_stream(p, cur, *staged)) {
+    StagedStream<CAP, BN>& st = *staged;
+    const uint32_t total = st.pos[st.n];
+    for (int j = 0; (uint32_t)j * BN < total; ++j) {
+      const uint32_t pos0 = (uint32_t)j * BN;
+      const int rows = (int)min((uint32_t)BN, total - pos0);
+      uint32_t* row_tok = st.row_tok[j & 1];
+      if (threadIdx.x < BN) {
+        const uint32_t pos = pos0 + min((int)threadIdx.x, rows - 1);
+        const int i = staged_item(st, pos);
+        const uint32_t slot = st.first[i] + pos - st.pos[i];
+        row_tok[threadIdx.x] = p.k_natural > 0 ? slot : ord[slot];
+      }
+      named_sync(BAR_PRODUCER, 128);
+      uint32_t tok[R::PER_THREAD];
+#pragma unroll
+      for (int k = 0; k < R::PER_THREAD; ++k) tok[k] = row_tok[threadIdx.x / CH + k * R::STEP];
+      int run = -1;
+      if (maps) {
+        const int i = staged_item(st, pos0);
+        const int first = (int)(st.first[i] + pos0 - st.pos[i]);
+        if ((uint32_t)rows <= st.pos[i + 1] - pos0 && (rows == BN || first + rows == p.sk)) run = first;
+      }
+      fill(j, tok, rows, run, pos0 + BN >= total);
+    }
+  } else {
+    int rows = 0;
+    KeyStream nxt = stream_advance(p, cur, BN, rows);
+    for (int j = 0; cur.item < cur.end; ++j) {
+      uint32_t tok[R::PER_THREAD];
+      tile_tokens<BN, CH, 128>(p, cur, rows, ord, tok);
+      int next_rows = 0;
+      const KeyStream after = stream_advance(p, nxt, BN, next_rows);
+      int first = 0;
+      fill(j, tok, rows, maps && tile_is_run(p, cur, rows, BN, first) ? first : -1, nxt.item >= nxt.end);
+      cur = nxt;
+      nxt = after;
+      rows = next_rows;
+    }
   }
   cp_async_wait<0>();
 }
