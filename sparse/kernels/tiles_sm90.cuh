@@ -128,9 +128,9 @@ constexpr int BAR_PRODUCER = 4;
 
 // A key stream staged in shared memory by the producer (streams of at most CAP items): where
 // each item starts in the stream (`pos`; `pos[n]` is the stream's length) and its first slot,
-// so that any row's slot is a binary search in shared memory instead of a walk through the
-// plan in global memory (two dependent loads per key block); and the tokens of the rows of the
-// tiles in flight, one row looked up per thread and shared through `row_tok` (two tiles' worth).
+// so that a row's slot is found in shared memory instead of by a walk through the plan in
+// global memory (two dependent loads per key block); and the tokens of the rows of the tiles in
+// flight, one row looked up per thread and shared through `row_tok` (two tiles' worth).
 template <int CAP, int BN> struct StagedStream {
   uint32_t pos[CAP + 1];
   uint32_t first[CAP];
@@ -183,19 +183,6 @@ __device__ __forceinline__ bool stage_stream(const AttnParams& p, KeyStream s, S
   return true;
 }
 
-// The staged item holding stream row `pos` (< the stream's length): the last one starting at
-// or before it (empty items start where the next one does, so they are never picked).
-template <int CAP, int BN>
-__device__ __forceinline__ int staged_item(const StagedStream<CAP, BN>& st, uint32_t pos) {
-  int lo = 0, hi = st.n;  // pos[lo] <= pos < pos[hi]
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (st.pos[mid] <= pos) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
-
 // Streams a producer stages when its kernel has room: the 64-key-tile kernels' (VSA's cube
 // lists at 720p hold about 180 items; longer lists walk the plan in global memory).
 constexpr int STAGED_CAP = 1024;
@@ -215,9 +202,9 @@ __device__ __forceinline__ StagedStream<STAGED_CAP, BN>* staged_storage() {
 // rows)` may issue more asynchronous copies of the tile (this thread's row tokens `tok`),
 // which the same signal covers. A tile's tokens are looked up before the wait.
 //
-// Where the stream fits `staged` (when given), it is staged there first and each row's token is
-// looked up by one thread; otherwise every thread walks the plan for its own rows, finding the
-// next tile before the wait.
+// Where the stream fits `staged` (when given; producers without bulk copies), it is staged there
+// first and each row's token is looked up by one thread; otherwise every thread walks the plan
+// for its own rows, finding the next tile before the wait.
 //
 // With BULK and `tma.maps` enabled, a tile of BN contiguous tokens (or fewer, ending at the
 // last token) is copied by thread 0 through the tensor maps instead (no `extra` copies then);
@@ -249,30 +236,33 @@ __device__ __forceinline__ void produce_tiles(const AttnParams& p, KeyStream cur
       mbar_arrive(&full[stage]);
     }
   };
-  if (staged != nullptr && stage_stream(p, cur, *staged)) {
+  if (!BULK && staged != nullptr && stage_stream(p, cur, *staged)) {
     StagedStream<CAP, BN>& st = *staged;
     const uint32_t total = st.pos[st.n];
+    // Row lookups run a tile ahead: thread r (< BN) finds row r of the next tile, walking on
+    // from the item that held its row of this one, and issues the token load, which lands while
+    // this tile's copies go out.
+    const int r = threadIdx.x;
+    int item = 0;
+    auto lookup = [&](int j) {
+      const uint32_t pos = min((uint32_t)(j * BN + r), total - 1);  // rows past the end repeat the last
+      while (st.pos[item + 1] <= pos) ++item;                         // empty items start where the next does
+      const uint32_t slot = st.first[item] + pos - st.pos[item];
+      return p.k_natural > 0 ? slot : ord[slot];
+    };
+    uint32_t next = r < BN && total > 0 ? lookup(0) : 0;
     for (int j = 0; (uint32_t)j * BN < total; ++j) {
       const uint32_t pos0 = (uint32_t)j * BN;
-      const int rows = (int)min((uint32_t)BN, total - pos0);
       uint32_t* row_tok = st.row_tok[j & 1];
-      if (threadIdx.x < BN) {
-        const uint32_t pos = pos0 + min((int)threadIdx.x, rows - 1);
-        const int i = staged_item(st, pos);
-        const uint32_t slot = st.first[i] + pos - st.pos[i];
-        row_tok[threadIdx.x] = p.k_natural > 0 ? slot : ord[slot];
+      if (r < BN) {
+        row_tok[r] = next;
+        if (pos0 + BN < total) next = lookup(j + 1);
       }
       named_sync(BAR_PRODUCER, 128);
       uint32_t tok[R::PER_THREAD];
 #pragma unroll
       for (int k = 0; k < R::PER_THREAD; ++k) tok[k] = row_tok[threadIdx.x / CH + k * R::STEP];
-      int run = -1;
-      if (maps) {
-        const int i = staged_item(st, pos0);
-        const int first = (int)(st.first[i] + pos0 - st.pos[i]);
-        if ((uint32_t)rows <= st.pos[i + 1] - pos0 && (rows == BN || first + rows == p.sk)) run = first;
-      }
-      fill(j, tok, rows, run, pos0 + BN >= total);
+      fill(j, tok, (int)min((uint32_t)BN, total - pos0), -1, pos0 + BN >= total);
     }
   } else {
     int rows = 0;
