@@ -1,6 +1,6 @@
 // Block-sparse flash attention, forward, for Hopper (sm_90a): the plan walk of
-// attention_params.cuh with warpgroup MMAs (wgmma) that read Q, K and V straight from
-// 128-byte-swizzled shared memory. One CTA per (batch*head, query block of up to 64*WG rows),
+// attention_params.cuh with warpgroup MMAs (wgmma) that read K and V (and Q, or Q from registers)
+// straight from 128-byte-swizzled shared memory. One CTA per (batch*head, query block of up to 64*WG rows),
 // warp-specialised: warpgroup 0 produces, copying the key stream's tiles of BN rows (which span
 // key blocks where they are small or partial) into a ring of STAGES K/V buffers and signalling
 // each through an mbarrier; it hands most of its registers to the WG consumer warpgroups, each of
@@ -20,11 +20,12 @@
 // Named barriers: the consumers' query tile is in shared memory; consumer c's turn to issue.
 constexpr int BAR_Q_READY = 1, BAR_TURN = 2;
 
-// Consumer c's 64 query rows: in shared memory, and for 64-key tiles also in registers (an SS
-// product of 64 columns reads twice the shared memory per flop that a 128-column one does).
+// Consumer c's 64 query rows: in shared memory, or for 64-key tiles in registers, read straight
+// from global memory (an SS product of 64 columns reads twice the shared memory per flop that a
+// 128-column one does, and the shared memory a query tile would take holds a third K/V stage).
 template <int D, int BN> struct QueryRows {
   static constexpr bool IN_REGS = BN == 64;
-  const unsigned char* smem;  // the CTA's query tile
+  const unsigned char* smem;  // the CTA's query tile (null in registers)
   uint32_t frag[IN_REGS ? D / 16 : 1][4];
 };
 
@@ -66,15 +67,16 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
   constexpr int BM = 64 * WG, CH = D / 8, KV_BYTES = BN * D * 2;
   const int tid = threadIdx.x - 128, warp = (tid >> 5) & 3, lane = tid & 31;
   const T* qbase = reinterpret_cast<const T*>(p.q) + qt.b * p.q_strides[0] + qt.h * p.q_strides[1];
-  auto off_q = [](int r, int ch) { return tile_off(BM, r, ch); };
-  load_row_tile<T, BM, CH, 128 * WG>(p.q_strides[2], qt.q_ord, qt.qs, qt.nq, qbase, sQ, off_q, tid);
-  cp_async_commit();
-  cp_async_wait<0>();
-  fence_async_shared();
-  named_sync(BAR_Q_READY, 128 * WG);
   QueryRows<D, BN> q{sQ, {}};
   if constexpr (QueryRows<D, BN>::IN_REGS) {
-    load_a_rows<D>(q.frag, sQ, BM, c * 64);
+    load_a_rows_global<T, D>(q.frag, qbase, p.q_strides[2], qt.q_ord + qt.qs, qt.nq, c * 64);
+  } else {
+    auto off_q = [](int r, int ch) { return tile_off(BM, r, ch); };
+    load_row_tile<T, BM, CH, 128 * WG>(p.q_strides[2], qt.q_ord, qt.qs, qt.nq, qbase, sQ, off_q, tid);
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_async_shared();
+    named_sync(BAR_Q_READY, 128 * WG);
   }
 
   float o[D / 2];
@@ -144,14 +146,14 @@ template <int WG> struct RegisterSplit {
 template <typename T, int D, int WG, int BN, int STAGES>
 __device__ __forceinline__ void bsattn_fwd_sm90(const FwdSm90Args& args) {
   const AttnParams& p = args.p;
-  constexpr int BM = 64 * WG, Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
+  constexpr int BM = 64 * WG, Q_BYTES = QueryRows<D, BN>::IN_REGS ? 0 : BM * D * 2, KV_BYTES = BN * D * 2;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ uint64_t full[STAGES], empty[STAGES];
   __shared__ int tile_rows[STAGES];
   unsigned char* smem =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  unsigned char* sQ = smem;
-  unsigned char* sK = sQ + Q_BYTES;            // STAGES buffers
+  unsigned char* sQ = Q_BYTES > 0 ? smem : nullptr;
+  unsigned char* sK = smem + Q_BYTES;          // STAGES buffers
   unsigned char* sV = sK + STAGES * KV_BYTES;  // STAGES buffers
   if (threadIdx.x == 0) {
     for (int i = 0; i < STAGES; ++i) {
@@ -190,11 +192,11 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const FwdSm90Args& args) {
           const __grid_constant__ FwdSm90Args args) {                                        \
     bsattn_fwd_sm90<T, D, WG, BN, STAGES>(args);                                             \
   }
-// Query tiles of 64 (one consumer) or 128 rows (two); key tiles of 64 or 128; the ring holds
-// two or three K/V tiles.
+// Query tiles of 64 rows (one consumer, in registers) with 64-key tiles, or 128 rows (two
+// consumers, in shared memory) with 128-key tiles; the ring holds three K/V tiles.
 #define INSTANTIATE_SM90_ALL(T, NAME)        \
-  INSTANTIATE_SM90(T, NAME, 64, 1, 64, 2)    \
-  INSTANTIATE_SM90(T, NAME, 128, 1, 64, 2)   \
+  INSTANTIATE_SM90(T, NAME, 64, 1, 64, 3)    \
+  INSTANTIATE_SM90(T, NAME, 128, 1, 64, 3)   \
   INSTANTIATE_SM90(T, NAME, 64, 2, 128, 3)   \
   INSTANTIATE_SM90(T, NAME, 128, 2, 128, 3)
 INSTANTIATE_SM90_ALL(__nv_bfloat16, bf16)

@@ -97,6 +97,28 @@ __device__ __forceinline__ void load_a_rows(uint32_t (&a)[D / 16][4], const unsi
   for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(a[kk], tile + tile_off(rows, r, 2 * kk + (lane >> 4)));
 }
 
+// The fragments of `load_a_rows` read from global memory instead: warpgroup rows [row0, row0 +
+// 64) of the `nq` rows at tokens `ord[r]` of `base` (`stride` elements apart; rows from `nq` on
+// are zeros), four bytes per load (a row's two channels of one fragment register).
+template <typename T, int D>
+__device__ __forceinline__ void load_a_rows_global(uint32_t (&a)[D / 16][4], const T* base, long long stride,
+                                                   const uint32_t* ord, int nq, int row0) {
+  const int lane = threadIdx.x & 31, r = row0 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
+  const uint32_t* rows[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    rows[h] = r + 8 * h < nq ? reinterpret_cast<const uint32_t*>(base + (long long)ord[r + 8 * h] * stride) : nullptr;
+  }
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t* row = rows[i & 1];
+      a[kk][i] = row != nullptr ? row[8 * kk + 4 * (i >> 1) + (lane & 3)] : 0u;
+    }
+  }
+}
+
 // C[64 x D] += A B over a tile's BN rows: A (64 x BN) as wgmma A fragments in registers, 16
 // rows per wgmma, B a tile of BN rows of D channels. Issues only.
 template <typename T, int D, int BN>

@@ -366,15 +366,17 @@ pub(crate) fn launch_forward(
 ) -> Result<()> {
     let t = dtype_suffix(dtype)?;
     if let Some(prefix) = hopper_kernel(dev, kernel)? {
-        // A producer warpgroup plus consumer warpgroups of 64 query rows each; Q and a ring of
-        // K/V tiles of 64 or 128 keys of the key stream (tiles span key blocks), plus 1 KiB to
-        // align the tiles for the 128-byte swizzle. One consumer takes 64-key tiles in a ring of
-        // two, so that two CTAs fit on an SM; two take 128-key tiles in a ring of three.
-        let (groups, key_tile, stages) = if small { (1, 64, 2) } else { (2, 128, 3) };
+        // A producer warpgroup plus consumer warpgroups of 64 query rows each; a ring of three
+        // K/V tiles of 64 or 128 keys of the key stream (tiles span key blocks), the query tile
+        // (two consumers; one keeps its rows in registers), plus 1 KiB to align the tiles for
+        // the 128-byte swizzle. One consumer takes 64-key tiles, so that two CTAs fit on an SM;
+        // two take 128-key tiles.
+        let (groups, key_tile, query_rows) = if small { (1, 64, 0) } else { (2, 128, 128) };
+        let stages = 3;
         let cfg = LaunchConfig {
             grid_dim,
             block_dim: (128 * (groups as u32 + 1), 1, 1),
-            shared_mem_bytes: ((64 * groups + 2 * stages * key_tile) * d * 2 + 1024) as u32,
+            shared_mem_bytes: ((query_rows + 2 * stages * key_tile) * d * 2 + 1024) as u32,
         };
         let name = format!("{prefix}_{t}_d{d}_wg{groups}_bn{key_tile}_st{stages}");
         let args = FwdSm90Args {
