@@ -84,6 +84,7 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   float s[BN / 2];
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+  __shared__ float wait_sink[4 * WG];
   uint32_t a[BN / 16][4];
 
   if (qt.keys.item < qt.keys.end) {
@@ -115,7 +116,7 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
       wg_wait<1>();
       wg_pin<BN / 2>(s);
       softmax_tile<BN>(s, abs(rows), p.scale_log2, m, l, alpha);
-      wg_wait<0>();
+      wg_wait_after<0>(l[0] + l[1], &wait_sink[warp + 4 * c]);  // the softmax overlaps O += P V
       wg_pin<D / 2>(o);
       wg_keep(a);
       if (lane == 0) mbar_arrive(&empty[prev]);

@@ -12,6 +12,19 @@
 #include "tma_sm90.cuh"
 #include "wgmma.cuh"
 
+// wg_wait<N> held after the math that produces `after`. ptxas sees no dependence between a
+// wgmma wait and the arithmetic before it, and moved the forward's wait for O += P V up to the
+// first instruction of the softmax, so that the softmax never overlapped that product; a
+// shared-memory store of a value the math produces (one lane per warp, into `sink`, this warp's
+// word of a scratch array) is not moved across the wait, and keeps the math before it.
+template <int N>
+__device__ __forceinline__ void wg_wait_after(float after, float* sink) {
+  if ((threadIdx.x & 31) == 0) {
+    asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(shared_addr(sink)), "f"(after) : "memory");
+  }
+  wg_wait<N>();
+}
+
 // Byte offset of 16-byte chunk `c` (of D/8) of row `r` in a tile of `rows` rows stored as D/64
 // column blocks of [rows][128 bytes], each 8-row atom 128-byte swizzled (wgmma's canonical
 // layout; tile bases are 1024-byte aligned).
