@@ -177,6 +177,48 @@ fn key_tiles_span_small_partial_and_permuted_key_blocks() -> Result<()> {
     })
 }
 
+/// Key streams of one-token blocks, longer and shorter than what the Hopper producers stage in
+/// shared memory (1,024 blocks): a staged tile crosses 64 blocks, and a list past the capacity
+/// takes the walk through the plan in global memory; the forward and the gradients.
+#[test]
+fn long_streams_of_one_token_blocks_match_cpu() -> Result<()> {
+    let mut rng = seeded_rng();
+    let (b, h, s, d) = (1, 2, 1300, 64);
+    let k_layout = Arc::new(BlockLayout::from_order(random_permutation(&mut rng, s), 1));
+    let q_layout = Arc::new(BlockLayout::from_order(random_permutation(&mut rng, s), 64));
+    let (nq, nk) = (q_layout.num_blocks(), k_layout.num_blocks());
+    each_kernel(|kernel| {
+        // Lists of 1,100 and 900 distinct blocks in turn, in random orders.
+        let lists: Vec<Vec<u32>> = (0..b * h * nq)
+            .map(|i| {
+                let order = random_permutation(&mut rng, nk);
+                order.order()[..if i % 2 == 0 { 1100 } else { 900 }].to_vec()
+            })
+            .collect();
+        let mask = BlockMask::from_lists(b * h, nq, nk, &lists)?;
+        let plan = Arc::new(SparsePlan::new(
+            b,
+            h,
+            q_layout.clone(),
+            k_layout.clone(),
+            mask,
+        )?);
+        let shape = (b, h, s, d);
+        let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
+        check(
+            "one-token key blocks",
+            &block_sparse_attention_with(&qg, &kg, &vg, &plan, kernel)?,
+            &block_sparse_attention(&qc, &kc, &vc, &plan)?,
+        )?;
+        check_plan_gradients(
+            "one-token key blocks",
+            kernel,
+            [&plan, &plan],
+            &grad_inputs(shape, s)?,
+        )
+    })
+}
+
 #[test]
 fn vsa_on_gpu_matches_cpu_on_partial_cubes() -> Result<()> {
     each_kernel(|kernel| {
