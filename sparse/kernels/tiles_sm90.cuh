@@ -218,8 +218,8 @@ __device__ __forceinline__ bool stage_stream(const AttnParams& p, KeyStream s, S
   return true;
 }
 
-// Streams a producer stages when its kernel has room: the 64-key-tile kernels' (VSA's cube
-// lists at 720p hold about 180 items; longer lists walk the plan in global memory).
+// The most items a staged stream holds (8 KiB of shared memory; VSA's cube lists hold 78 items at
+// 480p and about 180 at 720p); longer streams walk the plan in global memory.
 constexpr int STAGED_CAP = 1024;
 
 // The CTA's staged stream for 64-key tiles (a static shared allocation only in the kernels that
