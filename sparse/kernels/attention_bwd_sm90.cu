@@ -283,9 +283,8 @@ __device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p) {
     };
     const T* abase = KV ? head_base<T>(p.q, p.q_strides, rc.b, rc.h) : head_base<T>(p.k, p.k_strides, rc.b, rc.h);
     const T* bbase = KV ? head_base<T>(p.dout, p.o_strides, rc.b, rc.h) : head_base<T>(p.v, p.v_strides, rc.b, rc.h);
-    produce_tiles<T, D, BN, STAGES, false, STAGED_CAP>(cv, cols, column_order<KV>(p, rc.h), abase, bbase, sA, sB,
-                                                       tile_rows, full, empty, copy_stats, KvTma{nullptr, 0, 0},
-                                                       staged_storage<BN>());
+    produce_tiles<T, D, BN, STAGES>(cv, cols, column_order<KV>(p, rc.h), abase, bbase, sA, sB, tile_rows, full, empty,
+                                    copy_stats, KvTma{nullptr, 0, 0}, staged_storage<BN>());
   } else {
     regs_grow<Regs::CONSUMER>();
     const int w = threadIdx.x / 128 - 1;

@@ -171,15 +171,13 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const FwdSm90Args& args) {
     const uint32_t* k_ord = p.k_order + (p.k_per_head ? (size_t)qt.h * p.sk : 0);
     const T* kbase = reinterpret_cast<const T*>(p.k) + qt.b * p.k_strides[0] + qt.h * p.k_strides[1];
     const T* vbase = reinterpret_cast<const T*>(p.v) + qt.b * p.v_strides[0] + qt.h * p.v_strides[1];
-    // Bulk copies for 128-key tiles (dense and block-sparse runs); the one-consumer kernel's
-    // keys are mostly permuted (VSA's cubes) and it keeps the chunk copies alone.
-    // The 64-key-tile kernel (two CTAs per SM) stages its stream; the 128-key one has no
-    // shared memory left for it and walks keys that are mostly whole runs.
-    StagedStream<STAGED_CAP, BN>* staged = nullptr;
+    // The 128-key kernel copies runs of keys by TMA (dense and block-sparse) and walks the plan
+    // (no shared memory left to stage its stream); the 64-key one, whose keys are mostly
+    // permuted (VSA's cubes), stages its stream and copies chunk by chunk.
+    StagedStream<BN>* staged = nullptr;
     if constexpr (BN == 64) staged = staged_storage<BN>();
-    produce_tiles<T, D, BN, STAGES, BN == 128, STAGED_CAP>(p, qt.keys, k_ord, kbase, vbase, sK, sV, tile_rows, full,
-                                                           empty, [](int, const auto&, int) {},
-                                                           KvTma{&args.maps, qt.b, qt.h}, staged);
+    produce_tiles<T, D, BN, STAGES, BN == 128>(p, qt.keys, k_ord, kbase, vbase, sK, sV, tile_rows, full, empty,
+                                               [](int, const auto&, int) {}, KvTma{&args.maps, qt.b, qt.h}, staged);
   } else {
     regs_grow<Regs::CONSUMER>();
     consume<T, D, WG, BN, STAGES>(p, qt, (threadIdx.x >> 7) - 1, sQ, sK, sV, tile_rows, full, empty);

@@ -88,8 +88,8 @@ __device__ __forceinline__ void mma_ss_tile(float* c, const unsigned char* a, in
   }
 }
 
-// C[64 x BN] = A B^T over the head dim D with A's 64 rows in registers (see `load_a_rows`): B
-// is read once per k16 step and A not at all, which halves the shared-memory reads of a
+// C[64 x BN] = A B^T over the head dim D with A's 64 rows in registers (`load_a_rows_global`):
+// B is read once per k16 step and A not at all, which halves the shared-memory reads of a
 // 64-column product. Issues only.
 template <typename T, int D, int BN>
 __device__ __forceinline__ void mma_rs_kmajor_tile(float* c, const uint32_t (&a)[D / 16][4], const unsigned char* b) {
@@ -100,19 +100,10 @@ __device__ __forceinline__ void mma_rs_kmajor_tile(float* c, const uint32_t (&a)
   }
 }
 
-// Warpgroup rows [row0, row0 + 64) of a tile of `rows` rows (D channels) as wgmma A fragments,
-// one k16 step per entry: warp w takes its 16 rows with one ldmatrix.x4 per step (matrices: rows
-// 0-7 and 8-15 of the step's first 8 channels, then of its second 8).
-template <int D>
-__device__ __forceinline__ void load_a_rows(uint32_t (&a)[D / 16][4], const unsigned char* tile, int rows, int row0) {
-  const int lane = threadIdx.x & 31, r = row0 + ((threadIdx.x >> 5) & 3) * 16 + (lane & 15);
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(a[kk], tile + tile_off(rows, r, 2 * kk + (lane >> 4)));
-}
-
-// The fragments of `load_a_rows` read from global memory instead: warpgroup rows [row0, row0 +
-// 64) of the `nq` rows at tokens `ord[r]` of `base` (`stride` elements apart; rows from `nq` on
-// are zeros), four bytes per load (a row's two channels of one fragment register).
+// Warpgroup rows [row0, row0 + 64) of the `nq` rows at tokens `ord[r]` of `base` (`stride`
+// elements apart; rows from `nq` on are zeros) as wgmma A fragments, one k16 step per entry,
+// read from global memory four bytes per load: warp w's rows 16w + lane / 4 and 8 below it,
+// channels 2 (lane % 4) and 8 to the right of them.
 template <typename T, int D>
 __device__ __forceinline__ void load_a_rows_global(uint32_t (&a)[D / 16][4], const T* base, long long stride,
                                                    const uint32_t* ord, int nq, int row0) {
@@ -161,25 +152,29 @@ __device__ __forceinline__ void wg_keep(const uint32_t (&a)[N][4]) {
 // Named barrier of the producer warpgroup's 128 threads (the kernels' own barriers are 1-3).
 constexpr int BAR_PRODUCER = 4;
 
-// A key stream staged in shared memory by the producer (streams of at most CAP items): where
-// each item starts in the stream (`pos`; `pos[n]` is the stream's length) and its first slot,
-// so that a row's slot is found in shared memory instead of by a walk through the plan in
+// The most items a staged stream holds (8 KiB of shared memory; VSA's cube lists hold 78 items at
+// 480p and about 180 at 720p); longer streams walk the plan in global memory.
+constexpr int STAGED_CAP = 1024;
+
+// A key stream staged in shared memory by the producer (streams of at most STAGED_CAP items):
+// where each item starts in the stream (`pos`; `pos[n]` is the stream's length) and its first
+// slot, so that a row's slot is found in shared memory instead of by a walk through the plan in
 // global memory (two dependent loads per key block); and the tokens of the rows of the tiles in
 // flight, one row looked up per thread and shared through `row_tok` (two tiles' worth).
-template <int CAP, int BN> struct StagedStream {
-  uint32_t pos[CAP + 1];
-  uint32_t first[CAP];
+template <int BN> struct StagedStream {
+  uint32_t pos[STAGED_CAP + 1];
+  uint32_t first[STAGED_CAP];
   uint32_t row_tok[2][BN];
   uint32_t warp_sum[4];
   int n;
 };
 
 // Stages the stream `s` (fresh: offset 0) into `st`, all 128 producer threads taking part;
-// false (nothing staged) where it has more than CAP items.
-template <int CAP, int BN>
-__device__ __forceinline__ bool stage_stream(const AttnParams& p, KeyStream s, StagedStream<CAP, BN>& st) {
+// false (nothing staged) where it has more than STAGED_CAP items.
+template <int BN>
+__device__ __forceinline__ bool stage_stream(const AttnParams& p, KeyStream s, StagedStream<BN>& st) {
   const int n = (int)(s.end - s.item), t = threadIdx.x, lane = t & 31, warp = t >> 5;
-  if (n > CAP) return false;
+  if (n > STAGED_CAP) return false;
   uint32_t carry = 0;  // rows of the items before this chunk of 128
   for (int base = 0; base < n; base += 128) {
     const int i = base + t;
@@ -218,15 +213,11 @@ __device__ __forceinline__ bool stage_stream(const AttnParams& p, KeyStream s, S
   return true;
 }
 
-// The most items a staged stream holds (8 KiB of shared memory; VSA's cube lists hold 78 items at
-// 480p and about 180 at 720p); longer streams walk the plan in global memory.
-constexpr int STAGED_CAP = 1024;
-
 // The CTA's staged stream for 64-key tiles (a static shared allocation only in the kernels that
 // call it).
 template <int BN>
-__device__ __forceinline__ StagedStream<STAGED_CAP, BN>* staged_storage() {
-  __shared__ StagedStream<STAGED_CAP, BN> st;
+__device__ __forceinline__ StagedStream<BN>* staged_storage() {
+  __shared__ StagedStream<BN> st;
   return &st;
 }
 
@@ -244,11 +235,11 @@ __device__ __forceinline__ StagedStream<STAGED_CAP, BN>* staged_storage() {
 // With BULK and `tma.maps` enabled, a tile of BN contiguous tokens (or fewer, ending at the
 // last token) is copied by thread 0 through the tensor maps instead (no `extra` copies then);
 // the other threads only arrive.
-template <typename T, int D, int BN, int STAGES, bool BULK = false, int CAP = 1, typename Extra>
+template <typename T, int D, int BN, int STAGES, bool BULK = false, typename Extra>
 __device__ __forceinline__ void produce_tiles(const AttnParams& p, KeyStream cur, const uint32_t* ord, const T* abase,
                                               const T* bbase, unsigned char* sA, unsigned char* sB, int* tile_rows,
                                               uint64_t* full, uint64_t* empty, Extra extra, KvTma tma = {nullptr, 0, 0},
-                                              StagedStream<CAP, BN>* staged = nullptr) {
+                                              StagedStream<BN>* staged = nullptr) {
   const bool maps = BULK && tma.maps->enabled;
   constexpr int CH = D / 8, TILE_BYTES = BN * D * 2;
   using R = TileRows<BN, CH, 128>;
@@ -272,7 +263,7 @@ __device__ __forceinline__ void produce_tiles(const AttnParams& p, KeyStream cur
     }
   };
   if (!BULK && staged != nullptr && stage_stream(p, cur, *staged)) {
-    StagedStream<CAP, BN>& st = *staged;
+    StagedStream<BN>& st = *staged;
     const uint32_t total = st.pos[st.n];
     // Row lookups run a tile ahead: thread r (< BN) finds row r of the next tile, walking on
     // from the item that held its row of this one, and issues the token load, which lands while
