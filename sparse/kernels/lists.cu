@@ -3,9 +3,11 @@
 // listing the query blocks qb that attend to kb, in ascending qb order (what the host's
 // BlockMask::transpose makes, so the result is deterministic). Query rows are cut into chunks:
 // 1. chunk_counts: per (g, chunk, kb), how many of the chunk's rows list kb;
-// 2. chunk_bases: each count becomes the chunk's offset inside list (g, kb), and list sizes
-//    are scanned into the CSR offsets (one CTA);
-// 3. chunk_fill: one warp per chunk walks its rows in order and places each entry.
+// 2. chunk_bases: one thread per list (g, kb): each count becomes the chunk's offset inside
+//    the list, and the list's size is kept in `offsets`;
+// 3. list_offsets: the sizes scanned into the CSR offsets (one CTA);
+// 4. chunk_fill: one warp per chunk walks its rows in order and places each entry.
+// Chunks are short (the host picks their rows), so that many warps fill at once.
 #include <stdint.h>
 
 struct ListShape {
@@ -22,25 +24,30 @@ extern "C" __global__ void chunk_counts(const uint32_t* indices, ListShape s, ui
   for (int e = threadIdx.x; e < rows * s.k; e += blockDim.x) atomicAdd(&mine[at[e]], 1u);
 }
 
-// One CTA of 1024 threads: per (g, kb), an exclusive scan of its counts over chunks (in place),
-// then an exclusive scan of the lists' sizes in (g, kb) order into offsets [groups * nk + 1].
-extern "C" __global__ void __launch_bounds__(1024) chunk_bases(uint32_t* counts, ListShape s, uint32_t* offsets) {
+// One thread per list (g, kb): an exclusive scan of its counts over chunks (in place); the
+// list's size goes to offsets[g * nk + kb].
+extern "C" __global__ void chunk_bases(uint32_t* counts, ListShape s, uint32_t* offsets) {
+  const int l = blockIdx.x * blockDim.x + threadIdx.x;
+  if (l >= s.groups * s.nk) return;
+  const int g = l / s.nk, kb = l % s.nk;
+  uint32_t* at = counts + (size_t)g * s.chunks * s.nk + kb;
+  uint32_t run = 0;
+  for (int c = 0; c < s.chunks; ++c, at += s.nk) {
+    const uint32_t n = *at;
+    *at = run;
+    run += n;
+  }
+  offsets[l] = run;
+}
+
+// One CTA of 1024 threads: the lists' sizes (in offsets, (g, kb) order) scanned in place into
+// the CSR offsets [groups * nk + 1].
+extern "C" __global__ void __launch_bounds__(1024) list_offsets(uint32_t* offsets, ListShape s) {
   __shared__ uint32_t partial[1024];
   const int lists = s.groups * s.nk, t = threadIdx.x;
   const int per = (lists + blockDim.x - 1) / blockDim.x, begin = min(t * per, lists), end = min(begin + per, lists);
   uint32_t mine = 0;
-  for (int l = begin; l < end; ++l) {
-    const int g = l / s.nk, kb = l % s.nk;
-    uint32_t run = 0;
-    for (int c = 0; c < s.chunks; ++c) {
-      uint32_t* at = counts + ((size_t)g * s.chunks + c) * s.nk + kb;
-      const uint32_t n = *at;
-      *at = run;
-      run += n;
-    }
-    offsets[l] = run;  // the list's size for now
-    mine += run;
-  }
+  for (int l = begin; l < end; ++l) mine += offsets[l];
   partial[t] = mine;
   __syncthreads();
   for (int step = 1; step < (int)blockDim.x; step <<= 1) {  // inclusive scan of the partials

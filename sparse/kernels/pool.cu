@@ -8,7 +8,9 @@
 //   scheduling.
 // - spread_blocks_*: each token's row of its block (the backward of the means).
 // - gated_add_*: VSA's output, out = fine + gate * coarse[block of token] (fine may be null:
-//   zero), summed in f32, with `out` written [B, S, H, D]; each thread moves 8 channels
+//   zero), summed in f32, with `out` written [B, S, H, D] when `out_bshd`, else [B, H, S, D];
+//   `gate_bshd`, where not null, gets a copy of gate written [B, S, H, D] (the backward hands
+//   its output gradient on to a [B, S, H, D] fine this way); each thread moves 8 channels
 //   (16-byte loads and stores).
 #include "common.cuh"
 
@@ -120,31 +122,42 @@ SPREAD_BLOCKS(float, f32)
 template <typename T>
 __device__ __forceinline__ void gated_add(const T* fine, long long fb, long long fh, long long fs, const T* gate,
                                           long long gb, long long gh, long long gs, const float* coarse,
-                                          const uint32_t* block_of, T* out, int S, int H, int nb, int D,
-                                          long long vectors) {
+                                          const uint32_t* block_of, T* out, int out_bshd, T* gate_bshd, int S,
+                                          int H, int nb, int D, long long vectors) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= vectors) return;
   const int per_row = D / VEC;
   const int c = (int)(i % per_row) * VEC;
-  long long row = i / per_row;  // (b * S + s) * H + h
-  const int h = (int)(row % H);
-  row /= H;
-  const int s = (int)(row % S), b = (int)(row / S);
+  const long long row = i / per_row;  // (b * S + s) * H + h, or (b * H + h) * S + s
+  int b, h, s;
+  if (out_bshd) {
+    h = (int)(row % H);
+    s = (int)(row / H % S);
+    b = (int)(row / H / S);
+  } else {
+    s = (int)(row % S);
+    h = (int)(row / S % H);
+    b = (int)(row / S / H);
+  }
   float f[VEC] = {0.f}, g[VEC], cv[VEC];
   if (fine != nullptr) load8(fine + b * fb + h * fh + s * fs + c, f);
   load8(gate + b * gb + h * gh + s * gs + c, g);
   load8(coarse + (((size_t)b * H + h) * nb + block_of[s]) * D + c, cv);
+  const size_t bshd = (((size_t)b * S + s) * H + h) * D + c;
+  if (gate_bshd != nullptr) store8(gate_bshd + bshd, g);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) f[k] += g[k] * cv[k];
-  store8(out + (((size_t)b * S + s) * H + h) * D + c, f);
+  store8(out + (out_bshd ? bshd : (size_t)row * D + c), f);
 }
 
 #define GATED_ADD(T, NAME)                                                                                    \
   extern "C" __global__ void gated_add_##NAME(const T* fine, long long fb, long long fh, long long fs,        \
                                               const T* gate, long long gb, long long gh, long long gs,        \
-                                              const float* coarse, const uint32_t* block_of, T* out, int S,   \
-                                              int H, int nb, int D, long long vectors) {                       \
-    gated_add<T>(fine, fb, fh, fs, gate, gb, gh, gs, coarse, block_of, out, S, H, nb, D, vectors);            \
+                                              const float* coarse, const uint32_t* block_of, T* out,           \
+                                              int out_bshd, T* gate_bshd, int S, int H, int nb, int D,         \
+                                              long long vectors) {                                             \
+    gated_add<T>(fine, fb, fh, fs, gate, gb, gh, gs, coarse, block_of, out, out_bshd, gate_bshd, S, H, nb, D,  \
+                 vectors);                                                                                     \
   }
 GATED_ADD(__nv_bfloat16, bf16)
 GATED_ADD(__half, f16)

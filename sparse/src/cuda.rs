@@ -30,8 +30,12 @@ const LISTS_KERNELS: Module = kernel_module!("lists");
 const MAX_Q_BLOCK: usize = 128;
 /// Rows of one backward CTA (`BWD_ROWS` in bwd_params.cuh).
 const BWD_ROWS: usize = 64;
-/// Query rows per chunk of the uniform-list transpose (`lists.cu`).
+/// Query rows per chunk of the uniform-list transpose (`lists.cu`), at most: a warp walks a
+/// chunk's rows in order, so short chunks keep many warps busy (VSA at Wan 1.3B's shape: 12
+/// heads of 624 rows), while the scan over chunks per list stays short where rows are many.
 const LIST_CHUNK_ROWS: usize = 256;
+/// Chunks per group the uniform-list transpose aims for, where rows allow chunks of 16.
+const LIST_CHUNKS: usize = 128;
 /// Query blocks below this size get dq from the dk/dv pass by atomics (`bsattn_bwd_dkdvdq`).
 const BWD_ATOMIC_DQ_BELOW: usize = 16;
 /// Columns per tile of the backward's passes (`INSTANTIATE_BWD`): dq and dk/dv, and dk/dv with
@@ -658,13 +662,14 @@ fn transpose_uniform(
     nk: usize,
 ) -> Result<(CudaSlice<u32>, CudaSlice<u32>)> {
     let k = indices.dim(1)?;
-    let chunks = nq.div_ceil(LIST_CHUNK_ROWS);
+    let chunk_rows = nq.div_ceil(LIST_CHUNKS).clamp(16, LIST_CHUNK_ROWS);
+    let chunks = nq.div_ceil(chunk_rows);
     let shape = ListShape {
         groups: groups as i32,
         nq: nq as i32,
         k: k as i32,
         nk: nk as i32,
-        chunk_rows: LIST_CHUNK_ROWS as i32,
+        chunk_rows: chunk_rows as i32,
         chunks: chunks as i32,
     };
     let counts = dev.alloc_zeros::<u32>(groups * chunks * nk)?;
@@ -696,7 +701,9 @@ fn transpose_uniform(
         Ok(())
     };
     launch("chunk_counts", grid, 256, &[&src, &counts_ptr])?;
-    launch("chunk_bases", (1, 1, 1), 1024, &[&counts_ptr, &offsets_ptr])?;
+    let lists = (groups * nk).div_ceil(256) as u32;
+    launch("chunk_bases", (lists, 1, 1), 256, &[&counts_ptr, &offsets_ptr])?;
+    launch("list_offsets", (1, 1, 1), 1024, &[&offsets_ptr])?;
     launch(
         "chunk_fill",
         grid,

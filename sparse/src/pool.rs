@@ -151,8 +151,8 @@ impl candle_core::CustomOp2 for Spread {
 
 /// `fine + gate * spread_to_tokens(coarse)` in `fine`'s dtype, summed in f32: VSA's output
 /// for `fine, gate: [B, H, S, D]` and its coarse branch `coarse: [B, H, blocks, D]` (f32).
-/// On the GPU one kernel reads each operand once and writes `[B, S, H, D]` (returned as a
-/// `[B, H, S, D]` view), in place of casts, a spread, a product and a sum; differentiable.
+/// On the GPU one kernel reads each operand once and writes the sum (see [`gated_kernel`] for
+/// its layout), in place of casts, a spread, a product and a sum; differentiable.
 pub fn add_gated_blocks(
     fine: &Tensor,
     gate: &Tensor,
@@ -198,7 +198,11 @@ fn gated_kernel_applies(fine: &Tensor, gate: &Tensor) -> Result<bool> {
 }
 
 /// The gated kernel as a graph operation on `fine` (`[B, S, H, D]` when `fine_bshd`,
-/// `[B, H, S, D]` otherwise): `[B, H, S, D]`.
+/// `[B, H, S, D]` otherwise): `[B, H, S, D]`. Its rows lie `[B, S, H, D]` (a view) where
+/// nothing differentiates it, the layout the DiT's output projection reads without a copy;
+/// where something may, they lie `[B, H, S, D]`, so that a gradient handed back in that shape
+/// needs no transpose (candle adds every gradient into fresh zeros, and an addition with a
+/// transposed operand costs several times a contiguous one).
 #[cfg(feature = "cuda")]
 fn gated_kernel(
     fine: &Tensor,
@@ -207,20 +211,33 @@ fn gated_kernel(
     coarse: &Tensor,
     layout: &Arc<BlockLayout>,
 ) -> Result<Tensor> {
+    use crate::pool_cuda::TokenRows;
     let coarse = coarse.to_dtype(DType::F32)?.contiguous()?;
+    let rows = if [fine, gate, &coarse].iter().any(|t| t.track_op()) {
+        TokenRows::Bhsd
+    } else {
+        TokenRows::Bshd
+    };
     let op = GatedAdd {
         layout: Arc::clone(layout),
         fine_bshd,
+        rows,
     };
-    fine.apply_op3(gate, &coarse, op)?.transpose(1, 2)
+    let out = fine.apply_op3(gate, &coarse, op)?;
+    match rows {
+        TokenRows::Bshd => out.transpose(1, 2),
+        TokenRows::Bhsd => Ok(out),
+    }
 }
 
-/// The GPU kernel of [`add_gated_blocks`] as a candle operation; its output is `[B, S, H, D]`.
+/// The GPU kernel of [`add_gated_blocks`] as a candle operation; its output is `[B, S, H, D]`
+/// or `[B, H, S, D]` as `rows` says.
 #[cfg(feature = "cuda")]
 struct GatedAdd {
     layout: Arc<BlockLayout>,
     /// `fine` is `[B, S, H, D]` (else `[B, H, S, D]`, like `gate`).
     fine_bshd: bool,
+    rows: crate::pool_cuda::TokenRows,
 }
 
 #[cfg(feature = "cuda")]
@@ -255,12 +272,21 @@ impl candle_core::CustomOp3 for GatedAdd {
         } else {
             fl.clone()
         };
-        crate::pool_cuda::gated_add(Some((fine, &fl)), (gate, gl), (coarse, cl), &self.layout)
+        let layout = &self.layout;
+        let sum = crate::pool_cuda::gated_add(
+            Some((fine, &fl)),
+            (gate, gl),
+            (coarse, cl),
+            layout,
+            self.rows,
+            false,
+        )?;
+        Ok((sum.sum, sum.shape))
     }
 
     /// With `g` the output gradient: `d fine = g` (in `fine`'s layout), `d gate = g *
-    /// spread(coarse)` (the forward kernel without `fine`), and `d coarse` each block's sum of
-    /// `g * gate`.
+    /// spread(coarse)` (the forward kernel without `fine`, written contiguous in `gate`'s
+    /// shape), and `d coarse` each block's sum of `g * gate`.
     fn bwd(
         &self,
         fine: &Tensor,
@@ -269,18 +295,30 @@ impl candle_core::CustomOp3 for GatedAdd {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use vdit_core::cuda::with_storage;
-        let grad = grad.contiguous()?; // [B, S, H, D]
-        let g = grad.transpose(1, 2)?; // [B, H, S, D]
-        let (storage, shape) = with_storage(&g, |gs, gl| {
+        use crate::pool_cuda::TokenRows;
+        use vdit_core::cuda::{untracked_tensor, with_storage};
+        let grad = grad.contiguous()?;
+        let g = match self.rows {
+            TokenRows::Bshd => grad.transpose(1, 2)?, // [B, H, S, D]
+            TokenRows::Bhsd => grad.clone(),
+        };
+        // A [B, S, H, D] fine takes g in its own layout: g itself, or a copy the kernel makes
+        // while it reads g for d gate.
+        let copy = self.fine_bshd && self.rows == TokenRows::Bhsd;
+        let sum = with_storage(&g, |gs, gl| {
             with_storage(coarse, |cs, cl| {
-                crate::pool_cuda::gated_add(None, (gs, gl), (cs, cl), &self.layout)
+                let rows = TokenRows::Bhsd;
+                crate::pool_cuda::gated_add(None, (gs, gl), (cs, cl), &self.layout, rows, copy)
             })
         })?;
-        let d_gate = vdit_core::cuda::untracked_tensor(storage, shape).transpose(1, 2)?;
+        let d_gate = untracked_tensor(sum.sum, sum.shape);
         let d_coarse =
             crate::pool_cuda::block_sums(&g, Some(&gate.to_dtype(g.dtype())?), &self.layout)?;
-        let d_fine = if self.fine_bshd { grad } else { g };
+        let d_fine = match (sum.gate_bshd, self.fine_bshd) {
+            (Some(g_bshd), _) => untracked_tensor(g_bshd, fine.shape()),
+            (None, true) => grad,
+            (None, false) => g,
+        };
         Ok((
             Some(d_fine.to_dtype(fine.dtype())?),
             Some(d_gate.to_dtype(gate.dtype())?),

@@ -153,15 +153,35 @@ pub(crate) fn spread_blocks(
     Ok(out)
 }
 
+/// How the rows of a `[B, H, S, D]` tensor lie in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TokenRows {
+    /// `[B, S, H, D]`: a token's heads side by side (the attention kernels' output).
+    Bshd,
+    /// `[B, H, S, D]`: a head's tokens side by side (contiguous in the logical shape).
+    Bhsd,
+}
+
+/// What [`gated_add`] writes: the sum, with its shape (`[B, S, H, D]` or `[B, H, S, D]` as
+/// asked), and the copy of `gate` in `[B, S, H, D]` when one was asked for.
+pub(crate) struct GatedSum {
+    pub sum: CudaStorage,
+    pub shape: Shape,
+    pub gate_bshd: Option<CudaStorage>,
+}
+
 /// VSA's output `fine + gate * coarse[block of token]` for `fine, gate: [B, H, S, D]` views
 /// (bf16 or f16, one dtype, unit channel stride, 16-byte aligned rows; no `fine` adds zero) and
-/// `coarse: [B, H, blocks, D]` f32 contiguous, summed in f32: `[B, S, H, D]` in `gate`'s dtype.
+/// `coarse: [B, H, blocks, D]` f32 contiguous, summed in f32 into `rows` in `gate`'s dtype; with
+/// `copy_gate`, also `gate` copied into `[B, S, H, D]` in the same pass.
 pub(crate) fn gated_add(
     fine: Option<(&CudaStorage, &Layout)>,
     (gate, gl): (&CudaStorage, &Layout),
     (coarse, cl): (&CudaStorage, &Layout),
     layout: &Arc<BlockLayout>,
-) -> Result<(CudaStorage, Shape)> {
+    rows: TokenRows,
+    copy_gate: bool,
+) -> Result<GatedSum> {
     let (b, h, s, d) = gl.shape().dims4()?;
     let nb = layout.num_blocks();
     let fine_fits =
@@ -191,12 +211,21 @@ pub(crate) fn gated_add(
     let cp = storage_ptr(coarse, cl)?;
     vdit_core::cuda::check_aligned(&[cp], "gated add")?;
     let block_of = block_of_on(&dev, layout)?;
-    let (out, op) = output(&dev, gate.dtype(), b * s * h * d)?;
-    let vectors = b * h * s * d / 8; // the elements of an existing tensor, / 8
+    let elements = b * s * h * d;
+    let (sum, sum_ptr) = output(&dev, gate.dtype(), elements)?;
+    let (gate_bshd, copy_ptr) = match copy_gate {
+        true => {
+            let (copy, copy_ptr) = output(&dev, gate.dtype(), elements)?;
+            (Some(copy), copy_ptr)
+        }
+        false => (None, 0),
+    };
+    let vectors = elements / 8; // the elements of an existing tensor, / 8
     let cfg = one_thread_each(vectors, "gated add")?;
     let vectors = vectors as i64;
-    let (bp, s32, h32, nb32, d32) = (
+    let (bp, bshd32, s32, h32, nb32, d32) = (
         ptr(&dev, &block_of),
+        (rows == TokenRows::Bshd) as i32,
         s as i32,
         h as i32,
         nb as i32,
@@ -210,14 +239,24 @@ pub(crate) fn gated_add(
     builder
         .arg(&cp)
         .arg(&bp)
-        .arg(&op)
+        .arg(&sum_ptr)
+        .arg(&bshd32)
+        .arg(&copy_ptr)
         .arg(&s32)
         .arg(&h32)
         .arg(&nb32)
         .arg(&d32)
         .arg(&vectors);
-    // SAFETY: arguments match `gated_add_*`; shapes and alignment checked above; the output
-    // holds B x S x H x D elements, each written once.
+    // SAFETY: arguments match `gated_add_*`; shapes and alignment checked above; the sum (and
+    // the copy, where asked for) hold B x S x H x D elements, each written once.
     unsafe { builder.launch(cfg) }.w()?;
-    Ok((out, Shape::from((b, s, h, d))))
+    let shape = match rows {
+        TokenRows::Bshd => Shape::from((b, s, h, d)),
+        TokenRows::Bhsd => Shape::from((b, h, s, d)),
+    };
+    Ok(GatedSum {
+        sum,
+        shape,
+        gate_bshd,
+    })
 }
