@@ -702,7 +702,12 @@ fn transpose_uniform(
     };
     launch("chunk_counts", grid, 256, &[&src, &counts_ptr])?;
     let lists = (groups * nk).div_ceil(256) as u32;
-    launch("chunk_bases", (lists, 1, 1), 256, &[&counts_ptr, &offsets_ptr])?;
+    launch(
+        "chunk_bases",
+        (lists, 1, 1),
+        256,
+        &[&counts_ptr, &offsets_ptr],
+    )?;
     launch("list_offsets", (1, 1, 1), 1024, &[&offsets_ptr])?;
     launch(
         "chunk_fill",
