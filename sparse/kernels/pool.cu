@@ -6,7 +6,8 @@
 //   coalesced; block_reduce_vec_* moves V = 8 channels per 16-byte load, block_reduce_* one),
 //   then the L partial sums are added in a fixed order, so the result does not depend on
 //   scheduling.
-// - spread_blocks_*: each token's row of its block (the backward of the means).
+// - spread_blocks_*: each token's row of its block (the backward of the means), written or
+//   added in place.
 // - gated_add_*: VSA's output, out = fine + gate * coarse[block of token] (fine may be null:
 //   zero), summed in f32, with `out` written [B, S, H, D] when `out_bshd`, else [B, H, S, D];
 //   `gate_bshd`, where not null, gets a copy of gate written [B, S, H, D] (the backward hands
@@ -87,10 +88,12 @@ BLOCK_REDUCE(float, f32)
 
 // Each token's row of its block: out[b, h, t, :] (T, [B, H, S, D] contiguous) =
 // x[b, h, block_of[t], :] (f32 [B, H, nb, D]), divided by the block's length when `mean` (the
-// backward of block means). One thread per 8 channels.
+// backward of block means), or added to what `out` holds when `accumulate`. One thread per 8
+// channels.
 template <typename T>
 __device__ __forceinline__ void spread_blocks(const float* x, const uint32_t* block_of, const uint32_t* starts,
-                                              int mean, T* out, int S, int nb, int D, long long vectors) {
+                                              int mean, int accumulate, T* out, int S, int nb, int D,
+                                              long long vectors) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= vectors) return;
   const int per_row = D / VEC;
@@ -106,14 +109,20 @@ __device__ __forceinline__ void spread_blocks(const float* x, const uint32_t* bl
 #pragma unroll
     for (int k = 0; k < VEC; ++k) v[k] *= inv;
   }
+  if (accumulate) {
+    float held[VEC];
+    load8(out + row * D + c, held);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) v[k] += held[k];
+  }
   store8(out + row * D + c, v);
 }
 
 #define SPREAD_BLOCKS(T, NAME)                                                                                \
   extern "C" __global__ void spread_blocks_##NAME(const float* x, const uint32_t* block_of,                   \
-                                                  const uint32_t* starts, int mean, T* out, int S, int nb,     \
-                                                  int D, long long vectors) {                                  \
-    spread_blocks<T>(x, block_of, starts, mean, out, S, nb, D, vectors);                                       \
+                                                  const uint32_t* starts, int mean, int accumulate, T* out,    \
+                                                  int S, int nb, int D, long long vectors) {                   \
+    spread_blocks<T>(x, block_of, starts, mean, accumulate, out, S, nb, D, vectors);                           \
   }
 SPREAD_BLOCKS(__nv_bfloat16, bf16)
 SPREAD_BLOCKS(__half, f16)

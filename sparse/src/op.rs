@@ -3,7 +3,9 @@
 
 use crate::cpu::{self, Dims};
 use crate::full_backward::{full_attention_backward, CHUNK_BYTES};
+use crate::layout::BlockLayout;
 use crate::plan::{KeyBlocks, SparsePlan};
+use crate::pool::add_means_gradient;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D,
 };
@@ -60,9 +62,44 @@ pub fn block_sparse_attention_with(
     plan: &Arc<SparsePlan>,
     kernel: ForwardKernel,
 ) -> Result<Tensor> {
-    let op = checked_op(q, k, v, plan, kernel)?;
+    method_attention(q, k, v, plan, kernel, None)?.into_bhsd()
+}
+
+/// Block-sparse attention's output as a method that consumes it gets it: in the CUDA kernels'
+/// own `[B, S, H, D]` layout where they run (no transpose in the graph, so that a consumer
+/// taking that layout hands back a contiguous gradient: candle adds every gradient into fresh
+/// zeros, and an addition with a transposed operand costs several times a contiguous one),
+/// `[B, H, S, D]` elsewhere.
+pub(crate) enum MethodOutput {
+    Bshd(Tensor),
+    Bhsd(Tensor),
+}
+
+impl MethodOutput {
+    /// The output as `[B, H, S, D]` (a view where it lies `[B, S, H, D]`).
+    pub(crate) fn into_bhsd(self) -> Result<Tensor> {
+        match self {
+            Self::Bshd(t) => t.transpose(1, 2),
+            Self::Bhsd(t) => Ok(t),
+        }
+    }
+}
+
+/// Block-sparse attention for a method that consumes the output itself (see
+/// [`MethodOutput`]); `means`, where given, is where the backward finds the gradient of q's,
+/// k's and v's block means to add to their own.
+pub(crate) fn method_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    plan: &Arc<SparsePlan>,
+    kernel: ForwardKernel,
+    means: Option<&Arc<MeansGradient>>,
+) -> Result<MethodOutput> {
+    let mut op = checked_op(q, k, v, plan, kernel)?;
+    op.means = means.cloned();
     if on_kernels(q, plan)? {
-        return q.apply_op3(k, v, op)?.transpose(1, 2);
+        return Ok(MethodOutput::Bshd(q.apply_op3(k, v, op)?));
     }
     // The CPU engine works on contiguous f32 host buffers.
     let (dtype, device) = (q.dtype(), q.device().clone());
@@ -72,25 +109,45 @@ pub fn block_sparse_attention_with(
             .contiguous()
     };
     let out = prep(q)?.apply_op3(&prep(k)?, &prep(v)?, op)?;
-    out.to_dtype(dtype)?.to_device(&device)?.transpose(1, 2)
+    Ok(MethodOutput::Bhsd(
+        out.to_dtype(dtype)?.to_device(&device)?.transpose(1, 2)?,
+    ))
 }
 
-/// Block-sparse attention where the CUDA kernels run it, in their own `[B, S, H, D]` layout:
-/// no transpose in the graph, so that a consumer taking that layout hands back a contiguous
-/// gradient (candle adds every gradient into fresh zeros, and an addition with a transposed
-/// operand costs several times a contiguous one). `None` where the kernels do not run.
-pub(crate) fn kernel_attention_bshd(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    plan: &Arc<SparsePlan>,
-    kernel: ForwardKernel,
-) -> Result<Option<Tensor>> {
-    let op = checked_op(q, k, v, plan, kernel)?;
-    if !on_kernels(q, plan)? {
-        return Ok(None);
+/// Gradients of an attention's inputs' block means (`[B, H, blocks, D]` f32 for q, k and v,
+/// over one layout of queries and keys), handed by a consumer of the attention's output to
+/// the attention's backward, which adds each token's share to its own gradients. A method
+/// whose other branch reads q, k and v only through their block means (VSA's coarse
+/// attention) thus gives each input one gradient rather than two (candle adds every gradient
+/// into fresh zeros: a full pass over the input each). The consumer must take the attention's
+/// output as an input, even without reading it, so that autograd runs its backward first.
+pub(crate) struct MeansGradient {
+    layout: Arc<BlockLayout>,
+    grads: std::sync::Mutex<Option<[Tensor; 3]>>,
+}
+
+impl MeansGradient {
+    /// An empty hand-over for block means over `layout`.
+    pub(crate) fn new(layout: &Arc<BlockLayout>) -> Self {
+        Self {
+            layout: Arc::clone(layout),
+            grads: Default::default(),
+        }
     }
-    Ok(Some(q.apply_op3(k, v, op)?))
+
+    /// Hands over the gradients of q's, k's and v's block means.
+    pub(crate) fn put(&self, grads: [Tensor; 3]) {
+        *self.grads.lock().unwrap_or_else(|e| e.into_inner()) = Some(grads);
+    }
+
+    /// Adds what was handed over (if anything) to `[dq, dk, dv]`, in place.
+    fn add_to(&self, grads: [&Tensor; 3]) -> Result<()> {
+        let taken = self.grads.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for (grad, means) in grads.into_iter().zip(taken.iter().flatten()) {
+            add_means_gradient(grad, means, &self.layout)?;
+        }
+        Ok(())
+    }
 }
 
 /// The forward operation for `q, k, v` under `plan`, once their shapes are checked against
@@ -125,6 +182,7 @@ fn checked_op(
         plan: Arc::clone(plan),
         scale: (1.0 / (d as f64).sqrt()) as f32,
         kernel,
+        means: None,
         #[cfg(feature = "cuda")]
         saved_lse: (q.track_op() || k.track_op() || v.track_op()).then(Default::default),
     })
@@ -186,6 +244,8 @@ struct BlockSparseOp {
     plan: Arc<SparsePlan>,
     scale: f32,
     kernel: ForwardKernel,
+    /// Where the backward finds gradients of the inputs' block means to add to its own.
+    means: Option<Arc<MeansGradient>>,
     /// Where a differentiated forward on the GPU keeps its log-sum-exp for the backward
     /// (`None`: nothing will differentiate this call).
     #[cfg(feature = "cuda")]
@@ -275,7 +335,7 @@ impl CustomOp3 for BlockSparseOp {
         if matches!(self.plan.keys, KeyBlocks::All) && !on_kernels(q, &self.plan)? {
             let (dq, dk, dv) =
                 full_attention_backward(q, k, v, out, grad, self.scale, CHUNK_BYTES)?;
-            return Ok((Some(dq), Some(dk), Some(dv)));
+            return self.with_means([dq, dk, dv]);
         }
         let delta = output_dots(grad, out)?;
         let op = BackwardOp {
@@ -304,6 +364,20 @@ impl CustomOp3 for BlockSparseOp {
             .narrow(0, nq + nk, nk)?
             .reshape(v.shape())?
             .to_dtype(v.dtype())?;
+        self.with_means([dq, dk, dv])
+    }
+}
+
+impl BlockSparseOp {
+    /// The backward's result: `grads` (fresh tensors, which change in place) with the block
+    /// means' gradients added where a consumer handed some over.
+    fn with_means(
+        &self,
+        [dq, dk, dv]: [Tensor; 3],
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if let Some(means) = &self.means {
+            means.add_to([&dq, &dk, &dv])?;
+        }
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

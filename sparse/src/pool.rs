@@ -78,6 +78,83 @@ impl candle_core::CustomOp1 for BlockMeans {
     }
 }
 
+/// Adds to `grad: [B, H, S, D]` (contiguous, and made by the caller, since it changes in
+/// place) the gradient that block means taken of its tokens pass back for `means_grad: [B, H,
+/// blocks, D]` (f32): each token gets its block's row divided by the block's length. f32 on
+/// the CPU; bf16, f16 or f32 on the GPU, where the head dim is a multiple of 8.
+pub(crate) fn add_means_gradient(
+    grad: &Tensor,
+    means_grad: &Tensor,
+    layout: &Arc<BlockLayout>,
+) -> Result<()> {
+    let means_grad = means_grad.to_dtype(DType::F32)?.contiguous()?;
+    grad.inplace_op2(
+        &means_grad,
+        &AddMeansGradient {
+            layout: Arc::clone(layout),
+        },
+    )
+}
+
+struct AddMeansGradient {
+    layout: Arc<BlockLayout>,
+}
+
+impl candle_core::InplaceOp2 for AddMeansGradient {
+    fn name(&self) -> &'static str {
+        "add-means-gradient"
+    }
+
+    fn cpu_fwd(
+        &self,
+        grad: &mut candle_core::CpuStorage,
+        gl: &candle_core::Layout,
+        means: &candle_core::CpuStorage,
+        ml: &candle_core::Layout,
+    ) -> Result<()> {
+        let (candle_core::CpuStorage::F32(grad), candle_core::CpuStorage::F32(means)) =
+            (grad, means)
+        else {
+            candle_core::bail!("adding block means' gradient on the CPU takes f32")
+        };
+        let (b, h, s, d) = gl.shape().dims4()?;
+        let nb = self.layout.num_blocks();
+        if !gl.is_contiguous() || !ml.is_contiguous() || ml.shape().dims4()? != (b, h, nb, d) {
+            candle_core::bail!(
+                "adding block means' gradient: {:?} and {:?} do not fit",
+                gl.shape(),
+                ml.shape()
+            )
+        }
+        let grad = &mut grad[gl.start_offset()..][..b * h * s * d];
+        let means = &means[ml.start_offset()..];
+        let block_of = self.layout.block_of_token(0);
+        let inv: Vec<f32> = (0..nb)
+            .map(|i| 1.0 / self.layout.block_len(i) as f32)
+            .collect();
+        for (row, token) in grad.chunks_exact_mut(d).enumerate() {
+            let (bh, t) = (row / s, row % s);
+            let block = block_of[t] as usize;
+            let from = &means[(bh * nb + block) * d..][..d];
+            for (g, m) in token.iter_mut().zip(from) {
+                *g += m * inv[block];
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        grad: &mut candle_core::CudaStorage,
+        gl: &candle_core::Layout,
+        means: &candle_core::CudaStorage,
+        ml: &candle_core::Layout,
+    ) -> Result<()> {
+        crate::pool_cuda::add_spread_means((grad, gl), (means, ml), &self.layout)
+    }
+}
+
 /// Each token's row of its block, `[B, H, S, D]` for `x: [B, H, blocks, D]` (how VSA's coarse
 /// output reaches the tokens). Differentiable: the backward sums each block's token gradients
 /// (one block-sum kernel on the GPU, [`block_means`] times the sizes on the CPU) rather than a

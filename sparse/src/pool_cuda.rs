@@ -115,42 +115,108 @@ pub(crate) fn spread_blocks(
         candle_core::bail!("spread blocks runs on CUDA")
     };
     let x = x.to_dtype(DType::F32)?.contiguous()?;
-    let (b, h, nb, d) = x.dims4()?;
-    let s = layout.tokens();
-    if nb != layout.num_blocks() || d % 8 != 0 {
+    let (b, h, _, d) = x.dims4()?;
+    let (out, out_ptr) = vdit_core::cuda::output_tensor(dev, dtype, &[b, h, layout.tokens(), d])?;
+    let spread = Spread {
+        rows: tensor_ptr(&x)?,
+        rows_shape: x.dims4()?,
+        out: out_ptr,
+        dtype,
+        mean,
+        accumulate: false,
+    };
+    spread.launch(dev, layout)?;
+    Ok(out)
+}
+
+/// Adds to every token row of `out: [B, H, S, D]` (contiguous, in place) its block's row of
+/// `rows: [B, H, blocks, D]` (f32, contiguous) divided by the block's length: the gradient of
+/// block means, added to a gradient of the tokens.
+pub(crate) fn add_spread_means(
+    (out, ol): (&mut CudaStorage, &Layout),
+    (rows, rl): (&CudaStorage, &Layout),
+    layout: &Arc<BlockLayout>,
+) -> Result<()> {
+    let (b, h, s, d) = ol.shape().dims4()?;
+    let rows_shape = rl.shape().dims4()?;
+    if !ol.is_contiguous()
+        || !rl.is_contiguous()
+        || rows.dtype() != DType::F32
+        || rows_shape != (b, h, layout.num_blocks(), d)
+        || s != layout.tokens()
+    {
         candle_core::bail!(
-            "spread blocks: {nb} rows of {d} channels do not fit {} blocks",
+            "adding block means' gradient: {:?} and f32 {:?} over {} blocks do not fit",
+            ol.shape(),
+            rl.shape(),
             layout.num_blocks()
         )
     }
-    let (block_of, device_layout) = (block_of_on(dev, layout)?, layout_on(dev, layout)?);
-    let (out, out_ptr) = vdit_core::cuda::output_tensor(dev, dtype, &[b, h, s, d])?;
-    let vectors = b * h * s * d / 8; // the elements of an existing tensor, / 8
-    let cfg = one_thread_each(vectors, "spread blocks")?;
-    let (xp, bp, sp) = (
-        tensor_ptr(&x)?,
-        ptr(dev, &block_of),
-        ptr(dev, &device_layout.starts),
-    );
-    let (mean32, s32, nb32, d32, vectors) =
-        (mean as i32, s as i32, nb as i32, d as i32, vectors as i64);
-    let func = POOL.function(dev, &format!("spread_blocks_{}", dtype_suffix(dtype)?))?;
-    let stream = dev.cuda_stream();
-    let mut builder = stream.launch_builder(&func);
-    builder
-        .arg(&xp)
-        .arg(&bp)
-        .arg(&sp)
-        .arg(&mean32)
-        .arg(&out_ptr)
-        .arg(&s32)
-        .arg(&nb32)
-        .arg(&d32)
-        .arg(&vectors);
-    // SAFETY: arguments match `spread_blocks_*`; x holds B x H x nb x D floats and the output
-    // B x H x S x D elements, each written once.
-    unsafe { builder.launch(cfg) }.w()?;
-    Ok(out)
+    let spread = Spread {
+        rows: storage_ptr(rows, rl)?,
+        rows_shape,
+        out: storage_ptr(out, ol)?,
+        dtype: out.dtype(),
+        mean: true,
+        accumulate: true,
+    };
+    spread.launch(out.device(), layout)
+}
+
+/// One launch of `spread_blocks_*`: block rows (f32 `[B, H, blocks, D]` at `rows`) to the
+/// token rows of a contiguous `[B, H, S, D]` buffer of `dtype` at `out`.
+struct Spread {
+    rows: u64,
+    rows_shape: (usize, usize, usize, usize),
+    out: u64,
+    dtype: DType,
+    mean: bool,
+    accumulate: bool,
+}
+
+impl Spread {
+    fn launch(&self, dev: &candle_core::CudaDevice, layout: &Arc<BlockLayout>) -> Result<()> {
+        let (b, h, nb, d) = self.rows_shape;
+        let s = layout.tokens();
+        if nb != layout.num_blocks() || d % 8 != 0 {
+            candle_core::bail!(
+                "spread blocks: {nb} rows of {d} channels do not fit {} blocks",
+                layout.num_blocks()
+            )
+        }
+        vdit_core::cuda::check_aligned(&[self.rows, self.out], "spread blocks")?;
+        let (block_of, device_layout) = (block_of_on(dev, layout)?, layout_on(dev, layout)?);
+        let vectors = b * h * s * d / 8; // the elements of an existing tensor, / 8
+        let cfg = one_thread_each(vectors, "spread blocks")?;
+        let (bp, sp) = (ptr(dev, &block_of), ptr(dev, &device_layout.starts));
+        let (mean32, add32, s32, nb32, d32, vectors) = (
+            self.mean as i32,
+            self.accumulate as i32,
+            s as i32,
+            nb as i32,
+            d as i32,
+            vectors as i64,
+        );
+        let name = format!("spread_blocks_{}", dtype_suffix(self.dtype)?);
+        let func = POOL.function(dev, &name)?;
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
+        builder
+            .arg(&self.rows)
+            .arg(&bp)
+            .arg(&sp)
+            .arg(&mean32)
+            .arg(&add32)
+            .arg(&self.out)
+            .arg(&s32)
+            .arg(&nb32)
+            .arg(&d32)
+            .arg(&vectors);
+        // SAFETY: arguments match `spread_blocks_*`; `rows` holds B x H x nb x D floats and
+        // `out` B x H x S x D elements of `dtype` (the callers' shapes), each written once.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok(())
+    }
 }
 
 /// How the rows of a `[B, H, S, D]` tensor lie in memory.

@@ -8,3 +8,4 @@ pub mod vmoba;
 #[cfg(feature = "cuda")]
 mod vmoba_cuda;
 pub mod vsa;
+mod vsa_coarse;

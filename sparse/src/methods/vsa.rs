@@ -5,10 +5,13 @@
 use crate::error::Error;
 use crate::layout::BlockLayout;
 use crate::method::{Attended, AttentionMethod, Computed, MethodCall};
-use crate::op::{block_sparse_attention_with, kernel_attention_bshd, ForwardKernel};
+use crate::methods::vsa_coarse::{coarse_branch, CubeMeans};
+use crate::op::{
+    block_sparse_attention_with, method_attention, ForwardKernel, MeansGradient, MethodOutput,
+};
 use crate::options::{OptionSpec, OptionValues};
 use crate::plan::SparsePlan;
-use crate::pool::{add_gated_blocks, add_gated_blocks_bshd, block_means, softmax_last};
+use crate::pool::{add_gated_blocks, add_gated_blocks_bshd, block_means};
 use crate::registry::MethodEntry;
 use crate::{top_k, TokenGrid};
 use candle_core::{Result, Tensor};
@@ -117,14 +120,18 @@ pub fn vsa_attention_with(
     }
     let layout = BlockLayout::tiled_shared(grid, opts.tile);
     let cubes = layout.num_blocks();
-    let scale = 1.0 / (d as f64).sqrt();
 
-    // Coarse stage: attention between mean-pooled cubes (f32).
-    let (qc, kc) = (block_means(q, &layout)?, block_means(k, &layout)?);
+    // Coarse stage: attention between mean-pooled cubes (f32), outside the graph (see
+    // `vsa_coarse` for how its gradient reaches q, k and v).
+    let scale = 1.0 / (d as f64).sqrt();
+    let (qc, kc) = (
+        block_means(&q.detach(), &layout)?,
+        block_means(&k.detach(), &layout)?,
+    );
     let coarse_scores = (qc.matmul(&kc.t()?)? * scale)?; // [B, H, cubes, cubes]
 
     // Selection: the top-k key cubes of every query cube.
-    let rows = coarse_scores.detach().reshape((b * h * cubes, cubes))?;
+    let rows = coarse_scores.reshape((b * h * cubes, cubes))?;
     let indices = top_k(&rows, opts.kept(cubes))?;
     let plan = Arc::new(SparsePlan::uniform(
         b,
@@ -134,22 +141,30 @@ pub fn vsa_attention_with(
         indices,
     )?);
 
-    // Fine stage: exact attention over the selected cubes; where the kernels run, in their
-    // own [B, S, H, D] layout, which the gated sum takes as is.
-    let fine_bshd = kernel_attention_bshd(q, k, v, &plan, kernel)?;
-    let fine = || match &fine_bshd {
-        Some(fine) => fine.transpose(1, 2),
-        None => block_sparse_attention_with(q, k, v, &plan, kernel),
+    // Fine stage: exact attention over the selected cubes, then the gated coarse output.
+    let Some(gate) = gate else {
+        return Ok(VsaOutput {
+            out: block_sparse_attention_with(q, k, v, &plan, kernel)?,
+            plan,
+        });
     };
-    let out = match gate {
-        Some(gate) => {
-            let coarse = softmax_last(&coarse_scores)?.matmul(&block_means(v, &layout)?)?;
-            match &fine_bshd {
-                Some(fine) => add_gated_blocks_bshd(fine, gate, &coarse, &layout)?,
-                None => add_gated_blocks(&fine()?, gate, &coarse, &layout)?,
-            }
+    let means = CubeMeans {
+        q: qc,
+        k: kc,
+        v: block_means(&v.detach(), &layout)?,
+        scale,
+    };
+    let means_grad = Arc::new(MeansGradient::new(&layout));
+    let fine = method_attention(q, k, v, &plan, kernel, Some(&means_grad))?;
+    let out = match fine {
+        MethodOutput::Bshd(fine) => {
+            let coarse = coarse_branch(&fine, means, &coarse_scores, means_grad)?;
+            add_gated_blocks_bshd(&fine, gate, &coarse, &layout)?
         }
-        None => fine()?,
+        MethodOutput::Bhsd(fine) => {
+            let coarse = coarse_branch(&fine, means, &coarse_scores, means_grad)?;
+            add_gated_blocks(&fine, gate, &coarse, &layout)?
+        }
     };
     Ok(VsaOutput { out, plan })
 }
