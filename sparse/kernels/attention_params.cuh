@@ -10,11 +10,12 @@ struct AttnParams {
   const void* q;
   const void* k;
   const void* v;
-  void* out;           // [B, S, H, D], contiguous (gathered mode: [pairs, D])
+  void* out;           // [B, H, S, D] with o_strides (gathered mode: [pairs, D], contiguous)
   float* lse;          // [B * H, S] (natural log), or null (gathered mode: [pairs])
   long long q_strides[3];  // element strides of q over batch, head, token
   long long k_strides[3];
   long long v_strides[3];
+  long long o_strides[3];  // unused in gathered mode
   const uint32_t* q_order;   // slot -> token, [q_orders * S]
   const uint32_t* q_starts;  // query block boundaries in slots, [nqb + 1]
   const uint32_t* k_order;   // slot -> key token, [k_orders * SK]
@@ -135,7 +136,7 @@ __device__ __forceinline__ QueryTile query_tile(const AttnParams& p) {
   return t;
 }
 
-// Where row r of a query tile goes: a row of out[b, token, h, :], or of the gathered mode's
+// Where row r of a query tile goes: a row of out[b, h, token, :] (strided), or of the gathered mode's
 // partial outputs (in the inputs' dtype); and the index of its log-sum-exp.
 template <typename T>
 struct RowOut {
@@ -155,7 +156,8 @@ __device__ __forceinline__ RowOut<T> row_out(const AttnParams& p, const QueryTil
     return {reinterpret_cast<T*>(p.out) + pair * D, pair};
   }
   const long long tok = t.q_ord[t.qs + r];
-  return {reinterpret_cast<T*>(p.out) + (((long long)t.b * p.s + tok) * p.h + t.h) * D, (size_t)t.bh * p.s + tok};
+  return {reinterpret_cast<T*>(p.out) + t.b * p.o_strides[0] + t.h * p.o_strides[1] + tok * p.o_strides[2],
+          (size_t)t.bh * p.s + tok};
 }
 
 // Finishes row r of a query tile for this lane: sums the row's softmax denominator over the

@@ -4,7 +4,7 @@
 
 pub(crate) use crate::kernel_params::{AttnParams, BwdParams, ListShape};
 use crate::layout::BlockLayout;
-use crate::op::ForwardKernel;
+use crate::op::{ForwardKernel, TokenRows};
 use crate::plan::{KeyBlocks, SparsePlan};
 use crate::tma::{FwdSm90Args, KvMaps};
 use candle_core::backend::BackendStorage;
@@ -281,14 +281,15 @@ fn key_lists(dev: &CudaDevice, plan: &Arc<SparsePlan>) -> Result<KernelLists> {
     }
 }
 
-/// Runs the forward kernel; returns the `[B, S, H, D]` output and, when asked, the
-/// log-sum-exp `[B * H, S]`.
+/// Runs the forward kernel; returns the output (its rows laid out as `rows` says) and, when
+/// asked, the log-sum-exp `[B * H, S]`.
 pub(crate) fn attention_forward(
     plan: &Arc<SparsePlan>,
     inputs: [(&CudaStorage, &Layout); 3],
     scale: f32,
     with_lse: bool,
     kernel: ForwardKernel,
+    rows: TokenRows,
 ) -> Result<(CudaStorage, Option<CudaSlice<f32>>)> {
     let dev = inputs[0].0.device().clone();
     let dtype = inputs[0].0.dtype();
@@ -325,6 +326,11 @@ pub(crate) fn attention_forward(
         q_strides: q.1,
         k_strides: k.1,
         v_strides: v.1,
+        o_strides: match rows {
+            TokenRows::Bshd => [s * h * d, d, h * d],
+            TokenRows::Bhsd => [h * s * d, s * d, d],
+        }
+        .map(|x| x as i64),
         q_order: ptr(&dev, &ql.order),
         q_starts: ptr(&dev, &ql.starts),
         k_order: ptr(&dev, &kl.order),
@@ -404,7 +410,8 @@ pub(crate) fn launch_forward(
 #[derive(Clone)]
 pub(crate) struct SavedLse(pub(crate) Arc<CudaSlice<f32>>);
 
-/// Runs the backward kernels (recomputing the log-sum-exp unless `saved` has it); returns dq,
+/// Runs the backward kernels (recomputing the log-sum-exp unless `saved` has it) for the
+/// output gradient `dout` (a `[B, H, S, D]` view); returns dq,
 /// dk, dv flattened one after the other, in the inputs' dtype (f32 where the warp-MMA kernel
 /// adds dq by atomics).
 pub(crate) fn attention_backward(
@@ -423,7 +430,7 @@ pub(crate) fn attention_backward(
     let lse = match saved {
         Some(saved) => Arc::clone(&saved.0),
         None => Arc::new(
-            attention_forward(plan, inputs, scale, true, kernel)?
+            attention_forward(plan, inputs, scale, true, kernel, TokenRows::Bshd)?
                 .1
                 .expect("log-sum-exp requested"),
         ),
@@ -468,16 +475,22 @@ pub(crate) fn attention_backward(
         let (storage, base) = output(&dev, dtype, len)?;
         (storage, base, dtype.size_in_bytes() as u64)
     };
-    let dout = dout.to_dtype(dtype)?.contiguous()?;
+    // The output gradient as the kernels read it: a [B, H, S, D] view with 16-byte aligned
+    // rows (a contiguous copy where it has none).
+    let mut dout = dout.to_dtype(dtype)?;
+    if !tensor_view(&dout).is_ok_and(|v| rows_16_byte_aligned(&v)) {
+        dout = dout.contiguous()?;
+    }
+    let dout_view = tensor_view(&dout)?;
     let mut params = BwdParams {
         q: q.0,
         k: k.0,
         v: v.0,
-        dout: tensor_ptr(&dout)?,
+        dout: dout_view.0,
         q_strides: q.1,
         k_strides: k.1,
         v_strides: v.1,
-        o_strides: [(s * h * d) as i64, d as i64, (h * d) as i64],
+        o_strides: dout_view.1,
         lse: ptr(&dev, lse.as_ref()),
         delta: tensor_ptr(&delta.contiguous()?)?,
         dq: base,
@@ -607,7 +620,7 @@ fn finish_dq(dev: &CudaDevice, sum: &CudaSlice<f32>, dq: u64, scale: f32, t: &st
     Ok(())
 }
 
-/// `rowsum(x * y)` over the head dim, `[B, H, S]` f32, for `[B, S, H, D]` tensors on a CUDA
+/// `rowsum(x * y)` over the head dim, `[B, H, S]` f32, for `[B, H, S, D]` views on a CUDA
 /// device, in one kernel; `None` where the kernel does not apply (another device, differing
 /// shapes or dtypes, a dtype other than bf16/f16, a head dim other than 64 or 128, rows not
 /// 16-byte aligned).
@@ -615,7 +628,7 @@ pub(crate) fn row_dots(x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
     let candle_core::Device::Cuda(dev) = x.device() else {
         return Ok(None);
     };
-    let (b, s, h, d) = x.dims4()?;
+    let (b, h, s, d) = x.dims4()?;
     if y.dims() != x.dims()
         || y.dtype() != x.dtype()
         || !matches!(x.dtype(), DType::BF16 | DType::F16)
@@ -623,9 +636,9 @@ pub(crate) fn row_dots(x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
     {
         return Ok(None);
     }
-    // The kernel reads [B, H, S, D] views.
-    let (xt, yt) = (x.transpose(1, 2)?, y.transpose(1, 2)?);
-    let (xv, yv) = (tensor_view(&xt)?, tensor_view(&yt)?);
+    let (Ok(xv), Ok(yv)) = (tensor_view(x), tensor_view(y)) else {
+        return Ok(None);
+    };
     if !rows_16_byte_aligned(&xv) || !rows_16_byte_aligned(&yv) {
         return Ok(None);
     }

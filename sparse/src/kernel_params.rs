@@ -14,6 +14,7 @@ kernel_build::kernel_params! {
         pub q_strides: [i64; 3],
         pub k_strides: [i64; 3],
         pub v_strides: [i64; 3],
+        pub o_strides: [i64; 3],
         pub q_order: u64,
         pub q_starts: u64,
         pub k_order: u64,

@@ -43,8 +43,11 @@ impl FromStr for ForwardKernel {
 
 /// Exact attention of `q: [B, H, S, D]` over `k, v: [B, H, Sk, D]` restricted to the key
 /// blocks `plan` lists, in natural token order. Differentiable with respect to `q`, `k` and
-/// `v`. The result is a `[B, H, S, D]` view of a `[B, S, H, D]` buffer (so merging heads
-/// afterwards is free).
+/// `v`. Where the CUDA kernels run it and nothing differentiates it, the result is a `[B, H,
+/// S, D]` view of a `[B, S, H, D]` buffer (so merging heads afterwards is free); where
+/// something may, it is contiguous, so that a gradient handed back in its shape needs no
+/// transpose (candle adds every gradient into fresh zeros, and an addition with a transposed
+/// operand costs several times a contiguous one).
 pub fn block_sparse_attention(
     q: &Tensor,
     k: &Tensor,
@@ -62,7 +65,21 @@ pub fn block_sparse_attention_with(
     plan: &Arc<SparsePlan>,
     kernel: ForwardKernel,
 ) -> Result<Tensor> {
-    method_attention(q, k, v, plan, kernel, None)?.into_bhsd()
+    let mut op = checked_op(q, k, v, plan, kernel)?;
+    if on_kernels(q, plan)? && [q, k, v].iter().any(|t| t.track_op()) {
+        op.rows = TokenRows::Bhsd;
+        return q.apply_op3(k, v, op);
+    }
+    attend(q, k, v, plan, op)?.into_bhsd()
+}
+
+/// How the rows of a `[B, H, S, D]` tensor lie in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TokenRows {
+    /// `[B, S, H, D]`: a token's heads side by side (the attention kernels' output).
+    Bshd,
+    /// `[B, H, S, D]`: a head's tokens side by side (contiguous in the logical shape).
+    Bhsd,
 }
 
 /// Block-sparse attention's output as a method that consumes it gets it: in the CUDA kernels'
@@ -98,6 +115,18 @@ pub(crate) fn method_attention(
 ) -> Result<MethodOutput> {
     let mut op = checked_op(q, k, v, plan, kernel)?;
     op.means = means.cloned();
+    attend(q, k, v, plan, op)
+}
+
+/// Runs `op` (with `[B, S, H, D]` rows) on the kernels where they take the call, else on the
+/// CPU engine.
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    plan: &SparsePlan,
+    op: BlockSparseOp,
+) -> Result<MethodOutput> {
     if on_kernels(q, plan)? {
         return Ok(MethodOutput::Bshd(q.apply_op3(k, v, op)?));
     }
@@ -182,6 +211,7 @@ fn checked_op(
         plan: Arc::clone(plan),
         scale: (1.0 / (d as f64).sqrt()) as f32,
         kernel,
+        rows: TokenRows::Bshd,
         means: None,
         #[cfg(feature = "cuda")]
         saved_lse: (q.track_op() || k.track_op() || v.track_op()).then(Default::default),
@@ -239,11 +269,13 @@ impl CustomOp1 for TopK {
     }
 }
 
-/// The forward operation; its output is `[B, S, H, D]`.
+/// The forward operation; its output is `[B, S, H, D]` or `[B, H, S, D]` as `rows` says
+/// (always the former on the CPU engine).
 struct BlockSparseOp {
     plan: Arc<SparsePlan>,
     scale: f32,
     kernel: ForwardKernel,
+    rows: TokenRows,
     /// Where the backward finds gradients of the inputs' block means to add to its own.
     means: Option<Arc<MeansGradient>>,
     /// Where a differentiated forward on the GPU keeps its log-sum-exp for the backward
@@ -265,6 +297,15 @@ fn dims_of(q: &Shape, k: &Shape) -> Result<Dims> {
 
 fn bshd(dims: Dims) -> Shape {
     Shape::from((dims.batch, dims.tokens, dims.heads, dims.head_dim))
+}
+
+/// The `[B, H, S, D]` view of a tensor of the forward's output shape, whose rows lie as `rows`
+/// says.
+fn bhsd_view(t: &Tensor, rows: TokenRows) -> Result<Tensor> {
+    match rows {
+        TokenRows::Bshd => t.transpose(1, 2),
+        TokenRows::Bhsd => Ok(t.clone()),
+    }
 }
 
 impl CustomOp3 for BlockSparseOp {
@@ -310,12 +351,17 @@ impl CustomOp3 for BlockSparseOp {
             self.scale,
             self.saved_lse.is_some(),
             self.kernel,
+            self.rows,
         )?;
         if let (Some(saved), Some(lse)) = (&self.saved_lse, lse) {
             *saved.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(crate::cuda::SavedLse(Arc::new(lse)));
         }
-        Ok((out, bshd(dims)))
+        let shape = match self.rows {
+            TokenRows::Bshd => bshd(dims),
+            TokenRows::Bhsd => Shape::from((dims.batch, dims.heads, dims.tokens, dims.head_dim)),
+        };
+        Ok((out, shape))
     }
 
     fn bwd(
@@ -337,7 +383,8 @@ impl CustomOp3 for BlockSparseOp {
                 full_attention_backward(q, k, v, out, grad, self.scale, CHUNK_BYTES)?;
             return self.with_means([dq, dk, dv]);
         }
-        let delta = output_dots(grad, out)?;
+        let dout = bhsd_view(&grad.contiguous()?, self.rows)?;
+        let delta = output_dots(&dout, &bhsd_view(out, self.rows)?)?;
         let op = BackwardOp {
             plan: Arc::clone(&self.plan),
             scale: self.scale,
@@ -347,7 +394,7 @@ impl CustomOp3 for BlockSparseOp {
                 .saved_lse
                 .as_ref()
                 .and_then(|saved| saved.lock().unwrap_or_else(|e| e.into_inner()).clone()),
-            dout: grad.contiguous()?,
+            dout,
             delta,
         };
         let packed = q.apply_op3_no_bwd(k, v, &op)?; // dq, dk, dv flattened
@@ -383,7 +430,7 @@ impl BlockSparseOp {
 }
 
 /// delta = rowsum(dout * out), `[B, H, S]` f32 (as the kernels index the log-sum-exp), for
-/// `[B, S, H, D]` tensors: one kernel on CUDA where it applies, composed operations elsewhere.
+/// `[B, H, S, D]` views: one kernel on CUDA where it applies, composed operations elsewhere.
 fn output_dots(grad: &Tensor, out: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if let Some(delta) = crate::cuda::row_dots(grad, out)? {
@@ -391,7 +438,6 @@ fn output_dots(grad: &Tensor, out: &Tensor) -> Result<Tensor> {
     }
     (grad.to_dtype(DType::F32)? * out.to_dtype(DType::F32)?)?
         .sum(D::Minus1)?
-        .transpose(1, 2)?
         .contiguous()
 }
 
@@ -409,7 +455,7 @@ struct BackwardOp {
     /// The forward's log-sum-exp, when it kept it.
     #[cfg(feature = "cuda")]
     lse: Option<crate::cuda::SavedLse>,
-    /// Output gradient, `[B, S, H, D]`.
+    /// Output gradient, `[B, H, S, D]` (a view).
     dout: Tensor,
     /// `rowsum(dout * out)`, `[B, H, S]` f32.
     delta: Tensor,
@@ -445,7 +491,10 @@ impl CustomOp3 for BackwardOp {
             contiguous_f32(s3, l3, op)?,
         );
         let lse = cpu::forward(&self.plan, &mask, dims, q, k, v, self.scale).lse;
-        let (delta, dout) = (host_vec(&self.delta)?, host_vec(&self.dout)?);
+        let (delta, dout) = (
+            host_vec(&self.delta)?,
+            host_vec(&self.dout.transpose(1, 2)?)?,
+        );
         let g = cpu::backward(
             &self.plan, &mask, dims, q, k, v, &lse, &delta, &dout, self.scale,
         );

@@ -288,7 +288,7 @@ fn gated_kernel(
     coarse: &Tensor,
     layout: &Arc<BlockLayout>,
 ) -> Result<Tensor> {
-    use crate::pool_cuda::TokenRows;
+    use crate::op::TokenRows;
     let coarse = coarse.to_dtype(DType::F32)?.contiguous()?;
     let rows = if [fine, gate, &coarse].iter().any(|t| t.track_op()) {
         TokenRows::Bhsd
@@ -314,7 +314,7 @@ struct GatedAdd {
     layout: Arc<BlockLayout>,
     /// `fine` is `[B, S, H, D]` (else `[B, H, S, D]`, like `gate`).
     fine_bshd: bool,
-    rows: crate::pool_cuda::TokenRows,
+    rows: crate::op::TokenRows,
 }
 
 #[cfg(feature = "cuda")]
@@ -372,7 +372,7 @@ impl candle_core::CustomOp3 for GatedAdd {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use crate::pool_cuda::TokenRows;
+        use crate::op::TokenRows;
         use vdit_core::cuda::{untracked_tensor, with_storage};
         let grad = grad.contiguous()?;
         let g = match self.rows {

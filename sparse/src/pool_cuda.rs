@@ -3,6 +3,7 @@
 
 use crate::cuda::{arg_view, block_of_on, layout_on, one_thread_each, rows_16_byte_aligned, view};
 use crate::layout::BlockLayout;
+use crate::op::TokenRows;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
@@ -217,15 +218,6 @@ impl Spread {
         unsafe { builder.launch(cfg) }.w()?;
         Ok(())
     }
-}
-
-/// How the rows of a `[B, H, S, D]` tensor lie in memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum TokenRows {
-    /// `[B, S, H, D]`: a token's heads side by side (the attention kernels' output).
-    Bshd,
-    /// `[B, H, S, D]`: a head's tokens side by side (contiguous in the logical shape).
-    Bhsd,
 }
 
 /// What [`gated_add`] writes: the sum, with its shape (`[B, S, H, D]` or `[B, H, S, D]` as

@@ -465,6 +465,7 @@ fn run_pairs(
         q_strides: qv.1,
         k_strides: kv.1,
         v_strides: vv.1,
+        o_strides: [0; 3], // gathered mode: rows go to pairs
         q_order: pq_ptr,
         q_starts: 0,
         k_order: ptr(dev, &kl.order),
