@@ -11,7 +11,6 @@
 
 use crate::op::MeansGradient;
 use crate::pool::softmax_last;
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor, D};
 use std::sync::Arc;
 
@@ -53,6 +52,12 @@ struct CoarseBranch {
 }
 
 impl CoarseBranch {
+    /// A copy of the branch's output, as the operation's forward hands it over.
+    fn value_copy(&self) -> Result<(Storage, Shape)> {
+        let (storage, layout) = self.value.storage_and_layout();
+        Ok((storage.try_clone(layout)?, layout.shape().clone()))
+    }
+
     /// The gradients of the q, k and v means for the output gradient `g`, as a softmax
     /// attention's: `dV = P^T g`, `dP = g V^T`, `dS = P (dP - rowsum(P dP))`, `dQ = dS K s`,
     /// `dK = dS^T Q s`.
@@ -74,9 +79,8 @@ impl CustomOp1 for CoarseBranch {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (storage, layout) = self.value.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+        match self.value_copy()? {
+            (Storage::Cpu(s), shape) => Ok((s, shape)),
             _ => candle_core::bail!("VSA coarse branch: value and fine on different devices"),
         }
     }
@@ -87,9 +91,8 @@ impl CustomOp1 for CoarseBranch {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (storage, layout) = self.value.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+        match self.value_copy()? {
+            (Storage::Cuda(s), shape) => Ok((s, shape)),
             _ => candle_core::bail!("VSA coarse branch: value and fine on different devices"),
         }
     }
