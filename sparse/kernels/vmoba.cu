@@ -240,23 +240,50 @@ extern "C" __global__ void scan_add_u32(uint32_t* x, const uint32_t* offsets, in
 
 // Places every kept (query, chunk) pair: the query token at the pair's slot in its chunk's
 // list (`pair_query`), and the row-major pair number (`pair_row`: the row's offset plus the
-// pair's rank in the row, chunks ascending) where its partial output goes.
-extern "C" __global__ void vmoba_fill(const uint32_t* mask, const uint32_t* row_offsets,
-                                      const uint32_t* chunk_offsets, uint32_t* chunk_cursor, uint32_t* pair_query,
-                                      uint32_t* pair_row, int rows, int S, int n, int words) {
-  const int row = blockIdx.x * blockDim.x + threadIdx.x;
-  if (row >= rows) return;
+// pair's rank in the row, chunks ascending) where its partial output goes. A CTA of 256 rows
+// counts its pairs per (head, chunk) in shared memory, reserves each count's run of slots with
+// one global atomic, and places its pairs inside those runs (a chunk's list is otherwise
+// claimed one pair at a time by thousands of rows, whose atomics on one counter serialise);
+// where its heads' chunks exceed the shared counters, each row claims its slots itself.
+constexpr int FILL_COUNTERS = 4096;
+extern "C" __global__ void __launch_bounds__(256)
+    vmoba_fill(const uint32_t* mask, const uint32_t* row_offsets, const uint32_t* chunk_offsets,
+               uint32_t* chunk_cursor, uint32_t* pair_query, uint32_t* pair_row, int rows, int S, int n, int words) {
+  __shared__ uint32_t local[FILL_COUNTERS];
+  const int first = blockIdx.x * blockDim.x, row = first + threadIdx.x;
+  const int last = min(first + (int)blockDim.x, rows) - 1;
+  const int g0 = first / S, span = (last / S - g0 + 1) * n;  // (head, chunk) counters of this CTA
+  const bool mine = row < rows;
   const int g = row / S;
   const uint32_t* bits = mask + (size_t)row * words;
-  uint32_t rank = row_offsets[row];
-  for (int w = 0; w < words; ++w) {
-    for (uint32_t m = bits[w]; m != 0u; m &= m - 1u) {
-      const size_t gc = (size_t)g * n + w * 32 + __ffs(m) - 1;
-      const uint32_t slot = chunk_offsets[gc] + atomicAdd(&chunk_cursor[gc], 1u);
-      pair_query[slot] = (uint32_t)(row % S);
-      pair_row[slot] = rank++;
+  uint32_t rank = mine ? row_offsets[row] : 0u;
+  // Each kept chunk of this row in ascending order: `place(counter index)`.
+  auto each_pair = [&](auto place) {
+    if (!mine) return;
+    for (int w = 0; w < words; ++w) {
+      for (uint32_t m = bits[w]; m != 0u; m &= m - 1u) place((g - g0) * n + w * 32 + __ffs(m) - 1);
     }
+  };
+  auto put = [&](uint32_t slot) {
+    pair_query[slot] = (uint32_t)(row % S);
+    pair_row[slot] = rank++;
+  };
+  const uint32_t* offsets = chunk_offsets + (size_t)g0 * n;
+  uint32_t* cursor = chunk_cursor + (size_t)g0 * n;
+  if (span > FILL_COUNTERS) {  // the whole CTA takes this branch
+    each_pair([&](int i) { put(offsets[i] + atomicAdd(&cursor[i], 1u)); });
+    return;
   }
+  for (int i = threadIdx.x; i < span; i += blockDim.x) local[i] = 0u;
+  __syncthreads();
+  each_pair([&](int i) { atomicAdd(&local[i], 1u); });
+  __syncthreads();
+  for (int i = threadIdx.x; i < span; i += blockDim.x) {
+    const uint32_t count = local[i];
+    if (count > 0u) local[i] = offsets[i] + atomicAdd(&cursor[i], count);
+  }
+  __syncthreads();
+  each_pair([&](int i) { put(atomicAdd(&local[i], 1u)); });
 }
 
 // Work tiles per (head in group, chunk): ceil(pairs / rows).
