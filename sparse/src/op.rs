@@ -82,6 +82,24 @@ pub(crate) enum TokenRows {
     Bhsd,
 }
 
+impl TokenRows {
+    /// The shape a buffer of `[B, H, S, D] = dims` rows laid out this way has.
+    pub(crate) fn shape(self, (b, h, s, d): (usize, usize, usize, usize)) -> Shape {
+        match self {
+            Self::Bshd => Shape::from((b, s, h, d)),
+            Self::Bhsd => Shape::from((b, h, s, d)),
+        }
+    }
+
+    /// The `[B, H, S, D]` view of `t`, a tensor of [`TokenRows::shape`].
+    pub(crate) fn bhsd_view(self, t: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Bshd => t.transpose(1, 2),
+            Self::Bhsd => Ok(t.clone()),
+        }
+    }
+}
+
 /// Block-sparse attention's output as a method that consumes it gets it: in the CUDA kernels'
 /// own `[B, S, H, D]` layout where they run (no transpose in the graph, so that a consumer
 /// taking that layout hands back a contiguous gradient: candle adds every gradient into fresh
@@ -295,17 +313,9 @@ fn dims_of(q: &Shape, k: &Shape) -> Result<Dims> {
     })
 }
 
-fn bshd(dims: Dims) -> Shape {
-    Shape::from((dims.batch, dims.tokens, dims.heads, dims.head_dim))
-}
-
-/// The `[B, H, S, D]` view of a tensor of the forward's output shape, whose rows lie as `rows`
-/// says.
-fn bhsd_view(t: &Tensor, rows: TokenRows) -> Result<Tensor> {
-    match rows {
-        TokenRows::Bshd => t.transpose(1, 2),
-        TokenRows::Bhsd => Ok(t.clone()),
-    }
+/// `[B, H, S, D]` of the queries.
+fn bhsd(dims: Dims) -> (usize, usize, usize, usize) {
+    (dims.batch, dims.heads, dims.tokens, dims.head_dim)
 }
 
 impl CustomOp3 for BlockSparseOp {
@@ -331,7 +341,7 @@ impl CustomOp3 for BlockSparseOp {
             contiguous_f32(s3, l3, op)?,
         );
         let fwd = cpu::forward(&self.plan, &mask, dims, q, k, v, self.scale);
-        Ok((CpuStorage::F32(fwd.out), bshd(dims)))
+        Ok((CpuStorage::F32(fwd.out), TokenRows::Bshd.shape(bhsd(dims))))
     }
 
     #[cfg(feature = "cuda")]
@@ -357,11 +367,7 @@ impl CustomOp3 for BlockSparseOp {
             *saved.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(crate::cuda::SavedLse(Arc::new(lse)));
         }
-        let shape = match self.rows {
-            TokenRows::Bshd => bshd(dims),
-            TokenRows::Bhsd => Shape::from((dims.batch, dims.heads, dims.tokens, dims.head_dim)),
-        };
-        Ok((out, shape))
+        Ok((out, self.rows.shape(bhsd(dims))))
     }
 
     fn bwd(
@@ -383,8 +389,8 @@ impl CustomOp3 for BlockSparseOp {
                 full_attention_backward(q, k, v, out, grad, self.scale, CHUNK_BYTES)?;
             return self.with_means([dq, dk, dv]);
         }
-        let dout = bhsd_view(&grad.contiguous()?, self.rows)?;
-        let delta = output_dots(&dout, &bhsd_view(out, self.rows)?)?;
+        let dout = self.rows.bhsd_view(&grad.contiguous()?)?;
+        let delta = output_dots(&dout, &self.rows.bhsd_view(out)?)?;
         let op = BackwardOp {
             plan: Arc::clone(&self.plan),
             scale: self.scale,

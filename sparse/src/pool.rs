@@ -300,11 +300,7 @@ fn gated_kernel(
         fine_bshd,
         rows,
     };
-    let out = fine.apply_op3(gate, &coarse, op)?;
-    match rows {
-        TokenRows::Bshd => out.transpose(1, 2),
-        TokenRows::Bhsd => Ok(out),
-    }
+    rows.bhsd_view(&fine.apply_op3(gate, &coarse, op)?)
 }
 
 /// The GPU kernel of [`add_gated_blocks`] as a candle operation; its output is `[B, S, H, D]`
@@ -375,12 +371,9 @@ impl candle_core::CustomOp3 for GatedAdd {
         use crate::op::TokenRows;
         use vdit_core::cuda::{untracked_tensor, with_storage};
         let grad = grad.contiguous()?;
-        let g = match self.rows {
-            TokenRows::Bshd => grad.transpose(1, 2)?, // [B, H, S, D]
-            TokenRows::Bhsd => grad.clone(),
-        };
-        // A [B, S, H, D] fine takes g in its own layout: g itself, or a copy the kernel makes
-        // while it reads g for d gate.
+        let g = self.rows.bhsd_view(&grad)?; // [B, H, S, D]
+                                             // A [B, S, H, D] fine takes g in its own layout: g itself, or a copy the kernel makes
+                                             // while it reads g for d gate.
         let copy = self.fine_bshd && self.rows == TokenRows::Bhsd;
         let sum = with_storage(&g, |gs, gl| {
             with_storage(coarse, |cs, cl| {

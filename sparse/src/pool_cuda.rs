@@ -308,13 +308,9 @@ pub(crate) fn gated_add(
     // SAFETY: arguments match `gated_add_*`; shapes and alignment checked above; the sum (and
     // the copy, where asked for) hold B x S x H x D elements, each written once.
     unsafe { builder.launch(cfg) }.w()?;
-    let shape = match rows {
-        TokenRows::Bshd => Shape::from((b, s, h, d)),
-        TokenRows::Bhsd => Shape::from((b, h, s, d)),
-    };
     Ok(GatedSum {
         sum,
-        shape,
+        shape: rows.shape((b, h, s, d)),
         gate_bshd,
     })
 }
