@@ -17,6 +17,7 @@ fn main() {
         .kernel("topk", Target::Portable)
         .kernel("pool", Target::Portable)
         .kernel("vmoba", Target::Portable)
+        .kernel("vmoba_sm90", Target::Hopper)
         .kernel("lists", Target::Portable)
         .params::<kernel_params::AttnParams>()
         .params::<kernel_params::BwdParams>()

@@ -13,51 +13,10 @@
 // producer copies whole runs of keys by TMA (tma_sm90.cuh).
 #include "attention_params.cuh"
 #include "common.cuh"
+#include "fwd_steps_sm90.cuh"
 #include "softmax.cuh"
 #include "sync_sm90.cuh"
 #include "tiles_sm90.cuh"
-
-// Named barriers: the consumers' query tile is in shared memory; consumer c's turn to issue.
-constexpr int BAR_Q_READY = 1, BAR_TURN = 2;
-
-// Consumer c's 64 query rows: in shared memory, or for 64-key tiles in registers, read straight
-// from global memory (an SS product of 64 columns reads twice the shared memory per flop that a
-// 128-column one does, and the shared memory a query tile would take holds a third K/V stage).
-template <int D, int BN> struct QueryRows {
-  static constexpr bool IN_REGS = BN == 64;
-  const unsigned char* smem;  // the CTA's query tile (null in registers)
-  uint32_t frag[IN_REGS ? D / 16 : 1][4];
-};
-
-// Issues S = Q K^T for consumer c's 64 rows as one commit group.
-template <typename T, int D, int BM, int BN>
-__device__ __forceinline__ void issue_qk(float* s, const QueryRows<D, BN>& q, const unsigned char* tk, int c) {
-  wg_fence();
-  if constexpr (QueryRows<D, BN>::IN_REGS) mma_rs_kmajor_tile<T, D, BN>(s, q.frag, tk);
-  else mma_ss_tile<T, D, BN>(s, q.smem + c * 64 * 128, BM, tk);
-  wg_commit();
-}
-
-// Issues O += P V (P's register layout is wgmma's A layout) as one commit group.
-template <typename T, int D, int BN>
-__device__ __forceinline__ void issue_pv(float* o, const uint32_t (&a)[BN / 16][4], const unsigned char* tv) {
-  wg_fence();
-  mma_rs_tile<T, D, BN>(o, a, tv);
-  wg_commit();
-}
-
-// Consumer c's turn to issue wgmmas (two consumers alternate), and the end of it: the other
-// consumer's turn, except after consumer 1's last issue, so that every arrival is waited for.
-template <int WG>
-__device__ __forceinline__ void turn_begin(int c) {
-  if constexpr (WG == 2) named_sync(BAR_TURN + c, 256);
-}
-template <int WG>
-__device__ __forceinline__ void turn_end(int c, bool more) {
-  if constexpr (WG == 2) {
-    if (c == 0 || more) named_arrive(BAR_TURN + (c ^ 1), 256);
-  }
-}
 
 // Consumer warpgroup c: its 64 query rows against every tile of the key stream.
 template <typename T, int D, int WG, int BN, int STAGES>
@@ -129,20 +88,8 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
     wg_keep(a);
   }
 
-  // Normalise and write rows (and the log-sum-exp) in natural token order, or to their pairs.
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    finish_row<T, D>(p, qt, c * 64 + warp * 16 + (lane >> 2) + half * 8, m[half], l[half],
-                     [&](int dt, int e) { return o[4 * dt + half * 2 + e]; });
-  }
+  write_rows<T, D>(p, qt, c, o, m, l);
 }
-
-// Registers per thread at launch (the launch bounds' share of the register file), and after
-// the producer hands its surplus to the consumers (one consumer holds its query rows too).
-template <int WG> struct RegisterSplit {
-  static constexpr int LAUNCH = WG == 2 ? 168 : 128, PRODUCER = WG == 2 ? 88 : 56;
-  static constexpr int CONSUMER = LAUNCH + (LAUNCH - PRODUCER) / WG;
-};
 
 template <typename T, int D, int WG, int BN, int STAGES>
 __device__ __forceinline__ void bsattn_fwd_sm90(const FwdSm90Args& args) {

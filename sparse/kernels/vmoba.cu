@@ -9,9 +9,10 @@
 
 // Chunk selection ranks a row's chunks as the CPU rule does (vmoba.rs): by (x - lo) in f32,
 // ties to the lower chunk. The keys are the bits of x - lo (never negative, so bit order is
-// value order). A radix select (four 8-bit passes over shared histograms of the candidates'
-// counts and normalised masses) finds the key T of the last chunk taken; one pass over the
-// chunks in order then takes the own chunk, every key above T and the first `ties` keys at T.
+// value order). A radix select (up to four 8-bit passes over shared histograms of the
+// candidates' counts and normalised masses) finds the key T of the last chunk taken, or the
+// leading digits of T once they settle the cut; one pass over the chunks in order then takes
+// the own chunk, every key above T and the first `ties` keys at T (keys compared on T's digits).
 
 // A warp's histograms: candidates and their mass per 8-bit digit.
 struct Histogram {
@@ -19,9 +20,10 @@ struct Histogram {
   double mass[256];
 };
 
-// What the radix select found: keys above `threshold` are taken, and `ties` of those equal to it.
+// What the radix select found: keys whose digits under `mask` lie above `threshold` are taken,
+// and `ties` of those whose digits equal it.
 struct Cut {
-  uint32_t threshold, ties;
+  uint32_t threshold, mask, ties;
 };
 
 // Writes a row's mask words for `cut` (chunks in order, so that ties go to the lower chunk) and
@@ -35,7 +37,7 @@ __device__ __forceinline__ int write_mask(const float* vals, float lo, int n, in
     const int c = w * 32 + lane;
     bool take = c == own, tie = false;
     if (c < n && c != own) {
-      const uint32_t u = __float_as_uint(vals[c] - lo);
+      const uint32_t u = __float_as_uint(vals[c] - lo) & cut.mask;
       take = u > cut.threshold;
       tie = u == cut.threshold;
     }
@@ -56,7 +58,7 @@ template <bool BY_MASS>
 __device__ __forceinline__ Cut radix_cut(const float* vals, float lo, double range, int n, int own, uint32_t keep,
                                          double need, Histogram& hist) {
   const int lane = threadIdx.x & 31;
-  if (n <= 1) return Cut{0xffffffffu, 0u};
+  if (n <= 1) return Cut{0xffffffffu, 0xffffffffu, 0u};
   auto norm = [&](float d) { return range > 0.0 ? (double)d / range : 1.0; };
   uint32_t prefix = 0u, fixed = 0u, want = keep;
   double want_mass = need;
@@ -129,14 +131,20 @@ __device__ __forceinline__ Cut radix_cut(const float* vals, float lo, double ran
     want_mass -= __shfl_sync(0xffffffff, above_mass, src);
     prefix |= (uint32_t)bin << shift;
     fixed |= 255u << shift;
+    // The digits so far settle the cut once the bin's candidates are all taken (count rule) or
+    // it holds one candidate (share rule: taken while the kept mass is short).
+    const uint32_t in_bin = hist.count[bin];
     __syncwarp();
+    if (shift > 0 && (BY_MASS ? in_bin == 1u : in_bin == want)) {
+      return Cut{prefix, fixed, BY_MASS ? (want_mass > 0.0 ? 1u : 0u) : want};
+    }
   }
-  if (!BY_MASS) return Cut{prefix, want};
+  if (!BY_MASS) return Cut{prefix, 0xffffffffu, want};
   // Ties at T share one mass v: the CPU rule takes them while the kept mass is short.
-  if (want_mass <= 0.0) return Cut{prefix, 0u};
+  if (want_mass <= 0.0) return Cut{prefix, 0xffffffffu, 0u};
   const double v = norm(__uint_as_float(prefix));
   const double ties = v > 0.0 ? ceil(want_mass / v) : 4294967295.0;
-  return Cut{prefix, (uint32_t)fmin(ties, 4294967295.0)};
+  return Cut{prefix, 0xffffffffu, (uint32_t)fmin(ties, 4294967295.0)};
 }
 
 // One warp per row of `scores` ([rows, n] f32, q . chunk mean): keeps the query's own chunk,
@@ -354,11 +362,19 @@ MERGE(__nv_bfloat16, bf16, 128)
 MERGE(__half, f16, 64)
 MERGE(__half, f16, 128)
 
-// The queries of heads h0.. of batch element b as f32 rows ([heads, S, D] contiguous) for the
-// chunk scores; each thread widens 8 channels (16-byte loads).
-template <typename T>
-__device__ __forceinline__ void widen_rows(const T* q, long long sb, long long sh, long long ss, int b, int h0, int S,
-                                           int D, long long vectors, float* out) {
+// Chunk scores q . mean run as one 16-bit tensor-core product with f32 sums where chunks are
+// many: each mean in SCORE_PARTS parts of the inputs' dtype (split_means: the mean rounded, then
+// what each rounding left, rounded), against the queries repeated as often (copy_rows). Products
+// of 16-bit values are exact in f32, and three bf16 parts hold 24 bits of a mean: the scores are
+// f32 q . mean up to the order of the sums, as a product in f32 would be, and equal means score
+// equally. With few chunks the product runs in f32 on queries widened (copy_rows to f32).
+constexpr int SCORE_PARTS = 3;
+
+// The queries of heads h0.. of batch element b as rows of type O repeated COPIES times side by
+// side ([heads, S, COPIES * D] contiguous). Each thread moves 8 channels (16-byte loads).
+template <typename T, typename O, int COPIES>
+__device__ __forceinline__ void copy_rows(const T* q, long long sb, long long sh, long long ss, int b, int h0, int S,
+                                          int D, long long vectors, O* out) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= vectors) return;
   const int per_row = D / VEC;
@@ -367,13 +383,38 @@ __device__ __forceinline__ void widen_rows(const T* q, long long sb, long long s
   const int s = (int)(row % S), g = (int)(row / S);
   float v[VEC];
   load8(q + b * sb + (h0 + g) * sh + s * ss + c, v);
-  store8(out + row * D + c, v);
+#pragma unroll
+  for (int part = 0; part < COPIES; ++part) store8(out + (row * COPIES + part) * D + c, v);
 }
 
-#define WIDEN(T, NAME)                                                                                        \
-  extern "C" __global__ void widen_rows_##NAME(const T* q, long long sb, long long sh, long long ss, int b,   \
-                                               int h0, int S, int D, long long vectors, float* out) {          \
-    widen_rows<T>(q, sb, sh, ss, b, h0, S, D, vectors, out);                                                   \
+// Chunk means (f32 [rows, D], `len` values) as SCORE_PARTS parts in the inputs' dtype side by
+// side ([rows, SCORE_PARTS * D]).
+template <typename T>
+__device__ __forceinline__ void split_means(const float* means, long long len, int D, T* out) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= len) return;
+  const long long row = i / D;
+  const int c = (int)(i % D);
+  float rest = means[i];
+#pragma unroll
+  for (int part = 0; part < SCORE_PARTS; ++part) {
+    const T x = from_f32<T>(rest);
+    out[(row * SCORE_PARTS + part) * D + c] = x;
+    rest -= to_f32<T>(x);
   }
-WIDEN(__nv_bfloat16, bf16)
-WIDEN(__half, f16)
+}
+
+#define SCORE_OPERANDS(T, NAME)                                                                                 \
+  extern "C" __global__ void repeat_rows_##NAME(const T* q, long long sb, long long sh, long long ss, int b,    \
+                                                int h0, int S, int D, long long vectors, T* out) {             \
+    copy_rows<T, T, SCORE_PARTS>(q, sb, sh, ss, b, h0, S, D, vectors, out);                                     \
+  }                                                                                                             \
+  extern "C" __global__ void widen_rows_##NAME(const T* q, long long sb, long long sh, long long ss, int b,     \
+                                               int h0, int S, int D, long long vectors, float* out) {          \
+    copy_rows<T, float, 1>(q, sb, sh, ss, b, h0, S, D, vectors, out);                                           \
+  }                                                                                                             \
+  extern "C" __global__ void split_means_##NAME(const float* means, long long len, int D, T* out) {            \
+    split_means<T>(means, len, D, out);                                                                         \
+  }
+SCORE_OPERANDS(__nv_bfloat16, bf16)
+SCORE_OPERANDS(__half, f16)

@@ -68,7 +68,10 @@ pub fn is_hopper(device: &candle_core::Device) -> bool {
 
 /// The Hopper kernel name prefix to use on `dev` for `kernel`, or `None` for the warp-MMA
 /// kernels.
-fn hopper_kernel(dev: &CudaDevice, kernel: ForwardKernel) -> Result<Option<&'static str>> {
+pub(crate) fn hopper_kernel(
+    dev: &CudaDevice,
+    kernel: ForwardKernel,
+) -> Result<Option<&'static str>> {
     let hopper = dev.cuda_stream().context().compute_capability().w()?.0 == 9;
     Ok(match kernel {
         ForwardKernel::Mma => None,

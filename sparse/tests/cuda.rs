@@ -387,6 +387,40 @@ fn vmoba_gathered_path_matches_cpu() -> Result<()> {
     })
 }
 
+/// VMoBA's chunk-stationary kernel (Hopper) on chunks of two key tiles (192 keys: spatial
+/// chunks of 4x6 tokens over 8 frames) with more pairs per chunk than one work item takes
+/// (about 1,500 at top-8 of 16 chunks), so that a chunk spans items and an item's query
+/// tiles go round the two-tile ring; spatio-temporal chunks of 48 keys likewise; against the
+/// CPU path, under both selection rules.
+#[test]
+fn vmoba_long_chunk_lists_match_cpu() -> Result<()> {
+    let grid = TokenGrid::new(8, 16, 24);
+    let shape = (1, 2, grid.len(), 128);
+    let ((qc, qg), (kc, kg), (vc, vg)) = (pair(shape)?, pair(shape)?, pair(shape)?);
+    for kind in [ChunkKind::Spatial, ChunkKind::Spatiotemporal] {
+        for selection in [Selection::TopK(Some(8)), Selection::Threshold(0.5)] {
+            let opts = VmobaOptions {
+                kind: Some(kind),
+                spatial_chunk: [4, 6],
+                st_chunk: [2, 4, 6],
+                selection,
+                ..Default::default()
+            };
+            let g = vmoba_attention(&qg, &kg, &vg, grid, kind, &opts)?;
+            let c = vmoba_attention(&qc, &kc, &vc, grid, kind, &opts)?;
+            let name = format!("vmoba {grid} {kind} {selection:?}");
+            check(&name, &g.out, &c.out)?;
+            assert!(
+                (g.density()? - c.density()?).abs() < 0.01,
+                "{name}: selections differ: density {} on the GPU, {} on the CPU",
+                g.density()?,
+                c.density()?
+            );
+        }
+    }
+    Ok(())
+}
+
 /// VMoBA's device selection breaks ties as the CPU rule does: with every key the same vector,
 /// each query scores all chunks equally, so both rules keep the lowest-numbered chunks (after
 /// the own chunk); a different tie-break would average other values.

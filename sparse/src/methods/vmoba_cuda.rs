@@ -1,7 +1,10 @@
-//! VMoBA on the GPU without host round trips per query: chunk scores by cuBLAS, then the
-//! kernels of `kernels/vmoba.cu` select chunks, list each chunk's (query, chunk) pairs and cut
-//! them into 64- or 128-query work tiles; the attention kernel runs in its gathered mode (one partial
-//! output and log-sum-exp per pair) and a merge kernel combines each query's partials exactly.
+//! VMoBA on the GPU without host round trips per query: chunk scores by cuBLAS
+//! ([`ScoreProduct`]), then the kernels of `kernels/vmoba.cu` select chunks, list each chunk's
+//! (query, chunk) pairs and cut them into work tiles; attention writes one partial output and
+//! log-sum-exp per pair and a merge kernel combines each query's partials exactly. On Hopper,
+//! chunks of at most [`RESIDENT_KEYS`] keys run chunk-stationary (`kernels/vmoba_sm90.cu`: a
+//! CTA keeps a chunk's keys in shared memory and streams up to [`ITEM_ROWS`] of its queries);
+//! otherwise the forward kernel runs in its gathered mode on 64- or 128-query tiles.
 //! Forward only: training takes the plan path, whose backward exists. Heads run in groups so
 //! that scores and partial outputs stay within a memory budget. The top-k rule runs without a
 //! read-back (its pairs per head are known); the share rule reads back the pair counts per
@@ -9,7 +12,7 @@
 
 use super::vmoba::Budget;
 use crate::cuda::{
-    arg_view, block_of_on, grid_blocks, launch_forward, layout_on, one_thread_each,
+    arg_view, block_of_on, grid_blocks, hopper_kernel, launch_forward, layout_on, one_thread_each,
     rows_16_byte_aligned, tensor_view, AttnParams,
 };
 use crate::layout::BlockLayout;
@@ -21,14 +24,33 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, IndexOp, Result, Tensor};
 use std::sync::Arc;
-use vdit_core::cuda::{dtype_suffix, ptr, tensor_ptr, untracked_tensor, Module};
+use vdit_core::cuda::{dtype_suffix, output_tensor, ptr, tensor_ptr, untracked_tensor, Module};
 
 const VMOBA: Module = vdit_core::kernel_module!("vmoba");
+const VMOBA_SM90: Module = vdit_core::kernel_module!("vmoba_sm90");
 /// Most chunks the selection kernel takes (each of its four warps keeps a row of scores in
 /// shared memory, beside 12 KiB of histograms).
 pub(crate) const MAX_CHUNKS: usize = 2048;
-/// Budget for one head group's scores (and query copy in f32).
+/// Budget for one head group's scores (and its queries' copy, as many bytes as f32 rows).
 const SCORE_BYTES: usize = 512 << 20;
+/// Parts of each chunk mean in the chunk scores' 16-bit product (`SCORE_PARTS` of
+/// `kernels/vmoba.cu`).
+const SCORE_PARTS: usize = 3;
+/// Fewest chunks whose scores run as the 16-bit product (cuBLAS's 16-bit kernels for a few
+/// columns are slower than its f32 one: 0.33 against 0.10 ms on 11 chunks at 480p).
+const PARTS_MIN_CHUNKS: usize = 64;
+
+/// How the chunk scores `q · mean` (f32 up to the order of the sums) are multiplied out.
+#[derive(Clone, Copy)]
+enum ScoreProduct {
+    /// An f32 product on the queries widened to f32 (few chunks).
+    F32,
+    /// One 16-bit tensor-core product with f32 sums: each mean in [`SCORE_PARTS`] parts of the
+    /// inputs' dtype ([`split_means`]) against the queries repeated as often. Products of 16-bit
+    /// values are exact in f32 and three bf16 parts hold a mean's 24 bits; equal means score
+    /// equally.
+    Parts,
+}
 /// Budget for one head group's partial outputs.
 const PARTIAL_BYTES: usize = 1 << 30;
 /// Bytes of one pair's partial output (a row in the inputs' 16-bit dtype) and log-sum-exp (f32).
@@ -38,6 +60,12 @@ fn partial_bytes_per_pair(d: usize) -> usize {
 /// Chunks of at least this many tokens (on average) get 128-query work tiles (two consumer
 /// warpgroups sharing each key tile); smaller chunks keep 64-query tiles.
 const LARGE_CHUNK: usize = 128;
+/// Most keys of a chunk that the chunk-stationary kernel keeps in shared memory (two tiles of
+/// 128).
+const RESIDENT_KEYS: usize = 256;
+/// Query rows per work item of the chunk-stationary kernel: eight 128-row query tiles against
+/// one copy of the chunk's keys.
+const ITEM_ROWS: u32 = 1024;
 
 /// True when the GPU path takes these inputs and chunks.
 pub(crate) fn supports(q: &Tensor, chunks: &BlockLayout) -> bool {
@@ -66,21 +94,28 @@ pub(crate) fn vmoba_forward(
     let (b, h, s, d) = q.dims4()?;
     let n = chunks.num_blocks();
     let words = n.div_ceil(32);
+    let product = if n >= PARTS_MIN_CHUNKS {
+        ScoreProduct::Parts
+    } else {
+        ScoreProduct::F32
+    };
     let means = block_means(&k.detach(), chunks)?; // [B, H, n, D] f32
+    let means = match product {
+        ScoreProduct::Parts => split_means(dev, &means, q.dtype())?, // [B, H, n, 3D]
+        ScoreProduct::F32 => means,
+    };
     let chunk_of = block_of_on(dev, chunks)?;
     let lens: Vec<f32> = (0..n).map(|c| chunks.block_len(c) as f32).collect();
     let lens = Tensor::from_vec(lens, (1, n), q.device())?;
     let out = Output::new(dev, q.dtype(), b * s * h * d)?;
-    let group = (SCORE_BYTES / (s * (n + d) * 4).max(1)).clamp(1, h);
+    let group = (SCORE_BYTES / (s * (4 * n + 2 * SCORE_PARTS * d)).max(1)).clamp(1, h);
     let mut pairs = Tensor::zeros((), DType::F32, q.device())?;
     for bi in 0..b {
         for h0 in (0..h).step_by(group) {
             let heads = group.min(h - h0);
-            let q32 = widen_queries(dev, q, bi, h0..h0 + heads)?;
-            let scores = q32
-                .matmul(&means.i((bi, h0..h0 + heads))?.t()?)?
-                .contiguous()?; // [heads, S, n]
-            drop(q32);
+            let queries = copy_queries(dev, q, bi, h0..h0 + heads, product)?;
+            let scores = chunk_scores(dev, &queries, &means.i((bi, h0..h0 + heads))?, product)?;
+            drop(queries);
             let sel = select(dev, &scores, &chunk_of, s, n, words, budget)?;
             drop(scores);
             let per_chunk = counts_tensor(dev, &sel.chunk_counts, (heads, n))?;
@@ -131,25 +166,31 @@ pub(crate) fn vmoba_forward(
     Ok((t.transpose(1, 2)?, pairs))
 }
 
-/// Queries `heads` of batch element `b` as contiguous f32 `[heads, S, D]`: one kernel moving 16
-/// bytes per thread where rows are 16-byte aligned (candle's cast otherwise).
-fn widen_queries(
+/// Queries `heads` of batch element `b` as `product` takes them, contiguous: `[heads, S, D]` in
+/// f32, or `[heads, S, 3D]` in their dtype (repeated [`SCORE_PARTS`] times side by side). One
+/// kernel moving 16 bytes per thread where rows are 16-byte aligned.
+fn copy_queries(
     dev: &CudaDevice,
     q: &Tensor,
     b: usize,
     heads: std::ops::Range<usize>,
+    product: ScoreProduct,
 ) -> Result<Tensor> {
     let (_, _, s, d) = q.dims4()?;
+    let (kernel, dtype, copies) = match product {
+        ScoreProduct::F32 => ("widen_rows", DType::F32, 1),
+        ScoreProduct::Parts => ("repeat_rows", q.dtype(), SCORE_PARTS),
+    };
     let queries = tensor_view(q)?;
     if d % 8 != 0 || !rows_16_byte_aligned(&queries) {
-        return q.i((b, heads))?.detach().to_dtype(DType::F32);
+        let rows = q.i((b, heads))?.detach().to_dtype(dtype)?;
+        return Tensor::cat(&vec![&rows; copies], 2)?.contiguous();
     }
-    let (g, n) = (heads.len(), heads.len() * s * d);
-    // SAFETY: the kernel writes every element (one thread per 8 of them).
-    let out = unsafe { dev.alloc::<f32>(n)? };
-    let (out_ptr, vectors) = (ptr(dev, &out), (n / 8) as i64);
+    let g = heads.len();
+    let (out, out_ptr) = output_tensor(dev, dtype, &[g, s, copies * d])?;
+    let vectors = (g * s * d / 8) as i64;
     let (b32, h32, s32, d32) = (b as i32, heads.start as i32, s as i32, d as i32);
-    let func = function(dev, &format!("widen_rows_{}", dtype_suffix(q.dtype())?))?;
+    let func = function(dev, &format!("{kernel}_{}", dtype_suffix(q.dtype())?))?;
     let stream = dev.cuda_stream();
     let mut builder = stream.launch_builder(&func);
     arg_view(&mut builder, &queries);
@@ -160,12 +201,89 @@ fn widen_queries(
         .arg(&d32)
         .arg(&vectors)
         .arg(&out_ptr);
-    let cfg = one_thread_each(n / 8, "VMoBA query widening")?;
-    // SAFETY: arguments match `widen_rows_*`; rows are 16-byte aligned (checked above) and
-    // heads `b, heads` lie inside q; `out` holds heads x S x D floats.
+    let cfg = one_thread_each(g * s * d / 8, "VMoBA query copies")?;
+    // SAFETY: arguments match `widen_rows_*` and `repeat_rows_*`; rows are 16-byte aligned
+    // (checked above), heads `b, heads` lie inside q and `out` holds heads x S x copies x D
+    // elements, each written once.
     unsafe { builder.launch(cfg) }.w()?;
-    let storage = CudaStorage::wrap_cuda_slice(out, dev.clone());
-    Ok(untracked_tensor(storage, (g, s, d)))
+    Ok(out)
+}
+
+/// Chunk means (`[B, H, n, D]` f32) as [`SCORE_PARTS`] parts in `dtype` side by side,
+/// `[B, H, n, 3D]`: each mean rounded, then what each rounding left, rounded
+/// ([`ScoreProduct::Parts`]).
+fn split_means(dev: &CudaDevice, means: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, h, n, d) = means.dims4()?;
+    let means = means.contiguous()?;
+    let (out, out_ptr) = output_tensor(dev, dtype, &[b, h, n, SCORE_PARTS * d])?;
+    let (len, d32, means_ptr) = ((b * h * n * d) as i64, d as i32, tensor_ptr(&means)?);
+    let func = function(dev, &format!("split_means_{}", dtype_suffix(dtype)?))?;
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    builder.arg(&means_ptr).arg(&len).arg(&d32).arg(&out_ptr);
+    let cfg = one_thread_each(b * h * n * d, "VMoBA chunk means")?;
+    // SAFETY: arguments match `split_means_*`; `means` holds `len` f32 and `out` three times as
+    // many 16-bit values, each written once.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(out)
+}
+
+/// Scores of every chunk for every query, `[g, S, n]` f32: the queries of [`copy_queries`]
+/// times the means (`[g, n, D]` f32, or split: `[g, n, 3D]`) transposed.
+fn chunk_scores(
+    dev: &CudaDevice,
+    queries: &Tensor,
+    means: &Tensor,
+    product: ScoreProduct,
+) -> Result<Tensor> {
+    if let ScoreProduct::F32 = product {
+        return queries.matmul(&means.t()?)?.contiguous();
+    }
+    use candle_core::cuda_backend::cudarc::cublas::{result::gemm_strided_batched_ex, sys};
+    let (g, s, k) = queries.dims3()?;
+    let n = means.dim(1)?;
+    let means = means.contiguous()?;
+    let ty = match queries.dtype() {
+        DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
+        DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
+        dt => candle_core::bail!("VMoBA chunk scores do not take {dt:?}"),
+    };
+    let (out, out_ptr) = output_tensor(dev, DType::F32, &[g, s, n])?;
+    let (a, b) = (tensor_ptr(&means)?, tensor_ptr(queries)?);
+    let (alpha, beta) = (1f32, 0f32);
+    let blas = dev.cublas_handle();
+    // Column-major: scores^T [n, S] = means [n, 3D] (stored transposed) x queries^T [3D, S].
+    // SAFETY: the three buffers hold g x n x 3D, g x S x 3D and g x S x n elements of the types
+    // named, contiguous, and live until the product (on the tensors' stream) has run.
+    unsafe {
+        gemm_strided_batched_ex(
+            *blas.handle(),
+            sys::cublasOperation_t::CUBLAS_OP_T,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            s as i32,
+            k as i32,
+            (&alpha as *const f32).cast(),
+            a as *const std::ffi::c_void,
+            ty,
+            k as i32,
+            (n * k) as i64,
+            b as *const std::ffi::c_void,
+            ty,
+            k as i32,
+            (s * k) as i64,
+            (&beta as *const f32).cast(),
+            out_ptr as *mut std::ffi::c_void,
+            sys::cudaDataType_t::CUDA_R_32F,
+            n as i32,
+            (s * n) as i64,
+            g as i32,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        )
+    }
+    .w()?;
+    Ok(out)
 }
 
 /// A copy of device counts as a u32 tensor of `shape`.
@@ -357,8 +475,14 @@ fn run_pairs(
     let ([q, k, v], chunks, out, kernel) = (call.qkv, call.chunks, call.out, call.kernel);
     let (s, n, words, d) = (span.s, span.n, span.words, q.dim(3)?);
     let rows = span.heads * s;
-    // Query rows per work tile: 128 when the chunks' key streams are long enough to share.
-    let tile_rows: u32 = if s / n.max(1) >= LARGE_CHUNK { 128 } else { 64 };
+    // Key tiles of a chunk kept in shared memory (chunk-stationary), or the query rows per work
+    // tile of the gathered mode: 128 when the chunks' key streams are long enough to share.
+    let resident = resident_key_tiles(dev, kernel, chunks)?;
+    let tile_rows: u32 = match resident {
+        Some(_) => ITEM_ROWS,
+        None if s / n.max(1) >= LARGE_CHUNK => 128,
+        None => 64,
+    };
     if pairs == 0 {
         return Ok(());
     }
@@ -486,15 +610,11 @@ fn run_pairs(
         out_rows: pr_ptr,
         k_natural: kl.natural as i32,
     };
-    launch_forward(
-        dev,
-        q.dtype(),
-        d,
-        tile_rows == 64,
-        (tiles as u32, 1, 1),
-        &params,
-        kernel,
-    )?;
+    let grid = (tiles as u32, 1, 1);
+    match resident {
+        Some(key_tiles) => launch_chunk_stationary(dev, q.dtype(), d, key_tiles, grid, &params)?,
+        None => launch_forward(dev, q.dtype(), d, tile_rows == 64, grid, &params, kernel)?,
+    }
 
     let (p_ptr, pl_ptr, out_ptr, h32) = (
         ptr(dev, &partial),
@@ -525,4 +645,44 @@ fn run_pairs(
     // SAFETY: arguments match `vmoba_merge_*`; the output holds B x S x H x D elements.
     unsafe { builder.launch(cfg) }.w()?;
     Ok(())
+}
+
+/// The key tiles the chunk-stationary kernel keeps for `chunks` (1 or 2), or `None` where it
+/// does not run: off Hopper, with the warp-MMA kernel asked for, or with a chunk of more than
+/// [`RESIDENT_KEYS`] keys.
+fn resident_key_tiles(
+    dev: &CudaDevice,
+    kernel: ForwardKernel,
+    chunks: &BlockLayout,
+) -> Result<Option<usize>> {
+    let longest = chunks.tile();
+    Ok(
+        (hopper_kernel(dev, kernel)?.is_some() && longest <= RESIDENT_KEYS)
+            .then(|| longest.div_ceil(128).max(1)),
+    )
+}
+
+/// Runs `kernels/vmoba_sm90.cu` on the work items of `params` (gathered mode's fields): a
+/// producer warpgroup and two consumers; a ring of 128-row query tiles (three beside one key
+/// tile, two beside two), `key_tiles` key and value tiles of 128 rows, and 1 KiB to align them
+/// for the 128-byte swizzle.
+fn launch_chunk_stationary(
+    dev: &CudaDevice,
+    dtype: DType,
+    d: usize,
+    key_tiles: usize,
+    grid_dim: (u32, u32, u32),
+    params: &AttnParams,
+) -> Result<()> {
+    let query_tiles = if key_tiles == 1 { 3 } else { 2 };
+    let cfg = LaunchConfig {
+        grid_dim,
+        block_dim: (384, 1, 1),
+        shared_mem_bytes: ((query_tiles + 2 * key_tiles) * 128 * d * 2 + 1024) as u32,
+    };
+    let name = format!(
+        "vmoba_chunk_sm90_{}_d{d}_nkt{key_tiles}",
+        dtype_suffix(dtype)?
+    );
+    VMOBA_SM90.launch(dev, &name, cfg, params)
 }
