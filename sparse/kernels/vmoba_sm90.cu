@@ -83,14 +83,31 @@ __device__ __forceinline__ void produce_chunk(const AttnParams& p, const QueryTi
                                        sV + t * TILE_BYTES, off_k);
   }
   mbar_arrive_after_copies(kv_full);
-  auto off_q = [](int r, int c) { return tile_off(ITEM_TILE, r, c); };
+  // Query tiles: this thread's rows' tokens are loaded a tile ahead (before the wait for the
+  // ring entry), so that their latency is not paid once per copy.
+  using QR = TileRows<ITEM_TILE, CH, 128>;
+  const int ch = threadIdx.x % CH, r0 = threadIdx.x / CH;
+  uint32_t tok[QR::PER_THREAD];
+  auto tokens = [&](int i) {
+#pragma unroll
+    for (int j = 0; j < QR::PER_THREAD; ++j) {
+      const int r = i * ITEM_TILE + r0 + j * QR::STEP;
+      tok[j] = r < item.nq ? item.q_ord[item.qs + r] : 0u;
+    }
+  };
+  tokens(0);
   for (int i = 0; i * ITEM_TILE < item.nq; ++i) {
     const int stage = i % Q_STAGES;
     if (i >= Q_STAGES) mbar_wait(&q_empty[stage], ((i / Q_STAGES) & 1) ^ 1);
-    load_row_tile<T, ITEM_TILE, CH, 128>(p.q_strides[2], item.q_ord, item.qs + i * ITEM_TILE,
-                                         min(ITEM_TILE, item.nq - i * ITEM_TILE), qbase,
-                                         sQ + stage * ITEM_TILE * D * 2, off_q, threadIdx.x);
+    unsigned char* dst = sQ + stage * ITEM_TILE * D * 2;
+#pragma unroll
+    for (int j = 0; j < QR::PER_THREAD; ++j) {
+      const int r = r0 + j * QR::STEP;
+      cp_async16(dst + tile_off(ITEM_TILE, r, ch), qbase + (long long)tok[j] * p.q_strides[2] + ch * 8,
+                 i * ITEM_TILE + r < item.nq);
+    }
     mbar_arrive_after_copies(&q_full[stage]);
+    if ((i + 1) * ITEM_TILE < item.nq) tokens(i + 1);
   }
   cp_async_wait<0>();
 }
