@@ -63,9 +63,9 @@ const LARGE_CHUNK: usize = 128;
 /// Most keys of a chunk that the chunk-stationary kernel keeps in shared memory (two tiles of
 /// 128).
 const RESIDENT_KEYS: usize = 256;
-/// Query rows per work item of the chunk-stationary kernel: eight 128-row query tiles against
-/// one copy of the chunk's keys.
-const ITEM_ROWS: u32 = 1024;
+/// Query rows per work item of the chunk-stationary kernel: sixteen 128-row query tiles against
+/// one copy of the chunk's keys (1,024: spatial chunks 1.7 % slower).
+const ITEM_ROWS: u32 = 2048;
 
 /// True when the GPU path takes these inputs and chunks.
 pub(crate) fn supports(q: &Tensor, chunks: &BlockLayout) -> bool {
