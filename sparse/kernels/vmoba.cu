@@ -251,8 +251,10 @@ extern "C" __global__ void scan_add_u32(uint32_t* x, const uint32_t* offsets, in
 // pair's rank in the row, chunks ascending) where its partial output goes. A CTA of 256 rows
 // counts its pairs per (head, chunk) in shared memory, reserves each count's run of slots with
 // one global atomic, and places its pairs inside those runs (a chunk's list is otherwise
-// claimed one pair at a time by thousands of rows, whose atomics on one counter serialise);
-// where its heads' chunks exceed the shared counters, each row claims its slots itself.
+// claimed one pair at a time by thousands of rows, whose atomics on one counter serialise).
+// The counters fit: a CTA's rows span at most two heads where S >= 256, and fewer than
+// 256 / S + 2 heads of at most S chunks each otherwise (a chunk holds a token at least), so at
+// most 2,048 chunks (MAX_CHUNKS of vmoba_cuda.rs) make at most FILL_COUNTERS of them.
 constexpr int FILL_COUNTERS = 4096;
 extern "C" __global__ void __launch_bounds__(256)
     vmoba_fill(const uint32_t* mask, const uint32_t* row_offsets, const uint32_t* chunk_offsets,
@@ -278,10 +280,7 @@ extern "C" __global__ void __launch_bounds__(256)
   };
   const uint32_t* offsets = chunk_offsets + (size_t)g0 * n;
   uint32_t* cursor = chunk_cursor + (size_t)g0 * n;
-  if (span > FILL_COUNTERS) {  // the whole CTA takes this branch
-    each_pair([&](int i) { put(offsets[i] + atomicAdd(&cursor[i], 1u)); });
-    return;
-  }
+  if (span > FILL_COUNTERS) __trap();  // beyond MAX_CHUNKS (above)
   for (int i = threadIdx.x; i < span; i += blockDim.x) local[i] = 0u;
   __syncthreads();
   each_pair([&](int i) { atomicAdd(&local[i], 1u); });

@@ -29,7 +29,8 @@ use vdit_core::cuda::{dtype_suffix, output_tensor, ptr, tensor_ptr, untracked_te
 const VMOBA: Module = vdit_core::kernel_module!("vmoba");
 const VMOBA_SM90: Module = vdit_core::kernel_module!("vmoba_sm90");
 /// Most chunks the selection kernel takes (each of its four warps keeps a row of scores in
-/// shared memory, beside 12 KiB of histograms).
+/// shared memory, beside 12 KiB of histograms); `vmoba_fill`'s shared counters hold two heads'
+/// worth.
 pub(crate) const MAX_CHUNKS: usize = 2048;
 /// Budget for one head group's scores (and its queries' copy, as many bytes as f32 rows).
 const SCORE_BYTES: usize = 512 << 20;
