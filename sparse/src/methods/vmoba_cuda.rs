@@ -48,8 +48,8 @@ enum ScoreProduct {
     F32,
     /// One 16-bit tensor-core product with f32 sums: each mean in [`SCORE_PARTS`] parts of the
     /// inputs' dtype ([`split_means`]) against the queries repeated as often. Products of 16-bit
-    /// values are exact in f32 and three bf16 parts hold a mean's 24 bits; equal means score
-    /// equally.
+    /// values are exact in f32 and three bf16 parts hold a mean's 24 bits (f16 parts too, but
+    /// for remainders below f16's normal range); equal means score equally.
     Parts,
 }
 /// Budget for one head group's partial outputs.
