@@ -1,13 +1,13 @@
 // VMoBA's gathered attention for Hopper (sm_90a), chunk-stationary: one CTA per work item
-// (batch * head, chunk, first slot, queries) of up to a few thousand of one chunk's (query,
-// chunk) pairs. The producer warpgroup copies the chunk's keys and values once (at most
-// NKT tiles of 128 keys stay in shared memory), then streams the item's query tiles of 128
-// gathered rows through a ring; two consumer warpgroups of 64 rows run each query tile against
-// the resident keys (the forward's steps, fwd_steps_sm90.cuh, taking turns on the tensor
-// cores) and write every pair's partial output and log-sum-exp, which vmoba.cu's merge
-// combines: staged in their own rows of the query tile, so that each row goes out whole. attention_fwd_sm90.cu's gathered mode runs CTAs of one 64- or 128-query tile that
-// copy the chunk's keys each time and are one or two key tiles long; here a key is copied once
-// per item and the query copies overlap the products.
+// (batch * head, chunk, first slot, queries) of up to 2,048 of one chunk's (query, chunk) pairs.
+// The producer warpgroup copies the chunk's keys and values once (at most NKT tiles of 128 keys
+// stay in shared memory), then streams the item's query tiles of 128 gathered rows through a
+// ring; two consumer warpgroups of 64 rows run each query tile against the resident keys (the
+// forward's steps, fwd_steps_sm90.cuh, taking turns on the tensor cores) and write every pair's
+// partial output and log-sum-exp, which vmoba.cu's merge combines, staged in their own rows of
+// the query tile so that each row goes out whole. attention_fwd_sm90.cu's gathered mode runs
+// CTAs of one 64- or 128-query tile that copy the chunk's keys each time and are one or two key
+// tiles long; here a key is copied once per item and the query copies overlap the products.
 #include "attention_params.cuh"
 #include "common.cuh"
 #include "fwd_steps_sm90.cuh"
@@ -173,6 +173,10 @@ __device__ __forceinline__ void consume_chunk(const AttnParams& p, const QueryTi
       wg_wait<0>();
       wg_pin<D / 2>(o);
       wg_keep(a);
+    } else {
+      // The turns order a consumer's warps from tile to tile; without keys this barrier keeps
+      // lse_rows from being rewritten while a warp still copies the last tile's out.
+      named_sync(BAR_ROWS_STAGED + c, 128);
     }
     write_pairs<T, D>(p, tile, c, o, m, l, rows, lse_rows[c], pair_of);
     if (lane == 0) mbar_arrive(&q_empty[stage]);  // this warp is done with the query tile's buffer
