@@ -32,7 +32,7 @@ const VMOBA_SM90: Module = vdit_core::kernel_module!("vmoba_sm90");
 /// shared memory, beside 12 KiB of histograms); `vmoba_fill`'s shared counters hold two heads'
 /// worth.
 pub(crate) const MAX_CHUNKS: usize = 2048;
-/// Budget for one head group's scores (and its queries' copy, as many bytes as f32 rows).
+/// Budget for one head group's scores and its queries' copy.
 const SCORE_BYTES: usize = 512 << 20;
 /// Parts of each chunk mean in the chunk scores' 16-bit product (`SCORE_PARTS` of
 /// `kernels/vmoba.cu`).
