@@ -329,11 +329,7 @@ pub(crate) fn attention_forward(
         q_strides: q.1,
         k_strides: k.1,
         v_strides: v.1,
-        o_strides: match rows {
-            TokenRows::Bshd => [s * h * d, d, h * d],
-            TokenRows::Bhsd => [h * s * d, s * d, d],
-        }
-        .map(|x| x as i64),
+        o_strides: rows.strides((b, h, s, d)),
         q_order: ptr(&dev, &ql.order),
         q_starts: ptr(&dev, &ql.starts),
         k_order: ptr(&dev, &kl.order),

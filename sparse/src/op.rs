@@ -91,6 +91,16 @@ impl TokenRows {
         }
     }
 
+    /// The element strides over batch, head and token of `[B, H, S, D] = dims` rows laid out
+    /// this way (channels contiguous).
+    pub(crate) fn strides(self, (_, h, s, d): (usize, usize, usize, usize)) -> [i64; 3] {
+        match self {
+            Self::Bshd => [s * h * d, d, h * d],
+            Self::Bhsd => [h * s * d, s * d, d],
+        }
+        .map(|x| x as i64)
+    }
+
     /// The `[B, H, S, D]` view of `t`, a tensor of [`TokenRows::shape`].
     pub(crate) fn bhsd_view(self, t: &Tensor) -> Result<Tensor> {
         match self {

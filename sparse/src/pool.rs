@@ -371,9 +371,9 @@ impl candle_core::CustomOp3 for GatedAdd {
         use crate::op::TokenRows;
         use vdit_core::cuda::{untracked_tensor, with_storage};
         let grad = grad.contiguous()?;
-        let g = self.rows.bhsd_view(&grad)?; // [B, H, S, D]
-                                             // A [B, S, H, D] fine takes g in its own layout: g itself, or a copy the kernel makes
-                                             // while it reads g for d gate.
+        // g: [B, H, S, D]. A [B, S, H, D] fine takes g in its own layout: g itself, or a copy
+        // the kernel makes while it reads g for d gate.
+        let g = self.rows.bhsd_view(&grad)?;
         let copy = self.fine_bshd && self.rows == TokenRows::Bhsd;
         let sum = with_storage(&g, |gs, gl| {
             with_storage(coarse, |cs, cl| {

@@ -675,7 +675,7 @@ fn launch_chunk_stationary(
     grid_dim: (u32, u32, u32),
     params: &AttnParams,
 ) -> Result<()> {
-    let query_tiles = if key_tiles == 1 { 3 } else { 2 };
+    let query_tiles = if key_tiles == 1 { 3 } else { 2 }; // the kernel's q_stages<NKT>()
     let cfg = LaunchConfig {
         grid_dim,
         block_dim: (384, 1, 1),
