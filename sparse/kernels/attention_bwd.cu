@@ -312,7 +312,7 @@ INSTANTIATE_DELTA(__half, f16, 64)
 INSTANTIATE_DELTA(__half, f16, 128)
 
 // dq[i] = scale * acc[i] in the inputs' type, eight values per thread: the one-pass Hopper
-// backward's dq (attention_bwd_sm90.cu), which it adds by atomics into f32 `acc`.
+// backward's dq (attention_bwd_sm90.cu), which it adds into f32 `acc` by bulk reductions.
 template <typename T>
 __device__ __forceinline__ void finish_dq(const float* acc, T* dq, float scale, long long groups) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;

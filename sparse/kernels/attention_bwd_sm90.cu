@@ -14,9 +14,10 @@
 // rows per CTA, two consumer warpgroups of 64 sharing the query tiles, and adds dq as well:
 // each consumer stores its dS^T to shared memory, and once both have, warpgroup w multiplies
 // the tile's dS (64 queries x 128 keys) by channels [64 w, 64 w + 64) of the 128 key rows and
-// adds the result into an f32 dq with atomics (scaled afterwards by `bsattn_bwd_finish_dq`).
-// No dq pass runs: five products per tile pair where the two passes take seven. (The
-// atomics' volume is what they cost: alternatives measured are in BENCHMARKS.md.)
+// stages the result in shared memory, from where a thread per query row adds it into an f32 dq
+// with one bulk reduction (scaled afterwards by `bsattn_bwd_finish_dq`). No dq pass runs: five
+// products per tile pair where the two passes take seven. (The additions' volume is what they
+// cost: alternatives measured are in BENCHMARKS.md.)
 #include "attention_params.cuh"
 #include "bwd_params.cuh"
 #include "common.cuh"
@@ -24,8 +25,8 @@
 #include "tiles_sm90.cuh"
 
 // Named barriers: consumer warpgroup w's row tiles are in shared memory (1 + w); both
-// consumers' dS^T tiles are (the one-pass kernel).
-constexpr int BAR_ROWS_READY = 1, BAR_DS_READY = 3;
+// consumers' dS^T tiles are (the one-pass kernel); consumer w's dq rows are staged (4 + w).
+constexpr int BAR_ROWS_READY = 1, BAR_DS_READY = 3, BAR_DQ_STAGED = 4;
 // Registers per thread at launch (two CTAs of two warpgroups per SM; the one-pass kernel: one
 // CTA of three) and after the producer hands its surplus to the consumers: the dk/dv pass's
 // consumer holds two 64 x D accumulators besides S and dP (and in one pass, dq's 64 x 64), and
@@ -38,6 +39,10 @@ template <bool KV, bool ONE_PASS> struct BwdRegisterSplit {
 
 // Bytes of the one-pass kernel's dS^T tile: both consumers' 64 key rows by BN query columns.
 template <int BN> __host__ __device__ constexpr int ds_tile_bytes() { return 2 * BWD_ROWS * BN * 2; }
+// Floats per staged dq row of one consumer: its 64 channels and 8 of padding, so that a warp's
+// stores of accumulator pairs (8 rows x 8 channels) meet every bank twice (DQ_STAGE_STRIDE in
+// sparse/src/cuda.rs).
+constexpr int DQ_STAGE_STRIDE = 72;
 
 // Stores this warpgroup's dS^T (its 64 key rows from `row0`, as the A fragments of dK += dS^T Q)
 // into the dS^T tile `ds` (2 x 64 rows, BN query columns; 128-byte swizzle), from which wgmma
@@ -55,17 +60,17 @@ __device__ __forceinline__ void store_ds(unsigned char* ds, const uint32_t (&a)[
   }
 }
 
-// dq[token, 64 w + c] += (dS K)[q, c] for the tile's BN (= 64) query columns `q` (tokens `tok`
-// of this thread's rows, the first `rows` columns real) and this warpgroup's 64 channels: dS
-// from the dS^T tile `ds`, K from the two consumers' 64-row key tiles `k` (ROW_BYTES apart), both
-// read MN-major; f32 atomics of four channels (lane pairs swap rows so that each holds four).
+// The dq row whose bulk reduction thread `tid` (of 128) issues, where its lane is below 16.
+__device__ __forceinline__ int dq_stage_row(int tid) { return (tid >> 5) * 16 + (tid & 15); }
+
+// Issues (dS K)[q, c] into `acc` for the tile's BN (= 64) query columns `q` and this
+// warpgroup's 64 channels `c`: dS from the dS^T tile `ds`, K from the two consumers' 64-row key
+// tiles `k` (ROW_BYTES apart), both read MN-major. One commit group; the caller waits.
 template <typename T, int D, int BN>
-__device__ __forceinline__ void add_dq(float* dq, const unsigned char* ds, const unsigned char* k, int w,
-                                       const uint32_t (&tok)[2], int rows) {
+__device__ __forceinline__ void issue_dq_product(float (&acc)[32], const unsigned char* ds, const unsigned char* k,
+                                                 int w) {
   static_assert(D == 128 && BN == 64, "one consumer's dq channels are one 64-wide column block");
   constexpr int ROW_BYTES = BWD_ROWS * D * 2;
-  float acc[32];
-  wg_fence();
 #pragma unroll
   for (int t = 0; t < 2 * BWD_ROWS / 16; ++t) {
     const unsigned char* kt = k + (t / 4) * ROW_BYTES + w * BWD_ROWS * 128 + (t % 4) * 16 * 128;
@@ -73,21 +78,31 @@ __device__ __forceinline__ void add_dq(float* dq, const unsigned char* ds, const
                  t > 0);
   }
   wg_commit();
-  wg_wait<0>();
-  wg_pin<32>(acc);
-  // Lane pair (2i, 2i + 1) holds channels 4i..4i+3 of rows g and g + 8 as pairs: the even lane
-  // takes row g's four, the odd lane row g + 8's.
-  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, odd = lane & 1;
-  const int r = warp * 16 + (lane >> 2) + 8 * odd;
-  float* row = dq + (size_t)tok[odd] * D + w * 64 + (lane & 2) * 2;
+}
+
+// dq[token, 64 w + c] += acc[q, c] (the product `issue_dq_product` made): staged in `stage` (BN
+// rows of DQ_STAGE_STRIDE floats), then lane l < 16 of warp v adds row q = 16 v + l (token
+// `tok`; the first `rows` columns are real) into dq with one 256-byte bulk reduction, which
+// reads the stage asynchronously: before the stage is written again, the thread waits for that
+// read. (A warp issues its bulk reductions one lane at a time: four warps of 16 finish sooner
+// than two of 32.)
+template <int D, int BN>
+__device__ __forceinline__ void add_dq_rows(float* dq, const float (&acc)[32], int w, float* stage, uint32_t tok,
+                                            int rows) {
+  // The accumulator's rows g and g + 8 of this warp's 16, channel pairs 8 dt + 2 (lane % 4).
+  const int tid = threadIdx.x % 128, lane = tid & 31;
+  float* g = stage + ((tid >> 5) * 16 + (lane >> 2)) * DQ_STAGE_STRIDE + 2 * (lane & 3);
 #pragma unroll
   for (int dt = 0; dt < 8; ++dt) {
-    const float* c = acc + 4 * dt;
-    // Send the pair the partner needs (row g + 8's to the even lane, row g's to the odd one).
-    const float s0 = __shfl_xor_sync(0xffffffff, odd ? c[0] : c[2], 1);
-    const float s1 = __shfl_xor_sync(0xffffffff, odd ? c[1] : c[3], 1);
-    const float4 v = odd ? make_float4(s0, s1, c[2], c[3]) : make_float4(c[0], c[1], s0, s1);
-    if (r < rows) atomicAdd(reinterpret_cast<float4*>(row + dt * 8), v);
+    *reinterpret_cast<float2*>(g + 8 * dt) = make_float2(acc[4 * dt], acc[4 * dt + 1]);
+    *reinterpret_cast<float2*>(g + 8 * DQ_STAGE_STRIDE + 8 * dt) = make_float2(acc[4 * dt + 2], acc[4 * dt + 3]);
+  }
+  fence_async_shared();
+  named_sync(BAR_DQ_STAGED + w, 128);
+  const int q = dq_stage_row(tid);
+  if ((lane & 16) == 0 && q < rows) {
+    bulk_add_f32(dq + (size_t)tok * D + w * 64, stage + q * DQ_STAGE_STRIDE, 64 * 4);
+    bulk_commit();
   }
 }
 
@@ -96,7 +111,8 @@ __device__ __forceinline__ void add_dq(float* dq, const unsigned char* ds, const
 template <typename T, int D, int BN, int STAGES, bool KV, bool ONE_PASS>
 __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& rc, int w, bool any_tile,
                                             unsigned char* sX, unsigned char* sY, const unsigned char* sA,
-                                            const unsigned char* sB, unsigned char* sDS, const float* col_l,
+                                            const unsigned char* sB, unsigned char* sDS, float* sDQ,
+                                            const float* col_l,
                                             const float* col_delta, const uint32_t* col_tok, const int* tile_rows,
                                             uint64_t* full, uint64_t* empty) {
   constexpr int CH = D / 8, TILE_BYTES = BN * D * 2, ROW_BYTES = BWD_ROWS * D * 2;
@@ -149,12 +165,8 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
     const int signed_rows = tile_rows[stage], rows = abs(signed_rows);
     const unsigned char* ta = sA + stage * TILE_BYTES;
     const unsigned char* tb = sB + stage * TILE_BYTES;
-    // The query tokens of this thread's dq rows (read before the stage is released).
-    uint32_t dq_tok[2] = {0, 0};
-    if constexpr (ONE_PASS) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) dq_tok[half] = col_tok[stage * BN + warp * 16 + (lane >> 2) + half * 8];
-    }
+    // The query token of the dq row this thread may add (read before the stage is released).
+    const uint32_t dq_tok = ONE_PASS ? col_tok[stage * BN + dq_stage_row(tid)] : 0;
 
     // S and dP. The dk/dv pass issues them as two commit groups, so that P is computed while
     // dP is still on the tensor cores, and issues dV += P^T dO before it computes dS, so that
@@ -200,13 +212,31 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
     }
     uint32_t a_ds[BN / 16][4];
     pack_a<T, BN>(a_ds, dp);
-    wg_fence();
+    // One pass: dq's product needs both consumers' dS, so each stores its dS^T and, once both
+    // have, issues dq's product before dK's, as FlashAttention-3 does: dq's product is done
+    // and added while dK's runs. The dS^T tile is double-buffered: a consumer writes buffer
+    // j % 2 only after both passed tile j - 1's barrier, by which both finished reading it at
+    // tile j - 2. The dq stage is free for this tile's rows once every thread's bulk reduction
+    // of the last tile's has read it: each waits for its own before the barrier.
+    float dq_acc[ONE_PASS ? 32 : 1];
+    if constexpr (ONE_PASS) {
+      unsigned char* ds = sDS + (j & 1) * ds_tile_bytes<BN>();
+      store_ds<BN>(ds, a_ds, w * BWD_ROWS);
+      bulk_wait_read<0>();
+      fence_async_shared();
+      named_sync(BAR_DS_READY, 256);
+      wg_fence();
+      issue_dq_product<T, D, BN>(dq_acc, ds, sX, w);
+    } else {
+      wg_fence();
+    }
     mma_rs_tile<T, D, BN>(acc1, a_ds, ta);
     wg_commit();
-    // One pass: this tile's dS^T tile, double-buffered: a consumer writes buffer j % 2 only
-    // after both passed tile j - 1's barrier, by which both finished reading it at tile j - 2.
-    unsigned char* ds = sDS + (j & 1) * ds_tile_bytes<BN>();
-    if constexpr (ONE_PASS) store_ds<BN>(ds, a_ds, w * BWD_ROWS);
+    if constexpr (ONE_PASS) {
+      wg_wait<1>();
+      wg_pin<32>(dq_acc);
+      add_dq_rows<D, BN>(dq, dq_acc, w, sDQ + w * BN * DQ_STAGE_STRIDE, dq_tok, rows);
+    }
     wg_wait<0>();
     wg_pin<D / 2>(acc1);
     wg_keep(a_ds);
@@ -215,13 +245,9 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
       wg_keep(a_p);
     }
     if (lane == 0) mbar_arrive(&empty[stage]);
-    if constexpr (ONE_PASS) {
-      fence_async_shared();
-      named_sync(BAR_DS_READY, 256);
-      add_dq<T, D, BN>(dq, ds, sX, w, dq_tok, rows);
-    }
     if (signed_rows < 0) break;
   }
+  if constexpr (ONE_PASS) bulk_wait<0>();  // the stage outlives every reduction reading it
 
   // Rows in natural token order: dq (or dk) scaled by the softmax scale, and dv.
   T* g1 = reinterpret_cast<T*>(KV ? p.dk : p.dq) + (size_t)rc.bh * (KV ? p.sk : p.s) * D;
@@ -239,13 +265,13 @@ __device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p) {
   __shared__ int tile_rows[STAGES];
   __shared__ float col_l[KV ? STAGES * BN : 1], col_delta[KV ? STAGES * BN : 1];  // dk/dv pass: natural log
   __shared__ uint32_t col_tok[ONE_PASS ? STAGES * BN : 1];  // one pass: the columns' query tokens
-  unsigned char* smem =
-      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* smem = align_1024(smem_raw);
   unsigned char* sX = smem;                        // CONSUMERS row tiles
   unsigned char* sY = sX + CONSUMERS * ROW_BYTES;  // likewise
   unsigned char* sA = sY + CONSUMERS * ROW_BYTES;  // STAGES buffers
   unsigned char* sB = sA + STAGES * TILE_BYTES;    // STAGES buffers
   unsigned char* sDS = sB + STAGES * TILE_BYTES;   // one pass: two dS^T tiles
+  float* sDQ = reinterpret_cast<float*>(sDS + 2 * ds_tile_bytes<BN>());  // one pass: each consumer's dq stage
   // The producer threads that copy the columns' statistics (one per tile row), which in one
   // pass also store the columns' tokens and then arrive once more on the tile's barrier.
   constexpr int STATS_THREADS = 128 / CH;
@@ -289,7 +315,7 @@ __device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p) {
     regs_grow<Regs::CONSUMER>();
     const int w = threadIdx.x / 128 - 1;
     consume_bwd<T, D, BN, STAGES, KV, ONE_PASS>(p, ONE_PASS ? row_chunk<KV>(p, w, CONSUMERS) : rc, w,
-                                                cols.item < cols.end, sX, sY, sA, sB, sDS, col_l, col_delta, col_tok,
+                                                cols.item < cols.end, sX, sY, sA, sB, sDS, sDQ, col_l, col_delta, col_tok,
                                                 tile_rows, full, empty);
   }
 }

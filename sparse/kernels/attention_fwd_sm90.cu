@@ -98,8 +98,7 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const FwdSm90Args& args) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ uint64_t full[STAGES], empty[STAGES];
   __shared__ int tile_rows[STAGES];
-  unsigned char* smem =
-      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* smem = align_1024(smem_raw);
   unsigned char* sQ = Q_BYTES > 0 ? smem : nullptr;
   unsigned char* sK = smem + Q_BYTES;          // STAGES buffers
   unsigned char* sV = sK + STAGES * KV_BYTES;  // STAGES buffers

@@ -8,6 +8,14 @@ __device__ __forceinline__ uint32_t shared_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The first 1024-byte-aligned byte of dynamic shared memory at or after `raw` (the 128-byte
+// swizzle's alignment). An offset from `raw`, not an integer cast back to a pointer: the
+// compiler keeps knowing the result is shared memory, so that accesses through it are
+// shared-memory instructions rather than generic ones.
+__device__ __forceinline__ unsigned char* align_1024(unsigned char* raw) {
+  return raw + ((1024u - (shared_addr(raw) & 1023u)) & 1023u);
+}
+
 // Sets up a barrier whose phases complete after `count` arrivals each.
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_addr(bar)), "r"(count) : "memory");

@@ -2,7 +2,8 @@
 // order is the identity, a tile of contiguous tokens is two bulk tensor copies per tensor (one
 // per 64-channel column block), issued by one producer thread and counted by the tile's
 // mbarrier in bytes, instead of a cp.async per 16-byte chunk from every producer thread. The
-// 128-byte swizzle of the copies is the layout `tile_off` describes.
+// 128-byte swizzle of the copies is the layout `tile_off` describes. Also the bulk reductions
+// by which the one-pass backward adds its staged dq rows into global memory.
 #pragma once
 #include <cuda.h>
 #include <stdint.h>
@@ -57,3 +58,21 @@ struct KvTma {
     }
   }
 };
+
+// Adds `bytes` (a multiple of 16) of f32 values at `src` (shared memory) into `dst` (global, 16-byte
+// aligned) elementwise, asynchronously, as one bulk reduction in this thread's current bulk group.
+__device__ __forceinline__ void bulk_add_f32(float* dst, const float* src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+               "r"(shared_addr(src)), "r"(bytes)
+               : "memory");
+}
+// Closes this thread's current bulk group.
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's bulk groups still read their sources (`bulk_wait_read`)
+// or are incomplete (`bulk_wait`).
+template <int N> __device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+template <int N> __device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}

@@ -188,8 +188,7 @@ __device__ __forceinline__ void vmoba_chunk_sm90(const AttnParams& p) {
   constexpr int Q_STAGES = q_stages<NKT>(), Q_BYTES = ITEM_TILE * D * 2, KV_BYTES = NKT * KEY_TILE * D * 2;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ uint64_t kv_full, q_full[Q_STAGES], q_empty[Q_STAGES];
-  unsigned char* sQ =
-      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* sQ = align_1024(smem_raw);
   unsigned char* sK = sQ + Q_STAGES * Q_BYTES;
   unsigned char* sV = sK + KV_BYTES;
   if (threadIdx.x == 0) {

@@ -45,9 +45,12 @@ const BWD_ATOMIC_DQ_COLUMNS: usize = 32;
 /// Column tiles in the ring of the Hopper backward's passes (`INSTANTIATE_BWD_SM90`).
 const BWD_SM90_STAGES: usize = 2;
 /// Key blocks at least this long (at head dim 128, on Hopper) take the one-pass backward
-/// (`bsattn_bwd_sm90_dkdvdq`: two consumers of `BWD_ROWS` key rows per CTA, dq by atomics);
-/// shorter ones would leave its second consumer idle, and keep the two passes.
+/// (`bsattn_bwd_sm90_dkdvdq`: two consumers of `BWD_ROWS` key rows per CTA, dq added by bulk
+/// reductions); shorter ones would leave its second consumer idle, and keep the two passes.
 const BWD_ONE_PASS_KEYS: usize = 2 * BWD_ROWS;
+/// Floats per row of the one-pass backward's dq stage (`DQ_STAGE_STRIDE` in
+/// attention_bwd_sm90.cu): a consumer's 64 channels of a query row and 8 of padding.
+const DQ_STAGE_STRIDE: usize = 72;
 /// Longest row the sorting top-k kernel takes (for k above `SMALL_TOPK`).
 const MAX_TOPK_COLUMNS: usize = 4096;
 /// Largest k of the warp-per-row top-k kernel (`SMALL_K` in topk.cu).
@@ -544,10 +547,11 @@ pub(crate) fn attention_backward(
         let grid_dim = ((row_blocks * chunks) as u32, (b * h) as u32, 1);
         if hopper {
             // Two row tiles per consumer, a ring of two column tiles per stage, the one-pass
-            // kernel's two dS^T tiles (both consumers' rows by the columns), plus 1 KiB to
-            // align the tiles for the 128-byte swizzle.
+            // kernel's two dS^T tiles (both consumers' rows by the columns) and each
+            // consumer's dq stage (a row per column), plus 1 KiB to align the tiles for the
+            // 128-byte swizzle.
             let ds_tiles = if consumers > 1 {
-                2 * consumers * BWD_ROWS * columns * 2
+                2 * consumers * BWD_ROWS * columns * 2 + consumers * columns * DQ_STAGE_STRIDE * 4
             } else {
                 0
             };
