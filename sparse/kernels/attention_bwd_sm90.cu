@@ -14,10 +14,11 @@
 // rows per CTA, two consumer warpgroups of 64 sharing the query tiles, and adds dq as well:
 // each consumer stores its dS^T to shared memory, and once both have, warpgroup w multiplies
 // the tile's dS (64 queries x 128 keys) by channels [64 w, 64 w + 64) of the 128 key rows and
-// stages the result in shared memory, from where a thread per query row adds it into an f32 dq
-// with one bulk reduction (scaled afterwards by `bsattn_bwd_finish_dq`). No dq pass runs: five
-// products per tile pair where the two passes take seven. (The additions' volume is what they
-// cost: alternatives measured are in BENCHMARKS.md.)
+// stages the result in shared memory, from where it is added into an f32 dq (scaled afterwards
+// by `bsattn_bwd_finish_dq`): a tile of contiguous query tokens by two bulk tensor reductions
+// through the dq sum's tensor map, other tiles by a bulk reduction per row. No dq pass runs:
+// five products per tile pair where the two passes take seven. (The additions' volume is what
+// they cost: alternatives measured are in BENCHMARKS.md.)
 #include "attention_params.cuh"
 #include "bwd_params.cuh"
 #include "common.cuh"
@@ -60,6 +61,12 @@ __device__ __forceinline__ void store_ds(unsigned char* ds, const uint32_t (&a)[
   }
 }
 
+// The one-pass kernel's parameter: the passes' parameters and the map of its f32 dq sum.
+struct BwdSm90Args {
+  BwdParams p;
+  DqMap dq;
+};
+
 // The dq row whose bulk reduction thread `tid` (of 128) issues, where its lane is below 16.
 __device__ __forceinline__ int dq_stage_row(int tid) { return (tid >> 5) * 16 + (tid & 15); }
 
@@ -80,28 +87,52 @@ __device__ __forceinline__ void issue_dq_product(float (&acc)[32], const unsigne
   wg_commit();
 }
 
-// dq[token, 64 w + c] += acc[q, c] (the product `issue_dq_product` made): staged in `stage` (BN
-// rows of DQ_STAGE_STRIDE floats), then lane l < 16 of warp v adds row q = 16 v + l (token
-// `tok`; the first `rows` columns are real) into dq with one 256-byte bulk reduction, which
-// reads the stage asynchronously: before the stage is written again, the thread waits for that
-// read. (A warp issues its bulk reductions one lane at a time: four warps of 16 finish sooner
-// than two of 32.)
+// dq[token, 64 w + c] += acc[q, c] (the product `issue_dq_product` made) for the tile's query
+// columns q (tokens `tok`, the first `rows` real). Where the tokens are one run (`run_map`
+// set: the dq sum's map), the stage holds the map's two boxes of this warpgroup's 32-channel
+// halves (64 rows of 128 bytes, 128-byte swizzle) and one thread adds both by bulk tensor
+// reductions (unreal rows hold exact zeros, and rows past the sequence are skipped). Otherwise
+// the stage holds BN rows of DQ_STAGE_STRIDE floats and lane l < 16 of warp v adds row
+// q = 16 v + l by a 256-byte bulk reduction. (A warp issues those one lane at a
+// time: four warps of 16 finish sooner than two of 32.) The reductions read the stage
+// asynchronously: before the stage is written again, each issuing thread waits for its reads.
 template <int D, int BN>
-__device__ __forceinline__ void add_dq_rows(float* dq, const float (&acc)[32], int w, float* stage, uint32_t tok,
-                                            int rows) {
-  // The accumulator's rows g and g + 8 of this warp's 16, channel pairs 8 dt + 2 (lane % 4).
-  const int tid = threadIdx.x % 128, lane = tid & 31;
-  float* g = stage + ((tid >> 5) * 16 + (lane >> 2)) * DQ_STAGE_STRIDE + 2 * (lane & 3);
+__device__ __forceinline__ void add_dq_rows(float* dq, const float (&acc)[32], int w, float* stage,
+                                            const uint32_t* tok, int rows, const CUtensorMap* run_map) {
+  // The accumulator's rows r and r + 8 of this warp's 16, channel pairs 8 dt + 2 (lane % 4).
+  const int tid = threadIdx.x % 128, lane = tid & 31, r = (tid >> 5) * 16 + (lane >> 2);
+  if (run_map) {
+    unsigned char* boxes = reinterpret_cast<unsigned char*>(stage);
 #pragma unroll
-  for (int dt = 0; dt < 8; ++dt) {
-    *reinterpret_cast<float2*>(g + 8 * dt) = make_float2(acc[4 * dt], acc[4 * dt + 1]);
-    *reinterpret_cast<float2*>(g + 8 * DQ_STAGE_STRIDE + 8 * dt) = make_float2(acc[4 * dt + 2], acc[4 * dt + 3]);
+    for (int dt = 0; dt < 8; ++dt) {
+      // The pair's 16-byte chunk of its 128-byte box row, swizzled by the row (r and r + 8
+      // share r % 8).
+      const int chunk = (2 * (dt % 4) + ((lane & 3) >> 1)) ^ (r & 7);
+      unsigned char* at = boxes + (dt / 4) * BN * 128 + r * 128 + chunk * 16 + (lane & 1) * 8;
+      *reinterpret_cast<float2*>(at) = make_float2(acc[4 * dt], acc[4 * dt + 1]);
+      *reinterpret_cast<float2*>(at + 8 * 128) = make_float2(acc[4 * dt + 2], acc[4 * dt + 3]);
+    }
+  } else {
+    float* g = stage + r * DQ_STAGE_STRIDE + 2 * (lane & 3);
+#pragma unroll
+    for (int dt = 0; dt < 8; ++dt) {
+      *reinterpret_cast<float2*>(g + 8 * dt) = make_float2(acc[4 * dt], acc[4 * dt + 1]);
+      *reinterpret_cast<float2*>(g + 8 * DQ_STAGE_STRIDE + 8 * dt) = make_float2(acc[4 * dt + 2], acc[4 * dt + 3]);
+    }
   }
   fence_async_shared();
   named_sync(BAR_DQ_STAGED + w, 128);
+  if (run_map) {
+    if (tid == 0) {
+      tma_add_3d(run_map, stage, w * 64, tok[0], blockIdx.y);
+      tma_add_3d(run_map, reinterpret_cast<unsigned char*>(stage) + BN * 128, w * 64 + 32, tok[0], blockIdx.y);
+      bulk_commit();
+    }
+    return;
+  }
   const int q = dq_stage_row(tid);
   if ((lane & 16) == 0 && q < rows) {
-    bulk_add_f32(dq + (size_t)tok * D + w * 64, stage + q * DQ_STAGE_STRIDE, 64 * 4);
+    bulk_add_f32(dq + (size_t)tok[q] * D + w * 64, stage + q * DQ_STAGE_STRIDE, 64 * 4);
     bulk_commit();
   }
 }
@@ -112,7 +143,7 @@ template <typename T, int D, int BN, int STAGES, bool KV, bool ONE_PASS>
 __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& rc, int w, bool any_tile,
                                             unsigned char* sX, unsigned char* sY, const unsigned char* sA,
                                             const unsigned char* sB, unsigned char* sDS, float* sDQ,
-                                            const float* col_l,
+                                            const DqMap* dq_map, const float* col_l,
                                             const float* col_delta, const uint32_t* col_tok, const int* tile_rows,
                                             uint64_t* full, uint64_t* empty) {
   constexpr int CH = D / 8, TILE_BYTES = BN * D * 2, ROW_BYTES = BWD_ROWS * D * 2;
@@ -165,8 +196,6 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
     const int signed_rows = tile_rows[stage], rows = abs(signed_rows);
     const unsigned char* ta = sA + stage * TILE_BYTES;
     const unsigned char* tb = sB + stage * TILE_BYTES;
-    // The query token of the dq row this thread may add (read before the stage is released).
-    const uint32_t dq_tok = ONE_PASS ? col_tok[stage * BN + dq_stage_row(tid)] : 0;
 
     // S and dP. The dk/dv pass issues them as two commit groups, so that P is computed while
     // dP is still on the tensor cores, and issues dV += P^T dO before it computes dS, so that
@@ -219,12 +248,16 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
     // tile j - 2. The dq stage is free for this tile's rows once every thread's bulk reduction
     // of the last tile's has read it: each waits for its own before the barrier.
     float dq_acc[ONE_PASS ? 32 : 1];
+    // The barrier also finds whether the tile's tokens are one run (each of the first BN
+    // threads checks a row), in which case the map adds its dq.
+    const CUtensorMap* run_map = nullptr;
     if constexpr (ONE_PASS) {
       unsigned char* ds = sDS + (j & 1) * ds_tile_bytes<BN>();
       store_ds<BN>(ds, a_ds, w * BWD_ROWS);
       bulk_wait_read<0>();
       fence_async_shared();
-      named_sync(BAR_DS_READY, 256);
+      const bool in_run = tid >= rows || col_tok[stage * BN + tid] == col_tok[stage * BN] + tid;
+      if (named_sync_all(BAR_DS_READY, 256, in_run) && dq_map->enabled) run_map = &dq_map->map;
       wg_fence();
       issue_dq_product<T, D, BN>(dq_acc, ds, sX, w);
     } else {
@@ -235,7 +268,7 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
     if constexpr (ONE_PASS) {
       wg_wait<1>();
       wg_pin<32>(dq_acc);
-      add_dq_rows<D, BN>(dq, dq_acc, w, sDQ + w * BN * DQ_STAGE_STRIDE, dq_tok, rows);
+      add_dq_rows<D, BN>(dq, dq_acc, w, sDQ + w * BN * DQ_STAGE_STRIDE, col_tok + stage * BN, rows, run_map);
     }
     wg_wait<0>();
     wg_pin<D / 2>(acc1);
@@ -256,7 +289,7 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
 }
 
 template <typename T, int D, int BN, int STAGES, bool KV, bool ONE_PASS>
-__device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p) {
+__device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p, const DqMap* dq_map = nullptr) {
   using Regs = BwdRegisterSplit<KV, ONE_PASS>;
   constexpr int CONSUMERS = Regs::WARPGROUPS - 1;
   constexpr int ROW_BYTES = BWD_ROWS * D * 2, TILE_BYTES = BN * D * 2, CH = D / 8;
@@ -315,7 +348,7 @@ __device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p) {
     regs_grow<Regs::CONSUMER>();
     const int w = threadIdx.x / 128 - 1;
     consume_bwd<T, D, BN, STAGES, KV, ONE_PASS>(p, ONE_PASS ? row_chunk<KV>(p, w, CONSUMERS) : rc, w,
-                                                cols.item < cols.end, sX, sY, sA, sB, sDS, sDQ, col_l, col_delta, col_tok,
+                                                cols.item < cols.end, sX, sY, sA, sB, sDS, sDQ, dq_map, col_l, col_delta, col_tok,
                                                 tile_rows, full, empty);
   }
 }
@@ -338,8 +371,9 @@ INSTANTIATE_BWD_SM90(__half, f16, 128)
 // tiles in a ring of two; one CTA per SM. Head dim 128 (a consumer's dq channels are one
 // 64-wide column block).
 #define INSTANTIATE_BWD_SM90_ONE_PASS(T, NAME)                                                    \
-  extern "C" __global__ void __launch_bounds__(384, 1) bsattn_bwd_sm90_dkdvdq_##NAME##_d128(const BwdParams p) { \
-    bsattn_bwd_sm90<T, 128, 64, 2, true, true>(p);                                                \
+  extern "C" __global__ void __launch_bounds__(384, 1)                                            \
+      bsattn_bwd_sm90_dkdvdq_##NAME##_d128(const __grid_constant__ BwdSm90Args args) {             \
+    bsattn_bwd_sm90<T, 128, 64, 2, true, true>(args.p, &args.dq);                                 \
   }
 INSTANTIATE_BWD_SM90_ONE_PASS(__nv_bfloat16, bf16)
 INSTANTIATE_BWD_SM90_ONE_PASS(__half, f16)

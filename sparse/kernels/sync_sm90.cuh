@@ -57,6 +57,19 @@ __device__ __forceinline__ void named_sync(int id, int threads) {
 __device__ __forceinline__ void named_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Named barrier `id` that also returns whether `pred` holds on every one of the `threads`.
+__device__ __forceinline__ bool named_sync_all(int id, int threads, bool pred) {
+  uint32_t all;
+  asm volatile(
+      "{\n.reg .pred p, q;\n"
+      "setp.ne.u32 p, %3, 0;\n"
+      "bar.red.and.pred q, %1, %2, p;\n"
+      "selp.u32 %0, 1, 0, q;\n}\n"
+      : "=r"(all)
+      : "r"(id), "r"(threads), "r"((uint32_t)pred)
+      : "memory");
+  return all != 0;
+}
 
 // Sets this warpgroup's per-thread register count to N (a multiple of 8 in 24..256); all
 // threads of the warpgroup execute it.

@@ -3,7 +3,9 @@
 // per 64-channel column block), issued by one producer thread and counted by the tile's
 // mbarrier in bytes, instead of a cp.async per 16-byte chunk from every producer thread. The
 // 128-byte swizzle of the copies is the layout `tile_off` describes. Also the bulk reductions
-// by which the one-pass backward adds its staged dq rows into global memory.
+// by which the one-pass backward adds its staged dq rows into global memory: a tile of
+// contiguous query tokens by tensor reductions through a map of the dq sum, other tiles row by
+// row.
 #pragma once
 #include <cuda.h>
 #include <stdint.h>
@@ -75,4 +77,24 @@ template <int N> __device__ __forceinline__ void bulk_wait_read() {
 }
 template <int N> __device__ __forceinline__ void bulk_wait() {
   asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// The one-pass backward's f32 dq sum [B * H, S, 128] as a 3-d tensor map (channels, tokens,
+// batch x head) with boxes of 32 channels x 64 tokens and the 128-byte swizzle; `enabled` is 0
+// where the map could not be encoded (rows then go one by one).
+struct DqMap {
+  CUtensorMap map;
+  int enabled;
+};
+static_assert(sizeof(DqMap) == 256 && alignof(DqMap) == 128, "DqMap layout (sparse/src/tma.rs)");
+
+// Adds the box at (c0, c1, c2) of `map` from `src` (shared memory, the map's swizzled box
+// layout) into global memory, as one bulk tensor reduction in this thread's current bulk
+// group; elements past the tensor's bounds are skipped.
+__device__ __forceinline__ void tma_add_3d(const CUtensorMap* map, const void* src, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2, %3}], [%4];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(c0), "r"(c1), "r"(c2), "r"(shared_addr(src))
+      : "memory");
 }

@@ -6,7 +6,7 @@ pub(crate) use crate::kernel_params::{AttnParams, BwdParams, ListShape};
 use crate::layout::BlockLayout;
 use crate::op::{ForwardKernel, TokenRows};
 use crate::plan::{KeyBlocks, SparsePlan};
-use crate::tma::{FwdSm90Args, KvMaps};
+use crate::tma::{BwdSm90Args, DqMap, FwdSm90Args, KvMaps};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
@@ -564,12 +564,16 @@ pub(crate) fn attention_backward(
                     + ds_tiles
                     + 1024) as u32,
             };
-            return BWD_SM90.launch(
-                &dev,
-                &format!("bsattn_bwd_sm90_{pass}_{t}_d{d}"),
-                cfg,
-                &params,
-            );
+            let name = format!("bsattn_bwd_sm90_{pass}_{t}_d{d}");
+            if consumers > 1 {
+                // The one-pass kernel, with the map of its dq sum ([B * H, S, D] f32).
+                let args = BwdSm90Args {
+                    params,
+                    dq: DqMap::for_sum(params.dq, b * h, s, d),
+                };
+                return BWD_SM90.launch(&dev, &name, cfg, &args);
+            }
+            return BWD_SM90.launch(&dev, &name, cfg, &params);
         }
         // Two row tiles, two buffers of two column tiles, the columns' lse, delta and tokens
         // (two buffers each), and the dk/dv pass's dS tile (padded rows).

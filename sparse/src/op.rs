@@ -93,6 +93,7 @@ impl TokenRows {
 
     /// The element strides over batch, head and token of `[B, H, S, D] = dims` rows laid out
     /// this way (channels contiguous).
+    #[cfg(feature = "cuda")]
     pub(crate) fn strides(self, (_, h, s, d): (usize, usize, usize, usize)) -> [i64; 3] {
         match self {
             Self::Bshd => [s * h * d, d, h * d],

@@ -1,9 +1,11 @@
-//! TMA tensor maps of K and V for the Hopper forward (`KvMaps` in `kernels/tma_sm90.cuh`):
-//! where the key order is the identity, the kernel's producer copies each run of contiguous
-//! keys as bulk tensor copies. Maps are encoded on the host for every launch (a driver call,
-//! no device work); inputs TMA cannot describe get disabled maps and the per-chunk copies.
+//! TMA tensor maps (`kernels/tma_sm90.cuh`): K and V for the Hopper forward (`KvMaps`), where
+//! the key order is the identity and the kernel's producer copies each run of contiguous keys
+//! as bulk tensor copies; and the one-pass backward's f32 dq sum (`DqMap`), into which it adds
+//! a tile of contiguous query tokens by bulk tensor reductions. Maps are encoded on the host
+//! for every launch (a driver call, no device work); inputs TMA cannot describe get disabled
+//! maps and the per-chunk copies (or per-row reductions).
 
-use crate::kernel_params::AttnParams;
+use crate::kernel_params::{AttnParams, BwdParams};
 use candle_core::cuda_backend::cudarc::driver::sys::{
     self, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
     CUtensorMapL2promotion, CUtensorMapSwizzle,
@@ -32,6 +34,89 @@ pub(crate) struct FwdSm90Args {
 // SAFETY: plain old data with the C layout of `FwdSm90Args` (AttnParams is checked by the
 // build, KvMaps by the size assertions on both sides).
 unsafe impl DeviceRepr for FwdSm90Args {}
+
+/// `DqMap` of tma_sm90.cuh: a 128-byte tensor map of the dq sum and whether it is set.
+#[repr(C, align(128))]
+#[derive(Clone, Copy)]
+pub(crate) struct DqMap {
+    map: [u64; 16],
+    enabled: i32,
+}
+const _: () = assert!(std::mem::size_of::<DqMap>() == 256);
+
+/// `BwdSm90Args` of attention_bwd_sm90.cu: the one-pass Hopper backward's one parameter.
+#[repr(C)]
+pub(crate) struct BwdSm90Args {
+    pub(crate) params: BwdParams,
+    pub(crate) dq: DqMap,
+}
+// SAFETY: plain old data with the C layout of `BwdSm90Args` (BwdParams is checked by the build,
+// DqMap by the size assertions on both sides).
+unsafe impl DeviceRepr for BwdSm90Args {}
+
+/// Channels by tokens of one box of the dq map (`tma_add_3d` in attention_bwd_sm90.cu): 128
+/// bytes of f32 channels (the swizzle's span) by the kernel's 64 query columns per tile.
+const DQ_BOX: [u32; 3] = [32, 64, 1];
+
+impl DqMap {
+    /// The map of an f32 dq sum at `address`, `[heads, tokens, d]` contiguous, or a disabled
+    /// one where the driver cannot encode it.
+    pub(crate) fn for_sum(address: u64, heads: usize, tokens: usize, d: usize) -> Self {
+        let mut dq = DqMap {
+            map: [0; 16],
+            enabled: 0,
+        };
+        let row_bytes = (d * 4) as u64;
+        let global_dim = [d as u64, tokens as u64, heads as u64];
+        let global_strides = [row_bytes, row_bytes * tokens as u64];
+        let data_type = CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+        if encode_tiled(
+            &mut dq.map,
+            data_type,
+            address,
+            &global_dim,
+            &global_strides,
+            &DQ_BOX,
+        ) {
+            dq.enabled = 1;
+        }
+        dq
+    }
+}
+
+/// Encodes a tiled tensor map with the 128-byte swizzle into `map`: dims `global_dim`
+/// (innermost first), byte strides of the outer ones, boxes of `box_dim`; false where the
+/// driver refuses.
+fn encode_tiled(
+    map: &mut [u64; 16],
+    data_type: CUtensorMapDataType,
+    address: u64,
+    global_dim: &[u64],
+    global_strides: &[u64],
+    box_dim: &[u32],
+) -> bool {
+    debug_assert!(global_dim.len() == box_dim.len() && global_strides.len() + 1 == box_dim.len());
+    let element_strides = [1u32; 5];
+    // SAFETY: `map` is a 128-byte, 128-aligned buffer (the fields holding it are); the arrays
+    // hold `box_dim.len()` dims (strides one fewer) and outlive the call.
+    let status = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr().cast(),
+            data_type,
+            box_dim.len() as u32,
+            address as *mut std::ffi::c_void,
+            global_dim.as_ptr(),
+            global_strides.as_ptr(),
+            box_dim.as_ptr(),
+            element_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    status == sys::CUresult::CUDA_SUCCESS
+}
 
 impl KvMaps {
     /// Maps that tell the kernel to copy chunk by chunk.
@@ -80,25 +165,14 @@ impl KvMaps {
             let global_strides: [u64; 3] = dims.map(|i| (strides[i] * 2) as u64);
             let boxed = |i: usize| if dims[i] == 2 { key_tile as u32 } else { 1 };
             let box_dim: [u32; 4] = [64, boxed(0), boxed(1), boxed(2)];
-            let element_strides = [1u32; 4];
-            // SAFETY: `map` is a 128-byte, 128-aligned buffer; the arrays outlive the call.
-            let status = unsafe {
-                sys::cuTensorMapEncodeTiled(
-                    map.as_mut_ptr().cast(),
-                    data_type,
-                    4,
-                    address as *mut std::ffi::c_void,
-                    global_dim.as_ptr(),
-                    global_strides.as_ptr(),
-                    box_dim.as_ptr(),
-                    element_strides.as_ptr(),
-                    CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-                    CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-                    CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                    CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-                )
-            };
-            if status != sys::CUresult::CUDA_SUCCESS {
+            if !encode_tiled(
+                map,
+                data_type,
+                address,
+                &global_dim,
+                &global_strides,
+                &box_dim,
+            ) {
                 return Self::disabled();
             }
             *role = dims.map(|i| i as i32);

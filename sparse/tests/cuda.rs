@@ -575,7 +575,9 @@ fn dense_gradients_match_cpu_for_head_dims_partial_blocks_and_cross_lengths() ->
 /// random lists and with uniform ones (whose transpose the device makes), and
 /// the key-stream case of small, partial, per-head permuted key blocks with random lists (some
 /// empty) under query blocks of 64 and 128, and of 8 (whose dq the dk/dv pass adds by atomics);
-/// key blocks of 128 and 200 (the one-pass backward at head dim 128); both head dims.
+/// key blocks of 128 and 200 (the one-pass backward at head dim 128), and natural 40-row query
+/// blocks under natural 128-token keys (the one-pass backward's query tiles then are one run of
+/// tokens or span listed blocks, and take its dq map or its per-row additions); both head dims.
 #[test]
 fn gradients_at_real_tiling_match_cpu() -> Result<()> {
     let mut rng = seeded_rng();
@@ -622,6 +624,11 @@ fn gradients_at_real_tiling_match_cpu() -> Result<()> {
                     "64-row query blocks, 200-token keys",
                     Arc::new(BlockLayout::from_order(random_permutation(&mut rng, s), 64)),
                     keys_200.clone(),
+                ),
+                (
+                    "40-row natural query blocks, 128-token natural keys",
+                    BlockLayout::natural_shared(s, 40),
+                    BlockLayout::natural_shared(s, 128),
                 ),
                 (
                     "8-row query blocks (dq by atomics), 20-token keys",
