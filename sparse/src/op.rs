@@ -116,18 +116,16 @@ impl TokenRows {
 /// taking that layout hands back a contiguous gradient: candle adds every gradient into fresh
 /// zeros, and an addition with a transposed operand costs several times a contiguous one),
 /// `[B, H, S, D]` elsewhere.
-pub(crate) enum MethodOutput {
-    Bshd(Tensor),
-    Bhsd(Tensor),
+pub(crate) struct MethodOutput {
+    /// How `tensor` lies: `Bshd` from the kernels, `Bhsd` (a view) from the CPU engine.
+    pub(crate) rows: TokenRows,
+    pub(crate) tensor: Tensor,
 }
 
 impl MethodOutput {
     /// The output as `[B, H, S, D]` (a view where it lies `[B, S, H, D]`).
     pub(crate) fn into_bhsd(self) -> Result<Tensor> {
-        match self {
-            Self::Bshd(t) => t.transpose(1, 2),
-            Self::Bhsd(t) => Ok(t),
-        }
+        self.rows.bhsd_view(&self.tensor)
     }
 }
 
@@ -157,7 +155,10 @@ fn attend(
     op: BlockSparseOp,
 ) -> Result<MethodOutput> {
     if on_kernels(q, plan)? {
-        return Ok(MethodOutput::Bshd(q.apply_op3(k, v, op)?));
+        return Ok(MethodOutput {
+            rows: TokenRows::Bshd,
+            tensor: q.apply_op3(k, v, op)?,
+        });
     }
     // The CPU engine works on contiguous f32 host buffers.
     let (dtype, device) = (q.dtype(), q.device().clone());
@@ -167,9 +168,10 @@ fn attend(
             .contiguous()
     };
     let out = prep(q)?.apply_op3(&prep(k)?, &prep(v)?, op)?;
-    Ok(MethodOutput::Bhsd(
-        out.to_dtype(dtype)?.to_device(&device)?.transpose(1, 2)?,
-    ))
+    Ok(MethodOutput {
+        rows: TokenRows::Bhsd,
+        tensor: out.to_dtype(dtype)?.to_device(&device)?.transpose(1, 2)?,
+    })
 }
 
 /// Gradients of an attention's inputs' block means (`[B, H, blocks, D]` f32 for q, k and v,

@@ -2,6 +2,9 @@
 //! keys) and the softmax attention mass between blocks (PARO calibration, SparseD masks).
 
 use crate::layout::BlockLayout;
+use crate::op::MethodOutput;
+#[cfg(feature = "cuda")]
+use crate::op::TokenRows;
 use candle_core::{DType, Device, Result, Tensor, D};
 use std::sync::Arc;
 
@@ -244,21 +247,22 @@ pub fn add_gated_blocks(
     (fine.to_dtype(DType::F32)? + gated)?.to_dtype(fine.dtype())
 }
 
-/// [`add_gated_blocks`] for `fine_bshd: [B, S, H, D]`, the block-sparse kernels' own output
-/// layout: the kernel takes it as is, so that no transpose sits between the two operations
-/// and `fine`'s gradient goes back contiguous.
-pub(crate) fn add_gated_blocks_bshd(
-    fine_bshd: &Tensor,
+/// [`add_gated_blocks`] for a block-sparse attention's output as its method gets it: the
+/// kernel takes the kernels' own `[B, S, H, D]` rows as they are, so that no transpose sits
+/// between the two operations and `fine`'s gradient goes back contiguous.
+pub(crate) fn add_gated_output(
+    fine: &MethodOutput,
     gate: &Tensor,
     coarse: &Tensor,
     layout: &Arc<BlockLayout>,
 ) -> Result<Tensor> {
-    let fine = fine_bshd.transpose(1, 2)?;
+    let fine_bhsd = fine.rows.bhsd_view(&fine.tensor)?;
     #[cfg(feature = "cuda")]
-    if gated_kernel_applies(&fine, gate)? {
-        return gated_kernel(fine_bshd, true, gate, coarse, layout);
+    if gated_kernel_applies(&fine_bhsd, gate)? {
+        let fine_bshd = fine.rows == TokenRows::Bshd;
+        return gated_kernel(&fine.tensor, fine_bshd, gate, coarse, layout);
     }
-    add_gated_blocks(&fine, gate, coarse, layout)
+    add_gated_blocks(&fine_bhsd, gate, coarse, layout)
 }
 
 /// True when the gated kernel takes `fine, gate: [B, H, S, D]`: CUDA, bf16 or f16 in one
@@ -288,7 +292,6 @@ fn gated_kernel(
     coarse: &Tensor,
     layout: &Arc<BlockLayout>,
 ) -> Result<Tensor> {
-    use crate::op::TokenRows;
     let coarse = coarse.to_dtype(DType::F32)?.contiguous()?;
     let rows = if [fine, gate, &coarse].iter().any(|t| t.track_op()) {
         TokenRows::Bhsd
@@ -310,7 +313,7 @@ struct GatedAdd {
     layout: Arc<BlockLayout>,
     /// `fine` is `[B, S, H, D]` (else `[B, H, S, D]`, like `gate`).
     fine_bshd: bool,
-    rows: crate::op::TokenRows,
+    rows: TokenRows,
 }
 
 #[cfg(feature = "cuda")]
@@ -368,7 +371,6 @@ impl candle_core::CustomOp3 for GatedAdd {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use crate::op::TokenRows;
         use vdit_core::cuda::{untracked_tensor, with_storage};
         let grad = grad.contiguous()?;
         // g: [B, H, S, D]. A [B, S, H, D] fine takes g in its own layout: g itself, or a copy

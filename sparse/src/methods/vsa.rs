@@ -6,12 +6,10 @@ use crate::error::Error;
 use crate::layout::BlockLayout;
 use crate::method::{Attended, AttentionMethod, Computed, MethodCall};
 use crate::methods::vsa_coarse::{coarse_branch, CubeMeans};
-use crate::op::{
-    block_sparse_attention_with, method_attention, ForwardKernel, MeansGradient, MethodOutput,
-};
+use crate::op::{block_sparse_attention_with, method_attention, ForwardKernel, MeansGradient};
 use crate::options::{OptionSpec, OptionValues};
 use crate::plan::SparsePlan;
-use crate::pool::{add_gated_blocks, add_gated_blocks_bshd, block_means};
+use crate::pool::{add_gated_output, block_means};
 use crate::registry::MethodEntry;
 use crate::{top_k, TokenGrid};
 use candle_core::{Result, Tensor};
@@ -156,16 +154,8 @@ pub fn vsa_attention_with(
     };
     let means_grad = Arc::new(MeansGradient::new(&layout));
     let fine = method_attention(q, k, v, &plan, kernel, Some(&means_grad))?;
-    let out = match fine {
-        MethodOutput::Bshd(fine) => {
-            let coarse = coarse_branch(&fine, means, &coarse_scores, means_grad)?;
-            add_gated_blocks_bshd(&fine, gate, &coarse, &layout)?
-        }
-        MethodOutput::Bhsd(fine) => {
-            let coarse = coarse_branch(&fine, means, &coarse_scores, means_grad)?;
-            add_gated_blocks(&fine, gate, &coarse, &layout)?
-        }
-    };
+    let coarse = coarse_branch(&fine.tensor, means, &coarse_scores, means_grad)?;
+    let out = add_gated_output(&fine, gate, &coarse, &layout)?;
     Ok(VsaOutput { out, plan })
 }
 
