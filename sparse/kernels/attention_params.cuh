@@ -160,6 +160,19 @@ __device__ __forceinline__ RowOut<T> row_out(const AttnParams& p, const QueryTil
           (size_t)t.bh * p.s + tok};
 }
 
+// A row's softmax totals from this lane's share `sum` of its sum (the row's four lanes in the
+// MMA layout hold the rest) and its maximum `m` (log2 units): 1 / sum for normalising (0 for
+// an empty row) and the log-sum-exp in natural log (-inf for an empty row).
+struct RowTotals {
+  float inv, lse;
+};
+__device__ __forceinline__ RowTotals row_totals(float m, float sum) {
+  sum += __shfl_xor_sync(0xffffffff, sum, 1);
+  sum += __shfl_xor_sync(0xffffffff, sum, 2);
+  if (sum > 0.f) return {1.f / sum, (m + log2f(sum)) * 0.6931471805599453f};
+  return {0.f, -INFINITY};
+}
+
 // Finishes row r of a query tile for this lane: sums the row's softmax denominator over the
 // four lanes holding the row, then writes the normalised output (`o(dt, e)`: this lane's
 // accumulator e of column pair dt) and the log-sum-exp (`m` is the row maximum, log2 domain).
@@ -168,16 +181,12 @@ template <typename T, int D, typename Acc>
 __device__ __forceinline__ void finish_row(const AttnParams& p, const QueryTile& qt, int r, float m, float sum,
                                            Acc o) {
   const int lane = threadIdx.x & 31;
-  sum += __shfl_xor_sync(0xffffffff, sum, 1);
-  sum += __shfl_xor_sync(0xffffffff, sum, 2);
+  const RowTotals t = row_totals(m, sum);
   if (r >= qt.nq) return;
   const RowOut<T> dst = row_out<T, D>(p, qt, r);
-  const float inv = sum > 0.f ? 1.f / sum : 0.f;
 #pragma unroll
-  for (int dt = 0; dt < D / 8; ++dt) dst.store2(dt * 8 + (lane & 3) * 2, o(dt, 0) * inv, o(dt, 1) * inv);
-  if (p.lse != nullptr && (lane & 3) == 0) {
-    p.lse[dst.lse_at] = sum > 0.f ? (m + log2f(sum)) * 0.6931471805599453f : -INFINITY;
-  }
+  for (int dt = 0; dt < D / 8; ++dt) dst.store2(dt * 8 + (lane & 3) * 2, o(dt, 0) * t.inv, o(dt, 1) * t.inv);
+  if (p.lse != nullptr && (lane & 3) == 0) p.lse[dst.lse_at] = t.lse;
 }
 
 // Key rows each thread copies: rows r0 + j * STEP of a BN-row tile, in one chunk column.

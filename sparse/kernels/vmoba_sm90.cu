@@ -34,17 +34,14 @@ __device__ __forceinline__ void write_pairs(const AttnParams& p, const QueryTile
   const int tid = threadIdx.x & 127, warp = tid >> 5, lane = tid & 31;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    float sum = l[half];
-    sum += __shfl_xor_sync(0xffffffff, sum, 1);
-    sum += __shfl_xor_sync(0xffffffff, sum, 2);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const RowTotals t = row_totals(m[half], l[half]);
     const int r = warp * 16 + (lane >> 2) + half * 8;
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
       *reinterpret_cast<uint32_t*>(rows + tile_off(ITEM_TILE, c * 64 + r, dt) + (lane & 3) * 4) =
-          pack2<T>(o[4 * dt + half * 2] * inv, o[4 * dt + half * 2 + 1] * inv);
+          pack2<T>(o[4 * dt + half * 2] * t.inv, o[4 * dt + half * 2 + 1] * t.inv);
     }
-    if ((lane & 3) == 0) lse_rows[r] = sum > 0.f ? (m[half] + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+    if ((lane & 3) == 0) lse_rows[r] = t.lse;
   }
   named_sync(BAR_ROWS_STAGED + c, 128);
   const int ch = tid % CPR;

@@ -569,7 +569,7 @@ pub(crate) fn attention_backward(
                 // The one-pass kernel, with the map of its dq sum ([B * H, S, D] f32).
                 let args = BwdSm90Args {
                     params,
-                    dq: DqMap::for_sum(params.dq, b * h, s, d),
+                    dq: DqMap::for_sum(params.dq, b * h, s, d, columns),
                 };
                 return BWD_SM90.launch(&dev, &name, cfg, &args);
             }

@@ -54,14 +54,21 @@ pub(crate) struct BwdSm90Args {
 // DqMap by the size assertions on both sides).
 unsafe impl DeviceRepr for BwdSm90Args {}
 
-/// Channels by tokens of one box of the dq map (`tma_add_3d` in attention_bwd_sm90.cu): 128
-/// bytes of f32 channels (the swizzle's span) by the kernel's 64 query columns per tile.
-const DQ_BOX: [u32; 3] = [32, 64, 1];
+/// Channels of one box of the dq map (`tma_add_3d` in attention_bwd_sm90.cu): 128 bytes of
+/// f32, the swizzle's span.
+const DQ_BOX_CHANNELS: u32 = 32;
 
 impl DqMap {
-    /// The map of an f32 dq sum at `address`, `[heads, tokens, d]` contiguous, or a disabled
-    /// one where the driver cannot encode it.
-    pub(crate) fn for_sum(address: u64, heads: usize, tokens: usize, d: usize) -> Self {
+    /// The map of an f32 dq sum at `address`, `[heads, tokens, d]` contiguous, with boxes of
+    /// `columns` tokens (the kernel's query columns per tile), or a disabled one where the
+    /// driver cannot encode it.
+    pub(crate) fn for_sum(
+        address: u64,
+        heads: usize,
+        tokens: usize,
+        d: usize,
+        columns: usize,
+    ) -> Self {
         let mut dq = DqMap {
             map: [0; 16],
             enabled: 0,
@@ -76,7 +83,7 @@ impl DqMap {
             address,
             &global_dim,
             &global_strides,
-            &DQ_BOX,
+            &[DQ_BOX_CHANNELS, columns as u32, 1],
         ) {
             dq.enabled = 1;
         }
