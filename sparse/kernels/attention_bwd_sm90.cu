@@ -64,7 +64,7 @@ __device__ __forceinline__ void store_ds(unsigned char* ds, const uint32_t (&a)[
 // The one-pass kernel's parameter: the passes' parameters and the map of its f32 dq sum.
 struct BwdSm90Args {
   BwdParams p;
-  DqMap dq;
+  TileMap dq;
 };
 
 // The dq row whose bulk reduction thread `tid` (of 128) issues, where its lane is below 16.
@@ -143,7 +143,7 @@ template <typename T, int D, int BN, int STAGES, bool KV, bool ONE_PASS>
 __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& rc, int w, bool any_tile,
                                             unsigned char* sX, unsigned char* sY, const unsigned char* sA,
                                             const unsigned char* sB, unsigned char* sDS, float* sDQ,
-                                            const DqMap* dq_map, const float* col_l,
+                                            const TileMap* dq_map, const float* col_l,
                                             const float* col_delta, const uint32_t* col_tok, const int* tile_rows,
                                             uint64_t* full, uint64_t* empty) {
   constexpr int CH = D / 8, TILE_BYTES = BN * D * 2, ROW_BYTES = BWD_ROWS * D * 2;
@@ -289,7 +289,7 @@ __device__ __forceinline__ void consume_bwd(const BwdParams& p, const RowChunk& 
 }
 
 template <typename T, int D, int BN, int STAGES, bool KV, bool ONE_PASS>
-__device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p, const DqMap* dq_map = nullptr) {
+__device__ __forceinline__ void bsattn_bwd_sm90(const BwdParams& p, const TileMap* dq_map = nullptr) {
   using Regs = BwdRegisterSplit<KV, ONE_PASS>;
   constexpr int CONSUMERS = Regs::WARPGROUPS - 1;
   constexpr int ROW_BYTES = BWD_ROWS * D * 2, TILE_BYTES = BN * D * 2, CH = D / 8;

@@ -10,8 +10,8 @@ struct AttnParams {
   const void* q;
   const void* k;
   const void* v;
-  void* out;           // [B, H, S, D] with o_strides (gathered mode: [pairs, D], contiguous)
-  float* lse;          // [B * H, S] (natural log), or null (gathered mode: [pairs])
+  void* out;           // [B, H, S, D] with o_strides (gathered mode: [slots, D], contiguous)
+  float* lse;          // [B * H, S] (natural log), or null (gathered mode: [slots])
   long long q_strides[3];  // element strides of q over batch, head, token
   long long k_strides[3];
   long long v_strides[3];
@@ -30,10 +30,9 @@ struct AttnParams {
   float scale_log2;  // softmax scale * log2(e)
   // Gathered mode (VMoBA) when non-null: CTA i runs work tile tiles[i] = (batch * head, key
   // block, first slot, queries); `q_order` lists the pairs' query tokens slot by slot, and slot
-  // s's output row and LSE go to pair `out_rows[s]`. `all_keys` > 0 (key blocks by number).
+  // s's output row and LSE are row s of `out` and `lse`. `all_keys` > 0 (key blocks by number).
   // Tiles of no queries (spare entries of a list sized by a bound) do nothing.
   const uint4* tiles;
-  const uint32_t* out_rows;
   int k_natural;  // > 0: the key order is the identity (slots are tokens; no lookups)
 };
 #include "abi/AttnParams.h"  // checks the layout against sparse/src/kernel_params.rs
@@ -152,8 +151,8 @@ struct RowOut {
 template <typename T, int D>
 __device__ __forceinline__ RowOut<T> row_out(const AttnParams& p, const QueryTile& t, int r) {
   if (p.tiles != nullptr) {
-    const size_t pair = p.out_rows[t.qs + r];
-    return {reinterpret_cast<T*>(p.out) + pair * D, pair};
+    const size_t slot = (size_t)t.qs + r;
+    return {reinterpret_cast<T*>(p.out) + slot * D, slot};
   }
   const long long tok = t.q_ord[t.qs + r];
   return {reinterpret_cast<T*>(p.out) + t.b * p.o_strides[0] + t.h * p.o_strides[1] + tok * p.o_strides[2],

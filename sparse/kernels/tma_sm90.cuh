@@ -2,10 +2,11 @@
 // order is the identity, a tile of contiguous tokens is two bulk tensor copies per tensor (one
 // per 64-channel column block), issued by one producer thread and counted by the tile's
 // mbarrier in bytes, instead of a cp.async per 16-byte chunk from every producer thread. The
-// 128-byte swizzle of the copies is the layout `tile_off` describes. Also the bulk reductions
-// by which the one-pass backward adds its staged dq rows into global memory: a tile of
-// contiguous query tokens by tensor reductions through a map of the dq sum, other tiles row by
-// row.
+// 128-byte swizzle of the copies is the layout `tile_off` describes. Also the bulk operations
+// by which kernels send staged rows out of shared memory: the one-pass backward adds its dq
+// rows (a tile of contiguous query tokens by tensor reductions through a map of the dq sum,
+// other tiles row by row), and VMoBA's chunk-stationary kernel stores its partial output rows
+// by tensor stores through a map of them.
 #pragma once
 #include <cuda.h>
 #include <stdint.h>
@@ -79,14 +80,15 @@ template <int N> __device__ __forceinline__ void bulk_wait() {
   asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// The one-pass backward's f32 dq sum [B * H, S, 128] as a 3-d tensor map (channels, tokens,
-// batch x head) with boxes of 32 channels x 64 tokens and the 128-byte swizzle; `enabled` is 0
-// where the map could not be encoded (rows then go one by one).
-struct DqMap {
+// A tensor map with the 128-byte swizzle (boxes in the layout `tile_off` describes) and
+// whether it is set: the one-pass backward's f32 dq sum [B * H, S, 128] (channels, tokens,
+// batch x head; boxes of 32 channels x 64 tokens), where a map that could not be encoded sends
+// rows one by one; VMoBA's partial output rows [slots, D] (boxes of 64 channels x 64 rows).
+struct TileMap {
   CUtensorMap map;
   int enabled;
 };
-static_assert(sizeof(DqMap) == 256 && alignof(DqMap) == 128, "DqMap layout (sparse/src/tma.rs)");
+static_assert(sizeof(TileMap) == 256 && alignof(TileMap) == 128, "TileMap layout (sparse/src/tma.rs)");
 
 // Adds the box at (c0, c1, c2) of `map` from `src` (shared memory, the map's swizzled box
 // layout) into global memory, as one bulk tensor reduction in this thread's current bulk
@@ -97,4 +99,22 @@ __device__ __forceinline__ void tma_add_3d(const CUtensorMap* map, const void* s
           reinterpret_cast<uint64_t>(map)),
       "r"(c0), "r"(c1), "r"(c2), "r"(shared_addr(src))
       : "memory");
+}
+
+// Stores the box at (c0, c1) of `map` from `src` (shared memory, the map's swizzled box layout)
+// as one bulk tensor store in this thread's current bulk group; rows past the tensor's bounds
+// are skipped.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void* src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(c0), "r"(c1), "r"(shared_addr(src))
+               : "memory");
+}
+
+// Copies `bytes` (a multiple of 16) from `src` (shared memory, 16-byte aligned) to `dst` (global,
+// 16-byte aligned) as one bulk copy in this thread's current bulk group.
+__device__ __forceinline__ void bulk_store(void* dst, const void* src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(shared_addr(src)),
+               "r"(bytes)
+               : "memory");
 }

@@ -1,8 +1,10 @@
-// VMoBA on the GPU, around the gathered-query attention kernel (attention_fwd_sm90.cu and
-// attention_fwd.cu in gathered mode): chunk selection per (head, query) row, the lists of
-// (query, chunk) pairs grouped by chunk, their 64- or 128-query work tiles, and the exact
-// log-sum-exp merge of each query's per-chunk partial outputs. Rows are numbered
-// g * S + query for the heads g of one group (batch * heads, a range at a time).
+// VMoBA on the GPU, around the gathered-query attention kernels (vmoba_sm90.cu, and
+// attention_fwd_sm90.cu and attention_fwd.cu in gathered mode): chunk selection per (head,
+// query) row, the lists of (query, chunk) pairs grouped by chunk, their work tiles, and the
+// exact log-sum-exp merge of each query's per-chunk partial outputs. Rows are numbered
+// g * S + query for the heads g of one group (batch * heads, a range at a time). A pair's
+// partial output is the row of its slot in its chunk's list; each list starts at a multiple of
+// LIST_ALIGN slots, its padding never written to by the lists and never read by the merge.
 #include <stdint.h>
 
 #include "common.cuh"
@@ -247,18 +249,18 @@ extern "C" __global__ void scan_add_u32(uint32_t* x, const uint32_t* offsets, in
 }
 
 // Places every kept (query, chunk) pair: the query token at the pair's slot in its chunk's
-// list (`pair_query`), and the row-major pair number (`pair_row`: the row's offset plus the
-// pair's rank in the row, chunks ascending) where its partial output goes. A CTA of 256 rows
-// counts its pairs per (head, chunk) in shared memory, reserves each count's run of slots with
-// one global atomic, and places its pairs inside those runs (a chunk's list is otherwise
-// claimed one pair at a time by thousands of rows, whose atomics on one counter serialise).
-// The counters fit: a CTA's rows span at most two heads where S >= 256, and fewer than
-// 256 / S + 2 heads of at most S chunks each otherwise (a chunk holds a token at least), so at
-// most 2,048 chunks (MAX_CHUNKS of vmoba_cuda.rs) make at most FILL_COUNTERS of them.
+// list (`pair_query`), and that slot at the pair's row-major number (`pair_slot`: the row's
+// offset plus the pair's rank in the row, chunks ascending), where the merge finds it. A CTA
+// of 256 rows counts its pairs per (head, chunk) in shared memory, reserves each count's run of
+// slots with one global atomic, and places its pairs inside those runs (a chunk's list is
+// otherwise claimed one pair at a time by thousands of rows, whose atomics on one counter
+// serialise). The counters fit: a CTA's rows span at most two heads where S >= 256, and fewer
+// than 256 / S + 2 heads of at most S chunks each otherwise (a chunk holds a token at least), so
+// at most 2,048 chunks (MAX_CHUNKS of vmoba_cuda.rs) make at most FILL_COUNTERS of them.
 constexpr int FILL_COUNTERS = 4096;
 extern "C" __global__ void __launch_bounds__(256)
     vmoba_fill(const uint32_t* mask, const uint32_t* row_offsets, const uint32_t* chunk_offsets,
-               uint32_t* chunk_cursor, uint32_t* pair_query, uint32_t* pair_row, int rows, int S, int n, int words) {
+               uint32_t* chunk_cursor, uint32_t* pair_query, uint32_t* pair_slot, int rows, int S, int n, int words) {
   __shared__ uint32_t local[FILL_COUNTERS];
   const int first = blockIdx.x * blockDim.x, row = first + threadIdx.x;
   const int last = min(first + (int)blockDim.x, rows) - 1;
@@ -276,7 +278,7 @@ extern "C" __global__ void __launch_bounds__(256)
   };
   auto put = [&](uint32_t slot) {
     pair_query[slot] = (uint32_t)(row % S);
-    pair_row[slot] = rank++;
+    pair_slot[rank++] = slot;
   };
   const uint32_t* offsets = chunk_offsets + (size_t)g0 * n;
   uint32_t* cursor = chunk_cursor + (size_t)g0 * n;
@@ -293,10 +295,18 @@ extern "C" __global__ void __launch_bounds__(256)
   each_pair([&](int i) { put(atomicAdd(&local[i], 1u)); });
 }
 
-// Work tiles per (head in group, chunk): ceil(pairs / rows).
-extern "C" __global__ void vmoba_tile_counts(const uint32_t* counts, uint32_t* tiles, int len, uint32_t rows) {
+// Slots where lists start: a multiple of this (the chunk-stationary kernel's query tile), so
+// that a tile's rows never reach into the next list.
+constexpr uint32_t LIST_ALIGN = 128;
+
+// Per (head in group, chunk) list of `counts` pairs: its slots (the pairs rounded up to
+// LIST_ALIGN) and its work tiles of up to `rows` pairs.
+extern "C" __global__ void vmoba_list_sizes(const uint32_t* counts, uint32_t* slots, uint32_t* tiles, int len,
+                                            uint32_t rows) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < len) tiles[i] = (counts[i] + rows - 1u) / rows;
+  if (i >= len) return;
+  slots[i] = (counts[i] + LIST_ALIGN - 1u) / LIST_ALIGN * LIST_ALIGN;
+  tiles[i] = (counts[i] + rows - 1u) / rows;
 }
 
 // The work tiles: (batch * head, chunk, first slot, queries) for each `rows`-query slice of
@@ -319,42 +329,74 @@ template <typename T, int N> struct alignas(sizeof(T) * N) Elems {
 };
 
 // One warp per row: out[b, query, h, :] = sum_j exp(lse_j - lse) o_j over the row's partial
-// outputs (`partial` [pairs, D] in the output's dtype and `partial_lse`, natural log, at
-// row_offsets[row]..+count), lse = log sum_j exp(lse_j); each lane owns D / 32 consecutive
-// columns. Rows without keys get zeros.
+// outputs (`partial` [slots, D] in the output's dtype and `partial_lse`, natural log, at the
+// slots pair_slot[row_offsets[row]..+count]), lse = log sum_j exp(lse_j). The row's pairs go 32
+// at a time: lane j loads pair j's slot and log-sum-exp (one load each for the warp, not one per
+// pair in turn), the sums so far are rescaled to the running maximum, and the pairs' rows are
+// added with their weights taken from the lanes that hold them, two rows at a time: each half of
+// the warp reads one row, 16 bytes a lane (D / 16 consecutive columns), and the halves' sums
+// are added at the end. Rows without keys get zeros.
 template <typename T, int D>
-__device__ __forceinline__ void merge_rows(const T* partial, const float* partial_lse, const uint32_t* row_offsets,
-                                           const uint32_t* count, T* out, int rows, int S, int H, int bh0) {
-  constexpr int N = D / 32;
+__device__ __forceinline__ void merge_rows(const T* partial, const float* partial_lse, const uint32_t* pair_slot,
+                                           const uint32_t* row_offsets, const uint32_t* count, T* out, int rows, int S,
+                                           int H, int bh0) {
+  constexpr int N = D / 16;
   using Row = Elems<T, N>;
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  const int half = lane >> 4, col = lane & 15;
   if (row >= rows) return;
-  const uint32_t first = row_offsets[row], last = first + count[row];
-  float mx = -INFINITY;
-  for (uint32_t j = first; j < last; ++j) mx = fmaxf(mx, partial_lse[j]);
-  float acc[N] = {0.f}, wsum = 0.f;
-  if (mx > -INFINITY) {
-    for (uint32_t j = first; j < last; ++j) {
-      const float w = __expf(partial_lse[j] - mx);
-      const Row o = reinterpret_cast<const Row*>(partial + (size_t)j * D)[lane];
-      wsum += w;
+  const uint32_t* slots = pair_slot + row_offsets[row];
+  const int pairs = (int)count[row];
+  float acc[N] = {0.f}, wsum = 0.f, mx = -INFINITY;
+  for (int j0 = 0; j0 < pairs; j0 += 32) {
+    uint32_t slot = 0u;
+    float lse = -INFINITY;
+    if (j0 + lane < pairs) {
+      slot = slots[j0 + lane];
+      lse = partial_lse[slot];
+    }
+    float top = lse;
 #pragma unroll
-      for (int i = 0; i < N; ++i) acc[i] += w * to_f32<T>(o.e[i]);
+    for (int o = 16; o > 0; o >>= 1) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, o));
+    if (top == -INFINITY) continue;  // no keys in these pairs
+    const float next = fmaxf(mx, top), rescale = __expf(mx - next);
+    wsum *= rescale;
+#pragma unroll
+    for (int i = 0; i < N; ++i) acc[i] *= rescale;
+    mx = next;
+    const float w = __expf(lse - mx);  // 0 for lanes past the row's pairs
+    const int m = min(32, pairs - j0);
+#pragma unroll 2
+    for (int j = 0; j < m; j += 2) {
+      const float wj = __shfl_sync(0xffffffff, w, j + half);
+      const uint32_t sj = __shfl_sync(0xffffffff, slot, j + half);
+      if (j + half < m) {
+        const Row o = reinterpret_cast<const Row*>(partial + (size_t)sj * D)[col];
+        wsum += wj;
+#pragma unroll
+        for (int i = 0; i < N; ++i) acc[i] += wj * to_f32<T>(o.e[i]);
+      }
     }
   }
+#pragma unroll
+  for (int i = 0; i < N; ++i) acc[i] += __shfl_xor_sync(0xffffffff, acc[i], 16);
+  wsum += __shfl_xor_sync(0xffffffff, wsum, 16);
   const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
   const int bh = bh0 + row / S, b = bh / H, h = bh % H, query = row % S;
-  Row r;
+  if (half == 0) {
+    Row r;
 #pragma unroll
-  for (int i = 0; i < N; ++i) r.e[i] = from_f32<T>(acc[i] * inv);
-  reinterpret_cast<Row*>(out + (((size_t)b * S + query) * H + h) * D)[lane] = r;
+    for (int i = 0; i < N; ++i) r.e[i] = from_f32<T>(acc[i] * inv);
+    reinterpret_cast<Row*>(out + (((size_t)b * S + query) * H + h) * D)[col] = r;
+  }
 }
 
-#define MERGE(T, NAME, D)                                                                                 \
-  extern "C" __global__ void vmoba_merge_##NAME##_d##D(const T* partial, const float* partial_lse,         \
-                                                       const uint32_t* row_offsets, const uint32_t* count, \
-                                                       T* out, int rows, int S, int H, int bh0) {          \
-    merge_rows<T, D>(partial, partial_lse, row_offsets, count, out, rows, S, H, bh0);                     \
+#define MERGE(T, NAME, D)                                                                                         \
+  extern "C" __global__ void vmoba_merge_##NAME##_d##D(const T* partial, const float* partial_lse,                 \
+                                                       const uint32_t* pair_slot, const uint32_t* row_offsets,     \
+                                                       const uint32_t* count, T* out, int rows, int S, int H,      \
+                                                       int bh0) {                                                  \
+    merge_rows<T, D>(partial, partial_lse, pair_slot, row_offsets, count, out, rows, S, H, bh0);                  \
   }
 MERGE(__nv_bfloat16, bf16, 64)
 MERGE(__nv_bfloat16, bf16, 128)

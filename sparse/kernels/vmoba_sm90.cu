@@ -4,16 +4,19 @@
 // stay in shared memory), then streams the item's query tiles of 128 gathered rows through a
 // ring; two consumer warpgroups of 64 rows run each query tile against the resident keys (the
 // forward's steps, fwd_steps_sm90.cuh, taking turns on the tensor cores) and write every pair's
-// partial output and log-sum-exp, which vmoba.cu's merge combines, staged in their own rows of
-// the query tile so that each row goes out whole. attention_fwd_sm90.cu's gathered mode runs
-// CTAs of one 64- or 128-query tile that copy the chunk's keys each time and are one or two key
-// tiles long; here a key is copied once per item and the query copies overlap the products.
+// partial output and log-sum-exp, which vmoba.cu's merge combines. A pair's partial row is its
+// slot in its chunk's list, and lists start at multiples of 128 slots, so that a consumer's 64
+// rows are one box of the partial rows' tensor map: staged in its own rows of the query tile,
+// they go out by bulk tensor stores. attention_fwd_sm90.cu's gathered mode runs CTAs of one 64-
+// or 128-query tile that copy the chunk's keys each time and are one or two key tiles long; here
+// a key is copied once per item and the query copies overlap the products.
 #include "attention_params.cuh"
 #include "common.cuh"
 #include "fwd_steps_sm90.cuh"
 #include "softmax.cuh"
 #include "sync_sm90.cuh"
 #include "tiles_sm90.cuh"
+#include "tma_sm90.cuh"
 
 // Query tiles of 128 rows (two consumers) and key tiles of 128 rows.
 constexpr int ITEM_TILE = 128, KEY_TILE = 128;
@@ -22,15 +25,22 @@ template <int NKT> __host__ __device__ constexpr int q_stages() { return NKT == 
 // Named barriers: consumer c's rows are staged for their copy out (BAR_TURN is 2 and 3).
 constexpr int BAR_ROWS_STAGED = 5;
 
+// The kernel's parameters: the gathered mode's and the map of the partial output rows.
+struct VmobaSm90Args {
+  AttnParams p;
+  TileMap rows;
+};
+
 // Consumer c's 64 rows of a query tile, normalised, out to their pairs' partial outputs and
 // log-sum-exps: staged in the consumer's own rows of the query tile's buffer (which only its
-// products read, and which they have read), then stored 16 bytes per thread, a row by D / 8
-// neighbouring threads. `pair_of[j]` is the pair of this thread's copy row j.
+// products read, and which they have read) and in `lse_rows`, then sent by one thread as bulk
+// tensor stores of the map's 64-row boxes (rows slot .. slot + 63, those past the tile's real
+// rows in the list's padding) and one bulk copy of the log-sum-exps, which it waits to have
+// read before the buffer is handed back.
 template <typename T, int D>
-__device__ __forceinline__ void write_pairs(const AttnParams& p, const QueryTile& tile, int c, const float* o,
-                                            const float* m, const float* l, unsigned char* rows, float* lse_rows,
-                                            const uint32_t (&pair_of)[D / 16]) {
-  constexpr int CPR = D / 8, STEP = 128 / CPR;
+__device__ __forceinline__ void write_pairs(const AttnParams& p, const TileMap& map, const QueryTile& tile, int c,
+                                            const float* o, const float* m, const float* l, unsigned char* rows,
+                                            float* lse_rows) {
   const int tid = threadIdx.x & 127, warp = tid >> 5, lane = tid & 31;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -43,16 +53,17 @@ __device__ __forceinline__ void write_pairs(const AttnParams& p, const QueryTile
     }
     if ((lane & 3) == 0) lse_rows[r] = t.lse;
   }
+  fence_async_shared();  // the staged rows are read by the async proxy
   named_sync(BAR_ROWS_STAGED + c, 128);
-  const int ch = tid % CPR;
+  if (tid == 0 && c * 64 < tile.nq) {
+    const int slot = tile.qs + c * 64;
 #pragma unroll
-  for (int j = 0; j < D / 16; ++j) {
-    const int r = tid / CPR + j * STEP;
-    if (c * 64 + r < tile.nq) {
-      const uint4 v = *reinterpret_cast<const uint4*>(rows + tile_off(ITEM_TILE, c * 64 + r, ch));
-      reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.out) + (size_t)pair_of[j] * D)[ch] = v;
-      if (ch == 0) p.lse[pair_of[j]] = lse_rows[r];
+    for (int blk = 0; blk < D / 64; ++blk) {
+      tma_store_2d(&map.map, rows + blk * ITEM_TILE * 128 + c * 64 * 128, blk * 64, slot);
     }
+    bulk_store(p.lse + slot, lse_rows, 64 * sizeof(float));
+    bulk_commit();
+    bulk_wait_read<0>();
   }
 }
 
@@ -111,14 +122,15 @@ __device__ __forceinline__ void produce_chunk(const AttnParams& p, const QueryTi
 
 // Consumer warpgroup c: its 64 rows of each query tile against the chunk's `nk` keys.
 template <typename T, int D, int Q_STAGES>
-__device__ __forceinline__ void consume_chunk(const AttnParams& p, const QueryTile& item, int c, int nk,
-                                              unsigned char* sQ, const unsigned char* sK,
+__device__ __forceinline__ void consume_chunk(const AttnParams& p, const TileMap& map, const QueryTile& item, int c,
+                                              int nk, unsigned char* sQ, const unsigned char* sK,
                                               const unsigned char* sV, uint64_t* kv_full, uint64_t* q_full,
                                               uint64_t* q_empty) {
   constexpr int TILE_BYTES = KEY_TILE * D * 2;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int key_tiles = (nk + KEY_TILE - 1) / KEY_TILE, query_tiles = (item.nq + ITEM_TILE - 1) / ITEM_TILE;
-  __shared__ float wait_sink[8], lse_rows[2][64];
+  __shared__ float wait_sink[8];
+  __shared__ __align__(16) float lse_rows[2][64];
   mbar_wait(kv_full, 0);
   if (c == 1 && key_tiles > 0) named_arrive(BAR_TURN, 256);  // consumer 0 goes first
   for (int i = 0; i < query_tiles; ++i) {
@@ -131,13 +143,6 @@ __device__ __forceinline__ void consume_chunk(const AttnParams& p, const QueryTi
     QueryTile tile = item;
     tile.qs = item.qs + i * ITEM_TILE;
     tile.nq = min(ITEM_TILE, item.nq - i * ITEM_TILE);
-    // The pairs of this thread's rows in write_pairs, loaded while the products run.
-    uint32_t pair_of[D / 16];
-#pragma unroll
-    for (int j = 0; j < D / 16; ++j) {
-      const int r = c * 64 + (threadIdx.x & 127) / (D / 8) + j * (1024 / D);
-      pair_of[j] = r < tile.nq ? p.out_rows[tile.qs + r] : 0u;
-    }
     float o[D / 2];
 #pragma unroll
     for (int e = 0; e < D / 2; ++e) o[e] = 0.f;
@@ -175,13 +180,13 @@ __device__ __forceinline__ void consume_chunk(const AttnParams& p, const QueryTi
       // lse_rows from being rewritten while a warp still copies the last tile's out.
       named_sync(BAR_ROWS_STAGED + c, 128);
     }
-    write_pairs<T, D>(p, tile, c, o, m, l, rows, lse_rows[c], pair_of);
+    write_pairs<T, D>(p, map, tile, c, o, m, l, rows, lse_rows[c]);
     if (lane == 0) mbar_arrive(&q_empty[stage]);  // this warp is done with the query tile's buffer
   }
 }
 
 template <typename T, int D, int NKT>
-__device__ __forceinline__ void vmoba_chunk_sm90(const AttnParams& p) {
+__device__ __forceinline__ void vmoba_chunk_sm90(const AttnParams& p, const TileMap& map) {
   constexpr int Q_STAGES = q_stages<NKT>(), Q_BYTES = ITEM_TILE * D * 2, KV_BYTES = NKT * KEY_TILE * D * 2;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ uint64_t kv_full, q_full[Q_STAGES], q_empty[Q_STAGES];
@@ -206,15 +211,15 @@ __device__ __forceinline__ void vmoba_chunk_sm90(const AttnParams& p) {
     produce_chunk<T, D, NKT, Q_STAGES>(p, item, first, nk, sQ, sK, sV, &kv_full, q_full, q_empty);
   } else {
     regs_grow<Regs::CONSUMER>();
-    consume_chunk<T, D, Q_STAGES>(p, item, (threadIdx.x >> 7) - 1, nk, sQ, sK, sV, &kv_full, q_full, q_empty);
+    consume_chunk<T, D, Q_STAGES>(p, map, item, (threadIdx.x >> 7) - 1, nk, sQ, sK, sV, &kv_full, q_full, q_empty);
   }
 }
 
 // NKT key tiles (chunks of at most 128 * NKT keys); one CTA of three warpgroups per SM.
 #define INSTANTIATE_CHUNK(T, NAME, D, NKT)                                                                   \
   extern "C" __global__ void __launch_bounds__(384, 1)                                                      \
-      vmoba_chunk_sm90_##NAME##_d##D##_nkt##NKT(const __grid_constant__ AttnParams p) {                     \
-    vmoba_chunk_sm90<T, D, NKT>(p);                                                                          \
+      vmoba_chunk_sm90_##NAME##_d##D##_nkt##NKT(const __grid_constant__ VmobaSm90Args args) {               \
+    vmoba_chunk_sm90<T, D, NKT>(args.p, args.rows);                                                          \
   }
 #define INSTANTIATE_CHUNK_ALL(T, NAME) \
   INSTANTIATE_CHUNK(T, NAME, 64, 1)    \

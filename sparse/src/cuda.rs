@@ -6,7 +6,7 @@ pub(crate) use crate::kernel_params::{AttnParams, BwdParams, ListShape};
 use crate::layout::BlockLayout;
 use crate::op::{ForwardKernel, TokenRows};
 use crate::plan::{KeyBlocks, SparsePlan};
-use crate::tma::{BwdSm90Args, DqMap, FwdSm90Args, KvMaps};
+use crate::tma::{BwdSm90Args, FwdSm90Args, KvMaps, TileMap};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
@@ -350,7 +350,6 @@ pub(crate) fn attention_forward(
         all_keys: lists.all_keys,
         scale_log2: scale * std::f32::consts::LOG2_E,
         tiles: 0,
-        out_rows: 0,
         k_natural: kl.natural as i32,
     };
     launch_forward(
@@ -569,7 +568,7 @@ pub(crate) fn attention_backward(
                 // The one-pass kernel, with the map of its dq sum ([B * H, S, D] f32).
                 let args = BwdSm90Args {
                     params,
-                    dq: DqMap::for_sum(params.dq, b * h, s, d, columns),
+                    dq: TileMap::for_dq_sum(params.dq, b * h, s, d, columns),
                 };
                 return BWD_SM90.launch(&dev, &name, cfg, &args);
             }

@@ -32,7 +32,6 @@ kernel_build::kernel_params! {
         pub all_keys: i32,
         pub scale_log2: f32,
         pub tiles: u64,
-        pub out_rows: u64,
         pub k_natural: i32,
     }
 

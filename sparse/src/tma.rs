@@ -1,9 +1,11 @@
 //! TMA tensor maps (`kernels/tma_sm90.cuh`): K and V for the Hopper forward (`KvMaps`), where
 //! the key order is the identity and the kernel's producer copies each run of contiguous keys
-//! as bulk tensor copies; and the one-pass backward's f32 dq sum (`DqMap`), into which it adds
-//! a tile of contiguous query tokens by bulk tensor reductions. Maps are encoded on the host
-//! for every launch (a driver call, no device work); inputs TMA cannot describe get disabled
-//! maps and the per-chunk copies (or per-row reductions).
+//! as bulk tensor copies; the one-pass backward's f32 dq sum ([`TileMap::for_dq_sum`]), into
+//! which it adds a tile of contiguous query tokens by bulk tensor reductions; and VMoBA's
+//! partial output rows ([`TileMap::for_rows`]), which its chunk-stationary kernel stores by bulk
+//! tensor stores. Maps are encoded on the host for every launch (a driver call, no device work);
+//! inputs TMA cannot describe get disabled maps and the per-chunk copies (or per-row
+//! reductions).
 
 use crate::kernel_params::{AttnParams, BwdParams};
 use candle_core::cuda_backend::cudarc::driver::sys::{
@@ -35,59 +37,111 @@ pub(crate) struct FwdSm90Args {
 // build, KvMaps by the size assertions on both sides).
 unsafe impl DeviceRepr for FwdSm90Args {}
 
-/// `DqMap` of tma_sm90.cuh: a 128-byte tensor map of the dq sum and whether it is set.
+/// `TileMap` of tma_sm90.cuh: a 128-byte tensor map with the 128-byte swizzle and whether it is
+/// set.
 #[repr(C, align(128))]
 #[derive(Clone, Copy)]
-pub(crate) struct DqMap {
+pub(crate) struct TileMap {
     map: [u64; 16],
     enabled: i32,
 }
-const _: () = assert!(std::mem::size_of::<DqMap>() == 256);
+const _: () = assert!(std::mem::size_of::<TileMap>() == 256);
 
 /// `BwdSm90Args` of attention_bwd_sm90.cu: the one-pass Hopper backward's one parameter.
 #[repr(C)]
 pub(crate) struct BwdSm90Args {
     pub(crate) params: BwdParams,
-    pub(crate) dq: DqMap,
+    pub(crate) dq: TileMap,
 }
 // SAFETY: plain old data with the C layout of `BwdSm90Args` (BwdParams is checked by the build,
-// DqMap by the size assertions on both sides).
+// TileMap by the size assertions on both sides).
 unsafe impl DeviceRepr for BwdSm90Args {}
+
+/// `VmobaSm90Args` of vmoba_sm90.cu: the chunk-stationary kernel's one parameter.
+#[repr(C)]
+pub(crate) struct VmobaSm90Args {
+    pub(crate) attn: AttnParams,
+    pub(crate) rows: TileMap,
+}
+// SAFETY: plain old data with the C layout of `VmobaSm90Args` (AttnParams is checked by the
+// build, TileMap by the size assertions on both sides).
+unsafe impl DeviceRepr for VmobaSm90Args {}
 
 /// Channels of one box of the dq map (`tma_add_3d` in attention_bwd_sm90.cu): 128 bytes of
 /// f32, the swizzle's span.
 const DQ_BOX_CHANNELS: u32 = 32;
 
-impl DqMap {
+/// Channels of one box of a map of 16-bit rows (`TileMap::for_rows`): 128 bytes, the swizzle's
+/// span; and its rows (the chunk-stationary kernel's rows per consumer).
+const ROW_BOX: [u32; 2] = [64, 64];
+
+impl TileMap {
     /// The map of an f32 dq sum at `address`, `[heads, tokens, d]` contiguous, with boxes of
     /// `columns` tokens (the kernel's query columns per tile), or a disabled one where the
     /// driver cannot encode it.
-    pub(crate) fn for_sum(
+    pub(crate) fn for_dq_sum(
         address: u64,
         heads: usize,
         tokens: usize,
         d: usize,
         columns: usize,
     ) -> Self {
-        let mut dq = DqMap {
+        let row_bytes = (d * 4) as u64;
+        Self::encode(
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+            address,
+            &[d as u64, tokens as u64, heads as u64],
+            &[row_bytes, row_bytes * tokens as u64],
+            &[DQ_BOX_CHANNELS, columns as u32, 1],
+        )
+    }
+
+    /// The map of `rows` contiguous rows of `d` channels of `dtype` (16-bit) at `address`, with
+    /// boxes of 64 channels x 64 rows, or `None` where the driver cannot encode it.
+    pub(crate) fn for_rows(address: u64, rows: usize, d: usize, dtype: DType) -> Option<Self> {
+        let map = Self::encode(
+            sixteen_bit(dtype)?,
+            address,
+            &[d as u64, rows as u64],
+            &[(d * 2) as u64],
+            &ROW_BOX,
+        );
+        (map.enabled != 0).then_some(map)
+    }
+
+    /// A map of these dims, strides and boxes ([`encode_tiled`]), disabled where the driver
+    /// refuses.
+    fn encode(
+        data_type: CUtensorMapDataType,
+        address: u64,
+        global_dim: &[u64],
+        global_strides: &[u64],
+        box_dim: &[u32],
+    ) -> Self {
+        let mut map = TileMap {
             map: [0; 16],
             enabled: 0,
         };
-        let row_bytes = (d * 4) as u64;
-        let global_dim = [d as u64, tokens as u64, heads as u64];
-        let global_strides = [row_bytes, row_bytes * tokens as u64];
-        let data_type = CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
         if encode_tiled(
-            &mut dq.map,
+            &mut map.map,
             data_type,
             address,
-            &global_dim,
-            &global_strides,
-            &[DQ_BOX_CHANNELS, columns as u32, 1],
+            global_dim,
+            global_strides,
+            box_dim,
         ) {
-            dq.enabled = 1;
+            map.enabled = 1;
         }
-        dq
+        map
+    }
+}
+
+/// The tensor-map element type of a 16-bit `dtype`.
+fn sixteen_bit(dtype: DType) -> Option<CUtensorMapDataType> {
+    match dtype {
+        DType::BF16 => Some(CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16),
+        DType::F16 => Some(CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16),
+        _ => None,
     }
 }
 
@@ -139,10 +193,8 @@ impl KvMaps {
     /// Maps of `params`' K and V for tiles of `key_tile` tokens of `d` channels, or disabled
     /// ones where the key order is permuted or TMA cannot take the tensors.
     pub(crate) fn for_keys(params: &AttnParams, dtype: DType, d: usize, key_tile: usize) -> Self {
-        let data_type = match dtype {
-            DType::BF16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-            DType::F16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-            _ => return Self::disabled(),
+        let Some(data_type) = sixteen_bit(dtype) else {
+            return Self::disabled();
         };
         if params.k_natural <= 0 || !d.is_multiple_of(64) {
             return Self::disabled();

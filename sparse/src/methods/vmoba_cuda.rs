@@ -1,10 +1,11 @@
 //! VMoBA on the GPU without host round trips per query: chunk scores by cuBLAS
 //! ([`ScoreProduct`]), then the kernels of `kernels/vmoba.cu` select chunks, list each chunk's
 //! (query, chunk) pairs and cut them into work tiles; attention writes one partial output and
-//! log-sum-exp per pair and a merge kernel combines each query's partials exactly. On Hopper,
-//! chunks of at most [`RESIDENT_KEYS`] keys run chunk-stationary (`kernels/vmoba_sm90.cu`: a
-//! CTA keeps a chunk's keys in shared memory and streams up to [`ITEM_ROWS`] of its queries);
-//! otherwise the forward kernel runs in its gathered mode on 64- or 128-query tiles.
+//! log-sum-exp per pair (at the pair's slot in its chunk's list) and a merge kernel combines
+//! each query's partials exactly. On Hopper, chunks of at most [`RESIDENT_KEYS`] keys run
+//! chunk-stationary (`kernels/vmoba_sm90.cu`: a CTA keeps a chunk's keys in shared memory and
+//! streams up to [`ITEM_ROWS`] of its queries, storing their partial rows by bulk tensor
+//! stores); otherwise the forward kernel runs in its gathered mode on 64- or 128-query tiles.
 //! Forward only: training takes the plan path, whose backward exists. Heads run in groups so
 //! that scores and partial outputs stay within a memory budget. The top-k rule runs without a
 //! read-back (its pairs per head are known); the share rule reads back the pair counts per
@@ -18,6 +19,7 @@ use crate::cuda::{
 use crate::layout::BlockLayout;
 use crate::op::ForwardKernel;
 use crate::pool::block_means;
+use crate::tma::{TileMap, VmobaSm90Args};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, LaunchConfig, PushKernelArg,
 };
@@ -54,9 +56,16 @@ enum ScoreProduct {
 }
 /// Budget for one head group's partial outputs.
 const PARTIAL_BYTES: usize = 1 << 30;
-/// Bytes of one pair's partial output (a row in the inputs' 16-bit dtype) and log-sum-exp (f32).
-fn partial_bytes_per_pair(d: usize) -> usize {
+/// Bytes of one slot's partial output (a row in the inputs' 16-bit dtype) and log-sum-exp (f32).
+fn partial_bytes_per_slot(d: usize) -> usize {
     d * 2 + 4
+}
+/// Slots where each chunk's pair list starts: a multiple of this (`LIST_ALIGN` of
+/// `kernels/vmoba.cu`, the chunk-stationary kernel's query tile).
+const LIST_ALIGN: usize = 128;
+/// Slots of `heads` heads' lists over `n` chunks holding `pairs` pairs: at most this many.
+fn slots_bound(pairs: usize, heads: usize, n: usize) -> usize {
+    pairs + heads * n * (LIST_ALIGN - 1)
 }
 /// Chunks of at least this many tokens (on average) get 128-query work tiles (two consumer
 /// warpgroups sharing each key tile); smaller chunks keep 64-query tiles.
@@ -139,7 +148,8 @@ pub(crate) fn vmoba_forward(
                 let mut g1 = g0 + 1;
                 let mut total = per_head[g0];
                 while g1 < heads
-                    && (total + per_head[g1]) * partial_bytes_per_pair(d) <= PARTIAL_BYTES
+                    && slots_bound(total + per_head[g1], g1 + 1 - g0, n) * partial_bytes_per_slot(d)
+                        <= PARTIAL_BYTES
                 {
                     total += per_head[g1];
                     g1 += 1;
@@ -499,45 +509,49 @@ fn run_pairs(
     );
     // Row offsets: each row's first pair, row-major.
     // SAFETY (this and the uninitialised buffers below): a kernel or copy writes every element
-    // before any read: the counts' copies (row and chunk offsets), `vmoba_tile_counts`,
-    // `vmoba_fill` (every counted pair) and the attention kernel (every pair's row and LSE).
+    // that is read before it is read: the row counts' copy, `vmoba_list_sizes` (every list's
+    // slots and tiles), `vmoba_fill` (every counted pair's query and slot) and the attention
+    // kernel (the partial row and LSE of every such slot). The slots of the lists' padding are
+    // never read.
     let mut row_offsets = unsafe { dev.alloc::<u32>(rows)? };
     dev.memcpy_dtod(&sel.row_counts.slice(row0..row0 + rows), &mut row_offsets)?;
     let ro_ptr = ptr(dev, &row_offsets);
     exclusive_scan(dev, ro_ptr, rows)?;
 
-    // SAFETY: see above.
-    let mut chunk_offsets = unsafe { dev.alloc::<u32>(lists)? };
-    dev.memcpy_dtod(
-        &sel.chunk_counts.slice(span.g0 * n..span.g0 * n + lists),
-        &mut chunk_offsets,
-    )?;
-    exclusive_scan(dev, ptr(dev, &chunk_offsets), lists)?;
-    // SAFETY: see above.
+    // Each list's slots (its pairs rounded up to LIST_ALIGN) and work tiles, then where they
+    // start.
+    // SAFETY: see above (these two).
+    let chunk_offsets = unsafe { dev.alloc::<u32>(lists)? };
     let tile_offsets = unsafe { dev.alloc::<u32>(lists)? };
-    let (to_ptr, len32) = (ptr(dev, &tile_offsets), lists as i32);
-    let func = function(dev, "vmoba_tile_counts")?;
+    let (co_ptr, to_ptr, len32) = (
+        ptr(dev, &chunk_offsets),
+        ptr(dev, &tile_offsets),
+        lists as i32,
+    );
+    let func = function(dev, "vmoba_list_sizes")?;
     let mut builder = stream.launch_builder(&func);
     builder
         .arg(&cd_ptr)
+        .arg(&co_ptr)
         .arg(&to_ptr)
         .arg(&len32)
         .arg(&tile_rows);
-    let cfg = one_thread_each(lists, "VMoBA tile counts")?;
-    // SAFETY: arguments match `vmoba_tile_counts`; both buffers hold `lists` entries.
+    let cfg = one_thread_each(lists, "VMoBA list sizes")?;
+    // SAFETY: arguments match `vmoba_list_sizes`; both buffers hold `lists` entries.
     unsafe { builder.launch(cfg) }.w()?;
+    exclusive_scan(dev, co_ptr, lists)?;
     exclusive_scan(dev, to_ptr, lists)?;
+    let slots = slots_bound(pairs, span.heads, n);
     let cursor = dev.alloc_zeros::<u32>(lists)?;
     // SAFETY: see above (these two).
-    let pair_query = unsafe { dev.alloc::<u32>(pairs)? };
-    let pair_row = unsafe { dev.alloc::<u32>(pairs)? };
+    let pair_query = unsafe { dev.alloc::<u32>(slots)? };
+    let pair_slot = unsafe { dev.alloc::<u32>(pairs)? };
     // Zeroed: spare tiles have no queries.
     let tile_list = dev.alloc_zeros::<u32>(tiles * 4)?;
-    let (co_ptr, cur_ptr, pq_ptr, pr_ptr, tl_ptr) = (
-        ptr(dev, &chunk_offsets),
+    let (cur_ptr, pq_ptr, ps_ptr, tl_ptr) = (
         ptr(dev, &cursor),
         ptr(dev, &pair_query),
-        ptr(dev, &pair_row),
+        ptr(dev, &pair_slot),
         ptr(dev, &tile_list),
     );
     let (rows32, s32, n32, w32) = (rows as i32, s as i32, n as i32, words as i32);
@@ -549,13 +563,13 @@ fn run_pairs(
         .arg(&co_ptr)
         .arg(&cur_ptr)
         .arg(&pq_ptr)
-        .arg(&pr_ptr)
+        .arg(&ps_ptr)
         .arg(&rows32)
         .arg(&s32)
         .arg(&n32)
         .arg(&w32);
     let cfg = one_thread_each(rows, "VMoBA pair lists")?;
-    // SAFETY: arguments match `vmoba_fill`; pair buffers hold the counted pairs.
+    // SAFETY: arguments match `vmoba_fill`; pair buffers hold the counted pairs' slots.
     unsafe { builder.launch(cfg) }.w()?;
 
     let bh0 = span.bh0 as i32;
@@ -574,10 +588,11 @@ fn run_pairs(
     // SAFETY: arguments match `vmoba_tiles`; the tile list holds `tiles` entries.
     unsafe { builder.launch(cfg) }.w()?;
 
-    // Gathered attention: one partial output row (in the inputs' dtype) and log-sum-exp per pair.
+    // Gathered attention: one partial output row (in the inputs' dtype) and log-sum-exp per
+    // pair, at its slot.
     // SAFETY: see above (these two).
-    let partial = unsafe { dev.alloc::<u16>(pairs * d)? };
-    let partial_lse = unsafe { dev.alloc::<f32>(pairs)? };
+    let partial = unsafe { dev.alloc::<u16>(slots * d)? };
+    let partial_lse = unsafe { dev.alloc::<f32>(slots)? };
     let (qv, kv, vv) = (tensor_view(q)?, tensor_view(k)?, tensor_view(v)?);
     let (b, h) = (q.dim(0)?, q.dim(1)?);
     let kl = layout_on(dev, chunks)?;
@@ -608,12 +623,19 @@ fn run_pairs(
         all_keys: n as i32,
         scale_log2: (1.0 / (d as f32).sqrt()) * std::f32::consts::LOG2_E,
         tiles: tl_ptr,
-        out_rows: pr_ptr,
         k_natural: kl.natural as i32,
     };
     let grid = (tiles as u32, 1, 1);
     match resident {
-        Some(key_tiles) => launch_chunk_stationary(dev, q.dtype(), d, key_tiles, grid, &params)?,
+        Some(key_tiles) => {
+            let rows = TileMap::for_rows(params.out, slots, d, q.dtype()).ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "VMoBA: the CUDA driver refused a tensor map of {slots} partial output rows"
+                ))
+            })?;
+            let args = VmobaSm90Args { attn: params, rows };
+            launch_chunk_stationary(dev, q.dtype(), d, key_tiles, grid, &args)?
+        }
         None => launch_forward(dev, q.dtype(), d, tile_rows == 64, grid, &params, kernel)?,
     }
 
@@ -631,6 +653,7 @@ fn run_pairs(
     builder
         .arg(&p_ptr)
         .arg(&pl_ptr)
+        .arg(&ps_ptr)
         .arg(&ro_ptr)
         .arg(&counts_ptr)
         .arg(&out_ptr)
@@ -673,7 +696,7 @@ fn launch_chunk_stationary(
     d: usize,
     key_tiles: usize,
     grid_dim: (u32, u32, u32),
-    params: &AttnParams,
+    args: &VmobaSm90Args,
 ) -> Result<()> {
     let query_tiles = if key_tiles == 1 { 3 } else { 2 }; // the kernel's q_stages<NKT>()
     let cfg = LaunchConfig {
@@ -685,5 +708,5 @@ fn launch_chunk_stationary(
         "vmoba_chunk_sm90_{}_d{d}_nkt{key_tiles}",
         dtype_suffix(dtype)?
     );
-    VMOBA_SM90.launch(dev, &name, cfg, params)
+    VMOBA_SM90.launch(dev, &name, cfg, args)
 }
