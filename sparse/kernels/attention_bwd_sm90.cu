@@ -61,12 +61,6 @@ __device__ __forceinline__ void store_ds(unsigned char* ds, const uint32_t (&a)[
   }
 }
 
-// The one-pass kernel's parameter: the passes' parameters and the map of its f32 dq sum.
-struct BwdSm90Args {
-  BwdParams p;
-  TileMap dq;
-};
-
 // The dq row whose bulk reduction thread `tid` (of 128) issues, where its lane is below 16.
 __device__ __forceinline__ int dq_stage_row(int tid) { return (tid >> 5) * 16 + (tid & 15); }
 
@@ -370,10 +364,10 @@ INSTANTIATE_BWD_SM90(__half, f16, 128)
 // The one-pass kernel: two consumer warpgroups of 64 key rows plus the producer, 64-column
 // tiles in a ring of two; one CTA per SM. Head dim 128 (a consumer's dq channels are one
 // 64-wide column block).
-#define INSTANTIATE_BWD_SM90_ONE_PASS(T, NAME)                                                    \
-  extern "C" __global__ void __launch_bounds__(384, 1)                                            \
-      bsattn_bwd_sm90_dkdvdq_##NAME##_d128(const __grid_constant__ BwdSm90Args args) {             \
-    bsattn_bwd_sm90<T, 128, 64, 2, true, true>(args.p, &args.dq);                                 \
+#define INSTANTIATE_BWD_SM90_ONE_PASS(T, NAME)                                                       \
+  extern "C" __global__ void __launch_bounds__(384, 1) bsattn_bwd_sm90_dkdvdq_##NAME##_d128(         \
+      const __grid_constant__ Sm90Args<BwdParams, TileMap> args) {                                   \
+    bsattn_bwd_sm90<T, 128, 64, 2, true, true>(args.p, &args.maps);                                  \
   }
 INSTANTIATE_BWD_SM90_ONE_PASS(__nv_bfloat16, bf16)
 INSTANTIATE_BWD_SM90_ONE_PASS(__half, f16)

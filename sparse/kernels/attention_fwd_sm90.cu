@@ -92,7 +92,7 @@ __device__ __forceinline__ void consume(const AttnParams& p, const QueryTile& qt
 }
 
 template <typename T, int D, int WG, int BN, int STAGES>
-__device__ __forceinline__ void bsattn_fwd_sm90(const FwdSm90Args& args) {
+__device__ __forceinline__ void bsattn_fwd_sm90(const Sm90Args<AttnParams, KvMaps>& args) {
   const AttnParams& p = args.p;
   constexpr int BM = 64 * WG, Q_BYTES = QueryRows<D, BN>::IN_REGS ? 0 : BM * D * 2, KV_BYTES = BN * D * 2;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -134,7 +134,7 @@ __device__ __forceinline__ void bsattn_fwd_sm90(const FwdSm90Args& args) {
 #define INSTANTIATE_SM90(T, NAME, D, WG, BN, STAGES)                                         \
   extern "C" __global__ void __launch_bounds__((WG + 1) * 128, 3 - WG)                       \
       bsattn_fwd_sm90_##NAME##_d##D##_wg##WG##_bn##BN##_st##STAGES(                         \
-          const __grid_constant__ FwdSm90Args args) {                                        \
+          const __grid_constant__ Sm90Args<AttnParams, KvMaps> args) {                       \
     bsattn_fwd_sm90<T, D, WG, BN, STAGES>(args);                                             \
   }
 // Query tiles of 64 rows (one consumer, in registers) with 64-key tiles, or 128 rows (two

@@ -32,6 +32,15 @@ __device__ __forceinline__ int tile_off(int rows, int r, int c) {
   return (c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4);
 }
 
+// Stores four 8x8 matrices of 16-bit values to shared memory: lanes 8j .. 8j + 7 give the
+// addresses of matrix j's rows (16 bytes each), and each lane's r[j] holds its two values of
+// matrix j (row lane / 4, columns 2 (lane % 4) and one more), as an accumulator places them.
+__device__ __forceinline__ void stmatrix_x4(void* smem, const uint32_t* r) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(shared_addr(smem)),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
 // One k16 step of C[64 x N] (+)= A B^T, both operands K-major in shared memory.
 template <typename T, int N>
 __device__ __forceinline__ void mma_ss(float* c, uint64_t a, uint64_t b, int accumulate) {

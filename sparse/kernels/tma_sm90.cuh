@@ -24,10 +24,13 @@ struct KvMaps {
 };
 static_assert(sizeof(KvMaps) == 384 && alignof(KvMaps) == 128, "KvMaps layout (sparse/src/cuda.rs)");
 
-// The forward kernel's parameters: the plan walk's and the key tiles' maps.
-struct FwdSm90Args {
-  AttnParams p;
-  KvMaps maps;
+// The one parameter of a kernel that reads tensor maps: its parameter struct and its maps
+// (Sm90Args of sparse/src/tma.rs): the forward's plan walk and key tiles' maps, the one-pass
+// backward's passes and dq sum, VMoBA's gathered mode and partial rows.
+template <typename P, typename M>
+struct Sm90Args {
+  P p;
+  M maps;
 };
 
 // Copies the box at (c0, c1, c2, c3) of `map` to `dst`, completing its bytes on `bar`.

@@ -4,7 +4,8 @@
 // exact log-sum-exp merge of each query's per-chunk partial outputs. Rows are numbered
 // g * S + query for the heads g of one group (batch * heads, a range at a time). A pair's
 // partial output is the row of its slot in its chunk's list; each list starts at a multiple of
-// LIST_ALIGN slots, its padding never written to by the lists and never read by the merge.
+// LIST_ALIGN slots (vmoba_cuda.rs), its padding never written to by the lists and never read
+// by the merge.
 #include <stdint.h>
 
 #include "common.cuh"
@@ -193,9 +194,11 @@ extern "C" __global__ void __launch_bounds__(128) vmoba_select(const float* scor
   if (lane == 0) count[row] = kept;
 }
 
-// Pairs per (head in group, chunk): counts[g * n + c] += rows of head g keeping chunk c. Each
+// Pairs per (head in group, chunk): counts[g * n + c] += rows of head g keeping chunk c, and
+// their query-key pairs (chunk c holding starts[c + 1] - starts[c] keys) added to `pairs`. Each
 // CTA takes 256 rows of one head and adds a shared-memory histogram.
-extern "C" __global__ void vmoba_chunk_counts(const uint32_t* mask, uint32_t* counts, int S, int n, int words) {
+extern "C" __global__ void vmoba_chunk_counts(const uint32_t* mask, uint32_t* counts, int S, int n, int words,
+                                              const uint32_t* starts, unsigned long long* pairs) {
   extern __shared__ uint32_t hist[];
   const int g = blockIdx.y;
   for (int c = threadIdx.x; c < n; c += blockDim.x) hist[c] = 0u;
@@ -208,17 +211,22 @@ extern "C" __global__ void vmoba_chunk_counts(const uint32_t* mask, uint32_t* co
     }
   }
   __syncthreads();
+  unsigned long long keys = 0ull;
   for (int c = threadIdx.x; c < n; c += blockDim.x) {
-    if (hist[c] != 0u) atomicAdd(&counts[(size_t)g * n + c], hist[c]);
+    if (hist[c] != 0u) {
+      atomicAdd(&counts[(size_t)g * n + c], hist[c]);
+      keys += (unsigned long long)hist[c] * (starts[c + 1] - starts[c]);
+    }
   }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) keys += __shfl_xor_sync(0xffffffff, keys, o);
+  if ((threadIdx.x & 31) == 0 && keys != 0ull) atomicAdd(pairs, keys);
 }
 
-// Exclusive prefix sums, in place, of 1024-element blocks of `x`; each block's total goes to
-// `totals[block]` (a second pass over the totals and `scan_add` finish a long scan).
-extern "C" __global__ void __launch_bounds__(1024) scan_blocks_u32(uint32_t* x, uint32_t* totals, int n) {
-  __shared__ uint32_t warp_sums[32];
-  const int i = blockIdx.x * 1024 + threadIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const uint32_t v = i < n ? x[i] : 0u;
+// Exclusive prefix sum of `v` over a CTA of 1024 threads (`warp_sums` 32 entries of shared
+// memory); `total` gets the CTA's sum. Every thread of the CTA calls it.
+__device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* warp_sums, uint32_t& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   uint32_t inc = v;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -238,8 +246,20 @@ extern "C" __global__ void __launch_bounds__(1024) scan_blocks_u32(uint32_t* x, 
   }
   __syncthreads();
   const uint32_t before = (warp > 0 ? warp_sums[warp - 1] : 0u) + inc - v;
+  total = warp_sums[31];
+  __syncthreads();  // warp_sums may be reused
+  return before;
+}
+
+// Exclusive prefix sums, in place, of 1024-element blocks of `x`; each block's total goes to
+// `totals[block]` (a second pass over the totals and `scan_add` finish a long scan).
+extern "C" __global__ void __launch_bounds__(1024) scan_blocks_u32(uint32_t* x, uint32_t* totals, int n) {
+  __shared__ uint32_t warp_sums[32];
+  const int i = blockIdx.x * 1024 + threadIdx.x;
+  uint32_t total;
+  const uint32_t before = block_exclusive_scan(i < n ? x[i] : 0u, warp_sums, total);
   if (i < n) x[i] = before;
-  if (threadIdx.x == 1023) totals[blockIdx.x] = warp_sums[31];
+  if (threadIdx.x == 0) totals[blockIdx.x] = total;
 }
 
 // Adds each 1024-element block's offset (the scanned totals) to its elements.
@@ -250,7 +270,9 @@ extern "C" __global__ void scan_add_u32(uint32_t* x, const uint32_t* offsets, in
 
 // Places every kept (query, chunk) pair: the query token at the pair's slot in its chunk's
 // list (`pair_query`), and that slot at the pair's row-major number (`pair_slot`: the row's
-// offset plus the pair's rank in the row, chunks ascending), where the merge finds it. A CTA
+// offset plus the pair's rank in the row, chunks ascending), where the merge finds it. A row's
+// offset is row * `uniform` where every row keeps that many chunks (the top-k rule), else
+// row_offsets[row]. A CTA
 // of 256 rows counts its pairs per (head, chunk) in shared memory, reserves each count's run of
 // slots with one global atomic, and places its pairs inside those runs (a chunk's list is
 // otherwise claimed one pair at a time by thousands of rows, whose atomics on one counter
@@ -260,7 +282,8 @@ extern "C" __global__ void scan_add_u32(uint32_t* x, const uint32_t* offsets, in
 constexpr int FILL_COUNTERS = 4096;
 extern "C" __global__ void __launch_bounds__(256)
     vmoba_fill(const uint32_t* mask, const uint32_t* row_offsets, const uint32_t* chunk_offsets,
-               uint32_t* chunk_cursor, uint32_t* pair_query, uint32_t* pair_slot, int rows, int S, int n, int words) {
+               uint32_t* chunk_cursor, uint32_t* pair_query, uint32_t* pair_slot, int rows, int S, int n, int words,
+               uint32_t uniform) {
   __shared__ uint32_t local[FILL_COUNTERS];
   const int first = blockIdx.x * blockDim.x, row = first + threadIdx.x;
   const int last = min(first + (int)blockDim.x, rows) - 1;
@@ -268,7 +291,7 @@ extern "C" __global__ void __launch_bounds__(256)
   const bool mine = row < rows;
   const int g = row / S;
   const uint32_t* bits = mask + (size_t)row * words;
-  uint32_t rank = mine ? row_offsets[row] : 0u;
+  uint32_t rank = !mine ? 0u : uniform > 0u ? (uint32_t)row * uniform : row_offsets[row];
   // Each kept chunk of this row in ascending order: `place(counter index)`.
   auto each_pair = [&](auto place) {
     if (!mine) return;
@@ -295,18 +318,32 @@ extern "C" __global__ void __launch_bounds__(256)
   each_pair([&](int i) { put(atomicAdd(&local[i], 1u)); });
 }
 
-// Slots where lists start: a multiple of this (the chunk-stationary kernel's query tile), so
-// that a tile's rows never reach into the next list.
-constexpr uint32_t LIST_ALIGN = 128;
-
-// Per (head in group, chunk) list of `counts` pairs: its slots (the pairs rounded up to
-// LIST_ALIGN) and its work tiles of up to `rows` pairs.
-extern "C" __global__ void vmoba_list_sizes(const uint32_t* counts, uint32_t* slots, uint32_t* tiles, int len,
-                                            uint32_t rows) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= len) return;
-  slots[i] = (counts[i] + LIST_ALIGN - 1u) / LIST_ALIGN * LIST_ALIGN;
-  tiles[i] = (counts[i] + rows - 1u) / rows;
+// Where each (head in group, chunk) list of `counts` pairs starts: its first slot
+// (`slot_offsets`; the lists before it rounded up to `align` slots, LIST_ALIGN of
+// vmoba_cuda.rs, so that a list starts where a query tile of the chunk-stationary kernel may)
+// and its first work tile (`tile_offsets`; tiles of up to `rows` pairs); zeroes the lists'
+// cursors (vmoba_fill's) and the entries of `tiles` (`capacity` of them) past the lists' tiles
+// (vmoba_tiles writes the others). One CTA of 1024 threads scans the `len` lists 1024 at a time.
+extern "C" __global__ void __launch_bounds__(1024)
+    vmoba_list_offsets(const uint32_t* counts, uint32_t* slot_offsets, uint32_t* tile_offsets, uint32_t* cursor,
+                       uint4* tiles, int len, uint32_t rows, uint32_t align, uint32_t capacity) {
+  __shared__ uint32_t warp_sums[32];
+  uint32_t slots_before = 0u, tiles_before = 0u;
+  for (int i0 = 0; i0 < len; i0 += 1024) {
+    const int i = i0 + threadIdx.x;
+    const uint32_t count = i < len ? counts[i] : 0u;
+    uint32_t slots, tiles;
+    const uint32_t slot = block_exclusive_scan((count + align - 1u) / align * align, warp_sums, slots);
+    const uint32_t tile = block_exclusive_scan((count + rows - 1u) / rows, warp_sums, tiles);
+    if (i < len) {
+      slot_offsets[i] = slots_before + slot;
+      tile_offsets[i] = tiles_before + tile;
+      cursor[i] = 0u;
+    }
+    slots_before += slots;
+    tiles_before += tiles;
+  }
+  for (uint32_t t = tiles_before + threadIdx.x; t < capacity; t += 1024) tiles[t] = make_uint4(0u, 0u, 0u, 0u);
 }
 
 // The work tiles: (batch * head, chunk, first slot, queries) for each `rows`-query slice of
@@ -330,23 +367,24 @@ template <typename T, int N> struct alignas(sizeof(T) * N) Elems {
 
 // One warp per row: out[b, query, h, :] = sum_j exp(lse_j - lse) o_j over the row's partial
 // outputs (`partial` [slots, D] in the output's dtype and `partial_lse`, natural log, at the
-// slots pair_slot[row_offsets[row]..+count]), lse = log sum_j exp(lse_j). The row's pairs go 32
-// at a time: lane j loads pair j's slot and log-sum-exp (one load each for the warp, not one per
-// pair in turn), the sums so far are rescaled to the running maximum, and the pairs' rows are
-// added with their weights taken from the lanes that hold them, two rows at a time: each half of
-// the warp reads one row, 16 bytes a lane (D / 16 consecutive columns), and the halves' sums
-// are added at the end. Rows without keys get zeros.
+// slots pair_slot[offset .. offset + count], offset and count as vmoba_fill takes them), lse =
+// log sum_j exp(lse_j). The row's pairs go 32 at a time: lane j loads pair j's slot and
+// log-sum-exp (one load each for the warp, not one per pair in turn), the sums so far are
+// rescaled to the running maximum, and the pairs' rows are added with their weights taken from
+// the lanes that hold them, two rows at a time: each half of the warp reads one row, 16 bytes a
+// lane (D / 16 consecutive columns), and the halves' sums are added at the end. Rows without
+// keys get zeros.
 template <typename T, int D>
 __device__ __forceinline__ void merge_rows(const T* partial, const float* partial_lse, const uint32_t* pair_slot,
-                                           const uint32_t* row_offsets, const uint32_t* count, T* out, int rows, int S,
-                                           int H, int bh0) {
+                                           const uint32_t* row_offsets, const uint32_t* count, uint32_t uniform, T* out,
+                                           int rows, int S, int H, int bh0) {
   constexpr int N = D / 16;
   using Row = Elems<T, N>;
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   const int half = lane >> 4, col = lane & 15;
   if (row >= rows) return;
-  const uint32_t* slots = pair_slot + row_offsets[row];
-  const int pairs = (int)count[row];
+  const uint32_t* slots = pair_slot + (uniform > 0u ? (uint32_t)row * uniform : row_offsets[row]);
+  const int pairs = (int)(uniform > 0u ? uniform : count[row]);
   float acc[N] = {0.f}, wsum = 0.f, mx = -INFINITY;
   for (int j0 = 0; j0 < pairs; j0 += 32) {
     uint32_t slot = 0u;
@@ -391,12 +429,14 @@ __device__ __forceinline__ void merge_rows(const T* partial, const float* partia
   }
 }
 
-#define MERGE(T, NAME, D)                                                                                         \
-  extern "C" __global__ void vmoba_merge_##NAME##_d##D(const T* partial, const float* partial_lse,                 \
-                                                       const uint32_t* pair_slot, const uint32_t* row_offsets,     \
-                                                       const uint32_t* count, T* out, int rows, int S, int H,      \
-                                                       int bh0) {                                                  \
-    merge_rows<T, D>(partial, partial_lse, pair_slot, row_offsets, count, out, rows, S, H, bh0);                  \
+// Sixteen CTAs of four warps per SM (at most 32 registers a thread): the more rows in flight,
+// the closer the merge's scattered reads come to the memory's bandwidth.
+#define MERGE(T, NAME, D)                                                                                     \
+  extern "C" __global__ void __launch_bounds__(128, 16)                                                       \
+      vmoba_merge_##NAME##_d##D(const T* partial, const float* partial_lse, const uint32_t* pair_slot,         \
+                                const uint32_t* row_offsets, const uint32_t* count, uint32_t uniform, T* out, \
+                                int rows, int S, int H, int bh0) {                                            \
+    merge_rows<T, D>(partial, partial_lse, pair_slot, row_offsets, count, uniform, out, rows, S, H, bh0);     \
   }
 MERGE(__nv_bfloat16, bf16, 64)
 MERGE(__nv_bfloat16, bf16, 128)

@@ -20,42 +20,47 @@
 
 // Query tiles of 128 rows (two consumers) and key tiles of 128 rows.
 constexpr int ITEM_TILE = 128, KEY_TILE = 128;
-// Query tiles in flight: two beside two key tiles, three beside one (within shared memory).
-template <int NKT> __host__ __device__ constexpr int q_stages() { return NKT == 1 ? 3 : 2; }
+// Query tiles in flight (beside two key tiles of 128 channels, 225 KiB of shared memory): a
+// tile's buffer comes back a tile after its rows were stored (write_pairs).
+constexpr int Q_STAGES = 3;
 // Named barriers: consumer c's rows are staged for their copy out (BAR_TURN is 2 and 3).
 constexpr int BAR_ROWS_STAGED = 5;
 
-// The kernel's parameters: the gathered mode's and the map of the partial output rows.
-struct VmobaSm90Args {
-  AttnParams p;
-  TileMap rows;
-};
-
-// Consumer c's 64 rows of a query tile, normalised, out to their pairs' partial outputs and
+// Consumer c's 64 rows of query tile `i`, normalised, out to their pairs' partial outputs and
 // log-sum-exps: staged in the consumer's own rows of the query tile's buffer (which only its
-// products read, and which they have read) and in `lse_rows`, then sent by one thread as bulk
+// products read, and which they have read; by matrix stores, four 8x8 blocks a warp at once)
+// and in `lse_rows`, then sent by one thread as bulk
 // tensor stores of the map's 64-row boxes (rows slot .. slot + 63, those past the tile's real
-// rows in the list's padding) and one bulk copy of the log-sum-exps, which it waits to have
-// read before the buffer is handed back.
+// rows in the list's padding) and one bulk copy of the log-sum-exps. That thread hands a tile's
+// buffer back once its stores have read it, a tile later (waiting then for all but the newest
+// bulk group), so that the consumer goes on to its next tile meanwhile; log-sum-exps alternate
+// between two buffers by tile for the same reason.
 template <typename T, int D>
 __device__ __forceinline__ void write_pairs(const AttnParams& p, const TileMap& map, const QueryTile& tile, int c,
-                                            const float* o, const float* m, const float* l, unsigned char* rows,
-                                            float* lse_rows) {
+                                           int i, const float* o, const float* m, const float* l,
+                                           unsigned char* rows, float* lse_rows, uint64_t* q_empty) {
   const int tid = threadIdx.x & 127, warp = tid >> 5, lane = tid & 31;
+  const RowTotals t[2] = {row_totals(m[0], l[0]), row_totals(m[1], l[1])};
+  // Matrix j of a store: rows + 8 (j & 1) of the warp's 16, 16-byte column chunk 2k + j / 2.
+  const int j = lane >> 3, r = c * 64 + warp * 16 + (j & 1) * 8 + (lane & 7);
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const RowTotals t = row_totals(m[half], l[half]);
-    const int r = warp * 16 + (lane >> 2) + half * 8;
+  for (int k = 0; k < D / 16; ++k) {
+    uint32_t packed[4];
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      *reinterpret_cast<uint32_t*>(rows + tile_off(ITEM_TILE, c * 64 + r, dt) + (lane & 3) * 4) =
-          pack2<T>(o[4 * dt + half * 2] * t.inv, o[4 * dt + half * 2 + 1] * t.inv);
+    for (int q = 0; q < 4; ++q) {
+      const int dt = 2 * k + (q >> 1), half = q & 1;
+      packed[q] = pack2<T>(o[4 * dt + half * 2] * t[half].inv, o[4 * dt + half * 2 + 1] * t[half].inv);
     }
-    if ((lane & 3) == 0) lse_rows[r] = t.lse;
+    stmatrix_x4(rows + tile_off(ITEM_TILE, r, 2 * k + (j >> 1)), packed);
+  }
+  if ((lane & 3) == 0) {
+    lse_rows[warp * 16 + (lane >> 2)] = t[0].lse;
+    lse_rows[warp * 16 + (lane >> 2) + 8] = t[1].lse;
   }
   fence_async_shared();  // the staged rows are read by the async proxy
   named_sync(BAR_ROWS_STAGED + c, 128);
-  if (tid == 0 && c * 64 < tile.nq) {
+  if (tid != 0) return;
+  if (c * 64 < tile.nq) {
     const int slot = tile.qs + c * 64;
 #pragma unroll
     for (int blk = 0; blk < D / 64; ++blk) {
@@ -63,13 +68,16 @@ __device__ __forceinline__ void write_pairs(const AttnParams& p, const TileMap& 
     }
     bulk_store(p.lse + slot, lse_rows, 64 * sizeof(float));
     bulk_commit();
+    bulk_wait_read<1>();  // the previous tile's stores have read its buffer
+  } else {
     bulk_wait_read<0>();
   }
+  if (i > 0) mbar_arrive(&q_empty[(i - 1) % Q_STAGES]);
 }
 
 // The producer: the chunk's NKT key and value tiles (rows past its `nk` keys zero), then the
 // item's query tiles into the ring.
-template <typename T, int D, int NKT, int Q_STAGES>
+template <typename T, int D, int NKT>
 __device__ __forceinline__ void produce_chunk(const AttnParams& p, const QueryTile& item, uint32_t first, int nk,
                                               unsigned char* sQ, unsigned char* sK, unsigned char* sV,
                                               uint64_t* kv_full, uint64_t* q_full, uint64_t* q_empty) {
@@ -121,16 +129,16 @@ __device__ __forceinline__ void produce_chunk(const AttnParams& p, const QueryTi
 }
 
 // Consumer warpgroup c: its 64 rows of each query tile against the chunk's `nk` keys.
-template <typename T, int D, int Q_STAGES>
+template <typename T, int D>
 __device__ __forceinline__ void consume_chunk(const AttnParams& p, const TileMap& map, const QueryTile& item, int c,
                                               int nk, unsigned char* sQ, const unsigned char* sK,
                                               const unsigned char* sV, uint64_t* kv_full, uint64_t* q_full,
                                               uint64_t* q_empty) {
   constexpr int TILE_BYTES = KEY_TILE * D * 2;
-  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int warp = (threadIdx.x >> 5) & 3;
   const int key_tiles = (nk + KEY_TILE - 1) / KEY_TILE, query_tiles = (item.nq + ITEM_TILE - 1) / ITEM_TILE;
   __shared__ float wait_sink[8];
-  __shared__ __align__(16) float lse_rows[2][64];
+  __shared__ __align__(16) float lse_rows[2][2][64];  // [consumer][tile parity]
   mbar_wait(kv_full, 0);
   if (c == 1 && key_tiles > 0) named_arrive(BAR_TURN, 256);  // consumer 0 goes first
   for (int i = 0; i < query_tiles; ++i) {
@@ -177,17 +185,17 @@ __device__ __forceinline__ void consume_chunk(const AttnParams& p, const TileMap
       wg_keep(a);
     } else {
       // The turns order a consumer's warps from tile to tile; without keys this barrier keeps
-      // lse_rows from being rewritten while a warp still copies the last tile's out.
+      // lse_rows from being rewritten while its storing thread may still wait on their reads.
       named_sync(BAR_ROWS_STAGED + c, 128);
     }
-    write_pairs<T, D>(p, map, tile, c, o, m, l, rows, lse_rows[c]);
-    if (lane == 0) mbar_arrive(&q_empty[stage]);  // this warp is done with the query tile's buffer
+    write_pairs<T, D>(p, map, tile, c, i, o, m, l, rows, lse_rows[c][i & 1], q_empty);
   }
+  if ((threadIdx.x & 127) == 0) bulk_wait_read<0>();  // shared memory outlives the last stores' reads
 }
 
 template <typename T, int D, int NKT>
 __device__ __forceinline__ void vmoba_chunk_sm90(const AttnParams& p, const TileMap& map) {
-  constexpr int Q_STAGES = q_stages<NKT>(), Q_BYTES = ITEM_TILE * D * 2, KV_BYTES = NKT * KEY_TILE * D * 2;
+  constexpr int Q_BYTES = ITEM_TILE * D * 2, KV_BYTES = NKT * KEY_TILE * D * 2;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ uint64_t kv_full, q_full[Q_STAGES], q_empty[Q_STAGES];
   unsigned char* sQ = align_1024(smem_raw);
@@ -197,7 +205,7 @@ __device__ __forceinline__ void vmoba_chunk_sm90(const AttnParams& p, const Tile
     mbar_init(&kv_full, 128);  // every producer thread once its copies land
     for (int i = 0; i < Q_STAGES; ++i) {
       mbar_init(&q_full[i], 128);
-      mbar_init(&q_empty[i], 8);  // every consumer warp
+      mbar_init(&q_empty[i], 2);  // each consumer's storing thread
     }
   }
   __syncthreads();
@@ -208,18 +216,18 @@ __device__ __forceinline__ void vmoba_chunk_sm90(const AttnParams& p, const Tile
   using Regs = RegisterSplit<2>;
   if (threadIdx.x < 128) {
     regs_shrink<Regs::PRODUCER>();
-    produce_chunk<T, D, NKT, Q_STAGES>(p, item, first, nk, sQ, sK, sV, &kv_full, q_full, q_empty);
+    produce_chunk<T, D, NKT>(p, item, first, nk, sQ, sK, sV, &kv_full, q_full, q_empty);
   } else {
     regs_grow<Regs::CONSUMER>();
-    consume_chunk<T, D, Q_STAGES>(p, map, item, (threadIdx.x >> 7) - 1, nk, sQ, sK, sV, &kv_full, q_full, q_empty);
+    consume_chunk<T, D>(p, map, item, (threadIdx.x >> 7) - 1, nk, sQ, sK, sV, &kv_full, q_full, q_empty);
   }
 }
 
 // NKT key tiles (chunks of at most 128 * NKT keys); one CTA of three warpgroups per SM.
-#define INSTANTIATE_CHUNK(T, NAME, D, NKT)                                                                   \
-  extern "C" __global__ void __launch_bounds__(384, 1)                                                      \
-      vmoba_chunk_sm90_##NAME##_d##D##_nkt##NKT(const __grid_constant__ VmobaSm90Args args) {               \
-    vmoba_chunk_sm90<T, D, NKT>(args.p, args.rows);                                                          \
+#define INSTANTIATE_CHUNK(T, NAME, D, NKT)                                                              \
+  extern "C" __global__ void __launch_bounds__(384, 1) vmoba_chunk_sm90_##NAME##_d##D##_nkt##NKT(      \
+      const __grid_constant__ Sm90Args<AttnParams, TileMap> args) {                                    \
+    vmoba_chunk_sm90<T, D, NKT>(args.p, args.maps);                                                     \
   }
 #define INSTANTIATE_CHUNK_ALL(T, NAME) \
   INSTANTIATE_CHUNK(T, NAME, 64, 1)    \

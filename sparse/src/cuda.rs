@@ -6,7 +6,7 @@ pub(crate) use crate::kernel_params::{AttnParams, BwdParams, ListShape};
 use crate::layout::BlockLayout;
 use crate::op::{ForwardKernel, TokenRows};
 use crate::plan::{KeyBlocks, SparsePlan};
-use crate::tma::{BwdSm90Args, FwdSm90Args, KvMaps, TileMap};
+use crate::tma::{KvMaps, Sm90Args, TileMap};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
@@ -390,8 +390,8 @@ pub(crate) fn launch_forward(
             shared_mem_bytes: ((query_rows + 2 * stages * key_tile) * d * 2 + 1024) as u32,
         };
         let name = format!("{prefix}_{t}_d{d}_wg{groups}_bn{key_tile}_st{stages}");
-        let args = FwdSm90Args {
-            attn: *params,
+        let args = Sm90Args {
+            params: *params,
             maps: KvMaps::for_keys(params, dtype, d, key_tile),
         };
         FWD_SM90.launch(dev, &name, cfg, &args)
@@ -566,9 +566,9 @@ pub(crate) fn attention_backward(
             let name = format!("bsattn_bwd_sm90_{pass}_{t}_d{d}");
             if consumers > 1 {
                 // The one-pass kernel, with the map of its dq sum ([B * H, S, D] f32).
-                let args = BwdSm90Args {
+                let args = Sm90Args {
                     params,
-                    dq: TileMap::for_dq_sum(params.dq, b * h, s, d, columns),
+                    maps: TileMap::for_dq_sum(params.dq, b * h, s, d, columns),
                 };
                 return BWD_SM90.launch(&dev, &name, cfg, &args);
             }

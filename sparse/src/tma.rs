@@ -7,7 +7,7 @@
 //! inputs TMA cannot describe get disabled maps and the per-chunk copies (or per-row
 //! reductions).
 
-use crate::kernel_params::{AttnParams, BwdParams};
+use crate::kernel_params::AttnParams;
 use candle_core::cuda_backend::cudarc::driver::sys::{
     self, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
     CUtensorMapL2promotion, CUtensorMapSwizzle,
@@ -27,15 +27,22 @@ pub(crate) struct KvMaps {
 }
 const _: () = assert!(std::mem::size_of::<KvMaps>() == 384);
 
-/// `FwdSm90Args` of tma_sm90.cuh: the Hopper forward kernel's one parameter.
+/// `Sm90Args` of tma_sm90.cuh: the one parameter of a Hopper kernel that reads tensor maps,
+/// its parameter struct followed by its maps (the forward's `KvMaps`, the one-pass backward's
+/// dq sum and VMoBA's partial rows as a `TileMap`).
 #[repr(C)]
-pub(crate) struct FwdSm90Args {
-    pub(crate) attn: AttnParams,
-    pub(crate) maps: KvMaps,
+pub(crate) struct Sm90Args<P, M> {
+    pub(crate) params: P,
+    pub(crate) maps: M,
 }
-// SAFETY: plain old data with the C layout of `FwdSm90Args` (AttnParams is checked by the
-// build, KvMaps by the size assertions on both sides).
-unsafe impl DeviceRepr for FwdSm90Args {}
+// SAFETY: plain old data with the C layout of `Sm90Args<P, M>` where both halves are (the
+// parameter structs are checked by the build, the maps by the size assertions on both sides).
+unsafe impl<P: DeviceRepr, M: TensorMaps> DeviceRepr for Sm90Args<P, M> {}
+
+/// Tensor maps with the C layout of their namesakes in tma_sm90.cuh.
+pub(crate) trait TensorMaps: Copy {}
+impl TensorMaps for KvMaps {}
+impl TensorMaps for TileMap {}
 
 /// `TileMap` of tma_sm90.cuh: a 128-byte tensor map with the 128-byte swizzle and whether it is
 /// set.
@@ -46,26 +53,6 @@ pub(crate) struct TileMap {
     enabled: i32,
 }
 const _: () = assert!(std::mem::size_of::<TileMap>() == 256);
-
-/// `BwdSm90Args` of attention_bwd_sm90.cu: the one-pass Hopper backward's one parameter.
-#[repr(C)]
-pub(crate) struct BwdSm90Args {
-    pub(crate) params: BwdParams,
-    pub(crate) dq: TileMap,
-}
-// SAFETY: plain old data with the C layout of `BwdSm90Args` (BwdParams is checked by the build,
-// TileMap by the size assertions on both sides).
-unsafe impl DeviceRepr for BwdSm90Args {}
-
-/// `VmobaSm90Args` of vmoba_sm90.cu: the chunk-stationary kernel's one parameter.
-#[repr(C)]
-pub(crate) struct VmobaSm90Args {
-    pub(crate) attn: AttnParams,
-    pub(crate) rows: TileMap,
-}
-// SAFETY: plain old data with the C layout of `VmobaSm90Args` (AttnParams is checked by the
-// build, TileMap by the size assertions on both sides).
-unsafe impl DeviceRepr for VmobaSm90Args {}
 
 /// Channels of one box of the dq map (`tma_add_3d` in attention_bwd_sm90.cu): 128 bytes of
 /// f32, the swizzle's span.

@@ -19,7 +19,7 @@ use crate::cuda::{
 use crate::layout::BlockLayout;
 use crate::op::ForwardKernel;
 use crate::pool::block_means;
-use crate::tma::{TileMap, VmobaSm90Args};
+use crate::tma::{Sm90Args, TileMap};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, LaunchConfig, PushKernelArg,
 };
@@ -60,12 +60,12 @@ const PARTIAL_BYTES: usize = 1 << 30;
 fn partial_bytes_per_slot(d: usize) -> usize {
     d * 2 + 4
 }
-/// Slots where each chunk's pair list starts: a multiple of this (`LIST_ALIGN` of
-/// `kernels/vmoba.cu`, the chunk-stationary kernel's query tile).
-const LIST_ALIGN: usize = 128;
+/// Slots where each chunk's pair list starts: a multiple of this (the chunk-stationary kernel's
+/// query tile), so that a tile's rows never reach into the next list.
+const LIST_ALIGN: u32 = 128;
 /// Slots of `heads` heads' lists over `n` chunks holding `pairs` pairs: at most this many.
 fn slots_bound(pairs: usize, heads: usize, n: usize) -> usize {
-    pairs + heads * n * (LIST_ALIGN - 1)
+    pairs + heads * n * (LIST_ALIGN as usize - 1)
 }
 /// Chunks of at least this many tokens (on average) get 128-query work tiles (two consumer
 /// warpgroups sharing each key tile); smaller chunks keep 64-query tiles.
@@ -115,25 +115,20 @@ pub(crate) fn vmoba_forward(
         ScoreProduct::F32 => means,
     };
     let chunk_of = block_of_on(dev, chunks)?;
-    let lens: Vec<f32> = (0..n).map(|c| chunks.block_len(c) as f32).collect();
-    let lens = Tensor::from_vec(lens, (1, n), q.device())?;
+    let starts = ptr(dev, &layout_on(dev, chunks)?.starts);
     let out = Output::new(dev, q.dtype(), b * s * h * d)?;
     let group = (SCORE_BYTES / (s * (4 * n + 2 * SCORE_PARTS * d)).max(1)).clamp(1, h);
-    let mut pairs = Tensor::zeros((), DType::F32, q.device())?;
+    // Query-key pairs computed, summed by the selection's pair counts.
+    let pairs = dev.alloc_zeros::<i64>(1)?;
+    let pairs_ptr = ptr(dev, &pairs);
     for bi in 0..b {
         for h0 in (0..h).step_by(group) {
             let heads = group.min(h - h0);
             let queries = copy_queries(dev, q, bi, h0..h0 + heads, product)?;
             let scores = chunk_scores(dev, &queries, &means.i((bi, h0..h0 + heads))?, product)?;
             drop(queries);
-            let sel = select(dev, &scores, &chunk_of, s, n, words, budget)?;
+            let sel = select(dev, &scores, &chunk_of, [starts, pairs_ptr], s, n, budget)?;
             drop(scores);
-            let per_chunk = counts_tensor(dev, &sel.chunk_counts, (heads, n))?;
-            pairs = (pairs
-                + per_chunk
-                    .to_dtype(DType::F32)?
-                    .broadcast_mul(&lens)?
-                    .sum_all()?)?;
             let per_head: Vec<usize> = match budget {
                 Budget::Count(keep) => vec![s * keep.clamp(1, n); heads],
                 Budget::Share(_) => dev
@@ -174,7 +169,8 @@ pub(crate) fn vmoba_forward(
         }
     }
     let t = untracked_tensor(out.into_storage(dev), (b, s, h, d));
-    Ok((t.transpose(1, 2)?, pairs))
+    let pairs = untracked_tensor(CudaStorage::wrap_cuda_slice(pairs, dev.clone()), ());
+    Ok((t.transpose(1, 2)?, pairs.to_dtype(DType::F32)?))
 }
 
 /// Queries `heads` of batch element `b` as `product` takes them, contiguous: `[heads, S, D]` in
@@ -297,19 +293,6 @@ fn chunk_scores(
     Ok(out)
 }
 
-/// A copy of device counts as a u32 tensor of `shape`.
-fn counts_tensor(
-    dev: &CudaDevice,
-    counts: &CudaSlice<u32>,
-    shape: (usize, usize),
-) -> Result<Tensor> {
-    // SAFETY: the copy below writes every element.
-    let mut copy = unsafe { dev.alloc::<u32>(counts.len())? };
-    dev.memcpy_dtod(counts, &mut copy)?;
-    let storage = CudaStorage::wrap_cuda_slice(copy, dev.clone());
-    Ok(untracked_tensor(storage, shape))
-}
-
 /// The output buffer, `[B, S, H, D]` in the inputs' dtype.
 enum Output {
     Bf16(CudaSlice<half::bf16>),
@@ -317,10 +300,13 @@ enum Output {
 }
 
 impl Output {
+    /// Uninitialised: the merge writes every row (a row of every query and head has a pair at
+    /// least, its own chunk, and rows without keys get zeros).
     fn new(dev: &CudaDevice, dtype: DType, len: usize) -> Result<Self> {
+        // SAFETY: see above; nothing reads the buffer before the merges have run.
         Ok(match dtype {
-            DType::BF16 => Self::Bf16(dev.alloc_zeros(len)?),
-            DType::F16 => Self::F16(dev.alloc_zeros(len)?),
+            DType::BF16 => Self::Bf16(unsafe { dev.alloc(len)? }),
+            DType::F16 => Self::F16(unsafe { dev.alloc(len)? }),
             dt => candle_core::bail!("VMoBA on the GPU does not take {dt:?}"),
         })
     }
@@ -341,11 +327,13 @@ impl Output {
 }
 
 /// The selection of one head group: kept chunks per row as a bitmask, their number, and the
-/// pairs per (head, chunk).
+/// pairs per (head, chunk); `uniform` is the number every row keeps under the top-k rule, 0
+/// under the share rule.
 struct Selection {
     mask: CudaSlice<u32>,
     row_counts: CudaSlice<u32>,
     chunk_counts: CudaSlice<u32>,
+    uniform: u32,
 }
 
 /// A sub-group of heads of a selection: heads `g0..g0 + heads` of the group, the first of them
@@ -363,16 +351,19 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     VMOBA.function(dev, name)
 }
 
-/// Selects chunks for every row of `scores` ([heads, S, n] f32) and counts pairs per chunk.
+/// Selects chunks for every row of `scores` ([heads, S, n] f32) and counts pairs per chunk;
+/// adds the query-key pairs of the selection to the i64 at device address `pairs`, with the
+/// chunks' lengths from their `starts` (n + 1 u32 at a device address).
 fn select(
     dev: &CudaDevice,
     scores: &Tensor,
     chunk_of: &CudaSlice<u32>,
+    [starts, pairs]: [u64; 2],
     s: usize,
     n: usize,
-    words: usize,
     budget: Budget,
 ) -> Result<Selection> {
+    let words = n.div_ceil(32);
     let heads = scores.dim(0)?;
     let rows = heads * s;
     // SAFETY: `vmoba_select` writes every row's mask words and count.
@@ -422,18 +413,26 @@ fn select(
         .arg(&cc_ptr)
         .arg(&s32)
         .arg(&n32)
-        .arg(&w32);
+        .arg(&w32)
+        .arg(&starts)
+        .arg(&pairs);
     let cfg = LaunchConfig {
         grid_dim: (grid_blocks(s, 256, "VMoBA chunk counts")?, heads as u32, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: (n * 4) as u32,
     };
-    // SAFETY: arguments match `vmoba_chunk_counts`; counts hold heads x n entries.
+    // SAFETY: arguments match `vmoba_chunk_counts`; counts hold heads x n entries, `starts`
+    // n + 1 and `pairs` one.
     unsafe { builder.launch(cfg) }.w()?;
+    let uniform = match budget {
+        Budget::Count(k) => k.clamp(1, n) as u32,
+        Budget::Share(_) => 0,
+    };
     Ok(Selection {
         mask,
         row_counts,
         chunk_counts,
+        uniform,
     })
 }
 
@@ -507,53 +506,64 @@ fn run_pairs(
         ptr(dev, &sel.row_counts) + (row0 * 4) as u64,
         ptr(dev, &sel.chunk_counts) + (span.g0 * n * 4) as u64,
     );
-    // Row offsets: each row's first pair, row-major.
+    // Row offsets, each row's first pair (row-major), where rows keep different numbers of
+    // chunks; where every row keeps `sel.uniform`, the kernels take row * uniform.
     // SAFETY (this and the uninitialised buffers below): a kernel or copy writes every element
-    // that is read before it is read: the row counts' copy, `vmoba_list_sizes` (every list's
-    // slots and tiles), `vmoba_fill` (every counted pair's query and slot) and the attention
-    // kernel (the partial row and LSE of every such slot). The slots of the lists' padding are
-    // never read.
-    let mut row_offsets = unsafe { dev.alloc::<u32>(rows)? };
-    dev.memcpy_dtod(&sel.row_counts.slice(row0..row0 + rows), &mut row_offsets)?;
-    let ro_ptr = ptr(dev, &row_offsets);
-    exclusive_scan(dev, ro_ptr, rows)?;
+    // that is read before it is read: the row counts' copy, `vmoba_list_offsets` (every list's
+    // first slot and tile, every cursor, the spare tiles), `vmoba_fill` (every counted pair's
+    // query and slot), `vmoba_tiles` (the lists' tiles) and the attention kernel (the partial
+    // row and LSE of every such slot). The slots of the lists' padding are never read.
+    let row_offsets = if sel.uniform > 0 {
+        None
+    } else {
+        let mut offsets = unsafe { dev.alloc::<u32>(rows)? };
+        dev.memcpy_dtod(&sel.row_counts.slice(row0..row0 + rows), &mut offsets)?;
+        exclusive_scan(dev, ptr(dev, &offsets), rows)?;
+        Some(offsets)
+    };
+    let ro_ptr = row_offsets.as_ref().map_or(0, |o| ptr(dev, o));
 
-    // Each list's slots (its pairs rounded up to LIST_ALIGN) and work tiles, then where they
-    // start.
-    // SAFETY: see above (these two).
+    // Where each list's slots (its pairs rounded up to LIST_ALIGN) and work tiles start; the
+    // lists' cursors and the tile list's spare entries (no queries) zeroed on the way.
+    // SAFETY: see above (these five).
     let chunk_offsets = unsafe { dev.alloc::<u32>(lists)? };
     let tile_offsets = unsafe { dev.alloc::<u32>(lists)? };
-    let (co_ptr, to_ptr, len32) = (
+    let cursor = unsafe { dev.alloc::<u32>(lists)? };
+    let tile_list = unsafe { dev.alloc::<u32>(tiles * 4)? };
+    let slots = slots_bound(pairs, span.heads, n);
+    let pair_query = unsafe { dev.alloc::<u32>(slots)? };
+    let pair_slot = unsafe { dev.alloc::<u32>(pairs)? };
+    let (co_ptr, to_ptr, cur_ptr, tl_ptr, pq_ptr, ps_ptr) = (
         ptr(dev, &chunk_offsets),
         ptr(dev, &tile_offsets),
-        lists as i32,
+        ptr(dev, &cursor),
+        ptr(dev, &tile_list),
+        ptr(dev, &pair_query),
+        ptr(dev, &pair_slot),
     );
-    let func = function(dev, "vmoba_list_sizes")?;
+    let capacity = u32::try_from(tiles)
+        .map_err(|_| candle_core::Error::Msg(format!("VMoBA: {tiles} work tiles exceed u32")))?;
+    let len32 = lists as i32;
+    let func = function(dev, "vmoba_list_offsets")?;
     let mut builder = stream.launch_builder(&func);
     builder
         .arg(&cd_ptr)
         .arg(&co_ptr)
         .arg(&to_ptr)
+        .arg(&cur_ptr)
+        .arg(&tl_ptr)
         .arg(&len32)
-        .arg(&tile_rows);
-    let cfg = one_thread_each(lists, "VMoBA list sizes")?;
-    // SAFETY: arguments match `vmoba_list_sizes`; both buffers hold `lists` entries.
+        .arg(&tile_rows)
+        .arg(&LIST_ALIGN)
+        .arg(&capacity);
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `vmoba_list_offsets`; the offsets and cursors hold `lists`
+    // entries, the tile list `tiles`.
     unsafe { builder.launch(cfg) }.w()?;
-    exclusive_scan(dev, co_ptr, lists)?;
-    exclusive_scan(dev, to_ptr, lists)?;
-    let slots = slots_bound(pairs, span.heads, n);
-    let cursor = dev.alloc_zeros::<u32>(lists)?;
-    // SAFETY: see above (these two).
-    let pair_query = unsafe { dev.alloc::<u32>(slots)? };
-    let pair_slot = unsafe { dev.alloc::<u32>(pairs)? };
-    // Zeroed: spare tiles have no queries.
-    let tile_list = dev.alloc_zeros::<u32>(tiles * 4)?;
-    let (cur_ptr, pq_ptr, ps_ptr, tl_ptr) = (
-        ptr(dev, &cursor),
-        ptr(dev, &pair_query),
-        ptr(dev, &pair_slot),
-        ptr(dev, &tile_list),
-    );
     let (rows32, s32, n32, w32) = (rows as i32, s as i32, n as i32, words as i32);
     let func = function(dev, "vmoba_fill")?;
     let mut builder = stream.launch_builder(&func);
@@ -567,7 +577,8 @@ fn run_pairs(
         .arg(&rows32)
         .arg(&s32)
         .arg(&n32)
-        .arg(&w32);
+        .arg(&w32)
+        .arg(&sel.uniform);
     let cfg = one_thread_each(rows, "VMoBA pair lists")?;
     // SAFETY: arguments match `vmoba_fill`; pair buffers hold the counted pairs' slots.
     unsafe { builder.launch(cfg) }.w()?;
@@ -633,7 +644,7 @@ fn run_pairs(
                     "VMoBA: the CUDA driver refused a tensor map of {slots} partial output rows"
                 ))
             })?;
-            let args = VmobaSm90Args { attn: params, rows };
+            let args = Sm90Args { params, maps: rows };
             launch_chunk_stationary(dev, q.dtype(), d, key_tiles, grid, &args)?
         }
         None => launch_forward(dev, q.dtype(), d, tile_rows == 64, grid, &params, kernel)?,
@@ -656,6 +667,7 @@ fn run_pairs(
         .arg(&ps_ptr)
         .arg(&ro_ptr)
         .arg(&counts_ptr)
+        .arg(&sel.uniform)
         .arg(&out_ptr)
         .arg(&rows32)
         .arg(&s32)
@@ -687,18 +699,18 @@ fn resident_key_tiles(
 }
 
 /// Runs `kernels/vmoba_sm90.cu` on the work items of `params` (gathered mode's fields): a
-/// producer warpgroup and two consumers; a ring of 128-row query tiles (three beside one key
-/// tile, two beside two), `key_tiles` key and value tiles of 128 rows, and 1 KiB to align them
-/// for the 128-byte swizzle.
+/// producer warpgroup and two consumers; a ring of three 128-row query tiles, `key_tiles` key
+/// and value tiles of 128 rows, and 1 KiB to align them for the 128-byte swizzle (225 KiB in
+/// all with two key tiles of 128 channels).
 fn launch_chunk_stationary(
     dev: &CudaDevice,
     dtype: DType,
     d: usize,
     key_tiles: usize,
     grid_dim: (u32, u32, u32),
-    args: &VmobaSm90Args,
+    args: &Sm90Args<AttnParams, TileMap>,
 ) -> Result<()> {
-    let query_tiles = if key_tiles == 1 { 3 } else { 2 }; // the kernel's q_stages<NKT>()
+    let query_tiles = 3; // the kernel's Q_STAGES
     let cfg = LaunchConfig {
         grid_dim,
         block_dim: (384, 1, 1),
