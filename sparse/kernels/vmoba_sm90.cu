@@ -28,13 +28,13 @@ constexpr int BAR_ROWS_STAGED = 5;
 
 // Consumer c's 64 rows of query tile `i`, normalised, out to their pairs' partial outputs and
 // log-sum-exps: staged in the consumer's own rows of the query tile's buffer (which only its
-// products read, and which they have read; by matrix stores, four 8x8 blocks a warp at once)
-// and in `lse_rows`, then sent by one thread as bulk
-// tensor stores of the map's 64-row boxes (rows slot .. slot + 63, those past the tile's real
-// rows in the list's padding) and one bulk copy of the log-sum-exps. That thread hands a tile's
-// buffer back once its stores have read it, a tile later (waiting then for all but the newest
-// bulk group), so that the consumer goes on to its next tile meanwhile; log-sum-exps alternate
-// between two buffers by tile for the same reason.
+// products read, and which they have read), by matrix stores of four 8x8 blocks a warp
+// instruction, and in `lse_rows`; then sent by one thread as bulk tensor stores of the map's
+// 64-row boxes (rows slot .. slot + 63, those past the tile's real rows in the list's padding)
+// and one bulk copy of the log-sum-exps. That thread hands a tile's buffer back once its stores
+// have read it, a tile later (waiting then for all but the newest bulk group), so that the
+// consumer goes on to its next tile meanwhile; log-sum-exps alternate between two buffers by
+// tile for the same reason.
 template <typename T, int D>
 __device__ __forceinline__ void write_pairs(const AttnParams& p, const TileMap& map, const QueryTile& tile, int c,
                                            int i, const float* o, const float* m, const float* l,
