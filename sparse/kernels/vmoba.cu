@@ -268,17 +268,22 @@ extern "C" __global__ void scan_add_u32(uint32_t* x, const uint32_t* offsets, in
   if (i < n) x[i] += offsets[blockIdx.x];
 }
 
+// The number of row `row`'s first pair in row-major order: row * `uniform` where every row
+// keeps that many chunks (the top-k rule), else row_offsets[row] (the scanned row counts).
+__device__ __forceinline__ uint32_t row_first_pair(const uint32_t* row_offsets, uint32_t uniform, int row) {
+  return uniform > 0u ? (uint32_t)row * uniform : row_offsets[row];
+}
+
 // Places every kept (query, chunk) pair: the query token at the pair's slot in its chunk's
 // list (`pair_query`), and that slot at the pair's row-major number (`pair_slot`: the row's
-// offset plus the pair's rank in the row, chunks ascending), where the merge finds it. A row's
-// offset is row * `uniform` where every row keeps that many chunks (the top-k rule), else
-// row_offsets[row]. A CTA
-// of 256 rows counts its pairs per (head, chunk) in shared memory, reserves each count's run of
-// slots with one global atomic, and places its pairs inside those runs (a chunk's list is
-// otherwise claimed one pair at a time by thousands of rows, whose atomics on one counter
-// serialise). The counters fit: a CTA's rows span at most two heads where S >= 256, and fewer
-// than 256 / S + 2 heads of at most S chunks each otherwise (a chunk holds a token at least), so
-// at most 2,048 chunks (MAX_CHUNKS of vmoba_cuda.rs) make at most FILL_COUNTERS of them.
+// offset plus the pair's rank in the row, chunks ascending), where the merge finds it
+// (row_first_pair). A CTA of 256 rows counts its pairs per (head, chunk) in shared memory,
+// reserves each count's run of slots with one global atomic, and places its pairs inside those
+// runs (a chunk's list is otherwise claimed one pair at a time by thousands of rows, whose
+// atomics on one counter serialise). The counters fit: a CTA's rows span at most two heads
+// where S >= 256, and fewer than 256 / S + 2 heads of at most S chunks each otherwise (a chunk
+// holds a token at least), so at most 2,048 chunks (MAX_CHUNKS of vmoba_cuda.rs) make at most
+// FILL_COUNTERS of them.
 constexpr int FILL_COUNTERS = 4096;
 extern "C" __global__ void __launch_bounds__(256)
     vmoba_fill(const uint32_t* mask, const uint32_t* row_offsets, const uint32_t* chunk_offsets,
@@ -291,7 +296,7 @@ extern "C" __global__ void __launch_bounds__(256)
   const bool mine = row < rows;
   const int g = row / S;
   const uint32_t* bits = mask + (size_t)row * words;
-  uint32_t rank = !mine ? 0u : uniform > 0u ? (uint32_t)row * uniform : row_offsets[row];
+  uint32_t rank = mine ? row_first_pair(row_offsets, uniform, row) : 0u;
   // Each kept chunk of this row in ascending order: `place(counter index)`.
   auto each_pair = [&](auto place) {
     if (!mine) return;
@@ -367,13 +372,13 @@ template <typename T, int N> struct alignas(sizeof(T) * N) Elems {
 
 // One warp per row: out[b, query, h, :] = sum_j exp(lse_j - lse) o_j over the row's partial
 // outputs (`partial` [slots, D] in the output's dtype and `partial_lse`, natural log, at the
-// slots pair_slot[offset .. offset + count], offset and count as vmoba_fill takes them), lse =
-// log sum_j exp(lse_j). The row's pairs go 32 at a time: lane j loads pair j's slot and
-// log-sum-exp (one load each for the warp, not one per pair in turn), the sums so far are
-// rescaled to the running maximum, and the pairs' rows are added with their weights taken from
-// the lanes that hold them, two rows at a time: each half of the warp reads one row, 16 bytes a
-// lane (D / 16 consecutive columns), and the halves' sums are added at the end. Rows without
-// keys get zeros.
+// slots pair_slot[first .. first + count]: first by row_first_pair, count `uniform` or
+// count[row]), lse = log sum_j exp(lse_j). The row's pairs go 32 at a time: lane j loads pair
+// j's slot and log-sum-exp (one load each for the warp, not one per pair in turn), the sums so
+// far are rescaled to the running maximum, and the pairs' rows are added with their weights
+// taken from the lanes that hold them, two rows at a time: each half of the warp reads one row,
+// 16 bytes a lane (D / 16 consecutive columns), and the halves' sums are added at the end. Rows
+// without keys get zeros.
 template <typename T, int D>
 __device__ __forceinline__ void merge_rows(const T* partial, const float* partial_lse, const uint32_t* pair_slot,
                                            const uint32_t* row_offsets, const uint32_t* count, uint32_t uniform, T* out,
@@ -383,7 +388,7 @@ __device__ __forceinline__ void merge_rows(const T* partial, const float* partia
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   const int half = lane >> 4, col = lane & 15;
   if (row >= rows) return;
-  const uint32_t* slots = pair_slot + (uniform > 0u ? (uint32_t)row * uniform : row_offsets[row]);
+  const uint32_t* slots = pair_slot + row_first_pair(row_offsets, uniform, row);
   const int pairs = (int)(uniform > 0u ? uniform : count[row]);
   float acc[N] = {0.f}, wsum = 0.f, mx = -INFINITY;
   for (int j0 = 0; j0 < pairs; j0 += 32) {

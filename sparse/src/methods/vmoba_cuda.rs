@@ -14,7 +14,7 @@
 use super::vmoba::Budget;
 use crate::cuda::{
     arg_view, block_of_on, grid_blocks, hopper_kernel, launch_forward, layout_on, one_thread_each,
-    rows_16_byte_aligned, tensor_view, AttnParams,
+    rows_16_byte_aligned, tensor_view, AttnParams, DeviceLayout,
 };
 use crate::layout::BlockLayout;
 use crate::op::ForwardKernel;
@@ -115,7 +115,8 @@ pub(crate) fn vmoba_forward(
         ScoreProduct::F32 => means,
     };
     let chunk_of = block_of_on(dev, chunks)?;
-    let starts = ptr(dev, &layout_on(dev, chunks)?.starts);
+    let keys = layout_on(dev, chunks)?;
+    let starts = ptr(dev, &keys.starts);
     let out = Output::new(dev, q.dtype(), b * s * h * d)?;
     let group = (SCORE_BYTES / (s * (4 * n + 2 * SCORE_PARTS * d)).max(1)).clamp(1, h);
     // Query-key pairs computed, summed by the selection's pair counts.
@@ -160,6 +161,7 @@ pub(crate) fn vmoba_forward(
                 let call = Gathered {
                     qkv: [q, k, v],
                     chunks,
+                    keys: &keys,
                     out: &out,
                     kernel,
                 };
@@ -468,6 +470,8 @@ fn exclusive_scan(dev: &CudaDevice, x: u64, len: usize) -> Result<()> {
 struct Gathered<'a> {
     qkv: [&'a Tensor; 3],
     chunks: &'a Arc<BlockLayout>,
+    /// The chunks' key order and starts on the device.
+    keys: &'a DeviceLayout,
     out: &'a Output,
     kernel: ForwardKernel,
 }
@@ -482,7 +486,8 @@ fn run_pairs(
     pairs: usize,
     call: &Gathered<'_>,
 ) -> Result<()> {
-    let ([q, k, v], chunks, out, kernel) = (call.qkv, call.chunks, call.out, call.kernel);
+    let ([q, k, v], chunks, kl, out, kernel) =
+        (call.qkv, call.chunks, call.keys, call.out, call.kernel);
     let (s, n, words, d) = (span.s, span.n, span.words, q.dim(3)?);
     let rows = span.heads * s;
     // Key tiles of a chunk kept in shared memory (chunk-stationary), or the query rows per work
@@ -606,7 +611,6 @@ fn run_pairs(
     let partial_lse = unsafe { dev.alloc::<f32>(slots)? };
     let (qv, kv, vv) = (tensor_view(q)?, tensor_view(k)?, tensor_view(v)?);
     let (b, h) = (q.dim(0)?, q.dim(1)?);
-    let kl = layout_on(dev, chunks)?;
     let params = AttnParams {
         q: qv.0,
         k: kv.0,
