@@ -18,6 +18,7 @@ fn main() {
         .kernel("pool", Target::Portable)
         .kernel("vmoba", Target::Portable)
         .kernel("vmoba_sm90", Target::Hopper)
+        .kernel("vmoba_scores_sm90", Target::Hopper)
         .kernel("lists", Target::Portable)
         .params::<kernel_params::AttnParams>()
         .params::<kernel_params::BwdParams>()

@@ -97,22 +97,23 @@ __device__ __forceinline__ void mma_ss_tile(float* c, const unsigned char* a, in
   }
 }
 
-// C[64 x BN] = A B^T over the head dim D with A's 64 rows in registers (`load_a_rows_global`):
-// B is read once per k16 step and A not at all, which halves the shared-memory reads of a
-// 64-column product. Issues only.
+// C[64 x BN] (+)= A B^T over the head dim D with A's 64 rows in registers
+// (`load_a_rows_global`): B is read once per k16 step and A not at all, which halves the
+// shared-memory reads of a 64-column product. Adds to C where `accumulate`. Issues only.
 template <typename T, int D, int BN>
-__device__ __forceinline__ void mma_rs_kmajor_tile(float* c, const uint32_t (&a)[D / 16][4], const unsigned char* b) {
+__device__ __forceinline__ void mma_rs_kmajor_tile(float* c, const uint32_t (&a)[D / 16][4], const unsigned char* b,
+                                                   bool accumulate = false) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     const int block = kk >> 2, within = (kk & 3) * 32;
-    mma_rs_kmajor<T, BN>(c, a[kk], smem_desc(b + block * BN * 128 + within, 16, 1024), kk > 0);
+    mma_rs_kmajor<T, BN>(c, a[kk], smem_desc(b + block * BN * 128 + within, 16, 1024), accumulate || kk > 0);
   }
 }
 
-// Warpgroup rows [row0, row0 + 64) of the `nq` rows at tokens `ord[r]` of `base` (`stride`
-// elements apart; rows from `nq` on are zeros) as wgmma A fragments, one k16 step per entry,
-// read from global memory four bytes per load: warp w's rows 16w + lane / 4 and 8 below it,
-// channels 2 (lane % 4) and 8 to the right of them.
+// Warpgroup rows [row0, row0 + 64) of the `nq` rows at tokens `ord[r]` (or `r` where `ord` is
+// null) of `base` (`stride` elements apart; rows from `nq` on are zeros) as wgmma A fragments,
+// one k16 step per entry, read from global memory four bytes per load: warp w's rows 16w +
+// lane / 4 and 8 below it, channels 2 (lane % 4) and 8 to the right of them.
 template <typename T, int D>
 __device__ __forceinline__ void load_a_rows_global(uint32_t (&a)[D / 16][4], const T* base, long long stride,
                                                    const uint32_t* ord, int nq, int row0) {
@@ -120,7 +121,9 @@ __device__ __forceinline__ void load_a_rows_global(uint32_t (&a)[D / 16][4], con
   const uint32_t* rows[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    rows[h] = r + 8 * h < nq ? reinterpret_cast<const uint32_t*>(base + (long long)ord[r + 8 * h] * stride) : nullptr;
+    const int row = r + 8 * h;
+    rows[h] = row < nq ? reinterpret_cast<const uint32_t*>(base + (long long)(ord != nullptr ? ord[row] : row) * stride)
+                       : nullptr;
   }
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "common.cuh"
+#include "vmoba_scores.cuh"
 
 // Chunk selection ranks a row's chunks as the CPU rule does (vmoba.rs): by (x - lo) in f32,
 // ties to the lower chunk. The keys are the bits of x - lo (never negative, so bit order is
@@ -150,20 +151,20 @@ __device__ __forceinline__ Cut radix_cut(const float* vals, float lo, double ran
   return Cut{prefix, 0xffffffffu, (uint32_t)fmin(ties, 4294967295.0)};
 }
 
-// One warp per row of `scores` ([rows, n] f32, q . chunk mean): keeps the query's own chunk,
-// then the best others, either `topk - 1` of them (topk > 0) or, with topk 0, until the kept
-// mass reaches `tau` of the total (after min-max normalising the row). Writes the kept chunks
-// as a bitmask [rows, words] and their number.
+// One warp per row of `scores` ([rows, n] f32, rows `ld` apart, q . chunk mean): keeps the
+// query's own chunk, then the best others, either `topk - 1` of them (topk > 0) or, with topk
+// 0, until the kept mass reaches `tau` of the total (after min-max normalising the row). Writes
+// the kept chunks as a bitmask [rows, words] and their number.
 extern "C" __global__ void __launch_bounds__(128) vmoba_select(const float* scores, const uint32_t* chunk_of,
                                                               uint32_t* mask, uint32_t* count, int rows, int S,
-                                                              int n, int words, int topk, double tau) {
+                                                              int n, int ld, int words, int topk, double tau) {
   extern __shared__ float vals_all[];
   __shared__ Histogram hists[4];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row = blockIdx.x * 4 + warp;
   if (row >= rows) return;
   float* vals = vals_all + warp * n;
-  const float* src = scores + (size_t)row * n;
+  const float* src = scores + (size_t)row * ld;
   float lo = INFINITY, hi = -INFINITY;
   for (int c = lane; c < n; c += 32) {
     const float v = src[c];
@@ -448,29 +449,102 @@ MERGE(__nv_bfloat16, bf16, 128)
 MERGE(__half, f16, 64)
 MERGE(__half, f16, 128)
 
-// Chunk scores q . mean run as one 16-bit tensor-core product with f32 sums where chunks are
-// many: each mean in SCORE_PARTS parts of the inputs' dtype (split_means: the mean rounded, then
-// what each rounding left, rounded), against the queries repeated as often (copy_rows). Products
-// of 16-bit values are exact in f32, and three bf16 parts hold 24 bits of a mean: the scores are
-// f32 q . mean up to the order of the sums, as a product in f32 would be, and equal means score
-// equally. With few chunks the product runs in f32 on queries widened (copy_rows to f32).
-constexpr int SCORE_PARTS = 3;
+// Queries per CTA of vmoba_scores (eight warps of 32) and chunks per staged block of means.
+constexpr int SCORE_ROWS = 256, SCORE_CHUNKS = 32;
 
-// The queries of heads h0.. of batch element b as rows of type O repeated COPIES times side by
-// side ([heads, S, COPIES * D] contiguous). Each thread moves 8 channels (16-byte loads).
-template <typename T, typename O, int COPIES>
-__device__ __forceinline__ void copy_rows(const T* q, long long sb, long long sh, long long ss, int b, int h0, int S,
-                                          int D, long long vectors, O* out) {
-  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= vectors) return;
-  const int per_row = D / VEC;
-  const int c = (int)(i % per_row) * VEC;
-  const long long row = i / per_row;  // g * S + s
-  const int s = (int)(row % S), g = (int)(row / S);
-  float v[VEC];
-  load8(q + b * sb + (h0 + g) * sh + s * ss + c, v);
+// Scores of every chunk for the queries of heads h0.. of batch element b: out[(g * S + query) *
+// ld + c] = q . mean of chunk c, for the n chunks of parts ([heads, n, SCORE_PARTS * D], parts
+// side by side; vmoba_scores.cuh). vmoba_scores_sm90.cu runs the same product on Hopper. A CTA
+// takes 256 queries of one head; each warp keeps its 32 queries' operand
+// fragments in registers (loaded once from q) and runs mma.sync over blocks of SCORE_CHUNKS
+// chunks' parts, staged in shared memory by cp.async into two buffers (a block's copy overlaps
+// the previous block's products). Columns n..ld get zeros.
+template <typename T, int D>
+__device__ __forceinline__ void chunk_scores(const T* q, long long sb, long long sh, long long ss, int b, int h0,
+                                             int S, const T* parts, int n, int ld, float* out) {
+  constexpr int KSTEPS = D / 16;
+  constexpr int ROW_VECS = SCORE_PARTS * D / 8;  // 16-byte vectors in a chunk's parts
+  constexpr int BLOCK = SCORE_CHUNKS * SCORE_PARTS * D;
+  extern __shared__ __align__(128) unsigned char score_smem[];
+  T* stage = reinterpret_cast<T*>(score_smem);  // [2][SCORE_CHUNKS][SCORE_PARTS * D], swizzled
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = blockIdx.y;
+  const T* means = parts + (size_t)g * n * SCORE_PARTS * D;
+  auto stage_block = [&](int block) {
+    T* dst = stage + (block & 1) * BLOCK;
+    for (int i = threadIdx.x; i < SCORE_CHUNKS * ROW_VECS; i += blockDim.x) {
+      const int r = i / ROW_VECS, v = i % ROW_VECS, chunk = block * SCORE_CHUNKS + r;
+      const bool valid = chunk < n;
+      cp_async16(dst + swz<ROW_VECS>(r, v), means + (size_t)(valid ? chunk : 0) * SCORE_PARTS * D + v * VEC, valid);
+    }
+    cp_async_commit();
+  };
+  stage_block(0);
+
+  // a[m][k]: the A fragment of query rows row0 + 16m .. + 15, channels 16k .. 16k + 15.
+  const T* qh = q + b * sb + (long long)(h0 + g) * sh;
+  const int row0 = blockIdx.x * SCORE_ROWS + warp * 32 + (lane >> 2), col0 = (lane & 3) * 2;
+  uint32_t a[2][KSTEPS][4];
 #pragma unroll
-  for (int part = 0; part < COPIES; ++part) store8(out + (row * COPIES + part) * D + c, v);
+  for (int m = 0; m < 2; ++m) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + 16 * m + 8 * half;
+      const uint32_t* src = reinterpret_cast<const uint32_t*>(qh + (long long)min(row, S - 1) * ss + col0);
+#pragma unroll
+      for (int k = 0; k < KSTEPS; ++k) {
+        a[m][k][half] = row < S ? src[8 * k] : 0u;
+        a[m][k][half + 2] = row < S ? src[8 * k + 4] : 0u;
+      }
+    }
+  }
+
+  const int blocks = (n + SCORE_CHUNKS - 1) / SCORE_CHUNKS;
+  for (int block = 0; block < blocks; ++block) {
+    if (block + 1 < blocks) {
+      stage_block(block + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* tile = stage + (block & 1) * BLOCK;
+    float acc[2][SCORE_CHUNKS / 8][4] = {};
+#pragma unroll 1
+    for (int part = 0; part < SCORE_PARTS; ++part) {
+#pragma unroll
+      for (int k = 0; k < KSTEPS; ++k) {
+#pragma unroll
+        for (int pair = 0; pair < SCORE_CHUNKS / 16; ++pair) {
+          // Chunks 16 pair .. + 15, channels 16k .. + 15 of this part: B fragments of two n8 tiles.
+          uint32_t bf[4];
+          const int r = pair * 16 + (lane >> 4) * 8 + (lane & 7);
+          ldmatrix_x4(bf, tile + swz<ROW_VECS>(r, (part * D + 16 * k) / VEC + ((lane >> 3) & 1)));
+#pragma unroll
+          for (int m = 0; m < 2; ++m) {
+            mma16816<T>(acc[m][2 * pair], a[m][k], bf);
+            mma16816<T>(acc[m][2 * pair + 1], a[m][k], bf + 2);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the next iteration refills this buffer
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+#pragma unroll
+      for (int t = 0; t < SCORE_CHUNKS / 8; ++t) {
+        const int col = block * SCORE_CHUNKS + t * 8 + col0;
+        if (col >= ld) continue;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = row0 + 16 * m + 8 * half;
+          if (row < S) {
+            *reinterpret_cast<float2*>(out + ((size_t)g * S + row) * ld + col) =
+                make_float2(acc[m][t][2 * half], acc[m][t][2 * half + 1]);
+          }
+        }
+      }
+    }
+  }
 }
 
 // Chunk means (f32 [rows, D], `len` values) as SCORE_PARTS parts in the inputs' dtype side by
@@ -490,17 +564,19 @@ __device__ __forceinline__ void split_means(const float* means, long long len, i
   }
 }
 
-#define SCORE_OPERANDS(T, NAME)                                                                                 \
-  extern "C" __global__ void repeat_rows_##NAME(const T* q, long long sb, long long sh, long long ss, int b,    \
-                                                int h0, int S, int D, long long vectors, T* out) {             \
-    copy_rows<T, T, SCORE_PARTS>(q, sb, sh, ss, b, h0, S, D, vectors, out);                                     \
+#define SCORE_KERNELS(T, NAME)                                                                                 \
+  extern "C" __global__ void __launch_bounds__(256, 2)                                                          \
+      vmoba_scores_##NAME##_d64(const T* q, long long sb, long long sh, long long ss, int b, int h0, int S,     \
+                                const T* parts, int n, int ld, float* out) {                                    \
+    chunk_scores<T, 64>(q, sb, sh, ss, b, h0, S, parts, n, ld, out);                                            \
   }                                                                                                             \
-  extern "C" __global__ void widen_rows_##NAME(const T* q, long long sb, long long sh, long long ss, int b,     \
-                                               int h0, int S, int D, long long vectors, float* out) {          \
-    copy_rows<T, float, 1>(q, sb, sh, ss, b, h0, S, D, vectors, out);                                           \
+  extern "C" __global__ void __launch_bounds__(256, 2)                                                          \
+      vmoba_scores_##NAME##_d128(const T* q, long long sb, long long sh, long long ss, int b, int h0, int S,    \
+                                 const T* parts, int n, int ld, float* out) {                                   \
+    chunk_scores<T, 128>(q, sb, sh, ss, b, h0, S, parts, n, ld, out);                                           \
   }                                                                                                             \
   extern "C" __global__ void split_means_##NAME(const float* means, long long len, int D, T* out) {            \
     split_means<T>(means, len, D, out);                                                                         \
   }
-SCORE_OPERANDS(__nv_bfloat16, bf16)
-SCORE_OPERANDS(__half, f16)
+SCORE_KERNELS(__nv_bfloat16, bf16)
+SCORE_KERNELS(__half, f16)

@@ -1,5 +1,5 @@
-//! VMoBA on the GPU without host round trips per query: chunk scores by cuBLAS
-//! ([`ScoreProduct`]), then the kernels of `kernels/vmoba.cu` select chunks, list each chunk's
+//! VMoBA on the GPU without host round trips per query: the kernels of `kernels/vmoba.cu` score
+//! every chunk for every query ([`chunk_scores`]), select chunks, list each chunk's
 //! (query, chunk) pairs and cut them into work tiles; attention writes one partial output and
 //! log-sum-exp per pair (at the pair's slot in its chunk's list) and a merge kernel combines
 //! each query's partials exactly. On Hopper, chunks of at most [`RESIDENT_KEYS`] keys run
@@ -14,12 +14,13 @@
 use super::vmoba::Budget;
 use crate::cuda::{
     arg_view, block_of_on, grid_blocks, hopper_kernel, launch_forward, layout_on, one_thread_each,
-    rows_16_byte_aligned, tensor_view, AttnParams, DeviceLayout,
+    tensor_view, AttnParams, DeviceLayout,
 };
 use crate::layout::BlockLayout;
 use crate::op::ForwardKernel;
 use crate::pool::block_means;
 use crate::tma::{Sm90Args, TileMap};
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, LaunchConfig, PushKernelArg,
 };
@@ -30,29 +31,43 @@ use vdit_core::cuda::{dtype_suffix, output_tensor, ptr, tensor_ptr, untracked_te
 
 const VMOBA: Module = vdit_core::kernel_module!("vmoba");
 const VMOBA_SM90: Module = vdit_core::kernel_module!("vmoba_sm90");
+const VMOBA_SCORES_SM90: Module = vdit_core::kernel_module!("vmoba_scores_sm90");
 /// Most chunks the selection kernel takes (each of its four warps keeps a row of scores in
 /// shared memory, beside 12 KiB of histograms); `vmoba_fill`'s shared counters hold two heads'
 /// worth.
 pub(crate) const MAX_CHUNKS: usize = 2048;
-/// Budget for one head group's scores and its queries' copy.
+/// Budget for one head group's scores.
 const SCORE_BYTES: usize = 512 << 20;
 /// Parts of each chunk mean in the chunk scores' 16-bit product (`SCORE_PARTS` of
 /// `kernels/vmoba.cu`).
 const SCORE_PARTS: usize = 3;
-/// Fewest chunks whose scores run as the 16-bit product (cuBLAS's 16-bit kernels for a few
-/// columns are slower than its f32 one: 0.33 against 0.10 ms on 11 chunks at 480p).
-const PARTS_MIN_CHUNKS: usize = 64;
+/// A score kernel: its module and name, the queries a CTA takes and the chunks a block of means
+/// it stages holds (`SCORE_ROWS`, `SCORE_CHUNKS` of `kernels/vmoba.cu`, `SM90_SCORE_*` of
+/// `kernels/vmoba_scores_sm90.cu`).
+struct ScoreKernel {
+    module: Module,
+    name: &'static str,
+    rows: usize,
+    chunks: usize,
+}
 
-/// How the chunk scores `q · mean` (f32 up to the order of the sums) are multiplied out.
-#[derive(Clone, Copy)]
-enum ScoreProduct {
-    /// An f32 product on the queries widened to f32 (few chunks).
-    F32,
-    /// One 16-bit tensor-core product with f32 sums: each mean in [`SCORE_PARTS`] parts of the
-    /// inputs' dtype ([`split_means`]) against the queries repeated as often. Products of 16-bit
-    /// values are exact in f32 and three bf16 parts hold a mean's 24 bits (f16 parts too, but
-    /// for remainders below f16's normal range); equal means score equally.
-    Parts,
+/// The wgmma score kernel on Hopper (where the attention kernels run there), the mma.sync one
+/// elsewhere.
+fn score_kernel(dev: &CudaDevice, kernel: ForwardKernel) -> Result<ScoreKernel> {
+    Ok(match hopper_kernel(dev, kernel)? {
+        Some(_) => ScoreKernel {
+            module: VMOBA_SCORES_SM90,
+            name: "vmoba_scores_sm90",
+            rows: 128,
+            chunks: 64,
+        },
+        None => ScoreKernel {
+            module: VMOBA,
+            name: "vmoba_scores",
+            rows: 256,
+            chunks: 32,
+        },
+    })
 }
 /// Budget for one head group's partial outputs.
 const PARTIAL_BYTES: usize = 1 << 30;
@@ -104,31 +119,32 @@ pub(crate) fn vmoba_forward(
     let (b, h, s, d) = q.dims4()?;
     let n = chunks.num_blocks();
     let words = n.div_ceil(32);
-    let product = if n >= PARTS_MIN_CHUNKS {
-        ScoreProduct::Parts
-    } else {
-        ScoreProduct::F32
-    };
-    let means = block_means(&k.detach(), chunks)?; // [B, H, n, D] f32
-    let means = match product {
-        ScoreProduct::Parts => split_means(dev, &means, q.dtype())?, // [B, H, n, 3D]
-        ScoreProduct::F32 => means,
-    };
+    // Chunk means, [B, H, n, D] f32, split into parts: [B, H, n, 3D].
+    let parts = split_means(dev, &block_means(&k.detach(), chunks)?, q.dtype())?;
+    let queries = word_rows(q)?;
+    let scorer = score_kernel(dev, kernel)?;
     let chunk_of = block_of_on(dev, chunks)?;
     let keys = layout_on(dev, chunks)?;
     let starts = ptr(dev, &keys.starts);
     let out = Output::new(dev, q.dtype(), b * s * h * d)?;
-    let group = (SCORE_BYTES / (s * (4 * n + 2 * SCORE_PARTS * d)).max(1)).clamp(1, h);
+    let ld = n.next_multiple_of(2);
+    let group = (SCORE_BYTES / (s * 4 * ld).max(1)).clamp(1, h);
     // Query-key pairs computed, summed by the selection's pair counts.
     let pairs = dev.alloc_zeros::<i64>(1)?;
     let pairs_ptr = ptr(dev, &pairs);
     for bi in 0..b {
         for h0 in (0..h).step_by(group) {
             let heads = group.min(h - h0);
-            let queries = copy_queries(dev, q, bi, h0..h0 + heads, product)?;
-            let scores = chunk_scores(dev, &queries, &means.i((bi, h0..h0 + heads))?, product)?;
-            drop(queries);
-            let sel = select(dev, &scores, &chunk_of, [starts, pairs_ptr], s, n, budget)?;
+            let group_parts = parts.i((bi, h0..h0 + heads))?;
+            let scores = chunk_scores(dev, &scorer, &queries, [bi, h0], &group_parts, [n, ld])?;
+            let sel = select(
+                dev,
+                &scores,
+                &chunk_of,
+                [starts, pairs_ptr],
+                [s, n, ld],
+                budget,
+            )?;
             drop(scores);
             let per_head: Vec<usize> = match budget {
                 Budget::Count(keep) => vec![s * keep.clamp(1, n); heads],
@@ -175,52 +191,22 @@ pub(crate) fn vmoba_forward(
     Ok((t.transpose(1, 2)?, pairs.to_dtype(DType::F32)?))
 }
 
-/// Queries `heads` of batch element `b` as `product` takes them, contiguous: `[heads, S, D]` in
-/// f32, or `[heads, S, 3D]` in their dtype (repeated [`SCORE_PARTS`] times side by side). One
-/// kernel moving 16 bytes per thread where rows are 16-byte aligned.
-fn copy_queries(
-    dev: &CudaDevice,
-    q: &Tensor,
-    b: usize,
-    heads: std::ops::Range<usize>,
-    product: ScoreProduct,
-) -> Result<Tensor> {
-    let (_, _, s, d) = q.dims4()?;
-    let (kernel, dtype, copies) = match product {
-        ScoreProduct::F32 => ("widen_rows", DType::F32, 1),
-        ScoreProduct::Parts => ("repeat_rows", q.dtype(), SCORE_PARTS),
-    };
-    let queries = tensor_view(q)?;
-    if d % 8 != 0 || !rows_16_byte_aligned(&queries) {
-        let rows = q.i((b, heads))?.detach().to_dtype(dtype)?;
-        return Tensor::cat(&vec![&rows; copies], 2)?.contiguous();
+/// `q` with every row starting at a 4-byte boundary and even strides, as the score kernel's
+/// 32-bit loads need: `q` itself, or a fresh copy where its view is not.
+fn word_rows(q: &Tensor) -> Result<Tensor> {
+    let (base, strides) = tensor_view(q)?;
+    if base % 4 == 0 && strides.iter().all(|s| s % 2 == 0) {
+        return Ok(q.clone());
     }
-    let g = heads.len();
-    let (out, out_ptr) = output_tensor(dev, dtype, &[g, s, copies * d])?;
-    let vectors = (g * s * d / 8) as i64;
-    let (b32, h32, s32, d32) = (b as i32, heads.start as i32, s as i32, d as i32);
-    let func = function(dev, &format!("{kernel}_{}", dtype_suffix(q.dtype())?))?;
-    let stream = dev.cuda_stream();
-    let mut builder = stream.launch_builder(&func);
-    arg_view(&mut builder, &queries);
-    builder
-        .arg(&b32)
-        .arg(&h32)
-        .arg(&s32)
-        .arg(&d32)
-        .arg(&vectors)
-        .arg(&out_ptr);
-    let cfg = one_thread_each(g * s * d / 8, "VMoBA query copies")?;
-    // SAFETY: arguments match `widen_rows_*` and `repeat_rows_*`; rows are 16-byte aligned
-    // (checked above), heads `b, heads` lie inside q and `out` holds heads x S x copies x D
-    // elements, each written once.
-    unsafe { builder.launch(cfg) }.w()?;
-    Ok(out)
+    // A round trip through f32 is exact for 16-bit floats and allocates a fresh buffer.
+    q.detach().to_dtype(DType::F32)?.to_dtype(q.dtype())
 }
 
 /// Chunk means (`[B, H, n, D]` f32) as [`SCORE_PARTS`] parts in `dtype` side by side,
-/// `[B, H, n, 3D]`: each mean rounded, then what each rounding left, rounded
-/// ([`ScoreProduct::Parts`]).
+/// `[B, H, n, 3D]`: each mean rounded, then what each rounding left, rounded. Products of
+/// 16-bit values are exact in f32 and three bf16 parts hold a mean's 24 bits (f16 parts too, but
+/// for remainders below f16's normal range), so the scores of [`chunk_scores`] are f32
+/// `q · mean` up to the order of the sums, and equal means score equally.
 fn split_means(dev: &CudaDevice, means: &Tensor, dtype: DType) -> Result<Tensor> {
     let (b, h, n, d) = means.dims4()?;
     let means = means.contiguous()?;
@@ -237,61 +223,57 @@ fn split_means(dev: &CudaDevice, means: &Tensor, dtype: DType) -> Result<Tensor>
     Ok(out)
 }
 
-/// Scores of every chunk for every query, `[g, S, n]` f32: the queries of [`copy_queries`]
-/// times the means (`[g, n, D]` f32, or split: `[g, n, 3D]`) transposed.
+/// Scores of every chunk for the queries of `parts`' heads (`[g, n, 3D]`, [`split_means`]) at
+/// batch element and first head `[b, h0]` of `q` ([`word_rows`]), by `scorer`: `[g, S, ld]`
+/// f32, each row's first `n` columns the scores, the rest zeros.
 fn chunk_scores(
     dev: &CudaDevice,
-    queries: &Tensor,
-    means: &Tensor,
-    product: ScoreProduct,
+    scorer: &ScoreKernel,
+    q: &Tensor,
+    [b, h0]: [usize; 2],
+    parts: &Tensor,
+    [n, ld]: [usize; 2],
 ) -> Result<Tensor> {
-    if let ScoreProduct::F32 = product {
-        return queries.matmul(&means.t()?)?.contiguous();
-    }
-    use candle_core::cuda_backend::cudarc::cublas::{result::gemm_strided_batched_ex, sys};
-    let (g, s, k) = queries.dims3()?;
-    let n = means.dim(1)?;
-    let means = means.contiguous()?;
-    let ty = match queries.dtype() {
-        DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
-        DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
-        dt => candle_core::bail!("VMoBA chunk scores do not take {dt:?}"),
-    };
-    let (out, out_ptr) = output_tensor(dev, DType::F32, &[g, s, n])?;
-    let (a, b) = (tensor_ptr(&means)?, tensor_ptr(queries)?);
-    let (alpha, beta) = (1f32, 0f32);
-    let blas = dev.cublas_handle();
-    // Column-major: scores^T [n, S] = means [n, 3D] (stored transposed) x queries^T [3D, S].
-    // SAFETY: the three buffers hold g x n x 3D, g x S x 3D and g x S x n elements of the types
-    // named, contiguous, and live until the product (on the tensors' stream) has run.
-    unsafe {
-        gemm_strided_batched_ex(
-            *blas.handle(),
-            sys::cublasOperation_t::CUBLAS_OP_T,
-            sys::cublasOperation_t::CUBLAS_OP_N,
-            n as i32,
-            s as i32,
-            k as i32,
-            (&alpha as *const f32).cast(),
-            a as *const std::ffi::c_void,
-            ty,
-            k as i32,
-            (n * k) as i64,
-            b as *const std::ffi::c_void,
-            ty,
-            k as i32,
-            (s * k) as i64,
-            (&beta as *const f32).cast(),
-            out_ptr as *mut std::ffi::c_void,
-            sys::cudaDataType_t::CUDA_R_32F,
-            n as i32,
-            (s * n) as i64,
-            g as i32,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
-        )
-    }
+    let (_, _, s, d) = q.dims4()?;
+    let g = parts.dim(0)?;
+    let parts = parts.contiguous()?;
+    let queries = tensor_view(q)?;
+    let (out, out_ptr) = output_tensor(dev, DType::F32, &[g, s, ld])?;
+    let (b32, h32, s32, n32, ld32) = (b as i32, h0 as i32, s as i32, n as i32, ld as i32);
+    let parts_ptr = tensor_ptr(&parts)?;
+    let name = format!("{}_{}_d{d}", scorer.name, dtype_suffix(q.dtype())?);
+    let func = scorer.module.function(dev, &name)?;
+    // Two buffers of a block's parts.
+    let shared = 2 * scorer.chunks * SCORE_PARTS * d * 2;
+    func.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        shared as i32,
+    )
     .w()?;
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    arg_view(&mut builder, &queries);
+    builder
+        .arg(&b32)
+        .arg(&h32)
+        .arg(&s32)
+        .arg(&parts_ptr)
+        .arg(&n32)
+        .arg(&ld32)
+        .arg(&out_ptr);
+    let cfg = LaunchConfig {
+        grid_dim: (
+            grid_blocks(s, scorer.rows, "VMoBA chunk scores")?,
+            g as u32,
+            1,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: shared as u32,
+    };
+    // SAFETY: arguments match `vmoba_scores*_d*` (D 64 or 128, checked by `supports`); q's rows
+    // are 4-byte aligned with even strides ([`word_rows`]) and heads `h0..h0 + g` of batch element
+    // `b` lie inside it; `parts` holds g x n x 3D values and `out` g x S x ld, each written once.
+    unsafe { builder.launch(cfg) }.w()?;
     Ok(out)
 }
 
@@ -353,7 +335,8 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     VMOBA.function(dev, name)
 }
 
-/// Selects chunks for every row of `scores` ([heads, S, n] f32) and counts pairs per chunk;
+/// Selects chunks for every row of `scores` ([heads, S, ld] f32, n chunks a row) and counts
+/// pairs per chunk;
 /// adds the query-key pairs of the selection to the i64 at device address `pairs`, with the
 /// chunks' lengths from their `starts` (n + 1 u32 at a device address).
 fn select(
@@ -361,8 +344,7 @@ fn select(
     scores: &Tensor,
     chunk_of: &CudaSlice<u32>,
     [starts, pairs]: [u64; 2],
-    s: usize,
-    n: usize,
+    [s, n, ld]: [usize; 3],
     budget: Budget,
 ) -> Result<Selection> {
     let words = n.div_ceil(32);
@@ -386,6 +368,7 @@ fn select(
         Budget::Share(tau) => (0, tau),
     };
     let (rows32, s32, n32, w32) = (rows as i32, s as i32, n as i32, words as i32);
+    let ld32 = ld as i32;
     let func = function(dev, "vmoba_select")?;
     let mut builder = stream.launch_builder(&func);
     builder
@@ -396,6 +379,7 @@ fn select(
         .arg(&rows32)
         .arg(&s32)
         .arg(&n32)
+        .arg(&ld32)
         .arg(&w32)
         .arg(&topk32)
         .arg(&tau);
@@ -404,7 +388,7 @@ fn select(
         block_dim: (128, 1, 1),
         shared_mem_bytes: (4 * n * 4) as u32,
     };
-    // SAFETY: arguments match `vmoba_select`; buffers hold rows x n scores, rows x words
+    // SAFETY: arguments match `vmoba_select`; buffers hold rows x ld scores, rows x words
     // mask words and rows counts.
     unsafe { builder.launch(cfg) }.w()?;
 
