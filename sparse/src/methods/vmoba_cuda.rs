@@ -39,7 +39,7 @@ pub(crate) const MAX_CHUNKS: usize = 2048;
 /// Budget for one head group's scores.
 const SCORE_BYTES: usize = 512 << 20;
 /// Parts of each chunk mean in the chunk scores' 16-bit product (`SCORE_PARTS` of
-/// `kernels/vmoba.cu`).
+/// `kernels/vmoba_scores.cuh`).
 const SCORE_PARTS: usize = 3;
 /// A score kernel: its module and name, the queries a CTA takes and the chunks a block of means
 /// it stages holds (`SCORE_ROWS`, `SCORE_CHUNKS` of `kernels/vmoba.cu`, `SM90_SCORE_*` of
@@ -51,7 +51,7 @@ struct ScoreKernel {
     chunks: usize,
 }
 
-/// The wgmma score kernel on Hopper (where the attention kernels run there), the mma.sync one
+/// The wgmma score kernel where the wgmma attention kernels run (Hopper), the mma.sync one
 /// elsewhere.
 fn score_kernel(dev: &CudaDevice, kernel: ForwardKernel) -> Result<ScoreKernel> {
     Ok(match hopper_kernel(dev, kernel)? {
@@ -69,6 +69,7 @@ fn score_kernel(dev: &CudaDevice, kernel: ForwardKernel) -> Result<ScoreKernel> 
         },
     })
 }
+
 /// Budget for one head group's partial outputs.
 const PARTIAL_BYTES: usize = 1 << 30;
 /// Bytes of one slot's partial output (a row in the inputs' 16-bit dtype) and log-sum-exp (f32).
