@@ -455,10 +455,10 @@ constexpr int SCORE_ROWS = 256, SCORE_CHUNKS = 32;
 // Scores of every chunk for the queries of heads h0.. of batch element b: out[(g * S + query) *
 // ld + c] = q . mean of chunk c, for the n chunks of parts ([heads, n, SCORE_PARTS * D], parts
 // side by side; vmoba_scores.cuh). vmoba_scores_sm90.cu runs the same product on Hopper. A CTA
-// takes 256 queries of one head; each warp keeps its 32 queries' operand
-// fragments in registers (loaded once from q) and runs mma.sync over blocks of SCORE_CHUNKS
-// chunks' parts, staged in shared memory by cp.async into two buffers (a block's copy overlaps
-// the previous block's products). Columns n..ld get zeros.
+// takes 256 queries of one head; each warp keeps its 32 queries' operand fragments in registers
+// (loaded once from q) and runs mma.sync over blocks of SCORE_CHUNKS chunks' parts, staged in
+// shared memory by cp.async into two buffers (a block's copy overlaps the previous block's
+// products). Columns n..ld get zeros.
 template <typename T, int D>
 __device__ __forceinline__ void chunk_scores(const T* q, long long sb, long long sh, long long ss, int b, int h0,
                                              int S, const T* parts, int n, int ld, float* out) {

@@ -337,9 +337,8 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
 }
 
 /// Selects chunks for every row of `scores` ([heads, S, ld] f32, n chunks a row) and counts
-/// pairs per chunk;
-/// adds the query-key pairs of the selection to the i64 at device address `pairs`, with the
-/// chunks' lengths from their `starts` (n + 1 u32 at a device address).
+/// pairs per chunk; adds the query-key pairs of the selection to the i64 at device address
+/// `pairs`, with the chunks' lengths from their `starts` (n + 1 u32 at a device address).
 fn select(
     dev: &CudaDevice,
     scores: &Tensor,
@@ -368,8 +367,7 @@ fn select(
         Budget::Count(k) => (k as i32, 0.0),
         Budget::Share(tau) => (0, tau),
     };
-    let (rows32, s32, n32, w32) = (rows as i32, s as i32, n as i32, words as i32);
-    let ld32 = ld as i32;
+    let (rows32, s32, n32, ld32, w32) = (rows as i32, s as i32, n as i32, ld as i32, words as i32);
     let func = function(dev, "vmoba_select")?;
     let mut builder = stream.launch_builder(&func);
     builder
